@@ -1,0 +1,112 @@
+//! Header parsing for the TC programs: only as much as the flow filter needs.
+
+use aya_ebpf::programs::TcContext;
+use tracer_common::PacketInfo;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_UDP: u8 = 17;
+pub const ICMP_ECHOREPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const DNS_PORT: u16 = 53;
+
+/// The fixed part of an IPv4 header, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    ver_ihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+}
+
+/// The first 8 bytes after the IP header: ICMP type/code/csum/id/seq, or the UDP
+/// header. A DNS transaction id follows a UDP header, loaded separately.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct L4Head {
+    b: [u8; 8],
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Offset of the IPv4 header in the frame, skipping up to two VLAN tags; None when
+/// the frame is not IPv4.
+#[inline(always)]
+fn ipv4_offset(ctx: &TcContext) -> Option<usize> {
+    let mut off = 12;
+    let mut proto = u16::from_be(ctx.load::<u16>(off).ok()?);
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        off += 4;
+        proto = u16::from_be(ctx.load::<u16>(off).ok()?);
+        if proto == ETH_P_8021Q {
+            off += 4;
+            proto = u16::from_be(ctx.load::<u16>(off).ok()?);
+        }
+    }
+    if proto != ETH_P_IP {
+        return None;
+    }
+    Some(off + 2)
+}
+
+/// Parse the IPv4 + ICMP/UDP headers of the packet. Also returns the offset of the
+/// L4 header so an ICMP error's quoted packet can be read.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Option<(PacketInfo, usize)> {
+    // Devices without an Ethernet header (e.g. tun in L3 mode) are out of scope here.
+    let ip_off = ipv4_offset(ctx)?;
+    let _ = ETH_HLEN;
+    parse_ip_at(ctx, ip_off)
+}
+
+#[inline(always)]
+pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)> {
+    let ip: Ipv4Hdr = ctx.load(ip_off).ok()?;
+    if ip.ver_ihl >> 4 != 4 || (ip.proto != IPPROTO_ICMP && ip.proto != IPPROTO_UDP) {
+        return None;
+    }
+    let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let l4_off = ip_off + ihl;
+    let mut info = PacketInfo {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        proto: ip.proto,
+        ttl: ip.ttl,
+        ip_len: be16(ip.tot_len),
+        frag: be16(ip.frag),
+        ..PacketInfo::default()
+    };
+    let l4: L4Head = ctx.load(l4_off).ok()?;
+    let b = l4.b;
+    if ip.proto == IPPROTO_ICMP {
+        info.icmp_type = b[0];
+        info.icmp_code = b[1];
+        info.id = be16([b[4], b[5]]);
+        info.seq = be16([b[6], b[7]]);
+    } else {
+        info.sport = be16([b[0], b[1]]);
+        info.dport = be16([b[2], b[3]]);
+        if info.sport == DNS_PORT || info.dport == DNS_PORT {
+            info.id = u16::from_be(ctx.load::<u16>(l4_off + 8).ok()?);
+        }
+    }
+    Some((info, l4_off))
+}

@@ -1,0 +1,161 @@
+//! TC classifiers on the VM port, its bridge and the uplink (both directions).
+//!
+//! They recognise the guest's requests and the replies to them, start following
+//! those packets by skb address (so the tracepoints can report their fate), and
+//! report each crossing with the headers as they are at that point (NAT visible).
+//! They never change the packet and always let it continue.
+
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier,
+    programs::TcContext,
+};
+use tracer_common::{
+    DIR_EGRESS, DIR_INGRESS, Event, EventKind, FLAG_ICMP_ERROR, PROTO_DNS, PROTO_ICMP,
+    PacketInfo, ROLE_REPLY, ROLE_REQUEST, Tracked, req_key,
+};
+
+use crate::{
+    maps::{REQ_IDS, TRACKED, config, emit, track},
+    packet::{
+        DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY, ICMP_TIME_EXCEEDED,
+        IPPROTO_ICMP, IPPROTO_UDP, parse, parse_ip_at,
+    },
+};
+
+#[classifier]
+pub fn pathtrace_tc_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx, DIR_INGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn pathtrace_tc_egress(ctx: TcContext) -> i32 {
+    observe(&ctx, DIR_EGRESS);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, dir: u8) {
+    let Some((mut pkt, l4_off)) = parse(ctx) else {
+        return;
+    };
+    // The context pointer is the kernel's skb address, the same value the
+    // skb:* tracepoints report as `skbaddr`.
+    let skb = ctx.skb.skb as u64;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (role, flags) = match classify(ctx, &mut pkt, l4_off, skb, now) {
+        Some(r) => r,
+        None => return,
+    };
+    let event = Event {
+        ts_ns: now,
+        skb,
+        kind: EventKind::Tc as u8,
+        dir,
+        role,
+        flags,
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        pkt,
+        ..Event::default()
+    };
+    emit(&event);
+}
+
+/// Decide whether this packet belongs to the traced flow; start tracking it if so.
+#[inline(always)]
+fn classify(
+    ctx: &TcContext,
+    pkt: &mut PacketInfo,
+    l4_off: usize,
+    skb: u64,
+    now: u64,
+) -> Option<(u8, u8)> {
+    let cfg = config();
+    if let Some(t) = unsafe { TRACKED.get(&skb) } {
+        // Same skb seen again (a later hook). Addresses may have been rewritten by
+        // NAT, but the protocol and the id survive; anything else means the address
+        // was reused by an unrelated packet after a free we did not see.
+        if t.flags & FLAG_ICMP_ERROR != 0 && pkt.icmp_type == t.pkt.icmp_type {
+            // Report the quoted request's id/seq, as at the first hook.
+            pkt.id = t.pkt.id;
+            pkt.seq = t.pkt.seq;
+            return Some((t.role, t.flags));
+        }
+        if t.pkt.proto == pkt.proto && t.pkt.id == pkt.id {
+            return Some((t.role, t.flags));
+        }
+        let _ = TRACKED.remove(&skb);
+    }
+    let want_icmp = cfg.protos & PROTO_ICMP != 0;
+    let want_dns = cfg.protos & PROTO_DNS != 0;
+    let (role, flags) = if pkt.proto == IPPROTO_ICMP && want_icmp {
+        classify_icmp(ctx, pkt, l4_off, &cfg.vm_ip, &cfg.dst_ip)?
+    } else if pkt.proto == IPPROTO_UDP && want_dns {
+        classify_dns(pkt, &cfg.vm_ip, &cfg.dst_ip)?
+    } else {
+        return None;
+    };
+    if role == ROLE_REQUEST {
+        let _ = REQ_IDS.insert(&req_key(pkt.proto, pkt.id), &now, 0);
+    }
+    track(
+        skb,
+        &Tracked {
+            pkt: *pkt,
+            role,
+            flags,
+            _pad: [0; 6],
+            first_ts: now,
+        },
+    );
+    Some((role, flags))
+}
+
+#[inline(always)]
+fn is_known_request(proto: u8, id: u16) -> bool {
+    unsafe { REQ_IDS.get(&req_key(proto, id)).is_some() }
+}
+
+#[inline(always)]
+fn classify_icmp(
+    ctx: &TcContext,
+    pkt: &mut PacketInfo,
+    l4_off: usize,
+    vm: &[u8; 4],
+    dst: &[u8; 4],
+) -> Option<(u8, u8)> {
+    match pkt.icmp_type {
+        ICMP_ECHO if pkt.saddr == *vm && pkt.daddr == *dst => Some((ROLE_REQUEST, 0)),
+        ICMP_ECHOREPLY if pkt.saddr == *dst && is_known_request(IPPROTO_ICMP, pkt.id) => {
+            Some((ROLE_REPLY, 0))
+        }
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => {
+            // An error quoting one of the guest's requests (its IP header follows the
+            // 8-byte ICMP header) is the answer to that request.
+            let (inner, _) = parse_ip_at(ctx, l4_off + 8)?;
+            let ours = inner.proto == IPPROTO_ICMP
+                && inner.icmp_type == ICMP_ECHO
+                && inner.daddr == *dst
+                && is_known_request(IPPROTO_ICMP, inner.id);
+            if !ours {
+                return None;
+            }
+            // Key the error by the request it answers.
+            pkt.id = inner.id;
+            pkt.seq = inner.seq;
+            Some((ROLE_REPLY, FLAG_ICMP_ERROR))
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn classify_dns(pkt: &PacketInfo, vm: &[u8; 4], dst: &[u8; 4]) -> Option<(u8, u8)> {
+    if pkt.dport == DNS_PORT && pkt.saddr == *vm && pkt.daddr == *dst {
+        return Some((ROLE_REQUEST, 0));
+    }
+    if pkt.sport == DNS_PORT && pkt.saddr == *dst && is_known_request(IPPROTO_UDP, pkt.id) {
+        return Some((ROLE_REPLY, 0));
+    }
+    None
+}

@@ -1,0 +1,478 @@
+//! From a finished trace to the operator's answer: where it died, the kernel's
+//! reason, the rule or setting responsible, and the command that fixes it.
+
+pub mod nft;
+pub mod stage;
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use tracer_common::PacketInfo;
+
+use crate::{
+    correlate::{Direction, Drop, Finished, Hop, Outcome, Stage, Trace},
+    kernel::kallsyms::Symbols,
+    output::{Flow, Nat, PathHop, Verdict},
+    topology::{Role, Topology},
+};
+use stage::{DropFacts, drop_stage};
+
+pub struct Explainer {
+    pub topo: Topology,
+    pub reasons: HashMap<u32, String>,
+    pub symbols: Symbols,
+    pub proto_word: &'static str,
+}
+
+/// What we say about one drop: stage, responsible rule/setting, and the fix.
+struct Blame {
+    stage: Stage,
+    rule: Option<String>,
+    hint: String,
+}
+
+fn ip(b: [u8; 4]) -> Ipv4Addr {
+    Ipv4Addr::from(b)
+}
+
+impl Explainer {
+    pub fn verdict(&self, f: &Finished) -> Verdict {
+        let t = &f.trace;
+        let mut v = Verdict {
+            kind: "verdict",
+            vm_ip: self.topo.vm_ip.to_string(),
+            dst: self.topo.dst.to_string(),
+            proto: self.proto_word,
+            flow: flow_of(&t.request),
+            verdict: match f.outcome {
+                Outcome::Replied => "replied",
+                Outcome::Dropped => "dropped",
+                Outcome::NoReply => "no_reply",
+            },
+            direction: None,
+            stage: None,
+            ifname: None,
+            reason: None,
+            location: None,
+            rule: None,
+            hint: None,
+            path: self.path(t),
+            rtt_ns: None,
+            incomplete: f.timed_out,
+        };
+        match f.outcome {
+            Outcome::Replied => self.replied(t, &mut v),
+            Outcome::Dropped => self.dropped(t, &mut v),
+            Outcome::NoReply => self.no_reply(t, f.timed_out, &mut v),
+        }
+        v
+    }
+
+    fn name(&self, ifindex: u32) -> Option<String> {
+        self.topo.name_of(ifindex).map(str::to_string)
+    }
+
+    fn replied(&self, t: &Trace, v: &mut Verdict) {
+        v.ifname = Some(self.topo.port.name.clone());
+        v.rtt_ns = t.delivered_ts.map(|d| d.saturating_sub(t.first_ts()));
+        if t.reply_hops.iter().any(|h| h.pkt.icmp_type == 3 || h.pkt.icmp_type == 11) {
+            let h = &t.reply_hops[0].pkt;
+            v.hint = Some(format!(
+                "the guest got an ICMP error (type {}, code {}) from {} instead of an echo reply",
+                h.icmp_type,
+                h.icmp_code,
+                ip(h.saddr)
+            ));
+        }
+    }
+
+    fn dropped(&self, t: &Trace, v: &mut Verdict) {
+        let Some(d) = &t.drop else {
+            // The reply was freed on the host before reaching the guest's port.
+            v.direction = Some(Direction::Reply.as_str());
+            let last = t.reply_hops.last();
+            v.stage = Some(last.map_or(Stage::Forward, |h| h.stage).as_str());
+            v.ifname = last.and_then(|h| self.name(h.ifindex));
+            v.hint = Some(format!(
+                "the reply came back to the host but never reached {}: it was last seen at {}",
+                self.topo.port.name,
+                v.stage.unwrap_or("?")
+            ));
+            return;
+        };
+        let reason = self.reasons.get(&d.reason).cloned();
+        let location = self.symbols.resolve(d.location);
+        let function = location.as_deref().map(|l| l.split('+').next().unwrap_or(l));
+        let facts = DropFacts {
+            reason: reason.as_deref(),
+            function,
+            direction: Some(d.direction),
+            has_dst: d.has_dst,
+            dev_known: d.dev_known,
+            dev_role: self.topo.role_of(d.ifindex),
+            dst_local: self.topo.dst_local,
+        };
+        let blame = self.blame(t, d, &facts);
+        v.direction = Some(d.direction.as_str());
+        v.stage = Some(blame.stage.as_str());
+        v.ifname = self.name(d.ifindex);
+        v.reason = reason;
+        v.location = location;
+        v.rule = blame.rule;
+        v.hint = Some(blame.hint);
+        v.path.push(PathHop {
+            stage: blame.stage.as_str(),
+            ifname: self.name(d.ifindex),
+            ts_ns: d.ts_ns.saturating_sub(t.first_ts()),
+            nat: None,
+            direction: d.direction.as_str(),
+            inferred: false,
+        });
+    }
+
+    fn no_reply(&self, t: &Trace, timed_out: bool, v: &mut Verdict) {
+        v.direction = None;
+        if let Some(out) = t.req_hops.iter().rev().find(|h| self.topo.role_of(h.ifindex) == Some(Role::Uplink)) {
+            v.stage = Some(Stage::Remote.as_str());
+            v.ifname = self.name(out.ifindex);
+            v.hint = Some(self.remote_hint(out));
+            if self.missing_snat(out) {
+                v.rule = Some(format!("no SNAT/MASQUERADE for {} on {}", self.vm_net(), self.uplink_name()));
+            }
+        } else if t.local_ts.is_some() {
+            v.stage = Some(Stage::Input.as_str());
+            v.ifname = self.topo.bridge.as_ref().map(|b| b.name.clone());
+            v.hint = Some(format!(
+                "the host itself received the request for {} but sent no reply (check `sysctl net.ipv4.icmp_echo_ignore_all` and the OUTPUT chain)",
+                self.topo.dst
+            ));
+        } else {
+            let last = t.req_hops.last();
+            v.stage = last.map(|h| h.stage.as_str());
+            v.ifname = last.and_then(|h| self.name(h.ifindex));
+            v.hint = Some(format!(
+                "the request was last seen at {} and no drop was reported{}",
+                v.stage.unwrap_or("?"),
+                if timed_out { " before tracing stopped" } else { "" }
+            ));
+        }
+    }
+
+    fn uplink_name(&self) -> String {
+        self.topo.uplink.as_ref().map_or("the uplink".into(), |u| u.name.clone())
+    }
+
+    fn vm_net(&self) -> String {
+        match self.topo.vm_subnet {
+            Some((net, len)) => format!("{net}/{len}"),
+            None => format!("{}/32", self.topo.vm_ip),
+        }
+    }
+
+    /// The request left with the guest's own address although that address is not
+    /// one of the uplink's: nothing translated it, so replies cannot find their way.
+    fn missing_snat(&self, out: &Hop) -> bool {
+        let src = ip(out.pkt.saddr);
+        src == self.topo.vm_ip && !self.topo.uplink_addrs.contains(&src)
+    }
+
+    fn remote_hint(&self, out: &Hop) -> String {
+        let (uplink, src) = (self.uplink_name(), ip(out.pkt.saddr));
+        if self.missing_snat(out) {
+            return format!(
+                "the request left {uplink} with the guest's own source {src}: no MASQUERADE/SNAT \
+                 rule translated it, so the reply cannot come back; add one: iptables -t nat -A \
+                 POSTROUTING -s {} -o {uplink} -j MASQUERADE",
+                self.vm_net()
+            );
+        }
+        format!(
+            "the request left {uplink} as {src} → {} and nothing came back within {} s: the \
+             problem is beyond this host (upstream router, the destination, or its firewall)",
+            ip(out.pkt.daddr),
+            crate::correlate::REPLY_WAIT_NS / 1_000_000_000
+        )
+    }
+
+    fn blame(&self, t: &Trace, d: &Drop, facts: &DropFacts) -> Blame {
+        let stage = drop_stage(facts);
+        let what = match d.direction {
+            Direction::Request => "the guest's request",
+            Direction::Reply => "the reply to the guest",
+        };
+        let reason = facts.reason.unwrap_or("unknown reason");
+        match reason {
+            "NETFILTER_DROP" => self.blame_netfilter(t, d, stage, what),
+            "IP_INADDRERRORS" | "IP_INNOROUTES" | "IP_OUTNOROUTES" => self.blame_routing(stage, what, reason),
+            "IP_RPFILTER" => {
+                let iif = self.inbound_name(d.direction);
+                let value = read_sysctl(&format!("net/ipv4/conf/{iif}/rp_filter"));
+                let all = read_sysctl("net/ipv4/conf/all/rp_filter");
+                Blame {
+                    stage,
+                    rule: Some(format!(
+                        "sysctl net.ipv4.conf.{iif}.rp_filter={} (all={})",
+                        value.as_deref().unwrap_or("?"),
+                        all.as_deref().unwrap_or("?")
+                    )),
+                    hint: format!(
+                        "reverse-path filtering on {iif} rejects {what} (its source is not routed back via {iif}); use loose mode: sysctl -w net.ipv4.conf.{iif}.rp_filter=2 net.ipv4.conf.all.rp_filter=2"
+                    ),
+                }
+            }
+            r if r.starts_with("NEIGH_") => {
+                let dev = self.name(d.ifindex).unwrap_or_else(|| self.uplink_name());
+                let hop = self.topo.gateway.map_or(self.topo.dst.to_string(), |g| g.to_string());
+                Blame {
+                    stage,
+                    rule: None,
+                    hint: format!(
+                        "the next hop {hop} did not answer ARP on {dev}, so the host could not send {what} ({r}); check it: ip neigh show dev {dev}; arping -I {dev} {hop}"
+                    ),
+                }
+            }
+            _ => Blame {
+                stage,
+                rule: None,
+                hint: format!(
+                    "the kernel dropped {what} at {} ({reason}{})",
+                    stage.as_str(),
+                    facts.function.map(|f| format!(" in {f}")).unwrap_or_default()
+                ),
+            },
+        }
+    }
+
+    fn inbound_name(&self, dir: Direction) -> String {
+        match dir {
+            Direction::Request => self.topo.bridge.as_ref().unwrap_or(&self.topo.port).name.clone(),
+            Direction::Reply => self.uplink_name(),
+        }
+    }
+
+    fn blame_routing(&self, stage: Stage, what: &str, reason: &str) -> Blame {
+        let iif = self.inbound_name(Direction::Request);
+        let global = read_sysctl("net/ipv4/ip_forward");
+        let per_if = read_sysctl(&format!("net/ipv4/conf/{iif}/forwarding"));
+        if reason == "IP_INADDRERRORS" || global.as_deref() == Some("0") || per_if.as_deref() == Some("0") {
+            if global.as_deref() == Some("0") {
+                return Blame {
+                    stage,
+                    rule: Some("sysctl net.ipv4.ip_forward=0".into()),
+                    hint: format!(
+                        "IP forwarding is off on this host, so it drops {what} instead of routing it; turn it on: sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d/)"
+                    ),
+                };
+            }
+            if per_if.as_deref() == Some("0") {
+                return Blame {
+                    stage,
+                    rule: Some(format!("sysctl net.ipv4.conf.{iif}.forwarding=0")),
+                    hint: format!(
+                        "forwarding is off on {iif}, so the host drops {what}; turn it on: sysctl -w net.ipv4.conf.{iif}.forwarding=1"
+                    ),
+                };
+            }
+        }
+        Blame {
+            stage,
+            rule: None,
+            hint: format!(
+                "the host has no usable route for {what} to {} ({reason}); check: ip route get {} from {} iif {iif}",
+                self.topo.dst, self.topo.dst, self.topo.vm_ip
+            ),
+        }
+    }
+
+    fn blame_netfilter(&self, t: &Trace, d: &Drop, stage: Stage, what: &str) -> Blame {
+        let hook = match stage {
+            Stage::Prerouting => "prerouting",
+            Stage::Input => "input",
+            Stage::Postrouting => "postrouting",
+            _ => "forward",
+        };
+        let view = self.packet_view(t, d, stage);
+        match nft::find_culprit(hook, &view) {
+            Some(c) => {
+                let rule = c.describe();
+                let hint = match c.handle {
+                    Some(h) => format!(
+                        "nftables rule \"{}\" in {} {} {} drops {what}; remove it: nft delete rule {} {} {} handle {h}",
+                        c.text.as_deref().unwrap_or("?"),
+                        c.family, c.table, c.chain, c.family, c.table, c.chain
+                    ),
+                    None => {
+                        let allow = match d.direction {
+                            Direction::Request => format!("ip saddr {} accept", self.topo.vm_ip),
+                            Direction::Reply => "ct state established,related accept".to_string(),
+                        };
+                        format!(
+                            "chain {} {} {} has policy drop and no rule accepts {what}; allow it: nft insert rule {} {} {} {allow}",
+                            c.family, c.table, c.chain, c.family, c.table, c.chain
+                        )
+                    }
+                };
+                Blame { stage, rule: Some(rule), hint }
+            }
+            None => Blame {
+                stage,
+                rule: None,
+                hint: format!(
+                    "a firewall rule in the {hook} hook drops {what}, but no matching nftables rule was found; list the other rule sets with counters: iptables-legacy -L -v -n; iptables -L -v -n"
+                ),
+            },
+        }
+    }
+
+    /// The packet as the firewall saw it at `stage`.
+    fn packet_view(&self, t: &Trace, d: &Drop, stage: Stage) -> nft::PacketView {
+        let mut pkt: PacketInfo = d.pkt;
+        let (iif, oif) = match d.direction {
+            Direction::Request => (self.inbound_name(Direction::Request), self.topo.uplink.as_ref().map(|u| u.name.clone())),
+            Direction::Reply => (self.uplink_name(), Some(self.inbound_name(Direction::Request))),
+        };
+        if d.direction == Direction::Reply {
+            // After PREROUTING, conntrack has turned the reply back to the guest.
+            pkt = t.reply_hops.last().map_or(pkt, |h| h.pkt);
+            if stage != Stage::Prerouting {
+                pkt.daddr = self.topo.vm_ip.octets();
+            }
+        } else {
+            pkt.saddr = t.request.saddr;
+        }
+        let l4 = pkt.proto == 17;
+        nft::PacketView {
+            saddr: Some(ip(pkt.saddr)),
+            daddr: Some(ip(pkt.daddr)),
+            proto: pkt.proto,
+            icmp_type: (pkt.proto == 1).then_some(pkt.icmp_type),
+            sport: l4.then_some(pkt.sport),
+            dport: l4.then_some(pkt.dport),
+            iifname: Some(iif),
+            oifname: if stage == Stage::Prerouting || stage == Stage::Input { None } else { oif },
+        }
+    }
+
+    /// Observed hops plus the L3 stages implied between them.
+    fn path(&self, t: &Trace) -> Vec<PathHop> {
+        let t0 = t.first_ts();
+        let mut out = Vec::new();
+        self.push_hops(&mut out, &t.req_hops, t0, Direction::Request);
+        self.push_hops(&mut out, &t.reply_hops, t0, Direction::Reply);
+        out
+    }
+
+    fn push_hops(&self, out: &mut Vec<PathHop>, hops: &[Hop], t0: u64, dir: Direction) {
+        let mut prev: Option<&Hop> = None;
+        for hop in hops {
+            let nat = prev.and_then(|p| nat_between(&p.pkt, &hop.pkt));
+            if let Some(p) = prev {
+                for stage in implied(p, hop, dir) {
+                    out.push(PathHop {
+                        stage: stage.as_str(),
+                        ifname: None,
+                        ts_ns: hop.ts_ns.saturating_sub(t0),
+                        nat: None,
+                        direction: dir.as_str(),
+                        inferred: true,
+                    });
+                }
+            }
+            out.push(PathHop {
+                stage: hop.stage.as_str(),
+                ifname: self.name(hop.ifindex),
+                ts_ns: hop.ts_ns.saturating_sub(t0),
+                nat,
+                direction: dir.as_str(),
+                inferred: false,
+            });
+            prev = Some(hop);
+        }
+    }
+}
+
+/// L3 stages a packet must have crossed between two observed hops.
+fn implied(a: &Hop, b: &Hop, dir: Direction) -> Vec<Stage> {
+    let l3_entry = matches!(a.stage, Stage::Bridge | Stage::Tap) && !a.egress;
+    match dir {
+        Direction::Request if l3_entry && b.stage == Stage::Egress => {
+            vec![Stage::Prerouting, Stage::Routing, Stage::Forward, Stage::Postrouting]
+        }
+        Direction::Request if l3_entry && b.stage == Stage::Input => vec![Stage::Prerouting, Stage::Routing],
+        Direction::Reply if a.stage == Stage::Egress && !a.egress && b.stage != Stage::Egress => {
+            vec![Stage::Prerouting, Stage::Routing, Stage::Forward, Stage::Postrouting]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Address translation between two sightings of the same packet.
+fn nat_between(a: &PacketInfo, b: &PacketInfo) -> Option<Nat> {
+    if a.saddr != b.saddr {
+        return Some(Nat { kind: "snat", from: ip(a.saddr).to_string(), to: ip(b.saddr).to_string() });
+    }
+    if a.daddr != b.daddr {
+        return Some(Nat { kind: "dnat", from: ip(a.daddr).to_string(), to: ip(b.daddr).to_string() });
+    }
+    None
+}
+
+fn flow_of(p: &PacketInfo) -> Flow {
+    let icmp = p.proto == 1;
+    Flow {
+        src: ip(p.saddr).to_string(),
+        dst: ip(p.daddr).to_string(),
+        icmp_id: icmp.then_some(p.id),
+        icmp_seq: icmp.then_some(p.seq),
+        dns_id: (!icmp).then_some(p.id),
+    }
+}
+
+/// A sysctl of the network namespace we run in (`/proc/sys/net` is per-netns).
+fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(stage: Stage, egress: bool, s: [u8; 4], d: [u8; 4]) -> Hop {
+        Hop {
+            stage,
+            ifindex: 0,
+            ts_ns: 0,
+            pkt: PacketInfo { saddr: s, daddr: d, proto: 1, ..Default::default() },
+            egress,
+        }
+    }
+
+    #[test]
+    fn forward_path_implies_l3_stages() {
+        let vm = [192, 0, 2, 100];
+        let dst = [203, 0, 113, 8];
+        let br = hop(Stage::Bridge, false, vm, dst);
+        let up = hop(Stage::Egress, true, [198, 51, 100, 2], dst);
+        assert_eq!(
+            implied(&br, &up, Direction::Request),
+            vec![Stage::Prerouting, Stage::Routing, Stage::Forward, Stage::Postrouting]
+        );
+        assert_eq!(
+            nat_between(&br.pkt, &up.pkt),
+            Some(Nat { kind: "snat", from: "192.0.2.100".into(), to: "198.51.100.2".into() })
+        );
+        let tap = hop(Stage::Tap, false, vm, dst);
+        assert!(implied(&tap, &br, Direction::Request).is_empty());
+    }
+
+    #[test]
+    fn flow_fields_follow_protocol() {
+        let icmp = PacketInfo { proto: 1, id: 7, seq: 3, ..Default::default() };
+        let f = flow_of(&icmp);
+        assert_eq!((f.icmp_id, f.icmp_seq, f.dns_id), (Some(7), Some(3), None));
+        let dns = PacketInfo { proto: 17, id: 99, ..Default::default() };
+        let f = flow_of(&dns);
+        assert_eq!((f.icmp_id, f.dns_id), (None, Some(99)));
+    }
+}

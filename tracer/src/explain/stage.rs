@@ -1,0 +1,164 @@
+//! Which stage of the path a drop happened in, from what the kernel told us: the
+//! drop reason, the function that freed the packet, whether it had a route yet and
+//! which device it was on.
+
+use crate::{
+    correlate::{Direction, Stage},
+    topology::Role,
+};
+
+#[derive(Debug, Clone, Default)]
+pub struct DropFacts<'a> {
+    pub reason: Option<&'a str>,
+    /// Function name of the drop location (without `+0x..`).
+    pub function: Option<&'a str>,
+    pub direction: Option<Direction>,
+    pub has_dst: bool,
+    pub dev_known: bool,
+    /// Role of the device the skb was on when freed, if it is one we watch.
+    pub dev_role: Option<Role>,
+    /// The request was addressed to the host itself.
+    pub dst_local: bool,
+}
+
+pub fn drop_stage(f: &DropFacts) -> Stage {
+    if let Some(stage) = f.reason.and_then(|r| by_reason(r, f)) {
+        return stage;
+    }
+    if let Some(stage) = f.function.and_then(by_function) {
+        return stage;
+    }
+    match f.dev_role {
+        Some(Role::Port) => Stage::Tap,
+        Some(Role::Bridge) => Stage::Bridge,
+        Some(Role::Uplink) => Stage::Egress,
+        None => Stage::Routing,
+    }
+}
+
+fn by_reason(reason: &str, f: &DropFacts) -> Option<Stage> {
+    let stage = match reason {
+        "NETFILTER_DROP" => netfilter_stage(f),
+        r if r.starts_with("NEIGH_") => Stage::Neighbor,
+        "IP_INADDRERRORS" | "IP_INNOROUTES" | "IP_OUTNOROUTES" | "IP_RPFILTER"
+        | "IP_INVALID_SOURCE" | "IP_LOCAL_SOURCE" | "IP_INVALID_DEST" | "IP_LOCALNET"
+        | "IP_INHDR" | "XFRM_POLICY" => Stage::Routing,
+        r if r.starts_with("BRIDGE_") || r == "ARP_PVLAN_DISABLE" => Stage::Bridge,
+        "FULL_RING" | "DEV_READY" | "TAP_FILTER" | "TAP_TXFILTER" => Stage::Tap,
+        r if r.starts_with("QDISC_") || r == "TC_EGRESS" || r == "PKT_TOO_BIG" => {
+            if f.dev_role == Some(Role::Port) {
+                Stage::Tap
+            } else {
+                Stage::Egress
+            }
+        }
+        r if r.starts_with("SOCKET_") || r == "NO_SOCKET" || r == "IP_NOPROTO" => Stage::Input,
+        _ => return None,
+    };
+    Some(stage)
+}
+
+/// A netfilter drop does not say which hook it was in; the skb's state does.
+/// No route yet: PREROUTING. On the output device: POSTROUTING. Routed to the host:
+/// INPUT. Otherwise FORWARD.
+fn netfilter_stage(f: &DropFacts) -> Stage {
+    if f.function.is_some_and(|func| func.starts_with("br_") || func.starts_with("ebt_")) {
+        return Stage::Bridge;
+    }
+    if f.dev_known && !f.has_dst {
+        return Stage::Prerouting;
+    }
+    let on_output_dev = match f.direction {
+        Some(Direction::Reply) => matches!(f.dev_role, Some(Role::Bridge | Role::Port)),
+        _ => f.dev_role == Some(Role::Uplink),
+    };
+    if on_output_dev {
+        Stage::Postrouting
+    } else if f.dst_local && f.direction != Some(Direction::Reply) {
+        Stage::Input
+    } else {
+        Stage::Forward
+    }
+}
+
+fn by_function(func: &str) -> Option<Stage> {
+    let prefixes: &[(&str, Stage)] = &[
+        ("br_", Stage::Bridge),
+        ("tun_", Stage::Tap),
+        ("tap_", Stage::Tap),
+        ("neigh_", Stage::Neighbor),
+        ("arp_", Stage::Neighbor),
+        ("ip_forward", Stage::Forward),
+        ("ip_route", Stage::Routing),
+        ("ip_error", Stage::Routing),
+        ("ip_rcv", Stage::Routing),
+        ("ip_local_deliver", Stage::Input),
+        ("icmp_rcv", Stage::Input),
+        ("udp", Stage::Input),
+        ("ip_finish_output", Stage::Neighbor),
+        ("ip_output", Stage::Postrouting),
+        ("dev_queue_xmit", Stage::Egress),
+        ("__dev_queue_xmit", Stage::Egress),
+        ("sch_", Stage::Egress),
+        ("qdisc_", Stage::Egress),
+    ];
+    prefixes
+        .iter()
+        .find(|(p, _)| func.starts_with(p))
+        .map(|(_, s)| *s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(reason: &str, function: &str) -> DropFacts<'static> {
+        DropFacts {
+            reason: Some(Box::leak(reason.to_string().into_boxed_str())),
+            function: Some(Box::leak(function.to_string().into_boxed_str())),
+            direction: Some(Direction::Request),
+            dev_known: true,
+            has_dst: true,
+            dev_role: Some(Role::Bridge),
+            dst_local: false,
+        }
+    }
+
+    #[test]
+    fn routing_failures() {
+        assert_eq!(drop_stage(&facts("IP_INADDRERRORS", "ip_error")), Stage::Routing);
+        assert_eq!(drop_stage(&facts("IP_INNOROUTES", "ip_error")), Stage::Routing);
+        assert_eq!(drop_stage(&facts("IP_RPFILTER", "ip_rcv_finish")), Stage::Routing);
+    }
+
+    #[test]
+    fn netfilter_hook_from_skb_state() {
+        let mut f = facts("NETFILTER_DROP", "nft_do_chain");
+        assert_eq!(drop_stage(&f), Stage::Forward);
+        f.has_dst = false;
+        assert_eq!(drop_stage(&f), Stage::Prerouting);
+        f.has_dst = true;
+        f.dev_role = Some(Role::Uplink);
+        assert_eq!(drop_stage(&f), Stage::Postrouting);
+        f.dev_role = Some(Role::Bridge);
+        f.dst_local = true;
+        assert_eq!(drop_stage(&f), Stage::Input);
+        f.direction = Some(Direction::Reply);
+        f.dst_local = false;
+        assert_eq!(drop_stage(&f), Stage::Postrouting);
+        f.dev_role = Some(Role::Uplink);
+        assert_eq!(drop_stage(&f), Stage::Forward);
+    }
+
+    #[test]
+    fn other_reasons_and_functions() {
+        assert_eq!(drop_stage(&facts("NEIGH_FAILED", "neigh_invalidate")), Stage::Neighbor);
+        assert_eq!(drop_stage(&facts("BRIDGE_INGRESS_STP_STATE", "br_handle_frame")), Stage::Bridge);
+        assert_eq!(drop_stage(&facts("NOT_SPECIFIED", "br_handle_frame")), Stage::Bridge);
+        assert_eq!(drop_stage(&facts("NOT_SPECIFIED", "tun_net_xmit")), Stage::Tap);
+        assert_eq!(drop_stage(&facts("NO_SOCKET", "udp_queue_rcv_skb")), Stage::Input);
+        let mut f = facts("QDISC_DROP", "__dev_queue_xmit");
+        f.dev_role = Some(Role::Uplink);
+        assert_eq!(drop_stage(&f), Stage::Egress);
+    }
+}

@@ -1,0 +1,183 @@
+//! The public output: JSON lines (a stable contract, see DESIGN.md) and the text
+//! view a person reads. Fields may be added, never renamed or removed.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Flow {
+    pub src: String,
+    pub dst: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_id: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_seq: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_id: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Nat {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PathHop {
+    pub stage: &'static str,
+    pub ifname: Option<String>,
+    /// Nanoseconds since the request was first seen.
+    pub ts_ns: u64,
+    pub nat: Option<Nat>,
+    pub direction: &'static str,
+    /// Not observed by a probe but implied by the hops around it (e.g. FORWARD
+    /// between the bridge and the uplink).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inferred: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub vm_ip: String,
+    pub dst: String,
+    pub proto: &'static str,
+    pub flow: Flow,
+    pub verdict: &'static str,
+    pub direction: Option<&'static str>,
+    pub stage: Option<&'static str>,
+    pub ifname: Option<String>,
+    pub reason: Option<String>,
+    pub location: Option<String>,
+    pub rule: Option<String>,
+    pub hint: Option<String>,
+    pub path: Vec<PathHop>,
+    /// Round trip from the VM port and back, for replied requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ns: Option<u64>,
+    /// The verdict was decided because tracing stopped, not by an observed end.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub probes: usize,
+    pub replied: usize,
+    pub dropped: usize,
+    pub no_reply: usize,
+    /// Events the kernel could not hand over (ring buffer full); verdicts may be
+    /// built from incomplete paths when this is not 0.
+    pub events_lost: u64,
+    pub programs_attached: usize,
+}
+
+pub struct Printer {
+    pub json: bool,
+}
+
+impl Printer {
+    pub fn verdict(&self, v: &Verdict) {
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let _ = writeln!(out, "{}", serde_json::to_string(v).unwrap_or_default());
+        } else {
+            let _ = write!(out, "{}", render_text(v));
+        }
+        let _ = out.flush();
+    }
+
+    pub fn summary(&self, s: &Summary) {
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let _ = writeln!(out, "{}", serde_json::to_string(s).unwrap_or_default());
+        } else {
+            let _ = writeln!(
+                out,
+                "{} probe(s): {} replied, {} dropped, {} no reply{}",
+                s.probes,
+                s.replied,
+                s.dropped,
+                s.no_reply,
+                if s.events_lost > 0 {
+                    format!(" ({} events lost: paths may be incomplete)", s.events_lost)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let _ = out.flush();
+    }
+
+    /// A line for the person watching, never part of the JSON stream.
+    pub fn status(&self, msg: &str) {
+        eprintln!("{msg}");
+    }
+}
+
+fn flow_label(v: &Verdict) -> String {
+    let f = &v.flow;
+    match (f.icmp_id, f.icmp_seq, f.dns_id) {
+        (Some(id), Some(seq), _) => format!("icmp {} → {} id {id} seq {seq}", f.src, f.dst),
+        (_, _, Some(id)) => format!("dns {} → {} id {id}", f.src, f.dst),
+        _ => format!("{} {} → {}", v.proto, f.src, f.dst),
+    }
+}
+
+/// The path as a compact drawing that fits 80 columns, then the verdict and hint.
+pub fn render_text(v: &Verdict) -> String {
+    let mut s = format!("{}\n", flow_label(v));
+    let mut last_dir = "";
+    for hop in &v.path {
+        let arrow = if hop.direction == "reply" { "←" } else { "→" };
+        if hop.direction != last_dir {
+            s.push_str(&format!("  {}\n", hop.direction));
+            last_dir = hop.direction;
+        }
+        let nat = hop
+            .nat
+            .as_ref()
+            .map(|n| format!("  {} {} → {}", n.kind, n.from, n.to))
+            .unwrap_or_default();
+        let mark = if hop.inferred { "·" } else { arrow };
+        s.push_str(&format!(
+            "  {mark} {:>9.3} ms  {:<11} {:<12}{nat}\n",
+            hop.ts_ns as f64 / 1e6,
+            hop.stage,
+            hop.ifname.as_deref().unwrap_or("-"),
+        ));
+    }
+    let word = v.verdict.to_uppercase().replace('_', " ");
+    let mut line = format!("  {word}");
+    if let Some(rtt) = v.rtt_ns {
+        line.push_str(&format!(" in {:.3} ms", rtt as f64 / 1e6));
+    }
+    if let (Some(d), Some(st)) = (v.direction, v.stage) {
+        line.push_str(&format!(" — {d} at {st}"));
+        if let Some(i) = &v.ifname {
+            line.push_str(&format!(" ({i})"));
+        }
+    }
+    if let Some(r) = &v.reason {
+        line.push_str(&format!(": {r}"));
+    }
+    if let Some(l) = &v.location {
+        line.push_str(&format!(" at {l}"));
+    }
+    s.push_str(&line);
+    s.push('\n');
+    if let Some(rule) = &v.rule {
+        s.push_str(&format!("  rule: {rule}\n"));
+    }
+    if let Some(h) = &v.hint {
+        s.push_str(&format!("  hint: {h}\n"));
+    }
+    s.push('\n');
+    s
+}

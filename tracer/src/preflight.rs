@@ -1,0 +1,59 @@
+//! Checks and fixes before anything is loaded: privileges, bpffs and tracefs.
+//! Each failure is one clear sentence saying what to do.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use crate::kernel::tracefs::TRACEFS;
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn check() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 && !has_caps() {
+        bail!("pathtrace needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load eBPF programs");
+    }
+    ensure_mounted(TRACEFS, "tracefs", "events")?;
+    ensure_mounted(BPFFS, "bpf", "")?;
+    Ok(())
+}
+
+/// CAP_BPF (39), CAP_PERFMON (38) and CAP_NET_ADMIN (12) in the effective set.
+fn has_caps() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    [39u32, 38, 12].iter().all(|c| eff & (1 << c) != 0)
+}
+
+/// Mount a pseudo filesystem when it is missing (fresh machines have neither).
+/// `probe` is an entry that exists once it is mounted.
+fn ensure_mounted(dir: &str, fstype: &str, probe: &str) -> Result<()> {
+    if !probe.is_empty() && Path::new(dir).join(probe).exists() {
+        return Ok(());
+    }
+    if probe.is_empty() && is_mountpoint(dir) {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in constant");
+    let (src, target, ty) = (c(fstype), c(dir), c(fstype));
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        bail!(
+            "{fstype} is not mounted at {dir} and mounting it failed ({}); mount it: mount -t {fstype} {fstype} {dir}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn is_mountpoint(dir: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(4) == Some(dir)))
+        .unwrap_or(false)
+}

@@ -1,0 +1,146 @@
+//! Load the embedded eBPF object, attach its programs, and detach them again.
+//!
+//! Everything pathtrace attaches is owned by file descriptors of this process
+//! (tcx links on 6.6+, perf-event tracepoint links), so the kernel removes it when
+//! the process exits for any reason, SIGKILL included. Only on kernels without tcx
+//! do we fall back to clsact; a clsact qdisc we had to create is removed on drop.
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, TracePoint,
+        tc::{self, NlOptions, TcAttachOptions},
+    },
+    util::KernelVersion,
+};
+use tracer_common::{CNT_RINGBUF_FULL, CNT_TRACK_FULL, Config, names};
+
+use crate::topology::Iface;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Ring buffer size: ~16k events, plenty for a trace, bounded in memory.
+const RINGBUF_BYTES: u32 = 1 << 20;
+
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Interfaces where we created a clsact qdisc (pre-tcx kernels only).
+    created_clsact: Vec<String>,
+    pub attached: usize,
+}
+
+impl Probes {
+    pub fn load(config: Config) -> Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .override_global(names::CONFIG, &config, true)
+            .set_max_entries(names::EVENTS, RINGBUF_BYTES)
+            .load(OBJECT)
+            .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+        let mut probes = Self {
+            ebpf,
+            created_clsact: Vec::new(),
+            attached: 0,
+        };
+        for name in [names::TC_INGRESS, names::TC_EGRESS] {
+            probes
+                .classifier(name)?
+                .load()
+                .with_context(|| format!("loading {name}"))?;
+        }
+        Ok(probes)
+    }
+
+    fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        Ok(prog.try_into()?)
+    }
+
+    /// Attach both TC directions on `iface`, ahead of any other program so we see
+    /// packets before something else drops them; we never change their verdict.
+    pub fn attach_tc(&mut self, iface: &Iface) -> Result<()> {
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
+            match tc::qdisc_add_clsact(&iface.name) {
+                Ok(()) => self.created_clsact.push(iface.name.clone()),
+                // Already there (someone else's): use it, never remove it.
+                Err(tc::TcError::AlreadyAttached) => {}
+                Err(e) if e.to_string().contains("exists") => {}
+                Err(e) => return Err(anyhow!("adding clsact to {}: {e}", iface.name)),
+            }
+        }
+        for (name, dir) in [
+            (names::TC_INGRESS, TcAttachType::Ingress),
+            (names::TC_EGRESS, TcAttachType::Egress),
+        ] {
+            let options = if tcx {
+                TcAttachOptions::TcxOrder(LinkOrder::first())
+            } else {
+                TcAttachOptions::Netlink(NlOptions::default())
+            };
+            self.classifier(name)?
+                .attach_with_options(&iface.name, dir, options)
+                .with_context(|| format!("attaching {name} to {}", iface.name))?;
+            self.attached += 1;
+        }
+        Ok(())
+    }
+
+    pub fn attach_tracepoints(&mut self) -> Result<()> {
+        for (name, category, event) in [
+            (names::KFREE_SKB, "skb", "kfree_skb"),
+            (names::CONSUME_SKB, "skb", "consume_skb"),
+        ] {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            prog.attach(category, event)
+                .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
+            self.attached += 1;
+        }
+        Ok(())
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or_else(|| anyhow!("map {} missing", names::EVENTS))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Kernel-side losses: (ring buffer full, tracking map full), summed over CPUs.
+    pub fn losses(&self) -> (u64, u64) {
+        let Some(map) = self.ebpf.map(names::COUNTERS) else {
+            return (0, 0);
+        };
+        let Ok(counters) = PerCpuArray::<_, u64>::try_from(map) else {
+            return (0, 0);
+        };
+        let sum = |i: u32| {
+            counters
+                .get(&i, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        (sum(CNT_RINGBUF_FULL), sum(CNT_TRACK_FULL))
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        // Links detach when `ebpf` drops; only a qdisc we created needs removing.
+        for name in &self.created_clsact {
+            let _ = std::process::Command::new("tc")
+                .args(["qdisc", "del", "dev", name, "clsact"])
+                .status();
+        }
+    }
+}

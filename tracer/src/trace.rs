@@ -1,0 +1,213 @@
+//! Trace mode: attach, follow the guest's requests, print a verdict per request.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{Instant, interval, sleep_until},
+};
+use tracer_common::{Config, Event};
+
+use crate::{
+    cli::Cli,
+    correlate::{Correlator, Finished, Outcome, PathCtx},
+    explain::Explainer,
+    kernel::{btf::KernelBtf, kallsyms::Symbols, tracefs},
+    output::{Printer, Summary},
+    preflight,
+    probes::Probes,
+    topology::Topology,
+};
+
+pub fn run(cli: &Cli) -> Result<i32> {
+    preflight::check()?;
+    let topo = Topology::discover(cli.vm_ip, cli.to, cli.iface.as_deref())?;
+    let btf = KernelBtf::load()?;
+    let reasons = btf.drop_reasons()?;
+    let config = build_config(cli, &btf)?;
+    let mut probes = Probes::load(config)?;
+    // Tracepoints first, so a packet tracked by TC can never be freed unseen.
+    probes.attach_tracepoints()?;
+    for (iface, _) in topo.hooks() {
+        probes.attach_tc(&iface)?;
+    }
+    let events = probes.take_events()?;
+    let printer = Printer { json: cli.json };
+    printer.status(&banner(cli, &topo));
+    let explainer = Explainer {
+        symbols: Symbols::load()?,
+        reasons,
+        proto_word: cli.proto.word(),
+        topo,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let tally = rt.block_on(follow(cli, events, &explainer, &printer))?;
+    let (lost, _) = probes.losses();
+    printer.summary(&Summary {
+        kind: "summary",
+        probes: tally.total(),
+        replied: tally.replied,
+        dropped: tally.dropped,
+        no_reply: tally.no_reply,
+        events_lost: lost,
+        programs_attached: probes.attached,
+    });
+    if tally.total() == 0 {
+        printer.status(&format!(
+            "saw no {} request from {} to {} in {} s: is the guest sending? (ping {} from inside the VM while pathtrace runs)",
+            cli.proto.word(),
+            cli.vm_ip,
+            cli.to,
+            cli.timeout,
+            cli.to
+        ));
+        return Ok(1);
+    }
+    Ok(if tally.replied == tally.total() { 0 } else { 1 })
+}
+
+fn banner(cli: &Cli, topo: &Topology) -> String {
+    let hops: Vec<String> = topo.hooks().iter().map(|(i, _)| i.name.clone()).collect();
+    format!(
+        "pathtrace: following {} from {} to {} via {} (up to {} requests, {} s; Ctrl-C stops)",
+        cli.proto.word(),
+        cli.vm_ip,
+        cli.to,
+        hops.join(" → "),
+        cli.count,
+        cli.timeout
+    )
+}
+
+fn build_config(cli: &Cli, btf: &KernelBtf) -> Result<Config> {
+    let offsets = btf.offsets().context("reading struct offsets from BTF")?;
+    Ok(Config {
+        vm_ip: cli.vm_ip.octets(),
+        dst_ip: cli.to.octets(),
+        protos: cli.proto.mask(),
+        kfree_reason_off: tracefs::field_offset("skb", "kfree_skb", "reason")?,
+        kfree_location_off: tracefs::field_offset("skb", "kfree_skb", "location")?,
+        consume_location_off: tracefs::field_offset("skb", "consume_skb", "location").unwrap_or(0),
+        skb_dev_off: offsets.skb_dev,
+        skb_refdst_off: offsets.skb_refdst,
+        dev_ifindex_off: offsets.dev_ifindex,
+        dev_net_off: offsets.dev_net,
+        net_inum_off: offsets.net_inum,
+        _pad: 0,
+    })
+}
+
+#[derive(Default)]
+struct Tally {
+    replied: usize,
+    dropped: usize,
+    no_reply: usize,
+}
+
+impl Tally {
+    fn total(&self) -> usize {
+        self.replied + self.dropped + self.no_reply
+    }
+
+    fn add(&mut self, o: Outcome) {
+        match o {
+            Outcome::Replied => self.replied += 1,
+            Outcome::Dropped => self.dropped += 1,
+            Outcome::NoReply => self.no_reply += 1,
+        }
+    }
+}
+
+/// Monotonic clock in ns: the same clock as `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+async fn follow(
+    cli: &Cli,
+    events: RingBuf<MapData>,
+    explainer: &Explainer,
+    printer: &Printer,
+) -> Result<Tally> {
+    let topo = &explainer.topo;
+    let roles: HashMap<u32, _> = topo.hooks().into_iter().map(|(i, r)| (i.index, r)).collect();
+    let mut corr = Correlator::new(PathCtx { roles, netns: topo.netns_inum });
+    let mut ring = AsyncFd::new(events).context("polling the ring buffer")?;
+    let deadline = Instant::now() + Duration::from_secs(cli.timeout);
+    let mut tick = interval(Duration::from_millis(100));
+    let mut ticks = 0u64;
+    let (mut int, mut term, mut hup) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::hangup())?,
+    );
+    let mut tally = Tally::default();
+    let want = cli.count as usize;
+    let mut report = |done: Vec<Finished>, tally: &mut Tally| {
+        for f in done {
+            if tally.total() >= want {
+                break;
+            }
+            tally.add(f.outcome);
+            printer.verdict(&explainer.verdict(&f));
+        }
+    };
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    if let Some(ev) = decode(&item) {
+                        corr.on_event(&ev);
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                report(corr.poll(monotonic_ns()), &mut tally);
+                ticks += 1;
+                if ticks % 10 == 0 {
+                    check_interfaces(topo)?;
+                }
+            }
+            _ = sleep_until(deadline) => break,
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => break,
+        }
+        if tally.total() >= want {
+            break;
+        }
+    }
+    report(corr.flush(), &mut tally);
+    Ok(tally)
+}
+
+fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is plain old data (tracer-common), length checked above.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// The traced interfaces must still be there; their links vanish with them.
+fn check_interfaces(topo: &Topology) -> Result<()> {
+    for (iface, _) in topo.hooks() {
+        let name = std::ffi::CString::new(iface.name.clone())?;
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index != iface.index {
+            bail!("interface {} vanished during the trace", iface.name);
+        }
+    }
+    Ok(())
+}
