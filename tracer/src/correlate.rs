@@ -254,12 +254,16 @@ impl Correlator {
 
     /// The trace an event belongs to: by skb address first (exact), else by the
     /// protocol key (ids survive NAT).
+    /// Skb addresses are reused quickly, so an address match counts only when the
+    /// protocol key agrees too.
     fn find(&self, ev: &Event) -> Option<usize> {
+        let key = FlowKey::of(&ev.pkt);
+        let same = |i: &usize| self.traces.get(*i).is_some_and(|t| t.key == key);
         self.by_skb
             .get(&ev.skb)
-            .or_else(|| self.by_key.get(&FlowKey::of(&ev.pkt)))
+            .filter(|i| same(i))
+            .or_else(|| self.by_key.get(&key).filter(|i| same(i)))
             .copied()
-            .filter(|&i| i < self.traces.len())
     }
 
     fn is_elsewhere(&self, ev: &Event) -> bool {
@@ -338,6 +342,7 @@ impl Correlator {
         self.take(|t| Some(decide(t, u64::MAX).map_or((Outcome::NoReply, true), |o| (o, false))))
     }
 
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.traces.len()
     }
@@ -543,6 +548,18 @@ mod tests {
         c.on_event(&free(EventKind::Consume, 0x2008, 130, ROLE_REPLY, pkt(DST, VM, 0, 8), 77));
         let done = c.poll(110 + SETTLE_NS);
         assert_eq!(done[0].outcome, Outcome::Replied);
+    }
+
+    #[test]
+    fn reused_skb_address_starts_a_new_trace() {
+        let mut c = Correlator::new(ctx());
+        request_out(&mut c, 1, 0);
+        // seq 2 arrives in the very skb that carried seq 1 (freed elsewhere meanwhile).
+        let req2 = pkt(VM, DST, 8, 2);
+        c.on_event(&tc(0x1001, 500, TAP, DIR_INGRESS, ROLE_REQUEST, req2));
+        assert_eq!(c.open(), 2);
+        assert_eq!(c.traces[0].req_hops.len(), 3);
+        assert_eq!(c.traces[1].req_hops.len(), 1);
     }
 
     #[test]

@@ -134,7 +134,17 @@ fn flow_label(v: &Verdict) -> String {
 pub fn render_text(v: &Verdict) -> String {
     let mut s = format!("{}\n", flow_label(v));
     let mut last_dir = "";
+    let mut inferred: Vec<&str> = Vec::new();
     for hop in &v.path {
+        if hop.inferred {
+            inferred.push(hop.stage);
+            continue;
+        }
+        if !inferred.is_empty() {
+            // Stages implied between two observed hops, on one line.
+            s.push_str(&format!("  ·               {}\n", inferred.join(" · ")));
+            inferred.clear();
+        }
         let arrow = if hop.direction == "reply" { "←" } else { "→" };
         if hop.direction != last_dir {
             s.push_str(&format!("  {}\n", hop.direction));
@@ -145,9 +155,8 @@ pub fn render_text(v: &Verdict) -> String {
             .as_ref()
             .map(|n| format!("  {} {} → {}", n.kind, n.from, n.to))
             .unwrap_or_default();
-        let mark = if hop.inferred { "·" } else { arrow };
         s.push_str(&format!(
-            "  {mark} {:>9.3} ms  {:<11} {:<12}{nat}\n",
+            "  {arrow} {:>9.3} ms  {:<11} {:<12}{nat}\n",
             hop.ts_ns as f64 / 1e6,
             hop.stage,
             hop.ifname.as_deref().unwrap_or("-"),
@@ -158,8 +167,11 @@ pub fn render_text(v: &Verdict) -> String {
     if let Some(rtt) = v.rtt_ns {
         line.push_str(&format!(" in {:.3} ms", rtt as f64 / 1e6));
     }
-    if let (Some(d), Some(st)) = (v.direction, v.stage) {
-        line.push_str(&format!(" — {d} at {st}"));
+    if let Some(st) = v.stage {
+        match v.direction {
+            Some(d) => line.push_str(&format!(" — {d} at {st}")),
+            None => line.push_str(&format!(" — at {st}")),
+        }
         if let Some(i) = &v.ifname {
             line.push_str(&format!(" ({i})"));
         }

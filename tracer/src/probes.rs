@@ -35,7 +35,7 @@ impl Probes {
     pub fn load(config: Config) -> Result<Self> {
         let ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
-            .set_max_entries(names::EVENTS, RINGBUF_BYTES)
+            .map_max_entries(names::EVENTS, RINGBUF_BYTES)
             .load(OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         let mut probes = Self {

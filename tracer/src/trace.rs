@@ -74,8 +74,14 @@ pub fn run(cli: &Cli) -> Result<i32> {
 
 fn banner(cli: &Cli, topo: &Topology) -> String {
     let hops: Vec<String> = topo.hooks().iter().map(|(i, _)| i.name.clone()).collect();
+    let mac = topo.vm_mac.as_ref().map(|m| format!(" ({m})")).unwrap_or_default();
+    let route = if topo.unroutable {
+        format!("; this host has no route to {}", cli.to)
+    } else {
+        String::new()
+    };
     format!(
-        "pathtrace: following {} from {} to {} via {} (up to {} requests, {} s; Ctrl-C stops)",
+        "pathtrace: following {} from {}{mac} to {} via {}{route} (up to {} requests, {} s; Ctrl-C stops)",
         cli.proto.word(),
         cli.vm_ip,
         cli.to,
@@ -140,7 +146,10 @@ async fn follow(
     let topo = &explainer.topo;
     let roles: HashMap<u32, _> = topo.hooks().into_iter().map(|(i, r)| (i.index, r)).collect();
     let mut corr = Correlator::new(PathCtx { roles, netns: topo.netns_inum });
-    let mut ring = AsyncFd::new(events).context("polling the ring buffer")?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for
+    // as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register(events) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(cli.timeout);
     let mut tick = interval(Duration::from_millis(100));
     let mut ticks = 0u64;
@@ -151,7 +160,7 @@ async fn follow(
     );
     let mut tally = Tally::default();
     let want = cli.count as usize;
-    let mut report = |done: Vec<Finished>, tally: &mut Tally| {
+    let report = |done: Vec<Finished>, tally: &mut Tally| {
         for f in done {
             if tally.total() >= want {
                 break;
@@ -175,7 +184,7 @@ async fn follow(
             _ = tick.tick() => {
                 report(corr.poll(monotonic_ns()), &mut tally);
                 ticks += 1;
-                if ticks % 10 == 0 {
+                if ticks.is_multiple_of(10) {
                     check_interfaces(topo)?;
                 }
             }

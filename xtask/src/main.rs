@@ -1,1 +1,96 @@
-fn main(){}
+//! `cargo xtask`: set-up, build, demo and tests for pathtrace.
+//!
+//! Every task is idempotent and quick when there is nothing left to do.
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what pathtrace needs (apt packages, rust-src, bpf-linker) and mount
+    /// bpffs/tracefs.
+    Setup,
+    /// Set up, then build target/release/pathtrace (eBPF programs embedded).
+    Build,
+    /// Set up, build, and show pathtrace on a namespaced demo hypervisor.
+    Demo,
+    /// Set up, build, and run every test (unit and end-to-end; needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = match args.task {
+        Task::Setup => setup::run(),
+        Task::Build => setup::run().and_then(|_| build()),
+        Task::Demo => setup::run().and_then(|_| build()).and_then(|_| demo::run()),
+        Task::Test { args } => setup::run().and_then(|_| build()).and_then(|_| test(&args)),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+pub fn exec(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    eprintln!("xtask: building pathtrace (release, eBPF embedded)");
+    exec(cargo().args(["build", "--release", "--workspace"]))
+}
+
+pub fn release_bin(name: &str) -> PathBuf {
+    root().join("target/release").join(name)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    // End-to-end tests build namespaces and load eBPF: they need root, and CI runs
+    // them as root. They find the binaries through these variables.
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "--workspace"])
+        .env("PATHTRACE_BIN", release_bin("pathtrace"))
+        .env("FAKE_GUEST_BIN", release_bin("fake-guest"))
+        .args(extra)
+        // One test at a time: the end-to-end tests check that nothing of
+        // pathtrace stays attached, which a parallel run would blur.
+        .args(["--", "--test-threads=1"]);
+    exec(&mut cmd)
+}

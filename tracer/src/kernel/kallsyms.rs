@@ -30,12 +30,14 @@ impl Symbols {
         Self { syms }
     }
 
-    /// True when addresses are hidden (kptr_restrict) and nothing can be symbolized.
-    pub fn is_empty(&self) -> bool {
-        self.syms.is_empty()
-    }
-
+    /// `function+0xoff`; the raw address when symbols are hidden (kptr_restrict).
     pub fn resolve(&self, addr: u64) -> Option<String> {
+        if addr == 0 {
+            return None;
+        }
+        if self.syms.is_empty() {
+            return Some(format!("{addr:#x}"));
+        }
         let idx = self.syms.partition_point(|(a, _)| *a <= addr);
         let (base, name) = self.syms.get(idx.checked_sub(1)?)?;
         Some(format!("{name}+{:#x}", addr - base))
@@ -54,12 +56,13 @@ mod tests {
         );
         assert_eq!(s.resolve(0xffffffff811003e8).as_deref(), Some("nft_do_chain+0x3e8"));
         assert_eq!(s.resolve(0xffffffff81200000).as_deref(), Some("ip_forward+0x0"));
-        assert_eq!(s.resolve(0x10), None);
+        assert_eq!(s.resolve(0x10), None, "below every symbol");
     }
 
     #[test]
     fn hidden_addresses_give_no_symbols() {
         let s = Symbols::parse("0000000000000000 T _stext\n0000000000000000 t ip_forward\n");
-        assert!(s.is_empty());
+        assert_eq!(s.resolve(0xffff0010).as_deref(), Some("0xffff0010"));
+        assert_eq!(s.resolve(0), None);
     }
 }
