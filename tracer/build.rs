@@ -1,7 +1,7 @@
 //! Builds the eBPF programs (tracer-ebpf) for the BPF target and lets `main.rs`
 //! embed the object, so `cargo build --release` yields one self-contained binary.
 //! `AYA_BUILD_SKIP=1` skips this for lint-only runs.
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {

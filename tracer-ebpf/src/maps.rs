@@ -1,11 +1,11 @@
 //! Maps and the read-only configuration shared by every program.
 
 use aya_ebpf::{
-    Global,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
+    Global,
 };
-use tracer_common::{CNT_MAX, Config, Event, Tracked};
+use tracer_common::{Config, Event, Tracked, CNT_MAX};
 
 /// Filter and kernel offsets, written by user space at load time.
 #[unsafe(no_mangle)]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use tracer_common::{
-    DIR_EGRESS, Event, EventKind, FLAG_DEV_KNOWN, FLAG_HAS_DST, PacketInfo, ROLE_REPLY,
+    Event, EventKind, PacketInfo, DIR_EGRESS, FLAG_DEV_KNOWN, FLAG_HAS_DST, ROLE_REPLY,
 };
 
 use crate::topology::Role;
@@ -462,10 +462,31 @@ mod tests {
 
     fn request_out(c: &mut Correlator, seq: u16, t0: u64) {
         let req = pkt(VM, DST, 8, seq);
-        c.on_event(&tc(0x1000 + seq as u64, t0, TAP, DIR_INGRESS, ROLE_REQUEST, req));
-        c.on_event(&tc(0x1000 + seq as u64, t0 + 10, BR, DIR_INGRESS, ROLE_REQUEST, req));
+        c.on_event(&tc(
+            0x1000 + seq as u64,
+            t0,
+            TAP,
+            DIR_INGRESS,
+            ROLE_REQUEST,
+            req,
+        ));
+        c.on_event(&tc(
+            0x1000 + seq as u64,
+            t0 + 10,
+            BR,
+            DIR_INGRESS,
+            ROLE_REQUEST,
+            req,
+        ));
         let natted = pkt(WAN, DST, 8, seq);
-        c.on_event(&tc(0x1000 + seq as u64, t0 + 20, UP, DIR_EGRESS, ROLE_REQUEST, natted));
+        c.on_event(&tc(
+            0x1000 + seq as u64,
+            t0 + 20,
+            UP,
+            DIR_EGRESS,
+            ROLE_REQUEST,
+            natted,
+        ));
     }
 
     #[test]
@@ -473,11 +494,39 @@ mod tests {
         let mut c = Correlator::new(ctx());
         request_out(&mut c, 1, 1_000);
         // The request is consumed in the remote namespace: not ours, ignored.
-        c.on_event(&free(EventKind::Consume, 0x1001, 1_100, ROLE_REQUEST, pkt(WAN, DST, 8, 1), 99));
+        c.on_event(&free(
+            EventKind::Consume,
+            0x1001,
+            1_100,
+            ROLE_REQUEST,
+            pkt(WAN, DST, 8, 1),
+            99,
+        ));
         // Reply: a new skb, found by id/seq after NAT.
-        c.on_event(&tc(0x2000, 2_000, UP, DIR_INGRESS, ROLE_REPLY, pkt(DST, WAN, 0, 1)));
-        c.on_event(&tc(0x2000, 2_100, BR, DIR_EGRESS, ROLE_REPLY, pkt(DST, VM, 0, 1)));
-        c.on_event(&tc(0x2000, 2_200, TAP, DIR_EGRESS, ROLE_REPLY, pkt(DST, VM, 0, 1)));
+        c.on_event(&tc(
+            0x2000,
+            2_000,
+            UP,
+            DIR_INGRESS,
+            ROLE_REPLY,
+            pkt(DST, WAN, 0, 1),
+        ));
+        c.on_event(&tc(
+            0x2000,
+            2_100,
+            BR,
+            DIR_EGRESS,
+            ROLE_REPLY,
+            pkt(DST, VM, 0, 1),
+        ));
+        c.on_event(&tc(
+            0x2000,
+            2_200,
+            TAP,
+            DIR_EGRESS,
+            ROLE_REPLY,
+            pkt(DST, VM, 0, 1),
+        ));
         assert!(c.poll(2_300).is_empty(), "waits for a late drop");
         let done = c.poll(2_200 + SETTLE_NS);
         assert_eq!(done.len(), 1);
@@ -513,15 +562,36 @@ mod tests {
         // A drop in another namespace after leaving does not count as ours.
         let mut c = Correlator::new(ctx());
         request_out(&mut c, 2, 0);
-        c.on_event(&free(EventKind::Drop, 0x1002, 30, ROLE_REQUEST, pkt(WAN, DST, 8, 2), 99));
+        c.on_event(&free(
+            EventKind::Drop,
+            0x1002,
+            30,
+            ROLE_REQUEST,
+            pkt(WAN, DST, 8, 2),
+            99,
+        ));
         assert!(c.poll(40).is_empty());
     }
 
     #[test]
     fn unknown_replies_and_unrelated_frees_are_ignored() {
         let mut c = Correlator::new(ctx());
-        c.on_event(&tc(0x99, 1, UP, DIR_INGRESS, ROLE_REPLY, pkt(DST, WAN, 0, 9)));
-        c.on_event(&free(EventKind::Drop, 0x98, 2, ROLE_REQUEST, pkt(VM, DST, 8, 9), NS));
+        c.on_event(&tc(
+            0x99,
+            1,
+            UP,
+            DIR_INGRESS,
+            ROLE_REPLY,
+            pkt(DST, WAN, 0, 9),
+        ));
+        c.on_event(&free(
+            EventKind::Drop,
+            0x98,
+            2,
+            ROLE_REQUEST,
+            pkt(VM, DST, 8, 9),
+            NS,
+        ));
         assert_eq!(c.open(), 0);
         assert!(c.flush().is_empty());
     }
@@ -530,22 +600,67 @@ mod tests {
     fn reply_dropped_on_the_way_back() {
         let mut c = Correlator::new(ctx());
         request_out(&mut c, 4, 0);
-        c.on_event(&tc(0x2004, 100, UP, DIR_INGRESS, ROLE_REPLY, pkt(DST, WAN, 0, 4)));
-        c.on_event(&free(EventKind::Drop, 0x2004, 110, ROLE_REPLY, pkt(DST, WAN, 0, 4), NS));
+        c.on_event(&tc(
+            0x2004,
+            100,
+            UP,
+            DIR_INGRESS,
+            ROLE_REPLY,
+            pkt(DST, WAN, 0, 4),
+        ));
+        c.on_event(&free(
+            EventKind::Drop,
+            0x2004,
+            110,
+            ROLE_REPLY,
+            pkt(DST, WAN, 0, 4),
+            NS,
+        ));
         let done = c.poll(120);
         assert_eq!(done[0].outcome, Outcome::Dropped);
-        assert_eq!(done[0].trace.drop.as_ref().unwrap().direction, Direction::Reply);
+        assert_eq!(
+            done[0].trace.drop.as_ref().unwrap().direction,
+            Direction::Reply
+        );
     }
 
     #[test]
     fn frees_inside_the_guest_after_delivery_are_ignored() {
         let mut c = Correlator::new(ctx());
         request_out(&mut c, 8, 0);
-        c.on_event(&tc(0x2008, 100, UP, DIR_INGRESS, ROLE_REPLY, pkt(DST, WAN, 0, 8)));
-        c.on_event(&tc(0x2008, 110, TAP, DIR_EGRESS, ROLE_REPLY, pkt(DST, VM, 0, 8)));
+        c.on_event(&tc(
+            0x2008,
+            100,
+            UP,
+            DIR_INGRESS,
+            ROLE_REPLY,
+            pkt(DST, WAN, 0, 8),
+        ));
+        c.on_event(&tc(
+            0x2008,
+            110,
+            TAP,
+            DIR_EGRESS,
+            ROLE_REPLY,
+            pkt(DST, VM, 0, 8),
+        ));
         // The guest's own stack drops its copy (e.g. no ping socket): not ours.
-        c.on_event(&free(EventKind::Drop, 0x2008, 120, ROLE_REPLY, pkt(DST, VM, 0, 8), 0));
-        c.on_event(&free(EventKind::Consume, 0x2008, 130, ROLE_REPLY, pkt(DST, VM, 0, 8), 77));
+        c.on_event(&free(
+            EventKind::Drop,
+            0x2008,
+            120,
+            ROLE_REPLY,
+            pkt(DST, VM, 0, 8),
+            0,
+        ));
+        c.on_event(&free(
+            EventKind::Consume,
+            0x2008,
+            130,
+            ROLE_REPLY,
+            pkt(DST, VM, 0, 8),
+            77,
+        ));
         let done = c.poll(110 + SETTLE_NS);
         assert_eq!(done[0].outcome, Outcome::Replied);
     }
@@ -576,7 +691,14 @@ mod tests {
     #[test]
     fn flush_marks_in_flight_traces_timed_out() {
         let mut c = Correlator::new(ctx());
-        c.on_event(&tc(0x60, 1, TAP, DIR_INGRESS, ROLE_REQUEST, pkt(VM, DST, 8, 6)));
+        c.on_event(&tc(
+            0x60,
+            1,
+            TAP,
+            DIR_INGRESS,
+            ROLE_REQUEST,
+            pkt(VM, DST, 8, 6),
+        ));
         let done = c.flush();
         assert_eq!(done.len(), 1);
         assert!(done[0].timed_out);

@@ -145,7 +145,11 @@ pub fn render_text(v: &Verdict) -> String {
             s.push_str(&format!("  ·               {}\n", inferred.join(" · ")));
             inferred.clear();
         }
-        let arrow = if hop.direction == "reply" { "←" } else { "→" };
+        let arrow = if hop.direction == "reply" {
+            "←"
+        } else {
+            "→"
+        };
         if hop.direction != last_dir {
             s.push_str(&format!("  {}\n", hop.direction));
             last_dir = hop.direction;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{bail, Result};
 
 use crate::kernel::tracefs::TRACEFS;
 
@@ -42,7 +42,15 @@ fn ensure_mounted(dir: &str, fstype: &str, probe: &str) -> Result<()> {
     }
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in constant");
     let (src, target, ty) = (c(fstype), c(dir), c(fstype));
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            ty.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         bail!(
             "{fstype} is not mounted at {dir} and mounting it failed ({}); mount it: mount -t {fstype} {fstype} {dir}",

@@ -5,17 +5,17 @@
 //! the process exits for any reason, SIGKILL included. Only on kernels without tcx
 //! do we fall back to clsact; a clsact qdisc we had to create is removed on drop.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{anyhow, Context, Result};
 use aya::{
-    Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, TracePoint,
         tc::{self, NlOptions, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType, TracePoint,
     },
     util::KernelVersion,
+    Ebpf, EbpfLoader,
 };
-use tracer_common::{CNT_RINGBUF_FULL, CNT_TRACK_FULL, Config, names};
+use tracer_common::{names, Config, CNT_RINGBUF_FULL, CNT_TRACK_FULL};
 
 use crate::topology::Iface;
 
@@ -124,12 +124,7 @@ impl Probes {
         let Ok(counters) = PerCpuArray::<_, u64>::try_from(map) else {
             return (0, 0);
         };
-        let sum = |i: u32| {
-            counters
-                .get(&i, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |i: u32| counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
         (sum(CNT_RINGBUF_FULL), sum(CNT_TRACK_FULL))
     }
 }

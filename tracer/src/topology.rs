@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, net::Ipv4Addr, os::unix::fs::MetadataExt, process::Command};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +150,12 @@ fn run_json(program: &str, args: &[&str]) -> Result<Value> {
 fn link_names(links: &Value) -> HashMap<u32, String> {
     as_array(links)
         .iter()
-        .filter_map(|l| Some((l["ifindex"].as_u64()? as u32, l["ifname"].as_str()?.to_string())))
+        .filter_map(|l| {
+            Some((
+                l["ifindex"].as_u64()? as u32,
+                l["ifname"].as_str()?.to_string(),
+            ))
+        })
         .collect()
 }
 
@@ -209,7 +214,11 @@ fn find_vm_port(vm_ip: Ipv4Addr, links: &Value) -> Result<(String, Option<String
     let port = as_array(&fdb)
         .iter()
         .filter(|f| f["mac"].as_str().map(str::to_lowercase).as_deref() == Some(mac.as_str()))
-        .filter(|f| !f["flags"].as_array().is_some_and(|fl| fl.iter().any(|x| x == "self")))
+        .filter(|f| {
+            !f["flags"]
+                .as_array()
+                .is_some_and(|fl| fl.iter().any(|x| x == "self"))
+        })
         .find_map(|f| f["ifname"].as_str().map(str::to_string));
     match port {
         Some(p) => Ok((p, Some(mac))),
@@ -232,7 +241,12 @@ fn route_to(dst: Ipv4Addr, vm_ip: Ipv4Addr, inbound: &str) -> Option<Value> {
         ip_json(args)
             .ok()
             .and_then(|v| as_array(&v).first().cloned())
-            .filter(|r| !matches!(r["type"].as_str(), Some("unreachable" | "prohibit" | "blackhole")))
+            .filter(|r| {
+                !matches!(
+                    r["type"].as_str(),
+                    Some("unreachable" | "prohibit" | "blackhole")
+                )
+            })
     })
 }
 
@@ -245,7 +259,12 @@ fn inet_addrs(dev: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
     Ok(as_array(&v)
         .iter()
         .flat_map(|l| as_array(&l["addr_info"]).to_vec())
-        .filter_map(|a| Some((a["local"].as_str()?.parse().ok()?, a["prefixlen"].as_u64()? as u8)))
+        .filter_map(|a| {
+            Some((
+                a["local"].as_str()?.parse().ok()?,
+                a["prefixlen"].as_u64()? as u8,
+            ))
+        })
         .collect())
 }
 
@@ -258,7 +277,11 @@ fn subnet_of(dev: &str, ip: Ipv4Addr) -> Result<Option<(Ipv4Addr, u8)>> {
 }
 
 pub fn network(ip: Ipv4Addr, len: u8) -> Ipv4Addr {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len as u32)
+    };
     Ipv4Addr::from(u32::from(ip) & mask)
 }
 
@@ -290,6 +313,9 @@ mod tests {
         assert!(is_bridge(&links, "vmbr0"));
         assert!(!is_bridge(&links, "tap100i0"));
         assert_eq!(iface_by_name(&links, "vmbr0").map(|i| i.index), Some(3));
-        assert_eq!(link_names(&links).get(&4).map(String::as_str), Some("tap100i0"));
+        assert_eq!(
+            link_names(&links).get(&4).map(String::as_str),
+            Some("tap100i0")
+        );
     }
 }

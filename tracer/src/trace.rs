@@ -2,12 +2,12 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-    time::{Instant, interval, sleep_until},
+    signal::unix::{signal, SignalKind},
+    time::{interval, sleep_until, Instant},
 };
 use tracer_common::{Config, Event};
 
@@ -74,7 +74,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
 
 fn banner(cli: &Cli, topo: &Topology) -> String {
     let hops: Vec<String> = topo.hooks().iter().map(|(i, _)| i.name.clone()).collect();
-    let mac = topo.vm_mac.as_ref().map(|m| format!(" ({m})")).unwrap_or_default();
+    let mac = topo
+        .vm_mac
+        .as_ref()
+        .map(|m| format!(" ({m})"))
+        .unwrap_or_default();
     let route = if topo.unroutable {
         format!("; this host has no route to {}", cli.to)
     } else {
@@ -132,7 +136,10 @@ impl Tally {
 
 /// Monotonic clock in ns: the same clock as `bpf_ktime_get_ns()`.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -144,8 +151,15 @@ async fn follow(
     printer: &Printer,
 ) -> Result<Tally> {
     let topo = &explainer.topo;
-    let roles: HashMap<u32, _> = topo.hooks().into_iter().map(|(i, r)| (i.index, r)).collect();
-    let mut corr = Correlator::new(PathCtx { roles, netns: topo.netns_inum });
+    let roles: HashMap<u32, _> = topo
+        .hooks()
+        .into_iter()
+        .map(|(i, r)| (i.index, r))
+        .collect();
+    let mut corr = Correlator::new(PathCtx {
+        roles,
+        netns: topo.netns_inum,
+    });
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for
     // as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(events) }

@@ -13,8 +13,10 @@ const DEST: &str = "203.0.113.8";
 
 pub fn run() -> Result<()> {
     let mut lab = Lab::up(LabOptions::new(fake_guest_bin()))?;
-    say("A hypervisor namespace with bridge vmbr0, the guest 192.0.2.100 on tap100i0, \
-         and NAT out of eth0 to the 'internet' (203.0.113.0/24).");
+    say(
+        "A hypervisor namespace with bridge vmbr0, the guest 192.0.2.100 on tap100i0, \
+         and NAT out of eth0 to the 'internet' (203.0.113.0/24).",
+    );
     show(&mut lab, "1. Healthy: the guest pings 203.0.113.8", None)?;
     show(
         &mut lab,
@@ -40,14 +42,36 @@ fn show(lab: &mut Lab, title: &str, fault: Option<Fault>) -> Result<()> {
         lab.break_path(f)?;
     }
     let dst = DEST.parse()?;
-    let args = ["--vm-ip", "192.0.2.100", "--to", DEST, "--count", "1", "--timeout", "10"];
+    let args = [
+        "--vm-ip",
+        "192.0.2.100",
+        "--to",
+        DEST,
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+    ];
     println!("$ pathtrace {}", args.join(" "));
     let run = trace_while(lab, &args, Duration::from_secs(20), |lab| {
-        lab.guest(0).ping(dst, PingOpts { count: 1, ..PingOpts::default() })?;
+        lab.guest(0).ping(
+            dst,
+            PingOpts {
+                count: 1,
+                ..PingOpts::default()
+            },
+        )?;
         Ok(())
     })?;
     print!("{}", run.stdout);
-    eprint!("{}", run.stderr.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>());
+    eprint!(
+        "{}",
+        run.stderr
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
     println!("(exit status {})", run.code);
     if let Some(f) = fault {
         lab.repair(f)?;

@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{bail, Context, Result};
 
 use crate::exec;
 
@@ -56,14 +56,18 @@ fn apt_packages() -> Result<()> {
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     exec(Command::new("apt-get").args(["update", "-qq"]))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn sysroot() -> Result<String> {
-    let out = Command::new("rustc").args(["--print", "sysroot"]).output()?;
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()?;
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
@@ -88,22 +92,35 @@ fn bpf_linker() -> Result<()> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
         .context("no libLLVM-*.so in the Rust toolchain")?;
-    let name = lib.trim_start_matches("lib").trim_end_matches(".so").to_string();
+    let name = lib
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
     let major = name
         .trim_start_matches("LLVM-")
         .split('-')
         .next()
         .context("LLVM version in library name")?
         .to_string();
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {name} (a few minutes, once)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {name} (a few minutes, once)"
+    );
     let rustflags = format!(
         "-C link-arg=-L{sysroot}/lib -C link-arg=-l{name} -C link-arg=-Wl,-rpath,{sysroot}/lib"
     );
-    exec(Command::new("cargo")
-        .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features"])
-        .arg(format!("llvm-{major},no-llvm-linking"))
-        .env("RUSTFLAGS", rustflags))
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{major},no-llvm-linking"))
+            .env("RUSTFLAGS", rustflags),
+    )
 }
 
 fn mount_if_missing(dir: &str, fstype: &str, probe: Option<&str>) -> Result<()> {

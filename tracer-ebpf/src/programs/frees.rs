@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use tracer_common::{Config, Event, EventKind, FLAG_DEV_KNOWN, FLAG_HAS_DST};
 
-use crate::maps::{TRACKED, config, emit};
+use crate::maps::{config, emit, TRACKED};
 
 /// `void *skbaddr` is the first field of both records (after the common header).
 const SKBADDR_OFF: usize = 8;
@@ -18,7 +18,13 @@ const SKBADDR_OFF: usize = 8;
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn pathtrace_kfree_skb(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    freed(&ctx, EventKind::Drop, &cfg, cfg.kfree_location_off, cfg.kfree_reason_off);
+    freed(
+        &ctx,
+        EventKind::Drop,
+        &cfg,
+        cfg.kfree_location_off,
+        cfg.kfree_reason_off,
+    );
     0
 }
 
@@ -34,7 +40,7 @@ fn freed(ctx: &TracePointContext, kind: EventKind, cfg: &Config, loc_off: u32, r
     let Ok(skb) = (unsafe { ctx.read_at::<u64>(SKBADDR_OFF) }) else {
         return;
     };
-    let Some(t) = (unsafe { TRACKED.get(&skb) }) else {
+    let Some(t) = (unsafe { TRACKED.get(skb) }) else {
         return;
     };
     let mut event = Event {
@@ -53,7 +59,7 @@ fn freed(ctx: &TracePointContext, kind: EventKind, cfg: &Config, loc_off: u32, r
         event.reason = unsafe { ctx.read_at::<u32>(reason_off as usize) }.unwrap_or(0);
     }
     read_device(skb, cfg, &mut event);
-    let _ = TRACKED.remove(&skb);
+    let _ = TRACKED.remove(skb);
     emit(&event);
 }
 

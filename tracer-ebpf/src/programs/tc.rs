@@ -6,19 +6,18 @@
 //! They never change the packet and always let it continue.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier,
-    programs::TcContext,
+    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext,
 };
 use tracer_common::{
-    DIR_EGRESS, DIR_INGRESS, Event, EventKind, FLAG_ICMP_ERROR, PROTO_DNS, PROTO_ICMP,
-    PacketInfo, ROLE_REPLY, ROLE_REQUEST, Tracked, req_key,
+    req_key, Event, EventKind, PacketInfo, Tracked, DIR_EGRESS, DIR_INGRESS, FLAG_ICMP_ERROR,
+    PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST,
 };
 
 use crate::{
-    maps::{REQ_IDS, TRACKED, config, emit, track},
+    maps::{config, emit, track, REQ_IDS, TRACKED},
     packet::{
-        DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY, ICMP_TIME_EXCEEDED,
-        IPPROTO_ICMP, IPPROTO_UDP, parse, parse_ip_at,
+        parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY,
+        ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_UDP,
     },
 };
 
@@ -71,7 +70,7 @@ fn classify(
     now: u64,
 ) -> Option<(u8, u8)> {
     let cfg = config();
-    if let Some(t) = unsafe { TRACKED.get(&skb) } {
+    if let Some(t) = unsafe { TRACKED.get(skb) } {
         // Same skb seen again (a later hook). Addresses may have been rewritten by
         // NAT, but the protocol and the id survive; anything else means the address
         // was reused by an unrelated packet after a free we did not see.
@@ -84,7 +83,7 @@ fn classify(
         if t.pkt.proto == pkt.proto && t.pkt.id == pkt.id {
             return Some((t.role, t.flags));
         }
-        let _ = TRACKED.remove(&skb);
+        let _ = TRACKED.remove(skb);
     }
     let want_icmp = cfg.protos & PROTO_ICMP != 0;
     let want_dns = cfg.protos & PROTO_DNS != 0;
@@ -96,7 +95,7 @@ fn classify(
         return None;
     };
     if role == ROLE_REQUEST {
-        let _ = REQ_IDS.insert(&req_key(pkt.proto, pkt.id), &now, 0);
+        let _ = REQ_IDS.insert(req_key(pkt.proto, pkt.id), now, 0);
     }
     track(
         skb,
@@ -113,7 +112,7 @@ fn classify(
 
 #[inline(always)]
 fn is_known_request(proto: u8, id: u16) -> bool {
-    unsafe { REQ_IDS.get(&req_key(proto, id)).is_some() }
+    unsafe { REQ_IDS.get(req_key(proto, id)).is_some() }
 }
 
 #[inline(always)]

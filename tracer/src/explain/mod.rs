@@ -14,7 +14,7 @@ use crate::{
     output::{Flow, Nat, PathHop, Verdict},
     topology::{Role, Topology},
 };
-use stage::{DropFacts, drop_stage};
+use stage::{drop_stage, DropFacts};
 
 pub struct Explainer {
     pub topo: Topology,
@@ -74,7 +74,10 @@ impl Explainer {
     fn replied(&self, t: &Trace, v: &mut Verdict) {
         v.ifname = Some(self.topo.port.name.clone());
         v.rtt_ns = t.delivered_ts.map(|d| d.saturating_sub(t.first_ts()));
-        if t.reply_hops.iter().any(|h| h.pkt.icmp_type == 3 || h.pkt.icmp_type == 11) {
+        if t.reply_hops
+            .iter()
+            .any(|h| h.pkt.icmp_type == 3 || h.pkt.icmp_type == 11)
+        {
             let h = &t.reply_hops[0].pkt;
             v.hint = Some(format!(
                 "the guest got an ICMP error (type {}, code {}) from {} instead of an echo reply",
@@ -101,7 +104,9 @@ impl Explainer {
         };
         let reason = self.reasons.get(&d.reason).cloned();
         let location = self.symbols.resolve(d.location);
-        let function = location.as_deref().map(|l| l.split('+').next().unwrap_or(l));
+        let function = location
+            .as_deref()
+            .map(|l| l.split('+').next().unwrap_or(l));
         let facts = DropFacts {
             reason: reason.as_deref(),
             function,
@@ -131,12 +136,21 @@ impl Explainer {
 
     fn no_reply(&self, t: &Trace, timed_out: bool, v: &mut Verdict) {
         v.direction = None;
-        if let Some(out) = t.req_hops.iter().rev().find(|h| self.topo.role_of(h.ifindex) == Some(Role::Uplink)) {
+        if let Some(out) = t
+            .req_hops
+            .iter()
+            .rev()
+            .find(|h| self.topo.role_of(h.ifindex) == Some(Role::Uplink))
+        {
             v.stage = Some(Stage::Remote.as_str());
             v.ifname = self.name(out.ifindex);
             v.hint = Some(self.remote_hint(out));
             if self.missing_snat(out) {
-                v.rule = Some(format!("no SNAT/MASQUERADE for {} on {}", self.vm_net(), self.uplink_name()));
+                v.rule = Some(format!(
+                    "no SNAT/MASQUERADE for {} on {}",
+                    self.vm_net(),
+                    self.uplink_name()
+                ));
             }
         } else if t.local_ts.is_some() {
             v.stage = Some(Stage::Input.as_str());
@@ -152,13 +166,20 @@ impl Explainer {
             v.hint = Some(format!(
                 "the request was last seen at {} and no drop was reported{}",
                 v.stage.unwrap_or("?"),
-                if timed_out { " before tracing stopped" } else { "" }
+                if timed_out {
+                    " before tracing stopped"
+                } else {
+                    ""
+                }
             ));
         }
     }
 
     fn uplink_name(&self) -> String {
-        self.topo.uplink.as_ref().map_or("the uplink".into(), |u| u.name.clone())
+        self.topo
+            .uplink
+            .as_ref()
+            .map_or("the uplink".into(), |u| u.name.clone())
     }
 
     fn vm_net(&self) -> String {
@@ -202,7 +223,9 @@ impl Explainer {
         let reason = facts.reason.unwrap_or("unknown reason");
         match reason {
             "NETFILTER_DROP" => self.blame_netfilter(t, d, stage, what),
-            "IP_INADDRERRORS" | "IP_INNOROUTES" | "IP_OUTNOROUTES" => self.blame_routing(stage, what, reason),
+            "IP_INADDRERRORS" | "IP_INNOROUTES" | "IP_OUTNOROUTES" => {
+                self.blame_routing(stage, what, reason)
+            }
             "IP_RPFILTER" => {
                 let iif = self.inbound_name(d.direction);
                 let value = read_sysctl(&format!("net/ipv4/conf/{iif}/rp_filter"));
@@ -221,7 +244,10 @@ impl Explainer {
             }
             r if r.starts_with("NEIGH_") => {
                 let dev = self.name(d.ifindex).unwrap_or_else(|| self.uplink_name());
-                let hop = self.topo.gateway.map_or(self.topo.dst.to_string(), |g| g.to_string());
+                let hop = self
+                    .topo
+                    .gateway
+                    .map_or(self.topo.dst.to_string(), |g| g.to_string());
                 Blame {
                     stage,
                     rule: None,
@@ -236,7 +262,10 @@ impl Explainer {
                 hint: format!(
                     "the kernel dropped {what} at {} ({reason}{})",
                     stage.as_str(),
-                    facts.function.map(|f| format!(" in {f}")).unwrap_or_default()
+                    facts
+                        .function
+                        .map(|f| format!(" in {f}"))
+                        .unwrap_or_default()
                 ),
             },
         }
@@ -244,7 +273,13 @@ impl Explainer {
 
     fn inbound_name(&self, dir: Direction) -> String {
         match dir {
-            Direction::Request => self.topo.bridge.as_ref().unwrap_or(&self.topo.port).name.clone(),
+            Direction::Request => self
+                .topo
+                .bridge
+                .as_ref()
+                .unwrap_or(&self.topo.port)
+                .name
+                .clone(),
             Direction::Reply => self.uplink_name(),
         }
     }
@@ -253,7 +288,10 @@ impl Explainer {
         let iif = self.inbound_name(Direction::Request);
         let global = read_sysctl("net/ipv4/ip_forward");
         let per_if = read_sysctl(&format!("net/ipv4/conf/{iif}/forwarding"));
-        if reason == "IP_INADDRERRORS" || global.as_deref() == Some("0") || per_if.as_deref() == Some("0") {
+        if reason == "IP_INADDRERRORS"
+            || global.as_deref() == Some("0")
+            || per_if.as_deref() == Some("0")
+        {
             if global.as_deref() == Some("0") {
                 return Blame {
                     stage,
@@ -327,8 +365,14 @@ impl Explainer {
     fn packet_view(&self, t: &Trace, d: &Drop, stage: Stage) -> nft::PacketView {
         let mut pkt: PacketInfo = d.pkt;
         let (iif, oif) = match d.direction {
-            Direction::Request => (self.inbound_name(Direction::Request), self.topo.uplink.as_ref().map(|u| u.name.clone())),
-            Direction::Reply => (self.uplink_name(), Some(self.inbound_name(Direction::Request))),
+            Direction::Request => (
+                self.inbound_name(Direction::Request),
+                self.topo.uplink.as_ref().map(|u| u.name.clone()),
+            ),
+            Direction::Reply => (
+                self.uplink_name(),
+                Some(self.inbound_name(Direction::Request)),
+            ),
         };
         if d.direction == Direction::Reply {
             // After PREROUTING, conntrack has turned the reply back to the guest.
@@ -348,7 +392,11 @@ impl Explainer {
             sport: l4.then_some(pkt.sport),
             dport: l4.then_some(pkt.dport),
             iifname: Some(iif),
-            oifname: if stage == Stage::Prerouting || stage == Stage::Input { None } else { oif },
+            oifname: if stage == Stage::Prerouting || stage == Stage::Input {
+                None
+            } else {
+                oif
+            },
         }
     }
 
@@ -395,11 +443,23 @@ fn implied(a: &Hop, b: &Hop, dir: Direction) -> Vec<Stage> {
     let l3_entry = matches!(a.stage, Stage::Bridge | Stage::Tap) && !a.egress;
     match dir {
         Direction::Request if l3_entry && b.stage == Stage::Egress => {
-            vec![Stage::Prerouting, Stage::Routing, Stage::Forward, Stage::Postrouting]
+            vec![
+                Stage::Prerouting,
+                Stage::Routing,
+                Stage::Forward,
+                Stage::Postrouting,
+            ]
         }
-        Direction::Request if l3_entry && b.stage == Stage::Input => vec![Stage::Prerouting, Stage::Routing],
+        Direction::Request if l3_entry && b.stage == Stage::Input => {
+            vec![Stage::Prerouting, Stage::Routing]
+        }
         Direction::Reply if a.stage == Stage::Egress && !a.egress && b.stage != Stage::Egress => {
-            vec![Stage::Prerouting, Stage::Routing, Stage::Forward, Stage::Postrouting]
+            vec![
+                Stage::Prerouting,
+                Stage::Routing,
+                Stage::Forward,
+                Stage::Postrouting,
+            ]
         }
         _ => Vec::new(),
     }
@@ -408,10 +468,18 @@ fn implied(a: &Hop, b: &Hop, dir: Direction) -> Vec<Stage> {
 /// Address translation between two sightings of the same packet.
 fn nat_between(a: &PacketInfo, b: &PacketInfo) -> Option<Nat> {
     if a.saddr != b.saddr {
-        return Some(Nat { kind: "snat", from: ip(a.saddr).to_string(), to: ip(b.saddr).to_string() });
+        return Some(Nat {
+            kind: "snat",
+            from: ip(a.saddr).to_string(),
+            to: ip(b.saddr).to_string(),
+        });
     }
     if a.daddr != b.daddr {
-        return Some(Nat { kind: "dnat", from: ip(a.daddr).to_string(), to: ip(b.daddr).to_string() });
+        return Some(Nat {
+            kind: "dnat",
+            from: ip(a.daddr).to_string(),
+            to: ip(b.daddr).to_string(),
+        });
     }
     None
 }
@@ -443,7 +511,12 @@ mod tests {
             stage,
             ifindex: 0,
             ts_ns: 0,
-            pkt: PacketInfo { saddr: s, daddr: d, proto: 1, ..Default::default() },
+            pkt: PacketInfo {
+                saddr: s,
+                daddr: d,
+                proto: 1,
+                ..Default::default()
+            },
             egress,
         }
     }
@@ -456,11 +529,20 @@ mod tests {
         let up = hop(Stage::Egress, true, [198, 51, 100, 2], dst);
         assert_eq!(
             implied(&br, &up, Direction::Request),
-            vec![Stage::Prerouting, Stage::Routing, Stage::Forward, Stage::Postrouting]
+            vec![
+                Stage::Prerouting,
+                Stage::Routing,
+                Stage::Forward,
+                Stage::Postrouting
+            ]
         );
         assert_eq!(
             nat_between(&br.pkt, &up.pkt),
-            Some(Nat { kind: "snat", from: "192.0.2.100".into(), to: "198.51.100.2".into() })
+            Some(Nat {
+                kind: "snat",
+                from: "192.0.2.100".into(),
+                to: "198.51.100.2".into()
+            })
         );
         let tap = hop(Stage::Tap, false, vm, dst);
         assert!(implied(&tap, &br, Direction::Request).is_empty());
@@ -468,10 +550,19 @@ mod tests {
 
     #[test]
     fn flow_fields_follow_protocol() {
-        let icmp = PacketInfo { proto: 1, id: 7, seq: 3, ..Default::default() };
+        let icmp = PacketInfo {
+            proto: 1,
+            id: 7,
+            seq: 3,
+            ..Default::default()
+        };
         let f = flow_of(&icmp);
         assert_eq!((f.icmp_id, f.icmp_seq, f.dns_id), (Some(7), Some(3), None));
-        let dns = PacketInfo { proto: 17, id: 99, ..Default::default() };
+        let dns = PacketInfo {
+            proto: 17,
+            id: 99,
+            ..Default::default()
+        };
         let f = flow_of(&dns);
         assert_eq!((f.icmp_id, f.dns_id), (None, Some(99)));
     }

@@ -58,8 +58,12 @@ pub fn find_culprit(hook: &str, pkt: &PacketView) -> Option<Culprit> {
     let ruleset: Value = serde_json::from_str(&json).ok()?;
     let mut culprit = Ruleset::parse(&ruleset).culprit(hook, pkt)?;
     if let Some(h) = culprit.handle {
-        culprit.text = rule_texts(&text)
-            .remove(&(culprit.family.clone(), culprit.table.clone(), culprit.chain.clone(), h));
+        culprit.text = rule_texts(&text).remove(&(
+            culprit.family.clone(),
+            culprit.table.clone(),
+            culprit.chain.clone(),
+            h,
+        ));
     }
     Some(culprit)
 }
@@ -287,7 +291,11 @@ fn any_of(right: &Value, one: impl Fn(&Value) -> Option<bool>) -> Option<bool> {
                     None => unknown = true,
                 }
             }
-            if unknown { None } else { Some(false) }
+            if unknown {
+                None
+            } else {
+                Some(false)
+            }
         }
         None => one(right),
     }
@@ -429,7 +437,10 @@ mod tests {
     fn finds_the_matching_drop_rule() {
         let rs = Ruleset::parse(&serde_json::from_str(RULESET).unwrap());
         let c = rs.culprit("forward", &guest_icmp()).unwrap();
-        assert_eq!((c.family.as_str(), c.table.as_str(), c.chain.as_str()), ("inet", "filter", "forward"));
+        assert_eq!(
+            (c.family.as_str(), c.table.as_str(), c.chain.as_str()),
+            ("inet", "filter", "forward")
+        );
         assert_eq!(c.handle, Some(4));
     }
 
@@ -451,7 +462,15 @@ mod tests {
     fn rule_text_without_counters() {
         let text = "table inet filter { # handle 1\n\tchain forward { # handle 1\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tip saddr 192.0.2.0/24 meta l4proto icmp counter packets 3 bytes 252 drop # handle 4\n\t}\n}\n";
         let t = rule_texts(text);
-        let key = ("inet".to_string(), "filter".to_string(), "forward".to_string(), 4);
-        assert_eq!(t.get(&key).map(String::as_str), Some("ip saddr 192.0.2.0/24 meta l4proto icmp counter drop"));
+        let key = (
+            "inet".to_string(),
+            "filter".to_string(),
+            "forward".to_string(),
+            4,
+        );
+        assert_eq!(
+            t.get(&key).map(String::as_str),
+            Some("ip saddr 192.0.2.0/24 meta l4proto icmp counter drop")
+        );
     }
 }

@@ -62,7 +62,9 @@ fn by_reason(reason: &str, f: &DropFacts) -> Option<Stage> {
 /// No route yet: PREROUTING. On the output device: POSTROUTING. Routed to the host:
 /// INPUT. Otherwise FORWARD.
 fn netfilter_stage(f: &DropFacts) -> Stage {
-    if f.function.is_some_and(|func| func.starts_with("br_") || func.starts_with("ebt_")) {
+    if f.function
+        .is_some_and(|func| func.starts_with("br_") || func.starts_with("ebt_"))
+    {
         return Stage::Bridge;
     }
     if f.dev_known && !f.has_dst {
@@ -126,9 +128,18 @@ mod tests {
 
     #[test]
     fn routing_failures() {
-        assert_eq!(drop_stage(&facts("IP_INADDRERRORS", "ip_error")), Stage::Routing);
-        assert_eq!(drop_stage(&facts("IP_INNOROUTES", "ip_error")), Stage::Routing);
-        assert_eq!(drop_stage(&facts("IP_RPFILTER", "ip_rcv_finish")), Stage::Routing);
+        assert_eq!(
+            drop_stage(&facts("IP_INADDRERRORS", "ip_error")),
+            Stage::Routing
+        );
+        assert_eq!(
+            drop_stage(&facts("IP_INNOROUTES", "ip_error")),
+            Stage::Routing
+        );
+        assert_eq!(
+            drop_stage(&facts("IP_RPFILTER", "ip_rcv_finish")),
+            Stage::Routing
+        );
     }
 
     #[test]
@@ -152,11 +163,26 @@ mod tests {
 
     #[test]
     fn other_reasons_and_functions() {
-        assert_eq!(drop_stage(&facts("NEIGH_FAILED", "neigh_invalidate")), Stage::Neighbor);
-        assert_eq!(drop_stage(&facts("BRIDGE_INGRESS_STP_STATE", "br_handle_frame")), Stage::Bridge);
-        assert_eq!(drop_stage(&facts("NOT_SPECIFIED", "br_handle_frame")), Stage::Bridge);
-        assert_eq!(drop_stage(&facts("NOT_SPECIFIED", "tun_net_xmit")), Stage::Tap);
-        assert_eq!(drop_stage(&facts("NO_SOCKET", "udp_queue_rcv_skb")), Stage::Input);
+        assert_eq!(
+            drop_stage(&facts("NEIGH_FAILED", "neigh_invalidate")),
+            Stage::Neighbor
+        );
+        assert_eq!(
+            drop_stage(&facts("BRIDGE_INGRESS_STP_STATE", "br_handle_frame")),
+            Stage::Bridge
+        );
+        assert_eq!(
+            drop_stage(&facts("NOT_SPECIFIED", "br_handle_frame")),
+            Stage::Bridge
+        );
+        assert_eq!(
+            drop_stage(&facts("NOT_SPECIFIED", "tun_net_xmit")),
+            Stage::Tap
+        );
+        assert_eq!(
+            drop_stage(&facts("NO_SOCKET", "udp_queue_rcv_skb")),
+            Stage::Input
+        );
         let mut f = facts("QDISC_DROP", "__dev_queue_xmit");
         f.dev_role = Some(Role::Uplink);
         assert_eq!(drop_stage(&f), Stage::Egress);

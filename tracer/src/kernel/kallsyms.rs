@@ -54,8 +54,14 @@ mod tests {
             "ffffffff81000000 T _stext\nffffffff81100000 t nft_do_chain\t[nf_tables]\n\
              ffffffff81100800 D some_data\nffffffff81200000 T ip_forward\n",
         );
-        assert_eq!(s.resolve(0xffffffff811003e8).as_deref(), Some("nft_do_chain+0x3e8"));
-        assert_eq!(s.resolve(0xffffffff81200000).as_deref(), Some("ip_forward+0x0"));
+        assert_eq!(
+            s.resolve(0xffffffff811003e8).as_deref(),
+            Some("nft_do_chain+0x3e8")
+        );
+        assert_eq!(
+            s.resolve(0xffffffff81200000).as_deref(),
+            Some("ip_forward+0x0")
+        );
         assert_eq!(s.resolve(0x10), None, "below every symbol");
     }
 

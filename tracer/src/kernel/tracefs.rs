@@ -3,21 +3,25 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{anyhow, Context, Result};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Offset of `field` in the tracepoint `category:name`, from its `format` file.
 pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32> {
     let path = format_path(category, name);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     parse_field_offset(&text, field)
         .ok_or_else(|| anyhow!("tracepoint {category}:{name} has no field {field}"))
 }
 
 fn format_path(category: &str, name: &str) -> PathBuf {
-    Path::new(TRACEFS).join("events").join(category).join(name).join("format")
+    Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format")
 }
 
 /// Parse `field:<type> <name>;\toffset:<n>;` lines of a tracefs format file.
