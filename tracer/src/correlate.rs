@@ -123,6 +123,8 @@ pub struct Trace {
     pub reply_hops: Vec<Hop>,
     pub req_skb: u64,
     pub reply_skb: Option<u64>,
+    /// The VM port the request came in on (the reply must leave by it).
+    pub port_ifindex: Option<u32>,
     /// When the request left through the uplink.
     pub left_ts: Option<u64>,
     /// When the host's own stack consumed the request (it was for the host).
@@ -144,6 +146,7 @@ impl Trace {
             reply_hops: Vec::new(),
             req_skb: skb,
             reply_skb: None,
+            port_ifindex: None,
             left_ts: None,
             local_ts: None,
             delivered_ts: None,
@@ -224,6 +227,9 @@ impl Correlator {
             let t = &mut self.traces[i];
             t.reply_skb = Some(ev.skb);
             if role == Some(Role::Port) && hop.egress {
+                if t.port_ifindex.is_some_and(|p| p != ev.ifindex) {
+                    return; // flooded to another port of the bridge: not the guest
+                }
                 t.delivered_ts = Some(ev.ts_ns);
             }
             t.last_ts = ev.ts_ns;
@@ -237,6 +243,9 @@ impl Correlator {
             _ => self.start(ev),
         };
         let t = &mut self.traces[i];
+        if role == Some(Role::Port) && !hop.egress && t.port_ifindex.is_none() {
+            t.port_ifindex = Some(ev.ifindex);
+        }
         if role == Some(Role::Uplink) && hop.egress {
             t.left_ts = Some(ev.ts_ns);
         }

@@ -29,8 +29,10 @@ pub struct Topology {
     pub vm_ip: Ipv4Addr,
     pub vm_mac: Option<String>,
     pub dst: Ipv4Addr,
-    /// The VM's port (tap/vnet) on this host.
-    pub port: Iface,
+    /// The VM's port (tap/vnet) on this host. When the bridge has forgotten the
+    /// guest's MAC (FDB entry aged out), every port of its bridge is a candidate and
+    /// the one its requests arrive on is the port.
+    pub ports: Vec<Iface>,
     /// The bridge the port belongs to, if any (routed setups have none).
     pub bridge: Option<Iface>,
     /// The interface the route to `dst` leaves by; None when `dst` is local or
@@ -56,20 +58,22 @@ impl Topology {
     pub fn discover(vm_ip: Ipv4Addr, dst: Ipv4Addr, iface: Option<&str>) -> Result<Self> {
         let links = ip_json(&["-d", "link", "show"])?;
         let names = link_names(&links);
-        let (port_name, vm_mac) = match iface {
-            Some(name) => (name.to_string(), None),
-            None => find_vm_port(vm_ip, &links)?,
+        let (port_names, vm_mac) = match iface {
+            Some(name) => (vec![name.to_string()], None),
+            None => find_vm_ports(vm_ip, &links)?,
         };
-        let port = iface_by_name(&links, &port_name)
-            .ok_or_else(|| anyhow!("interface {port_name} does not exist"))?;
-        let bridge = master_of(&links, &port.name).and_then(|m| iface_by_name(&links, &m));
-        let inbound = bridge.as_ref().unwrap_or(&port).name.clone();
+        let ports = port_names
+            .iter()
+            .map(|n| iface_by_name(&links, n).ok_or_else(|| anyhow!("interface {n} does not exist")))
+            .collect::<Result<Vec<_>>>()?;
+        let bridge = master_of(&links, &ports[0].name).and_then(|m| iface_by_name(&links, &m));
+        let inbound = bridge.as_ref().unwrap_or(&ports[0]).name.clone();
         let route = route_to(dst, vm_ip, &inbound);
         let mut topo = Topology {
             vm_ip,
             vm_mac,
             dst,
-            port,
+            ports,
             bridge,
             uplink: None,
             gateway: None,
@@ -91,7 +95,7 @@ impl Topology {
         self.dst_local = route["type"].as_str() == Some("local");
         self.gateway = route["gateway"].as_str().and_then(|g| g.parse().ok());
         let dev = route["dev"].as_str().unwrap_or_default();
-        let inbound = self.bridge.as_ref().unwrap_or(&self.port);
+        let inbound = self.inbound();
         if !self.dst_local && dev != inbound.name && !dev.is_empty() {
             self.uplink = iface_by_name(links, dev);
             self.uplink_addrs = addresses_of(dev)?;
@@ -99,9 +103,16 @@ impl Topology {
         Ok(())
     }
 
+    /// Where the guest's packets enter the host's IP stack: its bridge, or its port
+    /// in routed setups.
+    pub fn inbound(&self) -> &Iface {
+        self.bridge.as_ref().unwrap_or(&self.ports[0])
+    }
+
     /// The interfaces to attach TC programs to, each with its role.
     pub fn hooks(&self) -> Vec<(Iface, Role)> {
-        let mut hooks = vec![(self.port.clone(), Role::Port)];
+        let mut hooks: Vec<(Iface, Role)> =
+            self.ports.iter().map(|p| (p.clone(), Role::Port)).collect();
         if let Some(b) = &self.bridge {
             hooks.push((b.clone(), Role::Bridge));
         }
@@ -190,8 +201,9 @@ fn as_array(v: &Value) -> &[Value] {
 
 /// The VM's port and MAC: the neighbour entry for the VM IP names the MAC and the
 /// L3 interface (a bridge, or the port itself in routed setups); on a bridge the
-/// FDB says which port that MAC was learned on.
-fn find_vm_port(vm_ip: Ipv4Addr, links: &Value) -> Result<(String, Option<String>)> {
+/// FDB says which port that MAC was learned on. If the FDB entry aged out, all the
+/// bridge's ports are candidates.
+fn find_vm_ports(vm_ip: Ipv4Addr, links: &Value) -> Result<(Vec<String>, Option<String>)> {
     let neigh = ip_json(&["neigh", "show", "to", &vm_ip.to_string()])?;
     let entry = as_array(&neigh).iter().find(|n| {
         n["lladdr"].is_string()
@@ -208,25 +220,30 @@ fn find_vm_port(vm_ip: Ipv4Addr, links: &Value) -> Result<(String, Option<String
     let dev = entry["dev"].as_str().unwrap_or_default().to_string();
     let mac = entry["lladdr"].as_str().unwrap_or_default().to_lowercase();
     if !is_bridge(links, &dev) {
-        return Ok((dev, Some(mac)));
+        return Ok((vec![dev], Some(mac)));
     }
     let fdb = run_json("bridge", &["-j", "fdb", "show", "br", &dev])?;
-    let port = as_array(&fdb)
-        .iter()
-        .filter(|f| f["mac"].as_str().map(str::to_lowercase).as_deref() == Some(mac.as_str()))
-        .filter(|f| {
-            !f["flags"]
-                .as_array()
-                .is_some_and(|fl| fl.iter().any(|x| x == "self"))
-        })
-        .find_map(|f| f["ifname"].as_str().map(str::to_string));
-    match port {
-        Some(p) => Ok((p, Some(mac))),
-        None => bail!(
-            "VM {vm_ip} ({mac}) is known on {dev} but no bridge port has learned its MAC \
-             (FDB entry aged out); name its port with --iface"
-        ),
+    if let Some(port) = fdb_port(&fdb, &mac) {
+        return Ok((vec![port], Some(mac)));
     }
+    let ports: Vec<String> = as_array(links)
+        .iter()
+        .filter(|l| l["master"].as_str() == Some(dev.as_str()))
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect();
+    if ports.is_empty() {
+        bail!("VM {vm_ip} ({mac}) is known on bridge {dev}, which has no ports");
+    }
+    Ok((ports, Some(mac)))
+}
+
+/// The bridge port that learned `mac` (not the bridge's own `self` entries).
+fn fdb_port(fdb: &Value, mac: &str) -> Option<String> {
+    as_array(fdb)
+        .iter()
+        .filter(|f| f["mac"].as_str().map(str::to_lowercase).as_deref() == Some(mac))
+        .filter(|f| !f["flags"].as_array().is_some_and(|fl| fl.iter().any(|x| x == "self")))
+        .find_map(|f| f["ifname"].as_str().map(str::to_string))
 }
 
 /// The route the host would use to forward the guest's packet to `dst`; falls back

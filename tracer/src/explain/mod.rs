@@ -72,7 +72,7 @@ impl Explainer {
     }
 
     fn replied(&self, t: &Trace, v: &mut Verdict) {
-        v.ifname = Some(self.topo.port.name.clone());
+        v.ifname = t.port_ifindex.and_then(|i| self.name(i));
         v.rtt_ns = t.delivered_ts.map(|d| d.saturating_sub(t.first_ts()));
         if t.reply_hops
             .iter()
@@ -97,7 +97,7 @@ impl Explainer {
             v.ifname = last.and_then(|h| self.name(h.ifindex));
             v.hint = Some(format!(
                 "the reply came back to the host but never reached {}: it was last seen at {}",
-                self.topo.port.name,
+                t.port_ifindex.and_then(|i| self.name(i)).unwrap_or_else(|| "the guest's port".into()),
                 v.stage.unwrap_or("?")
             ));
             return;
@@ -273,13 +273,7 @@ impl Explainer {
 
     fn inbound_name(&self, dir: Direction) -> String {
         match dir {
-            Direction::Request => self
-                .topo
-                .bridge
-                .as_ref()
-                .unwrap_or(&self.topo.port)
-                .name
-                .clone(),
+            Direction::Request => self.topo.inbound().name.clone(),
             Direction::Reply => self.uplink_name(),
         }
     }
