@@ -16,7 +16,10 @@ fn main() {
     // A bug must still end in one line and exit status 2, never a backtrace. Our
     // kernel attachments are owned by file descriptors, so exiting detaches them.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("pathtrace: internal error: {}", info.to_string().replace('\n', " "));
+        eprintln!(
+            "pathtrace: internal error: {}",
+            info.to_string().replace('\n', " ")
+        );
         std::process::exit(2);
     }));
     let cli = cli::Cli::parse();

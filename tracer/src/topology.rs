@@ -64,7 +64,9 @@ impl Topology {
         };
         let ports = port_names
             .iter()
-            .map(|n| iface_by_name(&links, n).ok_or_else(|| anyhow!("interface {n} does not exist")))
+            .map(|n| {
+                iface_by_name(&links, n).ok_or_else(|| anyhow!("interface {n} does not exist"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let bridge = master_of(&links, &ports[0].name).and_then(|m| iface_by_name(&links, &m));
         let inbound = bridge.as_ref().unwrap_or(&ports[0]).name.clone();
@@ -242,7 +244,11 @@ fn fdb_port(fdb: &Value, mac: &str) -> Option<String> {
     as_array(fdb)
         .iter()
         .filter(|f| f["mac"].as_str().map(str::to_lowercase).as_deref() == Some(mac))
-        .filter(|f| !f["flags"].as_array().is_some_and(|fl| fl.iter().any(|x| x == "self")))
+        .filter(|f| {
+            !f["flags"]
+                .as_array()
+                .is_some_and(|fl| fl.iter().any(|x| x == "self"))
+        })
         .find_map(|f| f["ifname"].as_str().map(str::to_string))
 }
 

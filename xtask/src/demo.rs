@@ -28,6 +28,7 @@ pub fn run() -> Result<()> {
         "3. The MASQUERADE rule is missing",
         Some(Fault::NoMasquerade),
     )?;
+    drop(lab);
     say("Demo lab removed. Run all tests with: cargo xtask test");
     Ok(())
 }

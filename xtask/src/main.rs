@@ -74,7 +74,7 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
 
 fn build() -> Result<()> {
     eprintln!("xtask: building pathtrace (release, eBPF embedded)");
-    exec(cargo().args(["build", "--release", "--workspace"]))
+    exec(cargo().args(["build", "--release"]))
 }
 
 pub fn release_bin(name: &str) -> PathBuf {
@@ -85,7 +85,7 @@ fn test(extra: &[String]) -> Result<()> {
     // End-to-end tests build namespaces and load eBPF: they need root, and CI runs
     // them as root. They find the binaries through these variables.
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "--workspace"])
+    cmd.args(["test", "--release"])
         .env("PATHTRACE_BIN", release_bin("pathtrace"))
         .env("FAKE_GUEST_BIN", release_bin("fake-guest"))
         .args(extra)

@@ -97,7 +97,9 @@ impl Explainer {
             v.ifname = last.and_then(|h| self.name(h.ifindex));
             v.hint = Some(format!(
                 "the reply came back to the host but never reached {}: it was last seen at {}",
-                t.port_ifindex.and_then(|i| self.name(i)).unwrap_or_else(|| "the guest's port".into()),
+                t.port_ifindex
+                    .and_then(|i| self.name(i))
+                    .unwrap_or_else(|| "the guest's port".into()),
                 v.stage.unwrap_or("?")
             ));
             return;

@@ -1,0 +1,391 @@
+//! A fake KVM guest on a real TAP device, and a tiny DNS responder for the lab.
+//!
+//! `fake-guest guest --tap TAP --ip IP/LEN --gw GW --mac MAC` holds the TAP open (so
+//! its bridge port has carrier, as with a running VM), answers ARP and ping, and on
+//! stdin commands sends ICMP echo requests or DNS queries, answering each command
+//! with one JSON line on stdout:
+//!   ping DST COUNT INTERVAL_MS TIMEOUT_MS SIZE TTL DF
+//!   dns SERVER NAME COUNT TIMEOUT_MS
+//!   quit
+//!
+//! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80 and
+//! names ending in `.invalid` with NXDOMAIN, for at most an hour.
+
+use std::{
+    io::BufRead,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use pathtrace_tests::packet::{self, Frame, IpOpts, Mac, BROADCAST};
+use serde_json::json;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("guest") => Guest::start(&args[1..]).and_then(|g| g.serve()),
+        Some("dns-server") => dns_server(&args[1..]),
+        _ => Err(anyhow::anyhow!("usage: fake-guest guest|dns-server ...")),
+    };
+    if let Err(e) = result {
+        println!("{}", json!({"ready": false, "error": format!("{e:#}")}));
+        std::process::exit(1);
+    }
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .with_context(|| format!("missing {name}"))
+}
+
+fn parse_mac(s: &str) -> Result<Mac> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {s}"))
+}
+
+/// Random enough for ids and ports: the low bits of the clock mixed with the pid.
+fn random_u16() -> u16 {
+    let n = Instant::now().elapsed().as_nanos() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 16);
+    (n ^ (n >> 16) ^ (n >> 32)) as u16 | 1
+}
+
+struct Guest {
+    tap: OwnedFd,
+    mac: Mac,
+    ip: Ipv4Addr,
+    gw: Ipv4Addr,
+    gw_mac: Option<Mac>,
+    ip_id: u16,
+}
+
+/// What a received frame meant to the command being run.
+enum Seen {
+    EchoReply { id: u16, seq: u16 },
+    Dns { id: u16, rcode: u8 },
+    Nothing,
+}
+
+impl Guest {
+    fn start(args: &[String]) -> Result<Self> {
+        let tap = open_tap(flag(args, "--tap")?)?;
+        let (ip, _len) = flag(args, "--ip")?.split_once('/').context("--ip IP/LEN")?;
+        let mut g = Guest {
+            tap,
+            mac: parse_mac(flag(args, "--mac")?)?,
+            ip: ip.parse()?,
+            gw: flag(args, "--gw")?.parse()?,
+            gw_mac: None,
+            ip_id: 1,
+        };
+        g.resolve_gateway()?;
+        let mac = g
+            .mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        println!(
+            "{}",
+            json!({"ready": true, "mac": mac, "ip": g.ip.to_string()})
+        );
+        Ok(g)
+    }
+
+    /// ARP for the gateway. The bridge drops frames while the port is not yet
+    /// forwarding right after carrier comes up, so announce ourselves and retry.
+    fn resolve_gateway(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            self.send(&packet::arp(1, self.mac, self.ip, BROADCAST, self.ip))?;
+            self.send(&packet::arp(1, self.mac, self.ip, BROADCAST, self.gw))?;
+            self.pump_until(Instant::now() + Duration::from_millis(200), |_| false)?;
+            if self.gw_mac.is_some() {
+                return Ok(());
+            }
+        }
+        bail!("gateway {} did not answer ARP within 5 s", self.gw)
+    }
+
+    fn serve(mut self) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match rx.try_recv() {
+                Ok(line) => {
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let answer = match words.first().copied() {
+                        Some("quit") => return Ok(()),
+                        Some("ping") => self.ping(&words[1..]),
+                        Some("dns") => self.dns(&words[1..]),
+                        _ => Err(anyhow::anyhow!("unknown command {line:?}")),
+                    };
+                    let out = answer.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+                    println!("{out}");
+                }
+                Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
+                Err(mpsc::TryRecvError::Empty) => {
+                    // Keep answering ARP and ping between commands.
+                    self.pump_until(Instant::now() + Duration::from_millis(50), |_| false)?;
+                }
+            }
+        }
+    }
+
+    fn ping(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let num = |i: usize| -> Result<u64> {
+            w.get(i)
+                .context("ping DST COUNT INTERVAL_MS TIMEOUT_MS SIZE TTL DF")?
+                .parse()
+                .context("number")
+        };
+        let dst: Ipv4Addr = w.first().context("ping DST ...")?.parse()?;
+        let (count, interval, timeout) = (num(1)? as u16, num(2)?, num(3)?);
+        let (size, ttl, df) = (num(4)? as usize, num(5)? as u8, num(6)? != 0);
+        let id = random_u16();
+        let mut replied = Vec::new();
+        for seq in 1..=count {
+            let payload = packet::icmp_echo(8, id, seq, &vec![0x61; size]);
+            self.send_ip(
+                dst,
+                1,
+                IpOpts {
+                    ttl,
+                    df,
+                    id: self.ip_id,
+                },
+                &payload,
+            )?;
+            let until = Instant::now()
+                + Duration::from_millis(if seq == count { timeout } else { interval });
+            self.pump_until(until, |s| {
+                if let Seen::EchoReply { id: rid, seq: rseq } = s {
+                    if *rid == id && !replied.contains(rseq) {
+                        replied.push(*rseq);
+                    }
+                }
+                seq == count && replied.len() == count as usize
+            })?;
+        }
+        Ok(json!({"sent": count, "received": replied.len(), "id": id, "seqs_replied": replied}))
+    }
+
+    fn dns(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let server: Ipv4Addr = w
+            .first()
+            .context("dns SERVER NAME COUNT TIMEOUT_MS")?
+            .parse()?;
+        let name = *w.get(1).context("dns SERVER NAME ...")?;
+        let count: u16 = w.get(2).unwrap_or(&"1").parse()?;
+        let timeout: u64 = w.get(3).unwrap_or(&"1000").parse()?;
+        let (mut ids, mut answered, mut rcode) = (Vec::new(), 0, None);
+        for _ in 0..count {
+            let id = random_u16();
+            ids.push(id);
+            let sport = 20000 + random_u16() % 30000;
+            let q = packet::dns_query(id, name);
+            let udp = packet::udp((self.ip, sport), (server, 53), &q);
+            self.send_ip(
+                server,
+                17,
+                IpOpts {
+                    id: self.ip_id,
+                    ..IpOpts::default()
+                },
+                &udp,
+            )?;
+            let mut got = false;
+            self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
+                if let Seen::Dns { id: rid, rcode: rc } = s {
+                    if *rid == id {
+                        got = true;
+                        rcode = Some(*rc);
+                    }
+                }
+                got
+            })?;
+            answered += usize::from(got);
+        }
+        Ok(json!({"sent": count, "answered": answered, "ids": ids, "rcode": rcode}))
+    }
+
+    fn send_ip(&mut self, dst: Ipv4Addr, proto: u8, opts: IpOpts, payload: &[u8]) -> Result<()> {
+        self.ip_id = self.ip_id.wrapping_add(1);
+        let gw_mac = self.gw_mac.context("gateway MAC unknown")?;
+        self.send(&packet::ipv4(
+            (self.mac, gw_mac),
+            self.ip,
+            dst,
+            proto,
+            opts,
+            payload,
+        ))
+    }
+
+    fn send(&self, frame: &[u8]) -> Result<()> {
+        let n = unsafe { libc::write(self.tap.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if n < 0 {
+            // No carrier yet or queue full: the kernel's business, like a real NIC.
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EIO) && e.raw_os_error() != Some(libc::EAGAIN) {
+                return Err(e).context("writing to the tap");
+            }
+        }
+        Ok(())
+    }
+
+    /// Read and handle frames until `until`, or until `done` says so.
+    fn pump_until(&mut self, until: Instant, mut done: impl FnMut(&Seen) -> bool) -> Result<()> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.tap.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+            if rc <= 0 {
+                continue;
+            }
+            let n = unsafe { libc::read(self.tap.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                continue;
+            }
+            let seen = self.handle(&buf[..n as usize])?;
+            if done(&seen) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn handle(&mut self, frame: &[u8]) -> Result<Seen> {
+        match packet::parse(frame) {
+            Frame::Arp {
+                op,
+                sender_mac,
+                sender_ip,
+                target_ip,
+            } => {
+                if sender_ip == self.gw {
+                    self.gw_mac = Some(sender_mac);
+                }
+                if op == 1 && target_ip == self.ip {
+                    self.send(&packet::arp(2, self.mac, self.ip, sender_mac, sender_ip))?;
+                }
+                Ok(Seen::Nothing)
+            }
+            Frame::Ipv4 {
+                src_mac,
+                src,
+                dst,
+                proto,
+                payload,
+                ..
+            } if dst == self.ip => self.handle_ip(src_mac, src, proto, &payload),
+            _ => Ok(Seen::Nothing),
+        }
+    }
+
+    fn handle_ip(&mut self, src_mac: Mac, src: Ipv4Addr, proto: u8, p: &[u8]) -> Result<Seen> {
+        match proto {
+            1 if p.len() >= 8 => {
+                let (id, seq) = (
+                    u16::from_be_bytes([p[4], p[5]]),
+                    u16::from_be_bytes([p[6], p[7]]),
+                );
+                match p[0] {
+                    0 => return Ok(Seen::EchoReply { id, seq }),
+                    8 => {
+                        let reply = packet::icmp_echo(0, id, seq, &p[8..]);
+                        let opts = IpOpts {
+                            id: self.ip_id,
+                            ..IpOpts::default()
+                        };
+                        let frame =
+                            packet::ipv4((self.mac, src_mac), self.ip, src, 1, opts, &reply);
+                        self.send(&frame)?;
+                    }
+                    _ => {}
+                }
+                Ok(Seen::Nothing)
+            }
+            17 if p.len() >= 12 && u16::from_be_bytes([p[0], p[1]]) == 53 => Ok(Seen::Dns {
+                id: u16::from_be_bytes([p[8], p[9]]),
+                rcode: p[11] & 0x0f,
+            }),
+            _ => Ok(Seen::Nothing),
+        }
+    }
+}
+
+/// Attach to the (persistent) TAP device `name` as its queue: this is what QEMU
+/// does, and it gives the bridge port carrier.
+fn open_tap(name: &str) -> Result<OwnedFd> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening /dev/net/tun");
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut ifr = [0u8; 40];
+    let bytes = name.as_bytes();
+    if bytes.len() >= 16 {
+        bail!("interface name {name} too long");
+    }
+    ifr[..bytes.len()].copy_from_slice(bytes);
+    ifr[16..18].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) } < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("TUNSETIFF {name}"));
+    }
+    Ok(fd)
+}
+
+fn dns_server(args: &[String]) -> Result<()> {
+    let listen: SocketAddrV4 = flag(args, "--listen")?.parse()?;
+    let sock = UdpSocket::bind(listen).with_context(|| format!("binding {listen}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    println!("{}", json!({"ready": true, "listen": listen.to_string()}));
+    let end = Instant::now() + Duration::from_secs(3600);
+    let mut buf = [0u8; 512];
+    while Instant::now() < end {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let query = &buf[..n];
+        let addr = match packet::dns_qname(query) {
+            Some(name) if name.ends_with(".invalid") => None,
+            Some(_) => Some(Ipv4Addr::new(203, 0, 113, 80)),
+            None => continue,
+        };
+        if let Some(answer) = packet::dns_answer(query, addr) {
+            let _ = sock.send_to(&answer, from);
+        }
+    }
+    Ok(())
+}

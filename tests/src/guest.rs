@@ -1,0 +1,163 @@
+//! The test side of a fake guest: starts the `fake-guest` process on a TAP device
+//! and drives it over its stdin/stdout line protocol.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::Ipv4Addr,
+    path::Path,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One guest NIC: its TAP port on the host, address and MAC.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    pub tap: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: String,
+}
+
+impl GuestSpec {
+    /// Guest number `n` on the lab's VM LAN: tap{100+n}i0, 192.0.2.{100+n}.
+    pub fn nth(n: u8) -> Self {
+        Self {
+            tap: format!("tap{}i0", 100 + u32::from(n)),
+            ip: Ipv4Addr::new(192, 0, 2, 100 + n),
+            prefix: 24,
+            gateway: Ipv4Addr::new(192, 0, 2, 1),
+            mac: format!(
+                "52:54:00:{:02x}:{:02x}:{:02x}",
+                std::process::id() as u8,
+                n,
+                0x56
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PingOpts {
+    pub count: u32,
+    pub interval_ms: u64,
+    /// How long to wait for replies after the last request.
+    pub timeout_ms: u64,
+    pub size: usize,
+    pub ttl: u8,
+    pub df: bool,
+}
+
+impl Default for PingOpts {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            interval_ms: 200,
+            timeout_ms: 1000,
+            size: 56,
+            ttl: 64,
+            df: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PingResult {
+    pub sent: u32,
+    pub received: u32,
+    pub id: u16,
+    pub seqs_replied: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DnsResult {
+    pub sent: u32,
+    pub answered: u32,
+    pub ids: Vec<u16>,
+    pub rcode: Option<u8>,
+}
+
+pub struct Guest {
+    pub spec: GuestSpec,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Guest {
+    /// Start the guest inside the namespace at `netns` (a /run/netns path); returns
+    /// once it has resolved its gateway.
+    pub fn start(bin: &Path, netns: &Path, spec: GuestSpec) -> Result<Self> {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .arg(bin)
+            .args(["guest", "--tap", &spec.tap])
+            .args(["--ip", &format!("{}/{}", spec.ip, spec.prefix)])
+            .args(["--gw", &spec.gateway.to_string(), "--mac", &spec.mac])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdin = child.stdin.take().context("guest stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("guest stdout")?);
+        let mut guest = Self {
+            spec,
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = guest.read_line()?;
+        if ready["ready"] != true {
+            bail!("fake guest on {} failed: {ready}", guest.spec.tap);
+        }
+        Ok(guest)
+    }
+
+    fn read_line(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("fake guest on {} exited", self.spec.tap);
+        }
+        serde_json::from_str(&line).with_context(|| format!("guest said {line:?}"))
+    }
+
+    fn command(&mut self, cmd: &str) -> Result<Value> {
+        writeln!(self.stdin, "{cmd}")?;
+        self.stdin.flush()?;
+        let answer = self.read_line()?;
+        if let Some(e) = answer.get("error") {
+            bail!("guest command {cmd:?} failed: {e}");
+        }
+        Ok(answer)
+    }
+
+    pub fn ping(&mut self, dst: Ipv4Addr, o: PingOpts) -> Result<PingResult> {
+        let cmd = format!(
+            "ping {dst} {} {} {} {} {} {}",
+            o.count, o.interval_ms, o.timeout_ms, o.size, o.ttl, o.df as u8
+        );
+        Ok(serde_json::from_value(self.command(&cmd)?)?)
+    }
+
+    pub fn dns(
+        &mut self,
+        server: Ipv4Addr,
+        name: &str,
+        count: u32,
+        timeout_ms: u64,
+    ) -> Result<DnsResult> {
+        let cmd = format!("dns {server} {name} {count} {timeout_ms}");
+        Ok(serde_json::from_value(self.command(&cmd)?)?)
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

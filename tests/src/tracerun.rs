@@ -1,0 +1,125 @@
+//! Run `pathtrace` inside a lab's hypervisor namespace while the guest sends
+//! traffic, and collect what it printed. Shared by the demo and the tests.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::lab::Lab;
+
+/// What one pathtrace run printed.
+#[derive(Debug)]
+pub struct TraceRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl TraceRun {
+    /// The JSON lines of a `--json` run.
+    pub fn json(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn verdicts(&self) -> Vec<Value> {
+        self.json()
+            .into_iter()
+            .filter(|v| v["type"] == "verdict")
+            .collect()
+    }
+
+    pub fn summary(&self) -> Option<Value> {
+        self.json().into_iter().find(|v| v["type"] == "summary")
+    }
+}
+
+/// The pathtrace binary: `PATHTRACE_BIN`, else the workspace's release build.
+pub fn pathtrace_bin() -> PathBuf {
+    std::env::var_os("PATHTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_target().join("release/pathtrace"))
+}
+
+/// The fake-guest binary: `FAKE_GUEST_BIN`, else the workspace's release build.
+pub fn fake_guest_bin() -> PathBuf {
+    std::env::var_os("FAKE_GUEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_target().join("release/fake-guest"))
+}
+
+fn workspace_target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+}
+
+/// Start pathtrace with `args` in the hypervisor namespace, wait until its probes
+/// are attached (it says so on stderr), run `traffic`, then wait for it to exit
+/// (bounded by `limit`; killed past that).
+pub fn trace_while(
+    lab: &mut Lab,
+    args: &[&str],
+    limit: Duration,
+    traffic: impl FnOnce(&mut Lab) -> Result<()>,
+) -> Result<TraceRun> {
+    let mut child = lab
+        .command_in_hv(&pathtrace_bin(), args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting pathtrace")?;
+    // Drain stdout on a thread so a chatty run can never block on a full pipe.
+    let mut out = child.stdout.take().context("stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut first = String::new();
+    stderr.read_line(&mut first)?;
+    if !first.contains("following") {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        let code = wait_bounded(&mut child, limit)?;
+        let stdout = reader.join().unwrap_or_default();
+        return Ok(TraceRun {
+            code,
+            stdout,
+            stderr: first + &rest,
+        });
+    }
+    let sent = traffic(lab);
+    let code = wait_bounded(&mut child, limit)?;
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    let stdout = reader.join().unwrap_or_default();
+    sent?;
+    Ok(TraceRun {
+        code,
+        stdout,
+        stderr: first + &rest,
+    })
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> Result<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.code().unwrap_or(-1));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("pathtrace did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

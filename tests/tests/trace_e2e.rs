@@ -1,0 +1,253 @@
+//! End-to-end: a namespaced hypervisor with a real TAP port held by a fake guest,
+//! broken on purpose; pathtrace runs in its namespace and its JSON verdict is
+//! checked. Needs root and eBPF (CI runs these as root).
+
+use std::{process::Command, time::Duration};
+
+use pathtrace_tests::{
+    lab::{Fault, Lab, LabOptions, PingOpts},
+    tracerun::{fake_guest_bin, pathtrace_bin, trace_while, TraceRun},
+};
+use serde_json::Value;
+
+const VM: &str = "192.0.2.100";
+const DEST: &str = "203.0.113.8";
+
+fn lab() -> Lab {
+    Lab::up(LabOptions::new(fake_guest_bin())).expect("lab comes up")
+}
+
+/// Trace `count` guest pings to DEST.
+fn trace_pings(lab: &mut Lab, count: u32) -> TraceRun {
+    let n = count.to_string();
+    let args = [
+        "--vm-ip",
+        VM,
+        "--to",
+        DEST,
+        "--count",
+        &n,
+        "--timeout",
+        "15",
+        "--json",
+    ];
+    let run = trace_while(lab, &args, Duration::from_secs(30), |lab| {
+        let opts = PingOpts {
+            count,
+            interval_ms: 200,
+            timeout_ms: 1500,
+            ..PingOpts::default()
+        };
+        lab.guest(0).ping(DEST.parse()?, opts)?;
+        Ok(())
+    })
+    .expect("pathtrace runs");
+    eprintln!(
+        "--- pathtrace stdout\n{}--- stderr\n{}",
+        run.stdout, run.stderr
+    );
+    run
+}
+
+fn stages(v: &Value, direction: &str) -> Vec<String> {
+    v["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["direction"] == direction)
+        .map(|h| h["stage"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn only_verdict(run: &TraceRun) -> Value {
+    let verdicts = run.verdicts();
+    assert_eq!(verdicts.len(), 1, "exactly one verdict: {verdicts:?}");
+    let v = verdicts[0].clone();
+    assert_eq!(v["vm_ip"], VM);
+    assert_eq!(v["dst"], DEST);
+    assert_eq!(v["proto"], "icmp");
+    assert_eq!(v["flow"]["src"], VM);
+    v
+}
+
+#[test]
+fn healthy_ping_is_replied_with_full_path() {
+    let mut lab = lab();
+    let run = trace_pings(&mut lab, 2);
+    assert_eq!(run.code, 0, "exit 0 when every request got its reply");
+    let verdicts = run.verdicts();
+    assert_eq!(verdicts.len(), 2);
+    for v in &verdicts {
+        assert_eq!(v["verdict"], "replied");
+        assert_eq!(v["direction"], Value::Null);
+        let req = stages(v, "request");
+        for s in ["tap", "bridge", "forward", "postrouting", "egress"] {
+            assert!(
+                req.contains(&s.to_string()),
+                "request path has {s}: {req:?}"
+            );
+        }
+        let rep = stages(v, "reply");
+        assert_eq!(rep.first().map(String::as_str), Some("egress"));
+        assert_eq!(
+            rep.last().map(String::as_str),
+            Some("tap"),
+            "reply reaches the tap"
+        );
+        // MASQUERADE is visible on the way out.
+        let snat = v["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["nat"]["type"] == "snat");
+        assert_eq!(snat.unwrap()["nat"]["to"], "198.51.100.2");
+        assert!(v["flow"]["icmp_seq"].as_u64().is_some());
+    }
+    let s = run.summary().expect("summary line");
+    assert_eq!(
+        (s["probes"].as_u64(), s["replied"].as_u64()),
+        (Some(2), Some(2))
+    );
+}
+
+#[test]
+fn nft_forward_drop_names_the_rule() {
+    let mut lab = lab();
+    lab.break_path(Fault::NftForwardDrop).unwrap();
+    let run = trace_pings(&mut lab, 1);
+    assert_eq!(run.code, 1);
+    let v = only_verdict(&run);
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["direction"], "request");
+    assert_eq!(v["stage"], "forward");
+    assert_eq!(v["reason"], "NETFILTER_DROP");
+    let rule = v["rule"].as_str().expect("rule named");
+    assert!(rule.starts_with("inet filter forward handle "), "{rule}");
+    assert!(rule.ends_with("ip saddr 192.0.2.100 drop"), "{rule}");
+    assert!(v["location"]
+        .as_str()
+        .unwrap()
+        .starts_with("nft_do_chain+0x"));
+    assert!(v["hint"]
+        .as_str()
+        .unwrap()
+        .contains("nft delete rule inet filter forward handle"));
+}
+
+#[test]
+fn ip_forward_off_is_a_routing_drop_naming_the_sysctl() {
+    let mut lab = lab();
+    lab.break_path(Fault::IpForwardOff).unwrap();
+    let run = trace_pings(&mut lab, 1);
+    assert_eq!(run.code, 1);
+    let v = only_verdict(&run);
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["direction"], "request");
+    assert_eq!(v["stage"], "routing");
+    assert_eq!(v["ifname"], "vmbr0");
+    assert_eq!(v["rule"], "sysctl net.ipv4.ip_forward=0");
+    assert!(v["hint"]
+        .as_str()
+        .unwrap()
+        .contains("sysctl -w net.ipv4.ip_forward=1"));
+}
+
+#[test]
+fn missing_masquerade_is_no_reply_with_nat_hint() {
+    let mut lab = lab();
+    lab.break_path(Fault::NoMasquerade).unwrap();
+    let run = trace_pings(&mut lab, 1);
+    assert_eq!(run.code, 1);
+    let v = only_verdict(&run);
+    assert_eq!(v["verdict"], "no_reply");
+    assert_eq!(v["stage"], "remote");
+    assert_eq!(v["ifname"], "eth0");
+    let hint = v["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("MASQUERADE") && hint.contains("192.0.2.0/24"),
+        "{hint}"
+    );
+}
+
+#[test]
+fn unrelated_drops_on_the_host_do_not_change_verdicts() {
+    let mut lab = lab();
+    let _noise = lab.noise(Duration::from_secs(8)).unwrap();
+    let run = trace_pings(&mut lab, 2);
+    assert_eq!(run.code, 0, "noise must not turn healthy into dropped");
+    assert!(run.verdicts().iter().all(|v| v["verdict"] == "replied"));
+    lab.break_path(Fault::NftForwardDrop).unwrap();
+    let run = trace_pings(&mut lab, 1);
+    let v = only_verdict(&run);
+    assert_eq!(
+        (v["verdict"].as_str(), v["stage"].as_str()),
+        (Some("dropped"), Some("forward"))
+    );
+}
+
+/// After pathtrace exits (any way), none of its programs stay loaded.
+fn assert_nothing_attached() {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // bpftool truncates names to 15 characters: `pathtrace_tc_in`, `pathtrace_kfree`, ...
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("name pathtrace_"))
+        .collect();
+    // `cargo xtask test` runs these tests one at a time, so any is a leftover.
+    assert!(ours.is_empty(), "left behind: {ours:?}");
+}
+
+#[test]
+fn unknown_vm_is_a_clear_error_with_exit_2() {
+    let mut lab = lab();
+    let out = lab
+        .command_in_hv(
+            &pathtrace_bin(),
+            &["--vm-ip", "192.0.2.77", "--to", DEST, "--timeout", "2"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("no VM with IP 192.0.2.77"), "{err}");
+    assert!(out.stdout.is_empty());
+    let out = lab
+        .command_in_hv(&pathtrace_bin(), &["--vm-ip", "192.0.2.300", "--to", DEST])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "malformed IP is a usage error");
+    let _ = &mut lab;
+}
+
+#[test]
+fn sigterm_detaches_everything() {
+    let lab = lab();
+    let mut child = lab
+        .command_in_hv(
+            &pathtrace_bin(),
+            &["--vm-ip", VM, "--to", DEST, "--timeout", "20"],
+        )
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+    assert!(line.contains("following"), "{line}");
+    // nsenter --net execs the program: this pid is pathtrace itself.
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.code().is_some(),
+        "exited on its own after SIGTERM: {status:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_nothing_attached();
+}
