@@ -224,8 +224,8 @@ fn unknown_vm_is_a_clear_error_with_exit_2() {
     let _ = &mut lab;
 }
 
-#[test]
-fn sigterm_detaches_everything() {
+/// Start pathtrace (no traffic), wait until it is attached, send `signal`.
+fn signal_running_trace(signal: &str) -> std::process::ExitStatus {
     let lab = lab();
     let mut child = lab
         .command_in_hv(
@@ -242,12 +242,27 @@ fn sigterm_detaches_everything() {
     assert!(line.contains("following"), "{line}");
     // nsenter --net execs the program: this pid is pathtrace itself.
     let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    Command::new("kill").args([signal, &pid]).status().unwrap();
     let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    status
+}
+
+#[test]
+fn sigterm_detaches_everything() {
+    let status = signal_running_trace("-TERM");
     assert!(
         status.code().is_some(),
         "exited on its own after SIGTERM: {status:?}"
     );
-    std::thread::sleep(Duration::from_millis(200));
+    assert_nothing_attached();
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached() {
+    // tcx and tracepoint links belong to pathtrace's file descriptors: the kernel
+    // drops them with the process.
+    let status = signal_running_trace("-KILL");
+    assert_eq!(status.code(), None, "killed");
     assert_nothing_attached();
 }

@@ -36,7 +36,6 @@ pub fn run(cli: &Cli) -> Result<i32> {
     }
     let events = probes.take_events()?;
     let printer = Printer { json: cli.json };
-    printer.status(&banner(cli, &topo));
     let explainer = Explainer {
         symbols: Symbols::load()?,
         reasons,
@@ -172,6 +171,9 @@ async fn follow(
         signal(SignalKind::terminate())?,
         signal(SignalKind::hangup())?,
     );
+    // Only now, with signals handled, say we are ready: a wrapper may start the
+    // traffic (or send SIGTERM) as soon as it reads this line.
+    printer.status(&banner(cli, topo));
     let mut tally = Tally::default();
     let want = cli.count as usize;
     let report = |done: Vec<Finished>, tally: &mut Tally| {
