@@ -221,7 +221,107 @@ fn unknown_vm_is_a_clear_error_with_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "malformed IP is a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("192.0.2.300"), "{err}");
+    let out = lab
+        .command_in_hv(
+            &pathtrace_bin(),
+            &["--vm-ip", VM, "--to", DEST, "--iface", "nosuch0"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch0 does not exist"));
     let _ = &mut lab;
+}
+
+#[test]
+fn without_privileges_it_says_so_and_exits_2() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(pathtrace_bin())
+        .args(["--vm-ip", VM, "--to", DEST])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("needs root"), "{err}");
+}
+
+#[test]
+fn dns_query_through_nat_is_replied_by_transaction_id() {
+    let mut lab = lab();
+    let args = [
+        "--vm-ip",
+        VM,
+        "--to",
+        "203.0.113.53",
+        "--proto",
+        "dns",
+        "--count",
+        "2",
+        "--timeout",
+        "15",
+        "--json",
+    ];
+    let run = trace_while(&mut lab, &args, Duration::from_secs(30), |lab| {
+        let r = lab
+            .guest(0)
+            .dns("203.0.113.53".parse()?, "example.com", 2, 1000)?;
+        assert_eq!(r.answered, 2, "the lab's resolver answers");
+        Ok(())
+    })
+    .unwrap();
+    eprintln!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 0);
+    let verdicts = run.verdicts();
+    assert_eq!(verdicts.len(), 2);
+    for v in &verdicts {
+        assert_eq!(v["verdict"], "replied");
+        assert_eq!(v["proto"], "dns");
+        assert!(v["flow"]["dns_id"].as_u64().is_some());
+        assert!(v["flow"].get("icmp_id").is_none());
+    }
+}
+
+#[test]
+fn guest_pinging_the_host_with_input_drop_is_an_input_drop() {
+    let mut lab = lab();
+    lab.hv("nft add table inet filter && nft add chain inet filter input '{ type filter hook input priority filter; policy accept; }' && nft add rule inet filter input icmp type echo-request drop").unwrap();
+    let args = [
+        "--vm-ip",
+        VM,
+        "--to",
+        "192.0.2.1",
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+        "--json",
+    ];
+    let run = trace_while(&mut lab, &args, Duration::from_secs(20), |lab| {
+        lab.guest(0)
+            .ping("192.0.2.1".parse()?, PingOpts::default())?;
+        Ok(())
+    })
+    .unwrap();
+    eprintln!("{}{}", run.stdout, run.stderr);
+    let v = &run.verdicts()[0];
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["direction"], "request");
+    assert_eq!(v["stage"], "input");
+    assert_eq!(v["reason"], "NETFILTER_DROP");
+    assert!(v["rule"]
+        .as_str()
+        .unwrap()
+        .ends_with("icmp type echo-request drop"));
 }
 
 /// Start pathtrace (no traffic), wait until it is attached, send `signal`.

@@ -22,7 +22,25 @@ fn main() {
         );
         std::process::exit(2);
     }));
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, as for every other bad input.
+            let msg = e.to_string();
+            let text: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!(
+                "pathtrace: {} (see --help)",
+                text.join(" ").trim_start_matches("error: ")
+            );
+            std::process::exit(2);
+        }
+    };
     let code = match trace::run(&cli) {
         Ok(code) => code,
         Err(e) => {
