@@ -29,7 +29,9 @@ enum Task {
     Build,
     /// Set up, build, and show pathtrace on a namespaced demo hypervisor.
     Demo,
-    /// Set up, build, and run every test (unit and end-to-end; needs root).
+    /// rustfmt and clippy (warnings are errors), the eBPF crate for its own target.
+    Lint,
+    /// Set up, build, lint, and run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -43,7 +45,11 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|_| build()),
         Task::Demo => setup::run().and_then(|_| build()).and_then(|_| demo::run()),
-        Task::Test { args } => setup::run().and_then(|_| build()).and_then(|_| test(&args)),
+        Task::Lint => lint(),
+        Task::Test { args } => setup::run()
+            .and_then(|_| build())
+            .and_then(|_| lint())
+            .and_then(|_| test(&args)),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -79,6 +85,25 @@ fn build() -> Result<()> {
 
 pub fn release_bin(name: &str) -> PathBuf {
     root().join("target/release").join(name)
+}
+
+fn lint() -> Result<()> {
+    eprintln!("xtask: rustfmt and clippy");
+    exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate only builds for the BPF target (it has its own panic handler).
+    exec(
+        cargo()
+            .args([
+                "clippy",
+                "-p",
+                "tracer-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+            ])
+            .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+            .env("RUSTC_BOOTSTRAP", "1"),
+    )
 }
 
 fn test(extra: &[String]) -> Result<()> {
