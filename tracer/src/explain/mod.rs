@@ -1,6 +1,7 @@
 //! From a finished trace to the operator's answer: where it died, the kernel's
 //! reason, the rule or setting responsible, and the command that fixes it.
 
+pub mod iptables;
 pub mod nft;
 pub mod stage;
 
@@ -224,7 +225,7 @@ impl Explainer {
         };
         let reason = facts.reason.unwrap_or("unknown reason");
         match reason {
-            "NETFILTER_DROP" => self.blame_netfilter(t, d, stage, what),
+            "NETFILTER_DROP" => self.blame_netfilter(t, d, facts, stage, what),
             "IP_INADDRERRORS" | "IP_INNOROUTES" | "IP_OUTNOROUTES" => {
                 self.blame_routing(stage, what, reason)
             }
@@ -317,7 +318,14 @@ impl Explainer {
         }
     }
 
-    fn blame_netfilter(&self, t: &Trace, d: &Drop, stage: Stage, what: &str) -> Blame {
+    fn blame_netfilter(
+        &self,
+        t: &Trace,
+        d: &Drop,
+        facts: &DropFacts,
+        stage: Stage,
+        what: &str,
+    ) -> Blame {
         let hook = match stage {
             Stage::Prerouting => "prerouting",
             Stage::Input => "input",
@@ -325,36 +333,80 @@ impl Explainer {
             _ => "forward",
         };
         let view = self.packet_view(t, d, stage);
-        match nft::find_culprit(hook, &view) {
-            Some(c) => {
-                let rule = c.describe();
-                let hint = match c.handle {
-                    Some(h) => format!(
-                        "nftables rule \"{}\" in {} {} {} drops {what}; remove it: nft delete rule {} {} {} handle {h}",
-                        c.text.as_deref().unwrap_or("?"),
-                        c.family, c.table, c.chain, c.family, c.table, c.chain
-                    ),
-                    None => {
-                        let allow = match d.direction {
-                            Direction::Request => format!("ip saddr {} accept", self.topo.vm_ip),
-                            Direction::Reply => "ct state established,related accept".to_string(),
-                        };
-                        format!(
-                            "chain {} {} {} has policy drop and no rule accepts {what}; allow it: nft insert rule {} {} {} {allow}",
-                            c.family, c.table, c.chain, c.family, c.table, c.chain
-                        )
-                    }
-                };
-                Blame { stage, rule: Some(rule), hint }
-            }
-            None => Blame {
-                stage,
-                rule: None,
-                hint: format!(
-                    "a firewall rule in the {hook} hook drops {what}, but no matching nftables rule was found; list the other rule sets with counters: iptables-legacy -L -v -n; iptables -L -v -n"
+        // nf_tables drops inside nft_do_chain; legacy iptables through nf_hook_slow.
+        let nft_first = facts.function == Some("nft_do_chain");
+        let found = if nft_first {
+            self.nft_blame(hook, &view, d, what)
+                .or_else(|| self.legacy_blame(hook, &view, what))
+        } else {
+            self.legacy_blame(hook, &view, what)
+                .or_else(|| self.nft_blame(hook, &view, d, what))
+        };
+        let (rule, hint) = found.unwrap_or_else(|| {
+            (
+                None,
+                format!(
+                    "a firewall rule in the {hook} hook drops {what}, but no matching nftables or iptables rule was found; list the rule sets with counters: nft list ruleset; iptables-legacy -L -v -n"
                 ),
-            },
-        }
+            )
+        });
+        Blame { stage, rule, hint }
+    }
+
+    fn nft_blame(
+        &self,
+        hook: &str,
+        view: &nft::PacketView,
+        d: &Drop,
+        what: &str,
+    ) -> Option<(Option<String>, String)> {
+        let c = nft::find_culprit(hook, view)?;
+        let (fam, table, chain) = (&c.family, &c.table, &c.chain);
+        let hint = match c.handle {
+            Some(h) => format!(
+                "nftables rule \"{}\" in {fam} {table} {chain} drops {what}; remove it: nft delete rule {fam} {table} {chain} handle {h}",
+                c.text.as_deref().unwrap_or("?"),
+            ),
+            None => {
+                let allow = match d.direction {
+                    Direction::Request => format!("ip saddr {} accept", self.topo.vm_ip),
+                    Direction::Reply => "ct state established,related accept".to_string(),
+                };
+                format!(
+                    "chain {fam} {table} {chain} has policy drop and no rule accepts {what}; allow it: nft insert rule {fam} {table} {chain} {allow}"
+                )
+            }
+        };
+        Some((Some(c.describe()), hint))
+    }
+
+    fn legacy_blame(
+        &self,
+        hook: &str,
+        view: &nft::PacketView,
+        what: &str,
+    ) -> Option<(Option<String>, String)> {
+        let c = iptables::find_culprit(hook, view)?;
+        let tool = "iptables-legacy";
+        let hint = match c.number {
+            Some(n) => format!(
+                "{tool} rule {n} of the {} chain ({} table) {}s {what}; remove it: {tool} -t {} -D {} {n}",
+                c.chain,
+                c.table,
+                c.target.to_lowercase(),
+                c.table,
+                c.chain
+            ),
+            None => format!(
+                "the {} chain ({} table) has policy DROP and no rule accepts {what}; allow the guest's traffic: {tool} -t {} -I {} -s {} -j ACCEPT (and replies: -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT)",
+                c.chain,
+                c.table,
+                c.table,
+                c.chain,
+                self.vm_net()
+            ),
+        };
+        Some((Some(c.describe(tool)), hint))
     }
 
     /// The packet as the firewall saw it at `stage`.

@@ -171,9 +171,7 @@ impl Ruleset {
                 if !possible {
                     break;
                 }
-                let verdict = ["drop", "reject", "accept"]
-                    .into_iter()
-                    .find(|v| e.get(*v).is_some());
+                let verdict = verdict_of(e);
                 match verdict {
                     Some("accept") if definite => return Flow::Accepted,
                     Some("accept") => {}
@@ -208,6 +206,24 @@ impl Ruleset {
             }
         }
         Flow::Continue
+    }
+}
+
+/// The verdict of a statement: native `drop`/`reject`/`accept`, or an iptables-nft
+/// target (`xt`) that drops (`DROP`, `REJECT`) or accepts.
+fn verdict_of(e: &Value) -> Option<&'static str> {
+    if let Some(v) = ["drop", "reject", "accept"]
+        .into_iter()
+        .find(|v| e.get(*v).is_some())
+    {
+        return Some(v);
+    }
+    let xt = e.get("xt")?;
+    match (xt["type"].as_str()?, xt["name"].as_str()?) {
+        ("target", "DROP") => Some("drop"),
+        ("target", "REJECT") => Some("reject"),
+        ("target", "ACCEPT") => Some("accept"),
+        _ => None,
     }
 }
 
