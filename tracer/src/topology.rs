@@ -51,6 +51,8 @@ pub struct Topology {
     pub netns_inum: u32,
     /// Every interface of this namespace by index (names drop locations).
     pub names: HashMap<u32, String>,
+    /// MTU of every interface by index.
+    pub mtus: HashMap<u32, u32>,
 }
 
 impl Topology {
@@ -58,6 +60,7 @@ impl Topology {
     pub fn discover(vm_ip: Ipv4Addr, dst: Ipv4Addr, iface: Option<&str>) -> Result<Self> {
         let links = ip_json(&["-d", "link", "show"])?;
         let names = link_names(&links);
+        let mtus = link_mtus(&links);
         let (port_names, vm_mac) = match iface {
             Some(name) => (vec![name.to_string()], None),
             None => find_vm_ports(vm_ip, &links)?,
@@ -85,6 +88,7 @@ impl Topology {
             uplink_addrs: Vec::new(),
             netns_inum: current_netns_inum()?,
             names,
+            mtus,
         };
         if let Some(r) = route {
             topo.apply_route(&r, &links)?;
@@ -158,6 +162,27 @@ fn run_json(program: &str, args: &[&str]) -> Result<Value> {
         return Ok(Value::Array(Vec::new()));
     }
     serde_json::from_str(&text).with_context(|| format!("parsing {program} {}", args.join(" ")))
+}
+
+fn link_mtus(links: &Value) -> HashMap<u32, u32> {
+    as_array(links)
+        .iter()
+        .filter_map(|l| Some((l["ifindex"].as_u64()? as u32, l["mtu"].as_u64()? as u32)))
+        .collect()
+}
+
+/// STP state of a bridge port (`forwarding`, `blocking`, `disabled`, ...).
+pub fn port_state(port: &str) -> Option<String> {
+    let v = run_json("bridge", &["-j", "link", "show", "dev", port]).ok()?;
+    as_array(&v).first()?["state"].as_str().map(str::to_string)
+}
+
+/// Operational state of an interface (`UP`, `DOWN`, `LOWERLAYERDOWN`, ...).
+pub fn oper_state(dev: &str) -> Option<String> {
+    let v = ip_json(&["link", "show", "dev", dev]).ok()?;
+    as_array(&v).first()?["operstate"]
+        .as_str()
+        .map(str::to_string)
 }
 
 fn link_names(links: &Value) -> HashMap<u32, String> {

@@ -40,6 +40,8 @@ fn by_reason(reason: &str, f: &DropFacts) -> Option<Stage> {
     let stage = match reason {
         "NETFILTER_DROP" => netfilter_stage(f),
         r if r.starts_with("NEIGH_") => Stage::Neighbor,
+        // TTL expiry: ip_forward decrements the TTL.
+        "IP_INHDR" if f.function == Some("ip_forward") => Stage::Forward,
         "IP_INADDRERRORS" | "IP_INNOROUTES" | "IP_OUTNOROUTES" | "IP_RPFILTER"
         | "IP_INVALID_SOURCE" | "IP_LOCAL_SOURCE" | "IP_INVALID_DEST" | "IP_LOCALNET"
         | "IP_INHDR" | "XFRM_POLICY" => Stage::Routing,
