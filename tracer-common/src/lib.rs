@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a layout below changes; user space refuses a mismatching object.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 
 /// Names of the maps and programs, so both sides spell them the same way.
 pub mod names {
@@ -35,6 +35,9 @@ pub enum EventKind {
     Drop = 2,
     /// `skb:consume_skb`: the kernel freed the packet after normal processing.
     Consume = 3,
+    /// The question of a DNS request, sent once when the request is first seen
+    /// (a [`NameEvent`]).
+    DnsName = 4,
 }
 
 impl EventKind {
@@ -43,6 +46,7 @@ impl EventKind {
             1 => Some(Self::Tc),
             2 => Some(Self::Drop),
             3 => Some(Self::Consume),
+            4 => Some(Self::DnsName),
             _ => None,
         }
     }
@@ -76,7 +80,8 @@ pub struct PacketInfo {
     pub ttl: u8,
     /// ICMP type, or 0 for UDP.
     pub icmp_type: u8,
-    pub icmp_code: u8,
+    /// ICMP code; for a DNS response, its RCODE (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN).
+    pub code: u8,
     /// ICMP echo id, or DNS transaction id.
     pub id: u16,
     /// ICMP echo sequence, or 0 for DNS.
@@ -115,6 +120,18 @@ pub struct Event {
     pub netns: u32,
     /// The packet as seen at this hook (TC) or when it was first tracked (frees).
     pub pkt: PacketInfo,
+}
+
+/// Bytes of a DNS question carried by a [`NameEvent`] (wire format labels).
+pub const DNS_NAME_LEN: usize = 64;
+
+/// A DNS request's question: the common event head (kind [`EventKind::DnsName`])
+/// followed by the first bytes of the question section.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NameEvent {
+    pub head: Event,
+    pub name: [u8; DNS_NAME_LEN],
 }
 
 /// Per-packet tracking state kept in the kernel, keyed by skb address.
@@ -168,6 +185,7 @@ pub const CNT_MAX: u32 = 4;
 const _: () = assert!(core::mem::size_of::<PacketInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 40);
+const _: () = assert!(core::mem::size_of::<NameEvent>() == 128);
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
 
 /// Key of the `REQ_IDS` map: which request ids of the guest are being followed, so
@@ -183,6 +201,7 @@ mod user {
     // SAFETY: all of these are `#[repr(C)]`, made only of integers, without padding.
     unsafe impl aya::Pod for PacketInfo {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for NameEvent {}
     unsafe impl aya::Pod for Tracked {}
     unsafe impl aya::Pod for Config {}
 }

@@ -74,6 +74,12 @@ pub fn parse(ctx: &TcContext) -> Option<(PacketInfo, usize)> {
     parse_ip_at(ctx, ip_off)
 }
 
+/// Offset of the question section of the DNS message in a UDP packet at `l4_off`.
+#[inline(always)]
+pub const fn dns_question_offset(l4_off: usize) -> usize {
+    l4_off + 8 + 12
+}
+
 #[inline(always)]
 pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)> {
     let ip: Ipv4Hdr = ctx.load(ip_off).ok()?;
@@ -98,14 +104,19 @@ pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)
     let b = l4.b;
     if ip.proto == IPPROTO_ICMP {
         info.icmp_type = b[0];
-        info.icmp_code = b[1];
+        info.code = b[1];
         info.id = be16([b[4], b[5]]);
         info.seq = be16([b[6], b[7]]);
     } else {
         info.sport = be16([b[0], b[1]]);
         info.dport = be16([b[2], b[3]]);
         if info.sport == DNS_PORT || info.dport == DNS_PORT {
-            info.id = u16::from_be(ctx.load::<u16>(l4_off + 8).ok()?);
+            // DNS header: id, then flags whose low 4 bits are the RCODE.
+            let head: [u8; 4] = ctx.load(l4_off + 8).ok()?;
+            info.id = u16::from_be_bytes([head[0], head[1]]);
+            if info.sport == DNS_PORT {
+                info.code = head[3] & 0x0f;
+            }
         }
     }
     Some((info, l4_off))

@@ -133,6 +133,8 @@ pub struct Trace {
     pub delivered_ts: Option<u64>,
     /// When the reply was freed on the host without reaching the VM port.
     pub reply_lost_ts: Option<u64>,
+    /// The query name of a DNS request.
+    pub qname: Option<String>,
     pub drop: Option<Drop>,
     pub last_ts: u64,
 }
@@ -151,6 +153,7 @@ impl Trace {
             local_ts: None,
             delivered_ts: None,
             reply_lost_ts: None,
+            qname: None,
             drop: None,
             last_ts: ts,
         }
@@ -199,7 +202,15 @@ impl Correlator {
             Some(EventKind::Tc) => self.on_tc(ev),
             Some(EventKind::Drop) => self.on_drop(ev),
             Some(EventKind::Consume) => self.on_consume(ev),
-            None => {}
+            // Names come through `on_name`, with their bytes.
+            Some(EventKind::DnsName) | None => {}
+        }
+    }
+
+    /// The question of a DNS request (sent right after its first TC event).
+    pub fn on_name(&mut self, ev: &Event, qname: String) {
+        if let Some(i) = self.find(ev) {
+            self.traces[i].qname = Some(qname);
         }
     }
 

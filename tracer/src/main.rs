@@ -2,6 +2,7 @@
 
 mod cli;
 mod correlate;
+mod dns;
 mod explain;
 mod kernel;
 mod output;

@@ -15,6 +15,9 @@ pub struct Flow {
     pub icmp_seq: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_id: Option<u16>,
+    /// The DNS query name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qname: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -59,6 +62,9 @@ pub struct Verdict {
     /// Round trip from the VM port and back, for replied requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_ns: Option<u64>,
+    /// RCODE of the DNS response that reached the guest (`NOERROR`, `NXDOMAIN`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_rcode: Option<String>,
     /// The verdict was decided because tracing stopped, not by an observed end.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
@@ -125,7 +131,15 @@ fn flow_label(v: &Verdict) -> String {
     let f = &v.flow;
     match (f.icmp_id, f.icmp_seq, f.dns_id) {
         (Some(id), Some(seq), _) => format!("icmp {} → {} id {id} seq {seq}", f.src, f.dst),
-        (_, _, Some(id)) => format!("dns {} → {} id {id}", f.src, f.dst),
+        (_, _, Some(id)) => format!(
+            "dns {} → {} id {id}{}",
+            f.src,
+            f.dst,
+            f.qname
+                .as_ref()
+                .map(|q| format!(" {q}"))
+                .unwrap_or_default()
+        ),
         _ => format!("{} {} → {}", v.proto, f.src, f.dst),
     }
 }
@@ -170,6 +184,9 @@ pub fn render_text(v: &Verdict) -> String {
     let mut line = format!("  {word}");
     if let Some(rtt) = v.rtt_ns {
         line.push_str(&format!(" in {:.3} ms", rtt as f64 / 1e6));
+    }
+    if let Some(rcode) = &v.dns_rcode {
+        line.push_str(&format!(" ({rcode})"));
     }
     if let Some(st) = v.stage {
         match v.direction {

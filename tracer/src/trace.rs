@@ -9,7 +9,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     time::{interval, sleep_until, Instant},
 };
-use tracer_common::{Config, Event};
+use tracer_common::{Config, Event, EventKind, NameEvent};
 
 use crate::{
     cli::Cli,
@@ -191,8 +191,10 @@ async fn follow(
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    if let Some(ev) = decode(&item) {
-                        corr.on_event(&ev);
+                    match decode(&item) {
+                        Some(Decoded::Event(ev)) => corr.on_event(&ev),
+                        Some(Decoded::Name(ev, name)) => corr.on_name(&ev, name),
+                        None => {}
                     }
                 }
                 guard.clear_ready();
@@ -217,12 +219,27 @@ async fn follow(
     Ok(tally)
 }
 
-fn decode(bytes: &[u8]) -> Option<Event> {
+enum Decoded {
+    Event(Event),
+    Name(Event, String),
+}
+
+/// One ring-buffer record: an [`Event`], or a [`NameEvent`] (same head, kind DnsName).
+fn decode(bytes: &[u8]) -> Option<Decoded> {
     if bytes.len() < std::mem::size_of::<Event>() {
         return None;
     }
     // SAFETY: Event is plain old data (tracer-common), length checked above.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    let ev = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    if EventKind::from_u8(ev.kind) != Some(EventKind::DnsName) {
+        return Some(Decoded::Event(ev));
+    }
+    if bytes.len() < std::mem::size_of::<NameEvent>() {
+        return None;
+    }
+    // SAFETY: as above, for the longer record.
+    let named = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<NameEvent>()) };
+    Some(Decoded::Name(ev, crate::dns::qname(&named.name)?))
 }
 
 /// The traced interfaces must still be there; their links vanish with them.

@@ -9,15 +9,15 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext,
 };
 use tracer_common::{
-    req_key, Event, EventKind, PacketInfo, Tracked, DIR_EGRESS, DIR_INGRESS, FLAG_ICMP_ERROR,
-    PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST,
+    req_key, Event, EventKind, NameEvent, PacketInfo, Tracked, CNT_RINGBUF_FULL, DIR_EGRESS,
+    DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST,
 };
 
 use crate::{
-    maps::{config, emit, track, REQ_IDS, TRACKED},
+    maps::{config, count, emit, track, EVENTS, REQ_IDS, TRACKED},
     packet::{
-        parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY,
-        ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_UDP,
+        dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,
+        ICMP_ECHOREPLY, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_UDP,
     },
 };
 
@@ -42,9 +42,8 @@ fn observe(ctx: &TcContext, dir: u8) {
     // skb:* tracepoints report as `skbaddr`.
     let skb = ctx.skb.skb as u64;
     let now = unsafe { bpf_ktime_get_ns() };
-    let (role, flags) = match classify(ctx, &mut pkt, l4_off, skb, now) {
-        Some(r) => r,
-        None => return,
+    let Some((role, flags, new)) = classify(ctx, &mut pkt, l4_off, skb, now) else {
+        return;
     };
     let event = Event {
         ts_ns: now,
@@ -58,9 +57,41 @@ fn observe(ctx: &TcContext, dir: u8) {
         ..Event::default()
     };
     emit(&event);
+    if new && role == ROLE_REQUEST && pkt.proto == IPPROTO_UDP {
+        emit_dns_name(ctx, &event, l4_off);
+    }
+}
+
+/// The DNS question of a new request, once, so the verdict can name the query.
+#[inline(always)]
+fn emit_dns_name(ctx: &TcContext, head: &Event, l4_off: usize) {
+    let Some(mut entry) = EVENTS.reserve::<NameEvent>(0) else {
+        count(CNT_RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: the entry is ours until submitted; every byte is written below.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.head = *head;
+    ev.head.kind = EventKind::DnsName as u8;
+    ev.name = [0; DNS_NAME_LEN];
+    // Constant lengths keep the verifier happy; a short packet takes a shorter load.
+    let off = dns_question_offset(l4_off);
+    let _ = ctx
+        .load::<[u8; 64]>(off)
+        .map(|b| ev.name = b)
+        .or_else(|_| {
+            ctx.load::<[u8; 32]>(off)
+                .map(|b| ev.name[..32].copy_from_slice(&b))
+        })
+        .or_else(|_| {
+            ctx.load::<[u8; 16]>(off)
+                .map(|b| ev.name[..16].copy_from_slice(&b))
+        });
+    entry.submit(0);
 }
 
 /// Decide whether this packet belongs to the traced flow; start tracking it if so.
+/// Returns (role, flags, newly tracked).
 #[inline(always)]
 fn classify(
     ctx: &TcContext,
@@ -68,7 +99,7 @@ fn classify(
     l4_off: usize,
     skb: u64,
     now: u64,
-) -> Option<(u8, u8)> {
+) -> Option<(u8, u8, bool)> {
     let cfg = config();
     if let Some(t) = unsafe { TRACKED.get(skb) } {
         // Same skb seen again (a later hook). Addresses may have been rewritten by
@@ -78,10 +109,10 @@ fn classify(
             // Report the quoted request's id/seq, as at the first hook.
             pkt.id = t.pkt.id;
             pkt.seq = t.pkt.seq;
-            return Some((t.role, t.flags));
+            return Some((t.role, t.flags, false));
         }
         if t.pkt.proto == pkt.proto && t.pkt.id == pkt.id {
-            return Some((t.role, t.flags));
+            return Some((t.role, t.flags, false));
         }
         let _ = TRACKED.remove(skb);
     }
@@ -107,7 +138,7 @@ fn classify(
             first_ts: now,
         },
     );
-    Some((role, flags))
+    Some((role, flags, true))
 }
 
 #[inline(always)]

@@ -45,7 +45,10 @@ impl Explainer {
             vm_ip: self.topo.vm_ip.to_string(),
             dst: self.topo.dst.to_string(),
             proto: self.proto_word,
-            flow: flow_of(&t.request),
+            flow: Flow {
+                qname: t.qname.clone(),
+                ..flow_of(&t.request)
+            },
             verdict: match f.outcome {
                 Outcome::Replied => "replied",
                 Outcome::Dropped => "dropped",
@@ -60,6 +63,7 @@ impl Explainer {
             hint: None,
             path: self.path(t),
             rtt_ns: None,
+            dns_rcode: None,
             incomplete: f.timed_out,
         };
         match f.outcome {
@@ -77,6 +81,18 @@ impl Explainer {
     fn replied(&self, t: &Trace, v: &mut Verdict) {
         v.ifname = t.port_ifindex.and_then(|i| self.name(i));
         v.rtt_ns = t.delivered_ts.map(|d| d.saturating_sub(t.first_ts()));
+        if t.request.proto == 17 {
+            let rcode = t.reply_hops.last().map_or(0, |h| h.pkt.code);
+            v.dns_rcode = Some(crate::dns::rcode_name(rcode));
+            if rcode != 0 {
+                v.hint = Some(format!(
+                    "the network path works: the resolver {} answered {} for {}; the problem is the name or the resolver's own configuration",
+                    self.topo.dst,
+                    crate::dns::rcode_name(rcode),
+                    t.qname.as_deref().unwrap_or("the query")
+                ));
+            }
+        }
         if t.reply_hops
             .iter()
             .any(|h| h.pkt.icmp_type == 3 || h.pkt.icmp_type == 11)
@@ -85,7 +101,7 @@ impl Explainer {
             v.hint = Some(format!(
                 "the guest got an ICMP error (type {}, code {}) from {} instead of an echo reply",
                 h.icmp_type,
-                h.icmp_code,
+                h.code,
                 ip(h.saddr)
             ));
         }
@@ -629,6 +645,7 @@ fn flow_of(p: &PacketInfo) -> Flow {
         icmp_id: icmp.then_some(p.id),
         icmp_seq: icmp.then_some(p.seq),
         dns_id: (!icmp).then_some(p.id),
+        qname: None,
     }
 }
 
