@@ -58,6 +58,22 @@ pub fn find_culprit(hook: &str, pkt: &PacketView) -> Option<Culprit> {
     Rules::parse(&String::from_utf8_lossy(&out.stdout)).culprit(hook, pkt)
 }
 
+/// The legacy nat rule that translates destinations to `to`.
+pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
+    let out = Command::new("iptables-legacy-save").args(["-t", "nat"]).output().ok()?;
+    let save = String::from_utf8_lossy(&out.stdout);
+    let rules = Rules::parse(&save);
+    rules.chains.iter().find_map(|c| {
+        let n = c.rules.iter().position(|r| {
+            r.split_whitespace()
+                .skip_while(|w| *w != "--to-destination")
+                .nth(1)
+                .is_some_and(|d| d.split(':').next() == Some(&to.to_string()))
+        })?;
+        Some(format!("iptables-legacy nat {} rule {}: {}", c.name, n + 1, c.rules[n]))
+    })
+}
+
 enum Flow {
     Dropped(Culprit),
     Accepted,

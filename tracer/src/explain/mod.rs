@@ -163,16 +163,7 @@ impl Explainer {
             .rev()
             .find(|h| self.topo.role_of(h.ifindex) == Some(Role::Uplink))
         {
-            v.stage = Some(Stage::Remote.as_str());
-            v.ifname = self.name(out.ifindex);
-            v.hint = Some(self.remote_hint(out));
-            if self.missing_snat(out) {
-                v.rule = Some(format!(
-                    "no SNAT/MASQUERADE for {} on {}",
-                    self.vm_net(),
-                    self.uplink_name()
-                ));
-            }
+            self.left_host(t, out, v);
         } else if t.local_ts.is_some() {
             v.stage = Some(Stage::Input.as_str());
             v.ifname = self.topo.bridge.as_ref().map(|b| b.name.clone());
@@ -192,6 +183,31 @@ impl Explainer {
                 } else {
                     ""
                 }
+            ));
+        }
+    }
+
+    /// The request left through the uplink and nothing came back.
+    fn left_host(&self, t: &Trace, out: &Hop, v: &mut Verdict) {
+        v.stage = Some(Stage::Remote.as_str());
+        v.ifname = self.name(out.ifindex);
+        v.hint = Some(self.remote_hint(out));
+        if self.missing_snat(out) {
+            v.rule = Some(format!(
+                "no SNAT/MASQUERADE for {} on {}",
+                self.vm_net(),
+                self.uplink_name()
+            ));
+        }
+        let (asked, sent_to) = (ip(t.request.daddr), ip(out.pkt.daddr));
+        if asked != sent_to {
+            // DNAT sent it elsewhere: that target did not answer.
+            v.rule = nft::find_dnat_rule(sent_to)
+                .or_else(|| iptables::find_dnat_rule(sent_to))
+                .or_else(|| Some(format!("dnat {asked} → {sent_to}")));
+            v.hint = Some(format!(
+                "the guest's request to {asked} was redirected (DNAT) to {sent_to}, which did not answer within {} s: check that {sent_to} is the right, live server, or fix the DNAT rule",
+                crate::correlate::REPLY_WAIT_NS / 1_000_000_000
             ));
         }
     }

@@ -68,6 +68,29 @@ pub fn find_culprit(hook: &str, pkt: &PacketView) -> Option<Culprit> {
     Some(culprit)
 }
 
+/// The rule that translates destinations to `to` (a `dnat` statement), described
+/// like a culprit.
+pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
+    let json = run(&["-j", "list", "ruleset"])?;
+    let ruleset: Value = serde_json::from_str(&json).ok()?;
+    let rule = ruleset["nftables"].as_array()?.iter().find_map(|item| {
+        let r = item.get("rule")?;
+        let hit = r["expr"].as_array()?.iter().any(|e| {
+            e.get("dnat")
+                .and_then(|d| d["addr"].as_str())
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+                == Some(to)
+        });
+        hit.then(|| r.clone())
+    })?;
+    let (family, table, chain) = (str_of(&rule, "family"), str_of(&rule, "table"), str_of(&rule, "chain"));
+    let handle = rule["handle"].as_u64()?;
+    let text = run(&["-a", "list", "ruleset"])
+        .and_then(|t| rule_texts(&t).remove(&(family.clone(), table.clone(), chain.clone(), handle)));
+    let culprit = Culprit { family, table, chain, handle: Some(handle), text, verdict: "dnat".into() };
+    Some(culprit.describe())
+}
+
 fn run(args: &[&str]) -> Option<String> {
     let out = Command::new("nft").args(args).output().ok()?;
     out.status
