@@ -133,6 +133,8 @@ pub struct Trace {
     pub delivered_ts: Option<u64>,
     /// When the reply was freed on the host without reaching the VM port.
     pub reply_lost_ts: Option<u64>,
+    /// Where that happened: (kernel text address, device ifindex).
+    pub reply_lost_at: Option<(u64, u32)>,
     /// The query name of a DNS request.
     pub qname: Option<String>,
     pub drop: Option<Drop>,
@@ -153,6 +155,7 @@ impl Trace {
             local_ts: None,
             delivered_ts: None,
             reply_lost_ts: None,
+            reply_lost_at: None,
             qname: None,
             drop: None,
             last_ts: ts,
@@ -339,6 +342,7 @@ impl Correlator {
         let t = &mut self.traces[i];
         if ev.role == ROLE_REPLY {
             t.reply_lost_ts = Some(ev.ts_ns);
+            t.reply_lost_at = Some((ev.location, ev.ifindex));
         } else if t.req_skb == ev.skb {
             t.local_ts = Some(ev.ts_ns);
             t.req_hops.push(Hop {

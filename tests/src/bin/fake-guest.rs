@@ -8,8 +8,9 @@
 //!   dns SERVER NAME COUNT TIMEOUT_MS
 //!   quit
 //!
-//! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80 and
-//! names ending in `.invalid` with NXDOMAIN, for at most an hour.
+//! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80,
+//! names ending in `.invalid` with NXDOMAIN, and names starting with `slow.` after
+//! a second; it stops after an hour at most.
 
 use std::{
     io::BufRead,
@@ -380,7 +381,13 @@ fn dns_server(args: &[String]) -> Result<()> {
         let query = &buf[..n];
         let addr = match packet::dns_qname(query) {
             Some(name) if name.ends_with(".invalid") => None,
-            Some(_) => Some(Ipv4Addr::new(203, 0, 113, 80)),
+            Some(name) => {
+                if name.starts_with("slow.") {
+                    // Lets a test change the path while the answer is on its way.
+                    std::thread::sleep(Duration::from_millis(1000));
+                }
+                Some(Ipv4Addr::new(203, 0, 113, 80))
+            }
             None => continue,
         };
         if let Some(answer) = packet::dns_answer(query, addr) {

@@ -60,7 +60,10 @@ pub fn find_culprit(hook: &str, pkt: &PacketView) -> Option<Culprit> {
 
 /// The legacy nat rule that translates destinations to `to`.
 pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
-    let out = Command::new("iptables-legacy-save").args(["-t", "nat"]).output().ok()?;
+    let out = Command::new("iptables-legacy-save")
+        .args(["-t", "nat"])
+        .output()
+        .ok()?;
     let save = String::from_utf8_lossy(&out.stdout);
     let rules = Rules::parse(&save);
     rules.chains.iter().find_map(|c| {
@@ -70,7 +73,12 @@ pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
                 .nth(1)
                 .is_some_and(|d| d.split(':').next() == Some(&to.to_string()))
         })?;
-        Some(format!("iptables-legacy nat {} rule {}: {}", c.name, n + 1, c.rules[n]))
+        Some(format!(
+            "iptables-legacy nat {} rule {}: {}",
+            c.name,
+            n + 1,
+            c.rules[n]
+        ))
     })
 }
 

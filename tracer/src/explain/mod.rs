@@ -109,18 +109,7 @@ impl Explainer {
 
     fn dropped(&self, t: &Trace, v: &mut Verdict) {
         let Some(d) = &t.drop else {
-            // The reply was freed on the host before reaching the guest's port.
-            v.direction = Some(Direction::Reply.as_str());
-            let last = t.reply_hops.last();
-            v.stage = Some(last.map_or(Stage::Forward, |h| h.stage).as_str());
-            v.ifname = last.and_then(|h| self.name(h.ifindex));
-            v.hint = Some(format!(
-                "the reply came back to the host but never reached {}: it was last seen at {}",
-                t.port_ifindex
-                    .and_then(|i| self.name(i))
-                    .unwrap_or_else(|| "the guest's port".into()),
-                v.stage.unwrap_or("?")
-            ));
+            self.reply_lost(t, v);
             return;
         };
         let reason = self.reasons.get(&d.reason).cloned();
@@ -185,6 +174,36 @@ impl Explainer {
                 }
             ));
         }
+    }
+
+    /// The reply was freed on the host without a drop reason, or vanished, before
+    /// reaching the guest's port.
+    fn reply_lost(&self, t: &Trace, v: &mut Verdict) {
+        v.direction = Some(Direction::Reply.as_str());
+        if let Some(b) = self.blame_port_down(t, "the reply to the guest") {
+            v.stage = Some(b.stage.as_str());
+            v.ifname = b.ifname;
+            v.rule = b.rule;
+            v.hint = Some(b.hint);
+            return;
+        }
+        let last = t.reply_hops.last();
+        v.stage = Some(last.map_or(Stage::Forward, |h| h.stage).as_str());
+        v.ifname = last.and_then(|h| self.name(h.ifindex));
+        if let Some((location, _)) = t.reply_lost_at {
+            v.location = self.symbols.resolve(location);
+        }
+        v.hint = Some(format!(
+            "the reply came back to the host but never reached {}: it was last seen at {}{}",
+            t.port_ifindex
+                .and_then(|i| self.name(i))
+                .unwrap_or_else(|| "the guest's port".into()),
+            v.stage.unwrap_or("?"),
+            v.location
+                .as_ref()
+                .map(|l| format!(" and freed in {l}"))
+                .unwrap_or_default()
+        ));
     }
 
     /// The request left through the uplink and nothing came back.
@@ -288,8 +307,12 @@ impl Explainer {
                 ifname: None,
             },
             r if r.starts_with("NEIGH_") => self.blame_neighbour(d, stage, what, r),
+            // A reply the bridge cannot hand to a guest whose port is down.
+            _ if stage == Stage::Tap || (stage == Stage::Bridge && d.direction == Direction::Reply) => self
+                .blame_port_down(t, what)
+                .or_else(|| self.blame_bridge_port(d, stage, what))
+                .unwrap_or_else(generic),
             _ if stage == Stage::Bridge => self.blame_bridge_port(d, stage, what).unwrap_or_else(generic),
-            _ if stage == Stage::Tap => self.blame_port_down(d, stage, what).unwrap_or_else(generic),
             _ => generic(),
         }
     }
@@ -375,14 +398,14 @@ impl Explainer {
     }
 
     /// The VM port is down: nothing reaches the guest.
-    fn blame_port_down(&self, d: &Drop, stage: Stage, what: &str) -> Option<Blame> {
-        let port = self.name(d.ifindex)?;
+    fn blame_port_down(&self, t: &Trace, what: &str) -> Option<Blame> {
+        let port = self.name(t.port_ifindex?)?;
         let state = crate::topology::oper_state(&port)?;
         if state == "UP" || state == "UNKNOWN" {
             return None;
         }
         Some(Blame {
-            stage,
+            stage: Stage::Tap,
             rule: Some(format!("link {port} state {state}")),
             hint: format!(
                 "the guest's port {port} is {state}, so {what} cannot be delivered; bring it up (ip link set {port} up) or check that the VM is running"
@@ -391,6 +414,7 @@ impl Explainer {
         })
     }
 
+    /// The interface a packet of this direction enters the host's IP stack by.
     fn inbound_name(&self, dir: Direction) -> String {
         match dir {
             Direction::Request => self.topo.inbound().name.clone(),

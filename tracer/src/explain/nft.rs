@@ -83,11 +83,23 @@ pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
         });
         hit.then(|| r.clone())
     })?;
-    let (family, table, chain) = (str_of(&rule, "family"), str_of(&rule, "table"), str_of(&rule, "chain"));
+    let (family, table, chain) = (
+        str_of(&rule, "family"),
+        str_of(&rule, "table"),
+        str_of(&rule, "chain"),
+    );
     let handle = rule["handle"].as_u64()?;
-    let text = run(&["-a", "list", "ruleset"])
-        .and_then(|t| rule_texts(&t).remove(&(family.clone(), table.clone(), chain.clone(), handle)));
-    let culprit = Culprit { family, table, chain, handle: Some(handle), text, verdict: "dnat".into() };
+    let text = run(&["-a", "list", "ruleset"]).and_then(|t| {
+        rule_texts(&t).remove(&(family.clone(), table.clone(), chain.clone(), handle))
+    });
+    let culprit = Culprit {
+        family,
+        table,
+        chain,
+        handle: Some(handle),
+        text,
+        verdict: "dnat".into(),
+    };
     Some(culprit.describe())
 }
 
