@@ -84,7 +84,10 @@ impl Lab {
         self.hv("ip link set lo up")?;
         self.inet("ip link set lo up")?;
         self.hv(
-            "ip link add vmbr0 type bridge stp_state 0 forward_delay 0 && \
+            // A fixed MAC, as libvirt and Proxmox give their bridges: otherwise the
+            // bridge takes its lowest port's MAC, and every new port with a lower
+            // one changes it and flushes the host's neighbour table.
+            "ip link add vmbr0 address 02:00:00:00:01:01 type bridge stp_state 0 forward_delay 0 && \
              ip addr add 192.0.2.1/24 dev vmbr0 && ip link set vmbr0 up",
         )?;
         sh(&format!(

@@ -181,6 +181,10 @@ pub struct Finished {
 pub struct PathCtx {
     pub roles: HashMap<u32, Role>,
     pub netns: u32,
+    /// Where the guest's packets enter the host's IP stack (bridge, or the port).
+    pub inbound: u32,
+    /// The destination is another guest on the same bridge.
+    pub bridged: bool,
 }
 
 pub struct Correlator {
@@ -339,10 +343,26 @@ impl Correlator {
         if self.beyond_host(ev, &self.traces[i]) {
             return;
         }
+        let (inbound, bridged) = (self.ctx.inbound, self.ctx.bridged);
         let t = &mut self.traces[i];
         if ev.role == ROLE_REPLY {
             t.reply_lost_ts = Some(ev.ts_ns);
             t.reply_lost_at = Some((ev.location, ev.ifindex));
+        } else if t.req_skb == ev.skb && ev.flags & FLAG_DEV_KNOWN != 0 && ev.ifindex != inbound {
+            // Freed after leaving by another device (e.g. delivered to another
+            // guest's port by the bridge): it left.
+            t.left_ts = Some(ev.ts_ns);
+            t.req_hops.push(Hop {
+                stage: if bridged {
+                    Stage::Bridge
+                } else {
+                    Stage::Egress
+                },
+                ifindex: ev.ifindex,
+                ts_ns: ev.ts_ns,
+                pkt: ev.pkt,
+                egress: true,
+            });
         } else if t.req_skb == ev.skb {
             t.local_ts = Some(ev.ts_ns);
             t.req_hops.push(Hop {
@@ -437,6 +457,8 @@ mod tests {
         PathCtx {
             roles: HashMap::from([(TAP, Role::Port), (BR, Role::Bridge), (UP, Role::Uplink)]),
             netns: NS,
+            inbound: BR,
+            bridged: false,
         }
     }
 

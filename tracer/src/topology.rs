@@ -43,6 +43,9 @@ pub struct Topology {
     pub unroutable: bool,
     /// `dst` is an address of this host (the guest talks to the hypervisor itself).
     pub dst_local: bool,
+    /// `dst` is on the guest's own bridge (another guest): its packets are bridged,
+    /// not routed.
+    pub bridged: bool,
     /// The VM LAN as configured on the bridge (or port), e.g. 192.0.2.0/24.
     pub vm_subnet: Option<(Ipv4Addr, u8)>,
     /// IPv4 addresses of the uplink.
@@ -84,6 +87,7 @@ impl Topology {
             gateway: None,
             unroutable: route.is_none(),
             dst_local: false,
+            bridged: false,
             vm_subnet: None,
             uplink_addrs: Vec::new(),
             netns_inum: current_netns_inum()?,
@@ -101,8 +105,9 @@ impl Topology {
         self.dst_local = route["type"].as_str() == Some("local");
         self.gateway = route["gateway"].as_str().and_then(|g| g.parse().ok());
         let dev = route["dev"].as_str().unwrap_or_default();
-        let inbound = self.inbound();
-        if !self.dst_local && dev != inbound.name && !dev.is_empty() {
+        let inbound = self.inbound().name.clone();
+        self.bridged = !self.dst_local && self.bridge.is_some() && dev == inbound;
+        if !self.dst_local && dev != inbound && !dev.is_empty() {
             self.uplink = iface_by_name(links, dev);
             self.uplink_addrs = addresses_of(dev)?;
         }

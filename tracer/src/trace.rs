@@ -158,6 +158,8 @@ async fn follow(
     let mut corr = Correlator::new(PathCtx {
         roles,
         netns: topo.netns_inum,
+        inbound: topo.inbound().index,
+        bridged: topo.bridged,
     });
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for
     // as long as the AsyncFd holds it.

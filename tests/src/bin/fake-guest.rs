@@ -68,8 +68,10 @@ struct Guest {
     tap: OwnedFd,
     mac: Mac,
     ip: Ipv4Addr,
+    prefix: u8,
     gw: Ipv4Addr,
-    gw_mac: Option<Mac>,
+    /// ARP cache: on-link neighbours (the gateway among them).
+    neighbours: Vec<(Ipv4Addr, Mac)>,
     ip_id: u16,
 }
 
@@ -83,16 +85,21 @@ enum Seen {
 impl Guest {
     fn start(args: &[String]) -> Result<Self> {
         let tap = open_tap(flag(args, "--tap")?)?;
-        let (ip, _len) = flag(args, "--ip")?.split_once('/').context("--ip IP/LEN")?;
+        let (ip, len) = flag(args, "--ip")?.split_once('/').context("--ip IP/LEN")?;
         let mut g = Guest {
             tap,
             mac: parse_mac(flag(args, "--mac")?)?,
             ip: ip.parse()?,
+            prefix: len.parse()?,
             gw: flag(args, "--gw")?.parse()?,
-            gw_mac: None,
+            neighbours: Vec::new(),
             ip_id: 1,
         };
-        g.resolve_gateway()?;
+        // Announce ourselves, then resolve the gateway: the first frames after the
+        // tap gets carrier may be dropped while the bridge port is not forwarding.
+        g.send(&packet::arp(1, g.mac, g.ip, BROADCAST, g.ip))?;
+        g.resolve(g.gw, Duration::from_secs(5))
+            .with_context(|| format!("gateway {} did not answer ARP within 5 s", g.gw))?;
         let mac = g
             .mac
             .iter()
@@ -106,19 +113,36 @@ impl Guest {
         Ok(g)
     }
 
-    /// ARP for the gateway. The bridge drops frames while the port is not yet
-    /// forwarding right after carrier comes up, so announce ourselves and retry.
-    fn resolve_gateway(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+    fn neighbour(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.neighbours
+            .iter()
+            .find(|(i, _)| *i == ip)
+            .map(|(_, m)| *m)
+    }
+
+    /// ARP for `ip` (retrying every 200 ms) until it answers or `limit` passes. Only
+    /// an answer to our own request counts, so the peer has learned us too.
+    fn resolve(&mut self, ip: Ipv4Addr, limit: Duration) -> Result<Mac> {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            self.send(&packet::arp(1, self.mac, self.ip, BROADCAST, self.ip))?;
-            self.send(&packet::arp(1, self.mac, self.ip, BROADCAST, self.gw))?;
-            self.pump_until(Instant::now() + Duration::from_millis(200), |_| false)?;
-            if self.gw_mac.is_some() {
-                return Ok(());
+            if let Some(mac) = self.neighbour(ip) {
+                return Ok(mac);
             }
+            self.send(&packet::arp(1, self.mac, self.ip, BROADCAST, ip))?;
+            self.pump_until(Instant::now() + Duration::from_millis(200), |_| false)?;
         }
-        bail!("gateway {} did not answer ARP within 5 s", self.gw)
+        self.neighbour(ip).context("no ARP answer")
+    }
+
+    /// The MAC to send to for `dst`: itself when on our subnet, else the gateway.
+    fn next_hop_mac(&mut self, dst: Ipv4Addr) -> Result<Mac> {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        let on_link = u32::from(dst) & mask == u32::from(self.ip) & mask;
+        let hop = if on_link { dst } else { self.gw };
+        self.resolve(hop, Duration::from_secs(3))
+            .with_context(|| format!("{hop} did not answer ARP"))
     }
 
     fn serve(mut self) -> Result<()> {
@@ -232,9 +256,9 @@ impl Guest {
 
     fn send_ip(&mut self, dst: Ipv4Addr, proto: u8, opts: IpOpts, payload: &[u8]) -> Result<()> {
         self.ip_id = self.ip_id.wrapping_add(1);
-        let gw_mac = self.gw_mac.context("gateway MAC unknown")?;
+        let mac = self.next_hop_mac(dst)?;
         self.send(&packet::ipv4(
-            (self.mac, gw_mac),
+            (self.mac, mac),
             self.ip,
             dst,
             proto,
@@ -291,8 +315,8 @@ impl Guest {
                 sender_ip,
                 target_ip,
             } => {
-                if sender_ip == self.gw {
-                    self.gw_mac = Some(sender_mac);
+                if op == 2 && target_ip == self.ip && self.neighbour(sender_ip).is_none() {
+                    self.neighbours.push((sender_ip, sender_mac));
                 }
                 if op == 1 && target_ip == self.ip {
                     self.send(&packet::arp(2, self.mac, self.ip, sender_mac, sender_ip))?;

@@ -125,6 +125,7 @@ impl Explainer {
             dev_known: d.dev_known,
             dev_role: self.topo.role_of(d.ifindex),
             dst_local: self.topo.dst_local,
+            bridged: self.topo.bridged,
         };
         let blame = self.blame(t, d, &facts);
         v.direction = Some(d.direction.as_str());
@@ -467,6 +468,9 @@ impl Explainer {
         what: &str,
     ) -> Blame {
         let hook = match stage {
+            // br_netfilter runs the IP hooks for bridged frames: PREROUTING before
+            // the bridge attaches its fake route, FORWARD after.
+            Stage::Bridge if !d.has_dst => "prerouting",
             Stage::Prerouting => "prerouting",
             Stage::Input => "input",
             Stage::Postrouting => "postrouting",
@@ -482,7 +486,7 @@ impl Explainer {
             self.legacy_blame(hook, &view, what)
                 .or_else(|| self.nft_blame(hook, &view, d, what))
         };
-        let (rule, hint) = found.unwrap_or_else(|| {
+        let (rule, mut hint) = found.unwrap_or_else(|| {
             (
                 None,
                 format!(
@@ -490,6 +494,13 @@ impl Explainer {
                 ),
             )
         });
+        if self.topo.bridged {
+            let b = &self.topo.inbound().name;
+            hint.push_str(&format!(
+                ". This traffic is bridged between guests on {b}; it meets the IP firewall only because net.bridge.bridge-nf-call-iptables={} (br_netfilter): allow it, e.g. iptables -I FORWARD -m physdev --physdev-is-bridged -j ACCEPT, or stop filtering bridged traffic: sysctl -w net.bridge.bridge-nf-call-iptables=0",
+                read_sysctl("net/bridge/bridge-nf-call-iptables").as_deref().unwrap_or("1")
+            ));
+        }
         Blame {
             stage,
             rule,
@@ -560,7 +571,10 @@ impl Explainer {
         let (iif, oif) = match d.direction {
             Direction::Request => (
                 self.inbound_name(Direction::Request),
-                self.topo.uplink.as_ref().map(|u| u.name.clone()),
+                match self.topo.bridged {
+                    true => Some(self.inbound_name(Direction::Request)),
+                    false => self.topo.uplink.as_ref().map(|u| u.name.clone()),
+                },
             ),
             Direction::Reply => (
                 self.uplink_name(),

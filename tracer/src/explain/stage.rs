@@ -19,6 +19,8 @@ pub struct DropFacts<'a> {
     pub dev_role: Option<Role>,
     /// The request was addressed to the host itself.
     pub dst_local: bool,
+    /// The destination is on the guest's own bridge (bridged, not routed).
+    pub bridged: bool,
 }
 
 pub fn drop_stage(f: &DropFacts) -> Stage {
@@ -64,9 +66,11 @@ fn by_reason(reason: &str, f: &DropFacts) -> Option<Stage> {
 /// No route yet: PREROUTING. On the output device: POSTROUTING. Routed to the host:
 /// INPUT. Otherwise FORWARD.
 fn netfilter_stage(f: &DropFacts) -> Stage {
-    if f.function
-        .is_some_and(|func| func.starts_with("br_") || func.starts_with("ebt_"))
-    {
+    // Bridged traffic meets the IP hooks only through br_netfilter (or ebtables).
+    let in_bridge = f
+        .function
+        .is_some_and(|func| func.starts_with("br_") || func.starts_with("ebt_"));
+    if f.bridged || in_bridge {
         return Stage::Bridge;
     }
     if f.dev_known && !f.has_dst {
@@ -125,6 +129,7 @@ mod tests {
             has_dst: true,
             dev_role: Some(Role::Bridge),
             dst_local: false,
+            bridged: false,
         }
     }
 
@@ -161,6 +166,8 @@ mod tests {
         assert_eq!(drop_stage(&f), Stage::Postrouting);
         f.dev_role = Some(Role::Uplink);
         assert_eq!(drop_stage(&f), Stage::Forward);
+        f.bridged = true;
+        assert_eq!(drop_stage(&f), Stage::Bridge, "br_netfilter");
     }
 
     #[test]
