@@ -71,7 +71,8 @@ impl Lab {
         };
         // From here on, Drop removes whatever was created, even if a step fails.
         lab.build()?;
-        lab.start_dns_server()?;
+        let inet = lab.inet.clone();
+        lab.start_dns_server(&inet, "203.0.113.53:53")?;
         for spec in opts.guests {
             lab.add_guest(spec)?;
         }
@@ -112,11 +113,17 @@ impl Lab {
         )
     }
 
-    fn start_dns_server(&mut self) -> Result<()> {
+    /// A resolver on the hypervisor itself (192.0.2.1:53), as dnsmasq on a bridge.
+    pub fn start_host_resolver(&mut self) -> Result<()> {
+        let hv = self.hv.clone();
+        self.start_dns_server(&hv, "192.0.2.1:53")
+    }
+
+    fn start_dns_server(&mut self, ns: &str, listen: &str) -> Result<()> {
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.inet))
+            .arg(format!("--net=/run/netns/{ns}"))
             .arg(&self.guest_bin)
-            .args(["dns-server", "--listen", "203.0.113.53:53"])
+            .args(["dns-server", "--listen", listen])
             .stdout(Stdio::piped())
             .spawn()
             .context("starting the lab's DNS responder")?;

@@ -5,4 +5,5 @@
 pub mod guest;
 pub mod lab;
 pub mod packet;
+pub mod scenarios;
 pub mod tracerun;

@@ -31,6 +31,8 @@ enum Task {
     Demo,
     /// rustfmt and clippy (warnings are errors), the eBPF crate for its own target.
     Lint,
+    /// Regenerate docs/troubleshooting.md from the scenario catalogue.
+    Docs,
     /// Set up, build, lint, and run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -46,6 +48,7 @@ fn main() {
         Task::Build => setup::run().and_then(|_| build()),
         Task::Demo => setup::run().and_then(|_| build()).and_then(|_| demo::run()),
         Task::Lint => lint(),
+        Task::Docs => docs(),
         Task::Test { args } => setup::run()
             .and_then(|_| build())
             .and_then(|_| lint())
@@ -85,6 +88,15 @@ fn build() -> Result<()> {
 
 pub fn release_bin(name: &str) -> PathBuf {
     root().join("target/release").join(name)
+}
+
+fn docs() -> Result<()> {
+    use pathtrace_tests::scenarios::{render_doc, DOC_PATH};
+    let path = root().join(DOC_PATH);
+    std::fs::create_dir_all(path.parent().context("docs folder")?)?;
+    std::fs::write(&path, render_doc())?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
 }
 
 fn lint() -> Result<()> {

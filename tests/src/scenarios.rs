@@ -1,0 +1,504 @@
+//! The catalogue of ways a guest's ping or DNS dies on a hypervisor: how the lab
+//! breaks, what the guest sends, and what pathtrace must say. Each entry is an
+//! end-to-end test (tests/scenarios.rs) and a row of docs/troubleshooting.md, which
+//! is generated from here (`cargo xtask docs`) and checked against it, so the two
+//! cannot drift.
+
+/// What the guest does while pathtrace watches.
+#[derive(Debug, Clone, Copy)]
+pub enum Traffic {
+    /// One ping to `dst` with this IP payload size and TTL.
+    Ping {
+        dst: &'static str,
+        size: usize,
+        ttl: u8,
+    },
+    /// One DNS query for `name` to `server`.
+    Dns {
+        server: &'static str,
+        name: &'static str,
+    },
+}
+
+impl Traffic {
+    pub const fn ping(dst: &'static str) -> Self {
+        Traffic::Ping {
+            dst,
+            size: 56,
+            ttl: 64,
+        }
+    }
+
+    pub fn dst(&self) -> &'static str {
+        match self {
+            Traffic::Ping { dst, .. } => dst,
+            Traffic::Dns { server, .. } => server,
+        }
+    }
+}
+
+/// The fields of pathtrace's JSON verdict a scenario pins down.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect {
+    pub verdict: &'static str,
+    pub direction: Option<&'static str>,
+    pub stage: Option<&'static str>,
+    pub reason: Option<&'static str>,
+    /// Text the `rule` field must contain.
+    pub rule: Option<&'static str>,
+    /// Text the `hint` must contain.
+    pub hint: Option<&'static str>,
+    pub dns_rcode: Option<&'static str>,
+}
+
+const fn dropped(direction: &'static str, stage: &'static str) -> Expect {
+    Expect {
+        verdict: "dropped",
+        direction: Some(direction),
+        stage: Some(stage),
+        reason: None,
+        rule: None,
+        hint: None,
+        dns_rcode: None,
+    }
+}
+
+const REPLIED: Expect = Expect {
+    verdict: "replied",
+    direction: None,
+    stage: None,
+    reason: None,
+    rule: None,
+    hint: None,
+    dns_rcode: None,
+};
+
+const NO_REPLY: Expect = Expect {
+    verdict: "no_reply",
+    direction: None,
+    stage: Some("remote"),
+    ..REPLIED
+};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    /// What the operator hears or sees.
+    pub symptom: &'static str,
+    /// The misconfiguration.
+    pub cause: &'static str,
+    /// Shell commands run in the hypervisor namespace to break the path.
+    pub break_hv: &'static [&'static str],
+    /// Commands run in the hypervisor namespace while the guest's request is in
+    /// flight (in the background).
+    pub during_hv: &'static str,
+    /// A second guest (192.0.2.101 on tap101i0).
+    pub second_guest: bool,
+    /// A DNS resolver on the host itself (192.0.2.1:53), as dnsmasq on a bridge.
+    pub host_resolver: bool,
+    pub traffic: Traffic,
+    pub expect: Expect,
+    /// The fix an operator applies (documentation; pathtrace's hint says it too).
+    pub fix: &'static str,
+}
+
+const BASE: Scenario = Scenario {
+    name: "",
+    symptom: "",
+    cause: "",
+    break_hv: &[],
+    during_hv: "",
+    second_guest: false,
+    host_resolver: false,
+    traffic: Traffic::ping("203.0.113.8"),
+    expect: REPLIED,
+    fix: "",
+};
+
+const NFT_FILTER: &str = "nft add table inet f";
+
+pub const CATALOGUE: &[Scenario] = &[
+    Scenario {
+        name: "healthy_ping",
+        symptom: "(none) the guest pings the internet",
+        cause: "healthy path",
+        fix: "-",
+        ..BASE
+    },
+    Scenario {
+        name: "healthy_dns",
+        symptom: "(none) the guest resolves a name",
+        cause: "healthy path",
+        traffic: Traffic::Dns { server: "203.0.113.53", name: "www.example.com" },
+        expect: Expect { dns_rcode: Some("NOERROR"), ..REPLIED },
+        fix: "-",
+        ..BASE
+    },
+    Scenario {
+        name: "dns_nxdomain",
+        symptom: "DNS answers 'not found'",
+        cause: "the name does not exist (the network is fine)",
+        traffic: Traffic::Dns { server: "203.0.113.53", name: "nothing.invalid" },
+        expect: Expect { dns_rcode: Some("NXDOMAIN"), hint: Some("network path works"), ..REPLIED },
+        fix: "fix the name or the resolver's data",
+        ..BASE
+    },
+    Scenario {
+        name: "iptables_legacy_forward_policy_drop",
+        symptom: "no VM reaches the internet",
+        cause: "legacy iptables FORWARD policy DROP",
+        break_hv: &["iptables-legacy -P FORWARD DROP"],
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("iptables-legacy filter FORWARD policy DROP"),
+            hint: Some("iptables-legacy -t filter -I FORWARD -s 192.0.2.0/24 -j ACCEPT"),
+            ..dropped("request", "forward")
+        },
+        fix: "iptables -I FORWARD -s <VM subnet> -j ACCEPT (plus ESTABLISHED,RELATED for replies)",
+        ..BASE
+    },
+    Scenario {
+        name: "iptables_reject_rule",
+        symptom: "ping says 'Destination Port Unreachable'",
+        cause: "an iptables REJECT rule in FORWARD",
+        break_hv: &["iptables -A FORWARD -s 192.0.2.100 -j REJECT"],
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("reject"),
+            ..dropped("request", "forward")
+        },
+        fix: "delete the rule (iptables -D FORWARD <n>)",
+        ..BASE
+    },
+    Scenario {
+        name: "nft_forward_drop",
+        symptom: "one VM cannot reach anything outside",
+        cause: "an nftables rule in the forward chain",
+        break_hv: &[
+            NFT_FILTER,
+            "nft add chain inet f forward '{ type filter hook forward priority 0; }'",
+            "nft add rule inet f forward ip saddr 192.0.2.100 drop",
+        ],
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("inet f forward handle"),
+            hint: Some("nft delete rule inet f forward handle"),
+            ..dropped("request", "forward")
+        },
+        fix: "nft delete rule <family> <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "nft_prerouting_drop",
+        symptom: "the VM cannot reach the host or the internet",
+        cause: "an nftables drop in a prerouting chain",
+        break_hv: &[
+            NFT_FILTER,
+            "nft add chain inet f pre '{ type filter hook prerouting priority -150; }'",
+            "nft add rule inet f pre ip saddr 192.0.2.100 drop",
+        ],
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("inet f pre handle"),
+            ..dropped("request", "prerouting")
+        },
+        fix: "nft delete rule <family> <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "nft_postrouting_drop",
+        symptom: "the VM cannot reach the internet; the host can",
+        cause: "an nftables drop in a postrouting chain",
+        break_hv: &[
+            NFT_FILTER,
+            "nft add chain inet f post '{ type filter hook postrouting priority 0; }'",
+            "nft add rule inet f post oifname eth0 ip saddr 192.0.2.100 drop",
+        ],
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("inet f post handle"),
+            ..dropped("request", "postrouting")
+        },
+        fix: "nft delete rule <family> <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "masquerade_missing",
+        symptom: "VMs reach nothing outside; the host can",
+        cause: "no MASQUERADE/SNAT for the VM subnet",
+        break_hv: &["nft delete table ip nat"],
+        expect: Expect {
+            rule: Some("no SNAT/MASQUERADE for 192.0.2.0/24 on eth0"),
+            hint: Some("-j MASQUERADE"),
+            ..NO_REPLY
+        },
+        fix: "iptables -t nat -A POSTROUTING -s <VM subnet> -o <uplink> -j MASQUERADE",
+        ..BASE
+    },
+    Scenario {
+        name: "dnat_dns_dead_resolver",
+        symptom: "DNS times out in the VM",
+        cause: "a DNAT rule sends DNS to a resolver that is down",
+        break_hv: &[
+            "nft add table ip portal",
+            "nft add chain ip portal pre '{ type nat hook prerouting priority dstnat; }'",
+            "nft add rule ip portal pre udp dport 53 dnat to 203.0.113.99",
+        ],
+        traffic: Traffic::Dns { server: "203.0.113.53", name: "example.com" },
+        expect: Expect {
+            rule: Some("dnat to 203.0.113.99"),
+            hint: Some("redirected (DNAT) to 203.0.113.99"),
+            ..NO_REPLY
+        },
+        fix: "point the DNAT rule at a live resolver, or remove it",
+        ..BASE
+    },
+    Scenario {
+        name: "dns_reply_dropped",
+        symptom: "DNS times out in the VM, queries do leave",
+        cause: "a forward rule drops the DNS responses",
+        break_hv: &[
+            NFT_FILTER,
+            "nft add chain inet f forward '{ type filter hook forward priority 0; }'",
+            "nft add rule inet f forward udp sport 53 drop",
+        ],
+        traffic: Traffic::Dns { server: "203.0.113.53", name: "example.com" },
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("udp sport 53 drop"),
+            ..dropped("reply", "forward")
+        },
+        fix: "allow replies: ct state established,related accept",
+        ..BASE
+    },
+    Scenario {
+        name: "host_resolver_blocked_by_input",
+        symptom: "DNS via the host's resolver (dnsmasq) times out",
+        cause: "the host's INPUT chain drops DNS from guests",
+        host_resolver: true,
+        break_hv: &[
+            NFT_FILTER,
+            "nft add chain inet f input '{ type filter hook input priority 0; }'",
+            "nft add rule inet f input udp dport 53 drop",
+        ],
+        traffic: Traffic::Dns { server: "192.0.2.1", name: "example.com" },
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("udp dport 53 drop"),
+            ..dropped("request", "input")
+        },
+        fix: "accept udp/tcp dport 53 from the VM bridge in INPUT",
+        ..BASE
+    },
+    Scenario {
+        name: "ping_host_input_drop",
+        symptom: "the VM cannot ping its gateway (the host)",
+        cause: "the host's INPUT chain drops ICMP echo",
+        break_hv: &[
+            NFT_FILTER,
+            "nft add chain inet f input '{ type filter hook input priority 0; }'",
+            "nft add rule inet f input icmp type echo-request drop",
+        ],
+        traffic: Traffic::ping("192.0.2.1"),
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("icmp type echo-request drop"),
+            ..dropped("request", "input")
+        },
+        fix: "accept ICMP echo-request from the VM bridge in INPUT",
+        ..BASE
+    },
+    Scenario {
+        name: "ip_forward_off",
+        symptom: "VMs reach the host but nothing beyond",
+        cause: "net.ipv4.ip_forward=0",
+        break_hv: &["sysctl -qw net.ipv4.ip_forward=0"],
+        expect: Expect {
+            reason: Some("IP_INADDRERRORS"),
+            rule: Some("sysctl net.ipv4.ip_forward=0"),
+            hint: Some("sysctl -w net.ipv4.ip_forward=1"),
+            ..dropped("request", "routing")
+        },
+        fix: "sysctl -w net.ipv4.ip_forward=1 (persist in /etc/sysctl.d/)",
+        ..BASE
+    },
+    Scenario {
+        name: "no_route",
+        symptom: "VMs reach nothing beyond the host",
+        cause: "the host has no route (default route missing)",
+        break_hv: &["ip route del default"],
+        expect: Expect {
+            reason: Some("IP_INNOROUTES"),
+            rule: Some("no route to 203.0.113.8"),
+            ..dropped("request", "routing")
+        },
+        fix: "ip route add default via <gateway> dev <uplink>",
+        ..BASE
+    },
+    Scenario {
+        name: "rp_filter_asymmetric",
+        symptom: "one VM's traffic vanishes on the host",
+        cause: "strict rp_filter with asymmetric routing (the route back to the VM points elsewhere)",
+        break_hv: &[
+            "ip route add 192.0.2.100/32 via 198.51.100.1 dev eth0",
+            "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.vmbr0.rp_filter=1",
+        ],
+        expect: Expect {
+            reason: Some("IP_RPFILTER"),
+            rule: Some("rp_filter=1"),
+            hint: Some("rp_filter=2"),
+            ..dropped("request", "routing")
+        },
+        fix: "fix the routes, or loose mode: sysctl -w net.ipv4.conf.<if>.rp_filter=2",
+        ..BASE
+    },
+    Scenario {
+        name: "gateway_neighbour_failure",
+        symptom: "VMs and the host reach nothing outside",
+        cause: "the next hop does not answer ARP (wrong gateway, cable, upstream down)",
+        break_hv: &["ip route replace default via 198.51.100.99 dev eth0"],
+        expect: Expect {
+            reason: Some("NEIGH_FAILED"),
+            rule: Some("neighbour 198.51.100.99 on eth0"),
+            ..dropped("request", "neighbor")
+        },
+        fix: "fix the gateway address or the link to it",
+        ..BASE
+    },
+    Scenario {
+        name: "uplink_mtu_too_small",
+        symptom: "small pings work, large transfers hang",
+        cause: "uplink MTU smaller than the guest's packets (DF set)",
+        break_hv: &["ip link set eth0 mtu 1280"],
+        traffic: Traffic::Ping { dst: "203.0.113.8", size: 1400, ttl: 64 },
+        expect: Expect {
+            reason: Some("PKT_TOO_BIG"),
+            rule: Some("MTU eth0 1280"),
+            hint: Some("MTU 1500"),
+            ..dropped("request", "egress")
+        },
+        fix: "make the MTUs agree (uplink up, or the guest's down)",
+        ..BASE
+    },
+    Scenario {
+        name: "ttl_expires",
+        symptom: "traceroute-like probes or a guest with a tiny TTL",
+        cause: "the guest sends TTL 1; the host is a router hop",
+        traffic: Traffic::Ping { dst: "203.0.113.8", size: 56, ttl: 1 },
+        expect: Expect {
+            reason: Some("IP_INHDR"),
+            rule: Some("IP TTL 1"),
+            ..dropped("request", "forward")
+        },
+        fix: "raise the guest's TTL (expected for traceroute)",
+        ..BASE
+    },
+    Scenario {
+        name: "bridge_port_disabled",
+        symptom: "the VM reaches nothing, not even the host",
+        cause: "the VM's bridge port is disabled / blocked by STP",
+        break_hv: &["bridge link set dev tap100i0 state 0"],
+        expect: Expect {
+            rule: Some("bridge port tap100i0 state disabled"),
+            ..dropped("request", "bridge")
+        },
+        fix: "bridge link set dev <port> state 3, or check STP",
+        ..BASE
+    },
+    Scenario {
+        name: "vm_port_down_reply",
+        symptom: "requests leave, answers never arrive",
+        cause: "the VM's port goes down (VM stopped, NIC unplugged) while a reply is on its way",
+        during_hv: "sleep 0.3; ip link set tap100i0 down",
+        traffic: Traffic::Dns { server: "203.0.113.53", name: "slow.example.com" },
+        expect: Expect { rule: Some("link tap100i0 state DOWN"), ..dropped("reply", "tap") },
+        fix: "ip link set <port> up / start the VM",
+        ..BASE
+    },
+    Scenario {
+        name: "br_netfilter_guest_to_guest",
+        symptom: "two VMs on the same bridge cannot talk; internet works",
+        cause: "br_netfilter sends bridged frames through FORWARD, whose policy is DROP",
+        second_guest: true,
+        break_hv: &["iptables-legacy -P FORWARD DROP"],
+        traffic: Traffic::ping("192.0.2.101"),
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("iptables-legacy filter FORWARD policy DROP"),
+            hint: Some("bridge-nf-call-iptables"),
+            ..dropped("request", "bridge")
+        },
+        fix: "allow bridged traffic (-m physdev --physdev-is-bridged -j ACCEPT) or set net.bridge.bridge-nf-call-iptables=0",
+        ..BASE
+    },
+];
+
+pub fn find(name: &str) -> &'static Scenario {
+    CATALOGUE
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name}"))
+}
+
+/// What pathtrace shows for a scenario, as a table cell.
+fn shows(e: &Expect) -> String {
+    let mut parts = vec![format!("`{}`", e.verdict)];
+    parts.extend(e.direction.map(|d| format!("`{d}`")));
+    parts.extend(e.stage.map(|s| format!("at `{s}`")));
+    parts.extend(e.reason.map(|r| format!("`{r}`")));
+    parts.extend(e.dns_rcode.map(|r| format!("rcode `{r}`")));
+    parts.extend(e.rule.map(|r| format!("rule “{r}…”")));
+    parts.join(" ")
+}
+
+/// docs/troubleshooting.md, generated from the catalogue.
+pub fn render_doc() -> String {
+    let mut s = String::from(
+        "# Troubleshooting with pathtrace\n\n\
+         Generated from `tests/src/scenarios.rs` by `cargo xtask docs`; every row is an \
+         end-to-end test (`tests/tests/scenarios.rs`) on a real kernel, so this table \
+         cannot drift from what pathtrace says.\n\n\
+         | symptom | what pathtrace shows | cause | fix |\n|---|---|---|---|\n",
+    );
+    for sc in CATALOGUE {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            sc.symptom,
+            shows(&sc.expect).replace('|', "\\|"),
+            sc.cause,
+            sc.fix.replace('|', "\\|")
+        ));
+    }
+    s.push_str(
+        "\nNot covered on this kernel: bridge VLAN filtering (the 6.18 CI kernel is built \
+         without CONFIG_BRIDGE_VLAN_FILTERING; `ip link set ... vlan_filtering 1` is refused).\n",
+    );
+    s
+}
+
+pub const DOC_PATH: &str = "docs/troubleshooting.md";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = CATALOGUE.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CATALOGUE.len());
+    }
+
+    #[test]
+    fn troubleshooting_doc_matches_the_catalogue() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(DOC_PATH);
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            doc == render_doc(),
+            "{DOC_PATH} is stale: run `cargo xtask docs`"
+        );
+    }
+}

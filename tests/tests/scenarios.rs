@@ -1,0 +1,158 @@
+//! Every scenario of the catalogue (tests/src/scenarios.rs) end to end: build the
+//! lab, break it as described, let the guest send, and check pathtrace's verdict.
+//! Needs root and eBPF; CI runs it as root.
+
+use std::time::Duration;
+
+use pathtrace_tests::{
+    guest::GuestSpec,
+    lab::{Lab, LabOptions, PingOpts},
+    scenarios::{self, Scenario, Traffic},
+    tracerun::{fake_guest_bin, trace_while},
+};
+use serde_json::Value;
+
+fn run(name: &str) {
+    let sc = scenarios::find(name);
+    let mut opts = LabOptions::new(fake_guest_bin());
+    if sc.second_guest {
+        opts.guests.push(GuestSpec::nth(1));
+    }
+    let mut lab = Lab::up(opts).expect("lab");
+    if sc.host_resolver {
+        lab.start_host_resolver().expect("host resolver");
+    }
+    for cmd in sc.break_hv {
+        lab.hv(cmd)
+            .unwrap_or_else(|e| panic!("breaking the lab: {e}"));
+    }
+    let v = trace(&mut lab, sc);
+    check(sc, &v);
+}
+
+fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
+    let mut args = vec!["--vm-ip", "192.0.2.100", "--to", sc.traffic.dst()];
+    args.extend(["--count", "1", "--timeout", "12", "--json"]);
+    if matches!(sc.traffic, Traffic::Dns { .. }) {
+        args.extend(["--proto", "dns"]);
+    }
+    let run = trace_while(lab, &args, Duration::from_secs(30), |lab| {
+        if !sc.during_hv.is_empty() {
+            lab.hv(&format!("({}) >/dev/null 2>&1 &", sc.during_hv))?;
+        }
+        match sc.traffic {
+            Traffic::Ping { dst, size, ttl } => {
+                // Long enough for a neighbour resolution to fail (3 probes, 1 s apart).
+                let opts = PingOpts {
+                    size,
+                    ttl,
+                    timeout_ms: 5000,
+                    ..PingOpts::default()
+                };
+                lab.guest(0).ping(dst.parse()?, opts)?;
+            }
+            Traffic::Dns { server, name } => {
+                lab.guest(0).dns(server.parse()?, name, 1, 3000)?;
+            }
+        }
+        Ok(())
+    })
+    .expect("pathtrace runs");
+    eprintln!("--- {}\n{}{}", sc.name, run.stdout, run.stderr);
+    let verdicts = run.verdicts();
+    assert_eq!(verdicts.len(), 1, "{}: one verdict", sc.name);
+    let expected_code = if sc.expect.verdict == "replied" { 0 } else { 1 };
+    assert_eq!(run.code, expected_code, "{}: exit status", sc.name);
+    verdicts[0].clone()
+}
+
+fn check(sc: &Scenario, v: &Value) {
+    let e = &sc.expect;
+    let field = |k: &str| v[k].as_str().map(str::to_string);
+    assert_eq!(
+        field("verdict").as_deref(),
+        Some(e.verdict),
+        "{}: verdict",
+        sc.name
+    );
+    assert_eq!(
+        field("direction").as_deref(),
+        e.direction,
+        "{}: direction",
+        sc.name
+    );
+    if e.stage.is_some() {
+        assert_eq!(field("stage").as_deref(), e.stage, "{}: stage", sc.name);
+    }
+    if e.reason.is_some() {
+        assert_eq!(field("reason").as_deref(), e.reason, "{}: reason", sc.name);
+    }
+    if let Some(rcode) = e.dns_rcode {
+        assert_eq!(
+            field("dns_rcode").as_deref(),
+            Some(rcode),
+            "{}: rcode",
+            sc.name
+        );
+    }
+    for (k, want) in [("rule", e.rule), ("hint", e.hint)] {
+        if let Some(want) = want {
+            let got = field(k).unwrap_or_default();
+            assert!(
+                got.to_lowercase().contains(&want.to_lowercase()),
+                "{}: {k} {got:?} should contain {want:?}",
+                sc.name
+            );
+        }
+    }
+}
+
+macro_rules! scenario_tests {
+    ($($name:ident),* $(,)?) => {
+        $( #[test] fn $name() { run(stringify!($name)); } )*
+
+        #[test]
+        fn every_catalogue_entry_has_a_test() {
+            let tested = [$(stringify!($name)),*];
+            for sc in scenarios::CATALOGUE {
+                assert!(tested.contains(&sc.name), "no test for scenario {}", sc.name);
+            }
+        }
+    };
+}
+
+scenario_tests!(
+    healthy_ping,
+    healthy_dns,
+    dns_nxdomain,
+    iptables_legacy_forward_policy_drop,
+    iptables_reject_rule,
+    nft_forward_drop,
+    nft_prerouting_drop,
+    nft_postrouting_drop,
+    masquerade_missing,
+    dnat_dns_dead_resolver,
+    dns_reply_dropped,
+    host_resolver_blocked_by_input,
+    ping_host_input_drop,
+    ip_forward_off,
+    no_route,
+    rp_filter_asymmetric,
+    gateway_neighbour_failure,
+    uplink_mtu_too_small,
+    ttl_expires,
+    bridge_port_disabled,
+    vm_port_down_reply,
+    br_netfilter_guest_to_guest,
+);
+
+/// Bridge VLAN filtering with the VM port in the wrong VLAN, where the kernel has
+/// it; this one is built without it, and says so.
+#[test]
+fn bridge_vlan_filtering_support_is_recorded() {
+    let lab = Lab::up(LabOptions::new(fake_guest_bin())).expect("lab");
+    match lab.hv("ip link set vmbr0 type bridge vlan_filtering 1") {
+        Err(e) => eprintln!("skipped: this kernel has no bridge VLAN filtering ({e})"),
+        Ok(_) => eprintln!("this kernel supports VLAN filtering: add the wrong-VLAN scenario"),
+    }
+}
