@@ -431,6 +431,25 @@ pub const CATALOGUE: &[Scenario] = &[
         fix: "allow bridged traffic (-m physdev --physdev-is-bridged -j ACCEPT) or set net.bridge.bridge-nf-call-iptables=0",
         ..BASE
     },
+    Scenario {
+        name: "nft_bridge_family_drop",
+        symptom: "two VMs on the same bridge cannot talk",
+        cause: "an nftables bridge-family rule drops frames between the ports",
+        second_guest: true,
+        break_hv: &[
+            "nft add table bridge fb",
+            "nft add chain bridge fb forward '{ type filter hook forward priority 0; }'",
+            "nft add rule bridge fb forward ip saddr 192.0.2.100 drop",
+        ],
+        traffic: Traffic::ping("192.0.2.101"),
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("bridge fb forward handle"),
+            ..dropped("request", "bridge")
+        },
+        fix: "nft delete rule bridge <table> <chain> handle <n>",
+        ..BASE
+    },
 ];
 
 pub fn find(name: &str) -> &'static Scenario {

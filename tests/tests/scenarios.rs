@@ -144,6 +144,7 @@ scenario_tests!(
     bridge_port_disabled,
     vm_port_down_reply,
     br_netfilter_guest_to_guest,
+    nft_bridge_family_drop,
 );
 
 /// Bridge VLAN filtering with the VM port in the wrong VLAN, where the kernel has

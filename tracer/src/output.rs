@@ -144,6 +144,38 @@ fn flow_label(v: &Verdict) -> String {
     }
 }
 
+/// Split "explanation: command" at the command, when the hint ends in one.
+fn split_command(hint: &str) -> Option<(&str, &str)> {
+    const TOOLS: &[&str] = &["nft ", "iptables", "sysctl ", "ip ", "bridge ", "arping "];
+    hint.match_indices(": ")
+        .map(|(i, _)| (&hint[..i], &hint[i + 2..]))
+        .find(|(_, rest)| TOOLS.iter().any(|t| rest.starts_with(t)))
+}
+
+/// Words of `text` after `prefix`, wrapped to 80 columns under the first word.
+fn wrap(prefix: &str, text: &str) -> String {
+    const WIDTH: usize = 80;
+    let indent = " ".repeat(prefix.chars().count());
+    let mut out = String::new();
+    let mut line = prefix.to_string();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        let len = line.chars().count() + 1 + word.chars().count();
+        if !empty && len > WIDTH {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = indent.clone();
+        } else if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
 /// The path as a compact drawing that fits 80 columns, then the verdict and hint.
 pub fn render_text(v: &Verdict) -> String {
     let mut s = format!("{}\n", flow_label(v));
@@ -173,12 +205,14 @@ pub fn render_text(v: &Verdict) -> String {
             .as_ref()
             .map(|n| format!("  {} {} → {}", n.kind, n.from, n.to))
             .unwrap_or_default();
-        s.push_str(&format!(
-            "  {arrow} {:>9.3} ms  {:<11} {:<12}{nat}\n",
+        let line = format!(
+            "  {arrow} {:>9.3} ms  {:<11} {:<12}{nat}",
             hop.ts_ns as f64 / 1e6,
             hop.stage,
             hop.ifname.as_deref().unwrap_or("-"),
-        ));
+        );
+        s.push_str(line.trim_end());
+        s.push('\n');
     }
     let word = v.verdict.to_uppercase().replace('_', " ");
     let mut line = format!("  {word}");
@@ -206,11 +240,44 @@ pub fn render_text(v: &Verdict) -> String {
     s.push_str(&line);
     s.push('\n');
     if let Some(rule) = &v.rule {
-        s.push_str(&format!("  rule: {rule}\n"));
+        s.push_str(&wrap("  rule: ", rule));
     }
     if let Some(h) = &v.hint {
-        s.push_str(&format!("  hint: {h}\n"));
+        // The fixing command on a line of its own, whole, ready to copy.
+        match split_command(h) {
+            Some((why, cmd)) => {
+                s.push_str(&wrap("  hint: ", why));
+                s.push_str(&format!("  fix:  {cmd}\n"));
+            }
+            None => s.push_str(&wrap("  hint: ", h)),
+        }
     }
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wraps_to_80_columns_under_the_label() {
+        let hint = "nftables rule \"ip saddr 192.0.2.100 drop\" in inet filter forward drops the guest's request; remove it: nft delete rule inet filter forward handle 2";
+        let text = wrap("  hint: ", hint);
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+        assert!(text.lines().skip(1).all(|l| l.starts_with("        ")));
+        assert_eq!(
+            text.split_whitespace().collect::<Vec<_>>().join(" "),
+            format!("hint: {hint}")
+        );
+    }
+
+    #[test]
+    fn commands_are_split_off_whole() {
+        let (why, cmd) =
+            split_command("forwarding is off; turn it on: sysctl -w a=1 (persist it)").unwrap();
+        assert_eq!(why, "forwarding is off; turn it on");
+        assert_eq!(cmd, "sysctl -w a=1 (persist it)");
+        assert_eq!(split_command("nothing to run: really"), None);
+    }
 }

@@ -480,11 +480,11 @@ impl Explainer {
         // nf_tables drops inside nft_do_chain; legacy iptables through nf_hook_slow.
         let nft_first = facts.function == Some("nft_do_chain");
         let found = if nft_first {
-            self.nft_blame(hook, &view, d, what)
+            self.nft_blame(stage == Stage::Bridge, hook, &view, d, what)
                 .or_else(|| self.legacy_blame(hook, &view, what))
         } else {
             self.legacy_blame(hook, &view, what)
-                .or_else(|| self.nft_blame(hook, &view, d, what))
+                .or_else(|| self.nft_blame(stage == Stage::Bridge, hook, &view, d, what))
         };
         let (rule, mut hint) = found.unwrap_or_else(|| {
             (
@@ -494,7 +494,9 @@ impl Explainer {
                 ),
             )
         });
-        if self.topo.bridged {
+        // An IP-family rule sees bridged frames only through br_netfilter.
+        let bridge_family = rule.as_deref().is_some_and(|r| r.starts_with("bridge "));
+        if self.topo.bridged && !bridge_family {
             let b = &self.topo.inbound().name;
             hint.push_str(&format!(
                 ". This traffic is bridged between guests on {b}; it meets the IP firewall only because net.bridge.bridge-nf-call-iptables={} (br_netfilter): allow it, e.g. iptables -I FORWARD -m physdev --physdev-is-bridged -j ACCEPT, or stop filtering bridged traffic: sysctl -w net.bridge.bridge-nf-call-iptables=0",
@@ -511,12 +513,13 @@ impl Explainer {
 
     fn nft_blame(
         &self,
+        in_bridge: bool,
         hook: &str,
         view: &nft::PacketView,
         d: &Drop,
         what: &str,
     ) -> Option<(Option<String>, String)> {
-        let c = nft::find_culprit(hook, view)?;
+        let c = nft::find_culprit(hook, in_bridge, view)?;
         let (fam, table, chain) = (&c.family, &c.table, &c.chain);
         let hint = match c.handle {
             Some(h) => format!(

@@ -52,11 +52,22 @@ impl Culprit {
 /// Families whose IPv4 hooks see the guest's routed packets.
 const L3_FAMILIES: &[&str] = &["ip", "inet"];
 
-pub fn find_culprit(hook: &str, pkt: &PacketView) -> Option<Culprit> {
+/// Where to look for a drop: the IPv4 `hook` of the ip/inet families, or, for a
+/// drop inside the bridge, the bridge family's hooks (in the order a frame meets
+/// them) before br_netfilter's IPv4 `hook`.
+pub fn find_culprit(hook: &str, in_bridge: bool, pkt: &PacketView) -> Option<Culprit> {
     let json = run(&["-j", "list", "ruleset"])?;
+    let ruleset = Ruleset::parse(&serde_json::from_str(&json).ok()?);
+    let bridge_hooks = ["prerouting", "input", "forward", "output", "postrouting"];
+    let mut culprit = in_bridge
+        .then(|| {
+            bridge_hooks
+                .iter()
+                .find_map(|h| ruleset.culprit(h, &["bridge"], pkt))
+        })
+        .flatten()
+        .or_else(|| ruleset.culprit(hook, L3_FAMILIES, pkt))?;
     let text = run(&["-a", "list", "ruleset"]).unwrap_or_default();
-    let ruleset: Value = serde_json::from_str(&json).ok()?;
-    let mut culprit = Ruleset::parse(&ruleset).culprit(hook, pkt)?;
     if let Some(h) = culprit.handle {
         culprit.text = rule_texts(&text).remove(&(
             culprit.family.clone(),
@@ -162,11 +173,11 @@ impl Ruleset {
         Self { chains }
     }
 
-    pub fn culprit(&self, hook: &str, pkt: &PacketView) -> Option<Culprit> {
+    pub fn culprit(&self, hook: &str, families: &[&str], pkt: &PacketView) -> Option<Culprit> {
         let mut base: Vec<&Chain> = self
             .chains
             .iter()
-            .filter(|c| c.hook.as_deref() == Some(hook) && L3_FAMILIES.contains(&c.family.as_str()))
+            .filter(|c| c.hook.as_deref() == Some(hook) && families.contains(&c.family.as_str()))
             .collect();
         base.sort_by_key(|c| c.prio);
         for chain in base {
@@ -487,7 +498,7 @@ mod tests {
     #[test]
     fn finds_the_matching_drop_rule() {
         let rs = Ruleset::parse(&serde_json::from_str(RULESET).unwrap());
-        let c = rs.culprit("forward", &guest_icmp()).unwrap();
+        let c = rs.culprit("forward", L3_FAMILIES, &guest_icmp()).unwrap();
         assert_eq!(
             (c.family.as_str(), c.table.as_str(), c.chain.as_str()),
             ("inet", "filter", "forward")
@@ -501,12 +512,12 @@ mod tests {
         let mut udp = guest_icmp();
         udp.proto = 17;
         udp.dport = Some(53);
-        let c = rs.culprit("forward", &udp).unwrap();
+        let c = rs.culprit("forward", L3_FAMILIES, &udp).unwrap();
         assert_eq!(c.describe(), "ip fw FORWARD policy drop");
         // An accept that certainly matches ends that chain's say.
         udp.oifname = Some("eth1".into());
-        assert_eq!(rs.culprit("forward", &udp), None);
-        assert_eq!(rs.culprit("input", &udp), None);
+        assert_eq!(rs.culprit("forward", L3_FAMILIES, &udp), None);
+        assert_eq!(rs.culprit("input", L3_FAMILIES, &udp), None);
     }
 
     #[test]
