@@ -2,6 +2,7 @@
 //! TAP devices, and helpers to run pathtrace against it. Used by the end-to-end
 //! tests and by `cargo xtask demo`.
 
+pub mod counter;
 pub mod guest;
 pub mod lab;
 pub mod packet;

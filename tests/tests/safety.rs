@@ -1,0 +1,103 @@
+//! pathtrace must never disturb the host it diagnoses: other programs on the same
+//! interfaces keep working while it runs and after it leaves, and two instances do
+//! not interfere. Needs root and eBPF.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+    time::Duration,
+};
+
+use pathtrace_tests::{
+    counter::Counter,
+    lab::{Lab, LabOptions, PingOpts},
+    tracerun::{fake_guest_bin, pathtrace_bin, trace_while},
+};
+
+const ARGS: [&str; 9] = [
+    "--vm-ip",
+    "192.0.2.100",
+    "--to",
+    "203.0.113.8",
+    "--count",
+    "2",
+    "--timeout",
+    "15",
+    "--json",
+];
+
+fn pings(lab: &mut Lab, count: u32) -> u32 {
+    let opts = PingOpts {
+        count,
+        interval_ms: 100,
+        timeout_ms: 1000,
+        ..PingOpts::default()
+    };
+    lab.guest(0)
+        .ping("203.0.113.8".parse().unwrap(), opts)
+        .unwrap()
+        .received
+}
+
+#[test]
+fn a_preexisting_tc_program_keeps_counting_during_and_after() {
+    let mut lab = Lab::up(LabOptions::new(fake_guest_bin())).unwrap();
+    let counter = Counter::attach_in(&lab.hv_netns_path(), "tap100i0").unwrap();
+    assert_eq!(pings(&mut lab, 3), 3);
+    let before = counter.count().unwrap();
+    assert!(before >= 3, "counter sees the guest: {before}");
+
+    let run = trace_while(&mut lab, &ARGS, Duration::from_secs(30), |lab| {
+        assert_eq!(pings(lab, 2), 2, "traffic flows while both are attached");
+        Ok(())
+    })
+    .unwrap();
+    eprintln!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 0);
+    assert!(run.verdicts().iter().all(|v| v["verdict"] == "replied"));
+    let during = counter.count().unwrap();
+    assert!(
+        during >= before + 2,
+        "kept counting while pathtrace ran: {before} -> {during}"
+    );
+
+    assert_eq!(pings(&mut lab, 2), 2);
+    let after = counter.count().unwrap();
+    assert!(
+        after >= during + 2,
+        "still counting after pathtrace left: {during} -> {after}"
+    );
+}
+
+#[test]
+fn two_instances_do_not_interfere() {
+    let mut lab = Lab::up(LabOptions::new(fake_guest_bin())).unwrap();
+    let mut other = lab
+        .command_in_hv(&pathtrace_bin(), &ARGS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    BufReader::new(other.stderr.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    assert!(banner.contains("following"), "{banner}");
+    let run = trace_while(&mut lab, &ARGS, Duration::from_secs(30), |lab| {
+        assert_eq!(pings(lab, 2), 2);
+        Ok(())
+    })
+    .unwrap();
+    let out = other.wait_with_output().unwrap();
+    let other_out = String::from_utf8_lossy(&out.stdout);
+    eprintln!("first:\n{}\nsecond:\n{other_out}", run.stdout);
+    assert_eq!(run.code, 0);
+    assert_eq!(out.status.code(), Some(0));
+    let replied = |s: &str| {
+        s.lines()
+            .filter(|l| l.contains("\"verdict\":\"replied\""))
+            .count()
+    };
+    assert_eq!(replied(&run.stdout), 2);
+    assert_eq!(replied(&other_out), 2);
+}
