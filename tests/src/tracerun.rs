@@ -69,8 +69,18 @@ pub fn trace_while(
     limit: Duration,
     traffic: impl FnOnce(&mut Lab) -> Result<()>,
 ) -> Result<TraceRun> {
-    let mut child = lab
-        .command_in_hv(&pathtrace_bin(), args)
+    let cmd = lab.command_in_hv(&pathtrace_bin(), args);
+    trace_cmd_while(lab, cmd, limit, traffic)
+}
+
+/// [`trace_while`] with a command of the caller's making (e.g. wrapped in unshare).
+pub fn trace_cmd_while(
+    lab: &mut Lab,
+    mut cmd: std::process::Command,
+    limit: Duration,
+    traffic: impl FnOnce(&mut Lab) -> Result<()>,
+) -> Result<TraceRun> {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use pathtrace_tests::{
     lab::{Fault, Lab, LabOptions, PingOpts},
-    tracerun::{fake_guest_bin, pathtrace_bin, trace_while, TraceRun},
+    tracerun::{fake_guest_bin, pathtrace_bin, trace_cmd_while, trace_while, TraceRun},
 };
 use serde_json::Value;
 
@@ -349,13 +349,55 @@ fn signal_running_trace(signal: &str) -> std::process::ExitStatus {
 }
 
 #[test]
-fn sigterm_detaches_everything() {
-    let status = signal_running_trace("-TERM");
-    assert!(
-        status.code().is_some(),
-        "exited on its own after SIGTERM: {status:?}"
-    );
+fn ctrl_c_sigterm_and_sighup_detach_everything() {
+    for signal in ["-INT", "-TERM", "-HUP"] {
+        let status = signal_running_trace(signal);
+        assert!(
+            status.code().is_some(),
+            "exited on its own after {signal}: {status:?}"
+        );
+        assert_nothing_attached();
+    }
+}
+
+#[test]
+fn missing_btf_is_a_clear_error_and_nothing_is_attached() {
+    let lab = lab();
+    let args = [
+        "--vm-ip",
+        VM,
+        "--to",
+        DEST,
+        "--kernel-btf",
+        "/nonexistent/vmlinux",
+    ];
+    let out = lab.command_in_hv(&pathtrace_bin(), &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("without BTF"), "{err}");
     assert_nothing_attached();
+}
+
+#[test]
+fn mounts_tracefs_when_it_is_missing() {
+    let mut lab = lab();
+    // A private mount namespace without tracefs, as on a fresh machine.
+    let script = format!(
+        "umount /sys/kernel/tracing && exec nsenter --net={} {} --vm-ip {VM} --to {DEST} --count 1 --timeout 10 --json",
+        lab.hv_netns_path().display(),
+        pathtrace_bin().display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let run = trace_cmd_while(&mut lab, cmd, Duration::from_secs(30), |lab| {
+        lab.guest(0).ping(DEST.parse()?, PingOpts::default())?;
+        Ok(())
+    })
+    .unwrap();
+    eprintln!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 0);
+    assert_eq!(run.verdicts()[0]["verdict"], "replied");
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub struct Cli {
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The running kernel's BTF (struct layouts, drop-reason names).
+    #[arg(long, value_name = "PATH", default_value = crate::kernel::btf::VMLINUX_BTF)]
+    pub kernel_btf: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

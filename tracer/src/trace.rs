@@ -25,7 +25,7 @@ use crate::{
 pub fn run(cli: &Cli) -> Result<i32> {
     preflight::check()?;
     let topo = Topology::discover(cli.vm_ip, cli.to, cli.iface.as_deref())?;
-    let btf = KernelBtf::load()?;
+    let btf = KernelBtf::load(&cli.kernel_btf)?;
     let reasons = btf.drop_reasons()?;
     let config = build_config(cli, &btf)?;
     let mut probes = Probes::load(config)?;

@@ -1,7 +1,7 @@
 //! Kernel facts read from the running kernel's BTF: drop-reason names and the struct
 //! offsets the programs need (Rust eBPF has no CO-RE, so user space resolves them).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Btf, Type};
@@ -23,13 +23,16 @@ pub struct Offsets {
 }
 
 impl KernelBtf {
-    pub fn load() -> Result<Self> {
-        if !std::path::Path::new(VMLINUX_BTF).exists() {
+    /// Read the kernel's BTF from `path` (normally [`VMLINUX_BTF`]).
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
             bail!(
-                "{VMLINUX_BTF} is missing: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF); pathtrace needs it"
+                "{} is missing: this kernel was built without BTF (CONFIG_DEBUG_INFO_BTF), which pathtrace needs",
+                path.display()
             );
         }
-        let btf = Btf::from_file(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
+        let btf =
+            Btf::from_file(path).with_context(|| format!("reading BTF from {}", path.display()))?;
         Ok(Self { btf })
     }
 
