@@ -101,3 +101,45 @@ fn two_instances_do_not_interfere() {
     assert_eq!(replied(&run.stdout), 2);
     assert_eq!(replied(&other_out), 2);
 }
+
+#[test]
+fn ring_buffer_overflow_is_counted_and_reported() {
+    let mut lab = Lab::up(LabOptions::new(fake_guest_bin())).unwrap();
+    // A deliberately tiny buffer and a burst of pings: the kernel must count what
+    // it could not hand over, and the output must say so.
+    let args = [
+        "--vm-ip",
+        "192.0.2.100",
+        "--to",
+        "203.0.113.8",
+        "--count",
+        "500",
+        "--timeout",
+        "6",
+        "--buffer-kb",
+        "4",
+        "--json",
+    ];
+    let run = trace_while(&mut lab, &args, Duration::from_secs(30), |lab| {
+        let opts = PingOpts {
+            count: 500,
+            interval_ms: 0,
+            timeout_ms: 500,
+            ..PingOpts::default()
+        };
+        lab.guest(0).ping("203.0.113.8".parse()?, opts)?;
+        Ok(())
+    })
+    .unwrap();
+    let summary = run.summary().expect("summary");
+    let lost = summary["events_lost"].as_u64().unwrap();
+    eprintln!("summary: {summary}");
+    assert!(
+        lost > 0,
+        "a 4 KiB buffer overflows under a burst of 500 pings"
+    );
+    assert!(
+        run.verdicts().iter().any(|v| v["events_missing"] == true),
+        "verdicts built while events were lost say so"
+    );
+}

@@ -33,6 +33,10 @@ pub struct Cli {
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Kernel→user event buffer in KiB (a power of two, at least 4). Raise it on
+    /// very busy hosts if the summary reports lost events.
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = ring_kib)]
+    pub buffer_kb: u32,
     /// The running kernel's BTF (struct layouts, drop-reason names).
     #[arg(long, value_name = "PATH", default_value = crate::kernel::btf::VMLINUX_BTF)]
     pub kernel_btf: std::path::PathBuf,
@@ -61,4 +65,12 @@ impl Proto {
             Proto::Any => "any",
         }
     }
+}
+
+fn ring_kib(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v < 4 || !v.is_power_of_two() || v > 1 << 20 {
+        return Err("must be a power of two between 4 and 1048576".into());
+    }
+    Ok(v)
 }

@@ -137,6 +137,8 @@ pub struct Trace {
     pub reply_lost_at: Option<(u64, u32)>,
     /// The query name of a DNS request.
     pub qname: Option<String>,
+    /// Events were lost while this trace was open: its path may have gaps.
+    pub events_missing: bool,
     pub drop: Option<Drop>,
     pub last_ts: u64,
 }
@@ -157,6 +159,7 @@ impl Trace {
             reply_lost_ts: None,
             reply_lost_at: None,
             qname: None,
+            events_missing: false,
             drop: None,
             last_ts: ts,
         }
@@ -189,6 +192,8 @@ pub struct PathCtx {
 
 pub struct Correlator {
     ctx: PathCtx,
+    /// Traces starting before this time may have lost events (see `mark_lossy`).
+    lossy_until: u64,
     traces: Vec<Trace>,
     by_skb: HashMap<u64, usize>,
     by_key: HashMap<FlowKey, usize>,
@@ -198,6 +203,7 @@ impl Correlator {
     pub fn new(ctx: PathCtx) -> Self {
         Self {
             ctx,
+            lossy_until: 0,
             traces: Vec::new(),
             by_skb: HashMap::new(),
             by_key: HashMap::new(),
@@ -271,9 +277,20 @@ impl Correlator {
         t.req_hops.push(hop);
     }
 
+    /// The kernel dropped events (ring buffer full) just before `now`: every open
+    /// trace, and any whose first event predates `now`, may be missing hops.
+    pub fn mark_lossy(&mut self, now: u64) {
+        self.lossy_until = now;
+        for t in &mut self.traces {
+            t.events_missing = true;
+        }
+    }
+
     fn start(&mut self, ev: &Event) -> usize {
         let i = self.traces.len();
-        self.traces.push(Trace::new(&ev.pkt, ev.skb, ev.ts_ns));
+        let mut t = Trace::new(&ev.pkt, ev.skb, ev.ts_ns);
+        t.events_missing = ev.ts_ns <= self.lossy_until;
+        self.traces.push(t);
         self.by_skb.insert(ev.skb, i);
         self.by_key.insert(FlowKey::of(&ev.pkt), i);
         i
@@ -721,6 +738,32 @@ mod tests {
         assert_eq!(c.open(), 2);
         assert_eq!(c.traces[0].req_hops.len(), 3);
         assert_eq!(c.traces[1].req_hops.len(), 1);
+    }
+
+    #[test]
+    fn lost_events_mark_open_and_earlier_traces() {
+        let mut c = Correlator::new(ctx());
+        request_out(&mut c, 1, 100);
+        c.mark_lossy(1_000);
+        // A trace whose first surviving event predates the loss report.
+        c.on_event(&tc(
+            0x77,
+            900,
+            BR,
+            DIR_INGRESS,
+            ROLE_REQUEST,
+            pkt(VM, DST, 8, 2),
+        ));
+        c.on_event(&tc(
+            0x78,
+            2_000,
+            TAP,
+            DIR_INGRESS,
+            ROLE_REQUEST,
+            pkt(VM, DST, 8, 3),
+        ));
+        let flags: Vec<bool> = c.traces.iter().map(|t| t.events_missing).collect();
+        assert_eq!(flags, vec![true, true, false]);
     }
 
     #[test]

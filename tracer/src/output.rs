@@ -65,6 +65,9 @@ pub struct Verdict {
     /// RCODE of the DNS response that reached the guest (`NOERROR`, `NXDOMAIN`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_rcode: Option<String>,
+    /// Events were lost while this request was traced: the path may have gaps.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub events_missing: bool,
     /// The verdict was decided because tracing stopped, not by an observed end.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
@@ -239,6 +242,11 @@ pub fn render_text(v: &Verdict) -> String {
     }
     s.push_str(&line);
     s.push('\n');
+    if v.events_missing {
+        s.push_str(
+            "  (events were lost while this request was traced: the path may be incomplete)\n",
+        );
+    }
     if let Some(rule) = &v.rule {
         s.push_str(&wrap("  rule: ", rule));
     }

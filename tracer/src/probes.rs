@@ -21,9 +21,6 @@ use crate::topology::Iface;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// Ring buffer size: ~16k events, plenty for a trace, bounded in memory.
-const RINGBUF_BYTES: u32 = 1 << 20;
-
 pub struct Probes {
     ebpf: Ebpf,
     /// Interfaces where we created a clsact qdisc (pre-tcx kernels only).
@@ -32,10 +29,12 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load(config: Config) -> Result<Self> {
+    /// Load the programs; the ring buffer gets `ring_bytes` (a power of two, at
+    /// least a page).
+    pub fn load(config: Config, ring_bytes: u32) -> Result<Self> {
         let ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
-            .map_max_entries(names::EVENTS, RINGBUF_BYTES)
+            .map_max_entries(names::EVENTS, ring_bytes)
             .load(OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         let mut probes = Self {

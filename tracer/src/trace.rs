@@ -28,7 +28,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let btf = KernelBtf::load(&cli.kernel_btf)?;
     let reasons = btf.drop_reasons()?;
     let config = build_config(cli, &btf)?;
-    let mut probes = Probes::load(config)?;
+    let mut probes = Probes::load(config, cli.buffer_kb * 1024)?;
     // Tracepoints first, so a packet tracked by TC can never be freed unseen.
     probes.attach_tracepoints()?;
     for (iface, _) in topo.hooks() {
@@ -46,7 +46,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let tally = rt.block_on(follow(cli, events, &explainer, &printer))?;
+    let tally = rt.block_on(follow(cli, events, &probes, &explainer, &printer))?;
     let (lost, _) = probes.losses();
     printer.summary(&Summary {
         kind: "summary",
@@ -146,6 +146,7 @@ fn monotonic_ns() -> u64 {
 async fn follow(
     cli: &Cli,
     events: RingBuf<MapData>,
+    probes: &Probes,
     explainer: &Explainer,
     printer: &Printer,
 ) -> Result<Tally> {
@@ -177,6 +178,7 @@ async fn follow(
     // traffic (or send SIGTERM) as soon as it reads this line.
     printer.status(&banner(cli, topo));
     let mut tally = Tally::default();
+    let mut seen_lost = probes.losses().0;
     let want = cli.count as usize;
     let report = |done: Vec<Finished>, tally: &mut Tally| {
         for f in done {
@@ -202,7 +204,15 @@ async fn follow(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                report(corr.poll(monotonic_ns()), &mut tally);
+                let now = monotonic_ns();
+                // Events the kernel could not hand over: the traces open now (and
+                // starting in this instant) may miss hops; they will say so.
+                let lost = probes.losses().0;
+                if lost > seen_lost {
+                    seen_lost = lost;
+                    corr.mark_lossy(now);
+                }
+                report(corr.poll(now), &mut tally);
                 ticks += 1;
                 if ticks.is_multiple_of(10) {
                     check_interfaces(topo)?;

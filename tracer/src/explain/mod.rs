@@ -64,6 +64,7 @@ impl Explainer {
             path: self.path(t),
             rtt_ns: None,
             dns_rcode: None,
+            events_missing: t.events_missing,
             incomplete: f.timed_out,
         };
         match f.outcome {
