@@ -326,6 +326,16 @@ mod tests {
         assert_eq!(dns_qname(&[0; 5]), None, "truncated");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic(frame in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
+            let _ = parse(&frame);
+            let _ = dns_qname(&frame);
+            let _ = dns_answer(&frame, Some(Ipv4Addr::new(203, 0, 113, 80)));
+            let _ = dns_answer(&frame, None);
+        }
+    }
+
     #[test]
     fn parse_never_panics_on_short_or_odd_frames() {
         for len in 0..60 {

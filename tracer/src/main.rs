@@ -4,6 +4,8 @@ mod cli;
 mod correlate;
 mod dns;
 mod explain;
+#[cfg(test)]
+mod fuzz;
 mod kernel;
 mod output;
 mod preflight;

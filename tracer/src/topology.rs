@@ -343,6 +343,18 @@ fn current_netns_inum() -> Result<u32> {
     Ok(meta.ino() as u32)
 }
 
+/// Every reader of iproute2 JSON at once, for the property tests.
+#[cfg(test)]
+pub fn fuzz_entry(v: &Value) {
+    let _ = (
+        link_names(v),
+        link_mtus(v),
+        master_of(v, "vmbr0"),
+        is_bridge(v, "vmbr0"),
+    );
+    let _ = (iface_by_name(v, "eth0"), fdb_port(v, "52:54:00:12:34:56"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
