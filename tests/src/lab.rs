@@ -139,12 +139,27 @@ impl Lab {
 
     /// Add a guest: a persistent TAP port on vmbr0, held open by a fake guest.
     pub fn add_guest(&mut self, spec: GuestSpec) -> Result<()> {
+        let guest = self.plug(spec)?;
+        self.guests.push(guest);
+        Ok(())
+    }
+
+    fn plug(&self, spec: GuestSpec) -> Result<Guest> {
         self.hv(&format!(
             "ip tuntap add dev {t} mode tap && ip link set {t} master vmbr0 && ip link set {t} up",
             t = spec.tap
         ))?;
-        let guest = Guest::start(&self.guest_bin, &self.hv_netns_path(), spec)?;
-        self.guests.push(guest);
+        Guest::start(&self.guest_bin, &self.hv_netns_path(), spec)
+    }
+
+    /// Like a VM reboot: guest `i` goes away with its port, and both come back
+    /// (the port under a new interface index).
+    pub fn recreate_port(&mut self, i: usize) -> Result<()> {
+        let spec = self.guests[i].spec.clone();
+        drop(self.guests.remove(i));
+        self.hv(&format!("ip link del {}", spec.tap))?;
+        let guest = self.plug(spec)?;
+        self.guests.insert(i, guest);
         Ok(())
     }
 

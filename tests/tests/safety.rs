@@ -143,3 +143,64 @@ fn ring_buffer_overflow_is_counted_and_reported() {
         "verdicts built while events were lost say so"
     );
 }
+
+#[test]
+fn vm_port_recreated_mid_trace_is_reattached() {
+    let mut lab = Lab::up(LabOptions::new(fake_guest_bin())).unwrap();
+    let args = [
+        "--vm-ip",
+        "192.0.2.100",
+        "--to",
+        "203.0.113.8",
+        "--count",
+        "2",
+        "--timeout",
+        "20",
+        "--json",
+    ];
+    let run = trace_while(&mut lab, &args, Duration::from_secs(40), |lab| {
+        assert_eq!(pings(lab, 1), 1);
+        lab.recreate_port(0)?;
+        // pathtrace looks for its interfaces twice a second.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(pings(lab, 1), 1);
+        Ok(())
+    })
+    .unwrap();
+    eprintln!("{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("vanished") || run.stderr.contains("is back"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("re-attached"), "{}", run.stderr);
+    assert_eq!(run.code, 0);
+    let verdicts = run.verdicts();
+    assert_eq!(verdicts.len(), 2);
+    assert!(
+        verdicts.iter().all(|v| v["verdict"] == "replied"),
+        "both sides of the reboot traced"
+    );
+}
+
+#[test]
+fn bridge_vanishing_stops_with_a_clear_error() {
+    let mut lab = Lab::up(LabOptions::new(fake_guest_bin())).unwrap();
+    let run = trace_while(&mut lab, &ARGS, Duration::from_secs(30), |lab| {
+        lab.hv("ip link del vmbr0")?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("vmbr0 vanished"), "{}", run.stderr);
+    let progs = std::process::Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&progs.stdout);
+    assert!(
+        !text.contains("name pathtrace_"),
+        "nothing left attached: {text}"
+    );
+}

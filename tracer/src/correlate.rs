@@ -220,6 +220,11 @@ impl Correlator {
         }
     }
 
+    /// A watched interface got a new index (a VM port recreated).
+    pub fn set_role(&mut self, ifindex: u32, role: Role) {
+        self.ctx.roles.insert(ifindex, role);
+    }
+
     /// The question of a DNS request (sent right after its first TC event).
     pub fn on_name(&mut self, ev: &Event, qname: String) {
         if let Some(i) = self.find(ev) {

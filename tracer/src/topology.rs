@@ -133,6 +133,14 @@ impl Topology {
         hooks
     }
 
+    /// A VM port came back under a new index (VM reboot, migration back).
+    pub fn port_recreated(&mut self, port: &Iface) {
+        for p in self.ports.iter_mut().filter(|p| p.name == port.name) {
+            p.index = port.index;
+        }
+        self.names.insert(port.index, port.name.clone());
+    }
+
     pub fn role_of(&self, ifindex: u32) -> Option<Role> {
         self.hooks()
             .into_iter()

@@ -1,6 +1,9 @@
 //! Trace mode: attach, follow the guest's requests, print a verdict per request.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -19,7 +22,7 @@ use crate::{
     output::{Printer, Summary},
     preflight,
     probes::Probes,
-    topology::Topology,
+    topology::{Iface, Role, Topology},
 };
 
 pub fn run(cli: &Cli) -> Result<i32> {
@@ -46,7 +49,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let tally = rt.block_on(follow(cli, events, &probes, &explainer, &printer))?;
+    let mut explainer = explainer;
+    let tally = rt.block_on(follow(cli, events, &mut probes, &mut explainer, &printer))?;
     let (lost, _) = probes.losses();
     printer.summary(&Summary {
         kind: "summary",
@@ -146,8 +150,8 @@ fn monotonic_ns() -> u64 {
 async fn follow(
     cli: &Cli,
     events: RingBuf<MapData>,
-    probes: &Probes,
-    explainer: &Explainer,
+    probes: &mut Probes,
+    explainer: &mut Explainer,
     printer: &Printer,
 ) -> Result<Tally> {
     let topo = &explainer.topo;
@@ -179,8 +183,9 @@ async fn follow(
     printer.status(&banner(cli, topo));
     let mut tally = Tally::default();
     let mut seen_lost = probes.losses().0;
+    let mut waiting = HashSet::new();
     let want = cli.count as usize;
-    let report = |done: Vec<Finished>, tally: &mut Tally| {
+    let report = |done: Vec<Finished>, tally: &mut Tally, explainer: &Explainer| {
         for f in done {
             if tally.total() >= want {
                 break;
@@ -212,10 +217,11 @@ async fn follow(
                     seen_lost = lost;
                     corr.mark_lossy(now);
                 }
-                report(corr.poll(now), &mut tally);
+                report(corr.poll(now), &mut tally, explainer);
                 ticks += 1;
-                if ticks.is_multiple_of(10) {
-                    check_interfaces(topo)?;
+                if ticks.is_multiple_of(5) {
+                    let mut churn = Churn { probes: &mut *probes, corr: &mut corr, waiting: &mut waiting, printer };
+                    churn.check(&mut explainer.topo)?;
                 }
             }
             _ = sleep_until(deadline) => break,
@@ -227,7 +233,7 @@ async fn follow(
             break;
         }
     }
-    report(corr.flush(), &mut tally);
+    report(corr.flush(), &mut tally, explainer);
     Ok(tally)
 }
 
@@ -254,14 +260,55 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
     Some(Decoded::Name(ev, crate::dns::qname(&named.name)?))
 }
 
-/// The traced interfaces must still be there; their links vanish with them.
-fn check_interfaces(topo: &Topology) -> Result<()> {
-    for (iface, _) in topo.hooks() {
-        let name = std::ffi::CString::new(iface.name.clone())?;
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index != iface.index {
-            bail!("interface {} vanished during the trace", iface.name);
+/// VMs reboot and migrate: their port can vanish and come back with a new index.
+/// The bridge and the uplink must stay; without them the trace is meaningless.
+struct Churn<'a> {
+    probes: &'a mut Probes,
+    corr: &'a mut Correlator,
+    /// VM ports that vanished and are awaited.
+    waiting: &'a mut HashSet<String>,
+    printer: &'a Printer,
+}
+
+impl Churn<'_> {
+    fn check(&mut self, topo: &mut Topology) -> Result<()> {
+        for (iface, role) in topo.hooks() {
+            let index = ifindex_of(&iface.name);
+            if index == iface.index {
+                continue;
+            }
+            if role != Role::Port {
+                bail!(
+                    "interface {} vanished during the trace; stopping (nothing left attached)",
+                    iface.name
+                );
+            }
+            if index == 0 {
+                if self.waiting.insert(iface.name.clone()) {
+                    self.printer.status(&format!(
+                        "pathtrace: VM port {} vanished (VM stopped, rebooting or migrating?); waiting for it to come back",
+                        iface.name
+                    ));
+                }
+                continue;
+            }
+            let fresh = Iface {
+                index,
+                name: iface.name.clone(),
+            };
+            self.probes.attach_tc(&fresh)?;
+            topo.port_recreated(&fresh);
+            self.corr.set_role(index, Role::Port);
+            self.waiting.remove(&iface.name);
+            self.printer.status(&format!(
+                "pathtrace: VM port {} is back (ifindex {index}): re-attached",
+                iface.name
+            ));
         }
+        Ok(())
     }
-    Ok(())
+}
+
+fn ifindex_of(name: &str) -> u32 {
+    std::ffi::CString::new(name).map_or(0, |n| unsafe { libc::if_nametoindex(n.as_ptr()) })
 }
