@@ -204,3 +204,56 @@ fn bridge_vanishing_stops_with_a_clear_error() {
         "nothing left attached: {text}"
     );
 }
+
+/// The documented capability set (README, Safety) is enough without root.
+const LEAST_CAPS: &str = "+bpf,+perfmon,+net_admin,+dac_read_search,+syslog";
+
+#[test]
+fn least_privilege_capability_set_is_enough() {
+    let mut lab = Lab::up(LabOptions::new(fake_guest_bin())).unwrap();
+    lab.break_path(pathtrace_tests::lab::Fault::NftForwardDrop)
+        .unwrap();
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net={}", lab.hv_netns_path().display()))
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg(format!("--inh-caps={LEAST_CAPS}"))
+        .arg(format!("--ambient-caps={LEAST_CAPS}"))
+        .arg(pathtrace_tests::tracerun::pathtrace_bin())
+        .args([
+            "--vm-ip",
+            "192.0.2.100",
+            "--to",
+            "203.0.113.8",
+            "--count",
+            "1",
+            "--timeout",
+            "10",
+        ])
+        .arg("--json");
+    let run =
+        pathtrace_tests::tracerun::trace_cmd_while(&mut lab, cmd, Duration::from_secs(30), |lab| {
+            pings(lab, 1);
+            Ok(())
+        })
+        .unwrap();
+    eprintln!("{}{}", run.stdout, run.stderr);
+    let v = &run.verdicts()[0];
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["stage"], "forward");
+    assert!(
+        v["rule"]
+            .as_str()
+            .unwrap()
+            .contains("ip saddr 192.0.2.100 drop"),
+        "nft readable"
+    );
+    assert!(
+        v["location"].as_str().unwrap().starts_with("nft_do_chain+"),
+        "symbols readable"
+    );
+}

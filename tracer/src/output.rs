@@ -85,6 +85,9 @@ pub struct Summary {
     /// built from incomplete paths when this is not 0.
     pub events_lost: u64,
     pub programs_attached: usize,
+    /// Optional probes the kernel refused, with what is unknown without them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_probes: Vec<String>,
 }
 
 pub struct Printer {

@@ -11,7 +11,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn check() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 && !has_caps() {
-        bail!("pathtrace needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load eBPF programs");
+        bail!("pathtrace needs root (or at least CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; see Safety in the README) to load eBPF programs");
     }
     ensure_mounted(TRACEFS, "tracefs", "events")?;
     ensure_mounted(BPFFS, "bpf", "")?;

@@ -26,6 +26,8 @@ pub struct Probes {
     /// Interfaces where we created a clsact qdisc (pre-tcx kernels only).
     created_clsact: Vec<String>,
     pub attached: usize,
+    /// Optional probes this kernel refused, each with what is lost without it.
+    pub skipped: Vec<String>,
 }
 
 impl Probes {
@@ -41,6 +43,7 @@ impl Probes {
             ebpf,
             created_clsact: Vec::new(),
             attached: 0,
+            skipped: Vec::new(),
         };
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
             probes
@@ -89,21 +92,29 @@ impl Probes {
         Ok(())
     }
 
+    /// `skb:kfree_skb` is essential (it names drops). `skb:consume_skb` only tells
+    /// normal ends (delivered to the host, handed to another namespace): without it
+    /// pathtrace still works, and says what it cannot see.
     pub fn attach_tracepoints(&mut self) -> Result<()> {
-        for (name, category, event) in [
-            (names::KFREE_SKB, "skb", "kfree_skb"),
-            (names::CONSUME_SKB, "skb", "consume_skb"),
-        ] {
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            prog.load().with_context(|| format!("loading {name}"))?;
-            prog.attach(category, event)
-                .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
-            self.attached += 1;
+        self.attach_tracepoint(names::KFREE_SKB, "skb", "kfree_skb")?;
+        if let Err(e) = self.attach_tracepoint(names::CONSUME_SKB, "skb", "consume_skb") {
+            self.skipped.push(format!(
+                "skb:consume_skb ({e:#}): deliveries to the host itself are not seen"
+            ));
         }
+        Ok(())
+    }
+
+    fn attach_tracepoint(&mut self, name: &str, category: &str, event: &str) -> Result<()> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+        prog.attach(category, event)
+            .with_context(|| format!("attaching to tracepoint {category}:{event}"))?;
+        self.attached += 1;
         Ok(())
     }
 

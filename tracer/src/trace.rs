@@ -60,6 +60,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         no_reply: tally.no_reply,
         events_lost: lost,
         programs_attached: probes.attached,
+        skipped_probes: probes.skipped.clone(),
     });
     if tally.total() == 0 {
         printer.status(&format!(
@@ -181,6 +182,11 @@ async fn follow(
     // Only now, with signals handled, say we are ready: a wrapper may start the
     // traffic (or send SIGTERM) as soon as it reads this line.
     printer.status(&banner(cli, topo));
+    for skipped in &probes.skipped {
+        printer.status(&format!(
+            "pathtrace: probe unavailable on this kernel: {skipped}"
+        ));
+    }
     let mut tally = Tally::default();
     let mut seen_lost = probes.losses().0;
     let mut waiting = HashSet::new();
