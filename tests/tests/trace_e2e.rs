@@ -380,11 +380,11 @@ fn missing_btf_is_a_clear_error_and_nothing_is_attached() {
 }
 
 #[test]
-fn mounts_tracefs_when_it_is_missing() {
+fn mounts_tracefs_and_bpffs_when_missing() {
     let mut lab = lab();
-    // A private mount namespace without tracefs, as on a fresh machine.
+    // A private mount namespace without tracefs and bpffs, as on a fresh machine.
     let script = format!(
-        "umount /sys/kernel/tracing && exec nsenter --net={} {} --vm-ip {VM} --to {DEST} --count 1 --timeout 10 --json",
+        "umount /sys/kernel/tracing && (umount /sys/fs/bpf || true) && exec nsenter --net={} {} --vm-ip {VM} --to {DEST} --count 1 --timeout 10 --json",
         lab.hv_netns_path().display(),
         pathtrace_bin().display()
     );
