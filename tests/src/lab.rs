@@ -163,6 +163,14 @@ impl Lab {
         Ok(())
     }
 
+    /// Like a VM shut down: guest `i` goes away with its port.
+    pub fn remove_guest(&mut self, i: usize) -> Result<()> {
+        let guest = self.guests.remove(i);
+        let tap = guest.spec.tap.clone();
+        drop(guest);
+        self.hv(&format!("ip link del {tap}")).map(drop)
+    }
+
     pub fn hv_ns(&self) -> &str {
         &self.hv
     }
@@ -189,7 +197,8 @@ impl Lab {
         in_netns(&self.inet, cmd)
     }
 
-    fn nft(&self, script: &str) -> Result<()> {
+    /// Load an nft script in the hypervisor namespace (`nft -f -`).
+    pub fn nft(&self, script: &str) -> Result<()> {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.hv))
             .args(["nft", "-f", "-"])

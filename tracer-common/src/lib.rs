@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Bumped whenever a layout below changes; user space refuses a mismatching object.
-pub const WIRE_VERSION: u32 = 2;
+pub const WIRE_VERSION: u32 = 3;
 
 /// Names of the maps and programs, so both sides spell them the same way.
 pub mod names {
@@ -19,6 +19,14 @@ pub mod names {
     pub const TC_EGRESS: &str = "pathtrace_tc_egress";
     pub const KFREE_SKB: &str = "pathtrace_kfree_skb";
     pub const CONSUME_SKB: &str = "pathtrace_consume_skb";
+    // Watch mode.
+    pub const WATCH_CONFIG: &str = "WATCH_CONFIG";
+    pub const WATCH_DROP: &str = "pathtrace_watch_drop";
+    pub const DROPS: &str = "DROPS";
+    pub const SAMPLES: &str = "SAMPLES";
+    pub const VM_PORTS: &str = "VM_PORTS";
+    pub const VM_ADDRS: &str = "VM_ADDRS";
+    pub const VM_MACS: &str = "VM_MACS";
 }
 
 /// Protocol selectors, a bit mask in [`Config::protos`].
@@ -178,7 +186,13 @@ pub struct Config {
 /// Counters the kernel keeps about itself (index into the per-CPU `COUNTERS` array).
 pub const CNT_RINGBUF_FULL: u32 = 0;
 pub const CNT_TRACK_FULL: u32 = 1;
-pub const CNT_MAX: u32 = 4;
+/// Watch mode: a drop sample did not fit in the `SAMPLES` ring buffer.
+pub const CNT_SAMPLES_LOST: u32 = 2;
+/// Watch mode: a new drop point did not fit in the `DROPS` map (its drops uncounted).
+pub const CNT_DROPS_MAP_FULL: u32 = 3;
+/// Watch mode: drops on this host's namespace that belong to no watched VM.
+pub const CNT_UNATTRIBUTED: u32 = 4;
+pub const CNT_MAX: u32 = 8;
 
 // The kernel writes these bytes and user space reads them: sizes must never drift
 // silently, and there must be no implicit padding.
@@ -187,6 +201,118 @@ const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 40);
 const _: () = assert!(core::mem::size_of::<NameEvent>() == 128);
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
+
+pub use watch::*;
+
+/// Watch mode: drop counters aggregated in the kernel, per VM port and drop point.
+mod watch {
+    /// Traffic classes counted separately (`DropKey::class`). Only as much is parsed
+    /// as telling these apart needs.
+    pub const CLASS_OTHER: u8 = 0;
+    pub const CLASS_ICMP: u8 = 1;
+    pub const CLASS_DNS: u8 = 2;
+    pub const CLASS_TCP: u8 = 3;
+    pub const CLASS_UDP: u8 = 4;
+    pub const CLASS_ARP: u8 = 5;
+
+    /// Which way the dropped packet was going relative to the VM (`DropKey::dir`).
+    pub const WDIR_UNKNOWN: u8 = 0;
+    pub const WDIR_FROM_VM: u8 = 1;
+    pub const WDIR_TO_VM: u8 = 2;
+
+    /// Bits of `DropKey::flags`.
+    /// The skb had a route (`_skb_refdst`) when dropped: past the routing decision.
+    pub const WFLAG_HAS_DST: u8 = 1;
+    /// Attributed through conntrack (the packet's addresses were NAT-translated).
+    pub const WFLAG_VIA_CT: u8 = 2;
+
+    /// One drop point of one VM: the key of the per-CPU `DROPS` hash.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct DropKey {
+        /// Kernel text address that dropped the packet.
+        pub location: u64,
+        /// Interface index of the VM's port.
+        pub port: u32,
+        /// Interface index of `skb->dev` when dropped (0 unknown).
+        pub dev: u32,
+        /// `enum skb_drop_reason` value of the running kernel.
+        pub reason: u32,
+        /// `CLASS_*`.
+        pub class: u8,
+        /// `WDIR_*`.
+        pub dir: u8,
+        /// `WFLAG_*`.
+        pub flags: u8,
+        pub _pad: u8,
+    }
+
+    /// Per-CPU counts of one drop point.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct DropCount {
+        pub packets: u64,
+        pub bytes: u64,
+        /// `bpf_ktime_get_ns()` of the last drop on this CPU.
+        pub last_ns: u64,
+        /// When this CPU last sent a sample for this key (rate limit).
+        pub sampled_ns: u64,
+    }
+
+    /// An example of a drop point, sent when the key is new and then at most once a
+    /// second per CPU, so user space can show which flow is hit.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct DropSample {
+        pub key: DropKey,
+        pub ts_ns: u64,
+        pub pkt: super::PacketInfo,
+    }
+
+    /// Facts for the watch program, written by user space at load time. Offsets come
+    /// from BTF and tracefs; 0 means unknown and disables what needs them.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct WatchConfig {
+        /// Only drops in this network namespace count (the one pathtrace runs in).
+        pub netns_inum: u32,
+        pub kfree_reason_off: u32,
+        pub kfree_location_off: u32,
+        pub skb_dev_off: u32,
+        pub skb_refdst_off: u32,
+        pub skb_len_off: u32,
+        pub skb_head_off: u32,
+        pub skb_protocol_off: u32,
+        pub skb_network_header_off: u32,
+        pub skb_mac_header_off: u32,
+        /// `offsetof(struct sk_buff, _nfct)`: conntrack entry | ctinfo.
+        pub skb_nfct_off: u32,
+        /// Offset in `struct nf_conn` of the original tuple's source address.
+        pub ct_orig_src_off: u32,
+        /// Offset in `struct nf_conn` of the reply tuple's source address.
+        pub ct_reply_src_off: u32,
+        pub dev_ifindex_off: u32,
+        pub dev_net_off: u32,
+        pub net_inum_off: u32,
+    }
+
+    /// Key of `VM_MACS`: a MAC address in the low six bytes.
+    #[inline(always)]
+    pub const fn mac_key(mac: [u8; 6]) -> u64 {
+        u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+    }
+
+    /// Key of `VM_ADDRS`: an IPv4 address as its wire bytes.
+    #[inline(always)]
+    pub const fn addr_key(addr: [u8; 4]) -> u32 {
+        u32::from_le_bytes(addr)
+    }
+
+    const _: () = assert!(core::mem::size_of::<DropKey>() == 24);
+    const _: () = assert!(core::mem::size_of::<DropCount>() == 32);
+    const _: () = assert!(core::mem::size_of::<DropSample>() == 56);
+    const _: () = assert!(core::mem::size_of::<WatchConfig>() == 64);
+}
 
 /// Key of the `REQ_IDS` map: which request ids of the guest are being followed, so
 /// that replies (possibly after NAT) can be recognised by id.
@@ -204,4 +330,8 @@ mod user {
     unsafe impl aya::Pod for NameEvent {}
     unsafe impl aya::Pod for Tracked {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for DropKey {}
+    unsafe impl aya::Pod for DropCount {}
+    unsafe impl aya::Pod for DropSample {}
+    unsafe impl aya::Pod for WatchConfig {}
 }

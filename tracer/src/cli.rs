@@ -1,6 +1,7 @@
-//! Command line (the contract in DESIGN.md).
+//! Command line (the contract in DESIGN.md): trace mode is `pathtrace --vm-ip IP
+//! --to DEST ...`; `pathtrace watch ...` is the incident/production mode.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::{Parser, ValueEnum};
 
@@ -9,7 +10,7 @@ use clap::{Parser, ValueEnum};
     name = "pathtrace",
     version,
     about = "Follow a KVM guest's ping/DNS packets through this hypervisor and say where they die",
-    after_help = "Run it while the guest pings (or resolves) the destination; it needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).\nExit status: 0 every request got its reply, 1 a drop or missing reply was found, 2 usage or environment error."
+    after_help = "Run it while the guest pings (or resolves) the destination; it needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).\nExit status: 0 every request got its reply, 1 a drop or missing reply was found, 2 usage or environment error.\n\nLive drop points of every VM on this host: pathtrace watch --help"
 )]
 pub struct Cli {
     /// The guest's IPv4 address.
@@ -67,10 +68,93 @@ impl Proto {
     }
 }
 
+/// `pathtrace watch`: live per-VM drop points.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pathtrace watch",
+    version,
+    about = "Live drop points of every VM on this host (or of the VMs named with --vm-ip)",
+    after_help = "Keys in the live view: q quit, s change sort (rate/total/VM), / filter by text, Esc clear the filter.\nWith --json, one snapshot object per interval on stdout. Exit status 0 on a clean stop, 2 on a usage or environment error."
+)]
+pub struct WatchCli {
+    /// Only these VMs (repeatable). Default: every VM port on every bridge.
+    #[arg(long = "vm-ip", value_name = "IP")]
+    pub vm_ips: Vec<Ipv4Addr>,
+    /// One JSON snapshot per interval on stdout instead of the live view.
+    #[arg(long)]
+    pub json: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics. A bare PORT binds to
+    /// 127.0.0.1; give an address (e.g. 0.0.0.0:9464) to expose it further.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_addr)]
+    pub prometheus: Option<SocketAddr>,
+    /// Seconds between snapshots.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = interval_secs)]
+    pub interval: f64,
+    /// Stop after this many seconds (default: run until stopped).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub duration: Option<u64>,
+    /// The running kernel's BTF (struct layouts, drop-reason names).
+    #[arg(long, value_name = "PATH", default_value = crate::kernel::btf::VMLINUX_BTF)]
+    pub kernel_btf: std::path::PathBuf,
+}
+
+/// `PORT` (localhost) or `ADDR:PORT`.
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Some(port) = s.strip_prefix(':') {
+        let port = port.parse::<u16>().map_err(|e| format!("{e}"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    s.parse()
+        .map_err(|_| "expected PORT or ADDR:PORT, e.g. 9464 or 127.0.0.1:9464".to_string())
+}
+
+fn interval_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.1..=3600.0).contains(&v) {
+        return Err("must be between 0.1 and 3600".into());
+    }
+    Ok(v)
+}
+
 fn ring_kib(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if v < 4 || !v.is_power_of_two() || v > 1 << 20 {
         return Err("must be a power of two between 4 and 1048576".into());
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_binds_to_localhost_unless_told() {
+        assert_eq!(listen_addr("9464").unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(listen_addr(":9464").unwrap().to_string(), "127.0.0.1:9464");
+        assert_eq!(
+            listen_addr("0.0.0.0:9464").unwrap().to_string(),
+            "0.0.0.0:9464"
+        );
+        assert!(listen_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn watch_takes_several_vms() {
+        let w = WatchCli::try_parse_from([
+            "pathtrace watch",
+            "--vm-ip",
+            "192.0.2.100",
+            "--vm-ip",
+            "192.0.2.101",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(w.vm_ips.len(), 2);
+        assert!(w.json);
+        assert!(WatchCli::try_parse_from(["pathtrace watch", "--interval", "0"]).is_err());
+    }
 }

@@ -12,6 +12,9 @@ mod preflight;
 mod probes;
 mod topology;
 mod trace;
+mod watch;
+
+use std::ffi::OsString;
 
 use clap::Parser;
 
@@ -19,17 +22,39 @@ fn main() {
     // A bug must still end in one line and exit status 2, never a backtrace. Our
     // kernel attachments are owned by file descriptors, so exiting detaches them.
     std::panic::set_hook(Box::new(|info| {
+        watch::tui::restore_terminal();
         eprintln!(
             "pathtrace: internal error: {}",
             info.to_string().replace('\n', " ")
         );
         std::process::exit(2);
     }));
-    let cli = match cli::Cli::try_parse() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let result = if args.get(1).is_some_and(|a| a == "watch") {
+        let rest = args[2..].iter().cloned();
+        let cli =
+            parse::<cli::WatchCli>(std::iter::once(OsString::from("pathtrace watch")).chain(rest));
+        watch::run(&cli)
+    } else {
+        trace::run(&parse::<cli::Cli>(args))
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One clear line, no backtrace: the operator needs the cause, not a trace.
+            eprintln!("pathtrace: error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Parse the command line; bad usage is one line on stderr and exit status 2.
+fn parse<T: Parser>(args: impl IntoIterator<Item = OsString>) -> T {
+    match T::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
-            // One line, as for every other bad input.
             let msg = e.to_string();
             let text: Vec<&str> = msg
                 .lines()
@@ -43,14 +68,5 @@ fn main() {
             );
             std::process::exit(2);
         }
-    };
-    let code = match trace::run(&cli) {
-        Ok(code) => code,
-        Err(e) => {
-            // One clear line, no backtrace: the operator needs the cause, not a trace.
-            eprintln!("pathtrace: error: {e:#}");
-            2
-        }
-    };
-    std::process::exit(code);
+    }
 }

@@ -7,7 +7,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{
         tc::{self, NlOptions, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType, TracePoint,
@@ -15,9 +15,12 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
-use tracer_common::{names, Config, CNT_RINGBUF_FULL, CNT_TRACK_FULL};
+use tracer_common::{names, Config, WatchConfig, CNT_RINGBUF_FULL, CNT_TRACK_FULL};
 
 use crate::topology::Iface;
+
+/// The smallest ring buffer (one page) for a mode that does not use it.
+const MIN_RING: u32 = 4096;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
@@ -34,17 +37,13 @@ impl Probes {
     /// Load the programs; the ring buffer gets `ring_bytes` (a power of two, at
     /// least a page).
     pub fn load(config: Config, ring_bytes: u32) -> Result<Self> {
-        let ebpf = EbpfLoader::new()
-            .override_global(names::CONFIG, &config, true)
-            .map_max_entries(names::EVENTS, ring_bytes)
-            .load(OBJECT)
-            .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
-        let mut probes = Self {
-            ebpf,
-            created_clsact: Vec::new(),
-            attached: 0,
-            skipped: Vec::new(),
-        };
+        let mut probes = Self::from_loader(
+            EbpfLoader::new()
+                .override_global(names::CONFIG, &config, true)
+                .map_max_entries(names::EVENTS, ring_bytes)
+                // Watch mode's ring buffer is unused here: the smallest size.
+                .map_max_entries(names::SAMPLES, MIN_RING),
+        )?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
             probes
                 .classifier(name)?
@@ -52,6 +51,48 @@ impl Probes {
                 .with_context(|| format!("loading {name}"))?;
         }
         Ok(probes)
+    }
+
+    /// Load for watch mode and attach its one program (on `skb:kfree_skb`): nothing
+    /// runs for packets that are not dropped.
+    pub fn load_watch(config: WatchConfig) -> Result<Self> {
+        let mut probes = Self::from_loader(
+            EbpfLoader::new()
+                .override_global(names::WATCH_CONFIG, &config, true)
+                .map_max_entries(names::EVENTS, MIN_RING),
+        )?;
+        probes.attach_tracepoint(names::WATCH_DROP, "skb", "kfree_skb")?;
+        Ok(probes)
+    }
+
+    fn from_loader(loader: &mut EbpfLoader) -> Result<Self> {
+        let ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+        Ok(Self {
+            ebpf,
+            created_clsact: Vec::new(),
+            attached: 0,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Take a map out to use it on its own (user space's handle keeps it alive).
+    pub fn take_map(&mut self, name: &str) -> Result<Map> {
+        self.ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    /// A kernel self-monitoring counter (`CNT_*`), summed over CPUs.
+    pub fn counter(&self, index: u32) -> u64 {
+        let Some(map) = self.ebpf.map(names::COUNTERS) else {
+            return 0;
+        };
+        let Ok(counters) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
@@ -119,23 +160,12 @@ impl Probes {
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map(names::EVENTS)
-            .ok_or_else(|| anyhow!("map {} missing", names::EVENTS))?;
-        Ok(RingBuf::try_from(map)?)
+        Ok(RingBuf::try_from(self.take_map(names::EVENTS)?)?)
     }
 
     /// Kernel-side losses: (ring buffer full, tracking map full), summed over CPUs.
     pub fn losses(&self) -> (u64, u64) {
-        let Some(map) = self.ebpf.map(names::COUNTERS) else {
-            return (0, 0);
-        };
-        let Ok(counters) = PerCpuArray::<_, u64>::try_from(map) else {
-            return (0, 0);
-        };
-        let sum = |i: u32| counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        (sum(CNT_RINGBUF_FULL), sum(CNT_TRACK_FULL))
+        (self.counter(CNT_RINGBUF_FULL), self.counter(CNT_TRACK_FULL))
     }
 }
 

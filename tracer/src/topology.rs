@@ -154,11 +154,11 @@ impl Topology {
 }
 
 /// Run `ip -j ARGS` and parse its JSON.
-fn ip_json(args: &[&str]) -> Result<Value> {
+pub(crate) fn ip_json(args: &[&str]) -> Result<Value> {
     run_json("ip", &[&["-j"], args].concat())
 }
 
-fn run_json(program: &str, args: &[&str]) -> Result<Value> {
+pub(crate) fn run_json(program: &str, args: &[&str]) -> Result<Value> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -198,7 +198,7 @@ pub fn oper_state(dev: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn link_names(links: &Value) -> HashMap<u32, String> {
+pub(crate) fn link_names(links: &Value) -> HashMap<u32, String> {
     as_array(links)
         .iter()
         .filter_map(|l| {
@@ -235,7 +235,7 @@ fn is_bridge(links: &Value, name: &str) -> bool {
     })
 }
 
-fn as_array(v: &Value) -> &[Value] {
+pub(crate) fn as_array(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
@@ -346,7 +346,7 @@ pub fn network(ip: Ipv4Addr, len: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(ip) & mask)
 }
 
-fn current_netns_inum() -> Result<u32> {
+pub(crate) fn current_netns_inum() -> Result<u32> {
     let meta = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
     Ok(meta.ino() as u32)
 }

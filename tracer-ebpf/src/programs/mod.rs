@@ -1,3 +1,4 @@
 //! One module per hook family.
 mod frees;
 mod tc;
+mod watch;

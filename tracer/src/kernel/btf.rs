@@ -22,6 +22,19 @@ pub struct Offsets {
     pub net_inum: u32,
 }
 
+/// Offsets used by watch mode in addition to [`Offsets`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WatchOffsets {
+    pub skb_len: u32,
+    pub skb_head: u32,
+    pub skb_protocol: u32,
+    pub skb_network_header: u32,
+    pub skb_mac_header: u32,
+    pub skb_nfct: u32,
+    pub ct_orig_src: u32,
+    pub ct_reply_src: u32,
+}
+
 impl KernelBtf {
     /// Read the kernel's BTF from `path` (normally [`VMLINUX_BTF`]).
     pub fn load(path: &Path) -> Result<Self> {
@@ -66,6 +79,39 @@ impl KernelBtf {
             dev_net: self.member_offset("net_device", &["nd_net", "net"])?,
             net_inum: self.member_offset("net", &["ns", "inum"])?,
         })
+    }
+
+    /// Offsets the watch program reads: where the skb's headers are, and where a
+    /// conntrack entry keeps the original addresses. Conntrack ones are optional (a
+    /// kernel without conntrack has no `_nfct`): then they are 0 and NATed traffic is
+    /// attributed by the other means.
+    pub fn watch_offsets(&self) -> Result<WatchOffsets> {
+        let skb = |path: &[&str]| self.member_offset("sk_buff", path);
+        let ct = || -> Result<(u32, u32, u32)> {
+            let nfct = skb(&["_nfct"])?;
+            let table = self.member_offset("nf_conn", &["tuplehash"])?;
+            let src = self.member_offset("nf_conntrack_tuple_hash", &["tuple", "src", "u3"])?;
+            let size = self.struct_size("nf_conntrack_tuple_hash")?;
+            Ok((nfct, table + src, table + size + src))
+        };
+        let (nfct, ct_orig_src, ct_reply_src) = ct().unwrap_or((0, 0, 0));
+        Ok(WatchOffsets {
+            skb_len: skb(&["len"])?,
+            skb_head: skb(&["head"])?,
+            skb_protocol: skb(&["protocol"])?,
+            skb_network_header: skb(&["network_header"])?,
+            skb_mac_header: skb(&["mac_header"])?,
+            skb_nfct: nfct,
+            ct_orig_src,
+            ct_reply_src,
+        })
+    }
+
+    fn struct_size(&self, name: &str) -> Result<u32> {
+        match self.named_struct(name)? {
+            Type::Struct(s) => Ok(s.size() as u32),
+            _ => bail!("{name} is not a struct"),
+        }
     }
 
     /// Byte offset of `path` (nested member names) inside `struct name`. Anonymous

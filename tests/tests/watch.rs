@@ -1,0 +1,369 @@
+//! `pathtrace watch` end to end: two fake guests on one bridge, one healthy and one
+//! broken in two different ways in turn; drops must show on the right VM with the
+//! right stage and reason, and the JSON, the Prometheus endpoint and the live
+//! terminal view must agree. Needs root and eBPF.
+
+use std::{
+    net::Ipv4Addr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use pathtrace_tests::{
+    lab::{GuestSpec, Lab, LabOptions, PingOpts},
+    tracerun::{fake_guest_bin, pathtrace_bin},
+    watchrun::{drops, vm, WatchRun},
+};
+use serde_json::Value;
+
+const HEALTHY: &str = "tap100i0";
+const BROKEN: &str = "tap101i0";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A lab with guests 192.0.2.100 (healthy) and 192.0.2.101 (to be broken).
+fn two_guests() -> Lab {
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.guests.push(GuestSpec::nth(1));
+    Lab::up(opts).unwrap()
+}
+
+fn ping(lab: &mut Lab, guest: usize, count: u32) -> u32 {
+    let opts = PingOpts {
+        count,
+        interval_ms: 50,
+        timeout_ms: 500,
+        ..PingOpts::default()
+    };
+    lab.guest(guest)
+        .ping(Ipv4Addr::new(203, 0, 113, 8), opts)
+        .unwrap()
+        .received
+}
+
+/// A drop point of `port` matching stage and reason, with at least `min` packets.
+fn find_drop(snapshot: &Value, port: &str, stage: &str, reason: &str, min: u64) -> Option<Value> {
+    drops(snapshot, port).into_iter().find(|d| {
+        d["stage"] == stage && d["reason"] == reason && d["total"].as_u64().unwrap_or(0) >= min
+    })
+}
+
+fn total_drops(snapshot: &Value, port: &str) -> u64 {
+    vm(snapshot, port).map_or(0, |v| v["drops_total"].as_u64().unwrap_or(0))
+}
+
+/// Drop the broken guest's pings in the forward chain.
+const FORWARD_DROP: &str = "add table inet pt_watch\n\
+     add chain inet pt_watch forward { type filter hook forward priority filter; policy accept; }\n\
+     add rule inet pt_watch forward ip saddr 192.0.2.101 drop\n";
+
+/// Drop the broken guest's replies on the uplink after conntrack but before the
+/// MASQUERADE is undone: the packet is addressed to the host's uplink, only the
+/// conntrack entry knows it is the VM's.
+const REPLY_DROP: &str = "add table inet pt_watch\n\
+     add chain inet pt_watch pre { type filter hook prerouting priority -150; policy accept; }\n\
+     add rule inet pt_watch pre iifname \"eth0\" ct original ip saddr 192.0.2.101 drop\n";
+
+#[test]
+fn drops_show_on_the_broken_vm_only_with_stage_and_reason() {
+    let mut lab = two_guests();
+    let mut watch = WatchRun::start(&lab, &["--interval", "0.5"]).unwrap();
+    for port in [HEALTHY, BROKEN] {
+        watch
+            .wait_for(WAIT, |v| {
+                v["type"] == "port" && v["event"] == "added" && v["port"] == port
+            })
+            .unwrap();
+    }
+
+    // Broken in the forward chain: the guest's own requests die.
+    lab.nft(FORWARD_DROP).unwrap();
+    assert_eq!(ping(&mut lab, 1, 5), 0);
+    assert_eq!(ping(&mut lab, 0, 5), 5);
+    let snap = watch
+        .wait_for(WAIT, |v| {
+            find_drop(v, BROKEN, "forward", "NETFILTER_DROP", 5).is_some()
+        })
+        .unwrap();
+    let d = find_drop(&snap, BROKEN, "forward", "NETFILTER_DROP", 5).unwrap();
+    assert_eq!(d["direction"], "from_vm", "{d}");
+    assert_eq!(d["proto"], "icmp", "{d}");
+    assert_eq!(d["ifname"], "vmbr0", "{d}");
+    assert!(
+        d["location"].as_str().unwrap().starts_with("nft_do_chain"),
+        "{d}"
+    );
+    assert_eq!(d["example"]["src"], "192.0.2.101", "{d}");
+    assert_eq!(vm(&snap, BROKEN).unwrap()["vm_ips"][0], "192.0.2.101");
+    assert_eq!(total_drops(&snap, HEALTHY), 0, "healthy VM: {snap}");
+
+    // Broken on the way back: replies die before NAT is undone; only conntrack
+    // ties them to the guest.
+    lab.nft("delete table inet pt_watch\n").unwrap();
+    lab.nft(REPLY_DROP).unwrap();
+    assert_eq!(ping(&mut lab, 1, 4), 0);
+    assert_eq!(ping(&mut lab, 0, 4), 4);
+    let snap = watch
+        .wait_for(WAIT, |v| {
+            find_drop(v, BROKEN, "prerouting", "NETFILTER_DROP", 4).is_some()
+        })
+        .unwrap();
+    eprintln!("{snap:#}");
+    let d = find_drop(&snap, BROKEN, "prerouting", "NETFILTER_DROP", 4).unwrap();
+    assert_eq!(d["direction"], "to_vm", "{d}");
+    assert_eq!(d["via_conntrack"], true, "{d}");
+    assert_eq!(d["ifname"], "eth0", "{d}");
+    assert_eq!(d["example"]["dst"], "198.51.100.2", "{d}");
+    // The first breakage is still counted.
+    assert!(find_drop(&snap, BROKEN, "forward", "NETFILTER_DROP", 5).is_some());
+    assert_eq!(total_drops(&snap, HEALTHY), 0, "healthy VM: {snap}");
+    assert_eq!(snap["self"]["programs_attached"], 1);
+    assert_eq!(snap["self"]["events_lost"], 0);
+
+    assert_eq!(watch.stop().unwrap(), 0, "{}", watch.stderr());
+}
+
+/// GET /metrics over a real TCP connection inside the lab's namespace.
+fn scrape(lab: &Lab, port: u16) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && \
+         printf 'GET /metrics HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+    );
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", lab.hv_netns_path().display()))
+        .args(["bash", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+#[test]
+fn prometheus_scrape_carries_the_same_numbers() {
+    let mut lab = two_guests();
+    let port = 19464;
+    let mut watch = WatchRun::start(
+        &lab,
+        &["--interval", "0.5", "--prometheus", &port.to_string()],
+    )
+    .unwrap();
+    assert!(watch.stderr().contains("http://127.0.0.1:19464/metrics"));
+    lab.nft(FORWARD_DROP).unwrap();
+    assert_eq!(ping(&mut lab, 1, 3), 0);
+    watch
+        .wait_for(WAIT, |v| {
+            find_drop(v, BROKEN, "forward", "NETFILTER_DROP", 3).is_some()
+        })
+        .unwrap();
+    // Traffic has stopped; let the counters settle, then compare.
+    let snap = watch.wait_snapshots(2, WAIT).unwrap();
+    let body = scrape(&lab, port);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let metrics = prometheus_parse::Scrape::parse(lines).expect("exposition format parses");
+    let json_total = find_drop(&snap, BROKEN, "forward", "NETFILTER_DROP", 3).unwrap()["total"]
+        .as_u64()
+        .unwrap();
+    let sample = metrics
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "pathtrace_drops_total"
+                && s.labels.get("port") == Some(BROKEN)
+                && s.labels.get("stage") == Some("forward")
+                && s.labels.get("vm_ip") == Some("192.0.2.101")
+        })
+        .unwrap_or_else(|| panic!("no drops metric for {BROKEN}:\n{body}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => {
+            assert_eq!(v as u64, json_total, "{body}")
+        }
+        ref other => panic!("unexpected value {other:?}"),
+    }
+    assert!(!metrics
+        .samples
+        .iter()
+        .any(|s| s.metric == "pathtrace_drops_total" && s.labels.get("port") == Some(HEALTHY)));
+    let gauge = |name: &str| {
+        metrics
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| format!("{:?}", s.value))
+            .unwrap_or_default()
+    };
+    assert!(
+        gauge("pathtrace_programs_attached").contains("1.0"),
+        "{body}"
+    );
+    assert!(
+        gauge("pathtrace_events_lost_total").contains("0.0"),
+        "{body}"
+    );
+    assert!(gauge("pathtrace_vm_ports").contains("2.0"), "{body}");
+    assert_eq!(watch.stop().unwrap(), 0);
+}
+
+#[test]
+fn ports_appearing_and_vanishing_are_picked_up_and_dropped() {
+    let mut lab = two_guests();
+    let mut watch = WatchRun::start(&lab, &["--interval", "0.5"]).unwrap();
+    lab.nft(FORWARD_DROP).unwrap();
+    assert_eq!(ping(&mut lab, 1, 3), 0);
+    watch
+        .wait_for(WAIT, |v| {
+            find_drop(v, BROKEN, "forward", "NETFILTER_DROP", 3).is_some()
+        })
+        .unwrap();
+
+    // A VM starts: its port is watched without a restart.
+    lab.add_guest(GuestSpec::nth(2)).unwrap();
+    let added = watch
+        .wait_for(WAIT, |v| {
+            v["type"] == "port" && v["event"] == "added" && v["port"] == "tap102i0"
+        })
+        .unwrap();
+    assert_eq!(added["bridge"], "vmbr0");
+    watch
+        .wait_for(WAIT, |v| {
+            vm(v, "tap102i0").is_some_and(|p| p["vm_ips"][0] == "192.0.2.102")
+        })
+        .unwrap();
+
+    // It stops: its port is dropped; the others keep their counters.
+    lab.remove_guest(2).unwrap();
+    watch
+        .wait_for(WAIT, |v| {
+            v["type"] == "port" && v["event"] == "removed" && v["port"] == "tap102i0"
+        })
+        .unwrap();
+    let snap = watch.wait_snapshots(1, WAIT).unwrap();
+    assert!(vm(&snap, "tap102i0").is_none(), "{snap}");
+    assert!(
+        find_drop(&snap, BROKEN, "forward", "NETFILTER_DROP", 3).is_some(),
+        "{snap}"
+    );
+    assert!(vm(&snap, HEALTHY).is_some());
+    assert_eq!(watch.stop().unwrap(), 0);
+}
+
+#[test]
+fn narrowed_to_one_vm_ignores_the_others() {
+    let mut lab = two_guests();
+    let mut watch =
+        WatchRun::start(&lab, &["--interval", "0.5", "--vm-ip", "192.0.2.100"]).unwrap();
+    lab.nft(FORWARD_DROP).unwrap();
+    assert_eq!(ping(&mut lab, 1, 3), 0);
+    let snap = watch.wait_snapshots(3, WAIT).unwrap();
+    let ports: Vec<&str> = snap["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["port"].as_str())
+        .collect();
+    assert_eq!(ports, [HEALTHY], "{snap}");
+    assert_eq!(total_drops(&snap, HEALTHY), 0);
+    assert_eq!(watch.stop().unwrap(), 0);
+}
+
+/// The live view in a real pseudo-terminal (tmux): it shows the drop, obeys its
+/// keys and leaves cleanly on `q`.
+#[test]
+fn live_view_in_a_terminal() {
+    let mut lab = two_guests();
+    let session = format!("ptwatch{}", std::process::id());
+    let done = std::env::temp_dir().join(format!("{session}.exit"));
+    let _ = std::fs::remove_file(&done);
+    let cmd = format!(
+        "nsenter --net={} {} watch --interval 0.5; echo $? > {}",
+        lab.hv_netns_path().display(),
+        pathtrace_bin().display(),
+        done.display()
+    );
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(args)
+            .output()
+            .expect("tmux (installed by cargo xtask setup)")
+    };
+    let _guard = KillSession(session.clone());
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "150",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let screen = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    let wait_screen = |what: &dyn Fn(&str) -> bool| {
+        let start = Instant::now();
+        loop {
+            let s = screen();
+            if what(&s) {
+                return s;
+            }
+            assert!(start.elapsed() < WAIT, "screen never matched:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_screen(&|s| s.contains("pathtrace watch") && s.contains(BROKEN));
+
+    lab.nft(FORWARD_DROP).unwrap();
+    assert_eq!(ping(&mut lab, 1, 3), 0);
+    let s = wait_screen(&|s| s.contains("NETFILTER_DROP"));
+    let row = s.lines().find(|l| l.contains("NETFILTER_DROP")).unwrap();
+    assert!(row.contains("forward") && row.contains("vmbr0"), "{s}");
+    assert!(
+        s.contains("no drops"),
+        "the healthy VM shows no drops:\n{s}"
+    );
+
+    tmux(&["send-keys", "-t", &session, "s"]);
+    wait_screen(&|s| s.contains("sort: total"));
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "/",
+        "t",
+        "a",
+        "p",
+        "1",
+        "0",
+        "0",
+        "Enter",
+    ]);
+    let s = wait_screen(&|s| s.contains("filter: tap100"));
+    assert!(s.contains(HEALTHY) && !s.contains("NETFILTER_DROP"), "{s}");
+
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let start = Instant::now();
+    while !done.exists() {
+        assert!(
+            start.elapsed() < WAIT,
+            "watch did not quit on q:\n{}",
+            screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let code = std::fs::read_to_string(&done).unwrap();
+    assert_eq!(code.trim(), "0");
+    let _ = std::fs::remove_file(&done);
+}
+
+struct KillSession(String);
+
+impl Drop for KillSession {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .output();
+    }
+}

@@ -1,0 +1,247 @@
+//! Watch mode: count every drop that concerns a watched VM, in the kernel.
+//!
+//! Only `skb:kfree_skb` is used, so packets that are not dropped cost nothing at
+//! all: no program runs for them. A drop is attributed to a VM port by, in order,
+//! the packet's IPv4 addresses, the conntrack entry's original addresses (traffic
+//! after SNAT/MASQUERADE or DNAT), its Ethernet addresses, and finally the device it
+//! was dropped on. Counts go to a per-CPU hash; a sample crosses to user space only
+//! for a new drop point and then at most once a second per CPU.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    addr_key, mac_key, DropCount, DropKey, DropSample, PacketInfo, WatchConfig, CLASS_ARP,
+    CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CNT_DROPS_MAP_FULL, CNT_SAMPLES_LOST,
+    CNT_UNATTRIBUTED, WDIR_FROM_VM, WDIR_TO_VM, WDIR_UNKNOWN, WFLAG_HAS_DST, WFLAG_VIA_CT,
+};
+
+use crate::maps::{count, DROPS, SAMPLES, VM_ADDRS, VM_MACS, VM_PORTS, WATCH_CONFIG};
+
+const SKBADDR_OFF: usize = 8;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+/// `skb->network_header`/`mac_header` value meaning "not set".
+const HEADER_UNSET: u16 = 0xffff;
+/// Low bits of `skb->_nfct` carry `enum ip_conntrack_info`.
+const NFCT_INFO_MASK: u64 = 7;
+/// `IP_CT_IS_REPLY` and above: the packet travels in the connection's reply direction.
+const IP_CT_ESTABLISHED_REPLY: u64 = 3;
+const SAMPLE_EVERY_NS: u64 = 1_000_000_000;
+const EEXIST: i32 = -17;
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn pathtrace_watch_drop(ctx: TracePointContext) -> u32 {
+    let _ = on_drop(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_drop(ctx: &TracePointContext) -> Option<()> {
+    let cfg = WATCH_CONFIG.load();
+    let skb = unsafe { ctx.read_at::<u64>(SKBADDR_OFF) }.ok()?;
+    let dev = read::<u64>(skb + cfg.skb_dev_off as u64);
+    let mut ifindex = 0;
+    if dev != 0 {
+        ifindex = read::<u32>(dev + cfg.dev_ifindex_off as u64);
+        // Drops in other namespaces (containers, other labs, the far side of a
+        // veth) are not this host's path.
+        if cfg.netns_inum != 0 && cfg.dev_net_off != 0 {
+            let net = read::<u64>(dev + cfg.dev_net_off as u64);
+            if net != 0 && read::<u32>(net + cfg.net_inum_off as u64) != cfg.netns_inum {
+                return None;
+            }
+        }
+    }
+    let head = read::<u64>(skb + cfg.skb_head_off as u64);
+    let l3proto = u16::from_be(read::<u16>(skb + cfg.skb_protocol_off as u64));
+    let mut pkt = PacketInfo::default();
+    let mut class = CLASS_OTHER;
+    let mut found = None;
+    if l3proto == ETH_P_IP && head != 0 {
+        let nh = read::<u16>(skb + cfg.skb_network_header_off as u64);
+        if nh != HEADER_UNSET {
+            class = parse_ipv4(head + nh as u64, &mut pkt);
+            found = by_addr(&pkt).or_else(|| by_conntrack(skb, &cfg));
+        }
+    } else if l3proto == ETH_P_ARP {
+        class = CLASS_ARP;
+    }
+    if found.is_none() && head != 0 {
+        found = by_mac(skb, head, &cfg);
+    }
+    if found.is_none() && ifindex != 0 && unsafe { VM_PORTS.get(ifindex) }.is_some() {
+        found = Some((ifindex, WDIR_UNKNOWN, 0));
+    }
+    let Some((port, dir, via)) = found else {
+        count(CNT_UNATTRIBUTED);
+        return None;
+    };
+    let mut flags = via;
+    if read::<u64>(skb + cfg.skb_refdst_off as u64) != 0 {
+        flags |= WFLAG_HAS_DST;
+    }
+    let key = DropKey {
+        location: unsafe { ctx.read_at::<u64>(cfg.kfree_location_off as usize) }.unwrap_or(0),
+        port,
+        dev: ifindex,
+        reason: unsafe { ctx.read_at::<u32>(cfg.kfree_reason_off as usize) }.unwrap_or(0),
+        class,
+        dir,
+        flags,
+        _pad: 0,
+    };
+    let len = read::<u32>(skb + cfg.skb_len_off as u64) as u64;
+    record(&key, len, &pkt);
+    Some(())
+}
+
+/// Count the drop; send a sample when the point is new or its last sample on this
+/// CPU is older than a second.
+#[inline(always)]
+fn record(key: &DropKey, len: u64, pkt: &PacketInfo) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(v) = DROPS.get_ptr_mut(key) {
+        // SAFETY: this CPU's own copy of the value.
+        let v = unsafe { &mut *v };
+        v.packets += 1;
+        v.bytes += len;
+        v.last_ns = now;
+        if now.wrapping_sub(v.sampled_ns) >= SAMPLE_EVERY_NS {
+            v.sampled_ns = now;
+            sample(key, now, pkt);
+        }
+        return;
+    }
+    let first = DropCount {
+        packets: 1,
+        bytes: len,
+        last_ns: now,
+        sampled_ns: now,
+    };
+    match DROPS.insert(key, &first, aya_ebpf::bindings::BPF_NOEXIST as u64) {
+        Ok(()) => sample(key, now, pkt),
+        // Another CPU created it a moment ago: count on our copy.
+        Err(EEXIST) => {
+            if let Some(v) = DROPS.get_ptr_mut(key) {
+                let v = unsafe { &mut *v };
+                v.packets += 1;
+                v.bytes += len;
+                v.last_ns = now;
+            }
+        }
+        Err(_) => count(CNT_DROPS_MAP_FULL),
+    }
+}
+
+#[inline(always)]
+fn sample(key: &DropKey, now: u64, pkt: &PacketInfo) {
+    let s = DropSample {
+        key: *key,
+        ts_ns: now,
+        pkt: *pkt,
+    };
+    if SAMPLES.output::<DropSample>(&s, 0).is_err() {
+        count(CNT_SAMPLES_LOST);
+    }
+}
+
+/// Addresses, protocol and (for UDP/TCP) ports of the IPv4 packet at `ip`.
+#[inline(always)]
+fn parse_ipv4(ip: u64, pkt: &mut PacketInfo) -> u8 {
+    let Ok(h) = (unsafe { bpf_probe_read_kernel(ip as *const [u8; 20]) }) else {
+        return CLASS_OTHER;
+    };
+    if h[0] >> 4 != 4 {
+        return CLASS_OTHER;
+    }
+    pkt.saddr = [h[12], h[13], h[14], h[15]];
+    pkt.daddr = [h[16], h[17], h[18], h[19]];
+    pkt.proto = h[9];
+    pkt.ttl = h[8];
+    pkt.ip_len = u16::from_be_bytes([h[2], h[3]]);
+    pkt.frag = u16::from_be_bytes([h[6], h[7]]);
+    let l4 = ip + ((h[0] & 0x0f) as u64) * 4;
+    let b = unsafe { bpf_probe_read_kernel(l4 as *const [u8; 4]) }.unwrap_or([0; 4]);
+    match pkt.proto {
+        1 => {
+            pkt.icmp_type = b[0];
+            pkt.code = b[1];
+            CLASS_ICMP
+        }
+        6 | 17 => {
+            pkt.sport = u16::from_be_bytes([b[0], b[1]]);
+            pkt.dport = u16::from_be_bytes([b[2], b[3]]);
+            if pkt.proto == 6 {
+                CLASS_TCP
+            } else if pkt.sport == 53 || pkt.dport == 53 {
+                CLASS_DNS
+            } else {
+                CLASS_UDP
+            }
+        }
+        _ => CLASS_OTHER,
+    }
+}
+
+#[inline(always)]
+fn vm_port_of_addr(addr: [u8; 4]) -> Option<u32> {
+    unsafe { VM_ADDRS.get(addr_key(addr)) }.copied()
+}
+
+#[inline(always)]
+fn by_addr(pkt: &PacketInfo) -> Option<(u32, u8, u8)> {
+    if let Some(port) = vm_port_of_addr(pkt.saddr) {
+        return Some((port, WDIR_FROM_VM, 0));
+    }
+    vm_port_of_addr(pkt.daddr).map(|port| (port, WDIR_TO_VM, 0))
+}
+
+/// After NAT the packet's addresses are the host's; the conntrack entry still
+/// holds the VM's: the original source (VM opened it, e.g. MASQUERADE) or the
+/// reply source (the VM is behind a DNAT).
+#[inline(always)]
+fn by_conntrack(skb: u64, cfg: &WatchConfig) -> Option<(u32, u8, u8)> {
+    if cfg.skb_nfct_off == 0 || cfg.ct_orig_src_off == 0 {
+        return None;
+    }
+    let nfct = read::<u64>(skb + cfg.skb_nfct_off as u64);
+    let ct = nfct & !NFCT_INFO_MASK;
+    if ct == 0 {
+        return None;
+    }
+    let reply_dir = (nfct & NFCT_INFO_MASK) >= IP_CT_ESTABLISHED_REPLY;
+    let orig_src = read::<[u8; 4]>(ct + cfg.ct_orig_src_off as u64);
+    if let Some(port) = vm_port_of_addr(orig_src) {
+        let dir = if reply_dir { WDIR_TO_VM } else { WDIR_FROM_VM };
+        return Some((port, dir, WFLAG_VIA_CT));
+    }
+    let reply_src = read::<[u8; 4]>(ct + cfg.ct_reply_src_off as u64);
+    let port = vm_port_of_addr(reply_src)?;
+    let dir = if reply_dir { WDIR_FROM_VM } else { WDIR_TO_VM };
+    Some((port, dir, WFLAG_VIA_CT))
+}
+
+/// Bridged frames: the VM's MAC as source or destination.
+#[inline(always)]
+fn by_mac(skb: u64, head: u64, cfg: &WatchConfig) -> Option<(u32, u8, u8)> {
+    let mh = read::<u16>(skb + cfg.skb_mac_header_off as u64);
+    if mh == HEADER_UNSET {
+        return None;
+    }
+    let eth = read::<[u8; 12]>(head + mh as u64);
+    let dst = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
+    let src = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
+    if let Some(port) = unsafe { VM_MACS.get(mac_key(src)) } {
+        return Some((*port, WDIR_FROM_VM, 0));
+    }
+    let port = unsafe { VM_MACS.get(mac_key(dst)) }?;
+    Some((*port, WDIR_TO_VM, 0))
+}
+
+#[inline(always)]
+fn read<T: Default>(addr: u64) -> T {
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.unwrap_or_default()
+}

@@ -1,0 +1,334 @@
+//! Which VMs this host has right now: every VM port on every bridge, with the MACs
+//! the bridge learned on it and the IPv4 addresses the host's neighbour table maps
+//! to those MACs. Re-read every interval, so VMs that start, stop or migrate are
+//! picked up and dropped while watch runs.
+//!
+//! A VM port is a bridge port that leads to a guest: a tap (`tun` kind: QEMU's
+//! `tapNiM`, libvirt's `vnetN`) or a veth whose peer is not itself a bridge port.
+//! Veth pairs joining two bridges (Proxmox's `fwprNpM`/`fwlnNiM` between `fwbrNiM`
+//! and `vmbrN`), physical NICs, bonds and VLAN devices are the host's plumbing.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::topology::{as_array, ip_json, link_names, run_json};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPort {
+    pub ifindex: u32,
+    pub name: String,
+    pub bridge: String,
+    /// MACs the bridge learned on this port (the guest's NICs behind it).
+    pub macs: Vec<[u8; 6]>,
+    /// IPv4 addresses the host's neighbour table maps to those MACs.
+    pub ips: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// VM ports by ifindex (sorted, so views are stable).
+    pub ports: BTreeMap<u32, VmPort>,
+    /// Every interface of the namespace, by ifindex.
+    pub names: HashMap<u32, String>,
+    /// Interface indexes of bridges.
+    pub bridges: HashSet<u32>,
+    /// The host's own IPv4 addresses (a drop of a packet to one is at `input`).
+    pub local_addrs: HashSet<Ipv4Addr>,
+}
+
+impl Inventory {
+    /// Read the running host. `only` narrows to the ports carrying those IPs.
+    pub fn discover(only: &[Ipv4Addr]) -> Result<Self> {
+        let links = ip_json(&["-d", "link", "show"])?;
+        let fdb = run_json("bridge", &["-j", "fdb", "show"])?;
+        let neigh = ip_json(&["-4", "neigh", "show"])?;
+        let addrs = ip_json(&["-4", "addr", "show"])?;
+        Ok(Self::from_json(&links, &fdb, &neigh, &addrs, only))
+    }
+
+    /// The same from iproute2's JSON (the tests feed fixtures).
+    pub fn from_json(
+        links: &Value,
+        fdb: &Value,
+        neigh: &Value,
+        addrs: &Value,
+        only: &[Ipv4Addr],
+    ) -> Self {
+        let mut inv = Self {
+            names: link_names(links),
+            bridges: bridges(links),
+            local_addrs: local_addrs(addrs),
+            ..Self::default()
+        };
+        for port in vm_ports(links) {
+            inv.ports.insert(port.ifindex, port);
+        }
+        learn_macs(&mut inv.ports, fdb);
+        learn_ips(&mut inv.ports, neigh);
+        if !only.is_empty() {
+            inv.ports
+                .retain(|_, p| p.ips.iter().any(|ip| only.contains(ip)));
+        }
+        inv
+    }
+}
+
+fn info_kind(link: &Value) -> &str {
+    link["linkinfo"]["info_kind"].as_str().unwrap_or_default()
+}
+
+fn bridges(links: &Value) -> HashSet<u32> {
+    as_array(links)
+        .iter()
+        .filter(|l| info_kind(l) == "bridge")
+        .filter_map(|l| l["ifindex"].as_u64().map(|i| i as u32))
+        .collect()
+}
+
+fn vm_ports(links: &Value) -> Vec<VmPort> {
+    let bridge_names: HashSet<&str> = as_array(links)
+        .iter()
+        .filter(|l| info_kind(l) == "bridge")
+        .filter_map(|l| l["ifname"].as_str())
+        .collect();
+    let bridge_ports: HashSet<&str> = as_array(links)
+        .iter()
+        .filter(|l| {
+            l["master"]
+                .as_str()
+                .is_some_and(|m| bridge_names.contains(m))
+        })
+        .filter_map(|l| l["ifname"].as_str())
+        .collect();
+    as_array(links)
+        .iter()
+        .filter(|l| {
+            let Some(name) = l["ifname"].as_str() else {
+                return false;
+            };
+            if !bridge_ports.contains(name) {
+                return false;
+            }
+            match info_kind(l) {
+                "tun" => true,
+                // A veth whose peer (named only when in this namespace) is a bridge
+                // port joins two bridges; one into another namespace is a guest's.
+                "veth" => !l["link"]
+                    .as_str()
+                    .is_some_and(|peer| bridge_ports.contains(peer)),
+                _ => false,
+            }
+        })
+        .filter_map(|l| {
+            Some(VmPort {
+                ifindex: l["ifindex"].as_u64()? as u32,
+                name: l["ifname"].as_str()?.to_string(),
+                bridge: l["master"].as_str()?.to_string(),
+                macs: Vec::new(),
+                ips: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// MACs learned on each port. The port's own address (`permanent`) and the
+/// bridge's `self` entries are not the guest's.
+fn learn_macs(ports: &mut BTreeMap<u32, VmPort>, fdb: &Value) {
+    let by_name: HashMap<String, u32> = ports
+        .values()
+        .map(|p| (p.name.clone(), p.ifindex))
+        .collect();
+    for entry in as_array(fdb) {
+        let own = entry["state"].as_str() == Some("permanent")
+            || as_array(&entry["flags"]).iter().any(|f| f == "self");
+        if own {
+            continue;
+        }
+        let Some(index) = entry["ifname"].as_str().and_then(|n| by_name.get(n)) else {
+            continue;
+        };
+        let Some(mac) = entry["mac"].as_str().and_then(parse_mac) else {
+            continue;
+        };
+        // Multicast/broadcast entries are not a guest's NIC.
+        if mac[0] & 1 != 0 {
+            continue;
+        }
+        let port = ports.get_mut(index).expect("index from the same map");
+        if !port.macs.contains(&mac) {
+            port.macs.push(mac);
+        }
+    }
+}
+
+/// IPs whose neighbour entry names one of a port's MACs.
+fn learn_ips(ports: &mut BTreeMap<u32, VmPort>, neigh: &Value) {
+    let mut owner: HashMap<[u8; 6], u32> = HashMap::new();
+    for p in ports.values() {
+        for m in &p.macs {
+            owner.insert(*m, p.ifindex);
+        }
+    }
+    for entry in as_array(neigh) {
+        let failed = as_array(&entry["state"])
+            .iter()
+            .any(|s| s == "FAILED" || s == "INCOMPLETE");
+        if failed {
+            continue;
+        }
+        let Some(mac) = entry["lladdr"].as_str().and_then(parse_mac) else {
+            continue;
+        };
+        let Some(ip) = entry["dst"]
+            .as_str()
+            .and_then(|d| d.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        if let Some(port) = owner.get(&mac).and_then(|i| ports.get_mut(i)) {
+            if !port.ips.contains(&ip) {
+                port.ips.push(ip);
+                port.ips.sort();
+            }
+        }
+    }
+}
+
+fn local_addrs(addrs: &Value) -> HashSet<Ipv4Addr> {
+    as_array(addrs)
+        .iter()
+        .flat_map(|l| as_array(&l["addr_info"]).iter())
+        .filter_map(|a| a["local"].as_str()?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    /// A Proxmox host: VM 105 behind a firewall bridge, VM 106 straight on vmbr0,
+    /// a physical uplink, and a container on a veth.
+    fn proxmox() -> Inventory {
+        let links = json(
+            r#"[
+            {"ifindex":2,"ifname":"eno1","master":"vmbr0"},
+            {"ifindex":3,"ifname":"vmbr0","linkinfo":{"info_kind":"bridge"}},
+            {"ifindex":10,"ifname":"tap105i0","master":"fwbr105i0","linkinfo":{"info_kind":"tun"}},
+            {"ifindex":11,"ifname":"fwbr105i0","linkinfo":{"info_kind":"bridge"}},
+            {"ifindex":12,"ifname":"fwpr105p0","master":"vmbr0","link":"fwln105i0","linkinfo":{"info_kind":"veth"}},
+            {"ifindex":13,"ifname":"fwln105i0","master":"fwbr105i0","link":"fwpr105p0","linkinfo":{"info_kind":"veth"}},
+            {"ifindex":14,"ifname":"tap106i0","master":"vmbr0","linkinfo":{"info_kind":"tun"}},
+            {"ifindex":15,"ifname":"veth200i0","master":"vmbr0","link_index":2,"link_netnsid":0,"linkinfo":{"info_kind":"veth"}},
+            {"ifindex":16,"ifname":"tap999","linkinfo":{"info_kind":"tun"}},
+            {"ifindex":17,"ifname":"bond0.20","master":"vmbr0","linkinfo":{"info_kind":"vlan"}}
+            ]"#,
+        );
+        let fdb = json(
+            r#"[
+            {"mac":"bc:24:11:00:01:05","ifname":"tap105i0","master":"fwbr105i0","state":""},
+            {"mac":"bc:24:11:00:01:05","ifname":"fwpr105p0","master":"vmbr0","state":""},
+            {"mac":"aa:aa:aa:aa:aa:aa","ifname":"tap105i0","master":"fwbr105i0","state":"permanent"},
+            {"mac":"33:33:00:00:00:01","ifname":"tap106i0","flags":["self"],"state":"permanent"},
+            {"mac":"bc:24:11:00:01:06","ifname":"tap106i0","master":"vmbr0"},
+            {"mac":"01:00:5e:00:00:01","ifname":"tap106i0","master":"vmbr0"},
+            {"mac":"bc:24:11:00:02:00","ifname":"veth200i0","master":"vmbr0"},
+            {"mac":"00:11:22:33:44:55","ifname":"eno1","master":"vmbr0"}
+            ]"#,
+        );
+        let neigh = json(
+            r#"[
+            {"dst":"192.0.2.105","dev":"vmbr0","lladdr":"bc:24:11:00:01:05","state":["REACHABLE"]},
+            {"dst":"192.0.2.106","dev":"vmbr0","lladdr":"bc:24:11:00:01:06","state":["STALE"]},
+            {"dst":"192.0.2.107","dev":"vmbr0","lladdr":"bc:24:11:00:01:06","state":["FAILED"]},
+            {"dst":"192.0.2.254","dev":"vmbr0","lladdr":"00:11:22:33:44:55","state":["REACHABLE"]}
+            ]"#,
+        );
+        let addrs =
+            json(r#"[{"ifname":"vmbr0","addr_info":[{"local":"192.0.2.1","prefixlen":24}]}]"#);
+        Inventory::from_json(&links, &fdb, &neigh, &addrs, &[])
+    }
+
+    #[test]
+    fn finds_guest_ports_not_plumbing() {
+        let inv = proxmox();
+        let names: Vec<&str> = inv.ports.values().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["tap105i0", "tap106i0", "veth200i0"]);
+        assert_eq!(inv.ports[&10].bridge, "fwbr105i0");
+        assert!(inv.bridges.contains(&3) && inv.bridges.contains(&11));
+        assert!(inv.local_addrs.contains(&Ipv4Addr::new(192, 0, 2, 1)));
+    }
+
+    #[test]
+    fn maps_guest_macs_to_ips() {
+        let inv = proxmox();
+        assert_eq!(
+            inv.ports[&10].macs,
+            [parse_mac("bc:24:11:00:01:05").unwrap()]
+        );
+        assert_eq!(inv.ports[&10].ips, [Ipv4Addr::new(192, 0, 2, 105)]);
+        // Multicast and failed entries are ignored.
+        assert_eq!(inv.ports[&14].macs.len(), 1);
+        assert_eq!(inv.ports[&14].ips, [Ipv4Addr::new(192, 0, 2, 106)]);
+        assert!(inv.ports[&15].ips.is_empty());
+    }
+
+    #[test]
+    fn narrows_to_named_vms() {
+        let links = json(
+            r#"[{"ifindex":3,"ifname":"vmbr0","linkinfo":{"info_kind":"bridge"}},
+            {"ifindex":14,"ifname":"tap106i0","master":"vmbr0","linkinfo":{"info_kind":"tun"}},
+            {"ifindex":18,"ifname":"tap107i0","master":"vmbr0","linkinfo":{"info_kind":"tun"}}]"#,
+        );
+        let fdb = json(r#"[{"mac":"bc:24:11:00:01:06","ifname":"tap106i0"}]"#);
+        let neigh =
+            json(r#"[{"dst":"192.0.2.106","lladdr":"bc:24:11:00:01:06","state":["STALE"]}]"#);
+        let inv = Inventory::from_json(
+            &links,
+            &fdb,
+            &neigh,
+            &json("[]"),
+            &[Ipv4Addr::new(192, 0, 2, 106)],
+        );
+        assert_eq!(inv.ports.keys().copied().collect::<Vec<_>>(), [14]);
+    }
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(
+            parse_mac("52:54:00:AB:cd:01"),
+            Some([0x52, 0x54, 0, 0xab, 0xcd, 1])
+        );
+        assert_eq!(parse_mac("52:54:00:ab:cd"), None);
+        assert_eq!(parse_mac("52:54:00:ab:cd:01:02"), None);
+        assert_eq!(parse_mac("zz:54:00:ab:cd:01"), None);
+        assert_eq!(
+            format_mac(&[0x52, 0x54, 0, 0xab, 0xcd, 1]),
+            "52:54:00:ab:cd:01"
+        );
+    }
+}

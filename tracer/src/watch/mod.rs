@@ -1,0 +1,323 @@
+//! `pathtrace watch`: live per-VM drop points for incidents and always-on use.
+//!
+//! The kernel counts every drop that concerns a watched VM (see
+//! `tracer-ebpf/src/programs/watch.rs`); this loop re-reads the host's VMs, keeps
+//! the kernel's VM maps current, and each interval turns the counters into one
+//! snapshot for the chosen view: the live terminal view, JSON lines, and/or the
+//! Prometheus endpoint.
+
+mod inventory;
+mod kernel;
+mod prometheus;
+pub mod report;
+pub mod tui;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{IsTerminal, Write},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+    time::{interval, sleep_until, Instant, MissedTickBehavior},
+};
+
+use self::{
+    inventory::{Inventory, VmPort},
+    kernel::{WatchKernel, DROPS_CAPACITY},
+    report::{Names, Reporter, SelfStats, Snapshot},
+    tui::{Action, Tui},
+};
+use crate::{
+    cli::WatchCli,
+    kernel::{btf::KernelBtf, kallsyms::Symbols},
+    preflight,
+};
+
+struct KernelNames {
+    reasons: HashMap<u32, String>,
+    symbols: Symbols,
+}
+
+impl Names for KernelNames {
+    fn reason(&self, value: u32) -> Option<String> {
+        self.reasons.get(&value).cloned()
+    }
+
+    fn location(&self, addr: u64) -> Option<String> {
+        self.symbols.resolve(addr)
+    }
+}
+
+/// Where snapshots go.
+enum View {
+    Live(Box<Tui>),
+    Json,
+    /// Plain lines for a pipe or a log: drop points that moved this interval.
+    Text,
+    /// Only the Prometheus endpoint (a service without a terminal).
+    Quiet,
+}
+
+/// A VM port appearing or going away, reported as it happens.
+#[derive(Serialize)]
+struct PortEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    event: &'static str,
+    port: &'a str,
+    ifindex: u32,
+    bridge: &'a str,
+    vm_ips: Vec<String>,
+    ts: f64,
+}
+
+pub fn run(cli: &WatchCli) -> Result<i32> {
+    preflight::check()?;
+    let btf = KernelBtf::load(&cli.kernel_btf)?;
+    let names = KernelNames {
+        reasons: btf.drop_reasons()?,
+        symbols: Symbols::load()?,
+    };
+    let inv = Inventory::discover(&cli.vm_ips)?;
+    let kernel = WatchKernel::start(&btf)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    rt.block_on(watch(cli, kernel, &names, inv))
+}
+
+async fn watch(
+    cli: &WatchCli,
+    mut kernel: WatchKernel,
+    names: &KernelNames,
+    mut inv: Inventory,
+) -> Result<i32> {
+    let page = Arc::new(Mutex::new(String::new()));
+    let _server = match cli.prometheus {
+        Some(addr) => Some(prometheus::serve(addr, page.clone()).await?),
+        None => None,
+    };
+    let mut view = if cli.json {
+        View::Json
+    } else if std::io::stdout().is_terminal() {
+        View::Live(Box::new(Tui::start()?))
+    } else if cli.prometheus.is_some() {
+        View::Quiet
+    } else {
+        View::Text
+    };
+    let mut keys = matches!(view, View::Live(_)).then(Tui::keys);
+    status(&view, &startup_line(cli, &inv));
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut tick = interval(Duration::from_secs_f64(cli.interval));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let deadline = cli
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs(d));
+    let mut reporter = Reporter::default();
+    let mut last = Instant::now();
+    announce_ports(&view, &BTreeMap::new(), &inv.ports);
+    kernel.sync(&inv)?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                refresh(cli, &mut kernel, &mut reporter, &mut inv, &view)?;
+                let now = Instant::now();
+                let elapsed = now.duration_since(last).as_secs_f64();
+                last = now;
+                let snap = snapshot(cli, &kernel, &mut reporter, &inv, names, elapsed);
+                *page.lock().await = prometheus::render(&snap);
+                show(&mut view, &snap)?;
+            }
+            Some(k) = next_key(&mut keys) => {
+                if let View::Live(tui) = &mut view {
+                    match tui.key(k) {
+                        Action::Quit => break,
+                        Action::Redraw => tui.redraw()?,
+                        Action::None => {}
+                    }
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+        }
+    }
+    // Leave the terminal before the last words, so they stay on screen.
+    drop(view);
+    Ok(0)
+}
+
+async fn next_key(
+    keys: &mut Option<tokio::sync::mpsc::UnboundedReceiver<ratatui::crossterm::event::KeyEvent>>,
+) -> Option<ratatui::crossterm::event::KeyEvent> {
+    match keys {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Re-read the host's VMs; drop what vanished, announce what appeared, and bring
+/// the kernel's maps and the samples up to date.
+fn refresh(
+    cli: &WatchCli,
+    kernel: &mut WatchKernel,
+    reporter: &mut Reporter,
+    inv: &mut Inventory,
+    view: &View,
+) -> Result<()> {
+    // A failed read (iproute2 racing a device removal) keeps the last inventory.
+    if let Ok(fresh) = Inventory::discover(&cli.vm_ips) {
+        announce_ports(view, &inv.ports, &fresh.ports);
+        for gone in inv.ports.keys().filter(|i| !fresh.ports.contains_key(i)) {
+            kernel.forget_port(*gone);
+            reporter.forget_port(*gone);
+        }
+        *inv = fresh;
+    }
+    kernel.sync(inv)?;
+    for (key, pkt) in kernel.samples() {
+        reporter.sample(key, pkt);
+    }
+    Ok(())
+}
+
+fn snapshot(
+    cli: &WatchCli,
+    kernel: &WatchKernel,
+    reporter: &mut Reporter,
+    inv: &Inventory,
+    names: &KernelNames,
+    elapsed: f64,
+) -> Snapshot {
+    let counts = kernel.counts();
+    let (events_lost, map_full, unattributed_drops) = kernel.self_counters();
+    Snapshot {
+        kind: "watch",
+        ts: unix_now(),
+        interval_s: cli.interval,
+        vms: reporter.report(&counts, inv, names, elapsed),
+        self_stats: SelfStats {
+            programs_attached: kernel.programs_attached(),
+            vm_ports: inv.ports.len(),
+            events_lost,
+            map_full,
+            map_entries: counts.len(),
+            map_capacity: DROPS_CAPACITY,
+            unattributed_drops,
+        },
+    }
+}
+
+fn show(view: &mut View, snap: &Snapshot) -> Result<()> {
+    match view {
+        View::Live(tui) => tui.show(snap),
+        View::Json => print_line(&serde_json::to_string(snap)?),
+        View::Text => {
+            for vm in &snap.vms {
+                for d in vm.drops.iter().filter(|d| d.per_s > 0.0) {
+                    print_line(&format!(
+                        "{} {} ({}): {} {} at {} on {}, {:.1}/s, {} total",
+                        clock(snap.ts),
+                        vm.port,
+                        vm.vm_ips.join(","),
+                        d.stage,
+                        d.reason.as_deref().unwrap_or("-"),
+                        d.location.as_deref().unwrap_or("?"),
+                        d.ifname.as_deref().unwrap_or("?"),
+                        d.per_s,
+                        d.total
+                    ))?;
+                }
+            }
+            Ok(())
+        }
+        View::Quiet => Ok(()),
+    }
+}
+
+fn announce_ports(view: &View, old: &BTreeMap<u32, VmPort>, new: &BTreeMap<u32, VmPort>) {
+    let added = new.values().filter(|p| !old.contains_key(&p.ifindex));
+    let removed = old.values().filter(|p| !new.contains_key(&p.ifindex));
+    let events = added
+        .map(|p| ("added", p))
+        .chain(removed.map(|p| ("removed", p)));
+    for (event, p) in events {
+        match view {
+            View::Json => {
+                let line = serde_json::to_string(&PortEvent {
+                    kind: "port",
+                    event,
+                    port: &p.name,
+                    ifindex: p.ifindex,
+                    bridge: &p.bridge,
+                    vm_ips: p.ips.iter().map(|i| i.to_string()).collect(),
+                    ts: unix_now(),
+                });
+                if let Ok(line) = line {
+                    let _ = print_line(&line);
+                }
+            }
+            View::Text | View::Quiet => {
+                eprintln!("pathtrace: VM port {} on {} {event}", p.name, p.bridge)
+            }
+            View::Live(_) => {}
+        }
+    }
+}
+
+fn startup_line(cli: &WatchCli, inv: &Inventory) -> String {
+    let scope = if cli.vm_ips.is_empty() {
+        "every VM port".to_string()
+    } else {
+        let ips: Vec<String> = cli.vm_ips.iter().map(|i| i.to_string()).collect();
+        format!("VMs {}", ips.join(", "))
+    };
+    let metrics = cli
+        .prometheus
+        .map(|a| format!("; metrics at http://{a}/metrics"))
+        .unwrap_or_default();
+    format!(
+        "pathtrace: watching drops of {scope} ({} port(s) now){metrics}; Ctrl-C stops",
+        inv.ports.len()
+    )
+}
+
+/// Status goes to stderr, never into the JSON stream or over the live view.
+fn status(view: &View, line: &str) {
+    if !matches!(view, View::Live(_)) {
+        eprintln!("{line}");
+    }
+}
+
+/// Write a line to stdout; a closed pipe ends watch quietly like any filter.
+fn print_line(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+    Ok(())
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| (d.as_millis() as f64) / 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// hh:mm:ss (UTC) of a Unix time.
+fn clock(ts: f64) -> String {
+    let s = ts as u64 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}

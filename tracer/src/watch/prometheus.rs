@@ -1,0 +1,248 @@
+//! `--prometheus ADDR:PORT`: the snapshot in the Prometheus text exposition format,
+//! served at `/metrics` by a minimal HTTP/1.1 responder (one request per
+//! connection; scrapers need nothing more).
+
+use std::{fmt::Write, net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Mutex,
+};
+
+use super::report::Snapshot;
+
+/// The latest rendered page, shared between the watch loop and the server.
+pub type Page = Arc<Mutex<String>>;
+
+pub async fn serve(addr: SocketAddr, page: Page) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for --prometheus"))?;
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let _ = answer(stream, page).await;
+            });
+        }
+    }))
+}
+
+async fn answer(mut stream: TcpStream, page: Page) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    // Read the request head (bounded: a scraper's request is a few hundred bytes).
+    while len < buf.len() {
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read(&mut buf[len..]),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, body, ctype) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            page.lock().await.clone(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        ("GET", "/") => (
+            "200 OK",
+            "pathtrace watch: metrics at /metrics\n".to_string(),
+            "text/plain; charset=utf-8",
+        ),
+        _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Escape a label value as the exposition format requires.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "pathtrace_drops_total",
+        "counter",
+        "Packets of a VM dropped on this host, by drop point.",
+    );
+    let mut bytes = String::new();
+    for vm in &s.vms {
+        let ip = vm.vm_ips.join(",");
+        for d in &vm.drops {
+            let l = labels(&[
+                ("vm_ip", &ip),
+                ("port", &vm.port),
+                ("bridge", &vm.bridge),
+                ("stage", d.stage),
+                ("reason", d.reason.as_deref().unwrap_or("")),
+                ("location", d.location.as_deref().unwrap_or("")),
+                ("ifname", d.ifname.as_deref().unwrap_or("")),
+                ("direction", d.direction.unwrap_or("")),
+                ("proto", d.proto),
+            ]);
+            let _ = writeln!(out, "pathtrace_drops_total{l} {}", d.total);
+            let _ = writeln!(bytes, "pathtrace_drop_bytes_total{l} {}", d.bytes);
+        }
+    }
+    family(
+        &mut out,
+        "pathtrace_drop_bytes_total",
+        "counter",
+        "Bytes of a VM's packets dropped on this host, by drop point.",
+    );
+    out.push_str(&bytes);
+    family(
+        &mut out,
+        "pathtrace_vm_info",
+        "gauge",
+        "A watched VM port (1), with the guest addresses behind it.",
+    );
+    for vm in &s.vms {
+        let ip = vm.vm_ips.join(",");
+        let l = labels(&[("vm_ip", &ip), ("port", &vm.port), ("bridge", &vm.bridge)]);
+        let _ = writeln!(out, "pathtrace_vm_info{l} 1");
+    }
+    let st = &s.self_stats;
+    let gauges: [(&str, &str, &str, f64); 6] = [
+        (
+            "pathtrace_events_lost_total",
+            "counter",
+            "Drop samples lost because the ring buffer was full (drop counts are unaffected).",
+            st.events_lost as f64,
+        ),
+        (
+            "pathtrace_map_full_drops_total",
+            "counter",
+            "Drops not counted because the drop-point map was full.",
+            st.map_full as f64,
+        ),
+        (
+            "pathtrace_unattributed_drops_total",
+            "counter",
+            "Drops on this host that belong to no watched VM.",
+            st.unattributed_drops as f64,
+        ),
+        (
+            "pathtrace_programs_attached",
+            "gauge",
+            "eBPF programs pathtrace has attached.",
+            st.programs_attached as f64,
+        ),
+        (
+            "pathtrace_map_entries",
+            "gauge",
+            "Drop points held in the kernel map.",
+            st.map_entries as f64,
+        ),
+        (
+            "pathtrace_map_capacity",
+            "gauge",
+            "Capacity of the kernel drop-point map.",
+            st.map_capacity as f64,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    family(
+        &mut out,
+        "pathtrace_vm_ports",
+        "gauge",
+        "VM ports being watched.",
+    );
+    let _ = writeln!(out, "pathtrace_vm_ports {}", st.vm_ports);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::{DropPoint, SelfStats, VmReport};
+    use super::*;
+
+    #[test]
+    fn renders_the_exposition_format() {
+        let s = Snapshot {
+            kind: "watch",
+            ts: 0.0,
+            interval_s: 1.0,
+            vms: vec![VmReport {
+                port: "tap100i0".into(),
+                ifindex: 7,
+                bridge: "vmbr0".into(),
+                vm_ips: vec!["192.0.2.100".into()],
+                macs: vec![],
+                drops_total: 3,
+                drops_per_s: 1.0,
+                drops: vec![DropPoint {
+                    stage: "forward",
+                    reason: Some("NETFILTER_DROP".into()),
+                    location: Some("nft_do_chain+0x3e8".into()),
+                    ifname: Some("vm\"br0".into()),
+                    direction: Some("from_vm"),
+                    proto: "icmp",
+                    total: 3,
+                    bytes: 252,
+                    per_s: 1.0,
+                    via_conntrack: false,
+                    example: None,
+                }],
+            }],
+            self_stats: SelfStats {
+                programs_attached: 1,
+                vm_ports: 1,
+                map_capacity: 4096,
+                ..SelfStats::default()
+            },
+        };
+        let text = render(&s);
+        assert!(text.contains(
+            "pathtrace_drops_total{vm_ip=\"192.0.2.100\",port=\"tap100i0\",bridge=\"vmbr0\",stage=\"forward\",reason=\"NETFILTER_DROP\",location=\"nft_do_chain+0x3e8\",ifname=\"vm\\\"br0\",direction=\"from_vm\",proto=\"icmp\"} 3\n"
+        ), "{text}");
+        assert!(text.contains("# TYPE pathtrace_drops_total counter\n"));
+        assert!(text.contains("pathtrace_programs_attached 1\n"));
+        assert!(text.contains("pathtrace_map_capacity 4096\n"));
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
