@@ -42,6 +42,21 @@ impl TraceRun {
     }
 }
 
+/// pathtrace's programs loaded in the kernel right now (`bpftool prog show`).
+/// `cargo xtask test` runs tests one at a time, so outside a run any is a leftover.
+pub fn loaded_programs() -> Vec<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    // bpftool truncates names to 15 characters: `pathtrace_tc_in`, `pathtrace_watch`, ...
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("name pathtrace_"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The pathtrace binary: `PATHTRACE_BIN`, else the workspace's release build.
 pub fn pathtrace_bin() -> PathBuf {
     std::env::var_os("PATHTRACE_BIN")

@@ -117,8 +117,13 @@ impl WatchRun {
 
     /// Stop it as an operator would (SIGINT); its exit status.
     pub fn stop(&mut self) -> Result<i32> {
+        self.signal(libc::SIGINT)
+    }
+
+    /// Send `signal` and wait (bounded) for the exit status.
+    pub fn signal(&mut self, signal: i32) -> Result<i32> {
         // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait()? {
@@ -127,7 +132,7 @@ impl WatchRun {
             if start.elapsed() > Duration::from_secs(10) {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                bail!("pathtrace watch ignored SIGINT");
+                bail!("pathtrace watch ignored signal {signal}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -187,17 +187,7 @@ fn unrelated_drops_on_the_host_do_not_change_verdicts() {
 
 /// After pathtrace exits (any way), none of its programs stay loaded.
 fn assert_nothing_attached() {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // bpftool truncates names to 15 characters: `pathtrace_tc_in`, `pathtrace_kfree`, ...
-    let ours: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("name pathtrace_"))
-        .collect();
-    // `cargo xtask test` runs these tests one at a time, so any is a leftover.
+    let ours = pathtrace_tests::tracerun::loaded_programs();
     assert!(ours.is_empty(), "left behind: {ours:?}");
 }
 

@@ -11,7 +11,7 @@ use std::{
 
 use pathtrace_tests::{
     lab::{GuestSpec, Lab, LabOptions, PingOpts},
-    tracerun::{fake_guest_bin, pathtrace_bin},
+    tracerun::{fake_guest_bin, loaded_programs, pathtrace_bin},
     watchrun::{drops, vm, WatchRun},
 };
 use serde_json::Value;
@@ -63,6 +63,25 @@ const REPLY_DROP: &str = "add table inet pt_watch\n\
      add chain inet pt_watch pre { type filter hook prerouting priority -150; policy accept; }\n\
      add rule inet pt_watch pre iifname \"eth0\" ct original ip saddr 192.0.2.101 drop\n";
 
+/// Apply `rule`, have the broken guest (which fails) and the healthy one (which
+/// succeeds) ping `count` times, and wait until watch shows `count` drops at
+/// `stage`. Returns the snapshot and the drop point.
+fn break_vm(
+    lab: &mut Lab,
+    watch: &WatchRun,
+    rule: &str,
+    stage: &str,
+    count: u32,
+) -> (Value, Value) {
+    lab.nft(rule).unwrap();
+    assert_eq!(ping(lab, 1, count), 0, "the broken guest gets no reply");
+    assert_eq!(ping(lab, 0, count), count, "the healthy guest does");
+    let matches = |v: &Value| find_drop(v, BROKEN, stage, "NETFILTER_DROP", count.into());
+    let snap = watch.wait_for(WAIT, |v| matches(v).is_some()).unwrap();
+    let point = matches(&snap).unwrap();
+    (snap, point)
+}
+
 #[test]
 fn drops_show_on_the_broken_vm_only_with_stage_and_reason() {
     let mut lab = two_guests();
@@ -76,15 +95,7 @@ fn drops_show_on_the_broken_vm_only_with_stage_and_reason() {
     }
 
     // Broken in the forward chain: the guest's own requests die.
-    lab.nft(FORWARD_DROP).unwrap();
-    assert_eq!(ping(&mut lab, 1, 5), 0);
-    assert_eq!(ping(&mut lab, 0, 5), 5);
-    let snap = watch
-        .wait_for(WAIT, |v| {
-            find_drop(v, BROKEN, "forward", "NETFILTER_DROP", 5).is_some()
-        })
-        .unwrap();
-    let d = find_drop(&snap, BROKEN, "forward", "NETFILTER_DROP", 5).unwrap();
+    let (snap, d) = break_vm(&mut lab, &watch, FORWARD_DROP, "forward", 5);
     assert_eq!(d["direction"], "from_vm", "{d}");
     assert_eq!(d["proto"], "icmp", "{d}");
     assert_eq!(d["ifname"], "vmbr0", "{d}");
@@ -99,16 +110,8 @@ fn drops_show_on_the_broken_vm_only_with_stage_and_reason() {
     // Broken on the way back: replies die before NAT is undone; only conntrack
     // ties them to the guest.
     lab.nft("delete table inet pt_watch\n").unwrap();
-    lab.nft(REPLY_DROP).unwrap();
-    assert_eq!(ping(&mut lab, 1, 4), 0);
-    assert_eq!(ping(&mut lab, 0, 4), 4);
-    let snap = watch
-        .wait_for(WAIT, |v| {
-            find_drop(v, BROKEN, "prerouting", "NETFILTER_DROP", 4).is_some()
-        })
-        .unwrap();
+    let (snap, d) = break_vm(&mut lab, &watch, REPLY_DROP, "prerouting", 4);
     eprintln!("{snap:#}");
-    let d = find_drop(&snap, BROKEN, "prerouting", "NETFILTER_DROP", 4).unwrap();
     assert_eq!(d["direction"], "to_vm", "{d}");
     assert_eq!(d["via_conntrack"], true, "{d}");
     assert_eq!(d["ifname"], "eth0", "{d}");
@@ -148,13 +151,7 @@ fn prometheus_scrape_carries_the_same_numbers() {
     )
     .unwrap();
     assert!(watch.stderr().contains("http://127.0.0.1:19464/metrics"));
-    lab.nft(FORWARD_DROP).unwrap();
-    assert_eq!(ping(&mut lab, 1, 3), 0);
-    watch
-        .wait_for(WAIT, |v| {
-            find_drop(v, BROKEN, "forward", "NETFILTER_DROP", 3).is_some()
-        })
-        .unwrap();
+    break_vm(&mut lab, &watch, FORWARD_DROP, "forward", 3);
     // Traffic has stopped; let the counters settle, then compare.
     let snap = watch.wait_snapshots(2, WAIT).unwrap();
     let body = scrape(&lab, port);
@@ -207,13 +204,7 @@ fn prometheus_scrape_carries_the_same_numbers() {
 fn ports_appearing_and_vanishing_are_picked_up_and_dropped() {
     let mut lab = two_guests();
     let mut watch = WatchRun::start(&lab, &["--interval", "0.5"]).unwrap();
-    lab.nft(FORWARD_DROP).unwrap();
-    assert_eq!(ping(&mut lab, 1, 3), 0);
-    watch
-        .wait_for(WAIT, |v| {
-            find_drop(v, BROKEN, "forward", "NETFILTER_DROP", 3).is_some()
-        })
-        .unwrap();
+    break_vm(&mut lab, &watch, FORWARD_DROP, "forward", 3);
 
     // A VM starts: its port is watched without a restart.
     lab.add_guest(GuestSpec::nth(2)).unwrap();
@@ -263,6 +254,51 @@ fn narrowed_to_one_vm_ignores_the_others() {
     assert_eq!(ports, [HEALTHY], "{snap}");
     assert_eq!(total_drops(&snap, HEALTHY), 0);
     assert_eq!(watch.stop().unwrap(), 0);
+}
+
+#[test]
+fn stops_cleanly_on_sigint_sigterm_and_sighup() {
+    let lab = two_guests();
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let mut watch = WatchRun::start(&lab, &["--interval", "0.5"]).unwrap();
+        watch.wait_snapshots(1, WAIT).unwrap();
+        assert_eq!(loaded_programs().len(), 1, "one program while running");
+        assert_eq!(watch.signal(signal).unwrap(), 0, "{}", watch.stderr());
+        let left = loaded_programs();
+        assert!(
+            left.is_empty(),
+            "left behind after signal {signal}: {left:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2_with_nothing_attached() {
+    let lab = two_guests();
+    let run = |args: &[&str]| {
+        let out = lab.command_in_hv(&pathtrace_bin(), args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    assert!(run(&["watch", "--vm-ip", "192.0.2.300"]).contains("192.0.2.300"));
+    assert!(run(&["watch", "--prometheus", "localhost"]).contains("ADDR:PORT"));
+    assert!(run(&["watch", "--interval", "0"]).contains("interval"));
+    assert!(run(&["watch", "--kernel-btf", "/nonexistent"]).contains("BTF"));
+    // The metrics port is taken (by another watch): a clear error, and the one
+    // that failed leaves nothing behind.
+    let mut first = WatchRun::start(&lab, &["--prometheus", "19466"]).unwrap();
+    let err = run(&["watch", "--json", "--prometheus", "19466"]);
+    assert!(err.contains("cannot listen on 127.0.0.1:19466"), "{err}");
+    assert_eq!(
+        loaded_programs().len(),
+        1,
+        "only the first instance's program"
+    );
+    assert_eq!(first.stop().unwrap(), 0);
+    assert!(loaded_programs().is_empty());
 }
 
 /// The live view in a real pseudo-terminal (tmux): it shows the drop, obeys its
@@ -317,6 +353,7 @@ fn live_view_in_a_terminal() {
     lab.nft(FORWARD_DROP).unwrap();
     assert_eq!(ping(&mut lab, 1, 3), 0);
     let s = wait_screen(&|s| s.contains("NETFILTER_DROP"));
+    eprintln!("{s}");
     let row = s.lines().find(|l| l.contains("NETFILTER_DROP")).unwrap();
     assert!(row.contains("forward") && row.contains("vmbr0"), "{s}");
     assert!(
@@ -355,6 +392,7 @@ fn live_view_in_a_terminal() {
     std::thread::sleep(Duration::from_millis(100));
     let code = std::fs::read_to_string(&done).unwrap();
     assert_eq!(code.trim(), "0");
+    assert!(loaded_programs().is_empty(), "detached on q");
     let _ = std::fs::remove_file(&done);
 }
 

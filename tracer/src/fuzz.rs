@@ -18,10 +18,53 @@ use crate::{
 
 /// Words that the parsers look for, so random JSON reaches deep code paths.
 const KEYS: &[&str] = &[
-    "nftables", "chain", "rule", "table", "family", "name", "hook", "prio", "policy", "expr",
-    "match", "op", "left", "right", "payload", "meta", "key", "protocol", "field", "set", "prefix",
-    "addr", "len", "range", "drop", "accept", "reject", "jump", "goto", "target", "xt", "type",
-    "handle", "dnat",
+    "nftables",
+    "chain",
+    "rule",
+    "table",
+    "family",
+    "name",
+    "hook",
+    "prio",
+    "policy",
+    "expr",
+    "match",
+    "op",
+    "left",
+    "right",
+    "payload",
+    "meta",
+    "key",
+    "protocol",
+    "field",
+    "set",
+    "prefix",
+    "addr",
+    "len",
+    "range",
+    "drop",
+    "accept",
+    "reject",
+    "jump",
+    "goto",
+    "target",
+    "xt",
+    "type",
+    "handle",
+    "dnat", // iproute2 JSON below
+    "ifindex",
+    "ifname",
+    "master",
+    "link",
+    "linkinfo",
+    "info_kind",
+    "mac",
+    "state",
+    "flags",
+    "dst",
+    "lladdr",
+    "addr_info",
+    "local",
 ];
 
 fn json() -> impl Strategy<Value = Value> {
@@ -38,7 +81,15 @@ fn json() -> impl Strategy<Value = Value> {
                 "==",
                 "!=",
                 "in",
-                "eth0"
+                "eth0",
+                "vmbr0",
+                "tap100i0",
+                "bridge",
+                "tun",
+                "veth",
+                "permanent",
+                "self",
+                "52:54:00:00:00:01"
             ][..]
         )
         .prop_map(Value::from),
@@ -145,6 +196,22 @@ proptest! {
     #[test]
     fn topology_json_never_panics(doc in json()) {
         crate::topology::fuzz_entry(&doc);
+    }
+
+    #[test]
+    fn watch_inventory_never_panics(links in json(), fdb in json(), neigh in json(), addrs in json()) {
+        let inv = crate::watch::inventory::Inventory::from_json(&links, &fdb, &neigh, &addrs, &[]);
+        for p in inv.ports.values() {
+            prop_assert!(inv.names.contains_key(&p.ifindex));
+        }
+    }
+
+    #[test]
+    fn watch_report_never_panics(
+        keys in prop::collection::vec((0u32..4, 0u32..6, any::<u32>(), any::<u64>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u64>()), 0..20),
+        elapsed in 0.0f64..10.0,
+    ) {
+        crate::watch::report::fuzz_entry(&keys, elapsed);
     }
 
     #[test]

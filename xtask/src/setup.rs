@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use crate::exec;
 
 /// Debian packages: iproute2 (ip, bridge, tc), firewalls for rule attribution and
-/// the lab, ping for demos, bpftool for inspection, util-linux for nsenter.
+/// the lab, ping for demos, bpftool for inspection, util-linux for nsenter, tmux
+/// for the live-view test.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -18,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "util-linux",
     "procps",
+    "tmux",
 ];
 
 /// bpf-linker release that builds against the installed toolchain's LLVM.

@@ -121,7 +121,7 @@ fn record(key: &DropKey, len: u64, pkt: &PacketInfo) {
         last_ns: now,
         sampled_ns: now,
     };
-    match DROPS.insert(key, &first, aya_ebpf::bindings::BPF_NOEXIST as u64) {
+    match DROPS.insert(key, first, aya_ebpf::bindings::BPF_NOEXIST as u64) {
         Ok(()) => sample(key, now, pkt),
         // Another CPU created it a moment ago: count on our copy.
         Err(EEXIST) => {

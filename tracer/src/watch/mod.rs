@@ -6,7 +6,7 @@
 //! snapshot for the chosen view: the live terminal view, JSON lines, and/or the
 //! Prometheus endpoint.
 
-mod inventory;
+pub mod inventory;
 mod kernel;
 mod prometheus;
 pub mod report;

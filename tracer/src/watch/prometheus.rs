@@ -197,9 +197,8 @@ mod tests {
     use super::super::report::{DropPoint, SelfStats, VmReport};
     use super::*;
 
-    #[test]
-    fn renders_the_exposition_format() {
-        let s = Snapshot {
+    fn sample() -> Snapshot {
+        Snapshot {
             kind: "watch",
             ts: 0.0,
             interval_s: 1.0,
@@ -231,8 +230,12 @@ mod tests {
                 map_capacity: 4096,
                 ..SelfStats::default()
             },
-        };
-        let text = render(&s);
+        }
+    }
+
+    #[test]
+    fn renders_the_exposition_format() {
+        let text = render(&sample());
         assert!(text.contains(
             "pathtrace_drops_total{vm_ip=\"192.0.2.100\",port=\"tap100i0\",bridge=\"vmbr0\",stage=\"forward\",reason=\"NETFILTER_DROP\",location=\"nft_do_chain+0x3e8\",ifname=\"vm\\\"br0\",direction=\"from_vm\",proto=\"icmp\"} 3\n"
         ), "{text}");
@@ -243,6 +246,44 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    /// The shipped dashboard and alert rules only use metrics (and labels) that
+    /// watch exports, so they cannot drift apart.
+    #[test]
+    fn monitoring_examples_use_exported_metrics() {
+        let text = render(&sample());
+        let dashboard = include_str!("../../../monitoring/grafana-dashboard.json");
+        let alerts = include_str!("../../../monitoring/prometheus-alerts.yml");
+        let parsed: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard is JSON");
+        assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()));
+        for source in [dashboard, alerts] {
+            let mut rest = source;
+            while let Some(i) = rest.find("pathtrace_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                assert!(
+                    text.contains(&format!("\n{name}{{")) || text.contains(&format!("\n{name} ")),
+                    "{name} is used by the monitoring examples but not exported"
+                );
+                rest = &rest[i + name.len()..];
+            }
+        }
+        for label in [
+            "vm_ip",
+            "port",
+            "bridge",
+            "stage",
+            "reason",
+            "location",
+            "ifname",
+            "direction",
+            "proto",
+        ] {
+            assert!(text.contains(&format!("{label}=\"")), "label {label}");
         }
     }
 }

@@ -276,6 +276,66 @@ fn example_of(class: u8, p: &PacketInfo) -> Example {
     }
 }
 
+/// Random drop keys (port, dev, reason, location, class, dir, flags, packets)
+/// against a small inventory, for the property tests.
+#[cfg(test)]
+pub fn fuzz_entry(keys: &[(u32, u32, u32, u64, u8, u8, u8, u64)], elapsed: f64) {
+    struct NoNames;
+    impl Names for NoNames {
+        fn reason(&self, v: u32) -> Option<String> {
+            (v % 2 == 0).then(|| "NETFILTER_DROP".to_string())
+        }
+        fn location(&self, a: u64) -> Option<String> {
+            (a % 3 == 0).then(|| format!("f{a}+0x1"))
+        }
+    }
+    let mut inv = Inventory::default();
+    for i in 1..3 {
+        inv.ports.insert(
+            i,
+            VmPort {
+                ifindex: i,
+                name: format!("tap{i}"),
+                bridge: "br".into(),
+                macs: vec![],
+                ips: vec![Ipv4Addr::new(192, 0, 2, i as u8)],
+            },
+        );
+    }
+    inv.bridges.insert(3);
+    let mut r = Reporter::default();
+    let mut counts = HashMap::new();
+    for &(port, dev, reason, location, class, dir, flags, packets) in keys {
+        let key = DropKey {
+            location,
+            port,
+            dev,
+            reason,
+            class,
+            dir,
+            flags,
+            _pad: 0,
+        };
+        r.sample(
+            key,
+            PacketInfo {
+                saddr: [192, 0, 2, (packets % 4) as u8],
+                ..Default::default()
+            },
+        );
+        counts.insert(
+            key,
+            Totals {
+                packets,
+                bytes: packets,
+            },
+        );
+    }
+    let a = r.report(&counts, &inv, &NoNames, elapsed);
+    let b = r.report(&HashMap::new(), &inv, &NoNames, elapsed);
+    assert_eq!(a.len(), b.len());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
