@@ -276,17 +276,21 @@ fn example_of(class: u8, p: &PacketInfo) -> Example {
     }
 }
 
-/// Random drop keys (port, dev, reason, location, class, dir, flags, packets)
-/// against a small inventory, for the property tests.
+/// A random drop point for the property tests: (port, dev, reason, location,
+/// class, dir, flags, packets).
 #[cfg(test)]
-pub fn fuzz_entry(keys: &[(u32, u32, u32, u64, u8, u8, u8, u64)], elapsed: f64) {
+pub type FuzzKey = (u32, u32, u32, u64, u8, u8, u8, u64);
+
+/// Random drop points against a small inventory, for the property tests.
+#[cfg(test)]
+pub fn fuzz_entry(keys: &[FuzzKey], elapsed: f64) {
     struct NoNames;
     impl Names for NoNames {
         fn reason(&self, v: u32) -> Option<String> {
-            (v % 2 == 0).then(|| "NETFILTER_DROP".to_string())
+            v.is_multiple_of(2).then(|| "NETFILTER_DROP".to_string())
         }
         fn location(&self, a: u64) -> Option<String> {
-            (a % 3 == 0).then(|| format!("f{a}+0x1"))
+            a.is_multiple_of(3).then(|| format!("f{a}+0x1"))
         }
     }
     let mut inv = Inventory::default();
