@@ -405,3 +405,35 @@ impl Drop for KillSession {
             .output();
     }
 }
+
+/// Piped without --json (a log, a `grep`): one plain line per moving drop point;
+/// --duration ends it by itself.
+#[test]
+fn plain_lines_when_piped_and_duration_ends_it() {
+    let mut lab = two_guests();
+    let child = lab
+        .command_in_hv(
+            &pathtrace_bin(),
+            &["watch", "--interval", "0.5", "--duration", "4"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.nft(FORWARD_DROP).unwrap();
+    assert_eq!(ping(&mut lab, 1, 3), 0);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains(BROKEN))
+        .unwrap_or_else(|| panic!("no line for {BROKEN}: {text}"));
+    assert!(
+        line.contains("(192.0.2.101): forward NETFILTER_DROP at nft_do_chain"),
+        "{line}"
+    );
+    assert!(!text.contains(HEALTHY), "{text}");
+    assert!(loaded_programs().is_empty());
+}

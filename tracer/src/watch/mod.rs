@@ -58,8 +58,11 @@ impl Names for KernelNames {
 enum View {
     Live(Box<Tui>),
     Json,
-    /// Plain lines for a pipe or a log: drop points that moved this interval.
-    Text,
+    /// Plain lines for a pipe or a log: drop points that moved this interval, and
+    /// any new loss (the losses last reported).
+    Text {
+        lost: u64,
+    },
     /// Only the Prometheus endpoint (a service without a terminal).
     Quiet,
 }
@@ -111,7 +114,7 @@ async fn watch(
     } else if cli.prometheus.is_some() {
         View::Quiet
     } else {
-        View::Text
+        View::Text { lost: 0 }
     };
     let mut keys = matches!(view, View::Live(_)).then(Tui::keys);
     status(&view, &startup_line(cli, &inv));
@@ -223,7 +226,17 @@ fn show(view: &mut View, snap: &Snapshot) -> Result<()> {
     match view {
         View::Live(tui) => tui.show(snap),
         View::Json => print_line(&serde_json::to_string(snap)?),
-        View::Text => {
+        View::Text { lost } => {
+            let st = &snap.self_stats;
+            if st.events_lost + st.map_full > *lost {
+                *lost = st.events_lost + st.map_full;
+                print_line(&format!(
+                    "{} pathtrace: {} drop samples lost, {} drops uncounted (map full): counts may be low",
+                    clock(snap.ts),
+                    st.events_lost,
+                    st.map_full
+                ))?;
+            }
             for vm in &snap.vms {
                 for d in vm.drops.iter().filter(|d| d.per_s > 0.0) {
                     print_line(&format!(
@@ -268,7 +281,7 @@ fn announce_ports(view: &View, old: &BTreeMap<u32, VmPort>, new: &BTreeMap<u32, 
                     let _ = print_line(&line);
                 }
             }
-            View::Text | View::Quiet => {
+            View::Text { .. } | View::Quiet => {
                 eprintln!("pathtrace: VM port {} on {} {event}", p.name, p.bridge)
             }
             View::Live(_) => {}
