@@ -38,6 +38,11 @@ fn observe(ctx: &TcContext, dir: u8) {
     let Some((mut pkt, l4_off)) = parse(ctx) else {
         return;
     };
+    // Every packet of the host crosses the bridge and the uplink: most must cost
+    // no more than the header parse above and a few compares, no map lookup.
+    if !may_concern_flow(&pkt) {
+        return;
+    }
     // The context pointer is the kernel's skb address, the same value the
     // skb:* tracepoints report as `skbaddr`.
     let skb = ctx.skb.skb as u64;
@@ -59,6 +64,27 @@ fn observe(ctx: &TcContext, dir: u8) {
     emit(&event);
     if new && role == ROLE_REQUEST && pkt.proto == IPPROTO_UDP {
         emit_dns_name(ctx, &event, l4_off);
+    }
+}
+
+/// Could this packet be one of the traced flow's, at any hook? Requests keep the
+/// destination (NAT rewrites only the source), replies come from it, ICMP errors
+/// quote a request; DNS is rare enough to look at all of it (a DNAT may change the
+/// resolver's address).
+#[inline(always)]
+fn may_concern_flow(pkt: &PacketInfo) -> bool {
+    let cfg = config();
+    match pkt.proto {
+        IPPROTO_ICMP if cfg.protos & PROTO_ICMP != 0 => match pkt.icmp_type {
+            ICMP_ECHO => pkt.daddr == cfg.dst_ip,
+            ICMP_ECHOREPLY => pkt.saddr == cfg.dst_ip,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => true,
+            _ => false,
+        },
+        IPPROTO_UDP if cfg.protos & PROTO_DNS != 0 => {
+            pkt.sport == DNS_PORT || pkt.dport == DNS_PORT
+        }
+        _ => false,
     }
 }
 
