@@ -199,6 +199,21 @@ proptest! {
     }
 
     #[test]
+    fn btf_reader_never_panics(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8), cut in any::<prop::sample::Index>()) {
+        let mut data = crate::kernel::btf::tests::sample();
+        for (at, byte) in flips {
+            let i = at.index(data.len());
+            data[i] = byte;
+        }
+        data.truncate(cut.index(data.len() + 1).max(1));
+        if let Ok(btf) = crate::kernel::btf::KernelBtf::parse(data) {
+            let _ = btf.member_offset("s", &["b"]);
+            let _ = btf.drop_reasons();
+            let _ = btf.offsets();
+        }
+    }
+
+    #[test]
     fn watch_inventory_never_panics(links in json(), fdb in json(), neigh in json(), addrs in json()) {
         let inv = crate::watch::inventory::Inventory::from_json(&links, &fdb, &neigh, &addrs, &[]);
         for p in inv.ports.values() {

@@ -2,9 +2,14 @@
 
 use anyhow::{Context, Result};
 
+/// Kept compact (one string arena, no per-symbol allocation): a kernel has over
+/// 100k text symbols and pathtrace must stay small on the host it diagnoses.
 pub struct Symbols {
-    /// Sorted by address.
-    syms: Vec<(u64, String)>,
+    /// Symbol addresses, sorted.
+    addrs: Vec<u64>,
+    /// End of each symbol's name in `names` (its start is the previous end).
+    ends: Vec<u32>,
+    names: String,
 }
 
 impl Symbols {
@@ -14,7 +19,7 @@ impl Symbols {
     }
 
     pub fn parse(text: &str) -> Self {
-        let mut syms: Vec<(u64, String)> = text
+        let mut syms: Vec<(u64, &str)> = text
             .lines()
             .filter_map(|line| {
                 let mut it = line.split_whitespace();
@@ -22,12 +27,22 @@ impl Symbols {
                 let kind = it.next()?;
                 let name = it.next()?;
                 // Only text symbols can be a drop location.
-                matches!(kind, "t" | "T" | "w" | "W").then(|| (addr, name.to_string()))
+                matches!(kind, "t" | "T" | "w" | "W").then_some((addr, name))
             })
             .filter(|(addr, _)| *addr != 0)
             .collect();
         syms.sort_unstable_by_key(|(a, _)| *a);
-        Self { syms }
+        let mut out = Self {
+            addrs: Vec::with_capacity(syms.len()),
+            ends: Vec::with_capacity(syms.len()),
+            names: String::new(),
+        };
+        for (addr, name) in syms {
+            out.names.push_str(name);
+            out.addrs.push(addr);
+            out.ends.push(out.names.len() as u32);
+        }
+        out
     }
 
     /// `function+0xoff`; the raw address when symbols are hidden (kptr_restrict).
@@ -35,12 +50,13 @@ impl Symbols {
         if addr == 0 {
             return None;
         }
-        if self.syms.is_empty() {
+        if self.addrs.is_empty() {
             return Some(format!("{addr:#x}"));
         }
-        let idx = self.syms.partition_point(|(a, _)| *a <= addr);
-        let (base, name) = self.syms.get(idx.checked_sub(1)?)?;
-        Some(format!("{name}+{:#x}", addr - base))
+        let i = self.addrs.partition_point(|a| *a <= addr).checked_sub(1)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        let name = &self.names[start..self.ends[i] as usize];
+        Some(format!("{name}+{:#x}", addr - self.addrs[i]))
     }
 }
 

@@ -83,12 +83,15 @@ struct PortEvent<'a> {
 pub fn run(cli: &WatchCli) -> Result<i32> {
     preflight::check()?;
     let btf = KernelBtf::load(&cli.kernel_btf)?;
+    let reasons = btf.drop_reasons()?;
+    let kernel = WatchKernel::start(&btf)?;
+    // Everything needed from the (large) parsed BTF is taken by now.
+    btf.release();
     let names = KernelNames {
-        reasons: btf.drop_reasons()?,
+        reasons,
         symbols: Symbols::load()?,
     };
     let inv = Inventory::discover(&cli.vm_ips)?;
-    let kernel = WatchKernel::start(&btf)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
