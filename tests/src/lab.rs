@@ -273,21 +273,26 @@ impl Lab {
 
     /// Remove labs whose creating process is gone (a killed test run).
     pub fn cleanup_stale() {
-        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-            return;
+        cleanup_stale_netns(PREFIX);
+    }
+}
+
+/// Remove namespaces named `{prefix}{pid}...` whose creating process is gone.
+pub fn cleanup_stale_netns(prefix: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
         };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            let Some(pid) = name
-                .strip_prefix(PREFIX)
-                .and_then(|rest| rest.split('x').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                remove_netns(name);
-            }
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let Ok(pid) = digits.parse::<u32>() else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            remove_netns(name);
         }
     }
 }
@@ -318,7 +323,7 @@ impl Drop for NoiseHandle {
 }
 
 /// Kill what still runs inside a namespace, then delete it (its interfaces go too).
-fn remove_netns(name: &str) {
+pub fn remove_netns(name: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             let _ = Command::new("kill").args(["-9", pid]).status();

@@ -31,6 +31,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let btf = KernelBtf::load(&cli.kernel_btf)?;
     let reasons = btf.drop_reasons()?;
     let config = build_config(cli, &btf)?;
+    // Everything needed from the (large) parsed BTF is taken by now.
+    btf.release();
     let mut probes = Probes::load(config, cli.buffer_kb * 1024)?;
     // Tracepoints first, so a packet tracked by TC can never be freed unseen.
     probes.attach_tracepoints()?;
@@ -317,4 +319,120 @@ impl Churn<'_> {
 
 fn ifindex_of(name: &str) -> u32 {
     std::ffi::CString::new(name).map_or(0, |n| unsafe { libc::if_nametoindex(n.as_ptr()) })
+}
+
+/// The user-space half of the event pipeline, measured: how many ring-buffer
+/// records per second decoding + correlation sustain on one core. Not a test (no
+/// timing assertions); `cargo xtask bench` runs it and reports the figure.
+#[cfg(test)]
+mod pipeline_bench {
+    use std::{collections::HashMap, time::Instant};
+
+    use tracer_common::{
+        Event, EventKind, PacketInfo, DIR_EGRESS, DIR_INGRESS, ROLE_REPLY, ROLE_REQUEST,
+    };
+
+    use super::{decode, Decoded};
+    use crate::{
+        correlate::{Correlator, PathCtx},
+        topology::Role,
+    };
+
+    const PORT: u32 = 4;
+    const BRIDGE: u32 = 3;
+    const UPLINK: u32 = 2;
+
+    /// The seven records of one replied ping: three hops out, three back, the
+    /// reply consumed by the guest's port.
+    fn replied_ping(n: u64, t0: u64) -> Vec<Vec<u8>> {
+        let req = PacketInfo {
+            saddr: [192, 0, 2, 100],
+            daddr: [203, 0, 113, 8],
+            proto: 1,
+            icmp_type: 8,
+            id: (n >> 16) as u16,
+            seq: n as u16,
+            ..PacketInfo::default()
+        };
+        let rep = PacketInfo {
+            saddr: req.daddr,
+            daddr: [198, 51, 100, 2],
+            icmp_type: 0,
+            ..req
+        };
+        let ev = |skb: u64, dt: u64, ifindex: u32, dir: u8, role: u8, pkt: PacketInfo| Event {
+            ts_ns: t0 + dt,
+            skb,
+            kind: EventKind::Tc as u8,
+            dir,
+            role,
+            ifindex,
+            pkt,
+            ..Event::default()
+        };
+        let (a, b) = (0x1000 + 2 * n, 0x1001 + 2 * n);
+        let mut consumed = ev(b, 9_000, PORT, 0, ROLE_REPLY, rep);
+        consumed.kind = EventKind::Consume as u8;
+        [
+            ev(a, 0, PORT, DIR_INGRESS, ROLE_REQUEST, req),
+            ev(a, 1_000, BRIDGE, DIR_INGRESS, ROLE_REQUEST, req),
+            ev(a, 3_000, UPLINK, DIR_EGRESS, ROLE_REQUEST, req),
+            ev(b, 5_000, UPLINK, DIR_INGRESS, ROLE_REPLY, rep),
+            ev(b, 7_000, BRIDGE, DIR_EGRESS, ROLE_REPLY, rep),
+            ev(b, 8_000, PORT, DIR_EGRESS, ROLE_REPLY, rep),
+            consumed,
+        ]
+        .iter()
+        .map(|e| {
+            // The bytes exactly as the ring buffer hands them over.
+            let p = (e as *const Event).cast::<u8>();
+            unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<Event>()) }.to_vec()
+        })
+        .collect()
+    }
+
+    #[test]
+    #[ignore = "a benchmark: run by cargo xtask bench"]
+    fn pipeline_throughput() {
+        const PINGS: u64 = 300_000;
+        let records: Vec<Vec<u8>> = (0..PINGS)
+            .flat_map(|n| replied_ping(n, n * 10_000))
+            .collect();
+        let mut corr = Correlator::new(PathCtx {
+            roles: HashMap::from([
+                (PORT, Role::Port),
+                (BRIDGE, Role::Bridge),
+                (UPLINK, Role::Uplink),
+            ]),
+            netns: 1,
+            inbound: BRIDGE,
+            bridged: false,
+        });
+        let start = Instant::now();
+        let mut finished = 0usize;
+        for (i, r) in records.iter().enumerate() {
+            if let Some(Decoded::Event(ev)) = decode(r) {
+                corr.on_event(&ev);
+            }
+            // The trace loop polls every 100 ms; at this rate that is every ~10k records.
+            if i % 10_000 == 9_999 {
+                finished += corr.poll(ev_time(i)).len();
+            }
+        }
+        finished += corr.flush().len();
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(finished as u64, PINGS);
+        println!(
+            "pipeline: {:.0} events/s ({} events, {} pings in {:.3} s)",
+            records.len() as f64 / secs,
+            records.len(),
+            PINGS,
+            secs
+        );
+    }
+
+    /// Time of record `i`: pings are 10 µs apart, seven records each.
+    fn ev_time(i: usize) -> u64 {
+        (i as u64 / 7) * 10_000
+    }
 }

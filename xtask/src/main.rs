@@ -2,6 +2,7 @@
 //!
 //! Every task is idempotent and quick when there is nothing left to do.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -31,6 +32,13 @@ enum Task {
     Demo,
     /// rustfmt and clippy (warnings are errors), the eBPF crate for its own target.
     Lint,
+    /// Set up, build, and measure pathtrace's overhead on a flooded namespaced
+    /// hypervisor (results under bench/results/).
+    Bench {
+        /// One short iteration of a few variants (keeps the bench working; CI).
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Regenerate docs/troubleshooting.md from the scenario catalogue.
     Docs,
     /// Set up, build, lint, and run every test (unit and end-to-end; needs root).
@@ -48,11 +56,20 @@ fn main() {
         Task::Build => setup::run().and_then(|_| build()),
         Task::Demo => setup::run().and_then(|_| build()).and_then(|_| demo::run()),
         Task::Lint => lint(),
+        Task::Bench { smoke } => setup::run()
+            .and_then(|_| build())
+            .and_then(|_| bench::run(&bench::Options { smoke })),
         Task::Docs => docs(),
         Task::Test { args } => setup::run()
             .and_then(|_| build())
             .and_then(|_| lint())
-            .and_then(|_| test(&args)),
+            .and_then(|_| test(&args))
+            // A short bench run keeps `cargo xtask bench` working (no timing is
+            // asserted; numbers go to target/bench-smoke/). Not for filtered runs.
+            .and_then(|_| match args.is_empty() {
+                true => bench::run(&bench::Options { smoke: true }),
+                false => Ok(()),
+            }),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -11,6 +11,11 @@
 //! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80,
 //! names ending in `.invalid` with NXDOMAIN, and names starting with `slow.` after
 //! a second; it stops after an hour at most.
+//!
+//! `fake-guest flood --proto udp|icmp --dst IP --seconds S --max N` (run inside a
+//! guest's namespace, for the benchmark) sends small packets as fast as the kernel
+//! takes them, in batches, for S seconds or N packets, whichever comes first, and
+//! prints `{"sent":N,"secs":F}`.
 
 use std::{
     io::BufRead,
@@ -29,7 +34,10 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("guest") => Guest::start(&args[1..]).and_then(|g| g.serve()),
         Some("dns-server") => dns_server(&args[1..]),
-        _ => Err(anyhow::anyhow!("usage: fake-guest guest|dns-server ...")),
+        Some("flood") => flood(&args[1..]),
+        _ => Err(anyhow::anyhow!(
+            "usage: fake-guest guest|dns-server|flood ..."
+        )),
     };
     if let Err(e) = result {
         println!("{}", json!({"ready": false, "error": format!("{e:#}")}));
@@ -419,4 +427,108 @@ fn dns_server(args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Packets per sendmmsg(2) call.
+const FLOOD_BATCH: usize = 64;
+
+fn flood(args: &[String]) -> Result<()> {
+    let dst: Ipv4Addr = flag(args, "--dst")?.parse()?;
+    let secs: f64 = flag(args, "--seconds")?.parse()?;
+    let max: u64 = flag(args, "--max")?.parse()?;
+    if !(0.0..=120.0).contains(&secs) {
+        bail!("--seconds must be at most 120");
+    }
+    let icmp = match flag(args, "--proto")? {
+        "udp" => false,
+        "icmp" => true,
+        other => bail!("unknown --proto {other}"),
+    };
+    let sock = flood_socket(icmp)?;
+    // 18-byte UDP payload or an 8-byte ICMP echo header + 10 bytes: 46-byte IP
+    // packets, the smallest Ethernet frames.
+    let mut payloads: Vec<[u8; 18]> = vec![[0u8; 18]; FLOOD_BATCH];
+    let id = std::process::id() as u16;
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_port = if icmp { 0 } else { 9u16.to_be() };
+    addr.sin_addr.s_addr = u32::from(dst).to_be();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut sent, mut seq) = (0u64, 0u16);
+    while sent < max && Instant::now() < end {
+        if icmp {
+            for p in payloads.iter_mut() {
+                seq = seq.wrapping_add(1);
+                let echo = packet::icmp_echo(8, id, seq, &[0u8; 10]);
+                p.copy_from_slice(&echo[..18]);
+            }
+        }
+        let mut iovs: Vec<libc::iovec> = payloads
+            .iter_mut()
+            .map(|p| libc::iovec {
+                iov_base: p.as_mut_ptr().cast(),
+                iov_len: p.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let want = (max - sent).min(FLOOD_BATCH as u64) as u32;
+        // SAFETY: every header points at live buffers above.
+        let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), want, 0) };
+        if n > 0 {
+            sent += n as u64;
+        } else {
+            // A full queue (ENOBUFS) just means "faster than the path": try again.
+            std::thread::yield_now();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", json!({"sent": sent, "secs": secs}));
+    Ok(())
+}
+
+/// A UDP socket, or a raw ICMP socket that never queues what comes back (the
+/// echo replies would only fill its buffer and be dropped).
+fn flood_socket(icmp: bool) -> Result<OwnedFd> {
+    let (kind, proto) = if icmp {
+        (libc::SOCK_RAW, libc::IPPROTO_ICMP)
+    } else {
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP)
+    };
+    let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening the flood socket");
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if icmp {
+        const SOL_RAW: libc::c_int = 255;
+        const ICMP_FILTER: libc::c_int = 1;
+        let all: u32 = u32::MAX;
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                SOL_RAW,
+                ICMP_FILTER,
+                (&all as *const u32).cast(),
+                4,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("ICMP_FILTER");
+        }
+    } else {
+        // Nothing is read from it either.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) };
+    }
+    Ok(fd)
 }
