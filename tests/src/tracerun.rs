@@ -57,6 +57,20 @@ pub fn loaded_programs() -> Vec<String> {
         .collect()
 }
 
+/// [`loaded_programs`] once it holds `n` programs, or after 3 s whatever it holds:
+/// the kernel frees a program of an exited process a moment later (deferred work),
+/// so "nothing left" is checked after that moment.
+pub fn programs_settled(n: usize) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let progs = loaded_programs();
+        if progs.len() == n || start.elapsed() > Duration::from_secs(3) {
+            return progs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The pathtrace binary: `PATHTRACE_BIN`, else the workspace's release build.
 pub fn pathtrace_bin() -> PathBuf {
     std::env::var_os("PATHTRACE_BIN")

@@ -194,15 +194,8 @@ fn bridge_vanishing_stops_with_a_clear_error() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     let last = run.stderr.lines().last().unwrap_or_default();
     assert!(last.contains("vmbr0 vanished"), "{}", run.stderr);
-    let progs = std::process::Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&progs.stdout);
-    assert!(
-        !text.contains("name pathtrace_"),
-        "nothing left attached: {text}"
-    );
+    let left = pathtrace_tests::tracerun::programs_settled(0);
+    assert!(left.is_empty(), "nothing left attached: {left:?}");
 }
 
 /// The documented capability set (README, Safety) is enough without root.

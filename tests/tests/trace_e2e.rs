@@ -187,7 +187,7 @@ fn unrelated_drops_on_the_host_do_not_change_verdicts() {
 
 /// After pathtrace exits (any way), none of its programs stay loaded.
 fn assert_nothing_attached() {
-    let ours = pathtrace_tests::tracerun::loaded_programs();
+    let ours = pathtrace_tests::tracerun::programs_settled(0);
     assert!(ours.is_empty(), "left behind: {ours:?}");
 }
 

@@ -11,7 +11,7 @@ use std::{
 
 use pathtrace_tests::{
     lab::{GuestSpec, Lab, LabOptions, PingOpts},
-    tracerun::{fake_guest_bin, loaded_programs, pathtrace_bin},
+    tracerun::{fake_guest_bin, pathtrace_bin, programs_settled},
     watchrun::{drops, vm, WatchRun},
 };
 use serde_json::Value;
@@ -262,9 +262,9 @@ fn stops_cleanly_on_sigint_sigterm_and_sighup() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let mut watch = WatchRun::start(&lab, &["--interval", "0.5"]).unwrap();
         watch.wait_snapshots(1, WAIT).unwrap();
-        assert_eq!(loaded_programs().len(), 1, "one program while running");
+        assert_eq!(programs_settled(1).len(), 1, "one program while running");
         assert_eq!(watch.signal(signal).unwrap(), 0, "{}", watch.stderr());
-        let left = loaded_programs();
+        let left = programs_settled(0);
         assert!(
             left.is_empty(),
             "left behind after signal {signal}: {left:?}"
@@ -293,12 +293,12 @@ fn bad_input_is_one_line_and_exit_2_with_nothing_attached() {
     let err = run(&["watch", "--json", "--prometheus", "19466"]);
     assert!(err.contains("cannot listen on 127.0.0.1:19466"), "{err}");
     assert_eq!(
-        loaded_programs().len(),
+        programs_settled(1).len(),
         1,
         "only the first instance's program"
     );
     assert_eq!(first.stop().unwrap(), 0);
-    assert!(loaded_programs().is_empty());
+    assert!(programs_settled(0).is_empty());
 }
 
 /// The live view in a real pseudo-terminal (tmux): it shows the drop, obeys its
@@ -392,7 +392,7 @@ fn live_view_in_a_terminal() {
     std::thread::sleep(Duration::from_millis(100));
     let code = std::fs::read_to_string(&done).unwrap();
     assert_eq!(code.trim(), "0");
-    assert!(loaded_programs().is_empty(), "detached on q");
+    assert!(programs_settled(0).is_empty(), "detached on q");
     let _ = std::fs::remove_file(&done);
 }
 
@@ -435,5 +435,5 @@ fn plain_lines_when_piped_and_duration_ends_it() {
         "{line}"
     );
     assert!(!text.contains(HEALTHY), "{text}");
-    assert!(loaded_programs().is_empty());
+    assert!(programs_settled(0).is_empty());
 }

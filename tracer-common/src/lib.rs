@@ -19,9 +19,12 @@ pub mod names {
     pub const TC_EGRESS: &str = "pathtrace_tc_egress";
     pub const KFREE_SKB: &str = "pathtrace_kfree_skb";
     pub const CONSUME_SKB: &str = "pathtrace_consume_skb";
+    pub const KFREE_RAW: &str = "pathtrace_kfree_raw";
+    pub const CONSUME_RAW: &str = "pathtrace_consume_raw";
     // Watch mode.
     pub const WATCH_CONFIG: &str = "WATCH_CONFIG";
     pub const WATCH_DROP: &str = "pathtrace_watch_drop";
+    pub const WATCH_RAW: &str = "pathtrace_watch_raw";
     pub const DROPS: &str = "DROPS";
     pub const SAMPLES: &str = "SAMPLES";
     pub const VM_PORTS: &str = "VM_PORTS";

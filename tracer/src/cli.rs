@@ -23,7 +23,7 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Proto::Icmp)]
     pub proto: Proto,
     /// Stop after this many requests have a verdict.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub count: u32,
     /// Stop after this many seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]

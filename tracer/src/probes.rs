@@ -10,7 +10,7 @@ use aya::{
     maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{
         tc::{self, NlOptions, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType, TracePoint,
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
     },
     util::KernelVersion,
     Ebpf, EbpfLoader,
@@ -61,7 +61,7 @@ impl Probes {
                 .override_global(names::WATCH_CONFIG, &config, true)
                 .map_max_entries(names::EVENTS, MIN_RING),
         )?;
-        probes.attach_tracepoint(names::WATCH_DROP, "skb", "kfree_skb")?;
+        probes.attach_free_probe(names::WATCH_RAW, names::WATCH_DROP, "kfree_skb")?;
         Ok(probes)
     }
 
@@ -137,13 +137,34 @@ impl Probes {
     /// normal ends (delivered to the host, handed to another namespace): without it
     /// pathtrace still works, and says what it cannot see.
     pub fn attach_tracepoints(&mut self) -> Result<()> {
-        self.attach_tracepoint(names::KFREE_SKB, "skb", "kfree_skb")?;
-        if let Err(e) = self.attach_tracepoint(names::CONSUME_SKB, "skb", "consume_skb") {
+        self.attach_free_probe(names::KFREE_RAW, names::KFREE_SKB, "kfree_skb")?;
+        if let Err(e) =
+            self.attach_free_probe(names::CONSUME_RAW, names::CONSUME_SKB, "consume_skb")
+        {
             self.skipped.push(format!(
                 "skb:consume_skb ({e:#}): deliveries to the host itself are not seen"
             ));
         }
         Ok(())
+    }
+
+    /// A program on `skb:<event>`: the raw tracepoint when the kernel takes it (no
+    /// trace record is built per call: much cheaper, and consume_skb runs for nearly
+    /// every packet), else the classic tracepoint. The kernel refuses the raw one
+    /// when the tracepoint has fewer arguments than it reads (older layouts).
+    fn attach_free_probe(&mut self, raw: &str, classic: &str, event: &str) -> Result<()> {
+        let prog: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(raw)
+            .ok_or_else(|| anyhow!("program {raw} missing from the object"))?
+            .try_into()?;
+        let attached = prog.load().is_ok() && prog.attach(event).is_ok();
+        if attached {
+            self.attached += 1;
+            return Ok(());
+        }
+        let _ = prog.unload();
+        self.attach_tracepoint(classic, "skb", event)
     }
 
     fn attach_tracepoint(&mut self, name: &str, category: &str, event: &str) -> Result<()> {

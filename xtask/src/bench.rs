@@ -34,6 +34,16 @@ const PREFIX: &str = "ptbench";
 const DEST: &str = "203.0.113.8";
 const FLOODER: &str = "192.0.2.100";
 const QUIET: &str = "192.0.2.101";
+/// The CPU the flood runs on.
+const FLOOD_CPU: &str = "0";
+
+/// The CPUs for tracers: all but the flood's (all of them on a 1-CPU machine).
+fn tool_cpus() -> String {
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => "0".into(),
+        n => format!("1-{}", n - 1),
+    }
+}
 
 pub struct Options {
     /// One short iteration of a few variants, to keep the bench working (CI).
@@ -99,6 +109,8 @@ impl Variant {
 struct Sample {
     pps: f64,
     cpu_ns_per_pkt: f64,
+    /// Share of the run's CPU time the hypervisor took away (steal).
+    steal: f64,
     rss_mb: Option<f64>,
     attach_s: Option<f64>,
     detach_s: Option<f64>,
@@ -106,7 +118,7 @@ struct Sample {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
-    let bpftrace = ensure_bpftrace();
+    let bpftrace = !opts.smoke && ensure_bpftrace();
     let (secs, reps, traffics, variants): (f64, usize, Vec<Traffic>, Vec<Variant>) = if opts.smoke {
         (
             1.0,
@@ -130,7 +142,12 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut samples: Vec<(Traffic, Variant, Sample)> = Vec::new();
     for rep in 0..reps {
         for &traffic in &traffics {
-            for &variant in &variants {
+            // A different variant goes first each round, so none is always the one
+            // right after a change of flood.
+            let mut order = variants.clone();
+            let turn = rep % order.len().max(1);
+            order.rotate_left(turn);
+            for &variant in &order {
                 eprintln!(
                     "bench: run {}/{reps}, {} flood, {}",
                     rep + 1,
@@ -258,9 +275,13 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
         })
     }
 
+    /// `program` in the hypervisor namespace, kept off the flood's CPU.
     fn in_hv(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.hv)).arg(program);
+        let mut c = Command::new("taskset");
+        c.args(["-c", &tool_cpus()])
+            .arg("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.hv))
+            .arg(program);
         c
     }
 
@@ -268,22 +289,28 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
         let mut tool = self.start_tool(traffic, variant)?;
         // Let the tool settle into its steady state before the flood.
         std::thread::sleep(Duration::from_millis(300));
-        let (count0, busy0) = (self.sink.count()?, busy_ns()?);
-        let out = Command::new("nsenter")
+        let (count0, cpu0) = (self.sink.count()?, CpuTimes::now()?);
+        // The flood (and with it the forwarding, which runs in its softirq) on the
+        // first CPU, tracers on the others: less scheduler noise between runs.
+        let out = Command::new("taskset")
+            .args(["-c", FLOOD_CPU])
+            .arg("nsenter")
             .arg(format!("--net=/run/netns/{}", self.guests[0]))
             .arg(release_bin("fake-guest"))
             .args(["flood", "--proto", traffic.word(), "--dst", DEST])
             .args(["--seconds", &secs.to_string(), "--max", "200000000"])
             .output()
             .context("running the flood")?;
-        let (count1, busy1) = (self.sink.count()?, busy_ns()?);
+        let (count1, cpu1) = (self.sink.count()?, CpuTimes::now()?);
         let flood: Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("flood said: {}", String::from_utf8_lossy(&out.stdout)))?;
         let flood_secs = flood["secs"].as_f64().unwrap_or(secs);
         let packets = count1.saturating_sub(count0);
         let mut sample = Sample {
             pps: packets as f64 / flood_secs,
-            cpu_ns_per_pkt: (busy1.saturating_sub(busy0)) as f64 / packets.max(1) as f64,
+            cpu_ns_per_pkt: (cpu1.busy_ns.saturating_sub(cpu0.busy_ns)) as f64
+                / packets.max(1) as f64,
+            steal: cpu1.steal_share_since(&cpu0),
             ..Sample::default()
         };
         if let Some(t) = tool.as_mut() {
@@ -303,7 +330,7 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
             ["--vm-ip", vm, "--to", DEST, "--proto", proto]
                 .iter()
                 .map(|s| s.to_string())
-                .chain(["--count", "100000", "--timeout", "600", "--json"].map(String::from))
+                .chain(["--count", "100000000", "--timeout", "600", "--json"].map(String::from))
                 .collect()
         };
         let (mut cmd, ready) = match variant {
@@ -478,23 +505,41 @@ fn peak_rss_mb(pid: i32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Busy CPU time of the whole machine so far, ns (all CPUs, everything but idle
-/// and iowait).
-fn busy_ns() -> Result<u64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpu = stat.lines().next().context("/proc/stat is empty")?;
-    let v: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if v.len() < 5 {
-        bail!("unexpected /proc/stat: {cpu}");
+/// CPU time of the whole machine so far (/proc/stat, all CPUs), ns.
+struct CpuTimes {
+    /// Everything but idle, iowait and steal.
+    busy_ns: u64,
+    steal_ns: u64,
+    total_ns: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let cpu = stat.lines().next().context("/proc/stat is empty")?;
+        let v: Vec<u64> = cpu
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if v.len() < 8 {
+            bail!("unexpected /proc/stat: {cpu}");
+        }
+        // user nice system idle iowait irq softirq steal
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let ns = |j: u64| j * 1_000_000_000 / hz;
+        let total: u64 = v.iter().take(8).sum();
+        Ok(Self {
+            busy_ns: ns(total - v[3] - v[4] - v[7]),
+            steal_ns: ns(v[7]),
+            total_ns: ns(total),
+        })
     }
-    let total: u64 = v.iter().take(8).sum();
-    let busy = total - v[3] - v[4];
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(busy * 1_000_000_000 / hz)
+
+    fn steal_share_since(&self, before: &Self) -> f64 {
+        let total = self.total_ns.saturating_sub(before.total_ns).max(1);
+        self.steal_ns.saturating_sub(before.steal_ns) as f64 / total as f64
+    }
 }
 
 fn pipeline_events_per_s() -> Result<Option<f64>> {
@@ -518,6 +563,7 @@ struct Row {
     pps: f64,
     ratio: f64,
     cpu_ns_per_pkt: f64,
+    steal: f64,
     rss_mb: Option<f64>,
     attach_s: Option<f64>,
     detach_s: Option<f64>,
@@ -561,6 +607,7 @@ impl Report {
                     pps,
                     ratio: if base > 0.0 { pps / base } else { 0.0 },
                     cpu_ns_per_pkt: median(s.iter().map(|s| s.cpu_ns_per_pkt)),
+                    steal: median(s.iter().map(|s| s.steal)),
                     rss_mb: opt_max(s.iter().map(|s| s.rss_mb)),
                     attach_s: opt_median(s.iter().map(|s| s.attach_s)),
                     detach_s: opt_median(s.iter().map(|s| s.detach_s)),
@@ -582,9 +629,11 @@ impl Report {
         let mut out = format!(
             "# pathtrace benchmark\n\n{} · kernel {} · {} CPUs · {} · pathtrace {}\n\n\
              Each flood {} s of 46-byte packets from one guest through bridge, routing, conntrack \
-             and MASQUERADE; {} run(s) per variant, interleaved; medians.\n\n\
-             | flood | variant | forwarded pkt/s | vs untraced | CPU ns/pkt | RSS MB | attach s | detach s | events lost |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+             and MASQUERADE (flood pinned to CPU 0, tracers to the others); {} run(s) per \
+             variant, interleaved, each round in another order; medians. CPU ns/pkt is busy \
+             time of all CPUs per forwarded packet; steal is CPU time the hypervisor took.\n\n\
+             | flood | variant | forwarded pkt/s | vs untraced | CPU ns/pkt | steal | RSS MB | attach s | detach s | events lost |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             self.machine["cpu"].as_str().unwrap_or("?"),
             self.machine["kernel"].as_str().unwrap_or("?"),
             self.machine["cpus"],
@@ -597,12 +646,13 @@ impl Report {
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
         for r in &self.rows {
             out.push_str(&format!(
-                "| {} | {} | {:.0} | {:.1}% | {:.0} | {} | {} | {} | {} |\n",
+                "| {} | {} | {:.0} | {:.1}% | {:.0} | {:.1}% | {} | {} | {} | {} |\n",
                 r.traffic.word(),
                 r.variant.word(),
                 r.pps,
                 r.ratio * 100.0,
                 r.cpu_ns_per_pkt,
+                r.steal * 100.0,
                 opt(r.rss_mb, 1),
                 opt(r.attach_s, 3),
                 opt(r.detach_s, 3),
@@ -626,7 +676,8 @@ impl Report {
                 json!({
                     "flood": r.traffic.word(), "variant": r.variant.word(),
                     "forwarded_pps": r.pps, "ratio_to_untraced": r.ratio,
-                    "cpu_ns_per_packet": r.cpu_ns_per_pkt, "rss_mb": r.rss_mb,
+                    "cpu_ns_per_packet": r.cpu_ns_per_pkt, "steal_share": r.steal,
+                    "rss_mb": r.rss_mb,
                     "attach_s": r.attach_s, "detach_s": r.detach_s,
                     "events_lost": r.events_lost, "runs": r.runs,
                 })

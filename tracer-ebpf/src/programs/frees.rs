@@ -1,12 +1,15 @@
 //! `skb:kfree_skb` and `skb:consume_skb`: the fate of a followed packet.
 //!
-//! Both run for every freed skb on the host, so the first thing they do is one
-//! hash lookup; untracked packets cost nothing more.
+//! Both run for every freed skb on the host (consume_skb for nearly every packet),
+//! so they do one hash lookup and nothing more for untracked packets. Each comes
+//! twice: as a raw tracepoint (arguments straight from the call site, no record
+//! built: the cheap one, used when the kernel's arguments are as expected) and as
+//! a classic tracepoint reading the record by tracefs offsets (any kernel).
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{Config, Event, EventKind, FLAG_DEV_KNOWN, FLAG_HAS_DST};
 
@@ -15,50 +18,73 @@ use crate::maps::{config, emit, TRACKED};
 /// `void *skbaddr` is the first field of both records (after the common header).
 const SKBADDR_OFF: usize = 8;
 
+/// `kfree_skb(skb, location, reason, ...)`.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn pathtrace_kfree_raw(ctx: RawTracePointContext) -> i32 {
+    freed(
+        EventKind::Drop,
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1),
+        ctx.arg::<u32>(2),
+    );
+    0
+}
+
+/// `consume_skb(skb, location)`.
+#[raw_tracepoint(tracepoint = "consume_skb")]
+pub fn pathtrace_consume_raw(ctx: RawTracePointContext) -> i32 {
+    freed(EventKind::Consume, ctx.arg::<u64>(0), ctx.arg::<u64>(1), 0);
+    0
+}
+
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn pathtrace_kfree_skb(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    freed(
-        &ctx,
-        EventKind::Drop,
-        &cfg,
-        cfg.kfree_location_off,
-        cfg.kfree_reason_off,
-    );
+    if let Ok(skb) = unsafe { ctx.read_at::<u64>(SKBADDR_OFF) } {
+        let location = read_field::<u64>(&ctx, cfg.kfree_location_off);
+        let reason = read_field::<u32>(&ctx, cfg.kfree_reason_off);
+        freed(EventKind::Drop, skb, location, reason);
+    }
     0
 }
 
 #[tracepoint(category = "skb", name = "consume_skb")]
 pub fn pathtrace_consume_skb(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    freed(&ctx, EventKind::Consume, &cfg, cfg.consume_location_off, 0);
+    if let Ok(skb) = unsafe { ctx.read_at::<u64>(SKBADDR_OFF) } {
+        let location = read_field::<u64>(&ctx, cfg.consume_location_off);
+        freed(EventKind::Consume, skb, location, 0);
+    }
     0
 }
 
+/// A field of a classic tracepoint record; 0 when its offset is unknown (0).
 #[inline(always)]
-fn freed(ctx: &TracePointContext, kind: EventKind, cfg: &Config, loc_off: u32, reason_off: u32) {
-    let Ok(skb) = (unsafe { ctx.read_at::<u64>(SKBADDR_OFF) }) else {
-        return;
-    };
+pub fn read_field<T: Default>(ctx: &TracePointContext, off: u32) -> T {
+    if off == 0 {
+        return T::default();
+    }
+    unsafe { ctx.read_at::<T>(off as usize) }.unwrap_or_default()
+}
+
+#[inline(always)]
+fn freed(kind: EventKind, skb: u64, location: u64, reason: u32) {
     let Some(t) = (unsafe { TRACKED.get(skb) }) else {
         return;
     };
+    let cfg = config();
     let mut event = Event {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skb,
+        location,
         kind: kind as u8,
         role: t.role,
         flags: t.flags,
+        reason,
         pkt: t.pkt,
         ..Event::default()
     };
-    if loc_off != 0 {
-        event.location = unsafe { ctx.read_at::<u64>(loc_off as usize) }.unwrap_or(0);
-    }
-    if reason_off != 0 {
-        event.reason = unsafe { ctx.read_at::<u32>(reason_off as usize) }.unwrap_or(0);
-    }
-    read_device(skb, cfg, &mut event);
+    read_device(skb, &cfg, &mut event);
     let _ = TRACKED.remove(skb);
     emit(&event);
 }

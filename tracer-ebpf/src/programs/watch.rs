@@ -9,8 +9,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
     addr_key, mac_key, DropCount, DropKey, DropSample, PacketInfo, WatchConfig, CLASS_ARP,
@@ -18,6 +18,7 @@ use tracer_common::{
     CNT_UNATTRIBUTED, WDIR_FROM_VM, WDIR_TO_VM, WDIR_UNKNOWN, WFLAG_HAS_DST, WFLAG_VIA_CT,
 };
 
+use super::frees::read_field;
 use crate::maps::{count, DROPS, SAMPLES, VM_ADDRS, VM_MACS, VM_PORTS, WATCH_CONFIG};
 
 const SKBADDR_OFF: usize = 8;
@@ -32,16 +33,29 @@ const IP_CT_ESTABLISHED_REPLY: u64 = 3;
 const SAMPLE_EVERY_NS: u64 = 1_000_000_000;
 const EEXIST: i32 = -17;
 
+/// `kfree_skb(skb, location, reason, ...)` as a raw tracepoint: the cheap way in.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn pathtrace_watch_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = on_drop(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u32>(2));
+    0
+}
+
+/// The same from the classic tracepoint's record, for kernels where the raw
+/// arguments differ.
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn pathtrace_watch_drop(ctx: TracePointContext) -> u32 {
-    let _ = on_drop(&ctx);
+    let cfg = WATCH_CONFIG.load();
+    if let Ok(skb) = unsafe { ctx.read_at::<u64>(SKBADDR_OFF) } {
+        let location = read_field::<u64>(&ctx, cfg.kfree_location_off);
+        let reason = read_field::<u32>(&ctx, cfg.kfree_reason_off);
+        let _ = on_drop(skb, location, reason);
+    }
     0
 }
 
 #[inline(always)]
-fn on_drop(ctx: &TracePointContext) -> Option<()> {
+fn on_drop(skb: u64, location: u64, reason: u32) -> Option<()> {
     let cfg = WATCH_CONFIG.load();
-    let skb = unsafe { ctx.read_at::<u64>(SKBADDR_OFF) }.ok()?;
     let dev = read::<u64>(skb + cfg.skb_dev_off as u64);
     let mut ifindex = 0;
     if dev != 0 {
@@ -84,10 +98,10 @@ fn on_drop(ctx: &TracePointContext) -> Option<()> {
         flags |= WFLAG_HAS_DST;
     }
     let key = DropKey {
-        location: unsafe { ctx.read_at::<u64>(cfg.kfree_location_off as usize) }.unwrap_or(0),
+        location,
         port,
         dev: ifindex,
-        reason: unsafe { ctx.read_at::<u32>(cfg.kfree_reason_off as usize) }.unwrap_or(0),
+        reason,
         class,
         dir,
         flags,
