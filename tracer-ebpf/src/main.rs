@@ -2,6 +2,8 @@
 //! module list; each hook family lives in its own module under `programs/`.
 #![no_std]
 #![no_main]
+// The BPF atomic add (maps.rs) is written as inline assembly, as aya-ebpf does.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod maps;
 mod packet;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
 };
 use tracer_common::{Config, DropCount, DropKey, Event, Tracked, WatchConfig, CNT_MAX};
@@ -32,6 +32,18 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// fill the map: the oldest entry makes room.
 #[map]
 pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(4096, 0);
+
+/// Two global facts that let the hooks skip map lookups while nothing is being
+/// followed (the common case when the traced VM is quiet and others are busy):
+/// [`INFLIGHT`] counts TRACKED entries (inserts minus removals; LRU evictions make
+/// it drift up, never down, so zero is exact), [`LAST_REQUEST`] is when the last
+/// request was seen (replies are only looked for after one).
+#[map]
+pub static STATE: Array<u64> = Array::with_max_entries(2, 0);
+const INFLIGHT: u32 = 0;
+const LAST_REQUEST: u32 = 1;
+/// How long after the last request replies to it are still looked for.
+const REPLY_WINDOW_NS: u64 = 30_000_000_000;
 
 /// Request ids (`req_key(proto, id)`) of the guest's flow, so replies are known by id
 /// even after NAT rewrote their addresses. Value: time first seen.
@@ -106,8 +118,59 @@ pub fn emit(event: &Event) {
 }
 
 #[inline(always)]
+fn state_add(index: u32, delta: u64) {
+    if let Some(ptr) = STATE.get_ptr_mut(index) {
+        // SAFETY: a u64 slot of an array map, shared by all CPUs: the BPF atomic
+        // add (core's atomics are not available for the BPF target).
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) += {d}",
+                p = in(reg) ptr,
+                d = in(reg) delta,
+            )
+        };
+    }
+}
+
+/// Start following a packet.
+#[inline(always)]
 pub fn track(skb: u64, entry: &Tracked) {
     if TRACKED.insert(skb, entry, 0).is_err() {
         count(tracer_common::CNT_TRACK_FULL);
+    } else {
+        state_add(INFLIGHT, 1);
     }
+}
+
+/// Stop following a packet.
+#[inline(always)]
+pub fn untrack(skb: u64) {
+    if TRACKED.remove(skb).is_ok() {
+        state_add(INFLIGHT, u64::MAX); // wrapping: minus one
+    }
+}
+
+/// The tracking entry of `skb`, without a lookup while nothing is followed.
+#[inline(always)]
+pub fn tracked(skb: u64) -> Option<Tracked> {
+    let inflight = STATE.get(INFLIGHT).copied().unwrap_or(1);
+    if inflight == 0 {
+        return None;
+    }
+    unsafe { TRACKED.get(skb) }.copied()
+}
+
+#[inline(always)]
+pub fn note_request(now: u64) {
+    if let Some(ptr) = STATE.get_ptr_mut(LAST_REQUEST) {
+        // SAFETY: a plain store; a racing CPU writes a similar time.
+        unsafe { *ptr = now };
+    }
+}
+
+/// A request was seen recently enough for a reply to it to arrive now.
+#[inline(always)]
+pub fn request_recent(now: u64) -> bool {
+    let last = STATE.get(LAST_REQUEST).copied().unwrap_or(0);
+    last != 0 && now.wrapping_sub(last) < REPLY_WINDOW_NS
 }

@@ -129,7 +129,7 @@ pub fn run(opts: &Options) -> Result<()> {
     } else {
         (
             10.0,
-            3,
+            5,
             vec![Traffic::Udp, Traffic::Icmp],
             Variant::ALL.to_vec(),
         )

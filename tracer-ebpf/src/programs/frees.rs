@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use tracer_common::{Config, Event, EventKind, FLAG_DEV_KNOWN, FLAG_HAS_DST};
 
-use crate::maps::{config, emit, TRACKED};
+use crate::maps::{config, emit, tracked, untrack};
 
 /// `void *skbaddr` is the first field of both records (after the common header).
 const SKBADDR_OFF: usize = 8;
@@ -69,7 +69,7 @@ pub fn read_field<T: Default>(ctx: &TracePointContext, off: u32) -> T {
 
 #[inline(always)]
 fn freed(kind: EventKind, skb: u64, location: u64, reason: u32) {
-    let Some(t) = (unsafe { TRACKED.get(skb) }) else {
+    let Some(t) = tracked(skb) else {
         return;
     };
     let cfg = config();
@@ -85,7 +85,7 @@ fn freed(kind: EventKind, skb: u64, location: u64, reason: u32) {
         ..Event::default()
     };
     read_device(skb, &cfg, &mut event);
-    let _ = TRACKED.remove(skb);
+    untrack(skb);
     emit(&event);
 }
 

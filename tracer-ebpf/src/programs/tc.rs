@@ -14,7 +14,10 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{config, count, emit, track, EVENTS, REQ_IDS, TRACKED},
+    maps::{
+        config, count, emit, note_request, request_recent, track, tracked, untrack, EVENTS,
+        REQ_IDS,
+    },
     packet::{
         dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,
         ICMP_ECHOREPLY, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_UDP,
@@ -127,7 +130,7 @@ fn classify(
     now: u64,
 ) -> Option<(u8, u8, bool)> {
     let cfg = config();
-    if let Some(t) = unsafe { TRACKED.get(skb) } {
+    if let Some(t) = tracked(skb) {
         // Same skb seen again (a later hook). Addresses may have been rewritten by
         // NAT, but the protocol and the id survive; anything else means the address
         // was reused by an unrelated packet after a free we did not see.
@@ -140,19 +143,20 @@ fn classify(
         if t.pkt.proto == pkt.proto && t.pkt.id == pkt.id {
             return Some((t.role, t.flags, false));
         }
-        let _ = TRACKED.remove(skb);
+        untrack(skb);
     }
     let want_icmp = cfg.protos & PROTO_ICMP != 0;
     let want_dns = cfg.protos & PROTO_DNS != 0;
     let (role, flags) = if pkt.proto == IPPROTO_ICMP && want_icmp {
-        classify_icmp(ctx, pkt, l4_off, &cfg.vm_ip, &cfg.dst_ip)?
+        classify_icmp(ctx, pkt, l4_off, &cfg.vm_ip, &cfg.dst_ip, now)?
     } else if pkt.proto == IPPROTO_UDP && want_dns {
-        classify_dns(pkt, &cfg.vm_ip, &cfg.dst_ip)?
+        classify_dns(pkt, &cfg.vm_ip, &cfg.dst_ip, now)?
     } else {
         return None;
     };
     if role == ROLE_REQUEST {
         let _ = REQ_IDS.insert(req_key(pkt.proto, pkt.id), now, 0);
+        note_request(now);
     }
     track(
         skb,
@@ -167,9 +171,11 @@ fn classify(
     Some((role, flags, true))
 }
 
+/// One of the guest's requests has this id. Without a recent request there is
+/// nothing to answer, and no lookup is done.
 #[inline(always)]
-fn is_known_request(proto: u8, id: u16) -> bool {
-    unsafe { REQ_IDS.get(req_key(proto, id)).is_some() }
+fn is_known_request(proto: u8, id: u16, now: u64) -> bool {
+    request_recent(now) && unsafe { REQ_IDS.get(req_key(proto, id)).is_some() }
 }
 
 #[inline(always)]
@@ -179,10 +185,11 @@ fn classify_icmp(
     l4_off: usize,
     vm: &[u8; 4],
     dst: &[u8; 4],
+    now: u64,
 ) -> Option<(u8, u8)> {
     match pkt.icmp_type {
         ICMP_ECHO if pkt.saddr == *vm && pkt.daddr == *dst => Some((ROLE_REQUEST, 0)),
-        ICMP_ECHOREPLY if pkt.saddr == *dst && is_known_request(IPPROTO_ICMP, pkt.id) => {
+        ICMP_ECHOREPLY if pkt.saddr == *dst && is_known_request(IPPROTO_ICMP, pkt.id, now) => {
             Some((ROLE_REPLY, 0))
         }
         ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => {
@@ -192,7 +199,7 @@ fn classify_icmp(
             let ours = inner.proto == IPPROTO_ICMP
                 && inner.icmp_type == ICMP_ECHO
                 && inner.daddr == *dst
-                && is_known_request(IPPROTO_ICMP, inner.id);
+                && is_known_request(IPPROTO_ICMP, inner.id, now);
             if !ours {
                 return None;
             }
@@ -206,11 +213,11 @@ fn classify_icmp(
 }
 
 #[inline(always)]
-fn classify_dns(pkt: &PacketInfo, vm: &[u8; 4], dst: &[u8; 4]) -> Option<(u8, u8)> {
+fn classify_dns(pkt: &PacketInfo, vm: &[u8; 4], dst: &[u8; 4], now: u64) -> Option<(u8, u8)> {
     if pkt.dport == DNS_PORT && pkt.saddr == *vm && pkt.daddr == *dst {
         return Some((ROLE_REQUEST, 0));
     }
-    if pkt.sport == DNS_PORT && pkt.saddr == *dst && is_known_request(IPPROTO_UDP, pkt.id) {
+    if pkt.sport == DNS_PORT && pkt.saddr == *dst && is_known_request(IPPROTO_UDP, pkt.id, now) {
         return Some((ROLE_REPLY, 0));
     }
     None
