@@ -15,8 +15,7 @@ use tracer_common::{
 
 use crate::{
     maps::{
-        config, count, emit, note_request, request_recent, track, tracked, untrack, EVENTS,
-        REQ_IDS,
+        config, count, emit, note_request, request_recent, track, tracked, untrack, EVENTS, REQ_IDS,
     },
     packet::{
         dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,
