@@ -109,10 +109,30 @@ pub fn count(index: u32) {
     }
 }
 
+/// When to wake the reader: a wakeup per event costs the kernel an irq_work each,
+/// which under a flood of followed packets is most of the cost. Events queue
+/// silently (user space also drains every tick) and the reader is woken once
+/// enough has piled up to matter.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    use aya_ebpf::bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    };
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= size / WAKE_AT_FRACTION {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Wake the reader once the ring is this fraction (1/N) full.
+const WAKE_AT_FRACTION: u64 = 16;
+
 /// Send an event, counting (never silently losing) a full ring buffer.
 #[inline(always)]
 pub fn emit(event: &Event) {
-    if EVENTS.output::<Event>(event, 0).is_err() {
+    if EVENTS.output::<Event>(event, wakeup_flags()).is_err() {
         count(tracer_common::CNT_RINGBUF_FULL);
     }
 }

@@ -150,6 +150,9 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// How often queued events are taken and traces decided.
+const TICK_MS: u64 = 50;
+
 async fn follow(
     cli: &Cli,
     events: RingBuf<MapData>,
@@ -174,7 +177,7 @@ async fn follow(
     let mut ring = unsafe { AsyncFd::register(events) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(cli.timeout);
-    let mut tick = interval(Duration::from_millis(100));
+    let mut tick = interval(Duration::from_millis(TICK_MS));
     let mut ticks = 0u64;
     let (mut int, mut term, mut hup) = (
         signal(SignalKind::interrupt())?,
@@ -206,17 +209,13 @@ async fn follow(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    match decode(&item) {
-                        Some(Decoded::Event(ev)) => corr.on_event(&ev),
-                        Some(Decoded::Name(ev, name)) => corr.on_name(&ev, name),
-                        None => {}
-                    }
-                }
+                drain(guard.get_inner_mut(), &mut corr);
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                // The kernel wakes us only once events pile up (see the eBPF
+                // crate's wakeup_flags): take the quiet trickle here.
+                drain(ring.get_mut(), &mut corr);
                 let now = monotonic_ns();
                 // Events the kernel could not hand over: the traces open now (and
                 // starting in this instant) may miss hops; they will say so.
@@ -227,7 +226,7 @@ async fn follow(
                 }
                 report(corr.poll(now), &mut tally, explainer);
                 ticks += 1;
-                if ticks.is_multiple_of(5) {
+                if ticks.is_multiple_of(500 / TICK_MS) {
                     let mut churn = Churn { probes: &mut *probes, corr: &mut corr, waiting: &mut waiting, printer };
                     churn.check(&mut explainer.topo)?;
                 }
@@ -243,6 +242,17 @@ async fn follow(
     }
     report(corr.flush(), &mut tally, explainer);
     Ok(tally)
+}
+
+/// Hand every queued ring-buffer record to the correlator.
+fn drain(rb: &mut RingBuf<MapData>, corr: &mut Correlator) {
+    while let Some(item) = rb.next() {
+        match decode(&item) {
+            Some(Decoded::Event(ev)) => corr.on_event(&ev),
+            Some(Decoded::Name(ev, name)) => corr.on_name(&ev, name),
+            None => {}
+        }
+    }
 }
 
 enum Decoded {

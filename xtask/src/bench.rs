@@ -48,6 +48,10 @@ fn tool_cpus() -> String {
 pub struct Options {
     /// One short iteration of a few variants, to keep the bench working (CI).
     pub smoke: bool,
+    /// Only this flood ("udp" or "icmp").
+    pub flood: Option<String>,
+    /// Rounds of every variant.
+    pub rounds: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -134,6 +138,14 @@ pub fn run(opts: &Options) -> Result<()> {
             Variant::ALL.to_vec(),
         )
     };
+    let reps = opts.rounds.unwrap_or(reps).max(1);
+    let traffics: Vec<Traffic> = traffics
+        .into_iter()
+        .filter(|t| opts.flood.as_deref().is_none_or(|f| f == t.word()))
+        .collect();
+    if traffics.is_empty() {
+        bail!("--flood is udp or icmp");
+    }
     let variants: Vec<Variant> = variants
         .into_iter()
         .filter(|v| *v != Variant::Bpftrace || bpftrace)

@@ -38,6 +38,12 @@ enum Task {
         /// One short iteration of a few variants (keeps the bench working; CI).
         #[arg(long)]
         smoke: bool,
+        /// Only this flood (udp or icmp), e.g. to profile one case.
+        #[arg(long)]
+        flood: Option<String>,
+        /// Rounds of every variant (default 5).
+        #[arg(long)]
+        rounds: Option<usize>,
     },
     /// Regenerate docs/troubleshooting.md from the scenario catalogue.
     Docs,
@@ -56,9 +62,17 @@ fn main() {
         Task::Build => setup::run().and_then(|_| build()),
         Task::Demo => setup::run().and_then(|_| build()).and_then(|_| demo::run()),
         Task::Lint => lint(),
-        Task::Bench { smoke } => setup::run()
-            .and_then(|_| build())
-            .and_then(|_| bench::run(&bench::Options { smoke })),
+        Task::Bench {
+            smoke,
+            flood,
+            rounds,
+        } => setup::run().and_then(|_| build()).and_then(|_| {
+            bench::run(&bench::Options {
+                smoke,
+                flood,
+                rounds,
+            })
+        }),
         Task::Docs => docs(),
         Task::Test { args } => setup::run()
             .and_then(|_| build())
@@ -67,7 +81,11 @@ fn main() {
             // A short bench run keeps `cargo xtask bench` working (no timing is
             // asserted; numbers go to target/bench-smoke/). Not for filtered runs.
             .and_then(|_| match args.is_empty() {
-                true => bench::run(&bench::Options { smoke: true }),
+                true => bench::run(&bench::Options {
+                    smoke: true,
+                    flood: None,
+                    rounds: None,
+                }),
                 false => Ok(()),
             }),
     };

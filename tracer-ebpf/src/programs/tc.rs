@@ -115,7 +115,7 @@ fn emit_dns_name(ctx: &TcContext, head: &Event, l4_off: usize) {
             ctx.load::<[u8; 16]>(off)
                 .map(|b| ev.name[..16].copy_from_slice(&b))
         });
-    entry.submit(0);
+    entry.submit(crate::maps::wakeup_flags());
 }
 
 /// Decide whether this packet belongs to the traced flow; start tracking it if so.

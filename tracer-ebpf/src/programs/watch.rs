@@ -157,7 +157,9 @@ fn sample(key: &DropKey, now: u64, pkt: &PacketInfo) {
         ts_ns: now,
         pkt: *pkt,
     };
-    if SAMPLES.output::<DropSample>(&s, 0).is_err() {
+    // User space drains samples on its own tick; it never waits for a wakeup.
+    let flags = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
+    if SAMPLES.output::<DropSample>(&s, flags).is_err() {
         count(CNT_SAMPLES_LOST);
     }
 }
