@@ -170,11 +170,22 @@ pub fn untrack(skb: u64) {
     }
 }
 
+/// Some packet is being followed right now.
+#[inline(always)]
+pub fn following() -> bool {
+    STATE.get(INFLIGHT).copied().unwrap_or(1) != 0
+}
+
+/// The guest sent a request since tracing started.
+#[inline(always)]
+pub fn requests_seen() -> bool {
+    STATE.get(LAST_REQUEST).copied().unwrap_or(1) != 0
+}
+
 /// The tracking entry of `skb`, without a lookup while nothing is followed.
 #[inline(always)]
 pub fn tracked(skb: u64) -> Option<Tracked> {
-    let inflight = STATE.get(INFLIGHT).copied().unwrap_or(1);
-    if inflight == 0 {
+    if !following() {
         return None;
     }
     unsafe { TRACKED.get(skb) }.copied()

@@ -15,7 +15,8 @@ use tracer_common::{
 
 use crate::{
     maps::{
-        config, count, emit, note_request, request_recent, track, tracked, untrack, EVENTS, REQ_IDS,
+        config, count, emit, following, note_request, request_recent, requests_seen, track,
+        tracked, untrack, EVENTS, REQ_IDS,
     },
     packet::{
         dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,
@@ -78,8 +79,11 @@ fn may_concern_flow(pkt: &PacketInfo) -> bool {
     let cfg = config();
     match pkt.proto {
         IPPROTO_ICMP if cfg.protos & PROTO_ICMP != 0 => match pkt.icmp_type {
-            ICMP_ECHO => pkt.daddr == cfg.dst_ip,
-            ICMP_ECHOREPLY => pkt.saddr == cfg.dst_ip,
+            // Someone else's echo to the same destination can only be ours if a
+            // request of ours is in flight (seen again after NAT).
+            ICMP_ECHO => pkt.daddr == cfg.dst_ip && (pkt.saddr == cfg.vm_ip || following()),
+            // Replies are only looked for once a request was seen.
+            ICMP_ECHOREPLY => pkt.saddr == cfg.dst_ip && requests_seen(),
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => true,
             _ => false,
         },
