@@ -111,6 +111,8 @@ impl Variant {
 /// One flood under one variant.
 #[derive(Debug, Clone, Default)]
 struct Sample {
+    /// Which round it was in (ratios pair a run with its round's untraced run).
+    round: usize,
     pps: f64,
     cpu_ns_per_pkt: f64,
     /// Share of the run's CPU time the hypervisor took away (steal).
@@ -173,7 +175,7 @@ pub fn run(opts: &Options) -> Result<()> {
                     "bench:   {:.0} packets/s, {:.0} ns CPU per packet",
                     s.pps, s.cpu_ns_per_pkt
                 );
-                samples.push((traffic, variant, s));
+                samples.push((traffic, variant, Sample { round: rep, ..s }));
             }
         }
     }
@@ -585,6 +587,8 @@ struct Row {
 
 struct Report {
     rows: Vec<Row>,
+    /// Every run, for anyone who wants other statistics.
+    runs: Vec<Value>,
     secs: f64,
     reps: usize,
     pipeline: Option<f64>,
@@ -609,7 +613,7 @@ impl Report {
                     .map(|(_, _, s)| s)
                     .collect()
             };
-            let base = median(of(Variant::Untraced).iter().map(|s| s.pps));
+            let base = of(Variant::Untraced);
             for &variant in variants {
                 let s = of(variant);
                 let pps = median(s.iter().map(|s| s.pps));
@@ -617,7 +621,12 @@ impl Report {
                     traffic,
                     variant,
                     pps,
-                    ratio: if base > 0.0 { pps / base } else { 0.0 },
+                    // Paired: each run against the untraced run of its own round,
+                    // which cancels slow drifts of the machine.
+                    ratio: median(s.iter().filter_map(|s| {
+                        let b = base.iter().find(|b| b.round == s.round)?;
+                        (b.pps > 0.0).then(|| s.pps / b.pps)
+                    })),
                     cpu_ns_per_pkt: median(s.iter().map(|s| s.cpu_ns_per_pkt)),
                     steal: median(s.iter().map(|s| s.steal)),
                     rss_mb: opt_max(s.iter().map(|s| s.rss_mb)),
@@ -628,8 +637,17 @@ impl Report {
                 });
             }
         }
+        let runs = samples
+            .iter()
+            .map(|(t, v, s)| {
+                json!({"round": s.round, "flood": t.word(), "variant": v.word(),
+                       "forwarded_pps": s.pps, "cpu_ns_per_packet": s.cpu_ns_per_pkt,
+                       "steal_share": s.steal})
+            })
+            .collect();
         Self {
             rows,
+            runs,
             secs,
             reps,
             pipeline,
@@ -642,7 +660,8 @@ impl Report {
             "# pathtrace benchmark\n\n{} · kernel {} · {} CPUs · {} · pathtrace {}\n\n\
              Each flood {} s of 46-byte packets from one guest through bridge, routing, conntrack \
              and MASQUERADE (flood pinned to CPU 0, tracers to the others); {} run(s) per \
-             variant, interleaved, each round in another order; medians. CPU ns/pkt is busy \
+             variant, interleaved, each round in another order; medians (\"vs untraced\" is the \
+             median of each run's ratio to its round's untraced run). CPU ns/pkt is busy \
              time of all CPUs per forwarded packet; steal is CPU time the hypervisor took.\n\n\
              | flood | variant | forwarded pkt/s | vs untraced | CPU ns/pkt | steal | RSS MB | attach s | detach s | events lost |\n\
              |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -697,7 +716,7 @@ impl Report {
             .collect();
         json!({
             "machine": self.machine, "flood_seconds": self.secs, "repetitions": self.reps,
-            "pipeline_events_per_s": self.pipeline, "rows": rows,
+            "pipeline_events_per_s": self.pipeline, "rows": rows, "runs": self.runs,
         })
     }
 }
