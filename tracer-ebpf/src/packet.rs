@@ -90,46 +90,63 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
     if data + DIRECT_LEN > end {
         return None;
     }
-    // SAFETY: the verifier-checked bound above covers these bytes.
-    let b = unsafe { &*(data as *const [u8; DIRECT_LEN]) };
-    let ethertype = u16::from_be_bytes([b[12], b[13]]);
+    // SAFETY: the verifier-checked bound above covers these bytes; the header
+    // structs are byte arrays (alignment 1).
+    let ethertype = u16::from_be_bytes(unsafe { *((data + 12) as *const [u8; 2]) });
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         return None;
     }
     if ethertype != ETH_P_IP {
         return Some(None);
     }
-    let ip = &b[ETH_HLEN..ETH_HLEN + 20];
-    if ip[0] != 0x45 {
-        return if ip[0] >> 4 == 4 { None } else { Some(None) };
+    let ip = unsafe { &*((data + ETH_HLEN) as *const Ipv4Hdr) };
+    if ip.ver_ihl != 0x45 {
+        // IP options move the L4 header: the careful path; not IPv4: done.
+        return if ip.ver_ihl >> 4 == 4 {
+            None
+        } else {
+            Some(None)
+        };
     }
-    let proto = ip[9];
-    if proto != IPPROTO_ICMP && proto != IPPROTO_UDP {
+    if ip.proto != IPPROTO_ICMP && ip.proto != IPPROTO_UDP {
         return Some(None);
     }
-    let l4 = &b[ETH_HLEN + 20..DIRECT_LEN];
-    let mut info = PacketInfo {
-        saddr: [ip[12], ip[13], ip[14], ip[15]],
-        daddr: [ip[16], ip[17], ip[18], ip[19]],
-        proto,
-        ttl: ip[8],
-        ip_len: be16([ip[2], ip[3]]),
-        frag: be16([ip[6], ip[7]]),
-        ..PacketInfo::default()
-    };
-    if proto == IPPROTO_ICMP {
-        info.icmp_type = l4[0];
-        info.code = l4[1];
-        info.id = be16([l4[4], l4[5]]);
-        info.seq = be16([l4[6], l4[7]]);
-    } else {
-        info.sport = be16([l4[0], l4[1]]);
-        info.dport = be16([l4[2], l4[3]]);
-        if info.sport == DNS_PORT || info.dport == DNS_PORT {
-            return None; // the DNS id and RCODE lie beyond: the careful path
-        }
+    let l4 = unsafe { &*((data + ETH_HLEN + 20) as *const L4Head) };
+    let mut info = ip_info(ip);
+    fill_l4(&mut info, l4);
+    if info.sport == DNS_PORT || info.dport == DNS_PORT {
+        return None; // the DNS id and RCODE lie beyond: the careful path
     }
     Some(Some((info, ETH_HLEN + 20)))
+}
+
+/// The fields of an IPv4 header pathtrace reports.
+#[inline(always)]
+fn ip_info(ip: &Ipv4Hdr) -> PacketInfo {
+    PacketInfo {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        proto: ip.proto,
+        ttl: ip.ttl,
+        ip_len: be16(ip.tot_len),
+        frag: be16(ip.frag),
+        ..PacketInfo::default()
+    }
+}
+
+/// ICMP type/code/id/seq, or UDP ports, from the first 8 bytes after the IP header.
+#[inline(always)]
+fn fill_l4(info: &mut PacketInfo, l4: &L4Head) {
+    let b = l4.b;
+    if info.proto == IPPROTO_ICMP {
+        info.icmp_type = b[0];
+        info.code = b[1];
+        info.id = be16([b[4], b[5]]);
+        info.seq = be16([b[6], b[7]]);
+    } else {
+        info.sport = be16([b[0], b[1]]);
+        info.dport = be16([b[2], b[3]]);
+    }
 }
 
 /// Offset of the question section of the DNS message in a UDP packet at `l4_off`.
@@ -149,32 +166,15 @@ pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)
         return None;
     }
     let l4_off = ip_off + ihl;
-    let mut info = PacketInfo {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        proto: ip.proto,
-        ttl: ip.ttl,
-        ip_len: be16(ip.tot_len),
-        frag: be16(ip.frag),
-        ..PacketInfo::default()
-    };
+    let mut info = ip_info(&ip);
     let l4: L4Head = ctx.load(l4_off).ok()?;
-    let b = l4.b;
-    if ip.proto == IPPROTO_ICMP {
-        info.icmp_type = b[0];
-        info.code = b[1];
-        info.id = be16([b[4], b[5]]);
-        info.seq = be16([b[6], b[7]]);
-    } else {
-        info.sport = be16([b[0], b[1]]);
-        info.dport = be16([b[2], b[3]]);
-        if info.sport == DNS_PORT || info.dport == DNS_PORT {
-            // DNS header: id, then flags whose low 4 bits are the RCODE.
-            let head: [u8; 4] = ctx.load(l4_off + 8).ok()?;
-            info.id = u16::from_be_bytes([head[0], head[1]]);
-            if info.sport == DNS_PORT {
-                info.code = head[3] & 0x0f;
-            }
+    fill_l4(&mut info, &l4);
+    if info.proto == IPPROTO_UDP && (info.sport == DNS_PORT || info.dport == DNS_PORT) {
+        // DNS header: id, then flags whose low 4 bits are the RCODE.
+        let head: [u8; 4] = ctx.load(l4_off + 8).ok()?;
+        info.id = u16::from_be_bytes([head[0], head[1]]);
+        if info.sport == DNS_PORT {
+            info.code = head[3] & 0x0f;
         }
     }
     Some((info, l4_off))
