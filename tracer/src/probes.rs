@@ -19,6 +19,17 @@ use tracer_common::{names, Config, WatchConfig, CNT_RINGBUF_FULL, CNT_TRACK_FULL
 
 use crate::topology::Iface;
 
+/// A record of type `T` from the bytes a ring buffer handed over; None when the
+/// record is shorter than `T` (a layout mismatch, never trusted).
+pub fn record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: T is plain old data (tracer-common) and the length is checked above;
+    // ring-buffer records are only 8-byte aligned, so read unaligned.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
 /// The smallest ring buffer (one page) for a mode that does not use it.
 const MIN_RING: u32 = 4096;
 

@@ -21,7 +21,7 @@ use crate::{
     kernel::{btf::KernelBtf, kallsyms::Symbols, tracefs},
     output::{Printer, Summary},
     preflight,
-    probes::Probes,
+    probes::{record, Probes},
     topology::{Iface, Role, Topology},
 };
 
@@ -262,19 +262,11 @@ enum Decoded {
 
 /// One ring-buffer record: an [`Event`], or a [`NameEvent`] (same head, kind DnsName).
 fn decode(bytes: &[u8]) -> Option<Decoded> {
-    if bytes.len() < std::mem::size_of::<Event>() {
-        return None;
-    }
-    // SAFETY: Event is plain old data (tracer-common), length checked above.
-    let ev = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    let ev: Event = record(bytes)?;
     if EventKind::from_u8(ev.kind) != Some(EventKind::DnsName) {
         return Some(Decoded::Event(ev));
     }
-    if bytes.len() < std::mem::size_of::<NameEvent>() {
-        return None;
-    }
-    // SAFETY: as above, for the longer record.
-    let named = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<NameEvent>()) };
+    let named: NameEvent = record(bytes)?;
     Some(Decoded::Name(ev, crate::dns::qname(&named.name)?))
 }
 

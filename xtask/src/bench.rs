@@ -414,7 +414,6 @@ enum Ready {
 /// A tracer running during one flood.
 struct Tool {
     child: Child,
-    started: Instant,
     attach_s: f64,
     /// The last line it printed on stdout (pathtrace's summary or snapshot).
     last_line: Arc<Mutex<String>>,
@@ -465,7 +464,6 @@ impl Tool {
         }
         Ok(Self {
             child,
-            started,
             attach_s: started.elapsed().as_secs_f64(),
             last_line,
         })
@@ -501,7 +499,6 @@ impl Tool {
                 .as_u64()
                 .or_else(|| last["self"]["events_lost"].as_u64());
         }
-        let _ = self.started;
         Ok(())
     }
 }

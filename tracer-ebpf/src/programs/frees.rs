@@ -1,7 +1,8 @@
 //! `skb:kfree_skb` and `skb:consume_skb`: the fate of a followed packet.
 //!
 //! Both run for every freed skb on the host (consume_skb for nearly every packet),
-//! so they do one hash lookup and nothing more for untracked packets. Each comes
+//! so for untracked packets they do one hash lookup at most (none while nothing
+//! is followed, see `maps::tracked`). Each comes
 //! twice: as a raw tracepoint (arguments straight from the call site, no record
 //! built: the cheap one, used when the kernel's arguments are as expected) and as
 //! a classic tracepoint reading the record by tracefs offsets (any kernel).

@@ -13,7 +13,7 @@ use tracer_common::{
 use super::{inventory::Inventory, report::Totals};
 use crate::{
     kernel::{btf::KernelBtf, tracefs},
-    probes::Probes,
+    probes::{record, Probes},
     topology::current_netns_inum,
 };
 
@@ -145,10 +145,7 @@ impl WatchKernel {
     pub fn samples(&mut self) -> Vec<(DropKey, PacketInfo)> {
         let mut out = Vec::new();
         while let Some(item) = self.samples.next() {
-            if item.len() >= std::mem::size_of::<DropSample>() {
-                // SAFETY: the kernel wrote a DropSample (size checked); read unaligned.
-                let s: DropSample =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropSample>()) };
+            if let Some(s) = record::<DropSample>(&item) {
                 out.push((s.key, s.pkt));
             }
         }

@@ -141,7 +141,9 @@ async fn watch(
                 let elapsed = now.duration_since(last).as_secs_f64();
                 last = now;
                 let snap = snapshot(cli, &kernel, &mut reporter, &inv, names, elapsed);
-                *page.lock().await = prometheus::render(&snap);
+                if cli.prometheus.is_some() {
+                    *page.lock().await = prometheus::render(&snap);
+                }
                 show(&mut view, &snap)?;
             }
             Some(k) = next_key(&mut keys) => {
