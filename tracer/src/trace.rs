@@ -193,7 +193,10 @@ async fn follow(
         ));
     }
     let mut tally = Tally::default();
-    let mut seen_lost = probes.losses().0;
+    // The counters belong to this run's maps: every loss since load is ours, even
+    // one that happens before the first tick (reading the counter here, after the
+    // banner let the traffic start, could already include it and hide it).
+    let mut seen_lost = 0;
     let mut waiting = HashSet::new();
     let want = cli.count as usize;
     let report = |done: Vec<Finished>, tally: &mut Tally, explainer: &Explainer| {
@@ -213,17 +216,7 @@ async fn follow(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                // The kernel wakes us only once events pile up (see the eBPF
-                // crate's wakeup_flags): take the quiet trickle here.
-                drain(ring.get_mut(), &mut corr);
-                let now = monotonic_ns();
-                // Events the kernel could not hand over: the traces open now (and
-                // starting in this instant) may miss hops; they will say so.
-                let lost = probes.losses().0;
-                if lost > seen_lost {
-                    seen_lost = lost;
-                    corr.mark_lossy(now);
-                }
+                let now = catch_up(ring.get_mut(), &mut corr, probes, &mut seen_lost);
                 report(corr.poll(now), &mut tally, explainer);
                 ticks += 1;
                 if ticks.is_multiple_of(500 / TICK_MS) {
@@ -240,8 +233,31 @@ async fn follow(
             break;
         }
     }
+    // Stopping (deadline, signal) can win over a pending tick: take what is still
+    // queued and note losses before the last verdicts, as every tick does.
+    catch_up(ring.get_mut(), &mut corr, probes, &mut seen_lost);
     report(corr.flush(), &mut tally, explainer);
     Ok(tally)
+}
+
+/// Take every queued event, then note losses: the kernel wakes us only once events
+/// pile up (see the eBPF crate's wakeup_flags), so this runs every tick. Traces
+/// open when the kernel could not hand over events (and those starting in this
+/// instant) may miss hops; they will say so. Returns the time it was done.
+fn catch_up(
+    rb: &mut RingBuf<MapData>,
+    corr: &mut Correlator,
+    probes: &Probes,
+    seen_lost: &mut u64,
+) -> u64 {
+    drain(rb, corr);
+    let now = monotonic_ns();
+    let lost = probes.losses().0;
+    if lost > *seen_lost {
+        *seen_lost = lost;
+        corr.mark_lossy(now);
+    }
+    now
 }
 
 /// Hand every queued ring-buffer record to the correlator.
