@@ -105,9 +105,30 @@ pub fn trace_while(
 /// [`trace_while`] with a command of the caller's making (e.g. wrapped in unshare).
 pub fn trace_cmd_while(
     lab: &mut Lab,
-    mut cmd: std::process::Command,
+    cmd: std::process::Command,
     limit: Duration,
     traffic: impl FnOnce(&mut Lab) -> Result<()>,
+) -> Result<TraceRun> {
+    trace_cmd_with_pid(lab, cmd, limit, |lab, _| traffic(lab))
+}
+
+/// [`trace_while`], with pathtrace's process id handed to `traffic` (to stall or
+/// signal it while traffic flows).
+pub fn trace_while_pid(
+    lab: &mut Lab,
+    args: &[&str],
+    limit: Duration,
+    traffic: impl FnOnce(&mut Lab, u32) -> Result<()>,
+) -> Result<TraceRun> {
+    let cmd = lab.command_in_hv(&pathtrace_bin(), args);
+    trace_cmd_with_pid(lab, cmd, limit, traffic)
+}
+
+fn trace_cmd_with_pid(
+    lab: &mut Lab,
+    mut cmd: std::process::Command,
+    limit: Duration,
+    traffic: impl FnOnce(&mut Lab, u32) -> Result<()>,
 ) -> Result<TraceRun> {
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -135,7 +156,7 @@ pub fn trace_cmd_while(
             stderr: first + &rest,
         });
     }
-    let sent = traffic(lab);
+    let sent = traffic(lab, child.id());
     let code = wait_bounded(&mut child, limit)?;
     let mut rest = String::new();
     let _ = stderr.read_to_string(&mut rest);

@@ -11,7 +11,7 @@ use std::{
 use pathtrace_tests::{
     counter::Counter,
     lab::{Lab, LabOptions, PingOpts},
-    tracerun::{fake_guest_bin, pathtrace_bin, trace_while},
+    tracerun::{fake_guest_bin, pathtrace_bin, trace_while, trace_while_pid},
 };
 
 const ARGS: [&str; 9] = [
@@ -120,20 +120,26 @@ fn ring_buffer_overflow_is_counted_and_reported() {
         "4",
         "--json",
     ];
-    let run = trace_while(&mut lab, &args, Duration::from_secs(30), |lab| {
+    // The reader is stalled during the burst (as a busy host can stall it), so the
+    // kernel has to overflow the ring however fast the reader would otherwise be.
+    let run = trace_while_pid(&mut lab, &args, Duration::from_secs(30), |lab, pid| {
         let opts = PingOpts {
             count: 500,
             interval_ms: 0,
             timeout_ms: 500,
             ..PingOpts::default()
         };
-        lab.guest(0).ping("203.0.113.8".parse()?, opts)?;
+        // SAFETY: kill(2) on our own child (pathtrace, exec'd by nsenter).
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let sent = lab.guest(0).ping("203.0.113.8".parse()?, opts);
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        sent?;
         Ok(())
     })
     .unwrap();
     let summary = run.summary().expect("summary");
     let lost = summary["events_lost"].as_u64().unwrap();
-    eprintln!("summary: {summary}");
+    eprintln!("summary: {summary}\n{}{}", run.stdout, run.stderr);
     assert!(
         lost > 0,
         "a 4 KiB buffer overflows under a burst of 500 pings"
