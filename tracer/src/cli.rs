@@ -98,6 +98,52 @@ pub struct WatchCli {
     pub kernel_btf: std::path::PathBuf,
 }
 
+/// `pathtrace doctor`: static checks of everything a VM's traffic needs on this host.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pathtrace doctor",
+    version,
+    about = "Check, without tracing, everything on this host that a VM's traffic needs: its port and bridges, forwarding, routing, NAT, firewall, neighbours, DNS",
+    after_help = "Each check says pass, warn or fail, with its evidence and the command that fixes it.\nExit status: 0 nothing failed, 1 a check failed (with --diff: something changed), 2 usage or environment error.",
+    group(clap::ArgGroup::new("subject").args(["vm_ip", "vm", "snapshot", "diff"]).required(true))
+)]
+pub struct DoctorCli {
+    /// The guest's IPv4 address.
+    #[arg(long, value_name = "IP")]
+    pub vm_ip: Option<Ipv4Addr>,
+    /// The VM by Proxmox VMID, VM or libvirt domain name, or MAC (read from the
+    /// hypervisor's configuration: works before the guest has sent anything).
+    #[arg(long, value_name = "ID|NAME|MAC")]
+    pub vm: Option<String>,
+    /// The destination the guest should reach (default: the internet, by the
+    /// default route; only route lookups are made for it, nothing is sent).
+    #[arg(long = "to", value_name = "DEST")]
+    pub to: Option<Ipv4Addr>,
+    /// The resolver the guest uses, when it is not this host's own.
+    #[arg(long, value_name = "IP")]
+    pub dns: Option<Ipv4Addr>,
+    /// The VM's port (tap/vnet), when it cannot be found otherwise.
+    #[arg(long, value_name = "DEV")]
+    pub iface: Option<String>,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Send nothing: skip the ARP probes (gateway reachable, duplicate VM IP).
+    #[arg(long)]
+    pub passive: bool,
+    /// Save routes, rules, rulesets, bridge state and sysctls into DIR, to compare
+    /// later with --diff DIR.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["diff", "vm_ip", "vm"])]
+    pub snapshot: Option<std::path::PathBuf>,
+    /// Show what changed since `--snapshot DIR`.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["vm_ip", "vm"])]
+    pub diff: Option<std::path::PathBuf>,
+    /// Read hypervisor configuration (Proxmox /etc/pve, libvirt) under this root
+    /// instead of / (e.g. a copy of another host's /etc).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub config_root: std::path::PathBuf,
+}
+
 /// `PORT` (localhost) or `ADDR:PORT`.
 pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
@@ -156,5 +202,19 @@ mod tests {
         assert_eq!(w.vm_ips.len(), 2);
         assert!(w.json);
         assert!(WatchCli::try_parse_from(["pathtrace watch", "--interval", "0"]).is_err());
+    }
+
+    #[test]
+    fn doctor_needs_a_subject() {
+        let d = |args: &[&str]| {
+            DoctorCli::try_parse_from(
+                std::iter::once("pathtrace doctor").chain(args.iter().copied()),
+            )
+        };
+        assert!(d(&[]).is_err());
+        assert!(d(&["--vm-ip", "192.0.2.100"]).is_ok());
+        assert!(d(&["--vm", "105", "--to", "203.0.113.8"]).is_ok());
+        assert!(d(&["--snapshot", "/tmp/x"]).is_ok());
+        assert!(d(&["--snapshot", "/tmp/x", "--vm-ip", "192.0.2.100"]).is_err());
     }
 }

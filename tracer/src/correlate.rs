@@ -235,7 +235,7 @@ impl Correlator {
     fn stage_of(&self, ifindex: u32) -> Stage {
         match self.ctx.roles.get(&ifindex) {
             Some(Role::Port) => Stage::Tap,
-            Some(Role::Bridge) => Stage::Bridge,
+            Some(Role::Bridge | Role::Hop) => Stage::Bridge,
             Some(Role::Uplink) | None => Stage::Egress,
         }
     }

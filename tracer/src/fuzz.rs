@@ -125,6 +125,7 @@ fn view() -> impl Strategy<Value = nft::PacketView> {
             dport: port,
             iifname: Some("vmbr0".into()),
             oifname: Some("eth0".into()),
+            ct_state: None,
         })
 }
 

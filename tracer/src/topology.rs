@@ -1,11 +1,18 @@
 //! Where the guest's packets go on this host: VM IP → VM port (neighbour table +
-//! bridge FDB) → bridge → uplink (the route to the destination).
+//! bridge FDB) → any firewall bridges and veth pairs in between (Proxmox's
+//! `fwbrNiM` joined to `vmbrN` by `fwlnNiM`/`fwprNpM`) → the bridge that routes →
+//! uplink (the route to the destination).
 //!
 //! Read from the running host with iproute2's JSON output (`ip -j`, `bridge -j`),
 //! in the network namespace pathtrace runs in. Nothing here assumes names or
 //! addresses: every fact comes from the kernel's own tables.
 
-use std::{collections::HashMap, net::Ipv4Addr, os::unix::fs::MetadataExt, process::Command};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    os::unix::fs::MetadataExt,
+    process::Command,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -20,8 +27,20 @@ pub struct Iface {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Port,
+    /// Plumbing between the VM port and the bridge that routes: a firewall bridge
+    /// or a veth end joining two bridges. Its stage is `bridge`.
+    Hop,
     Bridge,
     Uplink,
+}
+
+/// One interface between the VM port and the bridge that routes, in path order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHop {
+    pub iface: Iface,
+    /// A bridge (no TC program: only frames for the host itself cross its hooks);
+    /// otherwise a veth end, watched with TC.
+    pub is_bridge: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +52,11 @@ pub struct Topology {
     /// guest's MAC (FDB entry aged out), every port of its bridge is a candidate and
     /// the one its requests arrive on is the port.
     pub ports: Vec<Iface>,
-    /// The bridge the port belongs to, if any (routed setups have none).
+    /// Interfaces between the port(s) and `bridge`, in path order (firewall
+    /// bridges, veth pairs); empty on a plain bridge.
+    pub chain: Vec<ChainHop>,
+    /// The bridge that carries the guest's traffic into the host's IP stack (the
+    /// top of the chain), if any (routed setups have none).
     pub bridge: Option<Iface>,
     /// The interface the route to `dst` leaves by; None when `dst` is local or
     /// unroutable, or reached through the guest's own bridge.
@@ -74,7 +97,7 @@ impl Topology {
                 iface_by_name(&links, n).ok_or_else(|| anyhow!("interface {n} does not exist"))
             })
             .collect::<Result<Vec<_>>>()?;
-        let bridge = master_of(&links, &ports[0].name).and_then(|m| iface_by_name(&links, &m));
+        let (chain, bridge) = chain_up(&links, &port_names);
         let inbound = bridge.as_ref().unwrap_or(&ports[0]).name.clone();
         let route = route_to(dst, vm_ip, &inbound);
         let mut topo = Topology {
@@ -82,6 +105,7 @@ impl Topology {
             vm_mac,
             dst,
             ports,
+            chain,
             bridge,
             uplink: None,
             gateway: None,
@@ -120,10 +144,13 @@ impl Topology {
         self.bridge.as_ref().unwrap_or(&self.ports[0])
     }
 
-    /// The interfaces to attach TC programs to, each with its role.
+    /// The interfaces to attach TC programs to, each with its role, in path order.
     pub fn hooks(&self) -> Vec<(Iface, Role)> {
         let mut hooks: Vec<(Iface, Role)> =
             self.ports.iter().map(|p| (p.clone(), Role::Port)).collect();
+        for h in self.chain.iter().filter(|h| !h.is_bridge) {
+            hooks.push((h.iface.clone(), Role::Hop));
+        }
         if let Some(b) = &self.bridge {
             hooks.push((b.clone(), Role::Bridge));
         }
@@ -133,19 +160,41 @@ impl Topology {
         hooks
     }
 
-    /// A VM port came back under a new index (VM reboot, migration back).
+    /// A VM port (or its firewall plumbing) came back under a new index (VM
+    /// reboot, migration back).
     pub fn port_recreated(&mut self, port: &Iface) {
-        for p in self.ports.iter_mut().filter(|p| p.name == port.name) {
+        let chain = self.chain.iter_mut().map(|h| &mut h.iface);
+        for p in self
+            .ports
+            .iter_mut()
+            .chain(chain)
+            .filter(|p| p.name == port.name)
+        {
             p.index = port.index;
         }
         self.names.insert(port.index, port.name.clone());
     }
 
+    /// Every interface on the path with its role: the hooks plus the firewall
+    /// bridges (drops happen there even though no TC program runs on them).
+    pub fn roles(&self) -> HashMap<u32, Role> {
+        let bridges = self.chain.iter().filter(|h| h.is_bridge);
+        let mut roles: HashMap<u32, Role> = bridges.map(|h| (h.iface.index, Role::Hop)).collect();
+        roles.extend(self.hooks().into_iter().map(|(i, r)| (i.index, r)));
+        roles
+    }
+
     pub fn role_of(&self, ifindex: u32) -> Option<Role> {
-        self.hooks()
-            .into_iter()
-            .find(|(i, _)| i.index == ifindex)
-            .map(|(_, r)| r)
+        self.roles().get(&ifindex).copied()
+    }
+
+    /// Names of the path's interfaces from the VM port to the uplink, for people.
+    pub fn path_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.ports.iter().map(|p| p.name.clone()).collect();
+        names.extend(self.chain.iter().map(|h| h.iface.name.clone()));
+        names.extend(self.bridge.iter().map(|b| b.name.clone()));
+        names.extend(self.uplink.iter().map(|u| u.name.clone()));
+        names
     }
 
     pub fn name_of(&self, ifindex: u32) -> Option<&str> {
@@ -241,8 +290,9 @@ pub(crate) fn as_array(v: &Value) -> &[Value] {
 
 /// The VM's port and MAC: the neighbour entry for the VM IP names the MAC and the
 /// L3 interface (a bridge, or the port itself in routed setups); on a bridge the
-/// FDB says which port that MAC was learned on. If the FDB entry aged out, all the
-/// bridge's ports are candidates.
+/// FDB says which port that MAC was learned on, and through veth pairs into
+/// firewall bridges, on which port there. If an FDB entry aged out, every port
+/// below that bridge is a candidate.
 fn find_vm_ports(vm_ip: Ipv4Addr, links: &Value) -> Result<(Vec<String>, Option<String>)> {
     let neigh = ip_json(&["neigh", "show", "to", &vm_ip.to_string()])?;
     let entry = as_array(&neigh).iter().find(|n| {
@@ -262,25 +312,154 @@ fn find_vm_ports(vm_ip: Ipv4Addr, links: &Value) -> Result<(Vec<String>, Option<
     if !is_bridge(links, &dev) {
         return Ok((vec![dev], Some(mac)));
     }
-    let fdb = run_json("bridge", &["-j", "fdb", "show", "br", &dev])?;
-    if let Some(port) = fdb_port(&fdb, &mac) {
-        return Ok((vec![port], Some(mac)));
-    }
-    let ports: Vec<String> = as_array(links)
-        .iter()
-        .filter(|l| l["master"].as_str() == Some(dev.as_str()))
-        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-        .collect();
+    let ports = ports_for_mac(links, &dev, &mac)?;
     if ports.is_empty() {
         bail!("VM {vm_ip} ({mac}) is known on bridge {dev}, which has no ports");
     }
     Ok((ports, Some(mac)))
 }
 
-/// The bridge port that learned `mac` (not the bridge's own `self` entries).
-fn fdb_port(fdb: &Value, mac: &str) -> Option<String> {
+/// The port(s) below `bridge` where `mac` lives, descending through veth pairs into
+/// lower bridges (firewall bridges). Ask the FDB at each level.
+pub(crate) fn ports_for_mac(links: &Value, bridge: &str, mac: &str) -> Result<Vec<String>> {
+    let (mut bridge, mut came_by) = (bridge.to_string(), None::<String>);
+    for _ in 0..MAX_CHAIN {
+        let fdb = run_json("bridge", &["-j", "fdb", "show", "br", &bridge])?;
+        let Some(port) = fdb_port(&fdb, mac, came_by.as_deref()) else {
+            return Ok(leaf_ports(links, &bridge, came_by.as_deref(), 0));
+        };
+        match lower_bridge(links, &port, &bridge) {
+            Some((peer, lower)) => (bridge, came_by) = (lower, Some(peer)),
+            None => return Ok(vec![port]),
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Chains longer than this are not plumbing but a loop or a lab gone wrong.
+const MAX_CHAIN: usize = 4;
+
+/// Every port below `bridge` except `except`, with veth links into lower bridges
+/// replaced by the ports of those bridges.
+fn leaf_ports(links: &Value, bridge: &str, except: Option<&str>, depth: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for port in ports_of(links, bridge) {
+        if Some(port.as_str()) == except {
+            continue;
+        }
+        match lower_bridge(links, &port, bridge) {
+            Some((peer, lower)) if depth < MAX_CHAIN => {
+                out.extend(leaf_ports(links, &lower, Some(&peer), depth + 1))
+            }
+            _ => out.push(port),
+        }
+    }
+    out
+}
+
+/// If `port` (a port of `bridge`) is a veth whose peer is a port of another
+/// bridge: (peer, that bridge).
+fn lower_bridge(links: &Value, port: &str, bridge: &str) -> Option<(String, String)> {
+    let peer = veth_peer(links, port)?;
+    let master = master_of(links, &peer)?;
+    (master != bridge && is_bridge(links, &master)).then_some((peer, master))
+}
+
+fn veth_peer(links: &Value, name: &str) -> Option<String> {
+    let l = link(links, name)?;
+    if l["linkinfo"]["info_kind"].as_str() != Some("veth") {
+        return None;
+    }
+    l["link"].as_str().map(str::to_string)
+}
+
+fn ports_of(links: &Value, bridge: &str) -> Vec<String> {
+    as_array(links)
+        .iter()
+        .filter(|l| l["master"].as_str() == Some(bridge))
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn link<'a>(links: &'a Value, name: &str) -> Option<&'a Value> {
+    as_array(links)
+        .iter()
+        .find(|l| l["ifname"].as_str() == Some(name))
+}
+
+/// From the VM port(s) up to the bridge that routes: each port's bridge, and while
+/// that bridge is a firewall bridge — no IPv4 address of its own, and no port but
+/// the one we came by and one veth to another bridge — that veth pair and the
+/// next bridge. Returns the hops in between and the top bridge.
+pub(crate) fn chain_up(links: &Value, ports: &[String]) -> (Vec<ChainHop>, Option<Iface>) {
+    let addressed = addressed_devices();
+    let mut hops: Vec<ChainHop> = Vec::new();
+    let mut top = None;
+    for port in ports {
+        let (chain, bridge) = chain_of(links, port, &addressed);
+        for h in chain {
+            if !hops.contains(&h) {
+                hops.push(h);
+            }
+        }
+        top = top.or(bridge);
+    }
+    (hops, top)
+}
+
+fn chain_of(
+    links: &Value,
+    port: &str,
+    addressed: &HashSet<String>,
+) -> (Vec<ChainHop>, Option<Iface>) {
+    let mut hops = Vec::new();
+    let Some(mut bridge) = master_of(links, port) else {
+        return (hops, None);
+    };
+    let mut came_by = port.to_string();
+    for _ in 0..MAX_CHAIN {
+        if addressed.contains(&bridge) {
+            break;
+        }
+        let others: Vec<String> = ports_of(links, &bridge)
+            .into_iter()
+            .filter(|p| *p != came_by)
+            .collect();
+        let [down_end] = others.as_slice() else {
+            break;
+        };
+        let Some((up_end, upper)) = lower_bridge(links, down_end, &bridge) else {
+            break;
+        };
+        for (name, is_bridge) in [(&bridge, true), (down_end, false), (&up_end, false)] {
+            if let Some(iface) = iface_by_name(links, name) {
+                hops.push(ChainHop { iface, is_bridge });
+            }
+        }
+        came_by = up_end;
+        bridge = upper;
+    }
+    (hops, iface_by_name(links, &bridge))
+}
+
+/// Interfaces that carry an IPv4 address (a bridge with one routes for its LAN).
+fn addressed_devices() -> HashSet<String> {
+    let Ok(v) = ip_json(&["-4", "addr", "show"]) else {
+        return HashSet::new();
+    };
+    as_array(&v)
+        .iter()
+        .filter(|l| !as_array(&l["addr_info"]).is_empty())
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The bridge port that learned `mac` (not the bridge's own `self` entries, nor
+/// the port we came in by).
+fn fdb_port(fdb: &Value, mac: &str, except: Option<&str>) -> Option<String> {
     as_array(fdb)
         .iter()
+        .filter(|f| f["ifname"].as_str() != except)
         .filter(|f| f["mac"].as_str().map(str::to_lowercase).as_deref() == Some(mac))
         .filter(|f| {
             !f["flags"]
@@ -360,7 +539,10 @@ pub fn fuzz_entry(v: &Value) {
         master_of(v, "vmbr0"),
         is_bridge(v, "vmbr0"),
     );
-    let _ = (iface_by_name(v, "eth0"), fdb_port(v, "52:54:00:12:34:56"));
+    let _ = (
+        iface_by_name(v, "eth0"),
+        fdb_port(v, "52:54:00:12:34:56", None),
+    );
 }
 
 #[cfg(test)]
@@ -373,6 +555,57 @@ mod tests {
         assert_eq!(network(ip, 24), Ipv4Addr::new(192, 0, 2, 0));
         assert_eq!(network(ip, 0), Ipv4Addr::new(0, 0, 0, 0));
         assert_eq!(network(ip, 32), ip);
+    }
+
+    /// Proxmox with the firewall on: tap105i0 in fwbr105i0, joined to vmbr0 by
+    /// fwln105i0/fwpr105p0; a second VM's chain hangs off the same vmbr0.
+    fn proxmox_links() -> Value {
+        serde_json::from_str(
+            r#"[{"ifindex":2,"ifname":"eth0","master":"vmbr0","linkinfo":{"info_kind":"veth"}},
+                {"ifindex":3,"ifname":"vmbr0","linkinfo":{"info_kind":"bridge"}},
+                {"ifindex":10,"ifname":"tap105i0","master":"fwbr105i0","linkinfo":{"info_kind":"tun"}},
+                {"ifindex":11,"ifname":"fwbr105i0","linkinfo":{"info_kind":"bridge"}},
+                {"ifindex":12,"ifname":"fwpr105p0","master":"vmbr0","link":"fwln105i0","linkinfo":{"info_kind":"veth"}},
+                {"ifindex":13,"ifname":"fwln105i0","master":"fwbr105i0","link":"fwpr105p0","linkinfo":{"info_kind":"veth"}},
+                {"ifindex":20,"ifname":"tap106i0","master":"fwbr106i0","linkinfo":{"info_kind":"tun"}},
+                {"ifindex":21,"ifname":"fwbr106i0","linkinfo":{"info_kind":"bridge"}},
+                {"ifindex":22,"ifname":"fwpr106p0","master":"vmbr0","link":"fwln106i0","linkinfo":{"info_kind":"veth"}},
+                {"ifindex":23,"ifname":"fwln106i0","master":"fwbr106i0","link":"fwpr106p0","linkinfo":{"info_kind":"veth"}},
+                {"ifindex":30,"ifname":"tap107i0","master":"vmbr0","linkinfo":{"info_kind":"tun"}}]"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn follows_the_firewall_bridge_up_to_the_routing_bridge() {
+        let links = proxmox_links();
+        let addressed = HashSet::from(["vmbr0".to_string()]);
+        let (chain, top) = chain_of(&links, "tap105i0", &addressed);
+        let names: Vec<&str> = chain.iter().map(|h| h.iface.name.as_str()).collect();
+        assert_eq!(names, ["fwbr105i0", "fwln105i0", "fwpr105p0"]);
+        assert!(chain[0].is_bridge && !chain[1].is_bridge);
+        assert_eq!(top.map(|b| b.name).as_deref(), Some("vmbr0"));
+        // Without an address on vmbr0 it still stops there: two VMs hang below it.
+        let (chain, top) = chain_of(&links, "tap105i0", &HashSet::new());
+        assert_eq!(chain.len(), 3);
+        assert_eq!(top.map(|b| b.name).as_deref(), Some("vmbr0"));
+        // A tap straight on vmbr0 has no chain.
+        let (chain, top) = chain_of(&links, "tap107i0", &addressed);
+        assert!(chain.is_empty());
+        assert_eq!(top.map(|b| b.name).as_deref(), Some("vmbr0"));
+    }
+
+    #[test]
+    fn candidate_ports_descend_into_firewall_bridges() {
+        let links = proxmox_links();
+        let mut ports = leaf_ports(&links, "vmbr0", None, 0);
+        ports.sort();
+        assert_eq!(ports, ["eth0", "tap105i0", "tap106i0", "tap107i0"]);
+        assert_eq!(
+            lower_bridge(&links, "fwpr105p0", "vmbr0"),
+            Some(("fwln105i0".into(), "fwbr105i0".into()))
+        );
+        assert_eq!(lower_bridge(&links, "tap107i0", "vmbr0"), None);
     }
 
     #[test]

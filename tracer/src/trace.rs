@@ -1,9 +1,6 @@
 //! Trace mode: attach, follow the guest's requests, print a verdict per request.
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -79,7 +76,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
 }
 
 fn banner(cli: &Cli, topo: &Topology) -> String {
-    let hops: Vec<String> = topo.hooks().iter().map(|(i, _)| i.name.clone()).collect();
+    let hops = topo.path_names();
     let mac = topo
         .vm_mac
         .as_ref()
@@ -161,11 +158,7 @@ async fn follow(
     printer: &Printer,
 ) -> Result<Tally> {
     let topo = &explainer.topo;
-    let roles: HashMap<u32, _> = topo
-        .hooks()
-        .into_iter()
-        .map(|(i, r)| (i.index, r))
-        .collect();
+    let roles = topo.roles();
     let mut corr = Correlator::new(PathCtx {
         roles,
         netns: topo.netns_inum,
@@ -303,7 +296,9 @@ impl Churn<'_> {
             if index == iface.index {
                 continue;
             }
-            if role != Role::Port {
+            // A VM's port comes and goes with the VM, and so does its firewall
+            // plumbing (Proxmox recreates fwbr/fwln/fwpr with the tap).
+            if !matches!(role, Role::Port | Role::Hop) {
                 bail!(
                     "interface {} vanished during the trace; stopping (nothing left attached)",
                     iface.name
@@ -312,7 +307,7 @@ impl Churn<'_> {
             if index == 0 {
                 if self.waiting.insert(iface.name.clone()) {
                     self.printer.status(&format!(
-                        "pathtrace: VM port {} vanished (VM stopped, rebooting or migrating?); waiting for it to come back",
+                        "pathtrace: {} vanished (VM stopped, rebooting or migrating?); waiting for it to come back",
                         iface.name
                     ));
                 }
@@ -324,10 +319,10 @@ impl Churn<'_> {
             };
             self.probes.attach_tc(&fresh)?;
             topo.port_recreated(&fresh);
-            self.corr.set_role(index, Role::Port);
+            self.corr.set_role(index, role);
             self.waiting.remove(&iface.name);
             self.printer.status(&format!(
-                "pathtrace: VM port {} is back (ifindex {index}): re-attached",
+                "pathtrace: {} is back (ifindex {index}): re-attached",
                 iface.name
             ));
         }

@@ -20,6 +20,8 @@ pub struct Culprit {
     /// The rule as iptables-save prints it (`-A FORWARD ... -j DROP`).
     pub text: Option<String>,
     pub target: String,
+    /// Every match before it could be evaluated: this certainly decides.
+    pub certain: bool,
 }
 
 impl Culprit {
@@ -51,11 +53,22 @@ pub struct Rules {
 const TABLE_ORDER: &[&str] = &["raw", "mangle", "nat", "filter", "security"];
 
 pub fn find_culprit(hook: &str, pkt: &PacketView) -> Option<Culprit> {
+    legacy_rules()?.culprit(hook, pkt)
+}
+
+/// The legacy nat POSTROUTING rule (MASQUERADE/SNAT) a packet meets, if any.
+pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
+    let rules = legacy_rules()?;
+    let chain = rules.chain("nat", "POSTROUTING")?;
+    rules.walk_snat(chain, pkt, 0)
+}
+
+fn legacy_rules() -> Option<Rules> {
     let out = Command::new("iptables-legacy-save").output().ok()?;
     if !out.status.success() {
         return None;
     }
-    Rules::parse(&String::from_utf8_lossy(&out.stdout)).culprit(hook, pkt)
+    Some(Rules::parse(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The legacy nat rule that translates destinations to `to`.
@@ -120,11 +133,12 @@ impl Rules {
 
     pub fn culprit(&self, hook: &str, pkt: &PacketView) -> Option<Culprit> {
         let builtin = hook.to_uppercase();
+        let mut unsure = false;
         for table in TABLE_ORDER {
             let Some(chain) = self.chain(table, &builtin) else {
                 continue;
             };
-            match self.walk(chain, pkt, 0) {
+            match self.walk(chain, pkt, 0, &mut unsure) {
                 Flow::Dropped(c) => return Some(c),
                 Flow::Accepted => continue,
                 Flow::Continue if chain.policy.as_deref() == Some("DROP") => {
@@ -134,6 +148,7 @@ impl Rules {
                         number: None,
                         text: None,
                         target: "DROP".into(),
+                        certain: !unsure,
                     });
                 }
                 Flow::Continue => {}
@@ -148,7 +163,9 @@ impl Rules {
             .find(|c| c.table == table && c.name == name)
     }
 
-    fn walk(&self, chain: &Chain, pkt: &PacketView, depth: u32) -> Flow {
+    /// `unsure` records an ACCEPT that may have matched (a later drop is then
+    /// possible, not certain).
+    fn walk(&self, chain: &Chain, pkt: &PacketView, depth: u32, unsure: &mut bool) -> Flow {
         for (i, rule) in chain.rules.iter().enumerate() {
             let parsed = parse_rule(rule);
             let (possible, definite) = parsed.matches(pkt);
@@ -157,6 +174,7 @@ impl Rules {
             }
             match parsed.target.as_str() {
                 "ACCEPT" if definite => return Flow::Accepted,
+                "ACCEPT" => *unsure = true,
                 "DROP" | "REJECT" => {
                     return Flow::Dropped(Culprit {
                         table: chain.table.clone(),
@@ -164,12 +182,13 @@ impl Rules {
                         number: Some(i + 1),
                         text: Some(rule.clone()),
                         target: parsed.target.clone(),
+                        certain: definite && !*unsure,
                     });
                 }
                 "RETURN" if definite => return Flow::Continue,
                 t if depth < 8 => {
                     if let Some(sub) = self.chain(&chain.table, t) {
-                        match self.walk(sub, pkt, depth + 1) {
+                        match self.walk(sub, pkt, depth + 1, unsure) {
                             Flow::Continue => {}
                             other => return other,
                         }
@@ -179,6 +198,41 @@ impl Rules {
             }
         }
         Flow::Continue
+    }
+}
+
+impl Rules {
+    fn walk_snat(&self, chain: &Chain, pkt: &PacketView, depth: u32) -> Option<Culprit> {
+        for (i, rule) in chain.rules.iter().enumerate() {
+            let parsed = parse_rule(rule);
+            let (possible, definite) = parsed.matches(pkt);
+            if !possible {
+                continue;
+            }
+            match parsed.target.as_str() {
+                "MASQUERADE" | "SNAT" => {
+                    return Some(Culprit {
+                        table: chain.table.clone(),
+                        chain: chain.name.clone(),
+                        number: Some(i + 1),
+                        text: Some(rule.clone()),
+                        target: parsed.target.clone(),
+                        certain: definite,
+                    })
+                }
+                "ACCEPT" | "RETURN" if definite => return None,
+                t if depth < 8 => {
+                    let found = self
+                        .chain(&chain.table, t)
+                        .and_then(|sub| self.walk_snat(sub, pkt, depth + 1));
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
     }
 }
 
@@ -261,6 +315,10 @@ fn eval(opt: &str, value: &str, pkt: &PacketView) -> Option<bool> {
                 _ => return None,
             })
         }
+        "--ctstate" | "--state" => {
+            let state = pkt.ct_state?.to_uppercase();
+            Some(value.split(',').any(|s| s == state))
+        }
         // Counters, comments, logging options and the like never decide a match.
         "-c" | "--comment" | "--log-prefix" | "--reject-with" => Some(true),
         _ => None,
@@ -318,6 +376,7 @@ mod tests {
             dport,
             iifname: Some("vmbr0".into()),
             oifname: Some(oif.into()),
+            ct_state: None,
         }
     }
 

@@ -608,6 +608,9 @@ impl Explainer {
             } else {
                 oif
             },
+            // A reply belongs to the request's connection; a request may be the
+            // first of its flow or a repeat (ping reuses its id): unknown.
+            ct_state: (d.direction == Direction::Reply).then_some("established"),
         }
     }
 

@@ -22,6 +22,8 @@ pub struct PacketView {
     pub dport: Option<u16>,
     pub iifname: Option<String>,
     pub oifname: Option<String>,
+    /// Conntrack state as the firewall sees it (`new`, `established`), when known.
+    pub ct_state: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,9 @@ pub struct Culprit {
     /// The rule as `nft -a list` prints it (without the handle comment).
     pub text: Option<String>,
     pub verdict: String,
+    /// Every match before the verdict could be evaluated: this rule (or policy)
+    /// certainly decides, rather than possibly.
+    pub certain: bool,
 }
 
 impl Culprit {
@@ -110,8 +115,26 @@ pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
         handle: Some(handle),
         text,
         verdict: "dnat".into(),
+        certain: true,
     };
     Some(culprit.describe())
+}
+
+/// The source-NAT rule (`masquerade` or `snat`) a packet meets at postrouting,
+/// described like a culprit (verdict `masquerade`/`snat`).
+pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
+    let json = run(&["-j", "list", "ruleset"])?;
+    let mut found = Ruleset::parse(&serde_json::from_str(&json).ok()?).snat(pkt)?;
+    let text = run(&["-a", "list", "ruleset"]).unwrap_or_default();
+    if let Some(h) = found.handle {
+        found.text = rule_texts(&text).remove(&(
+            found.family.clone(),
+            found.table.clone(),
+            found.chain.clone(),
+            h,
+        ));
+    }
+    Some(found)
 }
 
 fn run(args: &[&str]) -> Option<String> {
@@ -173,6 +196,65 @@ impl Ruleset {
         Self { chains }
     }
 
+    /// The first source-NAT rule of the postrouting nat chains that may apply.
+    pub fn snat(&self, pkt: &PacketView) -> Option<Culprit> {
+        let mut base: Vec<&Chain> = self
+            .chains
+            .iter()
+            .filter(|c| c.hook.as_deref() == Some("postrouting"))
+            .filter(|c| L3_FAMILIES.contains(&c.family.as_str()))
+            .collect();
+        base.sort_by_key(|c| c.prio);
+        base.into_iter().find_map(|c| self.walk_snat(c, pkt, 0))
+    }
+
+    fn walk_snat(&self, chain: &Chain, pkt: &PacketView, depth: u32) -> Option<Culprit> {
+        for (handle, exprs) in &chain.rules {
+            let mut definite = true;
+            let mut possible = true;
+            for e in exprs {
+                if let Some(m) = e.get("match") {
+                    match eval_match(m, pkt) {
+                        Some(true) => {}
+                        Some(false) => possible = false,
+                        None => definite = false,
+                    }
+                    continue;
+                }
+                if !possible {
+                    break;
+                }
+                if let Some(kind) = snat_kind(e) {
+                    return Some(Culprit {
+                        family: chain.family.clone(),
+                        table: chain.table.clone(),
+                        chain: chain.name.clone(),
+                        handle: Some(*handle),
+                        text: None,
+                        verdict: kind.into(),
+                        certain: definite,
+                    });
+                }
+                if definite && (verdict_of(e).is_some() || e.get("return").is_some()) {
+                    return None;
+                }
+                let target = e
+                    .get("jump")
+                    .or_else(|| e.get("goto"))
+                    .and_then(|j| j["target"].as_str());
+                if let (Some(t), true) = (target, depth < 8) {
+                    let sub = self.chains.iter().find(|c| {
+                        c.family == chain.family && c.table == chain.table && c.name == t
+                    });
+                    if let Some(found) = sub.and_then(|s| self.walk_snat(s, pkt, depth + 1)) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     pub fn culprit(&self, hook: &str, families: &[&str], pkt: &PacketView) -> Option<Culprit> {
         let mut base: Vec<&Chain> = self
             .chains
@@ -180,8 +262,9 @@ impl Ruleset {
             .filter(|c| c.hook.as_deref() == Some(hook) && families.contains(&c.family.as_str()))
             .collect();
         base.sort_by_key(|c| c.prio);
+        let mut unsure = false;
         for chain in base {
-            match self.walk(chain, pkt, 0) {
+            match self.walk(chain, pkt, 0, &mut unsure) {
                 Flow::Dropped(c) => return Some(c),
                 Flow::Accepted => continue,
                 Flow::Continue => {
@@ -193,6 +276,7 @@ impl Ruleset {
                             handle: None,
                             text: None,
                             verdict: "drop".into(),
+                            certain: !unsure,
                         });
                     }
                 }
@@ -201,7 +285,9 @@ impl Ruleset {
         None
     }
 
-    fn walk(&self, chain: &Chain, pkt: &PacketView, depth: u32) -> Flow {
+    /// `unsure` records an accept that may have matched (then a later drop is not
+    /// certain).
+    fn walk(&self, chain: &Chain, pkt: &PacketView, depth: u32, unsure: &mut bool) -> Flow {
         for (handle, exprs) in &chain.rules {
             let mut possible = true;
             let mut definite = true;
@@ -220,7 +306,7 @@ impl Ruleset {
                 let verdict = verdict_of(e);
                 match verdict {
                     Some("accept") if definite => return Flow::Accepted,
-                    Some("accept") => {}
+                    Some("accept") => *unsure = true,
                     Some(v) => {
                         return Flow::Dropped(Culprit {
                             family: chain.family.clone(),
@@ -229,6 +315,7 @@ impl Ruleset {
                             handle: Some(*handle),
                             text: None,
                             verdict: v.into(),
+                            certain: definite && !*unsure,
                         });
                     }
                     None => {
@@ -240,7 +327,7 @@ impl Ruleset {
                             if let Some(sub) = self.chains.iter().find(|c| {
                                 c.family == chain.family && c.table == chain.table && c.name == t
                             }) {
-                                match self.walk(sub, pkt, depth + 1) {
+                                match self.walk(sub, pkt, depth + 1, unsure) {
                                     Flow::Continue if e.get("jump").is_some() => {}
                                     Flow::Continue => return Flow::Continue,
                                     other => return other,
@@ -269,6 +356,22 @@ fn verdict_of(e: &Value) -> Option<&'static str> {
         ("target", "DROP") => Some("drop"),
         ("target", "REJECT") => Some("reject"),
         ("target", "ACCEPT") => Some("accept"),
+        _ => None,
+    }
+}
+
+/// `masquerade`/`snat` statements, native or as iptables-nft targets.
+fn snat_kind(e: &Value) -> Option<&'static str> {
+    if e.get("masquerade").is_some() {
+        return Some("masquerade");
+    }
+    if e.get("snat").is_some() {
+        return Some("snat");
+    }
+    let xt = e.get("xt")?;
+    match (xt["type"].as_str()?, xt["name"].as_str()?) {
+        ("target", "MASQUERADE") => Some("masquerade"),
+        ("target", "SNAT") => Some("snat"),
         _ => None,
     }
 }
@@ -308,11 +411,18 @@ fn eval_match(m: &Value, pkt: &PacketView) -> Option<bool> {
             "oifname" => match_str(pkt.oifname.as_deref()?, right),
             _ => None,
         }
+    } else if left["ct"]["key"].as_str() == Some("state") {
+        let state = pkt.ct_state?;
+        // `ct state established,related` is a bitmask match: any of them.
+        match right {
+            Value::Array(items) => Some(items.iter().any(|i| i.as_str() == Some(state))),
+            _ => match_str(state, right),
+        }
     } else {
         None
     }?;
     match op {
-        "==" | "in" => Some(result),
+        "==" | "in" | "&" => Some(result),
         "!=" => Some(!result),
         _ => None,
     }

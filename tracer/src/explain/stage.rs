@@ -32,7 +32,7 @@ pub fn drop_stage(f: &DropFacts) -> Stage {
     }
     match f.dev_role {
         Some(Role::Port) => Stage::Tap,
-        Some(Role::Bridge) => Stage::Bridge,
+        Some(Role::Bridge | Role::Hop) => Stage::Bridge,
         Some(Role::Uplink) => Stage::Egress,
         None => Stage::Routing,
     }
@@ -70,7 +70,9 @@ fn netfilter_stage(f: &DropFacts) -> Stage {
     let in_bridge = f
         .function
         .is_some_and(|func| func.starts_with("br_") || func.starts_with("ebt_"));
-    if f.bridged || in_bridge {
+    // On a firewall bridge or its veth pair, before the bridge that routes, only
+    // the bridge firewall (br_netfilter, as Proxmox's) can have dropped it.
+    if f.bridged || in_bridge || f.dev_role == Some(Role::Hop) {
         return Stage::Bridge;
     }
     if f.dev_known && !f.has_dst {
