@@ -6,6 +6,8 @@ mod dns;
 mod explain;
 #[cfg(test)]
 mod fuzz;
+#[allow(dead_code)] // Until the CLI resolves a VM id or name through it.
+mod hostconfig;
 mod kernel;
 mod output;
 mod preflight;
