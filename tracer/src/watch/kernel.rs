@@ -119,8 +119,8 @@ impl WatchKernel {
         let mut out = HashMap::new();
         for (key, per_cpu) in self.drops.iter().flatten() {
             let t = per_cpu.iter().fold(Totals::default(), |t, c| Totals {
-                packets: t.packets + c.packets,
-                bytes: t.bytes + c.bytes,
+                packets: t.packets.saturating_add(c.packets),
+                bytes: t.bytes.saturating_add(c.bytes),
             });
             out.insert(key, t);
         }

@@ -148,7 +148,7 @@ impl Reporter {
             };
             let port = &inv.ports[&key.port];
             let point = describe(key, totals, per_s, self.examples.get(key), port, inv, names);
-            vm.drops_total += point.total;
+            vm.drops_total = vm.drops_total.saturating_add(point.total);
             vm.drops_per_s = round2(vm.drops_per_s + point.per_s);
             vm.drops.push(point);
         }
