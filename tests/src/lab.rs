@@ -6,10 +6,19 @@
 //!   inet namespace: isp0 198.51.100.1, hosts 203.0.113.8 and .53 (DNS) on lo,
 //!                   no route back to 192.0.2.0/24 (so NAT is required)
 //!
+//! The VM side comes in three layouts ([`Layout`]):
+//!   Plain:    tap100i0 ── vmbr0
+//!   Proxmox:  tap100i0 ── fwbr100i0 ── fwln100i0 ═veth═ fwpr100p0 ── vmbr0
+//!             (the firewall bridge per NIC of Proxmox VE with `firewall=1`), plus
+//!             `etc/pve/qemu-server/100.conf` under [`Lab::config_root`]
+//!   Libvirt:  vnet0 ── virbr0 (libvirt's NAT network "default"), plus
+//!             `run/libvirt/qemu/guest0.xml` and `run/libvirt/network/default.xml`
+//!
 //! Only RFC 5737 addresses; nothing outside the lab's own namespaces is changed.
 //! Everything is removed on drop, and `up` first removes leftovers of killed runs.
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -21,24 +30,94 @@ use anyhow::{bail, Context, Result};
 pub use crate::guest::{DnsResult, Guest, GuestSpec, PingOpts, PingResult};
 
 const PREFIX: &str = "ptlab";
+/// Config directories are `{temp}/ptlab-{pid}-{n}`.
+const CONFIG_PREFIX: &str = "ptlab-";
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-pub struct LabOptions {
-    pub guest_bin: PathBuf,
-    pub guests: Vec<GuestSpec>,
+/// The VM number of the planted duplicate-IP guest (tap199i0 / vnet99).
+const DUPLICATE_VMID: u32 = 199;
+
+/// How the hypervisor wires its guests to the VM bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// vmbr0 with the TAPs (tap{VMID}i0) as its ports.
+    #[default]
+    Plain,
+    /// Proxmox VE with the firewall on: vmbr0; each TAP on its own fwbr{VMID}i0,
+    /// joined to vmbr0 by the veth pair fwpr{VMID}p0 (on vmbr0) / fwln{VMID}i0.
+    Proxmox,
+    /// libvirt's NAT network "default": virbr0 with the ports vnet{n}.
+    Libvirt,
 }
 
-impl LabOptions {
-    /// One guest, 192.0.2.100 on tap100i0.
-    pub fn new(guest_bin: PathBuf) -> Self {
-        Self {
-            guest_bin,
-            guests: vec![GuestSpec::nth(0)],
+impl Layout {
+    pub const ALL: [Layout; 3] = [Layout::Plain, Layout::Proxmox, Layout::Libvirt];
+
+    /// The VM bridge, the one holding 192.0.2.1.
+    pub fn bridge(self) -> &'static str {
+        match self {
+            Layout::Plain | Layout::Proxmox => "vmbr0",
+            Layout::Libvirt => "virbr0",
+        }
+    }
+
+    /// This layout's name for a TAP: `tap{V}i0` and `vnet{V-100}` are the same NIC
+    /// of VM `V` (guest `V-100`); other names are kept.
+    pub fn port_name(self, tap: &str) -> String {
+        match (self, parse_port(tap)) {
+            (Layout::Libvirt, Some((vmid, 0))) if vmid >= 100 => format!("vnet{}", vmid - 100),
+            (Layout::Plain | Layout::Proxmox, Some((vmid, net))) => format!("tap{vmid}i{net}"),
+            _ => tap.to_string(),
         }
     }
 }
 
-/// Ways to break the path on purpose; `repair` undoes exactly each.
+/// (VMID, NIC number) of `tap{V}i{N}` or `vnet{n}` (VMID 100+n, NIC 0).
+fn parse_port(tap: &str) -> Option<(u32, u32)> {
+    if let Some(n) = tap.strip_prefix("vnet") {
+        return n.parse::<u32>().ok().map(|n| (100 + n, 0));
+    }
+    let (vmid, net) = tap.strip_prefix("tap")?.split_once('i')?;
+    Some((vmid.parse().ok()?, net.parse().ok()?))
+}
+
+/// Proxmox's firewall chain for `tap{V}i{N}`: fwbr{V}i{N}, fwpr{V}p{N}, fwln{V}i{N}.
+struct FwChain {
+    fwbr: String,
+    fwpr: String,
+    fwln: String,
+}
+
+fn fw_chain(tap: &str) -> Result<FwChain> {
+    let (vmid, net) = parse_port(tap)
+        .filter(|_| tap.starts_with("tap"))
+        .with_context(|| format!("Proxmox ports are named tap{{VMID}}i{{N}}, not {tap}"))?;
+    Ok(FwChain {
+        fwbr: format!("fwbr{vmid}i{net}"),
+        fwpr: format!("fwpr{vmid}p{net}"),
+        fwln: format!("fwln{vmid}i{net}"),
+    })
+}
+
+pub struct LabOptions {
+    pub guest_bin: PathBuf,
+    pub guests: Vec<GuestSpec>,
+    pub layout: Layout,
+}
+
+impl LabOptions {
+    /// One guest, 192.0.2.100 on tap100i0 (vnet0 with libvirt), plain layout.
+    pub fn new(guest_bin: PathBuf) -> Self {
+        Self {
+            guest_bin,
+            guests: vec![GuestSpec::nth(0)],
+            layout: Layout::Plain,
+        }
+    }
+}
+
+/// Ways to break the path on purpose; `repair` undoes exactly each. Those about a
+/// port act on guest 0's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// An nftables rule in the forward chain drops the guest's packets.
@@ -47,13 +126,42 @@ pub enum Fault {
     IpForwardOff,
     /// The MASQUERADE rule is gone.
     NoMasquerade,
+    /// Guest 0's TAP is administratively down.
+    PortDown,
+    /// Guest 0's TAP is detached from its bridge (fwbr with Proxmox).
+    PortNoMaster,
+    /// Guest 0's TAP is a port in state disabled (not forwarding) on its bridge.
+    StpBlocking,
+    /// Proxmox: guest 0's fwln/fwpr veth pair at MTU 1400, its TAP at 1500.
+    /// Otherwise: the uplink (eth0, and isp0 facing it) at MTU 1400, the bridge 1500.
+    MtuMismatch,
+    /// Strict rp_filter (all and the VM bridge) with a route to guest 0's address
+    /// out of eth0, so its packets fail the reverse-path check.
+    RpFilterStrict,
+    /// The default gateway 198.51.100.1 is gone from the inet side (no ARP answer),
+    /// and the hypervisor's neighbour entries on eth0 are flushed.
+    GatewayUnreachable,
+    /// Legacy iptables FORWARD policy DROP in the hypervisor.
+    IptablesForwardPolicyDrop,
+    /// The host resolver (192.0.2.1:53) is stopped.
+    NoResolver,
+    /// A second guest with guest 0's IP, another MAC, on tap199i0 / vnet99
+    /// (Proxmox: with its fwbr199i0 chain), with its own config file.
+    DuplicateIp,
 }
 
 pub struct Lab {
     hv: String,
     inet: String,
+    layout: Layout,
+    config_root: PathBuf,
     guest_bin: PathBuf,
     guests: Vec<Guest>,
+    /// The guest planted by [`Fault::DuplicateIp`].
+    duplicate: Option<Guest>,
+    resolver: Option<Child>,
+    /// rp_filter of all and of the bridge before [`Fault::RpFilterStrict`].
+    saved_rp_filter: Option<(String, String)>,
     helpers: Vec<Child>,
 }
 
@@ -61,18 +169,27 @@ impl Lab {
     pub fn up(opts: LabOptions) -> Result<Self> {
         Self::cleanup_stale();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let base = format!("{PREFIX}{}x{n}", std::process::id());
+        let pid = std::process::id();
+        let base = format!("{PREFIX}{pid}x{n}");
         let mut lab = Lab {
             hv: format!("{base}-hv"),
             inet: format!("{base}-inet"),
+            layout: opts.layout,
+            config_root: std::env::temp_dir().join(format!("{CONFIG_PREFIX}{pid}-{n}")),
             guest_bin: opts.guest_bin,
             guests: Vec::new(),
+            duplicate: None,
+            resolver: None,
+            saved_rp_filter: None,
             helpers: Vec::new(),
         };
         // From here on, Drop removes whatever was created, even if a step fails.
+        std::fs::create_dir_all(&lab.config_root)
+            .with_context(|| format!("creating {}", lab.config_root.display()))?;
         lab.build()?;
         let inet = lab.inet.clone();
-        lab.start_dns_server(&inet, "203.0.113.53:53")?;
+        let dns = lab.spawn_dns_server(&inet, "203.0.113.53:53")?;
+        lab.helpers.push(dns);
         for spec in opts.guests {
             lab.add_guest(spec)?;
         }
@@ -84,13 +201,14 @@ impl Lab {
         sh(&format!("ip netns add {hv} && ip netns add {inet}"))?;
         self.hv("ip link set lo up")?;
         self.inet("ip link set lo up")?;
-        self.hv(
+        self.hv(&format!(
             // A fixed MAC, as libvirt and Proxmox give their bridges: otherwise the
             // bridge takes its lowest port's MAC, and every new port with a lower
             // one changes it and flushes the host's neighbour table.
-            "ip link add vmbr0 address 02:00:00:00:01:01 type bridge stp_state 0 forward_delay 0 && \
-             ip addr add 192.0.2.1/24 dev vmbr0 && ip link set vmbr0 up",
-        )?;
+            "ip link add {br} address 02:00:00:00:01:01 type bridge stp_state 0 forward_delay 0 && \
+             ip addr add 192.0.2.1/24 dev {br} && ip link set {br} up",
+            br = self.bridge()
+        ))?;
         sh(&format!(
             "ip link add eth0 netns {hv} type veth peer name isp0 netns {inet}"
         ))?;
@@ -102,7 +220,20 @@ impl Lab {
             "ip addr add 198.51.100.1/24 dev isp0 && ip link set isp0 up && \
              ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo",
         )?;
-        self.masquerade()
+        self.masquerade()?;
+        if self.layout == Layout::Proxmox {
+            // With br_netfilter, the bridged pass through fwbr creates and confirms
+            // the connection without NAT; the routed pass from vmbr0 then finds it
+            // and MASQUERADE never applies. Proxmox's admin guide (Masquerading)
+            // says to put the fwbr pass in its own conntrack zone:
+            // `iptables -t raw -I PREROUTING -i fwbr+ -j CT --zone 1`; here in nft.
+            self.nft(
+                "add table ip pve_conntrack\n\
+                 add chain ip pve_conntrack prerouting { type filter hook prerouting priority raw; policy accept; }\n\
+                 add rule ip pve_conntrack prerouting iifname \"fwbr*\" ct zone set 1\n",
+            )?;
+        }
+        self.write_configs()
     }
 
     fn masquerade(&self) -> Result<()> {
@@ -114,12 +245,25 @@ impl Lab {
     }
 
     /// A resolver on the hypervisor itself (192.0.2.1:53), as dnsmasq on a bridge.
+    /// Does nothing when it already runs.
     pub fn start_host_resolver(&mut self) -> Result<()> {
+        if self.resolver.is_some() {
+            return Ok(());
+        }
         let hv = self.hv.clone();
-        self.start_dns_server(&hv, "192.0.2.1:53")
+        self.resolver = Some(self.spawn_dns_server(&hv, "192.0.2.1:53")?);
+        Ok(())
     }
 
-    fn start_dns_server(&mut self, ns: &str, listen: &str) -> Result<()> {
+    /// Stop the host resolver (dnsmasq dies); does nothing when none runs.
+    pub fn stop_host_resolver(&mut self) {
+        if let Some(mut c) = self.resolver.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn spawn_dns_server(&self, ns: &str, listen: &str) -> Result<Child> {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(&self.guest_bin)
@@ -128,28 +272,74 @@ impl Lab {
             .spawn()
             .context("starting the lab's DNS responder")?;
         let mut line = String::new();
-        let out = child.stdout.take().context("dns stdout")?;
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
-        self.helpers.push(child);
-        if !line.contains("\"ready\":true") {
-            bail!("DNS responder failed: {line}");
+        let read = child.stdout.take().context("dns stdout").and_then(|out| {
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
+                .context("reading the DNS responder")
+        });
+        if let Err(e) = read.and_then(|_| {
+            if line.contains("\"ready\":true") {
+                Ok(())
+            } else {
+                bail!("DNS responder failed: {line}")
+            }
+        }) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
         }
-        Ok(())
+        Ok(child)
     }
 
-    /// Add a guest: a persistent TAP port on vmbr0, held open by a fake guest.
+    /// Add a guest: a persistent TAP port (named for the layout, see
+    /// [`Layout::port_name`]) on the VM bridge, held open by a fake guest.
     pub fn add_guest(&mut self, spec: GuestSpec) -> Result<()> {
         let guest = self.plug(spec)?;
         self.guests.push(guest);
-        Ok(())
+        self.write_configs()
     }
 
-    fn plug(&self, spec: GuestSpec) -> Result<Guest> {
-        self.hv(&format!(
-            "ip tuntap add dev {t} mode tap && ip link set {t} master vmbr0 && ip link set {t} up",
-            t = spec.tap
-        ))?;
+    fn plug(&self, mut spec: GuestSpec) -> Result<Guest> {
+        spec.tap = self.layout.port_name(&spec.tap);
+        let t = &spec.tap;
+        match self.layout {
+            Layout::Plain | Layout::Libvirt => self.hv(&format!(
+                "ip tuntap add dev {t} mode tap && ip link set {t} master {br} && ip link set {t} up",
+                br = self.bridge()
+            ))?,
+            Layout::Proxmox => {
+                let FwChain { fwbr, fwpr, fwln } = fw_chain(t)?;
+                // arp_ignore=1 on fwbr: it has no address, but Linux answers ARP for
+                // any local address on any interface, so fwbr would answer the
+                // guest's ARP for its gateway 192.0.2.1 before vmbr0 does; the guest
+                // keeps the first answer (Linux guests too, within their 1 s
+                // locktime) and its traffic is then routed from fwbr, bypassing the
+                // fwln/fwpr pair and vmbr0.
+                self.hv(&format!(
+                    "ip link add {fwbr} type bridge stp_state 0 forward_delay 0 && \
+                     sysctl -qw net.ipv4.conf.{fwbr}.arp_ignore=1 && \
+                     ip link set {fwbr} up && \
+                     ip link add {fwpr} type veth peer name {fwln} && \
+                     ip link set {fwpr} master {br} && ip link set {fwln} master {fwbr} && \
+                     ip link set {fwpr} up && ip link set {fwln} up && \
+                     ip tuntap add dev {t} mode tap && ip link set {t} master {fwbr} && \
+                     ip link set {t} up",
+                    br = self.bridge()
+                ))?
+            }
+        };
         Guest::start(&self.guest_bin, &self.hv_netns_path(), spec)
+    }
+
+    /// Remove a port and what the layout built around it; best effort.
+    fn unplug(&self, tap: &str) -> Result<()> {
+        let mut cmd = format!("ip link del {tap}");
+        if self.layout == Layout::Proxmox {
+            let FwChain { fwbr, fwln, .. } = fw_chain(tap)?;
+            // Deleting fwln deletes its peer fwpr too.
+            write!(cmd, "; ip link del {fwln}; ip link del {fwbr}")?;
+        }
+        self.hv(&format!("{{ {cmd}; }} 2>/dev/null; true"))
+            .map(drop)
     }
 
     /// Like a VM reboot: guest `i` goes away with its port, and both come back
@@ -157,18 +347,151 @@ impl Lab {
     pub fn recreate_port(&mut self, i: usize) -> Result<()> {
         let spec = self.guests[i].spec.clone();
         drop(self.guests.remove(i));
-        self.hv(&format!("ip link del {}", spec.tap))?;
+        self.unplug(&spec.tap)?;
         let guest = self.plug(spec)?;
         self.guests.insert(i, guest);
-        Ok(())
+        self.write_configs()
     }
 
-    /// Like a VM shut down: guest `i` goes away with its port.
+    /// Like a VM shut down: guest `i` goes away with its port (and, Proxmox too, its
+    /// config: the lab's config files describe the running guests).
     pub fn remove_guest(&mut self, i: usize) -> Result<()> {
         let guest = self.guests.remove(i);
         let tap = guest.spec.tap.clone();
         drop(guest);
-        self.hv(&format!("ip link del {tap}")).map(drop)
+        self.hv(&format!("ip link del {tap}"))?;
+        if self.layout == Layout::Proxmox {
+            self.unplug(&tap)?;
+        }
+        self.write_configs()
+    }
+
+    /// (Re)write the hypervisor's config files for the running guests under
+    /// [`Lab::config_root`]: Proxmox's VM configs, or libvirt's running domains and
+    /// its network. Nothing for the plain layout.
+    fn write_configs(&self) -> Result<()> {
+        let root = &self.config_root;
+        let specs: Vec<&GuestSpec> = self
+            .guests
+            .iter()
+            .chain(&self.duplicate)
+            .map(|g| &g.spec)
+            .collect();
+        match self.layout {
+            Layout::Plain => Ok(()),
+            Layout::Proxmox => {
+                let dir = root.join("etc/pve/qemu-server");
+                recreate_dir(&dir)?;
+                let mut vms: Vec<(u32, String)> = Vec::new();
+                for s in &specs {
+                    let (vmid, net) = parse_port(&s.tap).context("Proxmox port name")?;
+                    let idx = match vms.iter().position(|(v, _)| *v == vmid) {
+                        Some(idx) => idx,
+                        None => {
+                            vms.push((vmid, format!("name: {}\n", guest_name(vmid))));
+                            vms.len() - 1
+                        }
+                    };
+                    write!(
+                        vms[idx].1,
+                        "net{net}: virtio={},bridge={},firewall=1\n\
+                         ipconfig{net}: ip={}/{},gw={}\n",
+                        s.mac.to_uppercase(),
+                        self.bridge(),
+                        s.ip,
+                        s.prefix,
+                        s.gateway
+                    )?;
+                }
+                for (vmid, conf) in vms {
+                    write_file(&dir.join(format!("{vmid}.conf")), &conf)?;
+                }
+                Ok(())
+            }
+            Layout::Libvirt => {
+                let qemu = root.join("run/libvirt/qemu");
+                recreate_dir(&qemu)?;
+                let mut hosts = String::new();
+                for s in &specs {
+                    let (vmid, _) = parse_port(&s.tap).unwrap_or((100, 0));
+                    let name = guest_name(vmid);
+                    let xml = format!(
+                        "<domain type='kvm' id='{id}'>\n  <name>{name}</name>\n  \
+                         <uuid>{uuid}</uuid>\n  <devices>\n    <interface type='network'>\n      \
+                         <mac address='{mac}'/>\n      \
+                         <source network='default' bridge='{br}'/>\n      \
+                         <target dev='{tap}'/>\n      <model type='virtio'/>\n    \
+                         </interface>\n  </devices>\n</domain>\n",
+                        id = vmid.saturating_sub(99),
+                        uuid =
+                            format_args!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), vmid),
+                        mac = s.mac,
+                        br = self.bridge(),
+                        tap = s.tap,
+                    );
+                    write_file(&qemu.join(format!("{name}.xml")), &xml)?;
+                    // libvirt refuses two DHCP hosts with one address: the duplicate
+                    // is a guest configured statically, unknown to the network.
+                    if vmid != DUPLICATE_VMID {
+                        writeln!(
+                            hosts,
+                            "      <host mac='{}' name='{name}' ip='{}'/>",
+                            s.mac, s.ip
+                        )?;
+                    }
+                }
+                let net = root.join("run/libvirt/network");
+                std::fs::create_dir_all(&net)?;
+                write_file(
+                    &net.join("default.xml"),
+                    &format!(
+                        "<network>\n  <name>default</name>\n  <forward mode='nat'/>\n  \
+                         <bridge name='{br}' stp='on' delay='0'/>\n  \
+                         <ip address='192.0.2.1' netmask='255.255.255.0'>\n    <dhcp>\n      \
+                         <range start='192.0.2.2' end='192.0.2.254'/>\n{hosts}    </dhcp>\n  \
+                         </ip>\n</network>\n",
+                        br = self.bridge()
+                    ),
+                )
+            }
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The VM bridge (vmbr0 or virbr0), the one holding 192.0.2.1.
+    pub fn bridge(&self) -> &'static str {
+        self.layout.bridge()
+    }
+
+    /// Guest `i`'s TAP device (tap100i0, vnet0, ...).
+    pub fn port(&self, i: usize) -> &str {
+        &self.guests[i].spec.tap
+    }
+
+    /// Guest `i`'s NIC as plugged (its `tap` named for the layout).
+    pub fn guest_spec(&self, i: usize) -> &GuestSpec {
+        &self.guests[i].spec
+    }
+
+    /// The bridge guest `i`'s TAP is a port of: the VM bridge, or its fwbr.
+    pub fn port_bridge(&self, i: usize) -> String {
+        self.tap_master(self.port(i))
+    }
+
+    fn tap_master(&self, tap: &str) -> String {
+        match (self.layout, fw_chain(tap)) {
+            (Layout::Proxmox, Ok(chain)) => chain.fwbr,
+            _ => self.bridge().to_string(),
+        }
+    }
+
+    /// A temporary directory standing for the hypervisor's `/`, holding its config
+    /// files (`etc/pve/...` or `run/libvirt/...`); removed on drop.
+    pub fn config_root(&self) -> PathBuf {
+        self.config_root.clone()
     }
 
     pub fn hv_ns(&self) -> &str {
@@ -225,7 +548,15 @@ impl Lab {
         c
     }
 
+    fn first_guest(&self) -> Result<&GuestSpec> {
+        self.guests
+            .first()
+            .map(|g| &g.spec)
+            .context("this fault needs a guest")
+    }
+
     pub fn break_path(&mut self, fault: Fault) -> Result<()> {
+        let br = self.bridge();
         match fault {
             Fault::NftForwardDrop => self.nft(
                 "add table inet filter\n\
@@ -234,14 +565,143 @@ impl Lab {
             ),
             Fault::IpForwardOff => self.hv("sysctl -qw net.ipv4.ip_forward=0").map(drop),
             Fault::NoMasquerade => self.nft("delete table ip nat\n"),
+            Fault::PortDown => {
+                let tap = &self.first_guest()?.tap;
+                self.hv(&format!("ip link set {tap} down")).map(drop)
+            }
+            Fault::PortNoMaster => {
+                let tap = &self.first_guest()?.tap;
+                self.hv(&format!("ip link set {tap} nomaster")).map(drop)
+            }
+            // Accepted because STP is off on every lab bridge (with kernel STP on,
+            // the kernel refuses a state from user space with EBUSY). It holds until
+            // the port's carrier or admin state changes.
+            Fault::StpBlocking => {
+                let tap = &self.first_guest()?.tap;
+                self.hv(&format!("bridge link set dev {tap} state 0"))
+                    .map(drop)
+            }
+            Fault::MtuMismatch => self.set_mtu_fault(1400),
+            Fault::RpFilterStrict => {
+                let ip = self.first_guest()?.ip;
+                let saved = self.hv(&format!(
+                    "sysctl -n net.ipv4.conf.all.rp_filter net.ipv4.conf.{br}.rp_filter"
+                ))?;
+                let mut v = saved.split_whitespace().map(str::to_string);
+                let (all, bridge) = (v.next(), v.next());
+                let (Some(all), Some(bridge)) = (all, bridge) else {
+                    bail!("reading rp_filter: {saved:?}");
+                };
+                self.hv(&format!(
+                    "ip route add {ip}/32 via 198.51.100.1 dev eth0 && \
+                     sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.{br}.rp_filter=1"
+                ))?;
+                self.saved_rp_filter = Some((all, bridge));
+                Ok(())
+            }
+            Fault::GatewayUnreachable => {
+                self.inet("ip addr del 198.51.100.1/24 dev isp0")?;
+                self.hv("ip neigh flush dev eth0").map(drop)
+            }
+            Fault::IptablesForwardPolicyDrop => {
+                // -w: the xtables lock is machine-wide, other labs may hold it.
+                self.hv("iptables-legacy -w -P FORWARD DROP").map(drop)
+            }
+            Fault::NoResolver => {
+                self.stop_host_resolver();
+                Ok(())
+            }
+            Fault::DuplicateIp => {
+                if self.duplicate.is_some() {
+                    return Ok(());
+                }
+                let ip = self.first_guest()?.ip;
+                let spec = GuestSpec {
+                    ip,
+                    ..GuestSpec::nth((DUPLICATE_VMID - 100) as u8)
+                };
+                let tap = self.layout.port_name(&spec.tap);
+                match self.plug(spec) {
+                    Ok(g) => self.duplicate = Some(g),
+                    Err(e) => {
+                        let _ = self.unplug(&tap);
+                        return Err(e);
+                    }
+                }
+                self.write_configs()
+            }
         }
     }
 
     pub fn repair(&mut self, fault: Fault) -> Result<()> {
+        let br = self.bridge();
         match fault {
             Fault::NftForwardDrop => self.nft("delete table inet filter\n"),
             Fault::IpForwardOff => self.hv("sysctl -qw net.ipv4.ip_forward=1").map(drop),
             Fault::NoMasquerade => self.masquerade(),
+            Fault::PortDown => {
+                let tap = &self.first_guest()?.tap;
+                self.hv(&format!("ip link set {tap} up")).map(drop)
+            }
+            Fault::PortNoMaster => {
+                let tap = self.first_guest()?.tap.clone();
+                let master = self.tap_master(&tap);
+                self.hv(&format!("ip link set {tap} master {master}"))
+                    .map(drop)
+            }
+            Fault::StpBlocking => {
+                let tap = &self.first_guest()?.tap;
+                self.hv(&format!("bridge link set dev {tap} state 3"))
+                    .map(drop)
+            }
+            Fault::MtuMismatch => self.set_mtu_fault(1500),
+            Fault::RpFilterStrict => {
+                let ip = self.first_guest()?.ip;
+                let (all, bridge) = self
+                    .saved_rp_filter
+                    .take()
+                    .unwrap_or_else(|| ("0".into(), "0".into()));
+                self.hv(&format!(
+                    "ip route del {ip}/32 via 198.51.100.1 dev eth0 && \
+                     sysctl -qw net.ipv4.conf.all.rp_filter={all} net.ipv4.conf.{br}.rp_filter={bridge}"
+                ))
+                .map(drop)
+            }
+            Fault::GatewayUnreachable => {
+                self.inet("ip addr add 198.51.100.1/24 dev isp0")?;
+                // Forget the FAILED entry rather than wait for it to age.
+                self.hv("ip neigh flush dev eth0").map(drop)
+            }
+            Fault::IptablesForwardPolicyDrop => {
+                self.hv("iptables-legacy -w -P FORWARD ACCEPT").map(drop)
+            }
+            Fault::NoResolver => self.start_host_resolver(),
+            Fault::DuplicateIp => {
+                let Some(dup) = self.duplicate.take() else {
+                    return Ok(());
+                };
+                let (tap, ip) = (dup.spec.tap.clone(), dup.spec.ip);
+                drop(dup);
+                self.unplug(&tap)?;
+                self.write_configs()?;
+                // The duplicate's ARP moved the host's entry for the address to its
+                // MAC: forget it, so the real guest is asked again.
+                self.hv(&format!("ip neigh del {ip} dev {br} 2>/dev/null; true"))
+                    .map(drop)
+            }
+        }
+    }
+
+    fn set_mtu_fault(&self, mtu: u32) -> Result<()> {
+        if self.layout == Layout::Proxmox {
+            let FwChain { fwpr, fwln, .. } = fw_chain(&self.first_guest()?.tap)?;
+            self.hv(&format!(
+                "ip link set {fwln} mtu {mtu} && ip link set {fwpr} mtu {mtu}"
+            ))
+            .map(drop)
+        } else {
+            self.hv(&format!("ip link set eth0 mtu {mtu}"))?;
+            self.inet(&format!("ip link set isp0 mtu {mtu}")).map(drop)
         }
     }
 
@@ -271,9 +731,52 @@ impl Lab {
         })
     }
 
-    /// Remove labs whose creating process is gone (a killed test run).
+    /// Remove labs whose creating process is gone (a killed test run): their
+    /// namespaces and config directories.
     pub fn cleanup_stale() {
         cleanup_stale_netns(PREFIX);
+        cleanup_stale_config_dirs();
+    }
+}
+
+/// `guest{n}` for VM 100+n.
+fn guest_name(vmid: u32) -> String {
+    match vmid.checked_sub(100) {
+        Some(n) => format!("guest{n}"),
+        None => format!("vm{vmid}"),
+    }
+}
+
+fn recreate_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Remove `{temp}/ptlab-{pid}-{n}` directories whose creating process is gone.
+fn cleanup_stale_config_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(CONFIG_PREFIX) else {
+            continue;
+        };
+        let Some((pid, n)) = rest.split_once('-') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() || n.parse::<u32>().is_err() {
+            continue;
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
@@ -300,12 +803,15 @@ pub fn cleanup_stale_netns(prefix: &str) {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.guests.clear();
+        self.duplicate = None;
+        self.stop_host_resolver();
         for c in &mut self.helpers {
             let _ = c.kill();
             let _ = c.wait();
         }
         remove_netns(&self.hv);
         remove_netns(&self.inet);
+        let _ = std::fs::remove_dir_all(&self.config_root);
     }
 }
 
