@@ -3,6 +3,8 @@
 mod cli;
 mod correlate;
 mod dns;
+#[allow(dead_code)] // `doctor` is not wired to the command line yet.
+mod doctor;
 mod explain;
 #[cfg(test)]
 mod fuzz;
