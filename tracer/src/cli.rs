@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::{Parser, ValueEnum};
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "pathtrace",
     version,
@@ -14,7 +14,14 @@ use clap::{Parser, ValueEnum};
 )]
 pub struct Cli {
     /// The guest's IPv4 address.
-    #[arg(long, value_name = "IP")]
+    #[arg(long = "vm-ip", value_name = "IP", required_unless_present = "vm")]
+    pub vm_ip_arg: Option<Ipv4Addr>,
+    /// The VM by Proxmox VMID, VM or libvirt domain name, or MAC (its address and
+    /// port are read from the hypervisor's configuration), instead of --vm-ip.
+    #[arg(long, value_name = "ID|NAME|MAC")]
+    pub vm: Option<String>,
+    /// The guest's address: --vm-ip, or the one --vm resolves to.
+    #[arg(skip = Ipv4Addr::UNSPECIFIED)]
     pub vm_ip: Ipv4Addr,
     /// The destination the guest is trying to reach.
     #[arg(long = "to", value_name = "DEST")]
@@ -41,6 +48,10 @@ pub struct Cli {
     /// The running kernel's BTF (struct layouts, drop-reason names).
     #[arg(long, value_name = "PATH", default_value = crate::kernel::btf::VMLINUX_BTF)]
     pub kernel_btf: std::path::PathBuf,
+    /// Read hypervisor configuration (Proxmox /etc/pve, libvirt) under this root
+    /// instead of /.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub config_root: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -69,10 +69,6 @@ pub struct ConfigDirs {
 }
 
 impl ConfigDirs {
-    pub fn system() -> Self {
-        Self::under(Path::new("/"))
-    }
-
     /// The system paths re-rooted under `root`: for tests, and for an operator
     /// pointing at a copy of another host's /etc.
     pub fn under(root: &Path) -> Self {
@@ -1114,7 +1110,7 @@ OVERWRITTEN AND LOST. Changes to this xml configuration should be made using:
                 PathBuf::from("/srv/copy/etc/libvirt/qemu"),
             ]
         );
-        let system = ConfigDirs::system();
+        let system = ConfigDirs::under(Path::new("/"));
         assert_eq!(system.proxmox_lxc, Path::new("/etc/pve/lxc"));
         assert_eq!(system.libvirt_leases, Path::new("/var/lib/libvirt/dnsmasq"));
         assert_eq!(

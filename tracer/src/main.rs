@@ -3,12 +3,10 @@
 mod cli;
 mod correlate;
 mod dns;
-#[allow(dead_code)] // `doctor` is not wired to the command line yet.
 mod doctor;
 mod explain;
 #[cfg(test)]
 mod fuzz;
-#[allow(dead_code)] // Until the CLI resolves a VM id or name through it.
 mod hostconfig;
 mod kernel;
 mod output;
@@ -34,13 +32,14 @@ fn main() {
         std::process::exit(2);
     }));
     let args: Vec<OsString> = std::env::args_os().collect();
-    let result = if args.get(1).is_some_and(|a| a == "watch") {
+    let sub = |name: &str| {
         let rest = args[2..].iter().cloned();
-        let cli =
-            parse::<cli::WatchCli>(std::iter::once(OsString::from("pathtrace watch")).chain(rest));
-        watch::run(&cli)
-    } else {
-        trace::run(&parse::<cli::Cli>(args))
+        std::iter::once(OsString::from(format!("pathtrace {name}"))).chain(rest)
+    };
+    let result = match args.get(1).and_then(|a| a.to_str()) {
+        Some("watch") => watch::run(&parse::<cli::WatchCli>(sub("watch"))),
+        Some("doctor") => doctor::run(&parse::<cli::DoctorCli>(sub("doctor"))),
+        _ => trace::run(&parse::<cli::Cli>(args.clone())),
     };
     let code = match result {
         Ok(code) => code,

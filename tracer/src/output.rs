@@ -1,6 +1,7 @@
 //! The public output: JSON lines (a stable contract, see DESIGN.md) and the text
 //! view a person reads. Fields may be added, never renamed or removed.
 
+use crate::doctor::Check;
 use std::io::Write;
 
 use serde::Serialize;
@@ -71,6 +72,10 @@ pub struct Verdict {
     /// The verdict was decided because tracing stopped, not by an observed end.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
+    /// `pathtrace doctor` findings (fail/warn) that bear on where this request
+    /// died, each with its evidence and fix.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub doctor: Vec<Check>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +108,17 @@ impl Printer {
             let _ = write!(out, "{}", render_text(v));
         }
         let _ = out.flush();
+    }
+
+    /// Doctor checks: JSON lines (`"type":"check"`) or the doctor's text lines.
+    pub fn checks(&self, checks: &[Check]) {
+        if self.json {
+            for c in checks {
+                println!("{}", serde_json::to_string(c).unwrap_or_default());
+            }
+        } else {
+            crate::doctor::print_checks(checks);
+        }
     }
 
     pub fn summary(&self, s: &Summary) {
@@ -252,6 +268,12 @@ pub fn render_text(v: &Verdict) -> String {
     }
     if let Some(rule) = &v.rule {
         s.push_str(&wrap("  rule: ", rule));
+    }
+    for c in &v.doctor {
+        s.push_str(&wrap("  doctor: ", &format!("{}: {}", c.check, c.evidence)));
+        if let Some(f) = &c.fix {
+            s.push_str(&format!("    fix: {f}\n"));
+        }
     }
     if let Some(h) = &v.hint {
         // The fixing command on a line of its own, whole, ready to copy.

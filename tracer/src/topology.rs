@@ -15,6 +15,8 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::hostconfig::VmNic;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,15 +84,34 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Discover the path. `iface` overrides the VM port when given.
-    pub fn discover(vm_ip: Ipv4Addr, dst: Ipv4Addr, iface: Option<&str>) -> Result<Self> {
+    /// Discover the path. `iface` overrides the VM port when given; the
+    /// hypervisor's configuration (`nics`) names it when the host's tables cannot
+    /// (the guest has not talked yet).
+    pub fn discover(
+        vm_ip: Ipv4Addr,
+        dst: Ipv4Addr,
+        iface: Option<&str>,
+        nics: &[VmNic],
+    ) -> Result<Self> {
         let links = ip_json(&["-d", "link", "show"])?;
+        let (ports, mac) = match iface {
+            Some(name) => (vec![name.to_string()], None),
+            None => locate_vm(vm_ip, &links, nics)?,
+        };
+        Self::for_ports(vm_ip, dst, &links, ports, mac)
+    }
+
+    /// The path from the given VM port(s).
+    pub fn for_ports(
+        vm_ip: Ipv4Addr,
+        dst: Ipv4Addr,
+        links: &Value,
+        port_names: Vec<String>,
+        vm_mac: Option<String>,
+    ) -> Result<Self> {
+        let links = links.clone();
         let names = link_names(&links);
         let mtus = link_mtus(&links);
-        let (port_names, vm_mac) = match iface {
-            Some(name) => (vec![name.to_string()], None),
-            None => find_vm_ports(vm_ip, &links)?,
-        };
         let ports = port_names
             .iter()
             .map(|n| {
@@ -271,14 +292,14 @@ fn iface_by_name(links: &Value, name: &str) -> Option<Iface> {
         })
 }
 
-fn master_of(links: &Value, name: &str) -> Option<String> {
+pub(crate) fn master_of(links: &Value, name: &str) -> Option<String> {
     as_array(links)
         .iter()
         .find(|l| l["ifname"].as_str() == Some(name))
         .and_then(|l| l["master"].as_str().map(str::to_string))
 }
 
-fn is_bridge(links: &Value, name: &str) -> bool {
+pub(crate) fn is_bridge(links: &Value, name: &str) -> bool {
     as_array(links).iter().any(|l| {
         l["ifname"].as_str() == Some(name) && l["linkinfo"]["info_kind"].as_str() == Some("bridge")
     })
@@ -286,6 +307,29 @@ fn is_bridge(links: &Value, name: &str) -> bool {
 
 pub(crate) fn as_array(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// The VM's port(s) and MAC from the host's tables; when they know nothing (the
+/// guest has been silent) or only that it is somewhere on a bridge, the port the
+/// VM's configuration (`nics`: this VM's NICs) names, if that device exists.
+pub fn locate_vm(
+    vm_ip: Ipv4Addr,
+    links: &Value,
+    nics: &[VmNic],
+) -> Result<(Vec<String>, Option<String>)> {
+    let configured: Vec<&VmNic> = nics
+        .iter()
+        .filter(|n| n.port.as_ref().is_some_and(|p| link(links, p).is_some()))
+        .collect();
+    let found = find_vm_ports(vm_ip, links);
+    match (found, configured.first()) {
+        (Ok((ports, mac)), _) if ports.len() == 1 => Ok((ports, mac)),
+        (found, Some(nic)) => {
+            let mac = found.ok().and_then(|(_, m)| m).or(Some(nic.mac.clone()));
+            Ok((vec![nic.port.clone().unwrap_or_default()], mac))
+        }
+        (found, None) => found,
+    }
 }
 
 /// The VM's port and MAC: the neighbour entry for the VM IP names the MAC and the
@@ -373,7 +417,7 @@ fn veth_peer(links: &Value, name: &str) -> Option<String> {
     l["link"].as_str().map(str::to_string)
 }
 
-fn ports_of(links: &Value, bridge: &str) -> Vec<String> {
+pub(crate) fn ports_of(links: &Value, bridge: &str) -> Vec<String> {
     as_array(links)
         .iter()
         .filter(|l| l["master"].as_str() == Some(bridge))
@@ -381,7 +425,20 @@ fn ports_of(links: &Value, bridge: &str) -> Vec<String> {
         .collect()
 }
 
-fn link<'a>(links: &'a Value, name: &str) -> Option<&'a Value> {
+pub(crate) fn has_link(links: &Value, name: &str) -> bool {
+    link(links, name).is_some()
+}
+
+/// The IPv4 address the neighbour table holds for `mac`, if any.
+pub fn ip_of_mac(mac: &str) -> Option<Ipv4Addr> {
+    let v = ip_json(&["-4", "neigh", "show"]).ok()?;
+    as_array(&v)
+        .iter()
+        .filter(|n| n["lladdr"].as_str().map(str::to_lowercase).as_deref() == Some(mac))
+        .find_map(|n| n["dst"].as_str()?.parse().ok())
+}
+
+pub(crate) fn link<'a>(links: &'a Value, name: &str) -> Option<&'a Value> {
     as_array(links)
         .iter()
         .find(|l| l["ifname"].as_str() == Some(name))
@@ -494,7 +551,7 @@ fn addresses_of(dev: &str) -> Result<Vec<Ipv4Addr>> {
     Ok(inet_addrs(dev)?.into_iter().map(|(a, _)| a).collect())
 }
 
-fn inet_addrs(dev: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
+pub(crate) fn inet_addrs(dev: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
     let v = ip_json(&["-4", "addr", "show", "dev", dev])?;
     Ok(as_array(&v)
         .iter()

@@ -14,7 +14,9 @@ use tracer_common::{Config, Event, EventKind, NameEvent};
 use crate::{
     cli::Cli,
     correlate::{Correlator, Finished, Outcome, PathCtx},
+    doctor::{self, Check, Status},
     explain::Explainer,
+    hostconfig::{self, ConfigDirs, VmNic},
     kernel::{btf::KernelBtf, kallsyms::Symbols, tracefs},
     output::{Printer, Summary},
     preflight,
@@ -23,8 +25,16 @@ use crate::{
 };
 
 pub fn run(cli: &Cli) -> Result<i32> {
+    let mut cli = cli.clone();
+    let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
+    let (vm_ip, nics) = doctor::resolve_vm(cli.vm_ip_arg, cli.vm.as_deref(), &all)?;
+    cli.vm_ip = vm_ip;
+    let cli = &cli;
     preflight::check()?;
-    let topo = Topology::discover(cli.vm_ip, cli.to, cli.iface.as_deref())?;
+    let topo = Topology::discover(cli.vm_ip, cli.to, cli.iface.as_deref(), &nics)?;
+    // The static checks (passive: trace mode sends nothing of its own) explain
+    // verdicts, and what went wrong when the guest sends nothing at all.
+    let findings = static_checks(cli, &topo, nics);
     let btf = KernelBtf::load(&cli.kernel_btf)?;
     let reasons = btf.drop_reasons()?;
     let config = build_config(cli, &btf)?;
@@ -43,6 +53,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
         reasons,
         proto_word: cli.proto.word(),
         topo,
+        findings: findings
+            .iter()
+            .filter(|c| c.status != Status::Pass)
+            .cloned()
+            .collect(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -63,16 +78,30 @@ pub fn run(cli: &Cli) -> Result<i32> {
     });
     if tally.total() == 0 {
         printer.status(&format!(
-            "saw no {} request from {} to {} in {} s: is the guest sending? (ping {} from inside the VM while pathtrace runs)",
+            "saw no {} request from {} to {} in {} s: is the guest sending? (ping {} from inside the VM while pathtrace runs); the host-side checks:",
             cli.proto.word(),
             cli.vm_ip,
             cli.to,
             cli.timeout,
             cli.to
         ));
+        printer.checks(&findings);
         return Ok(1);
     }
     Ok(if tally.replied == tally.total() { 0 } else { 1 })
+}
+
+fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>) -> Vec<Check> {
+    let subject = doctor::Subject {
+        vm_ip: cli.vm_ip,
+        dst: cli.to,
+        dst_given: true,
+        dns: None,
+        topo: Ok(topo.clone()),
+        nics,
+        found_by: "neighbour table and bridge FDB".into(),
+    };
+    doctor::checks::all(&subject, true)
 }
 
 fn banner(cli: &Cli, topo: &Topology) -> String {

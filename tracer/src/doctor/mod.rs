@@ -1,3 +1,257 @@
-//! `pathtrace doctor`: checks and records of the hypervisor's network state.
+//! `pathtrace doctor`: the static half of the troubleshooting routine — bridge
+//! membership, link and STP state, MTU, forwarding, rp_filter, routes, the
+//! gateway, NAT, firewall verdicts, br_netfilter, DNS, address conflicts — each
+//! with its evidence and the command that fixes it. No eBPF: it reads the host's
+//! tables (and sends at most a few ARP requests, unless `--passive`).
 
+pub mod arp;
+pub mod checks;
 pub mod snapshot;
+
+use std::net::Ipv4Addr;
+
+use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
+
+use crate::{
+    cli::DoctorCli,
+    hostconfig::{self, ConfigDirs, VmNic},
+    topology::{self, Topology},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn word(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One check's result: a JSON line `{"type":"check",...}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Stable name of the check (`ip_forward`, `nat`, ...).
+    pub check: &'static str,
+    pub status: Status,
+    /// What was checked (an interface, a sysctl, a rule set).
+    pub subject: String,
+    /// What was found, in words an operator can verify.
+    pub evidence: String,
+    /// The command (or step) that fixes it; null when nothing needs fixing.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn new(check: &'static str, status: Status, subject: impl Into<String>) -> Self {
+        Self {
+            kind: "check",
+            check,
+            status,
+            subject: subject.into(),
+            evidence: String::new(),
+            fix: None,
+        }
+    }
+
+    pub fn evidence(mut self, e: impl Into<String>) -> Self {
+        self.evidence = e.into();
+        self
+    }
+
+    pub fn fix(mut self, f: impl Into<String>) -> Self {
+        self.fix = Some(f.into());
+        self
+    }
+}
+
+/// What the doctor examines: one VM's path to one destination.
+pub struct Subject {
+    pub vm_ip: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// The operator named the destination (else: the internet, by the default route).
+    pub dst_given: bool,
+    pub dns: Option<Ipv4Addr>,
+    /// The path, when the VM's port could be found.
+    pub topo: Result<Topology, String>,
+    /// The VM's NICs in the hypervisor's configuration (may be empty).
+    pub nics: Vec<VmNic>,
+    /// How the port was found, for people.
+    pub found_by: String,
+}
+
+/// Stands for "the internet" when no destination is given: only used for route
+/// lookups, nothing is sent to it.
+const INTERNET: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
+
+pub fn run(cli: &DoctorCli) -> Result<i32> {
+    if let Some(dir) = &cli.snapshot {
+        let files = snapshot::save(dir)?;
+        eprintln!(
+            "pathtrace: saved {} files of network state to {}; later: pathtrace doctor --diff {}",
+            files.len(),
+            dir.display(),
+            dir.display()
+        );
+        return Ok(0);
+    }
+    if let Some(dir) = &cli.diff {
+        return show_diff(dir, cli.json);
+    }
+    let subject = examine(cli)?;
+    let checks = checks::all(&subject, cli.passive);
+    print(&subject, &checks, cli.json);
+    Ok(exit_code(&checks))
+}
+
+/// 1 when a check failed: the contract's "something is wrong".
+pub fn exit_code(checks: &[Check]) -> i32 {
+    i32::from(checks.iter().any(|c| c.status == Status::Fail))
+}
+
+/// Find the VM (by IP, or by id/name/MAC from the configuration) and its path.
+fn examine(cli: &DoctorCli) -> Result<Subject> {
+    let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
+    let (vm_ip, nics) = resolve_vm(cli.vm_ip, cli.vm.as_deref(), &all)?;
+    let dst = cli.to.unwrap_or(INTERNET);
+    let links = topology::ip_json(&["-d", "link", "show"])?;
+    let located = match &cli.iface {
+        Some(i) => Ok((vec![i.clone()], None)),
+        None => topology::locate_vm(vm_ip, &links, &nics),
+    };
+    let found_by = match (&cli.iface, located.is_ok(), nics.first()) {
+        (Some(_), _, _) => "--iface".to_string(),
+        (None, true, Some(n)) => format!("{} configuration {}", n.source, n.config.display()),
+        (None, true, None) => "neighbour table and bridge FDB".to_string(),
+        (None, false, _) => String::new(),
+    };
+    let topo = located
+        .and_then(|(ports, mac)| Topology::for_ports(vm_ip, dst, &links, ports, mac))
+        .map_err(|e| format!("{e:#}"));
+    Ok(Subject {
+        vm_ip,
+        dst,
+        dst_given: cli.to.is_some(),
+        dns: cli.dns,
+        topo,
+        nics,
+        found_by,
+    })
+}
+
+/// The VM's IP and its configured NICs, from `--vm-ip` and/or `--vm`.
+pub fn resolve_vm(
+    vm_ip: Option<Ipv4Addr>,
+    vm: Option<&str>,
+    all: &[VmNic],
+) -> Result<(Ipv4Addr, Vec<VmNic>)> {
+    let Some(query) = vm else {
+        let ip = vm_ip.ok_or_else(|| anyhow!("give --vm-ip IP or --vm ID|NAME"))?;
+        let nics = hostconfig::by_ip(all, ip).into_iter().cloned().collect();
+        return Ok((ip, nics));
+    };
+    let nics: Vec<VmNic> = hostconfig::find(all, query).into_iter().cloned().collect();
+    if nics.is_empty() {
+        bail!("no VM \"{query}\" in this host's Proxmox or libvirt configuration (by VMID, name or MAC); give its --vm-ip instead");
+    }
+    if let Some(ip) = vm_ip {
+        return Ok((ip, nics));
+    }
+    let ip = nics
+        .iter()
+        .find_map(|n| n.ips.first().copied())
+        .or_else(|| nics.iter().find_map(|n| topology::ip_of_mac(&n.mac)));
+    match ip {
+        Some(ip) => Ok((ip, nics)),
+        None => bail!(
+            "VM \"{query}\" has no IPv4 address in its configuration and none is known for its MAC {}; give --vm-ip",
+            nics[0].mac
+        ),
+    }
+}
+
+fn print(s: &Subject, checks: &[Check], json: bool) {
+    let (pass, warn, fail) = tally(checks);
+    if json {
+        for c in checks {
+            println!("{}", serde_json::to_string(c).unwrap_or_default());
+        }
+        let summary = serde_json::json!({
+            "type": "doctor", "vm_ip": s.vm_ip.to_string(), "dst": s.dst.to_string(),
+            "path": s.topo.as_ref().map(|t| t.path_names()).unwrap_or_default(),
+            "pass": pass, "warn": warn, "fail": fail,
+        });
+        println!("{summary}");
+        return;
+    }
+    let path = match &s.topo {
+        Ok(t) => t.path_names().join(" → "),
+        Err(_) => "(VM port not found)".into(),
+    };
+    let to = if s.dst_given {
+        s.dst.to_string()
+    } else {
+        "the internet (default route)".into()
+    };
+    println!("pathtrace doctor: VM {} to {to} via {path}", s.vm_ip);
+    print_checks(checks);
+    println!("{pass} passed, {warn} warnings, {fail} failed");
+}
+
+/// Checks as text lines: status, name, evidence, and the fix under it.
+pub fn print_checks(checks: &[Check]) {
+    for c in checks {
+        println!(
+            "  {}  {:<16} {}: {}",
+            c.status.word(),
+            c.check,
+            c.subject,
+            c.evidence
+        );
+        if let Some(f) = &c.fix {
+            println!("        fix: {f}");
+        }
+    }
+}
+
+fn tally(checks: &[Check]) -> (usize, usize, usize) {
+    let n = |s| checks.iter().filter(|c| c.status == s).count();
+    (n(Status::Pass), n(Status::Warn), n(Status::Fail))
+}
+
+fn show_diff(dir: &std::path::Path, json: bool) -> Result<i32> {
+    let diffs = snapshot::diff(dir)?;
+    for d in &diffs {
+        if json {
+            let mut v = serde_json::to_value(d)?;
+            v["type"] = "diff".into();
+            println!("{v}");
+            continue;
+        }
+        println!("{} ({}):", d.file, d.what);
+        for l in &d.removed {
+            println!("  - {l}");
+        }
+        for l in &d.added {
+            println!("  + {l}");
+        }
+    }
+    if !json {
+        match diffs.len() {
+            0 => println!("no change since the snapshot in {}", dir.display()),
+            n => println!("{n} kinds of state changed since the snapshot"),
+        }
+    }
+    Ok(i32::from(!diffs.is_empty()))
+}

@@ -11,6 +11,7 @@ use tracer_common::PacketInfo;
 
 use crate::{
     correlate::{Direction, Drop, Finished, Hop, Outcome, Stage, Trace},
+    doctor::Check,
     kernel::kallsyms::Symbols,
     output::{Flow, Nat, PathHop, Verdict},
     topology::{Role, Topology},
@@ -19,6 +20,8 @@ use stage::{drop_stage, DropFacts};
 
 pub struct Explainer {
     pub topo: Topology,
+    /// Doctor checks that did not pass, to attach where they explain a verdict.
+    pub findings: Vec<Check>,
     pub reasons: HashMap<u32, String>,
     pub symbols: Symbols,
     pub proto_word: &'static str,
@@ -66,11 +69,15 @@ impl Explainer {
             dns_rcode: None,
             events_missing: t.events_missing,
             incomplete: f.timed_out,
+            doctor: Vec::new(),
         };
         match f.outcome {
             Outcome::Replied => self.replied(t, &mut v),
             Outcome::Dropped => self.dropped(t, &mut v),
             Outcome::NoReply => self.no_reply(t, f.timed_out, &mut v),
+        }
+        if f.outcome != Outcome::Replied {
+            v.doctor = relevant(&self.findings, v.stage);
         }
         v
     }
@@ -711,10 +718,34 @@ fn flow_of(p: &PacketInfo) -> Flow {
 }
 
 /// A sysctl of the network namespace we run in (`/proc/sys/net` is per-netns).
-fn read_sysctl(path: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/sys/{path}"))
-        .ok()
-        .map(|s| s.trim().to_string())
+use crate::kernel::sysctl as read_sysctl;
+
+/// Doctor findings that can explain a packet dying at `stage` (all of them when
+/// the stage is unknown).
+fn relevant(findings: &[Check], stage: Option<&str>) -> Vec<Check> {
+    let names: &[&str] = match stage {
+        Some("tap" | "bridge") => &[
+            "vm_port",
+            "bridge_member",
+            "link_up",
+            "stp_state",
+            "mtu",
+            "duplicate_ip",
+            "br_netfilter",
+        ],
+        Some("prerouting" | "routing") => &["ip_forward", "rp_filter", "route"],
+        Some("forward" | "input") => &["firewall", "ip_forward", "dns"],
+        Some("postrouting") => &["nat", "firewall"],
+        Some("neighbor") => &["gateway"],
+        Some("egress") => &["mtu", "link_up"],
+        Some("remote") => &["nat", "gateway", "route", "firewall", "mtu"],
+        _ => &[],
+    };
+    findings
+        .iter()
+        .filter(|c| stage.is_none() || names.contains(&c.check))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
