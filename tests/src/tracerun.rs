@@ -183,3 +183,17 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Result<i32> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Run `pathtrace ARGS` to completion in the lab's hypervisor namespace (doctor,
+/// and anything else that needs no traffic alongside).
+pub fn run_in_hv(lab: &Lab, args: &[&str]) -> Result<TraceRun> {
+    let out = lab
+        .command_in_hv(&pathtrace_bin(), args)
+        .output()
+        .context("running pathtrace")?;
+    Ok(TraceRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}

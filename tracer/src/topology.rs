@@ -332,6 +332,27 @@ pub fn locate_vm(
     }
 }
 
+/// The bridge whose own subnet holds `vm_ip`, and every port below it: where the
+/// VM must be when the host's tables have forgotten it (a port that lost carrier
+/// takes the bridge's neighbour entries with it).
+pub fn subnet_ports(vm_ip: Ipv4Addr, links: &Value) -> Option<(String, Vec<String>)> {
+    let v = ip_json(&["-4", "addr", "show"]).ok()?;
+    let bridge = as_array(&v).iter().find_map(|l| {
+        let name = l["ifname"].as_str()?;
+        let holds = as_array(&l["addr_info"]).iter().any(|a| {
+            let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else {
+                return false;
+            };
+            local
+                .parse::<Ipv4Addr>()
+                .is_ok_and(|ip| network(ip, len as u8) == network(vm_ip, len as u8))
+        });
+        (holds && is_bridge(links, name)).then(|| name.to_string())
+    })?;
+    let ports = leaf_ports(links, &bridge, None, 0);
+    Some((bridge, ports))
+}
+
 /// The VM's port and MAC: the neighbour entry for the VM IP names the MAC and the
 /// L3 interface (a bridge, or the port itself in routed setups); on a bridge the
 /// FDB says which port that MAC was learned on, and through veth pairs into

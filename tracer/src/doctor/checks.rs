@@ -121,8 +121,8 @@ fn orphan_ports(links: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The bridge `port` belongs in: its firewall bridge or configured bridge, or the
-/// bridge where the host last saw the VM's address.
+/// The bridge `port` belongs in: its firewall bridge or configured bridge, the
+/// bridge where the host last saw the VM's address, or the one owning its subnet.
 fn expected_bridge(s: &Subject, links: &Value, port: &str) -> Option<String> {
     if let Some(nic) = s.nics.iter().find(|n| n.port.as_deref() == Some(port)) {
         let fwbr = format!("fwbr{}", port.trim_start_matches("tap"));
@@ -133,9 +133,12 @@ fn expected_bridge(s: &Subject, links: &Value, port: &str) -> Option<String> {
             return nic.bridge.clone();
         }
     }
-    let neigh = ip_json(&["neigh", "show", "to", &s.vm_ip.to_string()]).ok()?;
-    let dev = as_array(&neigh).first()?["dev"].as_str()?.to_string();
-    topology::is_bridge(links, &dev).then_some(dev)
+    let neigh = ip_json(&["neigh", "show", "to", &s.vm_ip.to_string()]).ok();
+    let seen = neigh
+        .as_ref()
+        .and_then(|n| as_array(n).first()?["dev"].as_str().map(str::to_string))
+        .filter(|dev| topology::is_bridge(links, dev));
+    seen.or_else(|| topology::subnet_ports(s.vm_ip, links).map(|(b, _)| b))
 }
 
 fn membership(s: &Subject, t: &Topology, links: &Value) -> Vec<Check> {

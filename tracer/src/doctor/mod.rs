@@ -126,15 +126,24 @@ fn examine(cli: &DoctorCli) -> Result<Subject> {
     let (vm_ip, nics) = resolve_vm(cli.vm_ip, cli.vm.as_deref(), &all)?;
     let dst = cli.to.unwrap_or(INTERNET);
     let links = topology::ip_json(&["-d", "link", "show"])?;
+    let mut found_by = match (&cli.iface, nics.first()) {
+        (Some(_), _) => "--iface".to_string(),
+        (None, Some(n)) => format!("{} configuration {}", n.source, n.config.display()),
+        (None, None) => "neighbour table and bridge FDB".to_string(),
+    };
     let located = match &cli.iface {
         Some(i) => Ok((vec![i.clone()], None)),
-        None => topology::locate_vm(vm_ip, &links, &nics),
-    };
-    let found_by = match (&cli.iface, located.is_ok(), nics.first()) {
-        (Some(_), _, _) => "--iface".to_string(),
-        (None, true, Some(n)) => format!("{} configuration {}", n.source, n.config.display()),
-        (None, true, None) => "neighbour table and bridge FDB".to_string(),
-        (None, false, _) => String::new(),
+        None => topology::locate_vm(vm_ip, &links, &nics).or_else(|e| {
+            // The doctor must look even where the tables forgot the VM: the
+            // bridge that owns its subnet, if exactly one port hangs below it.
+            match topology::subnet_ports(vm_ip, &links) {
+                Some((bridge, ports)) if ports.len() == 1 => {
+                    found_by = format!("the only port below {bridge}, whose subnet holds {vm_ip}");
+                    Ok((ports, None))
+                }
+                _ => Err(e),
+            }
+        }),
     };
     let topo = located
         .and_then(|(ports, mac)| Topology::for_ports(vm_ip, dst, &links, ports, mac))

@@ -1,0 +1,302 @@
+//! `pathtrace doctor` on each lab layout (plain bridge, Proxmox with firewall
+//! bridges, libvirt): healthy, then each planted fault found by the right check
+//! with the right fixing command; and `--snapshot`/`--diff` around a change.
+//! Needs root (CI runs it as root).
+
+use std::net::Ipv4Addr;
+
+use pathtrace_tests::{
+    lab::{Fault, Lab, LabOptions, Layout, PingOpts},
+    tracerun::{fake_guest_bin, run_in_hv, TraceRun},
+};
+use serde_json::Value;
+
+const DEST: &str = "203.0.113.8";
+const VM: &str = "192.0.2.100";
+
+fn lab(layout: Layout) -> Lab {
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.layout = layout;
+    let mut lab = Lab::up(opts).expect("lab up");
+    lab.start_host_resolver().expect("host resolver");
+    // Let the host learn the guest (neighbour entry, FDB), as any running VM does.
+    let ping = PingOpts {
+        count: 1,
+        ..PingOpts::default()
+    };
+    lab.guest(0)
+        .ping(DEST.parse::<Ipv4Addr>().unwrap(), ping)
+        .expect("guest pings");
+    lab
+}
+
+fn doctor(lab: &Lab, extra: &[&str]) -> TraceRun {
+    let root = lab.config_root();
+    let mut args = vec![
+        "doctor",
+        "--vm-ip",
+        VM,
+        "--to",
+        DEST,
+        "--dns",
+        "192.0.2.1",
+        "--json",
+        "--config-root",
+        root.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_in_hv(lab, &args).expect("doctor runs")
+}
+
+fn checks(run: &TraceRun) -> Vec<Value> {
+    run.json()
+        .into_iter()
+        .filter(|v| v["type"] == "check")
+        .collect()
+}
+
+fn not_passed(run: &TraceRun) -> Vec<String> {
+    checks(run)
+        .iter()
+        .filter(|c| c["status"] != "pass")
+        .map(|c| format!("{} {}: {}", c["status"], c["check"], c["evidence"]))
+        .collect()
+}
+
+/// What doctor must say for a fault: the check, its status, words in its fix.
+struct Finding {
+    fault: Fault,
+    check: &'static str,
+    status: &'static str,
+    fix: fn(&Lab) -> String,
+}
+
+fn expected(layout: Layout) -> Vec<Finding> {
+    let mtu_status = if layout == Layout::Proxmox {
+        "fail"
+    } else {
+        "warn"
+    };
+    vec![
+        Finding {
+            fault: Fault::NftForwardDrop,
+            check: "firewall",
+            status: "fail",
+            fix: |_| "nft delete rule inet filter forward handle".into(),
+        },
+        Finding {
+            fault: Fault::IpForwardOff,
+            check: "ip_forward",
+            status: "fail",
+            fix: |_| "sysctl -w net.ipv4.ip_forward=1".into(),
+        },
+        Finding {
+            fault: Fault::NoMasquerade,
+            check: "nat",
+            status: "fail",
+            fix: |_| "masquerade".into(),
+        },
+        Finding {
+            fault: Fault::PortDown,
+            check: "link_up",
+            status: "fail",
+            fix: |l| format!("ip link set dev {} up", l.port(0)),
+        },
+        Finding {
+            fault: Fault::PortNoMaster,
+            check: "bridge_member",
+            status: "fail",
+            fix: |l| format!("ip link set dev {} master {}", l.port(0), l.port_bridge(0)),
+        },
+        Finding {
+            fault: Fault::StpBlocking,
+            check: "stp_state",
+            status: "fail",
+            fix: |l| format!("bridge link set dev {} state 3", l.port(0)),
+        },
+        Finding {
+            fault: Fault::MtuMismatch,
+            check: "mtu",
+            status: mtu_status,
+            fix: |l| {
+                if l.layout() == Layout::Proxmox {
+                    "mtu 1500".into()
+                } else {
+                    "MTU".into()
+                }
+            },
+        },
+        Finding {
+            fault: Fault::RpFilterStrict,
+            check: "rp_filter",
+            status: "fail",
+            fix: |_| "rp_filter=2".into(),
+        },
+        Finding {
+            fault: Fault::GatewayUnreachable,
+            check: "gateway",
+            status: "fail",
+            fix: |_| "198.51.100.1".into(),
+        },
+        Finding {
+            fault: Fault::IptablesForwardPolicyDrop,
+            check: "firewall",
+            status: "fail",
+            fix: |_| format!("iptables-legacy -t filter -I FORWARD -s {VM} -j ACCEPT"),
+        },
+        Finding {
+            fault: Fault::NoResolver,
+            check: "dns",
+            status: "fail",
+            fix: |_| "start the resolver".into(),
+        },
+        Finding {
+            fault: Fault::DuplicateIp,
+            check: "duplicate_ip",
+            status: "fail",
+            fix: |_| "another address".into(),
+        },
+    ]
+}
+
+fn healthy_then_each_fault(layout: Layout) {
+    let mut lab = lab(layout);
+    let run = doctor(&lab, &[]);
+    assert_eq!(
+        run.code,
+        0,
+        "{layout:?} healthy: {:?}\n{}",
+        not_passed(&run),
+        run.stderr
+    );
+    let summary = run
+        .json()
+        .into_iter()
+        .find(|v| v["type"] == "doctor")
+        .expect("summary");
+    let path: Vec<&str> = summary["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(path.first(), Some(&lab.port(0)), "{layout:?}: {path:?}");
+    assert!(path.contains(&lab.bridge()), "{layout:?}: {path:?}");
+    if layout == Layout::Proxmox {
+        assert!(
+            path.contains(&"fwbr100i0") && path.contains(&"fwpr100p0"),
+            "{path:?}"
+        );
+    }
+    for f in expected(layout) {
+        lab.break_path(f.fault).expect("break");
+        let run = doctor(&lab, &[]);
+        lab.repair(f.fault).expect("repair");
+        let found = checks(&run)
+            .into_iter()
+            .find(|c| c["check"] == f.check && c["status"] == f.status);
+        let Some(c) = found else {
+            panic!(
+                "{layout:?} {:?}: no {} {} check; not passed: {:?}\n{}",
+                f.fault,
+                f.status,
+                f.check,
+                not_passed(&run),
+                run.stderr
+            );
+        };
+        let want = (f.fix)(&lab);
+        let fix = c["fix"].as_str().unwrap_or_default();
+        assert!(
+            fix.contains(&want),
+            "{layout:?} {:?}: fix {fix:?} lacks {want:?}",
+            f.fault
+        );
+        let code = if f.status == "fail" { 1 } else { 0 };
+        assert_eq!(run.code, code, "{layout:?} {:?}", f.fault);
+    }
+}
+
+#[test]
+fn plain_bridge_faults() {
+    healthy_then_each_fault(Layout::Plain);
+}
+
+#[test]
+fn proxmox_firewall_bridge_faults() {
+    healthy_then_each_fault(Layout::Proxmox);
+}
+
+#[test]
+fn libvirt_faults() {
+    healthy_then_each_fault(Layout::Libvirt);
+}
+
+/// The VM named by its id (Proxmox) or domain name (libvirt): address and port come
+/// from the configuration.
+#[test]
+fn vm_by_id_or_name_from_configuration() {
+    for (layout, name) in [(Layout::Proxmox, "100"), (Layout::Libvirt, "guest0")] {
+        let lab = lab(layout);
+        let root = lab.config_root();
+        let run = run_in_hv(
+            &lab,
+            &[
+                "doctor",
+                "--vm",
+                name,
+                "--to",
+                DEST,
+                "--json",
+                "--config-root",
+                root.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+        let summary = run
+            .json()
+            .into_iter()
+            .find(|v| v["type"] == "doctor")
+            .expect("summary");
+        assert_eq!(summary["vm_ip"], VM, "{layout:?}: {}", run.stderr);
+        assert_eq!(run.code, 0, "{layout:?}: {:?}", not_passed(&run));
+        let bad = run_in_hv(
+            &lab,
+            &[
+                "doctor",
+                "--vm",
+                "no-such-vm",
+                "--config-root",
+                root.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(bad.code, 2);
+        assert_eq!(bad.stderr.lines().count(), 1, "{}", bad.stderr);
+    }
+}
+
+#[test]
+fn snapshot_then_diff_shows_the_change() {
+    let mut lab = lab(Layout::Plain);
+    let dir = std::env::temp_dir().join(format!("ptsnap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let saved = run_in_hv(&lab, &["doctor", "--snapshot", d]).unwrap();
+    assert_eq!(saved.code, 0, "{}", saved.stderr);
+    let same = run_in_hv(&lab, &["doctor", "--diff", d, "--json"]).unwrap();
+    assert_eq!(same.code, 0, "unchanged host: {}", same.stdout);
+    lab.break_path(Fault::NftForwardDrop).unwrap();
+    lab.break_path(Fault::IpForwardOff).unwrap();
+    let changed = run_in_hv(&lab, &["doctor", "--diff", d, "--json"]).unwrap();
+    lab.repair(Fault::NftForwardDrop).unwrap();
+    lab.repair(Fault::IpForwardOff).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(changed.code, 1);
+    let text = changed.stdout;
+    assert!(
+        text.contains(VM) && text.contains("drop"),
+        "nft rule added: {text}"
+    );
+    assert!(text.contains("ip_forward"), "sysctl changed: {text}");
+}
