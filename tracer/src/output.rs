@@ -33,6 +33,9 @@ pub struct Nat {
 pub struct PathHop {
     pub stage: &'static str,
     pub ifname: Option<String>,
+    /// The bridge `ifname` is a port of (e.g. a Proxmox firewall bridge).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
     /// Nanoseconds since the request was first seen.
     pub ts_ns: u64,
     pub nat: Option<Nat>,

@@ -81,6 +81,8 @@ pub struct Topology {
     pub names: HashMap<u32, String>,
     /// MTU of every interface by index.
     pub mtus: HashMap<u32, u32>,
+    /// The bridge each bridge port belongs to, by the port's index.
+    pub masters: HashMap<u32, String>,
 }
 
 impl Topology {
@@ -112,6 +114,7 @@ impl Topology {
         let links = links.clone();
         let names = link_names(&links);
         let mtus = link_mtus(&links);
+        let masters = link_masters(&links);
         let ports = port_names
             .iter()
             .map(|n| {
@@ -138,6 +141,7 @@ impl Topology {
             netns_inum: current_netns_inum()?,
             names,
             mtus,
+            masters,
         };
         if let Some(r) = route {
             topo.apply_route(&r, &links)?;
@@ -191,6 +195,9 @@ impl Topology {
             .chain(chain)
             .filter(|p| p.name == port.name)
         {
+            if let Some(m) = self.masters.get(&p.index).cloned() {
+                self.masters.insert(port.index, m);
+            }
             p.index = port.index;
         }
         self.names.insert(port.index, port.name.clone());
@@ -203,6 +210,16 @@ impl Topology {
         let mut roles: HashMap<u32, Role> = bridges.map(|h| (h.iface.index, Role::Hop)).collect();
         roles.extend(self.hooks().into_iter().map(|(i, r)| (i.index, r)));
         roles
+    }
+
+    /// The firewall bridge (a bridge of the chain, below the one that routes)
+    /// that `ifindex` is a port of.
+    pub fn firewall_bridge_of(&self, ifindex: u32) -> Option<String> {
+        let master = self.masters.get(&ifindex)?;
+        self.chain
+            .iter()
+            .any(|h| h.is_bridge && &h.iface.name == master)
+            .then(|| master.clone())
     }
 
     pub fn role_of(&self, ifindex: u32) -> Option<Role> {
@@ -245,6 +262,18 @@ pub(crate) fn run_json(program: &str, args: &[&str]) -> Result<Value> {
         return Ok(Value::Array(Vec::new()));
     }
     serde_json::from_str(&text).with_context(|| format!("parsing {program} {}", args.join(" ")))
+}
+
+fn link_masters(links: &Value) -> HashMap<u32, String> {
+    as_array(links)
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["ifindex"].as_u64()? as u32,
+                l["master"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 fn link_mtus(links: &Value) -> HashMap<u32, u32> {

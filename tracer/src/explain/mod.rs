@@ -138,7 +138,14 @@ impl Explainer {
         let blame = self.blame(t, d, &facts);
         v.direction = Some(d.direction.as_str());
         v.stage = Some(blame.stage.as_str());
-        v.ifname = blame.ifname.clone().or_else(|| self.name(d.ifindex));
+        v.ifname = blame.ifname.clone().or_else(|| {
+            // Inside a firewall bridge, name the bridge: the operator's rules and
+            // `bridge` commands refer to it, not to the veth or tap it was on.
+            let fw = (blame.stage == Stage::Bridge)
+                .then(|| self.topo.firewall_bridge_of(d.ifindex))
+                .flatten();
+            fw.or_else(|| self.name(d.ifindex))
+        });
         v.reason = reason;
         v.location = location;
         v.rule = blame.rule;
@@ -146,6 +153,7 @@ impl Explainer {
         v.path.push(PathHop {
             stage: blame.stage.as_str(),
             ifname: v.ifname.clone(),
+            bridge: None,
             ts_ns: d.ts_ns.saturating_sub(t.first_ts()),
             nat: None,
             direction: d.direction.as_str(),
@@ -579,7 +587,15 @@ impl Explainer {
     /// The packet as the firewall saw it at `stage`.
     fn packet_view(&self, t: &Trace, d: &Drop, stage: Stage) -> nft::PacketView {
         let mut pkt: PacketInfo = d.pkt;
+        // br_netfilter hands the IP hooks the bridge as both devices: inside a
+        // firewall bridge, that is the firewall bridge.
+        let firewall_bridge = (stage == Stage::Bridge)
+            .then(|| self.topo.firewall_bridge_of(d.ifindex))
+            .flatten();
         let (iif, oif) = match d.direction {
+            _ if firewall_bridge.is_some() => {
+                (firewall_bridge.clone().unwrap_or_default(), firewall_bridge)
+            }
             Direction::Request => (
                 self.inbound_name(Direction::Request),
                 match self.topo.bridged {
@@ -639,6 +655,7 @@ impl Explainer {
                     out.push(PathHop {
                         stage: stage.as_str(),
                         ifname: None,
+                        bridge: None,
                         ts_ns: hop.ts_ns.saturating_sub(t0),
                         nat: None,
                         direction: dir.as_str(),
@@ -649,6 +666,7 @@ impl Explainer {
             out.push(PathHop {
                 stage: hop.stage.as_str(),
                 ifname: self.name(hop.ifindex),
+                bridge: self.topo.masters.get(&hop.ifindex).cloned(),
                 ts_ns: hop.ts_ns.saturating_sub(t0),
                 nat,
                 direction: dir.as_str(),

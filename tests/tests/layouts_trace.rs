@@ -1,0 +1,143 @@
+//! Trace mode on the Proxmox and libvirt layouts: the path names every hop
+//! between the VM's TAP and the bridge that routes (Proxmox's firewall bridge and
+//! its veth pair), and a drop inside the firewall bridge is reported there.
+//! Needs root and eBPF (CI runs it as root).
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use pathtrace_tests::{
+    lab::{Lab, LabOptions, Layout, PingOpts},
+    tracerun::{fake_guest_bin, trace_while, TraceRun},
+};
+use serde_json::Value;
+
+const DEST: &str = "203.0.113.8";
+const VM: &str = "192.0.2.100";
+
+fn lab(layout: Layout) -> Lab {
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.layout = layout;
+    let mut lab = Lab::up(opts).expect("lab up");
+    let one = PingOpts {
+        count: 1,
+        ..PingOpts::default()
+    };
+    lab.guest(0)
+        .ping(DEST.parse::<Ipv4Addr>().unwrap(), one)
+        .expect("guest pings");
+    lab
+}
+
+fn trace(lab: &mut Lab, extra: &[&str]) -> TraceRun {
+    let mut args = vec!["--to", DEST, "--count", "2", "--timeout", "10", "--json"];
+    args.extend_from_slice(extra);
+    let run = trace_while(lab, &args, Duration::from_secs(25), |lab| {
+        let opts = PingOpts {
+            count: 2,
+            interval_ms: 200,
+            timeout_ms: 1500,
+            ..PingOpts::default()
+        };
+        lab.guest(0).ping(DEST.parse()?, opts)?;
+        Ok(())
+    })
+    .expect("pathtrace runs");
+    eprintln!("--- stdout\n{}--- stderr\n{}", run.stdout, run.stderr);
+    run
+}
+
+/// (ifname, bridge) of a verdict's observed hops in one direction.
+fn hops(v: &Value, dir: &str) -> Vec<(String, String)> {
+    v["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["direction"] == dir && h["ifname"].is_string())
+        .map(|h| {
+            let s = |k: &str| h[k].as_str().unwrap_or_default().to_string();
+            (s("ifname"), s("bridge"))
+        })
+        .collect()
+}
+
+#[test]
+fn proxmox_path_crosses_the_firewall_bridge() {
+    let mut lab = lab(Layout::Proxmox);
+    let run = trace(&mut lab, &["--vm-ip", VM]);
+    assert_eq!(run.code, 0, "replied");
+    for v in run.verdicts() {
+        assert_eq!(v["verdict"], "replied");
+        let req = hops(&v, "request");
+        let names: Vec<&str> = req.iter().map(|(n, _)| n.as_str()).collect();
+        let at = |n: &str| names.iter().position(|x| *x == n);
+        let (tap, fwln, fwpr, up) = (at("tap100i0"), at("fwln100i0"), at("fwpr100p0"), at("eth0"));
+        assert!(
+            tap < fwln && fwln < fwpr && fwpr < up,
+            "request order: {names:?}"
+        );
+        assert!(tap.is_some(), "{names:?}");
+        assert!(
+            req.contains(&("tap100i0".into(), "fwbr100i0".into())),
+            "{req:?}"
+        );
+        assert!(
+            req.contains(&("fwpr100p0".into(), "vmbr0".into())),
+            "{req:?}"
+        );
+        let rep: Vec<String> = hops(&v, "reply").into_iter().map(|(n, _)| n).collect();
+        assert!(
+            rep.contains(&"fwln100i0".to_string()),
+            "reply crosses back: {rep:?}"
+        );
+        assert_eq!(rep.last().map(String::as_str), Some("tap100i0"));
+    }
+    assert!(
+        run.stderr
+            .contains("tap100i0 → fwbr100i0 → fwln100i0 → fwpr100p0 → vmbr0 → eth0"),
+        "banner names the chain"
+    );
+}
+
+/// A rule that drops what the firewall bridge forwards (as the Proxmox firewall
+/// does through br_netfilter): the verdict names fwbr100i0, not vmbr0.
+#[test]
+fn drop_inside_the_firewall_bridge_is_reported_there() {
+    let mut lab = lab(Layout::Proxmox);
+    lab.nft(
+        "add table inet pvefw\n\
+         add chain inet pvefw forward { type filter hook forward priority filter; policy accept; }\n\
+         add rule inet pvefw forward iifname \"fwbr100i0\" icmp type echo-request drop\n",
+    )
+    .unwrap();
+    let run = trace(&mut lab, &["--vm-ip", VM]);
+    assert_eq!(run.code, 1);
+    let v = &run.verdicts()[0];
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["direction"], "request");
+    assert_eq!(v["stage"], "bridge");
+    assert_eq!(v["ifname"], "fwbr100i0");
+    assert_eq!(v["reason"], "NETFILTER_DROP");
+    let rule = v["rule"].as_str().unwrap_or_default();
+    assert!(rule.contains("pvefw forward"), "{rule}");
+}
+
+/// libvirt: the VM named by its domain; vnet0 on virbr0.
+#[test]
+fn libvirt_vm_by_name() {
+    let mut lab = lab(Layout::Libvirt);
+    let root = lab.config_root();
+    let run = trace(
+        &mut lab,
+        &["--vm", "guest0", "--config-root", root.to_str().unwrap()],
+    );
+    assert_eq!(run.code, 0, "replied");
+    let v = &run.verdicts()[0];
+    assert_eq!(v["vm_ip"], VM);
+    let names: Vec<String> = hops(v, "request").into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("vnet0"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"virbr0".to_string()), "{names:?}");
+}
