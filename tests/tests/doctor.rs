@@ -300,3 +300,20 @@ fn snapshot_then_diff_shows_the_change() {
     );
     assert!(text.contains("ip_forward"), "sysctl changed: {text}");
 }
+
+/// Proxmox with its firewall on needs the firewall bridges in their own conntrack
+/// zone, or MASQUERADE never applies (its admin guide says so): without the zone
+/// rule the doctor fails the NAT check and says how to add it.
+#[test]
+fn proxmox_masquerade_needs_a_conntrack_zone() {
+    let lab = lab(Layout::Proxmox);
+    lab.nft("delete table ip pve_conntrack\n").unwrap();
+    let run = doctor(&lab, &[]);
+    let nat = checks(&run)
+        .into_iter()
+        .find(|c| c["check"] == "nat")
+        .expect("nat check");
+    assert_eq!(nat["status"], "fail", "{nat}");
+    assert!(nat["fix"].as_str().unwrap().contains("--zone 1"), "{nat}");
+    assert_eq!(run.code, 1);
+}

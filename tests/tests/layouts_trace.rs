@@ -29,8 +29,11 @@ fn lab(layout: Layout) -> Lab {
 }
 
 fn trace(lab: &mut Lab, extra: &[&str]) -> TraceRun {
-    let mut args = vec!["--to", DEST, "--count", "2", "--timeout", "10", "--json"];
+    let mut args = vec!["--to", DEST, "--count", "2", "--json"];
     args.extend_from_slice(extra);
+    if !extra.contains(&"--timeout") {
+        args.extend_from_slice(&["--timeout", "10"]);
+    }
     let run = trace_while(lab, &args, Duration::from_secs(25), |lab| {
         let opts = PingOpts {
             count: 2,
@@ -140,4 +143,50 @@ fn libvirt_vm_by_name() {
         "{names:?}"
     );
     assert!(names.contains(&"virbr0".to_string()), "{names:?}");
+}
+
+/// The guest cannot send (its TAP is down): the trace sees no request and prints
+/// the doctor's checks, which say so. The port comes from the VM's configuration
+/// since the host's tables forgot the guest.
+#[test]
+fn no_request_runs_the_doctor_checks() {
+    let mut lab = lab(Layout::Proxmox);
+    lab.break_path(pathtrace_tests::lab::Fault::PortDown)
+        .unwrap();
+    let root = lab.config_root();
+    let args = [
+        "--vm",
+        "100",
+        "--config-root",
+        root.to_str().unwrap(),
+        "--timeout",
+        "3",
+    ];
+    let run = trace(&mut lab, &args);
+    assert_eq!(run.code, 1);
+    assert!(run.verdicts().is_empty());
+    let link = run
+        .json()
+        .into_iter()
+        .find(|v| v["type"] == "check" && v["check"] == "link_up")
+        .expect("link_up check printed");
+    assert_eq!(link["status"], "fail");
+    assert_eq!(link["fix"], "ip link set dev tap100i0 up");
+}
+
+/// A request that gets no reply because MASQUERADE is missing: the verdict
+/// carries the doctor's NAT finding with its fix.
+#[test]
+fn no_reply_verdict_carries_the_nat_finding() {
+    let mut lab = lab(Layout::Plain);
+    lab.break_path(pathtrace_tests::lab::Fault::NoMasquerade)
+        .unwrap();
+    let run = trace(&mut lab, &["--vm-ip", VM, "--timeout", "4"]);
+    let v = &run.verdicts()[0];
+    assert_eq!(v["verdict"], "no_reply");
+    let nat = v["doctor"]
+        .as_array()
+        .and_then(|d| d.iter().find(|c| c["check"] == "nat"))
+        .expect("doctor nat finding");
+    assert!(nat["fix"].as_str().unwrap().contains("masquerade"), "{nat}");
 }

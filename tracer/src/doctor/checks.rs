@@ -571,7 +571,16 @@ fn nat(t: &Topology) -> Check {
         t.vm_subnet
             .is_some_and(|(_, l)| topology::network(*a, l) == topology::network(t.vm_ip, l))
     });
+    let behind_fwbr = t.chain.iter().any(|h| h.is_bridge);
+    let br_nf = sysctl("net/bridge/bridge-nf-call-iptables").as_deref() == Some("1");
     match found {
+        Some((rule, _)) if behind_fwbr && br_nf && !conntrack_zones_split() => {
+            Check::new("nat", Status::Fail, subject)
+                .evidence(format!(
+                    "{rule} exists, but the VM sits behind a firewall bridge with br_netfilter on: conntrack confirms the bridged pass through it without NAT, so the routed pass reuses that entry and the packet leaves untranslated (the Proxmox firewall + masquerading pitfall)"
+                ))
+                .fix("give the firewall bridges their own conntrack zone: iptables -t raw -I PREROUTING -i fwbr+ -j CT --zone 1   (nft: table ip raw, chain prerouting at priority raw: iifname \"fwbr*\" ct zone set 1)")
+        }
         Some((rule, true)) => Check::new("nat", Status::Pass, subject)
             .evidence(format!("source NAT by {rule}")),
         Some((rule, false)) => Check::new("nat", Status::Warn, subject).evidence(format!(
@@ -590,6 +599,20 @@ fn nat(t: &Topology) -> Check {
             t.vm_ip
         )),
     }
+}
+
+/// A rule puts (firewall-)bridged traffic into its own conntrack zone, in
+/// nftables (`ct zone set`) or iptables-legacy's raw table (`-j CT --zone`).
+fn conntrack_zones_split() -> bool {
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    run("nft", &["list", "ruleset"]).contains("ct zone set")
+        || run("iptables-legacy-save", &["-t", "raw"]).contains("--zone")
 }
 
 /// The firewall's verdict on the guest's ping and its reply (FORWARD, or INPUT
