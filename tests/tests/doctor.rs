@@ -212,6 +212,11 @@ fn healthy_then_each_fault(layout: Layout) {
             "{layout:?} {:?}: fix {fix:?} lacks {want:?}",
             f.fault
         );
+        if f.fault == Fault::DuplicateIp {
+            let evidence = c["evidence"].as_str().unwrap_or_default();
+            let port = format!("(port {})", lab.port(0));
+            assert!(evidence.contains(&port), "{layout:?}: {evidence}");
+        }
         let code = if f.status == "fail" { 1 } else { 0 };
         assert_eq!(run.code, code, "{layout:?} {:?}", f.fault);
     }

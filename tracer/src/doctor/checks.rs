@@ -92,7 +92,10 @@ fn port_missing(s: &Subject, why: &str, links: &Value) -> Check {
         let bridge = expected_bridge(s, links, port).unwrap_or_else(|| "BRIDGE".into());
         c.check = "bridge_member";
         c.subject = port.clone();
-        c.evidence = format!("{why}; {port} is a VM-style port in no bridge");
+        c.evidence = format!(
+            "{port} is a VM port in no bridge, so the host no longer knows where {} is",
+            s.vm_ip
+        );
         c.fix = Some(format!("ip link set dev {port} master {bridge}"));
     } else if !orphans.is_empty() {
         c.evidence = format!("{why}; ports in no bridge: {}", orphans.join(", "));
@@ -861,13 +864,14 @@ fn duplicate_ip(t: &Topology, links: &Value, passive: bool) -> Check {
                 .evidence(format!("could not probe: {e:#}"))
         }
     };
-    let ports = fdb_ports(&bridge.name);
     let named: Vec<String> = answers
         .iter()
-        .map(|m| match ports.get(m) {
-            Some(p) => format!("{m} (port {p})"),
-            None => m.clone(),
-        })
+        .map(
+            |m| match topology::ports_for_mac(links, &bridge.name, m).as_deref() {
+                Ok([p]) => format!("{m} (port {p})"),
+                _ => m.clone(),
+            },
+        )
         .collect();
     match answers.len() {
         0 => Check::new("duplicate_ip", Status::Warn, subject).evidence(format!(
@@ -889,23 +893,6 @@ fn duplicate_ip(t: &Topology, links: &Value, passive: bool) -> Check {
                 answers.join(", ")
             )),
     }
-}
-
-/// MAC → port learned by `bridge` (including ports below firewall bridges).
-fn fdb_ports(bridge: &str) -> HashMap<String, String> {
-    let fdb = run_json("bridge", &["-j", "fdb", "show"]).unwrap_or(Value::Null);
-    let mut out = HashMap::new();
-    for f in as_array(&fdb) {
-        let (Some(mac), Some(dev)) = (f["mac"].as_str(), f["ifname"].as_str()) else {
-            continue;
-        };
-        // Prefer the lowest port (a TAP in its firewall bridge) over the veth.
-        let is_tap = !dev.starts_with("fwpr") && f["master"].as_str() != Some(bridge);
-        if is_tap || !out.contains_key(mac) {
-            out.insert(mac.to_lowercase(), dev.to_string());
-        }
-    }
-    out
 }
 
 #[cfg(test)]
