@@ -1,12 +1,13 @@
 //! The demo: a namespaced hypervisor (bridge, a TAP port held by a fake guest, NAT
-//! uplink), healthy first, then broken in two ways, with pathtrace's verdicts.
+//! uplink), healthy first, then broken in two ways, with pathtrace's verdicts; then
+//! a Proxmox-style host (firewall bridge per VM) traced and examined by `doctor`.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use pathtrace_tests::{
-    lab::{Fault, Lab, LabOptions, PingOpts},
-    tracerun::{fake_guest_bin, trace_while},
+    lab::{Fault, Lab, LabOptions, Layout, PingOpts},
+    tracerun::{fake_guest_bin, run_in_hv, trace_while},
 };
 
 const DEST: &str = "203.0.113.8";
@@ -29,7 +30,26 @@ pub fn run() -> Result<()> {
         Some(Fault::NoMasquerade),
     )?;
     drop(lab);
-    say("Demo lab removed. Run all tests with: cargo xtask test");
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.layout = Layout::Proxmox;
+    let mut lab = Lab::up(opts)?;
+    show(
+        &mut lab,
+        "4. A Proxmox host with the VM firewall on: tap100i0 sits in fwbr100i0, joined to vmbr0 by fwln100i0/fwpr100p0",
+        None,
+    )?;
+    say("5. pathtrace doctor (static checks, no tracing) on a strict rp_filter with an asymmetric route");
+    lab.break_path(Fault::RpFilterStrict)?;
+    let root = lab.config_root();
+    // The lab keeps its Proxmox configuration under its own root, not /etc.
+    let root = root.to_str().unwrap_or("/");
+    let args = ["doctor", "--vm", "100", "--to", DEST, "--config-root", root];
+    println!("$ pathtrace {}", args.join(" "));
+    let run = run_in_hv(&lab, &args)?;
+    print!("{}{}", run.stdout, run.stderr);
+    println!("(exit status {})", run.code);
+    drop(lab);
+    say("Demo labs removed. Run all tests with: cargo xtask test");
     Ok(())
 }
 
