@@ -322,3 +322,34 @@ fn proxmox_masquerade_needs_a_conntrack_zone() {
     assert!(nat["fix"].as_str().unwrap().contains("--zone 1"), "{nat}");
     assert_eq!(run.code, 1);
 }
+
+/// Bad input and missing privileges: one line on stderr, exit 2.
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let lab = lab(Layout::Plain);
+    let cases: [&[&str]; 3] = [
+        &["doctor"],
+        &["doctor", "--vm-ip", VM, "--iface", "nosuch0"],
+        &["doctor", "--vm-ip", "192.0.2.300"],
+    ];
+    for args in cases {
+        let run = run_in_hv(&lab, args).unwrap();
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(pathtrace_tests::tracerun::pathtrace_bin())
+        .args(["doctor", "--vm-ip", VM])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs root"), "{err}");
+}

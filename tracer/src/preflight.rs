@@ -18,8 +18,22 @@ pub fn check() -> Result<()> {
     Ok(())
 }
 
+/// `pathtrace doctor` loads nothing, but reading the firewall rule sets needs
+/// CAP_NET_ADMIN and its ARP probes CAP_NET_RAW: without them it would report
+/// "no rule drops this" for rules it could not see.
+pub fn check_doctor() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 && !effective_caps(&[12, 13]) {
+        bail!("pathtrace doctor needs root (or CAP_NET_ADMIN and CAP_NET_RAW) to read the firewall rule sets and probe ARP");
+    }
+    Ok(())
+}
+
 /// CAP_BPF (39), CAP_PERFMON (38) and CAP_NET_ADMIN (12) in the effective set.
 fn has_caps() -> bool {
+    effective_caps(&[39, 38, 12])
+}
+
+fn effective_caps(caps: &[u32]) -> bool {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return false;
     };
@@ -28,7 +42,7 @@ fn has_caps() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    [39u32, 38, 12].iter().all(|c| eff & (1 << c) != 0)
+    caps.iter().all(|c| eff & (1 << c) != 0)
 }
 
 /// Mount a pseudo filesystem when it is missing (fresh machines have neither).

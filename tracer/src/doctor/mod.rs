@@ -96,6 +96,10 @@ pub struct Subject {
 const INTERNET: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
 
 pub fn run(cli: &DoctorCli) -> Result<i32> {
+    if cli.snapshot.is_some() || cli.diff.is_some() {
+        // A snapshot without the rule sets would show them "removed" later.
+        crate::preflight::check_doctor()?;
+    }
     if let Some(dir) = &cli.snapshot {
         let files = snapshot::save(dir)?;
         eprintln!(
@@ -109,6 +113,7 @@ pub fn run(cli: &DoctorCli) -> Result<i32> {
     if let Some(dir) = &cli.diff {
         return show_diff(dir, cli.json);
     }
+    crate::preflight::check_doctor()?;
     let subject = examine(cli)?;
     let checks = checks::all(&subject, cli.passive);
     print(&subject, &checks, cli.json);
@@ -126,6 +131,13 @@ fn examine(cli: &DoctorCli) -> Result<Subject> {
     let (vm_ip, nics) = resolve_vm(cli.vm_ip, cli.vm.as_deref(), &all)?;
     let dst = cli.to.unwrap_or(INTERNET);
     let links = topology::ip_json(&["-d", "link", "show"])?;
+    if let Some(i) = cli
+        .iface
+        .as_deref()
+        .filter(|i| !topology::has_link(&links, i))
+    {
+        bail!("interface {i} does not exist (--iface)");
+    }
     let mut found_by = match (&cli.iface, nics.first()) {
         (Some(_), _) => "--iface".to_string(),
         (None, Some(n)) => format!("{} configuration {}", n.source, n.config.display()),
