@@ -398,3 +398,55 @@ fn sigkill_leaves_nothing_attached() {
     assert_eq!(status.code(), None, "killed");
     assert_nothing_attached();
 }
+
+/// Deep mode: where the kernel has kprobes, the request's path shows the kernel
+/// functions it went through (forwarding, queueing on the uplink); where it has
+/// none (like the development kernel), one clear line, exit 2, nothing attached.
+#[test]
+fn deep_mode_shows_kernel_functions_or_refuses_clearly() {
+    let mut lab = lab();
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    let args = [
+        "--vm-ip",
+        VM,
+        "--to",
+        DEST,
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+        "--json",
+        "--deep",
+    ];
+    let run = trace_while(&mut lab, &args, Duration::from_secs(25), |lab| {
+        let opts = PingOpts {
+            count: 1,
+            ..PingOpts::default()
+        };
+        lab.guest(0).ping(DEST.parse()?, opts)?;
+        Ok(())
+    })
+    .expect("pathtrace runs");
+    if !kprobes {
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(run.stderr.contains("kprobes"), "{}", run.stderr);
+        assert!(pathtrace_tests::tracerun::programs_settled(0).is_empty());
+        return;
+    }
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let v = &run.verdicts()[0];
+    let functions: Vec<&str> = v["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["direction"] == "request")
+        .filter_map(|h| h["function"].as_str())
+        .collect();
+    for f in ["ip_forward", "__dev_queue_xmit"] {
+        assert!(
+            functions.contains(&f),
+            "request path lacks {f}: {functions:?}"
+        );
+    }
+}

@@ -21,6 +21,14 @@ pub mod names {
     pub const CONSUME_SKB: &str = "pathtrace_consume_skb";
     pub const KFREE_RAW: &str = "pathtrace_kfree_raw";
     pub const CONSUME_RAW: &str = "pathtrace_consume_raw";
+    /// Deep mode: one kprobe program per position of the `struct sk_buff *`
+    /// argument (0..=3), each attached to the functions that take it there.
+    pub const DEEP: [&str; 4] = [
+        "pathtrace_deep0",
+        "pathtrace_deep1",
+        "pathtrace_deep2",
+        "pathtrace_deep3",
+    ];
     // Watch mode.
     pub const WATCH_CONFIG: &str = "WATCH_CONFIG";
     pub const WATCH_DROP: &str = "pathtrace_watch_drop";
@@ -49,6 +57,10 @@ pub enum EventKind {
     /// The question of a DNS request, sent once when the request is first seen
     /// (a [`NameEvent`]).
     DnsName = 4,
+    /// Deep mode: a kprobe on a kernel function along the path saw the packet
+    /// ([`Event::location`] is the function's address; [`Event::pkt`] the packet as
+    /// it is there, when its header could be read).
+    Func = 5,
 }
 
 impl EventKind {
@@ -58,6 +70,7 @@ impl EventKind {
             2 => Some(Self::Drop),
             3 => Some(Self::Consume),
             4 => Some(Self::DnsName),
+            5 => Some(Self::Func),
             _ => None,
         }
     }
@@ -183,6 +196,10 @@ pub struct Config {
     pub dev_net_off: u32,
     /// `offsetof(struct net, ns) + offsetof(struct ns_common, inum)`.
     pub net_inum_off: u32,
+    /// `offsetof(struct sk_buff, head)` (deep mode reads the packet through it).
+    pub skb_head_off: u32,
+    /// `offsetof(struct sk_buff, network_header)` (a u16 offset from `head`).
+    pub skb_nh_off: u32,
     pub _pad: u32,
 }
 
@@ -203,7 +220,7 @@ const _: () = assert!(core::mem::size_of::<PacketInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 40);
 const _: () = assert!(core::mem::size_of::<NameEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
 
 pub use watch::*;
 

@@ -21,6 +21,8 @@ pub static CONFIG: Global<Config> = Global::new(Config {
     dev_ifindex_off: 0,
     dev_net_off: 0,
     net_inum_off: 0,
+    skb_head_off: 0,
+    skb_nh_off: 0,
     _pad: 0,
 });
 

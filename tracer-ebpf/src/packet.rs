@@ -1,7 +1,8 @@
-//! Header parsing for the TC programs: only as much as the flow filter needs.
+//! Header parsing: for the TC programs only as much as the flow filter needs; for
+//! the tracepoint and kprobe programs, an IPv4 header at a kernel address.
 
-use aya_ebpf::programs::TcContext;
-use tracer_common::PacketInfo;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
+use tracer_common::{PacketInfo, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -178,4 +179,44 @@ pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)
         }
     }
     Some((info, l4_off))
+}
+
+/// Addresses, protocol and (for UDP/TCP) ports of the IPv4 packet at kernel
+/// address `ip` (outside TC, where the packet is not directly readable); its
+/// `CLASS_*`.
+#[inline(always)]
+pub fn read_ipv4(ip: u64, pkt: &mut PacketInfo) -> u8 {
+    let Ok(h) = (unsafe { bpf_probe_read_kernel(ip as *const [u8; 20]) }) else {
+        return CLASS_OTHER;
+    };
+    if h[0] >> 4 != 4 {
+        return CLASS_OTHER;
+    }
+    pkt.saddr = [h[12], h[13], h[14], h[15]];
+    pkt.daddr = [h[16], h[17], h[18], h[19]];
+    pkt.proto = h[9];
+    pkt.ttl = h[8];
+    pkt.ip_len = u16::from_be_bytes([h[2], h[3]]);
+    pkt.frag = u16::from_be_bytes([h[6], h[7]]);
+    let l4 = ip + ((h[0] & 0x0f) as u64) * 4;
+    let b = unsafe { bpf_probe_read_kernel(l4 as *const [u8; 4]) }.unwrap_or([0; 4]);
+    match pkt.proto {
+        1 => {
+            pkt.icmp_type = b[0];
+            pkt.code = b[1];
+            CLASS_ICMP
+        }
+        6 | 17 => {
+            pkt.sport = u16::from_be_bytes([b[0], b[1]]);
+            pkt.dport = u16::from_be_bytes([b[2], b[3]]);
+            if pkt.proto == 6 {
+                CLASS_TCP
+            } else if pkt.sport == 53 || pkt.dport == 53 {
+                CLASS_DNS
+            } else {
+                CLASS_UDP
+            }
+        }
+        _ => CLASS_OTHER,
+    }
 }

@@ -52,6 +52,11 @@ pub struct Cli {
     /// instead of /.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub config_root: std::path::PathBuf,
+    /// Also follow the packet through kernel functions (bridge forwarding,
+    /// ip_forward, netfilter, NAT, neighbour output, queueing) with kprobes: needs
+    /// a kernel with kprobes, costs more per followed packet.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

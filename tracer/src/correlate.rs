@@ -94,6 +94,18 @@ pub struct Hop {
     pub egress: bool,
 }
 
+/// Deep mode: a kernel function the packet passed through.
+#[derive(Debug, Clone)]
+pub struct FuncHop {
+    /// The function's address (resolved to its name from kallsyms).
+    pub addr: u64,
+    pub ifindex: u32,
+    pub ts_ns: u64,
+    /// The packet as it was in that function.
+    pub pkt: PacketInfo,
+    pub direction: Direction,
+}
+
 /// The kernel freed the packet with a drop reason.
 #[derive(Debug, Clone)]
 pub struct Drop {
@@ -121,6 +133,8 @@ pub struct Trace {
     pub request: PacketInfo,
     pub req_hops: Vec<Hop>,
     pub reply_hops: Vec<Hop>,
+    /// Deep mode's function-level hops, both directions, in arrival order.
+    pub func_hops: Vec<FuncHop>,
     pub req_skb: u64,
     pub reply_skb: Option<u64>,
     /// The VM port the request came in on (the reply must leave by it).
@@ -150,6 +164,7 @@ impl Trace {
             request: *pkt,
             req_hops: Vec::new(),
             reply_hops: Vec::new(),
+            func_hops: Vec::new(),
             req_skb: skb,
             reply_skb: None,
             port_ifindex: None,
@@ -215,6 +230,7 @@ impl Correlator {
             Some(EventKind::Tc) => self.on_tc(ev),
             Some(EventKind::Drop) => self.on_drop(ev),
             Some(EventKind::Consume) => self.on_consume(ev),
+            Some(EventKind::Func) => self.on_func(ev),
             // Names come through `on_name`, with their bytes.
             Some(EventKind::DnsName) | None => {}
         }
@@ -238,6 +254,27 @@ impl Correlator {
             Some(Role::Bridge | Role::Hop) => Stage::Bridge,
             Some(Role::Uplink) | None => Stage::Egress,
         }
+    }
+
+    /// A function-level hop: only for a packet already followed (by its skb; NAT
+    /// may have changed its addresses since).
+    fn on_func(&mut self, ev: &Event) {
+        let Some(&i) = self.by_skb.get(&ev.skb) else {
+            return;
+        };
+        let t = &mut self.traces[i];
+        t.func_hops.push(FuncHop {
+            addr: ev.location,
+            ifindex: ev.ifindex,
+            ts_ns: ev.ts_ns,
+            pkt: ev.pkt,
+            direction: if ev.role == ROLE_REPLY {
+                Direction::Reply
+            } else {
+                Direction::Request
+            },
+        });
+        t.last_ts = t.last_ts.max(ev.ts_ns);
     }
 
     fn on_tc(&mut self, ev: &Event) {

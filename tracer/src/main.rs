@@ -2,6 +2,7 @@
 
 mod cli;
 mod correlate;
+mod deep;
 mod dns;
 mod doctor;
 mod explain;

@@ -44,6 +44,9 @@ pub struct PathHop {
     /// between the bridge and the uplink).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inferred: bool,
+    /// Deep mode: the kernel function this hop was seen in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -230,8 +233,13 @@ pub fn render_text(v: &Verdict) -> String {
             .as_ref()
             .map(|n| format!("  {} {} → {}", n.kind, n.from, n.to))
             .unwrap_or_default();
+        let function = hop
+            .function
+            .as_ref()
+            .map(|f| format!("  {f}()"))
+            .unwrap_or_default();
         let line = format!(
-            "  {arrow} {:>9.3} ms  {:<11} {:<12}{nat}",
+            "  {arrow} {:>9.3} ms  {:<11} {:<12}{nat}{function}",
             hop.ts_ns as f64 / 1e6,
             hop.stage,
             hop.ifname.as_deref().unwrap_or("-"),

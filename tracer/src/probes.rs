@@ -5,12 +5,12 @@
 //! the process exits for any reason, SIGKILL included. Only on kernels without tcx
 //! do we fall back to clsact; a clsact qdisc we had to create is removed on drop.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{
         tc::{self, NlOptions, TcAttachOptions},
-        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
+        KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
     },
     util::KernelVersion,
     Ebpf, EbpfLoader,
@@ -29,6 +29,9 @@ pub fn record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
     // ring-buffer records are only 8-byte aligned, so read unaligned.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
+
+/// Present when the kernel has kprobes (the kprobe perf event source).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 /// The smallest ring buffer (one page) for a mode that does not use it.
 const MIN_RING: u32 = 4096;
@@ -156,6 +159,39 @@ impl Probes {
                 "skb:consume_skb ({e:#}): deliveries to the host itself are not seen"
             ));
         }
+        Ok(())
+    }
+
+    /// Deep mode: kprobes on `functions` (name, position of the skb argument).
+    /// A kernel without kprobes is an error (the operator asked for them); a
+    /// function that cannot be probed is skipped and recorded.
+    pub fn attach_deep(&mut self, functions: &[(String, usize)]) -> Result<()> {
+        if !std::path::Path::new(KPROBE_PMU).exists() {
+            bail!("--deep needs kprobes, which this kernel lacks (CONFIG_KPROBES is off); run without --deep");
+        }
+        let mut attached = 0;
+        for (func, arg) in functions {
+            let name = names::DEEP[*arg];
+            let prog: &mut KProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load().with_context(|| format!("loading {name}"))?;
+            }
+            match prog.attach(func, 0) {
+                Ok(_) => attached += 1,
+                Err(e) => self.skipped.push(format!("deep: {func} ({e})")),
+            }
+        }
+        if attached == 0 {
+            bail!(
+                "--deep: no kernel function could be probed ({})",
+                self.skipped.join("; ")
+            );
+        }
+        self.attached += attached;
         Ok(())
     }
 

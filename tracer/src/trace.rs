@@ -38,11 +38,19 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let btf = KernelBtf::load(&cli.kernel_btf)?;
     let reasons = btf.drop_reasons()?;
     let config = build_config(cli, &btf)?;
+    let names: Vec<&str> = crate::deep::FUNCTIONS.iter().map(|(f, _)| *f).collect();
+    let deep = cli
+        .deep
+        .then(|| crate::deep::plan(&btf.skb_params(&names), tracer_common::names::DEEP.len()));
     // Everything needed from the (large) parsed BTF is taken by now.
     btf.release();
     let mut probes = Probes::load(config, cli.buffer_kb * 1024)?;
     // Tracepoints first, so a packet tracked by TC can never be freed unseen.
     probes.attach_tracepoints()?;
+    if let Some((functions, missing)) = &deep {
+        probes.attach_deep(functions)?;
+        probes.skipped.extend(missing.iter().cloned());
+    }
     for (iface, _) in topo.hooks() {
         probes.attach_tc(&iface)?;
     }
@@ -141,6 +149,8 @@ fn build_config(cli: &Cli, btf: &KernelBtf) -> Result<Config> {
         dev_ifindex_off: offsets.dev_ifindex,
         dev_net_off: offsets.dev_net,
         net_inum_off: offsets.net_inum,
+        skb_head_off: offsets.skb_head,
+        skb_nh_off: offsets.skb_network_header,
         _pad: 0,
     })
 }

@@ -93,7 +93,7 @@ fn freed(kind: EventKind, skb: u64, location: u64, reason: u32) {
 /// Where the skb was when freed: its device, that device's netns and whether it had
 /// a route. Offsets come from BTF; without them these stay unknown.
 #[inline(always)]
-fn read_device(skb: u64, cfg: &Config, event: &mut Event) {
+pub fn read_device(skb: u64, cfg: &Config, event: &mut Event) {
     if cfg.skb_dev_off == 0 || cfg.dev_ifindex_off == 0 {
         return;
     }
@@ -116,7 +116,7 @@ fn read_device(skb: u64, cfg: &Config, event: &mut Event) {
 }
 
 #[inline(always)]
-fn read_u64(addr: u64) -> u64 {
+pub fn read_u64(addr: u64) -> u64 {
     unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
 }
 

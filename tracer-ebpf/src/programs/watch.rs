@@ -14,8 +14,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     addr_key, mac_key, DropCount, DropKey, DropSample, PacketInfo, WatchConfig, CLASS_ARP,
-    CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, CNT_DROPS_MAP_FULL, CNT_SAMPLES_LOST,
-    CNT_UNATTRIBUTED, WDIR_FROM_VM, WDIR_TO_VM, WDIR_UNKNOWN, WFLAG_HAS_DST, WFLAG_VIA_CT,
+    CLASS_OTHER, CNT_DROPS_MAP_FULL, CNT_SAMPLES_LOST, CNT_UNATTRIBUTED, WDIR_FROM_VM, WDIR_TO_VM,
+    WDIR_UNKNOWN, WFLAG_HAS_DST, WFLAG_VIA_CT,
 };
 
 use super::frees::read_field;
@@ -77,7 +77,7 @@ fn on_drop(skb: u64, location: u64, reason: u32) -> Option<()> {
     if l3proto == ETH_P_IP && head != 0 {
         let nh = read::<u16>(skb + cfg.skb_network_header_off as u64);
         if nh != HEADER_UNSET {
-            class = parse_ipv4(head + nh as u64, &mut pkt);
+            class = crate::packet::read_ipv4(head + nh as u64, &mut pkt);
             found = by_addr(&pkt).or_else(|| by_conntrack(skb, &cfg));
         }
     } else if l3proto == ETH_P_ARP {
@@ -161,44 +161,6 @@ fn sample(key: &DropKey, now: u64, pkt: &PacketInfo) {
     let flags = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
     if SAMPLES.output::<DropSample>(&s, flags).is_err() {
         count(CNT_SAMPLES_LOST);
-    }
-}
-
-/// Addresses, protocol and (for UDP/TCP) ports of the IPv4 packet at `ip`.
-#[inline(always)]
-fn parse_ipv4(ip: u64, pkt: &mut PacketInfo) -> u8 {
-    let Ok(h) = (unsafe { bpf_probe_read_kernel(ip as *const [u8; 20]) }) else {
-        return CLASS_OTHER;
-    };
-    if h[0] >> 4 != 4 {
-        return CLASS_OTHER;
-    }
-    pkt.saddr = [h[12], h[13], h[14], h[15]];
-    pkt.daddr = [h[16], h[17], h[18], h[19]];
-    pkt.proto = h[9];
-    pkt.ttl = h[8];
-    pkt.ip_len = u16::from_be_bytes([h[2], h[3]]);
-    pkt.frag = u16::from_be_bytes([h[6], h[7]]);
-    let l4 = ip + ((h[0] & 0x0f) as u64) * 4;
-    let b = unsafe { bpf_probe_read_kernel(l4 as *const [u8; 4]) }.unwrap_or([0; 4]);
-    match pkt.proto {
-        1 => {
-            pkt.icmp_type = b[0];
-            pkt.code = b[1];
-            CLASS_ICMP
-        }
-        6 | 17 => {
-            pkt.sport = u16::from_be_bytes([b[0], b[1]]);
-            pkt.dport = u16::from_be_bytes([b[2], b[3]]);
-            if pkt.proto == 6 {
-                CLASS_TCP
-            } else if pkt.sport == 53 || pkt.dport == 53 {
-                CLASS_DNS
-            } else {
-                CLASS_UDP
-            }
-        }
-        _ => CLASS_OTHER,
     }
 }
 

@@ -158,6 +158,7 @@ impl Explainer {
             nat: None,
             direction: d.direction.as_str(),
             inferred: false,
+            function: None,
         });
     }
 
@@ -641,9 +642,69 @@ impl Explainer {
     fn path(&self, t: &Trace) -> Vec<PathHop> {
         let t0 = t.first_ts();
         let mut out = Vec::new();
-        self.push_hops(&mut out, &t.req_hops, t0, Direction::Request);
-        self.push_hops(&mut out, &t.reply_hops, t0, Direction::Reply);
+        for (hops, dir) in [
+            (&t.req_hops, Direction::Request),
+            (&t.reply_hops, Direction::Reply),
+        ] {
+            let start = out.len();
+            self.push_hops(&mut out, hops, t0, dir);
+            self.merge_functions(&mut out, start, t, t0, dir);
+        }
         out
+    }
+
+    /// Deep mode: put each function-level hop of `dir` among the observed ones by
+    /// time; a stage a function shows is no longer merely inferred.
+    fn merge_functions(
+        &self,
+        out: &mut Vec<PathHop>,
+        start: usize,
+        t: &Trace,
+        t0: u64,
+        dir: Direction,
+    ) {
+        let mut shown = Vec::new();
+        for f in t.func_hops.iter().filter(|f| f.direction == dir) {
+            let Some(name) = self.symbols.resolve(f.addr) else {
+                continue;
+            };
+            let name = name.split('+').next().unwrap_or(&name).to_string();
+            let ts = f.ts_ns.saturating_sub(t0);
+            let at = out[start..]
+                .iter()
+                .position(|h| h.ts_ns > ts)
+                .map_or(out.len(), |p| start + p);
+            let before = out[start..at].last().map(|h| h.stage);
+            let stage = crate::deep::stage_of(&name).or(before).unwrap_or("routing");
+            shown.push(stage);
+            let prev_pkt = t
+                .func_hops
+                .iter()
+                .take_while(|g| g.ts_ns < f.ts_ns)
+                .filter(|g| g.direction == dir)
+                .last();
+            out.insert(
+                at,
+                PathHop {
+                    stage,
+                    ifname: self.name(f.ifindex),
+                    bridge: None,
+                    ts_ns: ts,
+                    nat: prev_pkt.and_then(|p| nat_between(&p.pkt, &f.pkt)),
+                    direction: dir.as_str(),
+                    inferred: false,
+                    function: Some(name),
+                },
+            );
+        }
+        let mut i = start;
+        while i < out.len() {
+            if out[i].inferred && shown.contains(&out[i].stage) {
+                out.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn push_hops(&self, out: &mut Vec<PathHop>, hops: &[Hop], t0: u64, dir: Direction) {
@@ -660,6 +721,7 @@ impl Explainer {
                         nat: None,
                         direction: dir.as_str(),
                         inferred: true,
+                        function: None,
                     });
                 }
             }
@@ -671,6 +733,7 @@ impl Explainer {
                 nat,
                 direction: dir.as_str(),
                 inferred: false,
+                function: None,
             });
             prev = Some(hop);
         }

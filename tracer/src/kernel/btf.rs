@@ -14,6 +14,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -22,6 +23,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -58,6 +60,8 @@ pub struct Offsets {
     pub dev_ifindex: u32,
     pub dev_net: u32,
     pub net_inum: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
 }
 
 /// Offsets used by watch mode in addition to [`Offsets`].
@@ -164,7 +168,52 @@ impl KernelBtf {
             dev_ifindex: self.member_offset("net_device", &["ifindex"])?,
             dev_net: self.member_offset("net_device", &["nd_net", "net"])?,
             net_inum: self.member_offset("net", &["ns", "inum"])?,
+            skb_head: self.member_offset("sk_buff", &["head"])?,
+            skb_network_header: self.member_offset("sk_buff", &["network_header"])?,
         })
+    }
+
+    /// For each function of `names` that this kernel's BTF describes, the position
+    /// of its `struct sk_buff *` parameter (where a kprobe finds the packet).
+    /// Functions without one (or not in BTF: inlined, renamed) are left out.
+    pub fn skb_params(&self, names: &[&str]) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        for id in 1..=self.types.len() as u32 {
+            let Ok(h) = self.head(id) else { continue };
+            if h.kind != KIND_FUNC {
+                continue;
+            }
+            let Some(name) = self.name(h.name_off).ok().filter(|n| names.contains(n)) else {
+                continue;
+            };
+            if let Some(i) = self.skb_param(h.size_or_type) {
+                out.insert(name.to_string(), i);
+            }
+        }
+        out
+    }
+
+    fn skb_param(&self, proto: u32) -> Option<usize> {
+        let p = self.head(proto).ok()?;
+        if p.kind != KIND_FUNC_PROTO {
+            return None;
+        }
+        (0..p.vlen).find(|i| {
+            let ty = self.u32_at(p.extra + i * 8 + 4).unwrap_or(0);
+            self.points_to_struct(ty, "sk_buff")
+        })
+    }
+
+    fn points_to_struct(&self, ty: u32, name: &str) -> bool {
+        let Ok(ptr) = self.strip(ty).and_then(|t| self.head(t)) else {
+            return false;
+        };
+        if ptr.kind != KIND_PTR {
+            return false;
+        }
+        self.strip(ptr.size_or_type)
+            .and_then(|t| self.head(t))
+            .is_ok_and(|s| s.kind == KIND_STRUCT && self.name(s.name_off).is_ok_and(|n| n == name))
     }
 
     /// Offsets the watch program reads: where the skb's headers are, and where a
@@ -408,5 +457,14 @@ pub mod tests {
             .unwrap()
             .values()
             .any(|n| n == "NETFILTER_DROP"));
+        // Where kprobes find the packet: first argument of ip_forward, third of
+        // ip_finish_output2 (net, sk, skb); none for a function without one.
+        let params = btf.skb_params(&["ip_forward", "ip_finish_output2", "nft_do_chain"]);
+        assert_eq!(params.get("ip_forward"), Some(&0));
+        assert_eq!(params.get("ip_finish_output2"), Some(&2));
+        assert!(
+            !params.contains_key("nft_do_chain"),
+            "takes nft_pktinfo, not an skb"
+        );
     }
 }
