@@ -397,7 +397,9 @@ pub const CATALOGUE: &[Scenario] = &[
         name: "bridge_port_disabled",
         symptom: "the VM reaches nothing, not even the host",
         cause: "the VM's bridge port is disabled / blocked by STP",
-        break_hv: &["bridge link set dev tap100i0 state 0"],
+        // The operator looks a while after it broke: by then the bridge (its only
+        // port disabled) lost carrier and flushed its neighbour and FDB entries.
+        break_hv: &["bridge link set dev tap100i0 state 0", "sleep 2"],
         expect: Expect {
             rule: Some("bridge port tap100i0 state disabled"),
             ..dropped("request", "bridge")

@@ -357,8 +357,33 @@ pub fn locate_vm(
             let mac = found.ok().and_then(|(_, m)| m).or(Some(nic.mac.clone()));
             Ok((vec![nic.port.clone().unwrap_or_default()], mac))
         }
+        (Err(e), None) => broken_ports(vm_ip, links).ok_or(e).map(|p| (p, None)),
         (found, None) => found,
     }
+}
+
+/// When the host's tables have forgotten the VM: the ports below the bridge that
+/// owns its subnet that cannot pass frames (down, no carrier, not forwarding).
+/// Such a port is exactly what makes a VM vanish from the tables (the bridge
+/// loses carrier and flushes its neighbours), so it is the one to watch. Healthy
+/// ports are no evidence: then the VM is unknown.
+fn broken_ports(vm_ip: Ipv4Addr, links: &Value) -> Option<Vec<String>> {
+    let (_, ports) = subnet_ports(vm_ip, links)?;
+    let states = run_json("bridge", &["-j", "link", "show"]).ok()?;
+    let broken: Vec<String> = ports
+        .into_iter()
+        .filter(|p| {
+            let flags = link(links, p)
+                .map(|l| l["flags"].to_string())
+                .unwrap_or_default();
+            let state = as_array(&states)
+                .iter()
+                .find(|s| s["ifname"].as_str() == Some(p))
+                .and_then(|s| s["state"].as_str());
+            !flags.contains("\"LOWER_UP\"") || state.is_some_and(|s| s != "forwarding")
+        })
+        .collect();
+    (!broken.is_empty()).then_some(broken)
 }
 
 /// The bridge whose own subnet holds `vm_ip`, and every port below it: where the
