@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod vmtest;
 
 use std::{
     path::{Path, PathBuf},
@@ -53,6 +54,25 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and run end-to-end tests inside another kernel under QEMU
+    /// (a Debian cloud kernel, TCG; needs root).
+    VmTest {
+        /// Kernel series from Debian's archive, e.g. 6.1 or 6.12.
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// The test binary to run (a file under tests/tests/).
+        #[arg(long, default_value = "scenarios")]
+        test: String,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 3072)]
+        memory: u32,
+        /// Time limit for the whole VM run, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Arguments for the test binary (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        filter: Vec<String>,
+    },
 }
 
 fn main() {
@@ -88,6 +108,21 @@ fn main() {
                 }),
                 false => Ok(()),
             }),
+        Task::VmTest {
+            kernel,
+            test,
+            memory,
+            timeout,
+            filter,
+        } => setup::run().and_then(|_| {
+            vmtest::run(&vmtest::Options {
+                kernel,
+                test,
+                memory_mib: memory,
+                timeout: std::time::Duration::from_secs(timeout),
+                filter,
+            })
+        }),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -116,7 +151,7 @@ pub fn exec(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn build() -> Result<()> {
+pub fn build() -> Result<()> {
     eprintln!("xtask: building pathtrace (release, eBPF embedded)");
     exec(cargo().args(["build", "--release"]))
 }

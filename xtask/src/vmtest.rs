@@ -1,0 +1,650 @@
+//! `cargo xtask vm-test`: run the end-to-end tests against another kernel.
+//!
+//! The development machine's kernel has no kprobes and is one version; pathtrace
+//! must also work on the kernels hypervisors run (Debian 12's 6.1, 6.12, ...). This
+//! boots a Debian cloud kernel under QEMU (TCG: nested KVM hangs on these machines)
+//! and runs the same release test binaries inside it, against the same lab.
+//!
+//! The guest sees the host's root filesystem read-only through virtiofs (so every
+//! tool the lab and the scenarios call is there, at the same path), with tmpfs on
+//! the writable places, and a modprobe that loads the extracted kernel's modules. A
+//! tiny busybox initramfs loads what virtiofs needs, builds that view, runs the
+//! tests in a chroot, prints a result line on the serial console and powers off.
+//!
+//! Kernels are Debian packages fetched with `apt-get download` and unpacked with
+//! `dpkg-deb -x` under target/vm-kernels/: nothing is installed into the host.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, exec, release_bin, root};
+
+/// The line the guest prints when the tests finished; the host parses it.
+const RESULT_MARKER: &str = "PATHTRACE-VMTEST-RESULT";
+/// virtiofsd from crates.io: Debian 12 does not package it.
+const VIRTIOFSD_VERSION: &str = "1.14.0";
+/// Packages the runner needs on the host: QEMU, busybox for the initramfs, kmod
+/// (depmod on the unpacked kernel; the guest's modprobe), xz for its modules, and
+/// the two -dev for building virtiofsd.
+const HOST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "kmod",
+    "xz-utils",
+    "busybox-static",
+    "libseccomp-dev",
+    "libcap-ng-dev",
+];
+/// Modules loaded before the tests, as the development kernel has them built in
+/// (br_netfilter above all: it changes what the FORWARD chain sees). Everything
+/// else (nft expressions, NAT, sch_ingress, cls_bpf, ...) the kernel loads on
+/// demand through modprobe, which finds the extracted modules.
+const PRELOAD_MODULES: &[&str] = &[
+    "bridge",
+    "br_netfilter",
+    "veth",
+    "tun",
+    "nf_tables",
+    // Legacy iptables asks for ip_tables through modprobe itself.
+    "ip_tables",
+];
+/// Modules virtiofs needs before the root can be mounted, when they are modules.
+const BOOT_MODULES: &[&str] = &["virtio_pci", "virtiofs"];
+
+pub struct Options {
+    /// Kernel series, e.g. "6.1" or "6.12".
+    pub kernel: String,
+    /// Test binary (a file under tests/tests/), e.g. "scenarios".
+    pub test: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Whole-VM time limit.
+    pub timeout: Duration,
+    /// Arguments for the test binary (a name filter, --exact, ...).
+    pub filter: Vec<String>,
+}
+
+/// What a VM run came back with.
+pub struct VmResult {
+    pub kernel_release: String,
+    pub test_exit: Option<i32>,
+    pub boot: Option<Duration>,
+    pub total: Duration,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    host_tools()?;
+    let virtiofsd = virtiofsd()?;
+    let test_bin = build(&opts.test)?;
+    let kernel = Kernel::fetch(&opts.kernel)?;
+    let work = TempDir::new(&root().join("target/vm-test"))?;
+    let res = boot_and_test(opts, &kernel, &virtiofsd, &test_bin, &work.0)?;
+    eprintln!(
+        "xtask: vm-test on {}: boot {:.1} s, total {:.1} s, tests {}",
+        res.kernel_release,
+        res.boot.map_or(f64::NAN, |d| d.as_secs_f64()),
+        res.total.as_secs_f64(),
+        match res.test_exit {
+            Some(0) => "passed".to_string(),
+            Some(c) => format!("FAILED (exit {c})"),
+            None => "did not report".to_string(),
+        }
+    );
+    match res.test_exit {
+        Some(0) => Ok(()),
+        Some(c) => bail!("tests failed in the VM ({}): exit {c}", res.kernel_release),
+        None => bail!("the VM ({}) gave no test result", res.kernel_release),
+    }
+}
+
+fn host_tools() -> Result<()> {
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    exec(Command::new("apt-get").args(["update", "-qq"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// virtiofsd built once into target/vm-tools (a minute or two).
+fn virtiofsd() -> Result<PathBuf> {
+    let dir = root().join("target/vm-tools");
+    let bin = dir.join("bin/virtiofsd");
+    let ok = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VIRTIOFSD_VERSION));
+    if !ok {
+        eprintln!("xtask: building virtiofsd {VIRTIOFSD_VERSION} (once)");
+        exec(
+            Command::new("cargo")
+                .args(["install", "--locked", "virtiofsd", "--version"])
+                .arg(VIRTIOFSD_VERSION)
+                .arg("--root")
+                .arg(&dir),
+        )?;
+    }
+    Ok(bin)
+}
+
+/// Build pathtrace, fake-guest and the test binary; return the test binary's path
+/// (cargo names it with a hash, so ask cargo).
+fn build(test: &str) -> Result<PathBuf> {
+    crate::build()?;
+    let out = cargo()
+        .args(["test", "--release", "-p", "pathtrace-tests", "--test", test])
+        .args(["--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the test binary")?;
+    if !out.status.success() {
+        bail!("building the test binary {test} failed");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == test)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("no executable for test {test} in cargo's output"))
+}
+
+/// An unpacked Debian kernel package.
+struct Kernel {
+    /// Where the .deb was unpacked (boot/, lib/modules/).
+    dir: PathBuf,
+    /// `uname -r` of that kernel, e.g. 6.1.0-56-cloud-amd64.
+    release: String,
+}
+
+impl Kernel {
+    /// The newest Debian cloud kernel of `series`, downloaded and unpacked once.
+    fn fetch(series: &str) -> Result<Kernel> {
+        let package = resolve_package(series)?;
+        let cache = root().join("target/vm-kernels");
+        let dir = cache.join(&package);
+        let done = dir.join(".unpacked");
+        if !done.exists() {
+            eprintln!("xtask: fetching {package}");
+            let dl = cache.join("debs");
+            std::fs::create_dir_all(&dl)?;
+            exec(
+                Command::new("apt-get")
+                    .arg("download")
+                    .arg(&package)
+                    .current_dir(&dl),
+            )?;
+            let deb = std::fs::read_dir(&dl)?
+                .filter_map(|e| Some(e.ok()?.path()))
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{package}_")))
+                })
+                .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
+            let _ = std::fs::remove_dir_all(&dir);
+            exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+            let release = kernel_release(&dir)?;
+            // The package leaves modules.dep/alias to its postinst: make them here,
+            // in the unpacked tree only, so modprobe resolves dependencies and the
+            // kernel's on-demand loads (nft expressions, qdiscs) find their module.
+            exec(Command::new("depmod").arg("-b").arg(&dir).arg(&release))?;
+            std::fs::write(&done, "")?;
+        }
+        let release = kernel_release(&dir)?;
+        Ok(Kernel { dir, release })
+    }
+
+    fn vmlinuz(&self) -> PathBuf {
+        self.dir.join(format!("boot/vmlinuz-{}", self.release))
+    }
+
+    fn modules(&self) -> PathBuf {
+        self.dir.join("lib/modules").join(&self.release)
+    }
+
+    /// The files (relative to [`Self::modules`]) that load `names` with their
+    /// dependencies, dependencies first; built-in modules need none.
+    fn module_closure(&self, names: &[&str]) -> Result<Vec<String>> {
+        let deps = std::fs::read_to_string(self.modules().join("modules.dep"))?;
+        let deps: Vec<(String, Vec<String>)> = deps
+            .lines()
+            .filter_map(|l| {
+                let (m, d) = l.split_once(':')?;
+                Some((
+                    m.to_string(),
+                    d.split_whitespace().map(String::from).collect(),
+                ))
+            })
+            .collect();
+        let mut order = Vec::new();
+        for name in names {
+            let Some((file, needs)) = deps.iter().find(|(f, _)| module_name(f) == *name) else {
+                continue; // built in
+            };
+            // modules.dep lists every (transitive) dependency, the deepest last.
+            for f in needs.iter().rev().chain(std::iter::once(file)) {
+                if !order.contains(f) {
+                    order.push(f.clone());
+                }
+            }
+        }
+        Ok(order)
+    }
+}
+
+/// `kernel/fs/fuse/virtiofs.ko.xz` -> `virtiofs` (modprobe treats - and _ alike).
+fn module_name(file: &str) -> String {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    base.split(".ko").next().unwrap_or(base).replace('-', "_")
+}
+
+/// The real package behind a series: Debian's metapackages (linux-image-cloud-amd64,
+/// linux-image-6.12-cloud-amd64) depend on the versioned image package.
+fn resolve_package(series: &str) -> Result<String> {
+    let prefix = format!("linux-image-{series}");
+    for meta in [
+        format!("linux-image-{series}-cloud-amd64"),
+        "linux-image-cloud-amd64".to_string(),
+    ] {
+        let out = Command::new("apt-cache")
+            .args(["depends", &meta])
+            .output()
+            .context("apt-cache")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let found = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Depends: "))
+            .find(|p| {
+                p.ends_with("-cloud-amd64")
+                    && (p.starts_with(&format!("{prefix}."))
+                        || p.starts_with(&format!("{prefix}-")))
+            });
+        if let Some(p) = found {
+            return Ok(p.to_string());
+        }
+    }
+    bail!(
+        "no Debian cloud kernel {series} in the configured apt sources \
+         (apt-cache search linux-image | grep cloud lists what there is)"
+    )
+}
+
+fn kernel_release(dir: &Path) -> Result<String> {
+    std::fs::read_dir(dir.join("lib/modules"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .next()
+        .with_context(|| format!("no lib/modules/* in {}", dir.display()))
+}
+
+/// A directory removed on drop (also when a step fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(parent: &Path) -> Result<TempDir> {
+        let dir = parent.join(format!("run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed and reaped on drop, so no QEMU or virtiofsd outlives us.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn boot_and_test(
+    opts: &Options,
+    kernel: &Kernel,
+    virtiofsd: &Path,
+    test_bin: &Path,
+    work: &Path,
+) -> Result<VmResult> {
+    let initrd = work.join("initramfs.cpio");
+    write_initramfs(&initrd, kernel)?;
+    let stage2 = work.join("stage2.sh");
+    std::fs::write(&stage2, stage2_script(opts, test_bin))?;
+
+    let sock = work.join("virtiofs.sock");
+    let _fsd = start_virtiofsd(virtiofsd, &sock)?;
+    let mut qemu = Reaped(start_qemu(opts, kernel, &initrd, &sock, &stage2)?);
+    let started = Instant::now();
+
+    // Read the console on a thread so the time limit holds even when it is silent.
+    let out = qemu.0.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut res = VmResult {
+        kernel_release: kernel.release.clone(),
+        test_exit: None,
+        boot: None,
+        total: Duration::ZERO,
+    };
+    let mut stderr = std::io::stderr();
+    loop {
+        let left = opts.timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            eprintln!(
+                "xtask: the VM did not finish within {:?}; killing it",
+                opts.timeout
+            );
+            break;
+        }
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r');
+                let _ = writeln!(stderr, "vm| {line}");
+                if line.contains("PATHTRACE-VMTEST-BOOTED") && res.boot.is_none() {
+                    res.boot = Some(started.elapsed());
+                }
+                if let Some(rest) = line.split(RESULT_MARKER).nth(1) {
+                    res.test_exit = rest.trim().trim_start_matches("exit=").parse().ok();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            // QEMU exited (the guest powered off).
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    res.total = started.elapsed();
+    Ok(res)
+}
+
+fn start_virtiofsd(bin: &Path, sock: &Path) -> Result<Reaped> {
+    let child = Command::new(bin)
+        .arg("--socket-path")
+        .arg(sock)
+        // The whole host root, read-only: the guest runs the host's tools and the
+        // freshly built binaries at their own paths.
+        .args(["--shared-dir", "/", "--readonly", "--sandbox", "none"])
+        .args(["--cache", "auto", "--log-level", "error"])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting virtiofsd")?;
+    let child = Reaped(child);
+    let start = Instant::now();
+    while !sock.exists() {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("virtiofsd did not create {}", sock.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+fn start_qemu(
+    opts: &Options,
+    kernel: &Kernel,
+    initrd: &Path,
+    sock: &Path,
+    stage2: &Path,
+) -> Result<Child> {
+    let mem = opts.memory_mib;
+    let append = format!(
+        "console=ttyS0 quiet loglevel=4 panic=-1 pathtrace.stage2={}",
+        stage2.display()
+    );
+    eprintln!(
+        "xtask: booting {} under QEMU (TCG, {mem} MiB, 2 CPUs)",
+        kernel.release
+    );
+    Command::new("nice")
+        .args(["-n", "10", "qemu-system-x86_64"])
+        // Nested KVM hangs on these machines; TCG is slow but works.
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+        .args(["-m", &format!("{mem}M")])
+        // virtiofs needs guest memory that virtiofsd can map.
+        .args([
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        ])
+        .args(["-numa", "node,memdev=mem"])
+        .arg("-chardev")
+        .arg(format!("socket,id=vfs,path={}", sock.display()))
+        .args(["-device", "vhost-user-fs-pci,chardev=vfs,tag=hostroot"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-nic", "none"])
+        .arg("-kernel")
+        .arg(kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")
+}
+
+/// The first stage, in the initramfs: load virtiofs, mount the host root with
+/// tmpfs on the writable places, run stage 2 there, report, power off. It stays
+/// PID 1 throughout, so whatever stage 2 does, the VM reports and stops.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /proc /sys /dev /root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules/order); do insmod /modules/$m || echo "insmod $m failed"; done
+stage2=$(sed -n 's/.*pathtrace.stage2=\([^ ]*\).*/\1/p' /proc/cmdline)
+R=/root
+if mount -t virtiofs -o ro hostroot $R; then
+  for d in proc sys dev; do mount --bind /$d $R/$d; done
+  for d in tmp run var/tmp; do mount -t tmpfs tmpfs $R/$d; done
+  # The kernel runs modprobe from its own root (this initramfs), the tests from
+  # the host's: the same path in both, each finding the unpacked kernel's modules.
+  mkdir -p /run
+  cp /bin/vm-modprobe /run/vm-modprobe
+  cp /bin/vm-modprobe $R/run/vm-modprobe
+  echo /run/vm-modprobe > /proc/sys/kernel/modprobe
+  echo PATHTRACE-VMTEST-BOOTED
+  chroot $R /bin/sh $stage2
+  rc=$?
+else
+  echo "mounting the host root over virtiofs failed"
+  rc=255
+fi
+echo "PATHTRACE-VMTEST-RESULT exit=$rc"
+sync
+poweroff -f
+"#;
+
+/// The second stage, in the host's root: the kernel's modules, the mounts
+/// pathtrace expects, then the test binary.
+fn stage2_script(opts: &Options, test_bin: &Path) -> String {
+    let filter: Vec<String> = opts.filter.iter().map(|a| shell_quote(a)).collect();
+    format!(
+        r#"set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/tmp RUST_BACKTRACE=1
+export PATHTRACE_BIN={pathtrace} FAKE_GUEST_BIN={guest}
+mkdir -p /run/netns
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+/run/vm-modprobe -a {preload} || echo "modprobe failed"
+ip link set lo up
+echo "kernel $(uname -r); btf: $(ls -la /sys/kernel/btf/vmlinux 2>&1)"
+cd {tests_dir}
+start=$(date +%s)
+{test_bin} --test-threads=1 {filter}
+rc=$?
+echo "tests took $(( $(date +%s) - start )) s"
+exit $rc
+"#,
+        pathtrace = release_bin("pathtrace").display(),
+        guest = release_bin("fake-guest").display(),
+        preload = PRELOAD_MODULES.join(" "),
+        // cargo runs test binaries in their package's directory.
+        tests_dir = root().join("tests").display(),
+        test_bin = test_bin.display(),
+        filter = filter.join(" "),
+    )
+}
+
+/// modprobe for the unpacked kernel (the host root has no /usr/lib/modules/REL,
+/// and is read-only). Run from the initramfs root (the kernel's on-demand loads:
+/// nft expressions, NAT chains, qdiscs), it enters the host root first.
+fn modprobe_wrapper(kernel: &Kernel) -> String {
+    format!(
+        "#!/bin/sh\n\
+         if [ -x /usr/sbin/modprobe ]; then exec /usr/sbin/modprobe -d {dir} \"$@\"; fi\n\
+         exec /bin/busybox chroot /root /usr/sbin/modprobe -d {dir} \"$@\"\n",
+        dir = kernel.dir.display()
+    )
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A newc cpio: /init, /bin/busybox, and the boot modules with their load order.
+fn write_initramfs(path: &Path, kernel: &Kernel) -> Result<()> {
+    let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
+    let mut cpio = Cpio::default();
+    for d in ["bin", "modules", "proc", "sys", "dev", "root"] {
+        cpio.dir(d);
+    }
+    cpio.file("init", 0o755, INIT.as_bytes());
+    cpio.file("bin/busybox", 0o755, &busybox);
+    cpio.file(
+        "bin/vm-modprobe",
+        0o755,
+        modprobe_wrapper(kernel).as_bytes(),
+    );
+    let mut order = String::new();
+    for rel in kernel.module_closure(BOOT_MODULES)? {
+        let data = std::fs::read(kernel.modules().join(&rel))?;
+        // busybox insmod cannot decompress: hand it the plain module.
+        let (name, data) = match rel.strip_suffix(".xz") {
+            Some(plain) => (plain, xz_decompress(&data)?),
+            None => (rel.as_str(), data),
+        };
+        let name = name.rsplit('/').next().unwrap_or(name);
+        cpio.file(&format!("modules/{name}"), 0o644, &data);
+        order.push_str(name);
+        order.push('\n');
+    }
+    cpio.file("modules/order", 0o644, order.as_bytes());
+    std::fs::write(path, cpio.finish())?;
+    Ok(())
+}
+
+fn xz_decompress(data: &[u8]) -> Result<Vec<u8>> {
+    let mut child = Command::new("xz")
+        .args(["-dc"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("xz")?;
+    let mut stdin = child.stdin.take().context("xz stdin")?;
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output()?;
+    writer.join().map_err(|_| anyhow::anyhow!("xz writer"))??;
+    if !out.status.success() {
+        bail!("xz -dc failed");
+    }
+    Ok(out.stdout)
+}
+
+/// The "newc" cpio format the kernel unpacks as initramfs: a 110-byte ASCII
+/// header per entry, name and data each padded to 4 bytes, a TRAILER!!! entry.
+#[derive(Default)]
+struct Cpio {
+    buf: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.ino += 1;
+        let header = format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            self.ino,
+            mode,
+            0, // uid
+            0, // gid
+            1, // nlink
+            0, // mtime
+            data.len(),
+            0, // dev major
+            0, // dev minor
+            0, // rdev major
+            0, // rdev minor
+            name.len() + 1,
+            0, // check
+        );
+        self.buf.extend_from_slice(header.as_bytes());
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        self.pad();
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, &[]);
+    }
+
+    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+        self.entry(name, 0o100000 | perm, data);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[]);
+        self.buf
+    }
+}
