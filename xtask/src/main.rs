@@ -69,6 +69,9 @@ enum Task {
         /// Time limit for the whole VM run, in seconds.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// Run this shell command in the VM instead of the tests.
+        #[arg(long)]
+        exec: Option<String>,
         /// Arguments for the test binary (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
@@ -113,6 +116,7 @@ fn main() {
             test,
             memory,
             timeout,
+            exec,
             filter,
         } => setup::run().and_then(|_| {
             vmtest::run(&vmtest::Options {
@@ -121,6 +125,7 @@ fn main() {
                 memory_mib: memory,
                 timeout: std::time::Duration::from_secs(timeout),
                 filter,
+                exec,
             })
         }),
     };

@@ -68,6 +68,9 @@ pub struct Options {
     pub timeout: Duration,
     /// Arguments for the test binary (a name filter, --exact, ...).
     pub filter: Vec<String>,
+    /// A shell command to run in the VM instead of the tests (to look at how the
+    /// kernel behaves, e.g. build a lab by hand).
+    pub exec: Option<String>,
 }
 
 /// What a VM run came back with.
@@ -76,6 +79,8 @@ pub struct VmResult {
     pub test_exit: Option<i32>,
     pub boot: Option<Duration>,
     pub total: Duration,
+    /// Each test that finished: name, outcome (ok, failed, ignored), seconds.
+    pub tests: Vec<(String, String, f64)>,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -85,6 +90,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let kernel = Kernel::fetch(&opts.kernel)?;
     let work = TempDir::new(&root().join("target/vm-test"))?;
     let res = boot_and_test(opts, &kernel, &virtiofsd, &test_bin, &work.0)?;
+    eprintln!("xtask: per test on {}:", res.kernel_release);
+    for (name, outcome, secs) in &res.tests {
+        eprintln!("  {outcome:7} {secs:6.1} s  {name}");
+    }
     eprintln!(
         "xtask: vm-test on {}: boot {:.1} s, total {:.1} s, tests {}",
         res.kernel_release,
@@ -358,7 +367,13 @@ fn boot_and_test(
         test_exit: None,
         boot: None,
         total: Duration::ZERO,
+        tests: Vec::new(),
     };
+    // The whole console, kept for later reading (the terminal shows a digest).
+    let log_path = root().join(format!("target/vm-test/{}.log", kernel.release));
+    let mut log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    eprintln!("xtask: console log: {}", log_path.display());
     let mut stderr = std::io::stderr();
     loop {
         let left = opts.timeout.saturating_sub(started.elapsed());
@@ -372,7 +387,18 @@ fn boot_and_test(
         match rx.recv_timeout(left) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r');
-                let _ = writeln!(stderr, "vm| {line}");
+                let _ = writeln!(log, "{line}");
+                match test_event(line) {
+                    Some(ev) => {
+                        let _ = writeln!(stderr, "vm| {}", ev.show());
+                        if let Some(done) = ev.done() {
+                            res.tests.push(done);
+                        }
+                    }
+                    None => {
+                        let _ = writeln!(stderr, "vm| {line}");
+                    }
+                }
                 if line.contains("PATHTRACE-VMTEST-BOOTED") && res.boot.is_none() {
                     res.boot = Some(started.elapsed());
                 }
@@ -387,6 +413,50 @@ fn boot_and_test(
     }
     res.total = started.elapsed();
     Ok(res)
+}
+
+/// One libtest JSON event (`--format json`), e.g. a test that finished.
+struct TestEvent(serde_json::Value);
+
+fn test_event(line: &str) -> Option<TestEvent> {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    (v["type"] == "test" || v["type"] == "suite").then_some(TestEvent(v))
+}
+
+impl TestEvent {
+    /// A human line for the terminal; a failure brings the test's captured output
+    /// (the panic and pathtrace's verdicts).
+    fn show(&self) -> String {
+        let v = &self.0;
+        let name = v["name"].as_str().unwrap_or("");
+        let event = v["event"].as_str().unwrap_or("");
+        let secs = v["exec_time"].as_f64().unwrap_or(0.0);
+        match (v["type"].as_str(), event) {
+            (Some("suite"), "started") => format!("{} test(s)", v["test_count"]),
+            (Some("suite"), _) => format!(
+                "suite {event}: {} passed, {} failed, {:.1} s",
+                v["passed"], v["failed"], secs
+            ),
+            (_, "started") => format!("test {name} ..."),
+            (_, _) => {
+                let out = v["stdout"].as_str().unwrap_or("");
+                format!("test {name} {event} ({secs:.1} s)\n{out}")
+            }
+        }
+    }
+
+    fn done(&self) -> Option<(String, String, f64)> {
+        let v = &self.0;
+        let event = v["event"].as_str()?;
+        (v["type"] == "test" && event != "started").then(|| {
+            let name = v["name"].as_str().unwrap_or("").to_string();
+            (
+                name,
+                event.to_string(),
+                v["exec_time"].as_f64().unwrap_or(0.0),
+            )
+        })
+    }
 }
 
 fn start_virtiofsd(bin: &Path, sock: &Path) -> Result<Reaped> {
@@ -503,6 +573,9 @@ fn stage2_script(opts: &Options, test_bin: &Path) -> String {
         r#"set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/tmp RUST_BACKTRACE=1
+# Lets the (stable) test harness print JSON events with times, which the host
+# parses: --format json --report-time are unstable options.
+export RUSTC_BOOTSTRAP=1
 export PATHTRACE_BIN={pathtrace} FAKE_GUEST_BIN={guest}
 mkdir -p /run/netns
 mount -t bpf bpf /sys/fs/bpf
@@ -513,7 +586,7 @@ ip link set lo up
 echo "kernel $(uname -r); btf: $(ls -la /sys/kernel/btf/vmlinux 2>&1)"
 cd {tests_dir}
 start=$(date +%s)
-{test_bin} --test-threads=1 {filter}
+{command}
 rc=$?
 echo "tests took $(( $(date +%s) - start )) s"
 exit $rc
@@ -523,8 +596,14 @@ exit $rc
         preload = PRELOAD_MODULES.join(" "),
         // cargo runs test binaries in their package's directory.
         tests_dir = root().join("tests").display(),
-        test_bin = test_bin.display(),
-        filter = filter.join(" "),
+        command = match &opts.exec {
+            Some(cmd) => format!("sh -c {}", shell_quote(cmd)),
+            None => format!(
+                "{} --test-threads=1 -Z unstable-options --format json --report-time {}",
+                test_bin.display(),
+                filter.join(" ")
+            ),
+        },
     )
 }
 
