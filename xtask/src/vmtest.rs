@@ -311,6 +311,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(parent: &Path) -> Result<TempDir> {
+        remove_stale_runs(parent);
         let dir = parent.join(format!("run-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -321,6 +322,38 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Work directories of runs that were killed (Ctrl-C skips destructors): those
+/// whose xtask process is gone.
+fn remove_stale_runs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("run-") else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Have the kernel kill a child when xtask dies, however it dies (SIGKILL
+/// included), so no QEMU or virtiofsd is left running. Survives `nice`'s exec.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
     }
 }
 
@@ -460,7 +493,7 @@ impl TestEvent {
 }
 
 fn start_virtiofsd(bin: &Path, sock: &Path) -> Result<Reaped> {
-    let child = Command::new(bin)
+    let child = die_with_parent(&mut Command::new(bin))
         .arg("--socket-path")
         .arg(sock)
         // The whole host root, read-only: the guest runs the host's tools and the
@@ -497,7 +530,7 @@ fn start_qemu(
         "xtask: booting {} under QEMU (TCG, {mem} MiB, 2 CPUs)",
         kernel.release
     );
-    Command::new("nice")
+    die_with_parent(&mut Command::new("nice"))
         .args(["-n", "10", "qemu-system-x86_64"])
         // Nested KVM hangs on these machines; TCG is slow but works.
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
