@@ -126,6 +126,9 @@ impl Probes {
                 Ok(()) => self.created_clsact.push(iface.name.clone()),
                 // Already there (someone else's): use it, never remove it.
                 Err(tc::TcError::AlreadyAttached) => {}
+                // EEXIST: with an extended ack the message is the kernel's text
+                // ("Exclusivity flag on, cannot modify"), not "File exists".
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) if e.to_string().contains("exists") => {}
                 Err(e) => return Err(anyhow!("adding clsact to {}: {e}", iface.name)),
             }
