@@ -72,6 +72,10 @@ enum Task {
         /// Run this shell command in the VM instead of the tests.
         #[arg(long)]
         exec: Option<String>,
+        /// Only the core scenarios (the CI set): healthy ping, nft forward drop,
+        /// ip_forward off, MASQUERADE missing, DNS reply dropped, host INPUT drop.
+        #[arg(long, conflicts_with_all = ["exec", "filter", "test"])]
+        core: bool,
         /// Arguments for the test binary (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
@@ -117,8 +121,16 @@ fn main() {
             memory,
             timeout,
             exec,
-            filter,
+            core,
+            mut filter,
         } => setup::run().and_then(|_| {
+            if core {
+                filter = vmtest::CORE_SCENARIOS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                filter.push("--exact".into());
+            }
             vmtest::run(&vmtest::Options {
                 kernel,
                 test,
