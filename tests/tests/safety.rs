@@ -256,3 +256,66 @@ fn least_privilege_capability_set_is_enough() {
         "symbols readable"
     );
 }
+
+/// Before tcx (kernels < 6.6) the first instance creates the clsact qdisc; when it
+/// exits while a second instance still uses that qdisc, the second must keep
+/// tracing (the qdisc is only removed when nothing but the exiting instance's own
+/// filters hang on it). On tcx kernels this holds trivially.
+#[test]
+fn first_instance_exiting_leaves_the_second_attached() {
+    let mut lab = Lab::up(LabOptions::new(fake_guest_bin())).unwrap();
+    let one = [
+        "--vm-ip",
+        "192.0.2.100",
+        "--to",
+        "203.0.113.8",
+        "--count",
+        "1",
+        "--timeout",
+        "20",
+        "--json",
+    ];
+    let mut first = lab
+        .command_in_hv(&pathtrace_bin(), &one)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    BufReader::new(first.stderr.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    assert!(banner.contains("following"), "{banner}");
+    let three = [
+        "--vm-ip",
+        "192.0.2.100",
+        "--to",
+        "203.0.113.8",
+        "--count",
+        "3",
+        "--timeout",
+        "20",
+        "--json",
+    ];
+    let run = trace_while(&mut lab, &three, Duration::from_secs(40), |lab| {
+        assert_eq!(pings(lab, 1), 1);
+        // The first instance has its verdict and exits (detaching).
+        let status = first.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(pings(lab, 2), 2);
+        Ok(())
+    })
+    .unwrap();
+    let replied = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("\"verdict\":\"replied\""))
+        .count();
+    assert_eq!(
+        replied, 3,
+        "second instance kept tracing: {}\n{}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(run.code, 0);
+}

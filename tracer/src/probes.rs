@@ -242,11 +242,44 @@ impl Probes {
 
 impl Drop for Probes {
     fn drop(&mut self) {
-        // Links detach when `ebpf` drops; only a qdisc we created needs removing.
+        // Links detach when `ebpf` drops; only a qdisc we created needs removing,
+        // and only while it holds nothing but our own filters: another program
+        // (or a second pathtrace) may have attached to it since.
+        let ours: Vec<String> = [names::TC_INGRESS, names::TC_EGRESS]
+            .iter()
+            .filter_map(|n| self.classifier(n).ok()?.info().ok())
+            .map(|i| i.id().to_string())
+            .collect();
         for name in &self.created_clsact {
-            let _ = std::process::Command::new("tc")
-                .args(["qdisc", "del", "dev", name, "clsact"])
-                .status();
+            if only_ours_on_clsact(name, &ours) {
+                let _ = std::process::Command::new("tc")
+                    .args(["qdisc", "del", "dev", name, "clsact"])
+                    .status();
+            }
         }
     }
+}
+
+/// Every filter on `dev`'s clsact hooks is one of our programs (by id).
+fn only_ours_on_clsact(dev: &str, ours: &[String]) -> bool {
+    ["ingress", "egress"].iter().all(|hook| {
+        let Ok(out) = std::process::Command::new("tc")
+            .args(["filter", "show", "dev", dev, hook])
+            .output()
+        else {
+            return false;
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" handle "))
+            .all(|l| filter_is_ours(l, ours))
+    })
+}
+
+/// A `tc filter show` line of a bpf filter names its program as `id N`.
+fn filter_is_ours(line: &str, ours: &[String]) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .any(|w| w[0] == "id" && ours.iter().any(|o| o == w[1]))
 }
