@@ -141,7 +141,7 @@ fn build_config(cli: &Cli, btf: &KernelBtf) -> Result<Config> {
         vm_ip: cli.vm_ip.octets(),
         dst_ip: cli.to.octets(),
         protos: cli.proto.mask(),
-        kfree_reason_off: tracefs::field_offset("skb", "kfree_skb", "reason")?,
+        kfree_reason_off: tracefs::kfree_reason_offset()?,
         kfree_location_off: tracefs::field_offset("skb", "kfree_skb", "location")?,
         consume_location_off: tracefs::field_offset("skb", "consume_skb", "location").unwrap_or(0),
         skb_dev_off: offsets.skb_dev,

@@ -69,25 +69,37 @@ impl Traffic {
     }
 }
 
+/// Present when the kernel has kprobes (needed by `--deep`).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Variant {
     Untraced,
     Watch,
     TraceQuietVm,
     TraceFlooder,
+    /// `--deep` (kprobes): only where the kernel has kprobes.
+    DeepQuietVm,
+    DeepFlooder,
     Tcpdump,
     Bpftrace,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 8] = [
         Variant::Untraced,
         Variant::Watch,
         Variant::TraceQuietVm,
         Variant::TraceFlooder,
+        Variant::DeepQuietVm,
+        Variant::DeepFlooder,
         Variant::Tcpdump,
         Variant::Bpftrace,
     ];
+
+    fn is_deep(self) -> bool {
+        matches!(self, Variant::DeepQuietVm | Variant::DeepFlooder)
+    }
 
     fn word(self) -> &'static str {
         match self {
@@ -95,6 +107,8 @@ impl Variant {
             Variant::Watch => "pathtrace watch",
             Variant::TraceQuietVm => "pathtrace, quiet VM traced",
             Variant::TraceFlooder => "pathtrace, flooding VM traced",
+            Variant::DeepQuietVm => "pathtrace --deep, quiet VM traced",
+            Variant::DeepFlooder => "pathtrace --deep, flooding VM traced",
             Variant::Tcpdump => "tcpdump -w on the bridge",
             Variant::Bpftrace => "bpftrace kfree_skb one-liner",
         }
@@ -103,7 +117,11 @@ impl Variant {
     fn is_pathtrace(self) -> bool {
         matches!(
             self,
-            Variant::Watch | Variant::TraceQuietVm | Variant::TraceFlooder
+            Variant::Watch
+                | Variant::TraceQuietVm
+                | Variant::TraceFlooder
+                | Variant::DeepQuietVm
+                | Variant::DeepFlooder
         )
     }
 }
@@ -151,6 +169,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let variants: Vec<Variant> = variants
         .into_iter()
         .filter(|v| *v != Variant::Bpftrace || bpftrace)
+        // Deep mode needs kprobes; a kernel without them (like the development
+        // kernel) measures the rest.
+        .filter(|v| !v.is_deep() || Path::new(KPROBE_PMU).exists())
         .collect();
     let lab = BenchLab::up()?;
     let mut samples: Vec<(Traffic, Variant, Sample)> = Vec::new();
@@ -362,6 +383,16 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
             Variant::TraceFlooder => {
                 let mut c = self.in_hv(pathtrace);
                 c.args(trace(FLOODER));
+                (c, Ready::Stderr("following"))
+            }
+            Variant::DeepQuietVm | Variant::DeepFlooder => {
+                let vm = if variant == Variant::DeepQuietVm {
+                    QUIET
+                } else {
+                    FLOODER
+                };
+                let mut c = self.in_hv(pathtrace);
+                c.args(trace(vm)).arg("--deep");
                 (c, Ready::Stderr("following"))
             }
             Variant::Tcpdump => {

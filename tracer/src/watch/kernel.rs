@@ -169,7 +169,7 @@ fn config(btf: &KernelBtf) -> Result<WatchConfig> {
         .context("reading sk_buff offsets from BTF")?;
     Ok(WatchConfig {
         netns_inum: current_netns_inum()?,
-        kfree_reason_off: tracefs::field_offset("skb", "kfree_skb", "reason")?,
+        kfree_reason_off: tracefs::kfree_reason_offset()?,
         kfree_location_off: tracefs::field_offset("skb", "kfree_skb", "location")?,
         skb_dev_off: o.skb_dev,
         skb_refdst_off: o.skb_refdst,
