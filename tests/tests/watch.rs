@@ -411,16 +411,23 @@ impl Drop for KillSession {
 #[test]
 fn plain_lines_when_piped_and_duration_ends_it() {
     let mut lab = two_guests();
-    let child = lab
+    let mut child = lab
         .command_in_hv(
             &pathtrace_bin(),
-            &["watch", "--interval", "0.5", "--duration", "4"],
+            &["watch", "--interval", "0.5", "--duration", "6"],
         )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Break the path only once it watches (start-up is slow under emulation).
+    let mut banner = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+        &mut banner,
+    )
+    .unwrap();
+    assert!(banner.contains("watching"), "{banner}");
     lab.nft(FORWARD_DROP).unwrap();
     assert_eq!(ping(&mut lab, 1, 3), 0);
     let out = child.wait_with_output().unwrap();

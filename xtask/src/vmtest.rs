@@ -605,6 +605,8 @@ mkdir -p /run/netns
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
+# Terminals (tmux in the watch live-view test) need pseudo-terminals.
+mkdir -p /dev/pts && mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 /run/vm-modprobe -a {preload} || echo "modprobe failed"
 ip link set lo up
 echo "kernel $(uname -r); btf: $(ls -la /sys/kernel/btf/vmlinux 2>&1)"
