@@ -421,18 +421,22 @@ fn plain_lines_when_piped_and_duration_ends_it() {
         .spawn()
         .unwrap();
     // Break the path only once it watches (start-up is slow under emulation).
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut banner = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stderr.take().unwrap()),
-        &mut banner,
-    )
-    .unwrap();
+    std::io::BufRead::read_line(&mut stderr, &mut banner).unwrap();
     assert!(banner.contains("watching"), "{banner}");
+    // Keep reading, so later notes never meet a closed pipe.
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
     lab.nft(FORWARD_DROP).unwrap();
     assert_eq!(ping(&mut lab, 1, 3), 0);
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let notes = rest.join().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{text}{notes}");
     let line = text
         .lines()
         .find(|l| l.contains(BROKEN))
