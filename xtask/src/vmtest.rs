@@ -513,9 +513,12 @@ fn start_qemu(
     stage2: &Path,
 ) -> Result<Child> {
     let mem = opts.memory_mib;
+    // The checkout must stay visible in the guest even where tmpfs covers the
+    // host's /tmp (a CI checkout may live there).
     let append = format!(
-        "console=ttyS0 quiet loglevel=4 panic=-1 pathtrace.stage2={}",
-        stage2.display()
+        "console=ttyS0 quiet loglevel=4 panic=-1 pathtrace.stage2={} pathtrace.keep={}",
+        stage2.display(),
+        root().display()
     );
     eprintln!(
         "xtask: booting {} under QEMU (TCG, {mem} MiB, 2 CPUs)",
@@ -567,10 +570,14 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules/order); do insmod /modules/$m || echo "insmod $m failed"; done
 stage2=$(sed -n 's/.*pathtrace.stage2=\([^ ]*\).*/\1/p' /proc/cmdline)
+keep=$(sed -n 's/.*pathtrace.keep=\([^ ]*\).*/\1/p' /proc/cmdline)
 R=/root
 if mount -t virtiofs -o ro hostroot $R; then
   for d in proc sys dev; do mount --bind /$d $R/$d; done
+  # The checkout (binaries, stage 2) may be under /tmp: keep it through the tmpfs.
+  mkdir -p /keep && mount --bind $R$keep /keep
   for d in tmp run var/tmp; do mount -t tmpfs tmpfs $R/$d; done
+  mkdir -p $R$keep && mount --bind /keep $R$keep
   # The kernel runs modprobe from its own root (this initramfs), the tests from
   # the host's: the same path in both, each finding the unpacked kernel's modules.
   mkdir -p /run
