@@ -210,20 +210,7 @@ impl Ruleset {
 
     fn walk_snat(&self, chain: &Chain, pkt: &PacketView, depth: u32) -> Option<Culprit> {
         for (handle, exprs) in &chain.rules {
-            let mut definite = true;
-            let mut possible = true;
-            for e in exprs {
-                if let Some(m) = e.get("match") {
-                    match eval_match(m, pkt) {
-                        Some(true) => {}
-                        Some(false) => possible = false,
-                        None => definite = false,
-                    }
-                    continue;
-                }
-                if !possible {
-                    break;
-                }
+            for (e, definite) in statements(exprs, pkt) {
                 if let Some(kind) = snat_kind(e) {
                     return Some(Culprit {
                         family: chain.family.clone(),
@@ -238,21 +225,28 @@ impl Ruleset {
                 if definite && (verdict_of(e).is_some() || e.get("return").is_some()) {
                     return None;
                 }
-                let target = e
-                    .get("jump")
-                    .or_else(|| e.get("goto"))
-                    .and_then(|j| j["target"].as_str());
-                if let (Some(t), true) = (target, depth < 8) {
-                    let sub = self.chains.iter().find(|c| {
-                        c.family == chain.family && c.table == chain.table && c.name == t
-                    });
-                    if let Some(found) = sub.and_then(|s| self.walk_snat(s, pkt, depth + 1)) {
-                        return Some(found);
-                    }
+                let found = self
+                    .jump_target(chain, e, depth)
+                    .and_then(|sub| self.walk_snat(sub, pkt, depth + 1));
+                if found.is_some() {
+                    return found;
                 }
             }
         }
         None
+    }
+
+    /// The chain a `jump`/`goto` statement leads to (within the table), unless
+    /// the walk is already too deep.
+    fn jump_target(&self, chain: &Chain, e: &Value, depth: u32) -> Option<&Chain> {
+        let target = e
+            .get("jump")
+            .or_else(|| e.get("goto"))
+            .and_then(|j| j["target"].as_str())?;
+        (depth < 8).then_some(())?;
+        self.chains
+            .iter()
+            .find(|c| c.family == chain.family && c.table == chain.table && c.name == target)
     }
 
     pub fn culprit(&self, hook: &str, families: &[&str], pkt: &PacketView) -> Option<Culprit> {
@@ -289,20 +283,7 @@ impl Ruleset {
     /// certain).
     fn walk(&self, chain: &Chain, pkt: &PacketView, depth: u32, unsure: &mut bool) -> Flow {
         for (handle, exprs) in &chain.rules {
-            let mut possible = true;
-            let mut definite = true;
-            for e in exprs {
-                if let Some(m) = e.get("match") {
-                    match eval_match(m, pkt) {
-                        Some(true) => {}
-                        Some(false) => possible = false,
-                        None => definite = false,
-                    }
-                    continue;
-                }
-                if !possible {
-                    break;
-                }
+            for (e, definite) in statements(exprs, pkt) {
                 let verdict = verdict_of(e);
                 match verdict {
                     Some("accept") if definite => return Flow::Accepted,
@@ -319,19 +300,11 @@ impl Ruleset {
                         });
                     }
                     None => {
-                        let target = e
-                            .get("jump")
-                            .or_else(|| e.get("goto"))
-                            .and_then(|j| j["target"].as_str());
-                        if let (Some(t), true) = (target, depth < 8) {
-                            if let Some(sub) = self.chains.iter().find(|c| {
-                                c.family == chain.family && c.table == chain.table && c.name == t
-                            }) {
-                                match self.walk(sub, pkt, depth + 1, unsure) {
-                                    Flow::Continue if e.get("jump").is_some() => {}
-                                    Flow::Continue => return Flow::Continue,
-                                    other => return other,
-                                }
+                        if let Some(sub) = self.jump_target(chain, e, depth) {
+                            match self.walk(sub, pkt, depth + 1, unsure) {
+                                Flow::Continue if e.get("jump").is_some() => {}
+                                Flow::Continue => return Flow::Continue,
+                                other => return other,
                             }
                         }
                     }
@@ -340,6 +313,32 @@ impl Ruleset {
         }
         Flow::Continue
     }
+}
+
+/// A rule's statements (everything but its matches) with whether every match
+/// before each could be evaluated; it ends where a match certainly fails.
+fn statements<'a>(
+    exprs: &'a [Value],
+    pkt: &'a PacketView,
+) -> impl Iterator<Item = (&'a Value, bool)> + 'a {
+    let mut definite = true;
+    let mut possible = true;
+    exprs
+        .iter()
+        .filter_map(move |e| {
+            if let Some(m) = e.get("match") {
+                match eval_match(m, pkt) {
+                    Some(true) => {}
+                    Some(false) => possible = false,
+                    None => definite = false,
+                }
+                return None; // not a statement: skipped
+            }
+            // A statement after a failed match ends the rule (None stops the walk).
+            Some(possible.then_some((e, definite)))
+        })
+        .take_while(Option::is_some)
+        .flatten()
 }
 
 /// The verdict of a statement: native `drop`/`reject`/`accept`, or an iptables-nft
