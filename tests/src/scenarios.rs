@@ -413,8 +413,30 @@ pub const CATALOGUE: &[Scenario] = &[
         cause: "the VM's port goes down (VM stopped, NIC unplugged) while a reply is on its way",
         during_hv: "sleep 0.3; ip link set tap100i0 down",
         traffic: Traffic::Dns { server: "203.0.113.53", name: "slow.example.com" },
-        expect: Expect { rule: Some("link tap100i0 state DOWN"), ..dropped("reply", "tap") },
+        // The reply waits in vmbr0's neighbour queue while the host ARPs for the
+        // guest, and is freed when that fails (3 probes, 1 s apart).
+        expect: Expect {
+            reason: Some("NEIGH_FAILED"),
+            rule: Some("neighbour 192.0.2.100 on vmbr0"),
+            hint: Some("tap100i0 on the way to the guest is DOWN"),
+            ..dropped("reply", "neighbor")
+        },
         fix: "ip link set <port> up / start the VM",
+        ..BASE
+    },
+    Scenario {
+        name: "vm_port_blocked_reply",
+        symptom: "requests leave, answers never arrive",
+        cause: "the VM's bridge port stops forwarding (STP, or set by hand) while a reply is on its way: the host cannot resolve the guest's MAC",
+        during_hv: "sleep 0.3; bridge link set dev tap100i0 state 0; ip neigh flush dev vmbr0",
+        traffic: Traffic::Dns { server: "203.0.113.53", name: "slow.example.com" },
+        expect: Expect {
+            reason: Some("NEIGH_FAILED"),
+            rule: Some("neighbour 192.0.2.100 on vmbr0"),
+            hint: Some("bridge port tap100i0 on the way to the guest is disabled"),
+            ..dropped("reply", "neighbor")
+        },
+        fix: "bridge link set dev <port> state 3, or check STP",
         ..BASE
     },
     Scenario {

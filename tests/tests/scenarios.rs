@@ -143,6 +143,7 @@ scenario_tests!(
     ttl_expires,
     bridge_port_disabled,
     vm_port_down_reply,
+    vm_port_blocked_reply,
     br_netfilter_guest_to_guest,
     nft_bridge_family_drop,
 );

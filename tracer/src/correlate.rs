@@ -13,7 +13,8 @@ use tracer_common::{
 use crate::topology::Role;
 
 /// How long after the request left the host we wait for a reply before saying
-/// "no reply". Internet round trips are well under this.
+/// "no reply". Internet round trips are well under this. Also the least we wait
+/// for a reply last seen on the host (see [`PathCtx::reply_hold_ns`]).
 pub const REPLY_WAIT_NS: u64 = 2_000_000_000;
 /// How long after the reply reached the VM port we wait for a late drop report
 /// (e.g. the tap's queue is full) before saying "replied".
@@ -203,6 +204,11 @@ pub struct PathCtx {
     pub inbound: u32,
     /// The destination is another guest on the same bridge.
     pub bridged: bool,
+    /// How long the kernel may hold a reply on its way to the guest before it
+    /// either delivers or frees it: resolving the guest's address on the VM bridge
+    /// (the neighbour queue) is the longest wait. A reply is not declared lost
+    /// while it may still be queued there.
+    pub reply_hold_ns: u64,
 }
 
 pub struct Correlator {
@@ -437,12 +443,25 @@ impl Correlator {
 
     /// Traces whose ending is decided by `now` (monotonic ns, same clock as events).
     pub fn poll(&mut self, now: u64) -> Vec<Finished> {
-        self.take(|t| decide(t, now).map(|o| (o, false)))
+        let hold = self.reply_wait();
+        self.take(|t| decide(t, now, hold).map(|o| (o, false)))
     }
 
-    /// Everything still open when tracing stops.
-    pub fn flush(&mut self) -> Vec<Finished> {
-        self.take(|t| Some(decide(t, u64::MAX).map_or((Outcome::NoReply, true), |o| (o, false))))
+    /// Everything still open when tracing stops at `now`: what is decided by then
+    /// is final; the rest ends only because tracing stopped (its packet may still
+    /// be alive in the kernel) and says so (`timed_out`), with the outcome it
+    /// would have had if nothing more happened.
+    pub fn flush(&mut self, now: u64) -> Vec<Finished> {
+        let hold = self.reply_wait();
+        self.take(|t| match decide(t, now, hold) {
+            Some(o) => Some((o, false)),
+            None => Some((decide(t, u64::MAX, hold).unwrap_or(Outcome::NoReply), true)),
+        })
+    }
+
+    /// How long a reply last seen on the host may still be on its way.
+    fn reply_wait(&self) -> u64 {
+        REPLY_WAIT_NS.max(self.ctx.reply_hold_ns)
     }
 
     #[cfg(test)]
@@ -483,7 +502,9 @@ impl Correlator {
 }
 
 /// The ending of a trace at time `now`, or None while it may still change.
-fn decide(t: &Trace, now: u64) -> Option<Outcome> {
+/// `reply_wait`: how long a reply seen on the host but not yet delivered may still
+/// be alive in the kernel (e.g. queued while the guest's MAC is resolved).
+fn decide(t: &Trace, now: u64, reply_wait: u64) -> Option<Outcome> {
     let after = |ts: Option<u64>, wait: u64| ts.is_some_and(|ts| now.saturating_sub(ts) >= wait);
     if t.drop.is_some() {
         return Some(Outcome::Dropped);
@@ -495,8 +516,9 @@ fn decide(t: &Trace, now: u64) -> Option<Outcome> {
         return Some(Outcome::Dropped);
     }
     if !t.reply_hops.is_empty() {
-        // The reply came back but has not reached the VM yet.
-        return after(Some(t.last_ts), REPLY_WAIT_NS).then_some(Outcome::Dropped);
+        // The reply came back but has not reached the VM yet: the kernel frees it
+        // (and tells us why) or delivers it within `reply_wait`.
+        return after(Some(t.last_ts), reply_wait).then_some(Outcome::Dropped);
     }
     let sent = t.left_ts.or(t.local_ts);
     after(sent, REPLY_WAIT_NS).then_some(Outcome::NoReply)
@@ -518,6 +540,7 @@ mod tests {
             netns: NS,
             inbound: BR,
             bridged: false,
+            reply_hold_ns: 0,
         }
     }
 
@@ -698,7 +721,7 @@ mod tests {
             NS,
         ));
         assert_eq!(c.open(), 0);
-        assert!(c.flush().is_empty());
+        assert!(c.flush(3).is_empty());
     }
 
     #[test]
@@ -830,7 +853,7 @@ mod tests {
             ROLE_REQUEST,
             pkt(VM, DST, 8, 6),
         ));
-        let done = c.flush();
+        let done = c.flush(2);
         assert_eq!(done.len(), 1);
         assert!(done[0].timed_out);
         assert_eq!(done[0].outcome, Outcome::NoReply);

@@ -237,13 +237,14 @@ proptest! {
             netns: 1,
             inbound: 2,
             bridged: false,
+            reply_hold_ns: 0,
         };
         let mut c = Correlator::new(ctx);
         for ev in &events {
             c.on_event(ev);
         }
         let _ = c.poll(now);
-        for f in c.flush() {
+        for f in c.flush(u64::MAX) {
             prop_assert!(f.trace.req_hops.len() + f.trace.reply_hops.len() <= events.len());
         }
     }

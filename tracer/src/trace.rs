@@ -203,6 +203,7 @@ async fn follow(
         netns: topo.netns_inum,
         inbound: topo.inbound().index,
         bridged: topo.bridged,
+        reply_hold_ns: crate::kernel::neighbour_hold_ns(&topo.inbound().name),
     });
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for
     // as long as the AsyncFd holds it.
@@ -267,8 +268,8 @@ async fn follow(
     }
     // Stopping (deadline, signal) can win over a pending tick: take what is still
     // queued and note losses before the last verdicts, as every tick does.
-    catch_up(ring.get_mut(), &mut corr, probes, &mut seen_lost);
-    report(corr.flush(), &mut tally, explainer);
+    let now = catch_up(ring.get_mut(), &mut corr, probes, &mut seen_lost);
+    report(corr.flush(now), &mut tally, explainer);
     Ok(tally)
 }
 
@@ -459,6 +460,7 @@ mod pipeline_bench {
             netns: 1,
             inbound: BRIDGE,
             bridged: false,
+            reply_hold_ns: 0,
         });
         let start = Instant::now();
         let mut finished = 0usize;
@@ -471,7 +473,7 @@ mod pipeline_bench {
                 finished += corr.poll(ev_time(i)).len();
             }
         }
-        finished += corr.flush().len();
+        finished += corr.flush(u64::MAX).len();
         let secs = start.elapsed().as_secs_f64();
         assert_eq!(finished as u64, PINGS);
         println!(

@@ -2,6 +2,7 @@
 //! reason, the rule or setting responsible, and the command that fixes it.
 
 pub mod iptables;
+mod neighbour;
 pub mod nft;
 pub mod stage;
 
@@ -77,7 +78,7 @@ impl Explainer {
             Outcome::NoReply => self.no_reply(t, f.timed_out, &mut v),
         }
         if f.outcome != Outcome::Replied {
-            v.doctor = relevant(&self.findings, v.stage);
+            v.doctor = relevant(&self.findings, v.stage, v.direction);
         }
         v
     }
@@ -324,7 +325,9 @@ impl Explainer {
                 ),
                 ifname: None,
             },
-            r if r.starts_with("NEIGH_") => self.blame_neighbour(d, stage, what, r),
+            r if r.starts_with("NEIGH_") || stage == Stage::Neighbor => {
+                self.blame_neighbour(d, stage, what, r)
+            }
             // A reply the bridge cannot hand to a guest whose port is down.
             _ if stage == Stage::Tap || (stage == Stage::Bridge && d.direction == Direction::Reply) => self
                 .blame_port_down(t, what)
@@ -348,23 +351,6 @@ impl Explainer {
             )),
             hint: format!(
                 "reverse-path filtering on {iif} rejects {what} (its source is not routed back via {iif}); use loose mode: sysctl -w net.ipv4.conf.{iif}.rp_filter=2 net.ipv4.conf.all.rp_filter=2"
-            ),
-            ifname: None,
-        }
-    }
-
-    fn blame_neighbour(&self, d: &Drop, stage: Stage, what: &str, reason: &str) -> Blame {
-        let dev = self.name(d.ifindex).unwrap_or_else(|| self.uplink_name());
-        let hop = self
-            .topo
-            .gateway
-            .map_or(self.topo.dst.to_string(), |g| g.to_string());
-        Blame {
-            stage,
-            rule: Some(format!("neighbour {hop} on {dev}: unresolved")),
-            hint: format!(
-                "the next hop {hop} did not answer ARP on {dev}, so the host could not send {what} ({reason}); check the next hop and the route: ip neigh show dev {dev}; ip route get {}",
-                self.topo.dst
             ),
             ifname: None,
         }
@@ -803,8 +789,21 @@ use crate::kernel::sysctl as read_sysctl;
 
 /// Doctor findings that can explain a packet dying at `stage` (all of them when
 /// the stage is unknown).
-fn relevant(findings: &[Check], stage: Option<&str>) -> Vec<Check> {
-    let names: &[&str] = match stage {
+fn relevant(findings: &[Check], stage: Option<&str>, direction: Option<&str>) -> Vec<Check> {
+    let names: &[&str] = match (stage, direction) {
+        // The guest's own MAC could not be resolved: its port and bridges.
+        (Some("neighbor"), Some("reply")) => &["link_up", "stp_state", "bridge_member"],
+        _ => relevant_to_stage(stage),
+    };
+    findings
+        .iter()
+        .filter(|c| stage.is_none() || names.contains(&c.check))
+        .cloned()
+        .collect()
+}
+
+fn relevant_to_stage(stage: Option<&str>) -> &'static [&'static str] {
+    match stage {
         Some("tap" | "bridge") => &[
             "vm_port",
             "bridge_member",
@@ -821,12 +820,7 @@ fn relevant(findings: &[Check], stage: Option<&str>) -> Vec<Check> {
         Some("egress") => &["mtu", "link_up"],
         Some("remote") => &["nat", "gateway", "route", "firewall", "mtu"],
         _ => &[],
-    };
-    findings
-        .iter()
-        .filter(|c| stage.is_none() || names.contains(&c.check))
-        .cloned()
-        .collect()
+    }
 }
 
 #[cfg(test)]
