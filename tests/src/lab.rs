@@ -103,6 +103,10 @@ pub struct LabOptions {
     pub guest_bin: PathBuf,
     pub guests: Vec<GuestSpec>,
     pub layout: Layout,
+    /// Proxmox: leave the firewall bridges answering ARP for the host's
+    /// addresses (the kernel's default, arp_ignore=0), so a guest may take a
+    /// firewall bridge's MAC for its gateway's. Off: arp_ignore=1 on them.
+    pub fwbr_answers_arp: bool,
 }
 
 impl LabOptions {
@@ -112,6 +116,7 @@ impl LabOptions {
             guest_bin,
             guests: vec![GuestSpec::nth(0)],
             layout: Layout::Plain,
+            fwbr_answers_arp: false,
         }
     }
 }
@@ -154,6 +159,7 @@ pub struct Lab {
     hv: String,
     inet: String,
     layout: Layout,
+    fwbr_answers_arp: bool,
     config_root: PathBuf,
     guest_bin: PathBuf,
     guests: Vec<Guest>,
@@ -175,6 +181,7 @@ impl Lab {
             hv: format!("{base}-hv"),
             inet: format!("{base}-inet"),
             layout: opts.layout,
+            fwbr_answers_arp: opts.fwbr_answers_arp,
             config_root: std::env::temp_dir().join(format!("{CONFIG_PREFIX}{pid}-{n}")),
             guest_bin: opts.guest_bin,
             guests: Vec::new(),
@@ -308,6 +315,7 @@ impl Lab {
             ))?,
             Layout::Proxmox => {
                 let FwChain { fwbr, fwpr, fwln } = fw_chain(t)?;
+                let arp_ignore = if self.fwbr_answers_arp { 0 } else { 1 };
                 // arp_ignore=1 on fwbr: it has no address, but Linux answers ARP for
                 // any local address on any interface, so fwbr would answer the
                 // guest's ARP for its gateway 192.0.2.1 before vmbr0 does; the guest
@@ -316,7 +324,7 @@ impl Lab {
                 // fwln/fwpr pair and vmbr0.
                 self.hv(&format!(
                     "ip link add {fwbr} type bridge stp_state 0 forward_delay 0 && \
-                     sysctl -qw net.ipv4.conf.{fwbr}.arp_ignore=1 && \
+                     sysctl -qw net.ipv4.conf.{fwbr}.arp_ignore={arp_ignore} && \
                      ip link set {fwbr} up && \
                      ip link add {fwpr} type veth peer name {fwln} && \
                      ip link set {fwpr} master {br} && ip link set {fwln} master {fwbr} && \

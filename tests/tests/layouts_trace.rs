@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use pathtrace_tests::{
     lab::{Lab, LabOptions, Layout, PingOpts},
-    tracerun::{fake_guest_bin, trace_while, TraceRun},
+    tracerun::{fake_guest_bin, run_in_hv, trace_while, TraceRun},
 };
 use serde_json::Value;
 
@@ -17,6 +17,11 @@ const VM: &str = "192.0.2.100";
 fn lab(layout: Layout) -> Lab {
     let mut opts = LabOptions::new(fake_guest_bin());
     opts.layout = layout;
+    lab_with(opts)
+}
+
+/// The lab up, and one ping from the guest (so the host's tables know it).
+fn lab_with(opts: LabOptions) -> Lab {
     let mut lab = Lab::up(opts).expect("lab up");
     let one = PingOpts {
         count: 1,
@@ -122,6 +127,60 @@ fn drop_inside_the_firewall_bridge_is_reported_there() {
     assert_eq!(v["reason"], "NETFILTER_DROP");
     let rule = v["rule"].as_str().unwrap_or_default();
     assert!(rule.contains("pvefw forward"), "{rule}");
+}
+
+/// A Proxmox host whose firewall bridge answers ARP for the host's addresses (the
+/// kernel's default): the guest, like Linux, keeps the first answer for its
+/// gateway, which is fwbr100i0's, so its pings are routed from fwbr100i0. A drop
+/// by a rule in the routed forward hook is `forward` at fwbr100i0 (not the
+/// bridged pass), and both trace and doctor name the anomaly with its fix.
+#[test]
+fn traffic_routed_from_a_firewall_bridge_is_dropped_at_forward() {
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.layout = Layout::Proxmox;
+    opts.fwbr_answers_arp = true;
+    let mut lab = lab_with(opts);
+    lab.nft(
+        "add table inet filter\n\
+         add chain inet filter forward { type filter hook forward priority filter; policy accept; }\n\
+         add rule inet filter forward iifname \"fwbr100i0\" ip saddr 192.0.2.100 drop\n",
+    )
+    .unwrap();
+    let run = trace(&mut lab, &["--vm-ip", VM]);
+    assert_eq!(run.code, 1);
+    let v = &run.verdicts()[0];
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["stage"], "forward", "the routed pass, not br_netfilter's");
+    assert_eq!(v["ifname"], "fwbr100i0");
+    let rule = v["rule"].as_str().unwrap_or_default();
+    assert!(rule.contains("inet filter forward"), "{rule}");
+    let anomaly = |checks: &[Value]| {
+        checks
+            .iter()
+            .find(|c| c["check"] == "firewall_bridge_arp")
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let found = anomaly(v["doctor"].as_array().map_or(&[][..], Vec::as_slice));
+    assert_eq!(found["status"], "fail", "trace names the anomaly: {v}");
+    let fix = found["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("net.ipv4.conf.fwbr100i0.arp_ignore=1"),
+        "{fix}"
+    );
+
+    let doctor = run_in_hv(
+        &lab,
+        &["doctor", "--vm-ip", VM, "--to", DEST, "--json", "--passive"],
+    )
+    .expect("doctor runs");
+    let checks: Vec<Value> = doctor
+        .json()
+        .into_iter()
+        .filter(|c| c["type"] == "check")
+        .collect();
+    assert_eq!(anomaly(&checks)["status"], "fail", "{}", doctor.stdout);
+    assert_eq!(doctor.code, 1);
 }
 
 /// libvirt: the VM named by its domain; vnet0 on virbr0.

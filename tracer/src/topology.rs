@@ -222,6 +222,16 @@ impl Topology {
             .then(|| master.clone())
     }
 
+    /// `ifindex` is a bridge device on the path (the VM bridge or a firewall
+    /// bridge), not a port of one.
+    pub fn is_bridge_dev(&self, ifindex: u32) -> bool {
+        self.bridge.as_ref().is_some_and(|b| b.index == ifindex)
+            || self
+                .chain
+                .iter()
+                .any(|h| h.is_bridge && h.iface.index == ifindex)
+    }
+
     pub fn role_of(&self, ifindex: u32) -> Option<Role> {
         self.roles().get(&ifindex).copied()
     }

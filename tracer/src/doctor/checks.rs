@@ -31,6 +31,7 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     }
     out.extend(links_up(s, topo, &links));
     out.extend(stp(topo, &links));
+    out.extend(super::firewall_bridge::check(topo));
     out.push(mtu(topo));
     let routed = topo.uplink.is_some() && !topo.bridged && !topo.dst_local;
     if routed {

@@ -6,6 +6,7 @@
 
 pub mod arp;
 pub mod checks;
+pub mod firewall_bridge;
 pub mod snapshot;
 
 use std::net::Ipv4Addr;

@@ -133,6 +133,7 @@ impl Explainer {
             has_dst: d.has_dst,
             dev_known: d.dev_known,
             dev_role: self.topo.role_of(d.ifindex),
+            dev_is_bridge: self.topo.is_bridge_dev(d.ifindex),
             dst_local: self.topo.dst_local,
             bridged: self.topo.bridged,
         };
@@ -584,7 +585,8 @@ impl Explainer {
                 (firewall_bridge.clone().unwrap_or_default(), firewall_bridge)
             }
             Direction::Request => (
-                self.inbound_name(Direction::Request),
+                self.routed_in_at(d, stage)
+                    .unwrap_or_else(|| self.inbound_name(Direction::Request)),
                 match self.topo.bridged {
                     true => Some(self.inbound_name(Direction::Request)),
                     false => self.topo.uplink.as_ref().map(|u| u.name.clone()),
@@ -622,6 +624,21 @@ impl Explainer {
             // first of its flow or a repeat (ping reuses its id): unknown.
             ct_state: (d.direction == Direction::Reply).then_some("established"),
         }
+    }
+
+    /// A firewall bridge the request entered the IP layer at, when it was routed
+    /// from there (the guest took that bridge's MAC for its gateway's) rather than
+    /// from the bridge that should route it: the input device of the IP hooks.
+    fn routed_in_at(&self, d: &Drop, stage: Stage) -> Option<String> {
+        let input_hook = matches!(stage, Stage::Prerouting | Stage::Forward | Stage::Input);
+        let fw_bridge = self
+            .topo
+            .chain
+            .iter()
+            .any(|h| h.is_bridge && h.iface.index == d.ifindex);
+        (input_hook && fw_bridge)
+            .then(|| self.name(d.ifindex))
+            .flatten()
     }
 
     /// Observed hops plus the L3 stages implied between them.
@@ -813,9 +830,13 @@ fn relevant_to_stage(stage: Option<&str>) -> &'static [&'static str] {
             "duplicate_ip",
             "br_netfilter",
         ],
-        Some("prerouting" | "routing") => &["ip_forward", "rp_filter", "route"],
-        Some("forward" | "input") => &["firewall", "ip_forward", "dns"],
-        Some("postrouting") => &["nat", "firewall"],
+        // A guest routing through a firewall bridge skips the hops and the
+        // rules meant for the VM bridge (firewall_bridge_arp).
+        Some("prerouting" | "routing") => {
+            &["ip_forward", "rp_filter", "route", "firewall_bridge_arp"]
+        }
+        Some("forward" | "input") => &["firewall", "ip_forward", "dns", "firewall_bridge_arp"],
+        Some("postrouting") => &["nat", "firewall", "firewall_bridge_arp"],
         Some("neighbor") => &["gateway"],
         Some("egress") => &["mtu", "link_up"],
         Some("remote") => &["nat", "gateway", "route", "firewall", "mtu"],

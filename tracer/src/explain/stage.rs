@@ -17,6 +17,9 @@ pub struct DropFacts<'a> {
     pub dev_known: bool,
     /// Role of the device the skb was on when freed, if it is one we watch.
     pub dev_role: Option<Role>,
+    /// That device is a bridge itself (the VM bridge or a firewall bridge), not
+    /// a port of one.
+    pub dev_is_bridge: bool,
     /// The request was addressed to the host itself.
     pub dst_local: bool,
     /// The destination is on the guest's own bridge (bridged, not routed).
@@ -70,9 +73,15 @@ fn netfilter_stage(f: &DropFacts) -> Stage {
     let in_bridge = f
         .function
         .is_some_and(|func| func.starts_with("br_") || func.starts_with("ebt_"));
+    // A bridge device holding a real route is the routed pass: the frame was
+    // addressed to the bridge's own MAC and entered the IP layer there (a guest
+    // that took a firewall bridge's ARP answer for its gateway's routes through
+    // it). br_netfilter's bridged pass never looks like that: its PREROUTING runs
+    // before any route, and FORWARD/POSTROUTING with the skb on the outgoing port.
+    let routed_at_bridge = f.dev_is_bridge && f.has_dst && !in_bridge;
     // On a firewall bridge or its veth pair, before the bridge that routes, only
     // the bridge firewall (br_netfilter, as Proxmox's) can have dropped it.
-    if f.bridged || in_bridge || f.dev_role == Some(Role::Hop) {
+    if !routed_at_bridge && (f.bridged || in_bridge || f.dev_role == Some(Role::Hop)) {
         return Stage::Bridge;
     }
     if f.dev_known && !f.has_dst {
@@ -130,6 +139,7 @@ mod tests {
             dev_known: true,
             has_dst: true,
             dev_role: Some(Role::Bridge),
+            dev_is_bridge: false,
             dst_local: false,
             bridged: false,
         }
@@ -170,6 +180,28 @@ mod tests {
         assert_eq!(drop_stage(&f), Stage::Forward);
         f.bridged = true;
         assert_eq!(drop_stage(&f), Stage::Bridge, "br_netfilter");
+    }
+
+    /// The skb on a firewall bridge (role Hop): before any route it is
+    /// br_netfilter's bridged PREROUTING; with a route, the routed pass of a
+    /// frame addressed to that bridge itself.
+    #[test]
+    fn firewall_bridge_bridged_pass_and_routed_pass() {
+        let mut f = facts("NETFILTER_DROP", "nft_do_chain");
+        f.dev_role = Some(Role::Hop);
+        f.dev_is_bridge = true;
+        f.has_dst = false;
+        assert_eq!(drop_stage(&f), Stage::Bridge, "bridged prerouting");
+        f.has_dst = true;
+        assert_eq!(
+            drop_stage(&f),
+            Stage::Forward,
+            "routed from the firewall bridge"
+        );
+        f.dst_local = true;
+        assert_eq!(drop_stage(&f), Stage::Input);
+        f.dev_is_bridge = false;
+        assert_eq!(drop_stage(&f), Stage::Bridge, "on its veth: bridged pass");
     }
 
     #[test]

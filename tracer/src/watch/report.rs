@@ -219,6 +219,7 @@ fn describe(
         has_dst: key.flags & WFLAG_HAS_DST != 0,
         dev_known: key.dev != 0,
         dev_role,
+        dev_is_bridge: inv.bridges.contains(&key.dev),
         dst_local,
         // Both ends on the VM's own bridge: bridged, never routed.
         bridged: example.is_some_and(|p| same_lan(p, port, inv)),
