@@ -361,6 +361,24 @@ impl Lab {
         self.write_configs()
     }
 
+    /// Like a VM's process exiting while its persistent TAP stays (or a TAP made
+    /// before its VM starts): guest `i` goes away, its port stays, without
+    /// carrier. Returns what [`Lab::start_guest`] needs to bring it back.
+    pub fn stop_guest(&mut self, i: usize) -> GuestSpec {
+        let guest = self.guests.remove(i);
+        let spec = guest.spec.clone();
+        drop(guest);
+        spec
+    }
+
+    /// A VM starting on its existing port (see [`Lab::stop_guest`]): it takes the
+    /// TAP (carrier comes up) and resolves its gateway. It becomes the last guest.
+    pub fn start_guest(&mut self, spec: GuestSpec) -> Result<()> {
+        let guest = Guest::start(&self.guest_bin, &self.hv_netns_path(), spec)?;
+        self.guests.push(guest);
+        Ok(())
+    }
+
     /// Like a VM shut down: guest `i` goes away with its port (and, Proxmox too, its
     /// config: the lab's config files describe the running guests).
     pub fn remove_guest(&mut self, i: usize) -> Result<()> {

@@ -450,3 +450,50 @@ fn deep_mode_shows_kernel_functions_or_refuses_clearly() {
         );
     }
 }
+
+/// pathtrace started before the VM: its port has no carrier then, and the
+/// doctor's start-time finding says so. The VM starts, and a drop seconds later
+/// must not carry that finding any more (findings are re-read at the verdict).
+#[test]
+fn a_trace_started_before_the_vm_attaches_no_stale_finding() {
+    let mut lab = lab();
+    lab.hv("ip link set eth0 mtu 1280").unwrap();
+    let spec = lab.stop_guest(0);
+    let args = [
+        "--vm-ip",
+        VM,
+        "--iface",
+        "tap100i0",
+        "--to",
+        DEST,
+        "--count",
+        "1",
+        "--timeout",
+        "15",
+        "--json",
+    ];
+    let run = trace_while(&mut lab, &args, Duration::from_secs(30), move |lab| {
+        lab.start_guest(spec)?;
+        let big = PingOpts {
+            size: 1400,
+            timeout_ms: 1500,
+            ..PingOpts::default()
+        };
+        lab.guest(0).ping(DEST.parse()?, big)?;
+        Ok(())
+    })
+    .expect("pathtrace runs");
+    eprintln!("--- stdout\n{}--- stderr\n{}", run.stdout, run.stderr);
+    let v = only_verdict(&run);
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["stage"], "egress");
+    let doctor = v["doctor"].as_array().cloned().unwrap_or_default();
+    assert!(
+        doctor.iter().all(|c| c["check"] != "link_up"),
+        "no stale 'no carrier' finding: {doctor:?}"
+    );
+    assert!(
+        doctor.iter().any(|c| c["check"] == "mtu"),
+        "the finding that holds stays: {doctor:?}"
+    );
+}

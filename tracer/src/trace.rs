@@ -14,7 +14,7 @@ use tracer_common::{Config, Event, EventKind, NameEvent};
 use crate::{
     cli::Cli,
     correlate::{Correlator, Finished, Outcome, PathCtx},
-    doctor::{self, Check, Status},
+    doctor::{self, findings::Findings},
     explain::Explainer,
     hostconfig::{self, ConfigDirs, VmNic},
     kernel::{btf::KernelBtf, kallsyms::Symbols, tracefs},
@@ -61,11 +61,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         reasons,
         proto_word: cli.proto.word(),
         topo,
-        findings: findings
-            .iter()
-            .filter(|c| c.status != Status::Pass)
-            .cloned()
-            .collect(),
+        findings,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -93,13 +89,14 @@ pub fn run(cli: &Cli) -> Result<i32> {
             cli.timeout,
             cli.to
         ));
-        printer.checks(&findings);
+        // As they hold now: the port may have come up since the start.
+        printer.checks(&explainer.findings.all_now());
         return Ok(1);
     }
     Ok(if tally.replied == tally.total() { 0 } else { 1 })
 }
 
-fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>) -> Vec<Check> {
+fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>) -> Findings {
     let subject = doctor::Subject {
         vm_ip: cli.vm_ip,
         dst: cli.to,
@@ -109,7 +106,8 @@ fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>) -> Vec<Check> {
         nics,
         found_by: "neighbour table and bridge FDB".into(),
     };
-    doctor::checks::all(&subject, true)
+    let at_start = doctor::checks::all(&subject, true);
+    Findings::new(subject, at_start)
 }
 
 fn banner(cli: &Cli, topo: &Topology) -> String {

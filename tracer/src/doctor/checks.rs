@@ -52,6 +52,24 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     out
 }
 
+/// The checks about state that changes from one moment to the next (links and
+/// carrier, bridge membership and port states, neighbour entries), read fresh
+/// and passively (no ARP sent).
+pub fn volatile(s: &Subject) -> Vec<Check> {
+    let Ok(topo) = &s.topo else {
+        return Vec::new();
+    };
+    let links = ip_json(&["-d", "link", "show"]).unwrap_or(Value::Null);
+    let mut out = membership(s, topo, &links);
+    out.extend(links_up(s, topo, &links));
+    out.extend(stp(topo, &links));
+    out.extend(super::firewall_bridge::check(topo));
+    if let (Some(gw), Some(_)) = (topo.gateway, &topo.uplink) {
+        out.push(gateway(topo, gw, &links, true));
+    }
+    out
+}
+
 fn vm_port(s: &Subject, t: &Topology) -> Check {
     let ports: Vec<&str> = t.ports.iter().map(|p| p.name.as_str()).collect();
     let mac = t.vm_mac.as_deref().unwrap_or("MAC unknown");

@@ -6,6 +6,7 @@
 
 pub mod arp;
 pub mod checks;
+pub mod findings;
 pub mod firewall_bridge;
 pub mod snapshot;
 

@@ -12,7 +12,7 @@ use tracer_common::PacketInfo;
 
 use crate::{
     correlate::{Direction, Drop, Finished, Hop, Outcome, Stage, Trace},
-    doctor::Check,
+    doctor::findings::Findings,
     kernel::kallsyms::Symbols,
     output::{Flow, Nat, PathHop, Verdict},
     topology::{Role, Topology},
@@ -21,8 +21,8 @@ use stage::{drop_stage, DropFacts};
 
 pub struct Explainer {
     pub topo: Topology,
-    /// Doctor checks that did not pass, to attach where they explain a verdict.
-    pub findings: Vec<Check>,
+    /// Doctor checks, to attach where they explain a verdict (as they hold then).
+    pub findings: Findings,
     pub reasons: HashMap<u32, String>,
     pub symbols: Symbols,
     pub proto_word: &'static str,
@@ -78,7 +78,7 @@ impl Explainer {
             Outcome::NoReply => self.no_reply(t, f.timed_out, &mut v),
         }
         if f.outcome != Outcome::Replied {
-            v.doctor = relevant(&self.findings, v.stage, v.direction);
+            v.doctor = self.findings.current(relevant(v.stage, v.direction));
         }
         v
     }
@@ -804,19 +804,15 @@ fn flow_of(p: &PacketInfo) -> Flow {
 /// A sysctl of the network namespace we run in (`/proc/sys/net` is per-netns).
 use crate::kernel::sysctl as read_sysctl;
 
-/// Doctor findings that can explain a packet dying at `stage` (all of them when
-/// the stage is unknown).
-fn relevant(findings: &[Check], stage: Option<&str>, direction: Option<&str>) -> Vec<Check> {
-    let names: &[&str] = match (stage, direction) {
+/// The doctor checks that can explain a packet dying at `stage` (all of them
+/// when the stage is unknown).
+fn relevant(stage: Option<&str>, direction: Option<&str>) -> Option<&'static [&'static str]> {
+    stage?;
+    Some(match (stage, direction) {
         // The guest's own MAC could not be resolved: its port and bridges.
         (Some("neighbor"), Some("reply")) => &["link_up", "stp_state", "bridge_member"],
         _ => relevant_to_stage(stage),
-    };
-    findings
-        .iter()
-        .filter(|c| stage.is_none() || names.contains(&c.check))
-        .cloned()
-        .collect()
+    })
 }
 
 fn relevant_to_stage(stage: Option<&str>) -> &'static [&'static str] {
