@@ -112,6 +112,10 @@ pub struct WatchCli {
     /// The running kernel's BTF (struct layouts, drop-reason names).
     #[arg(long, value_name = "PATH", default_value = crate::kernel::btf::VMLINUX_BTF)]
     pub kernel_btf: std::path::PathBuf,
+    /// Read hypervisor configuration (Proxmox /etc/pve, libvirt) under this root
+    /// instead of / (names VMs: vmid, vm_name).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub config_root: std::path::PathBuf,
 }
 
 /// `pathtrace doctor`: static checks of everything a VM's traffic needs on this host.

@@ -216,7 +216,7 @@ proptest! {
 
     #[test]
     fn watch_inventory_never_panics(links in json(), fdb in json(), neigh in json(), addrs in json()) {
-        let inv = crate::watch::inventory::Inventory::from_json(&links, &fdb, &neigh, &addrs, &[]);
+        let inv = crate::watch::inventory::Inventory::from_json(&links, &fdb, &neigh, &addrs);
         for p in inv.ports.values() {
             prop_assert!(inv.names.contains_key(&p.ifindex));
         }

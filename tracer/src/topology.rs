@@ -470,7 +470,12 @@ const MAX_CHAIN: usize = 4;
 
 /// Every port below `bridge` except `except`, with veth links into lower bridges
 /// replaced by the ports of those bridges.
-fn leaf_ports(links: &Value, bridge: &str, except: Option<&str>, depth: usize) -> Vec<String> {
+pub(crate) fn leaf_ports(
+    links: &Value,
+    bridge: &str,
+    except: Option<&str>,
+    depth: usize,
+) -> Vec<String> {
     let mut out = Vec::new();
     for port in ports_of(links, bridge) {
         if Some(port.as_str()) == except {
@@ -488,7 +493,7 @@ fn leaf_ports(links: &Value, bridge: &str, except: Option<&str>, depth: usize) -
 
 /// If `port` (a port of `bridge`) is a veth whose peer is a port of another
 /// bridge: (peer, that bridge).
-fn lower_bridge(links: &Value, port: &str, bridge: &str) -> Option<(String, String)> {
+pub(crate) fn lower_bridge(links: &Value, port: &str, bridge: &str) -> Option<(String, String)> {
     let peer = veth_peer(links, port)?;
     let master = master_of(links, &peer)?;
     (master != bridge && is_bridge(links, &master)).then_some((peer, master))

@@ -1,7 +1,8 @@
 //! Which VMs this host has right now: every VM port on every bridge, with the MACs
-//! the bridge learned on it and the IPv4 addresses the host's neighbour table maps
-//! to those MACs. Re-read every interval, so VMs that start, stop or migrate are
-//! picked up and dropped while watch runs.
+//! the bridges learned behind it and the IPv4 addresses the host's neighbour table
+//! maps to those MACs. Re-read every interval, so VMs that start, stop or migrate
+//! are picked up and dropped while watch runs. This is what the tables say *now*;
+//! `identity` keeps what they said once, when they forget a quiet guest.
 //!
 //! A VM port is a bridge port that leads to a guest: a tap (`tun` kind: QEMU's
 //! `tapNiM`, libvirt's `vnetN`) or a veth whose peer is not itself a bridge port.
@@ -16,17 +17,22 @@ use std::{
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::topology::{as_array, ip_json, link_names, run_json};
+use crate::topology::{as_array, ip_json, leaf_ports, link_names, lower_bridge, run_json};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmPort {
     pub ifindex: u32,
     pub name: String,
     pub bridge: String,
-    /// MACs the bridge learned on this port (the guest's NICs behind it).
+    /// MACs the bridges learned behind this port (the guest's NICs).
     pub macs: Vec<[u8; 6]>,
     /// IPv4 addresses the host's neighbour table maps to those MACs.
     pub ips: Vec<Ipv4Addr>,
+    /// Proxmox VMID or libvirt domain, when the hypervisor's configuration names
+    /// this port (filled by `identity`).
+    pub vmid: Option<String>,
+    /// The VM's name in that configuration.
+    pub vm_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -39,43 +45,59 @@ pub struct Inventory {
     pub bridges: HashSet<u32>,
     /// The host's own IPv4 addresses (a drop of a packet to one is at `input`).
     pub local_addrs: HashSet<Ipv4Addr>,
+    /// The neighbour table: IPv4 addresses by MAC (usable entries only).
+    pub neigh: HashMap<[u8; 6], Vec<Ipv4Addr>>,
 }
 
 impl Inventory {
-    /// Read the running host. `only` narrows to the ports carrying those IPs.
-    pub fn discover(only: &[Ipv4Addr]) -> Result<Self> {
+    /// Read the running host: four iproute2 dumps, whatever the number of VMs.
+    pub fn discover() -> Result<Self> {
         let links = ip_json(&["-d", "link", "show"])?;
         let fdb = run_json("bridge", &["-j", "fdb", "show"])?;
         let neigh = ip_json(&["-4", "neigh", "show"])?;
         let addrs = ip_json(&["-4", "addr", "show"])?;
-        Ok(Self::from_json(&links, &fdb, &neigh, &addrs, only))
+        Ok(Self::from_json(&links, &fdb, &neigh, &addrs))
     }
 
     /// The same from iproute2's JSON (the tests feed fixtures).
-    pub fn from_json(
-        links: &Value,
-        fdb: &Value,
-        neigh: &Value,
-        addrs: &Value,
-        only: &[Ipv4Addr],
-    ) -> Self {
+    pub fn from_json(links: &Value, fdb: &Value, neigh: &Value, addrs: &Value) -> Self {
         let mut inv = Self {
             names: link_names(links),
             bridges: bridges(links),
             local_addrs: local_addrs(addrs),
+            neigh: neighbours(neigh),
             ..Self::default()
         };
         for port in vm_ports(links) {
             inv.ports.insert(port.ifindex, port);
         }
-        learn_macs(&mut inv.ports, fdb);
-        learn_ips(&mut inv.ports, neigh);
-        if !only.is_empty() {
-            inv.ports
-                .retain(|_, p| p.ips.iter().any(|ip| only.contains(ip)));
+        learn_macs(&mut inv.ports, links, fdb);
+        for port in inv.ports.values_mut() {
+            port.ips = ips_of(&inv.neigh, &port.macs);
         }
         inv
     }
+
+    /// Keep only the ports carrying one of `only` (none given: keep all).
+    pub fn narrow(&mut self, only: &[Ipv4Addr]) {
+        if !only.is_empty() {
+            self.ports
+                .retain(|_, p| p.ips.iter().any(|ip| only.contains(ip)));
+        }
+    }
+}
+
+/// The addresses the neighbour table maps to any of `macs`, sorted.
+pub fn ips_of(neigh: &HashMap<[u8; 6], Vec<Ipv4Addr>>, macs: &[[u8; 6]]) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = macs
+        .iter()
+        .filter_map(|m| neigh.get(m))
+        .flatten()
+        .copied()
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 fn info_kind(link: &Value) -> &str {
@@ -131,6 +153,8 @@ fn vm_ports(links: &Value) -> Vec<VmPort> {
                 bridge: l["master"].as_str()?.to_string(),
                 macs: Vec::new(),
                 ips: Vec::new(),
+                vmid: None,
+                vm_name: None,
             })
         })
         .collect()
@@ -152,27 +176,37 @@ pub fn format_mac(m: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// MACs learned on each port. The port's own address (`permanent`) and the
-/// bridge's `self` entries are not the guest's.
-fn learn_macs(ports: &mut BTreeMap<u32, VmPort>, fdb: &Value) {
+/// MACs learned behind each port: on the port itself, or on a veth end in an
+/// upper bridge that leads down to it. On Proxmox the firewall bridge `fwbrNiM` and
+/// `vmbrN` age their entries independently: the guest's MAC learned on `fwprNpM`
+/// in `vmbrN` still names the one tap of `fwbrNiM` when `fwbrNiM` has forgotten it.
+/// The ports' own addresses (`permanent`), the bridges' `self` entries and the MACs
+/// of this host's own devices (a firewall bridge's frames are learned on `fwpr` too)
+/// are not the guest's.
+fn learn_macs(ports: &mut BTreeMap<u32, VmPort>, links: &Value, fdb: &Value) {
     let by_name: HashMap<String, u32> = ports
         .values()
         .map(|p| (p.name.clone(), p.ifindex))
         .collect();
+    let below = ports_below(links, &by_name);
+    let local = local_macs(links);
     for entry in as_array(fdb) {
         let own = entry["state"].as_str() == Some("permanent")
             || as_array(&entry["flags"]).iter().any(|f| f == "self");
         if own {
             continue;
         }
-        let Some(index) = entry["ifname"].as_str().and_then(|n| by_name.get(n)) else {
+        let Some(index) = entry["ifname"]
+            .as_str()
+            .and_then(|n| by_name.get(n).or_else(|| below.get(n)))
+        else {
             continue;
         };
         let Some(mac) = entry["mac"].as_str().and_then(parse_mac) else {
             continue;
         };
         // Multicast/broadcast entries are not a guest's NIC.
-        if mac[0] & 1 != 0 {
+        if mac[0] & 1 != 0 || local.contains(&mac) {
             continue;
         }
         let port = ports.get_mut(index).expect("index from the same map");
@@ -182,14 +216,38 @@ fn learn_macs(ports: &mut BTreeMap<u32, VmPort>, fdb: &Value) {
     }
 }
 
-/// IPs whose neighbour entry names one of a port's MACs.
-fn learn_ips(ports: &mut BTreeMap<u32, VmPort>, neigh: &Value) {
-    let mut owner: HashMap<[u8; 6], u32> = HashMap::new();
-    for p in ports.values() {
-        for m in &p.macs {
-            owner.insert(*m, p.ifindex);
+/// Bridge ports that are a veth into a lower bridge whose only port below (through
+/// any further such pairs) is one VM port: that port's index, by the upper end's
+/// name. A lower bridge with several ports below cannot say which one a MAC is on.
+fn ports_below(links: &Value, vm_ports: &HashMap<String, u32>) -> HashMap<String, u32> {
+    let mut below = HashMap::new();
+    for l in as_array(links) {
+        let (Some(name), Some(bridge)) = (l["ifname"].as_str(), l["master"].as_str()) else {
+            continue;
+        };
+        let Some((peer, lower)) = lower_bridge(links, name, bridge) else {
+            continue;
+        };
+        if let [leaf] = leaf_ports(links, &lower, Some(&peer), 0).as_slice() {
+            if let Some(index) = vm_ports.get(leaf) {
+                below.insert(name.to_string(), *index);
+            }
         }
     }
+    below
+}
+
+/// The MAC addresses of this host's own devices.
+fn local_macs(links: &Value) -> HashSet<[u8; 6]> {
+    as_array(links)
+        .iter()
+        .filter_map(|l| l["address"].as_str().and_then(parse_mac))
+        .collect()
+}
+
+/// Usable neighbour entries: addresses by MAC.
+fn neighbours(neigh: &Value) -> HashMap<[u8; 6], Vec<Ipv4Addr>> {
+    let mut out: HashMap<[u8; 6], Vec<Ipv4Addr>> = HashMap::new();
     for entry in as_array(neigh) {
         let failed = as_array(&entry["state"])
             .iter()
@@ -206,13 +264,12 @@ fn learn_ips(ports: &mut BTreeMap<u32, VmPort>, neigh: &Value) {
         else {
             continue;
         };
-        if let Some(port) = owner.get(&mac).and_then(|i| ports.get_mut(i)) {
-            if !port.ips.contains(&ip) {
-                port.ips.push(ip);
-                port.ips.sort();
-            }
+        let ips = out.entry(mac).or_default();
+        if !ips.contains(&ip) {
+            ips.push(ip);
         }
     }
+    out
 }
 
 fn local_addrs(addrs: &Value) -> HashSet<Ipv4Addr> {
@@ -270,7 +327,7 @@ mod tests {
         );
         let addrs =
             json(r#"[{"ifname":"vmbr0","addr_info":[{"local":"192.0.2.1","prefixlen":24}]}]"#);
-        Inventory::from_json(&links, &fdb, &neigh, &addrs, &[])
+        Inventory::from_json(&links, &fdb, &neigh, &addrs)
     }
 
     #[test]
@@ -307,14 +364,47 @@ mod tests {
         let fdb = json(r#"[{"mac":"bc:24:11:00:01:06","ifname":"tap106i0"}]"#);
         let neigh =
             json(r#"[{"dst":"192.0.2.106","lladdr":"bc:24:11:00:01:06","state":["STALE"]}]"#);
-        let inv = Inventory::from_json(
-            &links,
-            &fdb,
-            &neigh,
-            &json("[]"),
-            &[Ipv4Addr::new(192, 0, 2, 106)],
-        );
+        let mut inv = Inventory::from_json(&links, &fdb, &neigh, &json("[]"));
+        inv.narrow(&[]);
+        assert_eq!(inv.ports.len(), 2, "no --vm-ip: every port");
+        inv.narrow(&[Ipv4Addr::new(192, 0, 2, 106)]);
         assert_eq!(inv.ports.keys().copied().collect::<Vec<_>>(), [14]);
+    }
+
+    /// The firewall bridge forgot the guest (its FDB entry aged out first), vmbr0
+    /// still has it on fwpr105p0: the MAC leads down to the one tap below.
+    #[test]
+    fn descends_from_the_vm_bridge_into_the_firewall_bridge() {
+        let links = json(
+            r#"[
+            {"ifindex":3,"ifname":"vmbr0","address":"02:00:00:00:01:01","linkinfo":{"info_kind":"bridge"}},
+            {"ifindex":10,"ifname":"tap105i0","master":"fwbr105i0","address":"fe:00:00:00:00:10","linkinfo":{"info_kind":"tun"}},
+            {"ifindex":11,"ifname":"fwbr105i0","address":"fe:00:00:00:00:11","linkinfo":{"info_kind":"bridge"}},
+            {"ifindex":12,"ifname":"fwpr105p0","master":"vmbr0","link":"fwln105i0","address":"fe:00:00:00:00:12","linkinfo":{"info_kind":"veth"}},
+            {"ifindex":13,"ifname":"fwln105i0","master":"fwbr105i0","link":"fwpr105p0","address":"fe:00:00:00:00:13","linkinfo":{"info_kind":"veth"}},
+            {"ifindex":20,"ifname":"fwbr106i0","linkinfo":{"info_kind":"bridge"}},
+            {"ifindex":21,"ifname":"fwpr106p0","master":"vmbr0","link":"fwln106i0","linkinfo":{"info_kind":"veth"}},
+            {"ifindex":22,"ifname":"fwln106i0","master":"fwbr106i0","link":"fwpr106p0","linkinfo":{"info_kind":"veth"}},
+            {"ifindex":23,"ifname":"tap106i0","master":"fwbr106i0","linkinfo":{"info_kind":"tun"}},
+            {"ifindex":24,"ifname":"tap107i0","master":"fwbr106i0","linkinfo":{"info_kind":"tun"}}
+            ]"#,
+        );
+        let fdb = json(
+            r#"[
+            {"mac":"bc:24:11:00:01:05","ifname":"fwpr105p0","master":"vmbr0","state":""},
+            {"mac":"fe:00:00:00:00:11","ifname":"fwpr105p0","master":"vmbr0","state":""},
+            {"mac":"bc:24:11:00:01:06","ifname":"fwpr106p0","master":"vmbr0","state":""}
+            ]"#,
+        );
+        let neigh = json(
+            r#"[{"dst":"192.0.2.105","dev":"vmbr0","lladdr":"bc:24:11:00:01:05","state":["STALE"]}]"#,
+        );
+        let inv = Inventory::from_json(&links, &fdb, &neigh, &json("[]"));
+        let tap = &inv.ports[&10];
+        assert_eq!(tap.macs, [parse_mac("bc:24:11:00:01:05").unwrap()]);
+        assert_eq!(tap.ips, [Ipv4Addr::new(192, 0, 2, 105)]);
+        // Two taps below fwbr106i0: the MAC on fwpr106p0 could be either one's.
+        assert!(inv.ports[&23].macs.is_empty() && inv.ports[&24].macs.is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! snapshot for the chosen view: the live terminal view, JSON lines, and/or the
 //! Prometheus endpoint.
 
+pub mod identity;
 pub mod inventory;
 mod kernel;
 mod prometheus;
@@ -28,6 +29,7 @@ use tokio::{
 };
 
 use self::{
+    identity::Identities,
     inventory::{Inventory, VmPort},
     kernel::{WatchKernel, DROPS_CAPACITY},
     report::{Names, Reporter, SelfStats, Snapshot},
@@ -35,6 +37,7 @@ use self::{
 };
 use crate::{
     cli::WatchCli,
+    hostconfig::ConfigDirs,
     kernel::{btf::KernelBtf, kallsyms::Symbols},
     preflight,
 };
@@ -77,6 +80,9 @@ struct PortEvent<'a> {
     ifindex: u32,
     bridge: &'a str,
     vm_ips: Vec<String>,
+    macs: Vec<String>,
+    vmid: Option<&'a str>,
+    vm_name: Option<&'a str>,
     ts: f64,
 }
 
@@ -91,18 +97,29 @@ pub fn run(cli: &WatchCli) -> Result<i32> {
         reasons,
         symbols: Symbols::load()?,
     };
-    let inv = Inventory::discover(&cli.vm_ips)?;
+    let mut ids = Identities::new(ConfigDirs::under(&cli.config_root));
+    let inv = current_vms(cli, &mut ids)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    rt.block_on(watch(cli, kernel, &names, inv))
+    rt.block_on(watch(cli, kernel, &names, ids, inv))
+}
+
+/// The host's VM ports now, each with its identity, narrowed to `--vm-ip` (by the
+/// identity, so a VM the tables forgot stays watched).
+fn current_vms(cli: &WatchCli, ids: &mut Identities) -> Result<Inventory> {
+    let mut inv = Inventory::discover()?;
+    ids.apply(&mut inv);
+    inv.narrow(&cli.vm_ips);
+    Ok(inv)
 }
 
 async fn watch(
     cli: &WatchCli,
     mut kernel: WatchKernel,
     names: &KernelNames,
+    mut ids: Identities,
     mut inv: Inventory,
 ) -> Result<i32> {
     let page = Arc::new(Mutex::new(String::new()));
@@ -136,7 +153,7 @@ async fn watch(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                refresh(cli, &mut kernel, &mut reporter, &mut inv, &view)?;
+                refresh(cli, &mut kernel, &mut reporter, &mut ids, &mut inv, &view)?;
                 let now = Instant::now();
                 let elapsed = now.duration_since(last).as_secs_f64();
                 last = now;
@@ -181,11 +198,12 @@ fn refresh(
     cli: &WatchCli,
     kernel: &mut WatchKernel,
     reporter: &mut Reporter,
+    ids: &mut Identities,
     inv: &mut Inventory,
     view: &View,
 ) -> Result<()> {
     // A failed read (iproute2 racing a device removal) keeps the last inventory.
-    if let Ok(fresh) = Inventory::discover(&cli.vm_ips) {
+    if let Ok(fresh) = current_vms(cli, ids) {
         announce_ports(view, &inv.ports, &fresh.ports);
         for gone in inv.ports.keys().filter(|i| !fresh.ports.contains_key(i)) {
             kernel.forget_port(*gone);
@@ -194,8 +212,13 @@ fn refresh(
         *inv = fresh;
     }
     kernel.sync(inv)?;
+    let mut learned = false;
     for (key, pkt) in kernel.samples() {
+        learned |= ids.learn_from_drop(inv, &key, &pkt);
         reporter.sample(key, pkt);
+    }
+    if learned {
+        kernel.sync(inv)?;
     }
     Ok(())
 }
@@ -280,6 +303,9 @@ fn announce_ports(view: &View, old: &BTreeMap<u32, VmPort>, new: &BTreeMap<u32, 
                     ifindex: p.ifindex,
                     bridge: &p.bridge,
                     vm_ips: p.ips.iter().map(|i| i.to_string()).collect(),
+                    macs: p.macs.iter().map(inventory::format_mac).collect(),
+                    vmid: p.vmid.as_deref(),
+                    vm_name: p.vm_name.as_deref(),
                     ts: unix_now(),
                 });
                 if let Ok(line) = line {

@@ -1,6 +1,10 @@
 //! `--prometheus ADDR:PORT`: the snapshot in the Prometheus text exposition format,
 //! served at `/metrics` by a minimal HTTP/1.1 responder (one request per
 //! connection; scrapers need nothing more).
+//!
+//! A VM's labels (`vm_ip`, `vmid`, `vm_name`) come from its identity, which stays
+//! fixed while its port exists (see `identity`): a quiet guest's series keep their
+//! labels when the host's tables forget it.
 
 use std::{fmt::Write, net::SocketAddr, sync::Arc};
 
@@ -108,6 +112,8 @@ pub fn render(s: &Snapshot) -> String {
         for d in &vm.drops {
             let l = labels(&[
                 ("vm_ip", &ip),
+                ("vmid", vm.vmid.as_deref().unwrap_or("")),
+                ("vm_name", vm.vm_name.as_deref().unwrap_or("")),
                 ("port", &vm.port),
                 ("bridge", &vm.bridge),
                 ("stage", d.stage),
@@ -132,11 +138,17 @@ pub fn render(s: &Snapshot) -> String {
         &mut out,
         "pathtrace_vm_info",
         "gauge",
-        "A watched VM port (1), with the guest addresses behind it.",
+        "A watched VM port (1), with the guest addresses and the VM behind it.",
     );
     for vm in &s.vms {
         let ip = vm.vm_ips.join(",");
-        let l = labels(&[("vm_ip", &ip), ("port", &vm.port), ("bridge", &vm.bridge)]);
+        let l = labels(&[
+            ("vm_ip", &ip),
+            ("vmid", vm.vmid.as_deref().unwrap_or("")),
+            ("vm_name", vm.vm_name.as_deref().unwrap_or("")),
+            ("port", &vm.port),
+            ("bridge", &vm.bridge),
+        ]);
         let _ = writeln!(out, "pathtrace_vm_info{l} 1");
     }
     let st = &s.self_stats;
@@ -208,6 +220,8 @@ mod tests {
                 bridge: "vmbr0".into(),
                 vm_ips: vec!["192.0.2.100".into()],
                 macs: vec![],
+                vmid: Some("100".into()),
+                vm_name: Some("web01".into()),
                 drops_total: 3,
                 drops_per_s: 1.0,
                 drops: vec![DropPoint {
@@ -237,7 +251,7 @@ mod tests {
     fn renders_the_exposition_format() {
         let text = render(&sample());
         assert!(text.contains(
-            "pathtrace_drops_total{vm_ip=\"192.0.2.100\",port=\"tap100i0\",bridge=\"vmbr0\",stage=\"forward\",reason=\"NETFILTER_DROP\",location=\"nft_do_chain+0x3e8\",ifname=\"vm\\\"br0\",direction=\"from_vm\",proto=\"icmp\"} 3\n"
+            "pathtrace_drops_total{vm_ip=\"192.0.2.100\",vmid=\"100\",vm_name=\"web01\",port=\"tap100i0\",bridge=\"vmbr0\",stage=\"forward\",reason=\"NETFILTER_DROP\",location=\"nft_do_chain+0x3e8\",ifname=\"vm\\\"br0\",direction=\"from_vm\",proto=\"icmp\"} 3\n"
         ), "{text}");
         assert!(text.contains("# TYPE pathtrace_drops_total counter\n"));
         assert!(text.contains("pathtrace_programs_attached 1\n"));
@@ -274,6 +288,8 @@ mod tests {
         }
         for label in [
             "vm_ip",
+            "vmid",
+            "vm_name",
             "port",
             "bridge",
             "stage",

@@ -75,6 +75,10 @@ pub struct VmReport {
     pub bridge: String,
     pub vm_ips: Vec<String>,
     pub macs: Vec<String>,
+    /// Proxmox VMID or libvirt domain, when the hypervisor's configuration names it.
+    pub vmid: Option<String>,
+    /// The VM's name in that configuration.
+    pub vm_name: Option<String>,
     pub drops_total: u64,
     pub drops_per_s: f64,
     /// Busiest first.
@@ -177,6 +181,8 @@ fn empty_report(p: &VmPort) -> VmReport {
         bridge: p.bridge.clone(),
         vm_ips: p.ips.iter().map(Ipv4Addr::to_string).collect(),
         macs: p.macs.iter().map(super::inventory::format_mac).collect(),
+        vmid: p.vmid.clone(),
+        vm_name: p.vm_name.clone(),
         drops_total: 0,
         drops_per_s: 0.0,
         drops: Vec::new(),
@@ -304,6 +310,8 @@ pub fn fuzz_entry(keys: &[FuzzKey], elapsed: f64) {
                 bridge: "br".into(),
                 macs: vec![],
                 ips: vec![Ipv4Addr::new(192, 0, 2, i as u8)],
+                vmid: None,
+                vm_name: None,
             },
         );
     }
@@ -381,6 +389,8 @@ mod tests {
                     bridge: "vmbr0".into(),
                     macs: vec![[0x52, 0x54, 0, 0, 0, ip]],
                     ips: vec![Ipv4Addr::new(192, 0, 2, ip)],
+                    vmid: None,
+                    vm_name: None,
                 },
             );
         }

@@ -194,7 +194,14 @@ pub fn arrange<'a>(vms: &'a [VmReport], sort: Sort, filter: &str) -> Vec<&'a VmR
 
 /// Everything a filter matches against: names, addresses, stages, reasons.
 fn haystack(v: &VmReport) -> String {
-    let mut s = format!("{} {} {}", v.port, v.bridge, v.vm_ips.join(" "));
+    let mut s = format!(
+        "{} {} {} {} {}",
+        v.port,
+        v.bridge,
+        v.vm_ips.join(" "),
+        v.vmid.as_deref().unwrap_or_default(),
+        v.vm_name.as_deref().unwrap_or_default()
+    );
     for d in &v.drops {
         s.push(' ');
         s.push_str(d.stage);
@@ -254,11 +261,13 @@ fn draw(f: &mut Frame, snap: &Snapshot, sort: Sort, filter: &str, editing: bool)
 }
 
 fn vm_rows(v: &VmReport) -> Vec<Row<'static>> {
-    let label = if v.vm_ips.is_empty() {
-        v.port.clone()
-    } else {
-        format!("{} {}", v.port, v.vm_ips.join(","))
-    };
+    // The port, then what names the guest behind it: its addresses, its VM name.
+    let label = [v.port.clone(), v.vm_ips.join(",")]
+        .into_iter()
+        .chain(v.vm_name.clone())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     if v.drops.is_empty() {
         return vec![Row::new([
             Cell::from(label),
@@ -298,6 +307,8 @@ mod tests {
             bridge: "vmbr0".into(),
             vm_ips: vec![format!("192.0.2.{}", port.len())],
             macs: vec![],
+            vmid: None,
+            vm_name: None,
             drops_total: total,
             drops_per_s: per_s,
             drops: vec![],
