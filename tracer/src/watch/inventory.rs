@@ -43,6 +43,9 @@ pub struct Inventory {
     pub names: HashMap<u32, String>,
     /// Interface indexes of bridges.
     pub bridges: HashSet<u32>,
+    /// Interface indexes of bridge ports that are not VM ports: the plumbing
+    /// between bridges (Proxmox's fwln/fwpr), uplinks in bridged mode.
+    pub bridge_ports: HashSet<u32>,
     /// The host's own IPv4 addresses (a drop of a packet to one is at `input`).
     pub local_addrs: HashSet<Ipv4Addr>,
     /// The neighbour table: IPv4 addresses by MAC (usable entries only).
@@ -72,6 +75,10 @@ impl Inventory {
             inv.ports.insert(port.ifindex, port);
         }
         learn_macs(&mut inv.ports, links, fdb);
+        inv.bridge_ports = bridge_ports(links, &inv.bridges)
+            .into_iter()
+            .filter(|i| !inv.ports.contains_key(i))
+            .collect();
         for port in inv.ports.values_mut() {
             port.ips = ips_of(&inv.neigh, &port.macs);
         }
@@ -108,6 +115,24 @@ fn bridges(links: &Value) -> HashSet<u32> {
     as_array(links)
         .iter()
         .filter(|l| info_kind(l) == "bridge")
+        .filter_map(|l| l["ifindex"].as_u64().map(|i| i as u32))
+        .collect()
+}
+
+/// Interfaces enslaved to a bridge.
+fn bridge_ports(links: &Value, bridges: &HashSet<u32>) -> HashSet<u32> {
+    as_array(links)
+        .iter()
+        .filter(|l| {
+            l["master"].as_str().is_some_and(|m| {
+                as_array(links).iter().any(|b| {
+                    b["ifname"].as_str() == Some(m)
+                        && b["ifindex"]
+                            .as_u64()
+                            .is_some_and(|i| bridges.contains(&(i as u32)))
+                })
+            })
+        })
         .filter_map(|l| l["ifindex"].as_u64().map(|i| i as u32))
         .collect()
 }

@@ -214,6 +214,10 @@ fn describe(
         Some(Role::Port)
     } else if inv.bridges.contains(&key.dev) {
         Some(Role::Bridge)
+    } else if inv.bridge_ports.contains(&key.dev) {
+        // A netfilter drop with the skb on a bridge port is br_netfilter's
+        // bridged pass (routed packets are on the bridge device itself).
+        Some(Role::Hop)
     } else {
         Some(Role::Uplink)
     };
