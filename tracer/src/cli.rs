@@ -1,4 +1,4 @@
-//! Command line (the contract in DESIGN.md): trace mode is `pathtrace --vm-ip IP
+//! Command line (the output contract: docs/json.md): trace mode is `pathtrace --vm-ip IP
 //! --to DEST ...`; `pathtrace watch ...` is the incident/production mode.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,4 +1,4 @@
-//! The public output: JSON lines (a stable contract, see DESIGN.md) and the text
+//! The public output: JSON lines (a stable contract: docs/json.md) and the text
 //! view a person reads. Fields may be added, never renamed or removed.
 
 use crate::doctor::Check;
