@@ -226,6 +226,40 @@ fn unknown_vm_is_a_clear_error_with_exit_2() {
     let _ = &mut lab;
 }
 
+/// A mistyped IP while another VM's port is disabled: pathtrace must not trace
+/// that port as if it were the VM's. It says nothing knows the IP, names the port
+/// that cannot pass frames with the `--iface` to trace it, exits 2, and leaves
+/// nothing attached. The guess it still makes with --vm-ip of the real VM (whose
+/// entries the bridge flushed too) is refused the same way.
+#[test]
+fn unknown_ip_names_the_blocked_port_and_exits_2() {
+    let lab = lab();
+    lab.hv("bridge link set dev tap100i0 state 0 && sleep 2")
+        .unwrap();
+    for ip in ["192.0.2.77", VM] {
+        let out = lab
+            .command_in_hv(
+                &pathtrace_bin(),
+                &["--vm-ip", ip, "--to", DEST, "--timeout", "2", "--json"],
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{ip}: {err}");
+        assert_eq!(err.lines().count(), 1, "{ip}: one line: {err}");
+        assert!(
+            err.contains(&format!("no VM with IP {ip} is known")),
+            "{err}"
+        );
+        assert!(
+            err.contains("tap100i0 (disabled)") && err.contains("--iface tap100i0"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "{ip}: nothing on stdout");
+        assert_nothing_attached();
+    }
+}
+
 #[test]
 fn without_privileges_it_says_so_and_exits_2() {
     let out = Command::new("setpriv")

@@ -12,7 +12,7 @@ use crate::{
     explain::{iptables, nft},
     hostconfig::VmNic,
     kernel::sysctl,
-    topology::{self, as_array, ip_json, run_json, Topology},
+    topology::{self, as_array, ip_json, run_json, Evidence, Topology},
 };
 
 pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
@@ -56,18 +56,17 @@ fn vm_port(s: &Subject, t: &Topology) -> Check {
     let mac = t.vm_mac.as_deref().unwrap_or("MAC unknown");
     let mut c = Check::new("vm_port", Status::Pass, ports.join(", "))
         .evidence(format!("{} ({mac}) found by {}", s.vm_ip, s.found_by));
-    if ports.len() > 1 {
+    if let Evidence::Guess(why) = &t.evidence {
+        // Said, not silent: every check below is about a port nothing proved is
+        // the VM's.
         c.status = Status::Warn;
-        c.evidence = format!(
-            "{} ({mac}) is on bridge {}, which has not learned on which port: candidates {}",
-            s.vm_ip,
-            t.inbound().name,
-            ports.join(", ")
-        );
-        c.fix = Some(
-            "let the guest send something (ping its gateway) and run again, or name its port with --iface"
-                .into(),
-        );
+        c.evidence = format!("{} ({mac}): {why}", s.vm_ip);
+        c.fix = Some(match ports.as_slice() {
+            [one] => format!(
+                "make sure {one} is the VM's port (its MAC: bridge fdb show dev {one}; the VM's configuration), then name it: --iface {one}"
+            ),
+            _ => "let the guest send something (ping its gateway) and run again, or name its port with --iface".into(),
+        });
     }
     c
 }
