@@ -169,6 +169,9 @@ pub const CATALOGUE: &[Scenario] = &[
         expect: Expect {
             reason: Some("NETFILTER_DROP"),
             rule: Some("reject"),
+            // By rule number with the iptables that manages the table (nft warns
+            // not to touch iptables-nft's tables), whichever backend it is here.
+            hint: Some("-D FORWARD 1"),
             ..dropped("request", "forward")
         },
         fix: "delete the rule (iptables -D FORWARD <n>)",

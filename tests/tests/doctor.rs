@@ -90,11 +90,16 @@ fn expected(layout: Layout) -> Vec<Finding> {
             status: "fail",
             fix: |_| "sysctl -w net.ipv4.ip_forward=1".into(),
         },
+        // In the syntax of the tool that manages the firewall: nft on Proxmox (its
+        // conntrack-zone table is nft's own), else iptables (nothing is left).
         Finding {
             fault: Fault::NoMasquerade,
             check: "nat",
             status: "fail",
-            fix: |_| "masquerade".into(),
+            fix: |l| match l.layout() {
+                Layout::Proxmox => "ip saddr 192.0.2.0/24 oifname \"eth0\" masquerade".into(),
+                _ => "-t nat -A POSTROUTING -s 192.0.2.0/24 -o eth0 -j MASQUERADE".into(),
+            },
         },
         Finding {
             fault: Fault::PortDown,

@@ -175,7 +175,8 @@ fn no_request_runs_the_doctor_checks() {
 }
 
 /// A request that gets no reply because MASQUERADE is missing: the verdict
-/// carries the doctor's NAT finding with its fix.
+/// carries the doctor's NAT finding with its fix, the same command as the hint's
+/// (one tool's syntax, not nft in one place and iptables in the other).
 #[test]
 fn no_reply_verdict_carries_the_nat_finding() {
     let mut lab = lab(Layout::Plain);
@@ -188,5 +189,8 @@ fn no_reply_verdict_carries_the_nat_finding() {
         .as_array()
         .and_then(|d| d.iter().find(|c| c["check"] == "nat"))
         .expect("doctor nat finding");
-    assert!(nat["fix"].as_str().unwrap().contains("masquerade"), "{nat}");
+    let fix = nat["fix"].as_str().unwrap();
+    assert!(fix.contains("MASQUERADE"), "{nat}");
+    let hint = v["hint"].as_str().unwrap();
+    assert!(hint.ends_with(&format!(": {fix}")), "{hint} / {fix}");
 }
