@@ -19,8 +19,13 @@ fn lab() -> Lab {
 
 /// Trace `count` guest pings to DEST.
 fn trace_pings(lab: &mut Lab, count: u32) -> TraceRun {
+    trace_pings_as(lab, count, true)
+}
+
+/// [`trace_pings`] as JSON lines or as the text view a person reads.
+fn trace_pings_as(lab: &mut Lab, count: u32, json: bool) -> TraceRun {
     let n = count.to_string();
-    let args = [
+    let mut args = vec![
         "--vm-ip",
         VM,
         "--to",
@@ -29,8 +34,10 @@ fn trace_pings(lab: &mut Lab, count: u32) -> TraceRun {
         &n,
         "--timeout",
         "15",
-        "--json",
     ];
+    if json {
+        args.push("--json");
+    }
     let run = trace_while(lab, &args, Duration::from_secs(30), |lab| {
         let opts = PingOpts {
             count,
@@ -132,6 +139,69 @@ fn nft_forward_drop_names_the_rule() {
         .as_str()
         .unwrap()
         .contains("nft delete rule inet filter forward handle"));
+}
+
+/// The command iptables-nft is run by here: `iptables` when that is the nf_tables
+/// variant (Debian's default), else `iptables-nft`.
+fn iptables_nft_bin() -> &'static str {
+    let v = Command::new("iptables").arg("-V").output();
+    match v.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("nf_tables")) {
+        true => "iptables",
+        false => "iptables-nft",
+    }
+}
+
+/// A FORWARD rule added with iptables-nft lives in a table nft warns not to
+/// touch: the fix is an iptables command by rule number, not `nft delete rule`,
+/// and the doctor finding on the verdict says the same command.
+#[test]
+fn iptables_nft_forward_drop_is_fixed_with_iptables() {
+    let mut lab = lab();
+    lab.hv("iptables-nft -A FORWARD -s 192.0.2.100 -j DROP")
+        .unwrap();
+    let run = trace_pings(&mut lab, 1);
+    assert_eq!(run.code, 1);
+    let v = only_verdict(&run);
+    assert_eq!(
+        (v["verdict"].as_str(), v["stage"].as_str()),
+        (Some("dropped"), Some("forward"))
+    );
+    let want = format!("{} -D FORWARD 1", iptables_nft_bin());
+    let hint = v["hint"].as_str().unwrap();
+    assert!(hint.ends_with(&format!(": {want}")), "{hint}");
+    assert!(hint.contains("managed by iptables-nft"), "{hint}");
+    let fixes: Vec<&str> = v["doctor"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "firewall")
+        .filter_map(|c| c["fix"].as_str())
+        .collect();
+    assert_eq!(fixes, [want.as_str()], "{v}");
+}
+
+/// Text view: the missing MASQUERADE is one `fix:` line (the doctor's nat
+/// finding is still shown, without a second command), in iptables syntax, since
+/// no nftables or legacy table manages NAT on this host once the lab's is gone.
+#[test]
+fn missing_masquerade_text_prints_one_fix() {
+    let mut lab = lab();
+    lab.break_path(Fault::NoMasquerade).unwrap();
+    let run = trace_pings_as(&mut lab, 1, false);
+    assert_eq!(run.code, 1);
+    let lines: Vec<&str> = run.stdout.lines().map(str::trim).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("doctor: nat:")),
+        "{}",
+        run.stdout
+    );
+    let fixes: Vec<&&str> = lines.iter().filter(|l| l.starts_with("fix:")).collect();
+    assert_eq!(fixes.len(), 1, "{}", run.stdout);
+    assert!(
+        fixes[0].ends_with("-t nat -A POSTROUTING -s 192.0.2.0/24 -o eth0 -j MASQUERADE"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
