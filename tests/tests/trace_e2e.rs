@@ -330,6 +330,34 @@ fn unknown_ip_names_the_blocked_port_and_exits_2() {
     }
 }
 
+/// The bridge forgot on which port the guest's MAC is (FDB entry aged out) while
+/// the neighbour entry still knows it: every port of the bridge is watched, the
+/// banner says the port is a guess, and the request's own port answers it.
+#[test]
+fn aged_out_fdb_entry_is_a_guess_said_in_the_banner() {
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.guests.push(pathtrace_tests::guest::GuestSpec::nth(1));
+    let mut lab = Lab::up(opts).expect("lab comes up");
+    let ping = PingOpts {
+        count: 1,
+        ..PingOpts::default()
+    };
+    lab.guest(0).ping(DEST.parse().unwrap(), ping).unwrap();
+    let mac = lab.guest_spec(0).mac.clone();
+    lab.hv(&format!("bridge fdb del {mac} dev tap100i0 master"))
+        .unwrap();
+    let run = trace_pings(&mut lab, 1);
+    let banner = run.stderr.lines().next().unwrap_or_default();
+    assert!(banner.contains("port guessed"), "{banner}");
+    assert!(
+        banner.contains("tap100i0") && banner.contains("tap101i0"),
+        "{banner}"
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v = only_verdict(&run);
+    assert_eq!(v["ifname"], "tap100i0");
+}
+
 #[test]
 fn without_privileges_it_says_so_and_exits_2() {
     let out = Command::new("setpriv")
