@@ -97,6 +97,9 @@ pub struct Scenario {
     /// A DNS resolver on the host itself (192.0.2.1:53), as dnsmasq on a bridge.
     pub host_resolver: bool,
     pub traffic: Traffic,
+    /// The VM's port, passed as `--iface`: where the host's tables have forgotten
+    /// the VM, pathtrace refuses to guess its port (it says which ports could be it).
+    pub iface: Option<&'static str>,
     pub expect: Expect,
     /// The fix an operator applies (documentation; pathtrace's hint says it too).
     pub fix: &'static str,
@@ -111,6 +114,7 @@ const BASE: Scenario = Scenario {
     second_guest: false,
     host_resolver: false,
     traffic: Traffic::ping("203.0.113.8"),
+    iface: None,
     expect: REPLIED,
     fix: "",
 };
@@ -165,6 +169,9 @@ pub const CATALOGUE: &[Scenario] = &[
         expect: Expect {
             reason: Some("NETFILTER_DROP"),
             rule: Some("reject"),
+            // By rule number with the iptables that manages the table (nft warns
+            // not to touch iptables-nft's tables), whichever backend it is here.
+            hint: Some("-D FORWARD 1"),
             ..dropped("request", "forward")
         },
         fix: "delete the rule (iptables -D FORWARD <n>)",
@@ -398,8 +405,11 @@ pub const CATALOGUE: &[Scenario] = &[
         symptom: "the VM reaches nothing, not even the host",
         cause: "the VM's bridge port is disabled / blocked by STP",
         // The operator looks a while after it broke: by then the bridge (its only
-        // port disabled) lost carrier and flushed its neighbour and FDB entries.
+        // port disabled) lost carrier and flushed its neighbour and FDB entries, so
+        // pathtrace names tap100i0 as the port that cannot pass frames and the
+        // operator traces it with --iface.
         break_hv: &["bridge link set dev tap100i0 state 0", "sleep 2"],
+        iface: Some("tap100i0"),
         expect: Expect {
             rule: Some("bridge port tap100i0 state disabled"),
             ..dropped("request", "bridge")
@@ -497,6 +507,17 @@ fn shows(e: &Expect) -> String {
     parts.join(" ")
 }
 
+/// What pathtrace shows, and the `--iface` the scenario needs.
+fn shows_for(sc: &Scenario) -> String {
+    match sc.iface {
+        Some(port) => format!(
+            "{} (with `--iface {port}`: the host's tables forgot the VM)",
+            shows(&sc.expect)
+        ),
+        None => shows(&sc.expect),
+    }
+}
+
 /// docs/troubleshooting.md, generated from the catalogue.
 pub fn render_doc() -> String {
     let mut s = String::from(
@@ -510,7 +531,7 @@ pub fn render_doc() -> String {
         s.push_str(&format!(
             "| {} | {} | {} | {} |\n",
             sc.symptom,
-            shows(&sc.expect).replace('|', "\\|"),
+            shows_for(sc).replace('|', "\\|"),
             sc.cause,
             sc.fix.replace('|', "\\|")
         ));

@@ -206,12 +206,14 @@ fn libvirt_vm_by_name() {
 
 /// The guest cannot send (its TAP is down): the trace sees no request and prints
 /// the doctor's checks, which say so. The port comes from the VM's configuration
-/// since the host's tables forgot the guest.
+/// since the host's tables forgot the guest (its neighbour entry is flushed
+/// here: the FDB alone would still lead to the firewall bridge's only port).
 #[test]
 fn no_request_runs_the_doctor_checks() {
     let mut lab = lab(Layout::Proxmox);
     lab.break_path(pathtrace_tests::lab::Fault::PortDown)
         .unwrap();
+    lab.hv(&format!("ip neigh flush to {VM}")).unwrap();
     let root = lab.config_root();
     let args = [
         "--vm",
@@ -224,6 +226,12 @@ fn no_request_runs_the_doctor_checks() {
     let run = trace(&mut lab, &args);
     assert_eq!(run.code, 1);
     assert!(run.verdicts().is_empty());
+    // Only the configuration names the port now: the first line says so.
+    let banner = run.stderr.lines().next().unwrap_or_default();
+    assert!(
+        banner.contains("following") && banner.contains("named by proxmox-qemu configuration"),
+        "{banner}"
+    );
     let link = run
         .json()
         .into_iter()
@@ -234,7 +242,8 @@ fn no_request_runs_the_doctor_checks() {
 }
 
 /// A request that gets no reply because MASQUERADE is missing: the verdict
-/// carries the doctor's NAT finding with its fix.
+/// carries the doctor's NAT finding with its fix, the same command as the hint's
+/// (one tool's syntax, not nft in one place and iptables in the other).
 #[test]
 fn no_reply_verdict_carries_the_nat_finding() {
     let mut lab = lab(Layout::Plain);
@@ -247,5 +256,8 @@ fn no_reply_verdict_carries_the_nat_finding() {
         .as_array()
         .and_then(|d| d.iter().find(|c| c["check"] == "nat"))
         .expect("doctor nat finding");
-    assert!(nat["fix"].as_str().unwrap().contains("masquerade"), "{nat}");
+    let fix = nat["fix"].as_str().unwrap();
+    assert!(fix.contains("MASQUERADE"), "{nat}");
+    let hint = v["hint"].as_str().unwrap();
+    assert!(hint.ends_with(&format!(": {fix}")), "{hint} / {fix}");
 }

@@ -33,6 +33,9 @@ fn run(name: &str) {
 fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
     let mut args = vec!["--vm-ip", "192.0.2.100", "--to", sc.traffic.dst()];
     args.extend(["--count", "1", "--timeout", "12", "--json"]);
+    if let Some(port) = sc.iface {
+        args.extend(["--iface", port]);
+    }
     if matches!(sc.traffic, Traffic::Dns { .. }) {
         args.extend(["--proto", "dns"]);
     }

@@ -19,8 +19,13 @@ fn lab() -> Lab {
 
 /// Trace `count` guest pings to DEST.
 fn trace_pings(lab: &mut Lab, count: u32) -> TraceRun {
+    trace_pings_as(lab, count, true)
+}
+
+/// [`trace_pings`] as JSON lines or as the text view a person reads.
+fn trace_pings_as(lab: &mut Lab, count: u32, json: bool) -> TraceRun {
     let n = count.to_string();
-    let args = [
+    let mut args = vec![
         "--vm-ip",
         VM,
         "--to",
@@ -29,8 +34,10 @@ fn trace_pings(lab: &mut Lab, count: u32) -> TraceRun {
         &n,
         "--timeout",
         "15",
-        "--json",
     ];
+    if json {
+        args.push("--json");
+    }
     let run = trace_while(lab, &args, Duration::from_secs(30), |lab| {
         let opts = PingOpts {
             count,
@@ -134,6 +141,69 @@ fn nft_forward_drop_names_the_rule() {
         .contains("nft delete rule inet filter forward handle"));
 }
 
+/// The command iptables-nft is run by here: `iptables` when that is the nf_tables
+/// variant (Debian's default), else `iptables-nft`.
+fn iptables_nft_bin() -> &'static str {
+    let v = Command::new("iptables").arg("-V").output();
+    match v.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("nf_tables")) {
+        true => "iptables",
+        false => "iptables-nft",
+    }
+}
+
+/// A FORWARD rule added with iptables-nft lives in a table nft warns not to
+/// touch: the fix is an iptables command by rule number, not `nft delete rule`,
+/// and the doctor finding on the verdict says the same command.
+#[test]
+fn iptables_nft_forward_drop_is_fixed_with_iptables() {
+    let mut lab = lab();
+    lab.hv("iptables-nft -A FORWARD -s 192.0.2.100 -j DROP")
+        .unwrap();
+    let run = trace_pings(&mut lab, 1);
+    assert_eq!(run.code, 1);
+    let v = only_verdict(&run);
+    assert_eq!(
+        (v["verdict"].as_str(), v["stage"].as_str()),
+        (Some("dropped"), Some("forward"))
+    );
+    let want = format!("{} -D FORWARD 1", iptables_nft_bin());
+    let hint = v["hint"].as_str().unwrap();
+    assert!(hint.ends_with(&format!(": {want}")), "{hint}");
+    assert!(hint.contains("managed by iptables-nft"), "{hint}");
+    let fixes: Vec<&str> = v["doctor"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "firewall")
+        .filter_map(|c| c["fix"].as_str())
+        .collect();
+    assert_eq!(fixes, [want.as_str()], "{v}");
+}
+
+/// Text view: the missing MASQUERADE is one `fix:` line (the doctor's nat
+/// finding is still shown, without a second command), in iptables syntax, since
+/// no nftables or legacy table manages NAT on this host once the lab's is gone.
+#[test]
+fn missing_masquerade_text_prints_one_fix() {
+    let mut lab = lab();
+    lab.break_path(Fault::NoMasquerade).unwrap();
+    let run = trace_pings_as(&mut lab, 1, false);
+    assert_eq!(run.code, 1);
+    let lines: Vec<&str> = run.stdout.lines().map(str::trim).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("doctor: nat:")),
+        "{}",
+        run.stdout
+    );
+    let fixes: Vec<&&str> = lines.iter().filter(|l| l.starts_with("fix:")).collect();
+    assert_eq!(fixes.len(), 1, "{}", run.stdout);
+    assert!(
+        fixes[0].ends_with("-t nat -A POSTROUTING -s 192.0.2.0/24 -o eth0 -j MASQUERADE"),
+        "{}",
+        run.stdout
+    );
+}
+
 #[test]
 fn ip_forward_off_is_a_routing_drop_naming_the_sysctl() {
     let mut lab = lab();
@@ -224,6 +294,68 @@ fn unknown_vm_is_a_clear_error_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch0 does not exist"));
     let _ = &mut lab;
+}
+
+/// A mistyped IP while another VM's port is disabled: pathtrace must not trace
+/// that port as if it were the VM's. It says nothing knows the IP, names the port
+/// that cannot pass frames with the `--iface` to trace it, exits 2, and leaves
+/// nothing attached. The guess it still makes with --vm-ip of the real VM (whose
+/// entries the bridge flushed too) is refused the same way.
+#[test]
+fn unknown_ip_names_the_blocked_port_and_exits_2() {
+    let lab = lab();
+    lab.hv("bridge link set dev tap100i0 state 0 && sleep 2")
+        .unwrap();
+    for ip in ["192.0.2.77", VM] {
+        let out = lab
+            .command_in_hv(
+                &pathtrace_bin(),
+                &["--vm-ip", ip, "--to", DEST, "--timeout", "2", "--json"],
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{ip}: {err}");
+        assert_eq!(err.lines().count(), 1, "{ip}: one line: {err}");
+        assert!(
+            err.contains(&format!("no VM with IP {ip} is known")),
+            "{err}"
+        );
+        assert!(
+            err.contains("tap100i0 (disabled)") && err.contains("--iface tap100i0"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "{ip}: nothing on stdout");
+        assert_nothing_attached();
+    }
+}
+
+/// The bridge forgot on which port the guest's MAC is (FDB entry aged out) while
+/// the neighbour entry still knows it: every port of the bridge is watched, the
+/// banner says the port is a guess, and the request's own port answers it.
+#[test]
+fn aged_out_fdb_entry_is_a_guess_said_in_the_banner() {
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.guests.push(pathtrace_tests::guest::GuestSpec::nth(1));
+    let mut lab = Lab::up(opts).expect("lab comes up");
+    let ping = PingOpts {
+        count: 1,
+        ..PingOpts::default()
+    };
+    lab.guest(0).ping(DEST.parse().unwrap(), ping).unwrap();
+    let mac = lab.guest_spec(0).mac.clone();
+    lab.hv(&format!("bridge fdb del {mac} dev tap100i0 master"))
+        .unwrap();
+    let run = trace_pings(&mut lab, 1);
+    let banner = run.stderr.lines().next().unwrap_or_default();
+    assert!(banner.contains("port guessed"), "{banner}");
+    assert!(
+        banner.contains("tap100i0") && banner.contains("tap101i0"),
+        "{banner}"
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v = only_verdict(&run);
+    assert_eq!(v["ifname"], "tap100i0");
 }
 
 #[test]

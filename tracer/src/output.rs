@@ -180,6 +180,54 @@ fn split_command(hint: &str) -> Option<(&str, &str)> {
         .find(|(_, rest)| TOOLS.iter().any(|t| rest.starts_with(t)))
 }
 
+/// Whether doctor's `fix` changes what the hint's command changes (then one of
+/// them is enough: the hint's, built for the packet that died and in the syntax
+/// of the tool that manages that table).
+fn same_change(hint_cmd: Option<&str>, fix: &str) -> bool {
+    let cmd = split_command(fix).map_or(fix, |(_, c)| c);
+    hint_cmd.is_some_and(|h| change_target(h) == change_target(cmd))
+}
+
+/// What a fixing command changes: the firewall table (`-t` of iptables, the
+/// table an nft command names), the sysctl keys it sets, the link or bridge port
+/// it sets; else the command itself. nft and iptables commands on one table
+/// (the same rule, or the same policy opened in two ways) are one change.
+fn change_target(cmd: &str) -> String {
+    let words: Vec<&str> = cmd
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(';'))
+        .collect();
+    const FAMILIES: &[&str] = &["ip", "ip6", "inet", "arp", "bridge", "netdev"];
+    match words.as_slice() {
+        ["nft", _verb, _object, family, table, ..] if FAMILIES.contains(family) => {
+            format!("table {table}")
+        }
+        ["nft", _verb, _object, table, ..] => format!("table {table}"),
+        [tool, rest @ ..] if tool.starts_with("iptables") || tool.starts_with("ip6tables") => {
+            let table = rest
+                .iter()
+                .skip_while(|w| **w != "-t")
+                .nth(1)
+                .unwrap_or(&"filter");
+            format!("table {table}")
+        }
+        ["sysctl", rest @ ..] => {
+            let mut keys: Vec<&str> = rest
+                .iter()
+                .filter(|w| !w.starts_with('-'))
+                .map_while(|w| w.split_once('=').map(|(k, _)| k))
+                .collect();
+            keys.sort_unstable();
+            format!("sysctl {}", keys.join(" "))
+        }
+        ["ip", "link", "set", "dev", dev, ..] | ["ip", "link", "set", dev, ..] => {
+            format!("link {dev}")
+        }
+        ["bridge", "link", "set", "dev", dev, ..] => format!("port {dev}"),
+        _ => cmd.trim().to_string(),
+    }
+}
+
 /// Words of `text` after `prefix`, wrapped to 80 columns under the first word.
 fn wrap(prefix: &str, text: &str) -> String {
     const WIDTH: usize = 80;
@@ -280,9 +328,13 @@ pub fn render_text(v: &Verdict) -> String {
     if let Some(rule) = &v.rule {
         s.push_str(&wrap("  rule: ", rule));
     }
+    // One fix per verdict: a finding whose fix changes what the hint's command
+    // changes keeps its evidence line but not a second (or contradicting) fix.
+    let hint_cmd = v.hint.as_deref().and_then(split_command).map(|(_, c)| c);
     for c in &v.doctor {
         s.push_str(&wrap("  doctor: ", &format!("{}: {}", c.check, c.evidence)));
-        if let Some(f) = &c.fix {
+        let fix = c.fix.as_deref().filter(|f| !same_change(hint_cmd, f));
+        if let Some(f) = fix {
             s.push_str(&format!("    fix: {f}\n"));
         }
     }
@@ -314,6 +366,119 @@ mod tests {
             text.split_whitespace().collect::<Vec<_>>().join(" "),
             format!("hint: {hint}")
         );
+    }
+
+    fn finding(check: &'static str, fix: &str) -> Check {
+        Check::new(check, crate::doctor::Status::Fail, "s")
+            .evidence("evidence")
+            .fix(fix)
+    }
+
+    fn verdict(hint: &str, doctor: Vec<Check>) -> Verdict {
+        Verdict {
+            kind: "verdict",
+            vm_ip: "192.0.2.100".into(),
+            dst: "203.0.113.8".into(),
+            proto: "icmp",
+            flow: Flow {
+                src: "192.0.2.100".into(),
+                dst: "203.0.113.8".into(),
+                icmp_id: Some(1),
+                icmp_seq: Some(1),
+                dns_id: None,
+                qname: None,
+            },
+            verdict: "no_reply",
+            direction: None,
+            stage: Some("remote"),
+            ifname: Some("eth0".into()),
+            reason: None,
+            location: None,
+            rule: None,
+            hint: Some(hint.into()),
+            path: Vec::new(),
+            rtt_ns: None,
+            dns_rcode: None,
+            events_missing: false,
+            incomplete: false,
+            doctor,
+        }
+    }
+
+    fn fix_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("fix:"))
+            .collect()
+    }
+
+    #[test]
+    fn one_fix_when_doctor_and_hint_say_the_same() {
+        let cmd = "nft delete rule inet f forward handle 4";
+        let v = verdict(
+            &format!("nftables rule \"ip saddr 192.0.2.100 drop\" in inet f forward drops the guest's request; remove it: {cmd}"),
+            vec![finding("firewall", cmd)],
+        );
+        let text = render_text(&v);
+        assert_eq!(fix_lines(&text), [format!("fix:  {cmd}")], "{text}");
+        assert!(text.contains("doctor: firewall: evidence"), "{text}");
+    }
+
+    #[test]
+    fn one_fix_when_doctor_and_hint_contradict() {
+        // The MASQUERADE case: an iptables command in the hint, an nft one from
+        // the doctor, both for the nat table: the hint's is printed.
+        let v = verdict(
+            "no MASQUERADE/SNAT rule translated it; add one: iptables -t nat -A POSTROUTING -s 192.0.2.0/24 -o eth0 -j MASQUERADE",
+            vec![finding(
+                "nat",
+                "nft add table ip nat; nft add chain ip nat postrouting '{ type nat hook postrouting priority srcnat; }'; nft add rule ip nat postrouting ip saddr 192.0.2.0/24 oifname \"eth0\" masquerade",
+            )],
+        );
+        let text = render_text(&v);
+        assert_eq!(
+            fix_lines(&text),
+            ["fix:  iptables -t nat -A POSTROUTING -s 192.0.2.0/24 -o eth0 -j MASQUERADE"],
+            "{text}"
+        );
+        // Two ways to open one policy; two orders of one pair of sysctls.
+        assert!(same_change(
+            Some(
+                "iptables-legacy -t filter -I FORWARD -s 192.0.2.0/24 -j ACCEPT (and replies: ...)"
+            ),
+            "iptables-legacy -t filter -I FORWARD -s 192.0.2.100 -j ACCEPT"
+        ));
+        assert!(same_change(
+            Some("sysctl -w net.ipv4.conf.vmbr0.rp_filter=2 net.ipv4.conf.all.rp_filter=2"),
+            "correct the route, or use loose mode: sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.vmbr0.rp_filter=2"
+        ));
+        assert!(same_change(
+            Some("iptables -D FORWARD 2"),
+            "nft delete rule ip filter FORWARD handle 3"
+        ));
+    }
+
+    #[test]
+    fn other_fixes_stay() {
+        // A fix for something else than the hint's command is not a duplicate.
+        let v = verdict(
+            "no MASQUERADE/SNAT rule translated it; add one: iptables -t nat -A POSTROUTING -s 192.0.2.0/24 -o eth0 -j MASQUERADE",
+            vec![
+                finding("nat", "give the firewall bridges their own conntrack zone: iptables -t raw -I PREROUTING -i fwbr+ -j CT --zone 1"),
+                finding("link_up", "ip link set dev tap100i0 up"),
+                finding("gateway", "check the gateway 198.51.100.1"),
+            ],
+        );
+        assert_eq!(fix_lines(&render_text(&v)).len(), 4);
+        assert!(!same_change(
+            Some("ip link set dev tap100i0 up"),
+            "ip link set dev tap101i0 up"
+        ));
+        assert!(!same_change(
+            Some("sysctl -w net.ipv4.ip_forward=1"),
+            "sysctl -w net.ipv4.conf.vmbr0.forwarding=1"
+        ));
+        assert!(!same_change(None, "ip link set dev tap100i0 up"));
     }
 
     #[test]

@@ -19,6 +19,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::hostconfig::VmNic;
 use serde_json::Value;
 
+mod locate;
+pub use locate::{candidates, describe_candidates, locate_vm, Evidence, Location};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Iface {
     pub index: u32,
@@ -50,6 +53,9 @@ pub struct Topology {
     pub vm_ip: Ipv4Addr,
     pub vm_mac: Option<String>,
     pub dst: Ipv4Addr,
+    /// How the port was found: known, named, configured, or guessed (then the
+    /// operator is told so).
+    pub evidence: Evidence,
     /// The VM's port (tap/vnet) on this host. When the bridge has forgotten the
     /// guest's MAC (FDB entry aged out), every port of its bridge is a candidate and
     /// the one its requests arrive on is the port.
@@ -96,11 +102,11 @@ impl Topology {
         nics: &[VmNic],
     ) -> Result<Self> {
         let links = ip_json(&["-d", "link", "show"])?;
-        let (ports, mac) = match iface {
-            Some(name) => (vec![name.to_string()], None),
+        let location = match iface {
+            Some(name) => Location::named(name),
             None => locate_vm(vm_ip, &links, nics)?,
         };
-        Self::for_ports(vm_ip, dst, &links, ports, mac)
+        Self::for_ports(vm_ip, dst, &links, location)
     }
 
     /// The path from the given VM port(s).
@@ -108,9 +114,13 @@ impl Topology {
         vm_ip: Ipv4Addr,
         dst: Ipv4Addr,
         links: &Value,
-        port_names: Vec<String>,
-        vm_mac: Option<String>,
+        location: Location,
     ) -> Result<Self> {
+        let Location {
+            ports: port_names,
+            mac: vm_mac,
+            evidence,
+        } = location;
         let links = links.clone();
         let names = link_names(&links);
         let mtus = link_mtus(&links);
@@ -125,6 +135,7 @@ impl Topology {
         let inbound = bridge.as_ref().unwrap_or(&ports[0]).name.clone();
         let route = route_to(dst, vm_ip, &inbound);
         let mut topo = Topology {
+            evidence,
             vm_ip,
             vm_mac,
             dst,
@@ -348,71 +359,11 @@ pub(crate) fn as_array(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
-/// The VM's port(s) and MAC from the host's tables; when they know nothing (the
-/// guest has been silent) or only that it is somewhere on a bridge, the port the
-/// VM's configuration (`nics`: this VM's NICs) names, if that device exists.
-pub fn locate_vm(
-    vm_ip: Ipv4Addr,
-    links: &Value,
-    nics: &[VmNic],
-) -> Result<(Vec<String>, Option<String>)> {
-    let configured: Vec<&VmNic> = nics
-        .iter()
-        .filter(|n| n.port.as_ref().is_some_and(|p| link(links, p).is_some()))
-        .collect();
-    let found = find_vm_ports(vm_ip, links);
-    match (found, configured.first()) {
-        (Ok((ports, mac)), _) if ports.len() == 1 => Ok((ports, mac)),
-        (found, Some(nic)) => {
-            let mac = found.ok().and_then(|(_, m)| m).or(Some(nic.mac.clone()));
-            Ok((vec![nic.port.clone().unwrap_or_default()], mac))
-        }
-        (Err(e), None) => broken_ports(vm_ip, links).ok_or(e).map(|p| (p, None)),
-        (found, None) => found,
-    }
-}
-
-/// When the host's tables have forgotten the VM: the ports below the bridge that
-/// owns its subnet that cannot pass frames (down, no carrier, not forwarding).
-/// Such a port is exactly what makes a VM vanish from the tables (the bridge
-/// loses carrier and flushes its neighbours), so it is the one to watch. Healthy
-/// ports are no evidence: then the VM is unknown.
-fn broken_ports(vm_ip: Ipv4Addr, links: &Value) -> Option<Vec<String>> {
-    let (_, ports) = subnet_ports(vm_ip, links)?;
-    let states = run_json("bridge", &["-j", "link", "show"]).ok()?;
-    let broken: Vec<String> = ports
-        .into_iter()
-        .filter(|p| {
-            let flags = link(links, p)
-                .map(|l| l["flags"].to_string())
-                .unwrap_or_default();
-            let state = as_array(&states)
-                .iter()
-                .find(|s| s["ifname"].as_str() == Some(p))
-                .and_then(|s| s["state"].as_str());
-            !flags.contains("\"LOWER_UP\"") || state.is_some_and(|s| s != "forwarding")
-        })
-        .collect();
-    (!broken.is_empty()).then_some(broken)
-}
-
 /// The bridge whose own subnet holds `vm_ip`, and every port below it: where the
 /// VM must be when the host's tables have forgotten it (a port that lost carrier
 /// takes the bridge's neighbour entries with it).
 pub fn subnet_ports(vm_ip: Ipv4Addr, links: &Value) -> Option<(String, Vec<String>)> {
-    let v = ip_json(&["-4", "addr", "show"]).ok()?;
-    let bridge = as_array(&v).iter().find_map(|l| {
-        let name = l["ifname"].as_str()?;
-        let holds = as_array(&l["addr_info"]).iter().any(|a| {
-            let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else {
-                return false;
-            };
-            local
-                .parse::<Ipv4Addr>()
-                .is_ok_and(|ip| network(ip, len as u8) == network(vm_ip, len as u8))
-        });
-        (holds && is_bridge(links, name)).then(|| name.to_string())
-    })?;
+    let (bridge, _) = locate::subnet_bridge(vm_ip, links)?;
     let ports = leaf_ports(links, &bridge, None, 0);
     Some((bridge, ports))
 }
@@ -421,8 +372,9 @@ pub fn subnet_ports(vm_ip: Ipv4Addr, links: &Value) -> Option<(String, Vec<Strin
 /// L3 interface (a bridge, or the port itself in routed setups); on a bridge the
 /// FDB says which port that MAC was learned on, and through veth pairs into
 /// firewall bridges, on which port there. If an FDB entry aged out, every port
-/// below that bridge is a candidate.
-fn find_vm_ports(vm_ip: Ipv4Addr, links: &Value) -> Result<(Vec<String>, Option<String>)> {
+/// below that bridge is a candidate. None when no neighbour entry knows the IP.
+type Found = (Vec<String>, Option<String>);
+fn find_vm_ports(vm_ip: Ipv4Addr, links: &Value) -> Result<Option<Found>> {
     let neigh = ip_json(&["neigh", "show", "to", &vm_ip.to_string()])?;
     let entry = as_array(&neigh).iter().find(|n| {
         n["lladdr"].is_string()
@@ -431,21 +383,18 @@ fn find_vm_ports(vm_ip: Ipv4Addr, links: &Value) -> Result<(Vec<String>, Option<
                 .is_some_and(|s| s.iter().any(|x| x == "FAILED" || x == "INCOMPLETE"))
     });
     let Some(entry) = entry else {
-        bail!(
-            "no VM with IP {vm_ip} on this host: no neighbour entry for it (the guest has not \
-             talked to the host recently; have it ping its gateway, or name its port with --iface)"
-        );
+        return Ok(None);
     };
     let dev = entry["dev"].as_str().unwrap_or_default().to_string();
     let mac = entry["lladdr"].as_str().unwrap_or_default().to_lowercase();
     if !is_bridge(links, &dev) {
-        return Ok((vec![dev], Some(mac)));
+        return Ok(Some((vec![dev], Some(mac))));
     }
     let ports = ports_for_mac(links, &dev, &mac)?;
     if ports.is_empty() {
         bail!("VM {vm_ip} ({mac}) is known on bridge {dev}, which has no ports");
     }
-    Ok((ports, Some(mac)))
+    Ok(Some((ports, Some(mac))))
 }
 
 /// The port(s) below `bridge` where `mac` lives, descending through veth pairs into

@@ -104,7 +104,7 @@ fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>) -> Findings {
         dns: None,
         topo: Ok(topo.clone()),
         nics,
-        found_by: "neighbour table and bridge FDB".into(),
+        found_by: topo.evidence.found_by(),
     };
     let at_start = doctor::checks::all(&subject, true);
     Findings::new(subject, at_start)
@@ -122,8 +122,14 @@ fn banner(cli: &Cli, topo: &Topology) -> String {
     } else {
         String::new()
     };
+    // A port not known from the host's tables is said at once, before any verdict.
+    let caveat = topo
+        .evidence
+        .caveat(cli.vm_ip, &hops[..topo.ports.len()])
+        .map(|c| format!(" — {c}"))
+        .unwrap_or_default();
     format!(
-        "pathtrace: following {} from {}{mac} to {} via {}{route} (up to {} requests, {} s; Ctrl-C stops)",
+        "pathtrace: following {} from {}{mac} to {} via {}{route} (up to {} requests, {} s; Ctrl-C stops){caveat}",
         cli.proto.word(),
         cli.vm_ip,
         cli.to,

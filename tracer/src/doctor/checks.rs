@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use super::{arp, Check, Status, Subject};
 use crate::{
-    explain::{iptables, nft},
+    explain::{fix, iptables, nft},
     hostconfig::VmNic,
     kernel::sysctl,
-    topology::{self, as_array, ip_json, run_json, Topology},
+    topology::{self, as_array, ip_json, run_json, Evidence, Topology},
 };
 
 pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
@@ -75,18 +75,17 @@ fn vm_port(s: &Subject, t: &Topology) -> Check {
     let mac = t.vm_mac.as_deref().unwrap_or("MAC unknown");
     let mut c = Check::new("vm_port", Status::Pass, ports.join(", "))
         .evidence(format!("{} ({mac}) found by {}", s.vm_ip, s.found_by));
-    if ports.len() > 1 {
+    if let Evidence::Guess(why) = &t.evidence {
+        // Said, not silent: every check below is about a port nothing proved is
+        // the VM's.
         c.status = Status::Warn;
-        c.evidence = format!(
-            "{} ({mac}) is on bridge {}, which has not learned on which port: candidates {}",
-            s.vm_ip,
-            t.inbound().name,
-            ports.join(", ")
-        );
-        c.fix = Some(
-            "let the guest send something (ping its gateway) and run again, or name its port with --iface"
-                .into(),
-        );
+        c.evidence = format!("{} ({mac}): {why}", s.vm_ip);
+        c.fix = Some(match ports.as_slice() {
+            [one] => format!(
+                "make sure {one} is the VM's port (its MAC: bridge fdb show dev {one}; the VM's configuration), then name it: --iface {one}"
+            ),
+            _ => "let the guest send something (ping its gateway) and run again, or name its port with --iface".into(),
+        });
     }
     c
 }
@@ -613,9 +612,7 @@ fn nat(t: &Topology) -> Check {
                 "no MASQUERADE/SNAT rule (nftables or iptables-legacy) applies, and {} is not routable on the internet: replies can never come back",
                 t.vm_ip
             ))
-            .fix(format!(
-                "nft add table ip nat; nft add chain ip nat postrouting '{{ type nat hook postrouting priority srcnat; }}'; nft add rule ip nat postrouting ip saddr {lan} oifname \"{up}\" masquerade   (or: iptables -t nat -A POSTROUTING -s {lan} -o {up} -j MASQUERADE)"
-            )),
+            .fix(fix::add_masquerade(&lan, &up)),
         None => Check::new("nat", Status::Pass, subject).evidence(format!(
             "no source NAT; {} is a routable address, so the upstream must route it back to this host",
             t.vm_ip
@@ -681,30 +678,13 @@ fn filter_verdict(
     reply: bool,
     what: &str,
 ) -> Option<Check> {
+    let guest = t.vm_ip.to_string();
     let (desc, certain, fix) = if let Some(c) = nft::find_culprit(hook, false, pkt) {
-        let (f, tb, ch) = (&c.family, &c.table, &c.chain);
-        let fix = match c.handle {
-            Some(h) => format!("nft delete rule {f} {tb} {ch} handle {h}"),
-            None if reply => {
-                format!("nft insert rule {f} {tb} {ch} ct state established,related accept")
-            }
-            None => format!("nft insert rule {f} {tb} {ch} ip saddr {} accept", t.vm_ip),
-        };
-        (c.describe(), c.certain, fix)
+        let cmd = fix::delete(&c).unwrap_or_else(|| fix::allow(&c, reply, &guest));
+        (c.describe(), c.certain, cmd)
     } else if let Some(c) = iptables::find_culprit(hook, pkt) {
-        let tool = "iptables-legacy";
-        let fix = match c.number {
-            Some(n) => format!("{tool} -t {} -D {} {n}", c.table, c.chain),
-            None if reply => format!(
-                "{tool} -t {} -I {} -d {} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-                c.table, c.chain, t.vm_ip
-            ),
-            None => format!(
-                "{tool} -t {} -I {} -s {} -j ACCEPT",
-                c.table, c.chain, t.vm_ip
-            ),
-        };
-        (c.describe(tool), c.certain, fix)
+        let cmd = fix::legacy(&c, reply, &guest);
+        (c.describe("iptables-legacy"), c.certain, cmd)
     } else {
         return None;
     };

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::{
     cli::DoctorCli,
     hostconfig::{self, ConfigDirs, VmNic},
-    topology::{self, Topology},
+    topology::{self, Evidence, Location, Topology},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -140,27 +140,16 @@ fn examine(cli: &DoctorCli) -> Result<Subject> {
     {
         bail!("interface {i} does not exist (--iface)");
     }
-    let mut found_by = match (&cli.iface, nics.first()) {
-        (Some(_), _) => "--iface".to_string(),
-        (None, Some(n)) => format!("{} configuration {}", n.source, n.config.display()),
-        (None, None) => "neighbour table and bridge FDB".to_string(),
-    };
     let located = match &cli.iface {
-        Some(i) => Ok((vec![i.clone()], None)),
-        None => topology::locate_vm(vm_ip, &links, &nics).or_else(|e| {
-            // The doctor must look even where the tables forgot the VM: the
-            // bridge that owns its subnet, if exactly one port hangs below it.
-            match topology::subnet_ports(vm_ip, &links) {
-                Some((bridge, ports)) if ports.len() == 1 => {
-                    found_by = format!("the only port below {bridge}, whose subnet holds {vm_ip}");
-                    Ok((ports, None))
-                }
-                _ => Err(e),
-            }
-        }),
+        Some(i) => Ok(Location::named(i)),
+        None => topology::locate_vm(vm_ip, &links, &nics)
+            .or_else(|e| candidate_ports(vm_ip, &links).ok_or(e)),
     };
+    let found_by = located
+        .as_ref()
+        .map_or_else(|_| String::new(), |l| l.evidence.found_by());
     let topo = located
-        .and_then(|(ports, mac)| Topology::for_ports(vm_ip, dst, &links, ports, mac))
+        .and_then(|l| Topology::for_ports(vm_ip, dst, &links, l))
         .map_err(|e| format!("{e:#}"));
     Ok(Subject {
         vm_ip,
@@ -170,6 +159,29 @@ fn examine(cli: &DoctorCli) -> Result<Subject> {
         topo,
         nics,
         found_by,
+    })
+}
+
+/// Where the doctor looks when nothing on the host knows the VM: the ports below
+/// the bridge owning its subnet that cannot pass frames (what makes a VM vanish
+/// from the tables), else the only port there is. A guess, and its `vm_port`
+/// check says so; trace mode refuses to guess (it would follow another VM).
+fn candidate_ports(vm_ip: Ipv4Addr, links: &serde_json::Value) -> Option<Location> {
+    let c = topology::candidates(vm_ip, links)?;
+    let blocked: Vec<String> = c.blocked().iter().map(|(p, _)| p.to_string()).collect();
+    let head = format!("no neighbour entry, FDB entry or configuration knows {vm_ip}");
+    let (ports, why) = match c.ports.as_slice() {
+        _ if !blocked.is_empty() => (blocked, topology::describe_candidates(&head, &c)),
+        [(only, _)] => (
+            vec![only.clone()],
+            format!("{head}; {only} is the only port on {}", c.bridge_label()),
+        ),
+        _ => return None,
+    };
+    Some(Location {
+        ports,
+        mac: None,
+        evidence: Evidence::Guess(format!("{why}; checked here as the VM's port")),
     })
 }
 

@@ -1,6 +1,7 @@
 //! From a finished trace to the operator's answer: where it died, the kernel's
 //! reason, the rule or setting responsible, and the command that fixes it.
 
+pub mod fix;
 pub mod iptables;
 mod neighbour;
 pub mod nft;
@@ -277,9 +278,8 @@ impl Explainer {
         if self.missing_snat(out) {
             return format!(
                 "the request left {uplink} with the guest's own source {src}: no MASQUERADE/SNAT \
-                 rule translated it, so the reply cannot come back; add one: iptables -t nat -A \
-                 POSTROUTING -s {} -o {uplink} -j MASQUERADE",
-                self.vm_net()
+                 rule translated it, so the reply cannot come back; add one: {}",
+                fix::add_masquerade(&self.vm_net(), &uplink)
             );
         }
         format!(
@@ -525,20 +525,19 @@ impl Explainer {
     ) -> Option<(Option<String>, String)> {
         let c = nft::find_culprit(hook, in_bridge, view)?;
         let (fam, table, chain) = (&c.family, &c.table, &c.chain);
-        let hint = match c.handle {
-            Some(h) => format!(
-                "nftables rule \"{}\" in {fam} {table} {chain} drops {what}; remove it: nft delete rule {fam} {table} {chain} handle {h}",
+        let hint = match fix::delete(&c) {
+            Some(cmd) => format!(
+                "nftables rule \"{}\" in {fam} {table} {chain}{} drops {what}; remove it: {cmd}",
                 c.text.as_deref().unwrap_or("?"),
+                match c.manager {
+                    nft::Manager::IptablesNft => " (managed by iptables-nft)",
+                    nft::Manager::Nft => "",
+                },
             ),
-            None => {
-                let allow = match d.direction {
-                    Direction::Request => format!("ip saddr {} accept", self.topo.vm_ip),
-                    Direction::Reply => "ct state established,related accept".to_string(),
-                };
-                format!(
-                    "chain {fam} {table} {chain} has policy drop and no rule accepts {what}; allow it: nft insert rule {fam} {table} {chain} {allow}"
-                )
-            }
+            None => format!(
+                "chain {fam} {table} {chain} has policy drop and no rule accepts {what}; allow it: {}",
+                fix::allow(&c, d.direction == Direction::Reply, &self.topo.vm_ip.to_string())
+            ),
         };
         Some((Some(c.describe()), hint))
     }
@@ -551,22 +550,17 @@ impl Explainer {
     ) -> Option<(Option<String>, String)> {
         let c = iptables::find_culprit(hook, view)?;
         let tool = "iptables-legacy";
+        let cmd = fix::legacy(&c, false, &self.vm_net());
         let hint = match c.number {
             Some(n) => format!(
-                "{tool} rule {n} of the {} chain ({} table) {}s {what}; remove it: {tool} -t {} -D {} {n}",
+                "{tool} rule {n} of the {} chain ({} table) {}s {what}; remove it: {cmd}",
                 c.chain,
                 c.table,
                 c.target.to_lowercase(),
-                c.table,
-                c.chain
             ),
             None => format!(
-                "the {} chain ({} table) has policy DROP and no rule accepts {what}; allow the guest's traffic: {tool} -t {} -I {} -s {} -j ACCEPT (and replies: -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT)",
-                c.chain,
-                c.table,
-                c.table,
-                c.chain,
-                self.vm_net()
+                "the {} chain ({} table) has policy DROP and no rule accepts {what}; allow the guest's traffic: {cmd} (and replies: -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT)",
+                c.chain, c.table,
             ),
         };
         Some((Some(c.describe(tool)), hint))

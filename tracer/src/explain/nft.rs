@@ -39,7 +39,24 @@ pub struct Culprit {
     /// Every match before the verdict could be evaluated: this rule (or policy)
     /// certainly decides, rather than possibly.
     pub certain: bool,
+    /// The tool that manages the table: its fix is said in that tool's syntax.
+    pub manager: Manager,
+    /// 1-based position of the rule in its chain (iptables-nft's rule number).
+    pub number: Option<usize>,
 }
+
+/// Who manages an nftables table. nft itself, or iptables-nft: nft prints "table
+/// ... is managed by iptables-nft, do not touch!" for those, and `iptables` is the
+/// tool to change them with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Manager {
+    #[default]
+    Nft,
+    IptablesNft,
+}
+
+/// The tables iptables-nft creates, each with its built-in chains by hook.
+const IPTABLES_TABLES: &[&str] = &["filter", "nat", "mangle", "raw", "security"];
 
 impl Culprit {
     /// `inet filter forward handle 4: ip saddr 192.0.2.100 drop`, or
@@ -72,6 +89,7 @@ pub fn find_culprit(hook: &str, in_bridge: bool, pkt: &PacketView) -> Option<Cul
         })
         .flatten()
         .or_else(|| ruleset.culprit(hook, L3_FAMILIES, pkt))?;
+    ruleset.annotate(&mut culprit);
     let text = run(&["-a", "list", "ruleset"]).unwrap_or_default();
     if let Some(h) = culprit.handle {
         culprit.text = rule_texts(&text).remove(&(
@@ -116,6 +134,8 @@ pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
         text,
         verdict: "dnat".into(),
         certain: true,
+        manager: Manager::Nft,
+        number: None,
     };
     Some(culprit.describe())
 }
@@ -124,7 +144,9 @@ pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
 /// described like a culprit (verdict `masquerade`/`snat`).
 pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
     let json = run(&["-j", "list", "ruleset"])?;
-    let mut found = Ruleset::parse(&serde_json::from_str(&json).ok()?).snat(pkt)?;
+    let ruleset = Ruleset::parse(&serde_json::from_str(&json).ok()?);
+    let mut found = ruleset.snat(pkt)?;
+    ruleset.annotate(&mut found);
     let text = run(&["-a", "list", "ruleset"]).unwrap_or_default();
     if let Some(h) = found.handle {
         found.text = rule_texts(&text).remove(&(
@@ -135,6 +157,12 @@ pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
         ));
     }
     Some(found)
+}
+
+/// The host's nftables ruleset (None without nft or root).
+pub fn ruleset() -> Option<Ruleset> {
+    let json = run(&["-j", "list", "ruleset"])?;
+    Some(Ruleset::parse(&serde_json::from_str(&json).ok()?))
 }
 
 fn run(args: &[&str]) -> Option<String> {
@@ -150,6 +178,8 @@ struct Chain {
     table: String,
     name: String,
     hook: Option<String>,
+    /// The base chain's type (`filter`, `nat`, `route`).
+    kind: Option<String>,
     prio: i64,
     policy: Option<String>,
     rules: Vec<(u64, Vec<Value>)>,
@@ -178,6 +208,7 @@ impl Ruleset {
                     table: str_of(c, "table"),
                     name: str_of(c, "name"),
                     hook: c["hook"].as_str().map(str::to_string),
+                    kind: c["type"].as_str().map(str::to_string),
                     prio: c["prio"].as_i64().unwrap_or(0),
                     policy: c["policy"].as_str().map(str::to_string),
                     rules: Vec::new(),
@@ -194,6 +225,75 @@ impl Ruleset {
             }
         }
         Self { chains }
+    }
+
+    /// Who manages table `family table`: iptables-nft when a rule in it uses an
+    /// xtables match or target (`xt` — what nft's "managed by iptables-nft"
+    /// warning looks for), or when it is one of iptables' tables in family
+    /// ip/ip6 whose base chains all carry iptables' built-in names for their hooks
+    /// (FORWARD at forward, POSTROUTING at postrouting): iptables-nft writes
+    /// native expressions where it can, so a table of plain `-s ... -j DROP`
+    /// rules has no `xt` in it.
+    pub fn manager(&self, family: &str, table: &str) -> Manager {
+        let chains: Vec<&Chain> = self
+            .chains
+            .iter()
+            .filter(|c| c.family == family && c.table == table)
+            .collect();
+        let xt = chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .flat_map(|(_, exprs)| exprs)
+            .any(|e| e.get("xt").is_some());
+        let base: Vec<&&Chain> = chains.iter().filter(|c| c.hook.is_some()).collect();
+        let builtin = matches!(family, "ip" | "ip6")
+            && IPTABLES_TABLES.contains(&table)
+            && !base.is_empty()
+            && base
+                .iter()
+                .all(|c| c.hook.as_deref().map(str::to_uppercase).as_deref() == Some(&c.name));
+        match xt || builtin {
+            true => Manager::IptablesNft,
+            false => Manager::Nft,
+        }
+    }
+
+    /// Fill in who manages the culprit's table and its rule's position.
+    pub fn annotate(&self, c: &mut Culprit) {
+        c.manager = self.manager(&c.family, &c.table);
+        c.number = c.handle.and_then(|h| {
+            let chain = self
+                .chains
+                .iter()
+                .find(|x| x.family == c.family && x.table == c.table && x.name == c.chain)?;
+            Some(chain.rules.iter().position(|(rh, _)| *rh == h)? + 1)
+        });
+    }
+
+    /// The postrouting NAT base chains of the IPv4 families, (family, table,
+    /// chain, manager) in priority order: where a MASQUERADE rule belongs.
+    pub fn nat_chains(&self) -> Vec<(String, String, String, Manager)> {
+        let mut base: Vec<&Chain> = self
+            .chains
+            .iter()
+            .filter(|c| c.hook.as_deref() == Some("postrouting"))
+            .filter(|c| c.kind.as_deref() == Some("nat"))
+            .filter(|c| L3_FAMILIES.contains(&c.family.as_str()))
+            .collect();
+        base.sort_by_key(|c| c.prio);
+        base.into_iter()
+            .map(|c| {
+                let m = self.manager(&c.family, &c.table);
+                (c.family.clone(), c.table.clone(), c.name.clone(), m)
+            })
+            .collect()
+    }
+
+    /// Whether nft itself manages any table here (the host's firewall is nft's).
+    pub fn has_native_table(&self) -> bool {
+        self.chains
+            .iter()
+            .any(|c| self.manager(&c.family, &c.table) == Manager::Nft)
     }
 
     /// The first source-NAT rule of the postrouting nat chains that may apply.
@@ -220,6 +320,8 @@ impl Ruleset {
                         text: None,
                         verdict: kind.into(),
                         certain: definite,
+                        manager: Manager::Nft,
+                        number: None,
                     });
                 }
                 if definite && (verdict_of(e).is_some() || e.get("return").is_some()) {
@@ -271,6 +373,8 @@ impl Ruleset {
                             text: None,
                             verdict: "drop".into(),
                             certain: !unsure,
+                            manager: Manager::Nft,
+                            number: None,
                         });
                     }
                 }
@@ -297,6 +401,8 @@ impl Ruleset {
                             text: None,
                             verdict: v.into(),
                             certain: definite && !*unsure,
+                            manager: Manager::Nft,
+                            number: None,
                         });
                     }
                     None => {
