@@ -7,6 +7,7 @@ pub mod counter;
 pub mod guest;
 pub mod lab;
 pub mod packet;
+pub mod realguest;
 pub mod scenarios;
 pub mod tracerun;
 pub mod vm;
