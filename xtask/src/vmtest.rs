@@ -35,17 +35,9 @@ use crate::{cargo, exec, release_bin, root};
 const RESULT_MARKER: &str = "PATHTRACE-VMTEST-RESULT";
 /// virtiofsd from crates.io: Debian 12 does not package it.
 const VIRTIOFSD_VERSION: &str = "1.14.0";
-/// Packages the runner needs on the host: QEMU, busybox for the initramfs, kmod
-/// (depmod on the unpacked kernel; the guest's modprobe), xz for its modules, and
-/// the two -dev for building virtiofsd.
-const HOST_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "kmod",
-    "xz-utils",
-    "busybox-static",
-    "libseccomp-dev",
-    "libcap-ng-dev",
-];
+/// What building virtiofsd needs on the host (QEMU, busybox and kmod come with
+/// `cargo xtask setup`, which vm-test runs first).
+const HOST_PACKAGES: &[&str] = &["libseccomp-dev", "libcap-ng-dev"];
 /// Modules loaded before the tests, as the development kernel has them built in
 /// (br_netfilter above all: it changes what the FORWARD chain sees). Everything
 /// else (nft expressions, NAT, sch_ingress, cls_bpf, ...) the kernel loads on

@@ -22,8 +22,21 @@ impl Kernel {
     /// The newest Debian cloud kernel of `series` (e.g. "6.1"), downloaded and
     /// unpacked once under `cache` (a directory per package).
     pub fn fetch(series: &str, cache: &Path) -> Result<Kernel> {
-        let package = resolve_package(series)?;
-        let dir = cache.join(&package);
+        match resolve_package(series).and_then(|p| Self::unpacked(&p, cache)) {
+            Ok(k) => Ok(k),
+            // Package lists missing, or older than the archive and naming a .deb it
+            // no longer has (security updates replace kernels): refresh them once.
+            Err(e) => {
+                eprintln!("{e:#}; refreshing the package lists");
+                exec(Command::new("apt-get").args(["update", "-qq"]))?;
+                Self::unpacked(&resolve_package(series)?, cache)
+            }
+        }
+    }
+
+    /// `package`, downloaded and unpacked into `cache/package` unless it is there.
+    fn unpacked(package: &str, cache: &Path) -> Result<Kernel> {
+        let dir = cache.join(package);
         let done = dir.join(".unpacked");
         if !done.exists() {
             eprintln!("fetching {package} into {}", cache.display());
@@ -32,7 +45,7 @@ impl Kernel {
             exec(
                 Command::new("apt-get")
                     .arg("download")
-                    .arg(&package)
+                    .arg(package)
                     .current_dir(&dl),
             )?;
             let deb = std::fs::read_dir(&dl)?
