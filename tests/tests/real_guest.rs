@@ -4,7 +4,7 @@
 //! (busybox ping and nslookup); pathtrace must give the verdicts the catalogue
 //! (tests/src/scenarios.rs) expects, for every request the guest sent.
 //! Needs root, eBPF, and qemu-system-x86 + busybox-static (`cargo xtask setup`);
-//! the kernel is fetched once into target/vm-kernels/. About 20–40 s per test.
+//! the kernel is fetched once into target/vm-kernels/. 4–15 s per test.
 
 use std::{
     net::Ipv4Addr,
@@ -148,6 +148,11 @@ fn healthy_ping() {
 #[test]
 fn nft_forward_drop() {
     run("nft_forward_drop");
+}
+
+#[test]
+fn healthy_dns() {
+    run("healthy_dns");
 }
 
 #[test]
