@@ -163,6 +163,8 @@ pub struct Lab {
     config_root: PathBuf,
     guest_bin: PathBuf,
     guests: Vec<Guest>,
+    /// Ports made by [`Lab::add_port`], for guests the lab does not run.
+    bare_ports: Vec<GuestSpec>,
     /// The guest planted by [`Fault::DuplicateIp`].
     duplicate: Option<Guest>,
     resolver: Option<Child>,
@@ -185,6 +187,7 @@ impl Lab {
             config_root: std::env::temp_dir().join(format!("{CONFIG_PREFIX}{pid}-{n}")),
             guest_bin: opts.guest_bin,
             guests: Vec::new(),
+            bare_ports: Vec::new(),
             duplicate: None,
             resolver: None,
             saved_rp_filter: None,
@@ -305,7 +308,23 @@ impl Lab {
         self.write_configs()
     }
 
-    fn plug(&self, mut spec: GuestSpec) -> Result<Guest> {
+    /// A port for a guest that is not a fake guest (QEMU opens the TAP itself, as
+    /// on a real hypervisor): the persistent TAP wired as the layout wires it, with
+    /// no process holding it yet. Returns the spec with the port named for the
+    /// layout. The port goes with the lab.
+    pub fn add_port(&mut self, spec: GuestSpec) -> Result<GuestSpec> {
+        let spec = self.create_port(spec)?;
+        self.bare_ports.push(spec.clone());
+        self.write_configs()?;
+        Ok(spec)
+    }
+
+    fn plug(&self, spec: GuestSpec) -> Result<Guest> {
+        let spec = self.create_port(spec)?;
+        Guest::start(&self.guest_bin, &self.hv_netns_path(), spec)
+    }
+
+    fn create_port(&self, mut spec: GuestSpec) -> Result<GuestSpec> {
         spec.tap = self.layout.port_name(&spec.tap);
         let t = &spec.tap;
         match self.layout {
@@ -335,7 +354,7 @@ impl Lab {
                 ))?
             }
         };
-        Guest::start(&self.guest_bin, &self.hv_netns_path(), spec)
+        Ok(spec)
     }
 
     /// Remove a port and what the layout built around it; best effort.
@@ -402,6 +421,7 @@ impl Lab {
             .iter()
             .chain(&self.duplicate)
             .map(|g| &g.spec)
+            .chain(&self.bare_ports)
             .collect();
         match self.layout {
             Layout::Plain => Ok(()),

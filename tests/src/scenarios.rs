@@ -496,6 +496,43 @@ pub fn find(name: &str) -> &'static Scenario {
         .unwrap_or_else(|| panic!("no scenario {name}"))
 }
 
+impl Scenario {
+    /// Panics unless `v`, one of pathtrace's JSON verdicts, says what this scenario
+    /// expects (shared by the fake-guest and the real-guest tests).
+    pub fn check(&self, v: &serde_json::Value) {
+        let (e, name) = (&self.expect, self.name);
+        let field = |k: &str| v[k].as_str().map(str::to_string);
+        assert_eq!(
+            field("verdict").as_deref(),
+            Some(e.verdict),
+            "{name}: verdict"
+        );
+        assert_eq!(
+            field("direction").as_deref(),
+            e.direction,
+            "{name}: direction"
+        );
+        if e.stage.is_some() {
+            assert_eq!(field("stage").as_deref(), e.stage, "{name}: stage");
+        }
+        if e.reason.is_some() {
+            assert_eq!(field("reason").as_deref(), e.reason, "{name}: reason");
+        }
+        if let Some(rcode) = e.dns_rcode {
+            assert_eq!(field("dns_rcode").as_deref(), Some(rcode), "{name}: rcode");
+        }
+        for (k, want) in [("rule", e.rule), ("hint", e.hint)] {
+            if let Some(want) = want {
+                let got = field(k).unwrap_or_default();
+                assert!(
+                    got.to_lowercase().contains(&want.to_lowercase()),
+                    "{name}: {k} {got:?} should contain {want:?}"
+                );
+            }
+        }
+    }
+}
+
 /// What pathtrace shows for a scenario, as a table cell.
 fn shows(e: &Expect) -> String {
     let mut parts = vec![format!("`{}`", e.verdict)];

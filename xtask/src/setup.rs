@@ -9,7 +9,9 @@ use crate::exec;
 
 /// Debian packages: iproute2 (ip, bridge, tc), firewalls for rule attribution and
 /// the lab, ping for demos, bpftool for inspection, util-linux for nsenter, tmux
-/// for the live-view test.
+/// for the live-view test, and for test VMs (the real-guest test and `vm-test`):
+/// QEMU, busybox for their initramfs, kmod (depmod on an unpacked kernel, the
+/// guest's modprobe) and xz for compressed modules.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -20,6 +22,10 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "tmux",
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
 ];
 
 /// bpf-linker release that builds against the installed toolchain's LLVM.

@@ -23,6 +23,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use pathtrace_tests::vm::{
+    initramfs,
+    kernel::Kernel,
+    process::{die_with_parent, Reaped},
+};
 
 use crate::{cargo, exec, release_bin, root};
 
@@ -30,17 +35,9 @@ use crate::{cargo, exec, release_bin, root};
 const RESULT_MARKER: &str = "PATHTRACE-VMTEST-RESULT";
 /// virtiofsd from crates.io: Debian 12 does not package it.
 const VIRTIOFSD_VERSION: &str = "1.14.0";
-/// Packages the runner needs on the host: QEMU, busybox for the initramfs, kmod
-/// (depmod on the unpacked kernel; the guest's modprobe), xz for its modules, and
-/// the two -dev for building virtiofsd.
-const HOST_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "kmod",
-    "xz-utils",
-    "busybox-static",
-    "libseccomp-dev",
-    "libcap-ng-dev",
-];
+/// What building virtiofsd needs on the host (QEMU, busybox and kmod come with
+/// `cargo xtask setup`, which vm-test runs first).
+const HOST_PACKAGES: &[&str] = &["libseccomp-dev", "libcap-ng-dev"];
 /// Modules loaded before the tests, as the development kernel has them built in
 /// (br_netfilter above all: it changes what the FORWARD chain sees). Everything
 /// else (nft expressions, NAT, sch_ingress, cls_bpf, ...) the kernel loads on
@@ -98,7 +95,7 @@ pub fn run(opts: &Options) -> Result<()> {
     host_tools()?;
     let virtiofsd = virtiofsd()?;
     let test_bin = build(&opts.test)?;
-    let kernel = Kernel::fetch(&opts.kernel)?;
+    let kernel = Kernel::fetch(&opts.kernel, &root().join("target/vm-kernels"))?;
     let work = TempDir::new(&root().join("target/vm-test"))?;
     let res = boot_and_test(opts, &kernel, &virtiofsd, &test_bin, &work.0)?;
     eprintln!("xtask: per test on {}:", res.kernel_release);
@@ -169,134 +166,6 @@ fn build(test: &str) -> Result<PathBuf> {
         .with_context(|| format!("no executable for test {test} in cargo's output"))
 }
 
-/// An unpacked Debian kernel package.
-struct Kernel {
-    /// Where the .deb was unpacked (boot/, lib/modules/).
-    dir: PathBuf,
-    /// `uname -r` of that kernel, e.g. 6.1.0-56-cloud-amd64.
-    release: String,
-}
-
-impl Kernel {
-    /// The newest Debian cloud kernel of `series`, downloaded and unpacked once.
-    fn fetch(series: &str) -> Result<Kernel> {
-        let package = resolve_package(series)?;
-        let cache = root().join("target/vm-kernels");
-        let dir = cache.join(&package);
-        let done = dir.join(".unpacked");
-        if !done.exists() {
-            eprintln!("xtask: fetching {package}");
-            let dl = cache.join("debs");
-            std::fs::create_dir_all(&dl)?;
-            exec(
-                Command::new("apt-get")
-                    .arg("download")
-                    .arg(&package)
-                    .current_dir(&dl),
-            )?;
-            let deb = std::fs::read_dir(&dl)?
-                .filter_map(|e| Some(e.ok()?.path()))
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{package}_")))
-                })
-                .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
-            let _ = std::fs::remove_dir_all(&dir);
-            exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
-            let release = kernel_release(&dir)?;
-            // The package leaves modules.dep/alias to its postinst: make them here,
-            // in the unpacked tree only, so modprobe resolves dependencies and the
-            // kernel's on-demand loads (nft expressions, qdiscs) find their module.
-            exec(Command::new("depmod").arg("-b").arg(&dir).arg(&release))?;
-            std::fs::write(&done, "")?;
-        }
-        let release = kernel_release(&dir)?;
-        Ok(Kernel { dir, release })
-    }
-
-    fn vmlinuz(&self) -> PathBuf {
-        self.dir.join(format!("boot/vmlinuz-{}", self.release))
-    }
-
-    fn modules(&self) -> PathBuf {
-        self.dir.join("lib/modules").join(&self.release)
-    }
-
-    /// The files (relative to [`Self::modules`]) that load `names` with their
-    /// dependencies, dependencies first; built-in modules need none.
-    fn module_closure(&self, names: &[&str]) -> Result<Vec<String>> {
-        let deps = std::fs::read_to_string(self.modules().join("modules.dep"))?;
-        let deps: Vec<(String, Vec<String>)> = deps
-            .lines()
-            .filter_map(|l| {
-                let (m, d) = l.split_once(':')?;
-                Some((
-                    m.to_string(),
-                    d.split_whitespace().map(String::from).collect(),
-                ))
-            })
-            .collect();
-        let mut order = Vec::new();
-        for name in names {
-            let Some((file, needs)) = deps.iter().find(|(f, _)| module_name(f) == *name) else {
-                continue; // built in
-            };
-            // modules.dep lists every (transitive) dependency, the deepest last.
-            for f in needs.iter().rev().chain(std::iter::once(file)) {
-                if !order.contains(f) {
-                    order.push(f.clone());
-                }
-            }
-        }
-        Ok(order)
-    }
-}
-
-/// `kernel/fs/fuse/virtiofs.ko.xz` -> `virtiofs` (modprobe treats - and _ alike).
-fn module_name(file: &str) -> String {
-    let base = file.rsplit('/').next().unwrap_or(file);
-    base.split(".ko").next().unwrap_or(base).replace('-', "_")
-}
-
-/// The real package behind a series: Debian's metapackages (linux-image-cloud-amd64,
-/// linux-image-6.12-cloud-amd64) depend on the versioned image package.
-fn resolve_package(series: &str) -> Result<String> {
-    let prefix = format!("linux-image-{series}");
-    for meta in [
-        format!("linux-image-{series}-cloud-amd64"),
-        "linux-image-cloud-amd64".to_string(),
-    ] {
-        let out = Command::new("apt-cache")
-            .args(["depends", &meta])
-            .output()
-            .context("apt-cache")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let found = text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("Depends: "))
-            .find(|p| {
-                p.ends_with("-cloud-amd64")
-                    && (p.starts_with(&format!("{prefix}."))
-                        || p.starts_with(&format!("{prefix}-")))
-            });
-        if let Some(p) = found {
-            return Ok(p.to_string());
-        }
-    }
-    bail!(
-        "no Debian cloud kernel {series} in the configured apt sources \
-         (apt-cache search linux-image | grep cloud lists what there is)"
-    )
-}
-
-fn kernel_release(dir: &Path) -> Result<String> {
-    std::fs::read_dir(dir.join("lib/modules"))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .next()
-        .with_context(|| format!("no lib/modules/* in {}", dir.display()))
-}
-
 /// A directory removed on drop (also when a step fails).
 struct TempDir(PathBuf);
 
@@ -330,31 +199,6 @@ fn remove_stale_runs(parent: &Path) {
         if !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
-    }
-}
-
-/// Have the kernel kill a child when xtask dies, however it dies (SIGKILL
-/// included), so no QEMU or virtiofsd is left running. Survives `nice`'s exec.
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    }
-}
-
-/// A child process killed and reaped on drop, so no QEMU or virtiofsd outlives us.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -658,105 +502,13 @@ fn shell_quote(s: &str) -> String {
 
 /// A newc cpio: /init, /bin/busybox, and the boot modules with their load order.
 fn write_initramfs(path: &Path, kernel: &Kernel) -> Result<()> {
-    let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
-    let mut cpio = Cpio::default();
-    for d in ["bin", "modules", "proc", "sys", "dev", "root"] {
-        cpio.dir(d);
-    }
-    cpio.file("init", 0o755, INIT.as_bytes());
-    cpio.file("bin/busybox", 0o755, &busybox);
+    let mut cpio = initramfs::with_busybox(INIT)?;
     cpio.file(
         "bin/vm-modprobe",
         0o755,
         modprobe_wrapper(kernel).as_bytes(),
     );
-    let mut order = String::new();
-    for rel in kernel.module_closure(BOOT_MODULES)? {
-        let data = std::fs::read(kernel.modules().join(&rel))?;
-        // busybox insmod cannot decompress: hand it the plain module.
-        let (name, data) = match rel.strip_suffix(".xz") {
-            Some(plain) => (plain, xz_decompress(&data)?),
-            None => (rel.as_str(), data),
-        };
-        let name = name.rsplit('/').next().unwrap_or(name);
-        cpio.file(&format!("modules/{name}"), 0o644, &data);
-        order.push_str(name);
-        order.push('\n');
-    }
-    cpio.file("modules/order", 0o644, order.as_bytes());
+    initramfs::add_modules(&mut cpio, kernel, BOOT_MODULES)?;
     std::fs::write(path, cpio.finish())?;
     Ok(())
-}
-
-fn xz_decompress(data: &[u8]) -> Result<Vec<u8>> {
-    let mut child = Command::new("xz")
-        .args(["-dc"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("xz")?;
-    let mut stdin = child.stdin.take().context("xz stdin")?;
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output()?;
-    writer.join().map_err(|_| anyhow::anyhow!("xz writer"))??;
-    if !out.status.success() {
-        bail!("xz -dc failed");
-    }
-    Ok(out.stdout)
-}
-
-/// The "newc" cpio format the kernel unpacks as initramfs: a 110-byte ASCII
-/// header per entry, name and data each padded to 4 bytes, a TRAILER!!! entry.
-#[derive(Default)]
-struct Cpio {
-    buf: Vec<u8>,
-    ino: u32,
-}
-
-impl Cpio {
-    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
-        self.ino += 1;
-        let header = format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino,
-            mode,
-            0, // uid
-            0, // gid
-            1, // nlink
-            0, // mtime
-            data.len(),
-            0, // dev major
-            0, // dev minor
-            0, // rdev major
-            0, // rdev minor
-            name.len() + 1,
-            0, // check
-        );
-        self.buf.extend_from_slice(header.as_bytes());
-        self.buf.extend_from_slice(name.as_bytes());
-        self.buf.push(0);
-        self.pad();
-        self.buf.extend_from_slice(data);
-        self.pad();
-    }
-
-    fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-    }
-
-    fn dir(&mut self, name: &str) {
-        self.entry(name, 0o040755, &[]);
-    }
-
-    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
-        self.entry(name, 0o100000 | perm, data);
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, &[]);
-        self.buf
-    }
 }
