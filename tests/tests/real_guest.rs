@@ -31,11 +31,16 @@ enum Seen {
 /// A lab of `layout` with a real guest booted on tap100i0 (the lab's names for
 /// VM 100's NIC) and nothing else plugged.
 fn lab_with_guest(name: &str, layout: Layout) -> (Lab, RealGuest) {
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.layout = layout;
+    boot_in(name, opts)
+}
+
+/// [`lab_with_guest`] with the lab's options given.
+fn boot_in(name: &str, mut opts: LabOptions) -> (Lab, RealGuest) {
     let kernel = guest_kernel().expect("guest kernel");
     // The fake guest's binary also serves the lab's DNS; no fake guest is plugged.
-    let mut opts = LabOptions::new(fake_guest_bin());
     opts.guests.clear();
-    opts.layout = layout;
     let mut lab = Lab::up(opts).expect("lab");
     let spec = lab.add_port(GuestSpec::nth(0)).expect("port for the guest");
     let guest = RealGuest::boot(&lab, spec, &kernel).expect("guest boots");
@@ -235,4 +240,61 @@ fn hop_names(v: &serde_json::Value, direction: &str) -> Vec<String> {
         .filter(|h| h["direction"] == direction)
         .filter_map(|h| h["ifname"].as_str().map(str::to_string))
         .collect()
+}
+
+/// Proxmox as installed: the firewall bridge answers ARP for the host's
+/// addresses (arp_ignore=0). The real guest keeps the first answer for its
+/// gateway — fwbr100i0's — so its pings are routed from fwbr100i0: a rule in the
+/// routed forward hook drops them at `forward` on fwbr100i0, and the verdict
+/// carries the firewall_bridge_arp finding with its fix.
+#[test]
+fn proxmox_guest_routed_from_the_firewall_bridge() {
+    let name = "proxmox_guest_routed_from_the_firewall_bridge";
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.layout = Layout::Proxmox;
+    opts.fwbr_answers_arp = true;
+    let (mut lab, mut guest) = boot_in(name, opts);
+    lab.hv("nft add table inet f && \
+            nft add chain inet f forward '{ type filter hook forward priority 0; }' && \
+            nft add rule inet f forward iifname fwbr100i0 ip saddr 192.0.2.100 drop")
+        .expect("the rule");
+    let vm_ip = guest.spec.ip.to_string();
+    let count = PINGS.to_string();
+    let args = [
+        "--vm-ip",
+        &vm_ip,
+        "--to",
+        "203.0.113.8",
+        "--count",
+        &count,
+        "--timeout",
+        "20",
+        "--json",
+    ];
+    let (run, seen) = trace(
+        name,
+        &mut lab,
+        &mut guest,
+        Traffic::ping("203.0.113.8"),
+        &args,
+    );
+    assert_eq!(run.code, 1, "{name}: exit status");
+    let verdicts = run.verdicts();
+    assert_eq!(
+        verdicts.len(),
+        PINGS as usize,
+        "{name}: a verdict per request"
+    );
+    for v in &verdicts {
+        assert_eq!(v["verdict"], "dropped", "{name}: {v}");
+        assert_eq!(v["stage"], "forward", "{name}: the routed pass: {v}");
+        assert_eq!(v["ifname"], "fwbr100i0", "{name}: {v}");
+        let anomaly = v["doctor"]
+            .as_array()
+            .and_then(|d| d.iter().find(|c| c["check"] == "firewall_bridge_arp"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(anomaly["status"], "fail", "{name}: {v}");
+    }
+    guest_agrees(name, "dropped", seen);
 }
