@@ -148,6 +148,8 @@ pub struct Event {
 
 /// Bytes of a DNS question carried by a [`NameEvent`] (wire format labels).
 pub const DNS_NAME_LEN: usize = 64;
+// The eBPF side masks lengths with DNS_NAME_LEN - 1.
+const _: () = assert!(DNS_NAME_LEN.is_power_of_two());
 
 /// A DNS request's question: the common event head (kind [`EventKind::DnsName`])
 /// followed by the first bytes of the question section.

@@ -6,7 +6,10 @@
 //! They never change the packet and always let it continue.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext,
+    bindings::TC_ACT_UNSPEC,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::classifier,
+    programs::TcContext,
 };
 use tracer_common::{
     req_key, Event, EventKind, NameEvent, PacketInfo, Tracked, CNT_RINGBUF_FULL, DIR_EGRESS,
@@ -106,20 +109,32 @@ fn emit_dns_name(ctx: &TcContext, head: &Event, l4_off: usize) {
     ev.head = *head;
     ev.head.kind = EventKind::DnsName as u8;
     ev.name = [0; DNS_NAME_LEN];
-    // Constant lengths keep the verifier happy; a short packet takes a shorter load.
+    // As many bytes of the question as the packet has, up to the buffer: a
+    // fixed-size load of a short query would fail (or cut the name short).
     let off = dns_question_offset(l4_off);
-    let _ = ctx
-        .load::<[u8; 64]>(off)
-        .map(|b| ev.name = b)
-        .or_else(|_| {
-            ctx.load::<[u8; 32]>(off)
-                .map(|b| ev.name[..32].copy_from_slice(&b))
-        })
-        .or_else(|_| {
-            ctx.load::<[u8; 16]>(off)
-                .map(|b| ev.name[..16].copy_from_slice(&b))
-        });
+    load_upto(ctx, off, &mut ev.name);
     entry.submit(crate::maps::wakeup_flags());
+}
+
+/// Copy the packet's bytes from `off` into `dst`, as many as it has (at most
+/// `DNS_NAME_LEN`). The length is masked into 1..=DNS_NAME_LEN where the helper
+/// is called, so the verifier sees it bounded and never zero.
+#[inline(always)]
+fn load_upto(ctx: &TcContext, off: usize, dst: &mut [u8; DNS_NAME_LEN]) {
+    let have = (ctx.len() as usize).saturating_sub(off);
+    if have == 0 {
+        return;
+    }
+    let len = ((have.min(DNS_NAME_LEN) - 1) & (DNS_NAME_LEN - 1)) + 1;
+    // SAFETY: `dst` holds DNS_NAME_LEN bytes and `len` is at most that.
+    unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            dst.as_mut_ptr().cast(),
+            len as u32,
+        );
+    }
 }
 
 /// Decide whether this packet belongs to the traced flow; start tracking it if so.

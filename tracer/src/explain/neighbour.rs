@@ -47,14 +47,14 @@ impl Explainer {
         let vm = self.topo.vm_ip;
         let cause = self.why_guest_unresolved(&dev).unwrap_or_else(|| {
             format!(
-                "the guest did not answer; check that it still has the address {vm} and that its firewall answers ARP: ip neigh show {vm} dev {dev}; bridge link show"
+                "the guest did not answer, though the host sees nothing in the way; check that it still has the address {vm} and that its firewall lets ARP through: ip neigh show {vm} dev {dev}; bridge link show"
             )
         });
         Blame {
             stage,
             rule: Some(format!("neighbour {vm} on {dev}: unresolved")),
             hint: format!(
-                "the host could not resolve the guest {vm}'s MAC on {dev} (its ARP requests got no answer), so it dropped {what} ({reason}): {cause}"
+                "the host could not resolve the guest {vm}'s MAC on {dev} (its ARP requests got no answer) and dropped {what} ({reason}), because {cause}"
             ),
             ifname: Some(dev),
         }
