@@ -83,6 +83,17 @@ fn trace(
     (run, seen.expect("the guest sent"))
 }
 
+/// pathtrace's verdicts, one for each of the `count` requests the guest sent.
+fn verdicts(name: &str, run: &TraceRun, count: u32) -> Vec<serde_json::Value> {
+    let verdicts = run.verdicts();
+    assert_eq!(
+        verdicts.len(),
+        count as usize,
+        "{name}: a verdict per request"
+    );
+    verdicts
+}
+
 /// A catalogue scenario on the plain layout, checked like the fake guest's.
 fn run(name: &str) {
     let started = Instant::now();
@@ -106,12 +117,7 @@ fn run(name: &str) {
     }
     let traced = Instant::now();
     let (run, seen) = trace(name, &mut lab, &mut guest, sc.traffic, &args);
-    let verdicts = run.verdicts();
-    assert_eq!(
-        verdicts.len(),
-        count as usize,
-        "{name}: a verdict per request"
-    );
+    let verdicts = verdicts(name, &run, count);
     for v in &verdicts {
         sc.check(v);
     }
@@ -193,12 +199,7 @@ fn proxmox_healthy_ping_by_vmid() {
     let traffic = Traffic::ping("203.0.113.8");
     let (run, seen) = trace(name, &mut lab, &mut guest, traffic, &args);
     assert_eq!(run.code, 0, "{name}: exit status");
-    let verdicts = run.verdicts();
-    assert_eq!(
-        verdicts.len(),
-        PINGS as usize,
-        "{name}: a verdict per request"
-    );
+    let verdicts = verdicts(name, &run, PINGS);
     for v in &verdicts {
         assert_eq!(v["verdict"], "replied", "{name}: {v}");
         assert_eq!(
@@ -279,12 +280,7 @@ fn proxmox_guest_routed_from_the_firewall_bridge() {
         &args,
     );
     assert_eq!(run.code, 1, "{name}: exit status");
-    let verdicts = run.verdicts();
-    assert_eq!(
-        verdicts.len(),
-        PINGS as usize,
-        "{name}: a verdict per request"
-    );
+    let verdicts = verdicts(name, &run, PINGS);
     for v in &verdicts {
         assert_eq!(v["verdict"], "dropped", "{name}: {v}");
         assert_eq!(v["stage"], "forward", "{name}: the routed pass: {v}");
