@@ -10,7 +10,7 @@
 //!
 //! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80,
 //! names ending in `.invalid` with NXDOMAIN, and names starting with `slow.` after
-//! two seconds; it stops after an hour at most.
+//! a second; it stops after an hour at most.
 //!
 //! `fake-guest flood --proto udp|icmp --dst IP --seconds S --max N` (run inside a
 //! guest's namespace, for the benchmark) sends small packets as fast as the kernel
@@ -416,8 +416,8 @@ fn dns_server(args: &[String]) -> Result<()> {
             Some(name) => {
                 if name.starts_with("slow.") {
                     // Lets a test change the path while the answer is on its way
-                    // (with room for a slow, emulated kernel to do it first).
-                    std::thread::sleep(Duration::from_millis(2000));
+                    // (well inside the 2 s pathtrace waits for a reply).
+                    std::thread::sleep(Duration::from_millis(1000));
                 }
                 Some(Ipv4Addr::new(203, 0, 113, 80))
             }
