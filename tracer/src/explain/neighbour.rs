@@ -50,11 +50,17 @@ impl Explainer {
                 "the guest did not answer, though the host sees nothing in the way; check that it still has the address {vm} and that its firewall lets ARP through: ip neigh show {vm} dev {dev}; bridge link show"
             )
         });
+        // QUEUE_PURGE: the entry the packet waited on was deleted (flushed when
+        // the bridge lost carrier, or by hand) before resolution ended.
+        let how = match reason {
+            "QUEUE_PURGE" => "its neighbour entry, which the packet waited on, was flushed",
+            _ => "its ARP requests got no answer",
+        };
         Blame {
             stage,
             rule: Some(format!("neighbour {vm} on {dev}: unresolved")),
             hint: format!(
-                "the host could not resolve the guest {vm}'s MAC on {dev} (its ARP requests got no answer) and dropped {what} ({reason}), because {cause}"
+                "the host could not resolve the guest {vm}'s MAC on {dev} ({how}) and dropped {what} ({reason}), because {cause}"
             ),
             ifname: Some(dev),
         }
