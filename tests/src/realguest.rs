@@ -9,9 +9,11 @@
 //! `ready` on the serial console and then runs the commands the test writes to the
 //! console, one per line, each bounded by `timeout`:
 //!
-//!     host → guest:  ID SECS COMMAND...
-//!     guest → host:  PTGUEST out ID <a line of its output>
-//!                    PTGUEST done ID rc=N
+//! ```text
+//! host → guest:  ID SECS COMMAND...
+//! guest → host:  PTGUEST out ID <a line of its output>
+//!                PTGUEST done ID rc=N
+//! ```
 //!
 //! The fake guest (tests/src/bin/fake-guest.rs) stands for a VM in most tests;
 //! this one checks that a real kernel's ARP, ICMP and DNS give the same verdicts.
