@@ -24,5 +24,50 @@ fn main() -> anyhow::Result<()> {
     };
     // Stable toolchain + RUSTC_BOOTSTRAP (set in .cargo/config.toml) instead of a
     // nightly: one toolchain to install, pinned by the machine image.
-    aya_build::build_ebpf([package], Toolchain::Custom("stable"))
+    aya_build::build_ebpf([package], Toolchain::Custom("stable"))?;
+    version_facts();
+    Ok(())
+}
+
+/// `pathtrace --version` names the commit and the embedded eBPF object, so a bug
+/// report identifies the exact build (the object is what the kernel verified).
+fn version_facts() {
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=PATHTRACE_GIT_COMMIT={commit}");
+    // Rebuild when HEAD moves (a commit, a checkout); in a worktree these live in
+    // the common and the per-worktree git directories.
+    for path in ["HEAD", "refs/heads", "packed-refs"] {
+        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        if let Some(p) = git(&["rev-parse", "--git-path", &r]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+    let object = std::path::Path::new(&std::env::var("OUT_DIR").unwrap_or_default()).join("tracer");
+    let hash = match std::fs::read(&object) {
+        Ok(bytes) => {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(&bytes);
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        }
+        // AYA_BUILD_SKIP=1 (lint runs): no object is embedded.
+        Err(_) => "none (eBPF build skipped)".into(),
+    };
+    println!("cargo:rustc-env=PATHTRACE_EBPF_SHA256={hash}");
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !s.is_empty()).then_some(s)
 }

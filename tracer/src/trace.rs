@@ -31,7 +31,13 @@ pub fn run(cli: &Cli) -> Result<i32> {
     cli.vm_ip = vm_ip;
     let cli = &cli;
     preflight::check()?;
+    let start = std::time::Instant::now();
     let topo = Topology::discover(cli.vm_ip, cli.to, cli.iface.as_deref(), &nics)?;
+    log::debug!(
+        "topology {} found in {:.1} ms",
+        topo.path_names().join(" → "),
+        start.elapsed().as_secs_f64() * 1e3
+    );
     // The static checks (passive: trace mode sends nothing of its own) explain
     // verdicts, and what went wrong when the guest sends nothing at all.
     let findings = static_checks(cli, &topo, nics);
@@ -55,6 +61,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
         probes.attach_tc(&iface)?;
     }
     let events = probes.take_events()?;
+    log::debug!(
+        "{} programs attached {:.1} ms after start",
+        probes.attached,
+        start.elapsed().as_secs_f64() * 1e3
+    );
     let printer = Printer { json: cli.json };
     let explainer = Explainer {
         symbols: Symbols::load()?,
