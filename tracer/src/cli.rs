@@ -47,6 +47,12 @@ pub enum Command {
     Watch(WatchCli),
     /// Check, without tracing, everything a VM's traffic needs on this host.
     Doctor(DoctorCli),
+    /// Write the manual pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Subcommand names (and what clap answers itself) that are not trace options.
@@ -55,6 +61,7 @@ const COMMANDS: &[&str] = &[
     "watch",
     "doctor",
     "report",
+    "generate-assets",
     "help",
     "-h",
     "--help",

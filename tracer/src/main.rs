@@ -1,5 +1,6 @@
 //! `pathtrace`: follow a KVM guest's packets through this hypervisor.
 
+mod assets;
 mod cli;
 mod correlate;
 mod deep;
@@ -41,6 +42,7 @@ fn main() {
         cli::Command::Trace(c) => trace::run(c),
         cli::Command::Watch(c) => watch::run(c),
         cli::Command::Doctor(c) => doctor::run(c),
+        cli::Command::GenerateAssets { dir } => assets::generate(dir),
     };
     let code = match result {
         Ok(code) => code,
