@@ -141,6 +141,11 @@ pub struct Cli {
     /// a kernel with kprobes, costs more per followed packet.
     #[arg(long)]
     pub deep: bool,
+    /// Write every followed packet at every hop where it was seen to FILE as
+    /// pcapng (first 256 bytes; one interface per hop device; the verdict as a
+    /// comment on the packet where it was decided). Open it with Wireshark/tshark.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

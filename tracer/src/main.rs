@@ -13,6 +13,7 @@ mod hostconfig;
 mod kernel;
 mod logging;
 mod output;
+mod pcap;
 mod preflight;
 mod probes;
 mod topology;
