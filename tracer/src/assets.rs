@@ -45,6 +45,7 @@ mod tests {
             "pathtrace-trace.1",
             "pathtrace-watch.1",
             "pathtrace-doctor.1",
+            "pathtrace-report.1",
         ] {
             assert!(man.contains(&page.to_string()), "{man:?}");
         }

@@ -47,6 +47,9 @@ pub enum Command {
     Watch(WatchCli),
     /// Check, without tracing, everything a VM's traffic needs on this host.
     Doctor(DoctorCli),
+    /// One bundle for a ticket: doctor, a snapshot, a short trace with its
+    /// pcapng, a few seconds of watch, versions and kernel facts.
+    Report(ReportCli),
     /// Write the manual pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateAssets {
@@ -249,6 +252,45 @@ pub struct DoctorCli {
     pub config_root: std::path::PathBuf,
 }
 
+/// `pathtrace report`: everything about a VM's path in one .tar.gz.
+#[derive(Debug, Parser)]
+#[command(
+    about = "Collect doctor (JSON and text), a snapshot, a short trace with its pcapng, a few seconds of watch, versions and kernel facts into one .tar.gz",
+    after_help = "Run it while the guest pings DEST (for the trace part). The bundle's manifest.json lists every part with its arguments, exit status and time.\nExit status: 0 the bundle was written (whatever it found), 2 usage or environment error.",
+    group(clap::ArgGroup::new("subject").args(["vm_ip", "vm"]).required(true))
+)]
+pub struct ReportCli {
+    /// The guest's IPv4 address.
+    #[arg(long, value_name = "IP")]
+    pub vm_ip: Option<Ipv4Addr>,
+    /// The VM by Proxmox VMID, VM or libvirt domain name, or MAC.
+    #[arg(long, value_name = "ID|NAME|MAC")]
+    pub vm: Option<String>,
+    /// The destination the guest is trying to reach (without it, no trace part).
+    #[arg(long = "to", value_name = "DEST")]
+    pub to: Option<Ipv4Addr>,
+    /// The bundle to write (.tar.gz).
+    #[arg(short, long, value_name = "FILE.tar.gz")]
+    pub output: std::path::PathBuf,
+    /// Replace public IPv4 addresses and MACs, consistently, everywhere in the
+    /// bundle (packets included).
+    #[arg(long)]
+    pub redact: bool,
+    /// Requests to trace.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: u32,
+    /// Seconds the trace part waits for them.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub trace_secs: u64,
+    /// Seconds of watch.
+    #[arg(long, value_name = "SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub watch_secs: u64,
+    /// Read hypervisor configuration (Proxmox /etc/pve, libvirt) under this root
+    /// instead of /.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub config_root: std::path::PathBuf,
+}
+
 /// `PORT` (localhost) or `ADDR:PORT`.
 pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
@@ -312,7 +354,7 @@ mod tests {
         // No arguments: trace's usage error, as before subcommands.
         assert!(top(&["pathtrace"]).is_err());
         let help = top(&["pathtrace", "--help"]).unwrap_err().to_string();
-        for cmd in ["trace", "watch", "doctor"] {
+        for cmd in ["trace", "watch", "doctor", "report"] {
             assert!(help.contains(&format!("  {cmd} ")), "{help}");
         }
         let version = top(&["pathtrace", "--version"]).unwrap_err().to_string();

@@ -16,6 +16,7 @@ mod output;
 mod pcap;
 mod preflight;
 mod probes;
+mod report;
 mod topology;
 mod trace;
 mod watch;
@@ -43,6 +44,7 @@ fn main() {
         cli::Command::Trace(c) => trace::run(c),
         cli::Command::Watch(c) => watch::run(c),
         cli::Command::Doctor(c) => doctor::run(c),
+        cli::Command::Report(c) => report::run(c),
         cli::Command::GenerateAssets { dir } => assets::generate(dir),
     };
     let code = match result {
