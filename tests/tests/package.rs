@@ -223,6 +223,7 @@ fn deb_installs_verifies_and_its_unit_serves_metrics() {
         "./usr/share/man/man1/pathtrace-trace.1.gz",
         "./usr/share/man/man1/pathtrace-watch.1.gz",
         "./usr/share/man/man1/pathtrace-doctor.1.gz",
+        "./usr/share/man/man1/pathtrace-report.1.gz",
         "./usr/share/bash-completion/completions/pathtrace",
         "./usr/share/zsh/vendor-completions/_pathtrace",
         "./usr/share/fish/vendor_completions.d/pathtrace.fish",

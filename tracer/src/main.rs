@@ -2,6 +2,7 @@
 
 mod assets;
 mod cli;
+mod cluster;
 mod correlate;
 mod deep;
 mod dns;

@@ -28,7 +28,8 @@ use crate::{
 pub fn run(cli: &Cli) -> Result<i32> {
     let mut cli = cli.clone();
     let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
-    let (vm_ip, nics) = doctor::resolve_vm(cli.vm_ip_arg, cli.vm.as_deref(), &all)?;
+    let (vm_ip, nics) =
+        doctor::resolve_vm(cli.vm_ip_arg, cli.vm.as_deref(), &all, &cli.config_root)?;
     cli.vm_ip = vm_ip;
     let cli = &cli;
     preflight::check()?;
