@@ -36,14 +36,16 @@ fn version_facts() {
     println!("cargo:rustc-env=PATHTRACE_GIT_COMMIT={commit}");
     // Rebuild when HEAD moves (a commit, a checkout); in a worktree these live in
     // the common and the per-worktree git directories.
-    for path in ["HEAD", "refs/heads", "packed-refs"] {
-        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={p}");
-        }
-    }
-    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        if let Some(p) = git(&["rev-parse", "--git-path", &r]) {
-            println!("cargo:rerun-if-changed={p}");
+    // Only paths that exist: cargo treats a missing one as always changed, which
+    // would rebuild pathtrace on every `cargo build`.
+    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    watch.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for path in watch {
+        if let Some(p) = git(&["rev-parse", "--git-path", &path]) {
+            let abs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&p);
+            if abs.exists() {
+                println!("cargo:rerun-if-changed={}", abs.display());
+            }
         }
     }
     let object = std::path::Path::new(&std::env::var("OUT_DIR").unwrap_or_default()).join("tracer");
