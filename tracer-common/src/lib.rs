@@ -61,6 +61,9 @@ pub enum EventKind {
     /// ([`Event::location`] is the function's address; [`Event::pkt`] the packet as
     /// it is there, when its header could be read).
     Func = 5,
+    /// `--pcap`: the first bytes of a followed packet at a TC hook (a
+    /// [`PacketEvent`], sent right after that hook's [`EventKind::Tc`] event).
+    Packet = 6,
 }
 
 impl EventKind {
@@ -71,6 +74,7 @@ impl EventKind {
             3 => Some(Self::Consume),
             4 => Some(Self::DnsName),
             5 => Some(Self::Func),
+            6 => Some(Self::Packet),
             _ => None,
         }
     }
@@ -160,6 +164,26 @@ pub struct NameEvent {
     pub name: [u8; DNS_NAME_LEN],
 }
 
+/// Bytes of a followed packet copied for `--pcap` (from its link-layer header):
+/// enough for Ethernet, IP, ICMP/UDP headers and a DNS question.
+pub const SNAP_LEN: usize = 256;
+// The eBPF side masks lengths with SNAP_LEN - 1.
+const _: () = assert!(SNAP_LEN.is_power_of_two());
+
+/// A followed packet's first bytes at a TC hook: the hook's event head (kind
+/// [`EventKind::Packet`]), how many bytes were copied, the packet's length, and
+/// the bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PacketEvent {
+    pub head: Event,
+    /// Bytes of `data` that hold the packet (at most [`SNAP_LEN`]).
+    pub cap_len: u32,
+    /// The packet's whole length at the hook (`skb->len`, link layer included).
+    pub wire_len: u32,
+    pub data: [u8; SNAP_LEN],
+}
+
 /// Per-packet tracking state kept in the kernel, keyed by skb address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -202,7 +226,9 @@ pub struct Config {
     pub skb_head_off: u32,
     /// `offsetof(struct sk_buff, network_header)` (a u16 offset from `head`).
     pub skb_nh_off: u32,
-    pub _pad: u32,
+    /// `--pcap`: 1 to copy each followed packet's first bytes at every TC hook
+    /// ([`PacketEvent`]); 0 (the default) costs nothing more.
+    pub capture: u32,
 }
 
 /// Counters the kernel keeps about itself (index into the per-CPU `COUNTERS` array).
@@ -223,6 +249,7 @@ const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 40);
 const _: () = assert!(core::mem::size_of::<NameEvent>() == 128);
 const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 64 + 8 + SNAP_LEN);
 
 pub use watch::*;
 
@@ -350,6 +377,7 @@ mod user {
     unsafe impl aya::Pod for PacketInfo {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for NameEvent {}
+    unsafe impl aya::Pod for PacketEvent {}
     unsafe impl aya::Pod for Tracked {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for DropKey {}

@@ -23,7 +23,7 @@ pub static CONFIG: Global<Config> = Global::new(Config {
     net_inum_off: 0,
     skb_head_off: 0,
     skb_nh_off: 0,
-    _pad: 0,
+    capture: 0,
 });
 
 /// Events for user space. Sized by user space at load time.

@@ -1,14 +1,101 @@
-//! Command line (the output contract: docs/json.md): trace mode is `pathtrace --vm-ip IP
-//! --to DEST ...`; `pathtrace watch ...` is the incident/production mode.
+//! Command line (the output contract: docs/json.md): `pathtrace trace` (the default:
+//! `pathtrace --vm-ip IP --to DEST ...`), `pathtrace watch` (the incident/production
+//! mode), `pathtrace doctor` and `pathtrace report`.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::{
+    ffi::OsString,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
-#[derive(Debug, Clone, Parser)]
+/// Version, the commit it was built from and the embedded eBPF object's hash
+/// (build.rs): what a bug report needs to name the exact build.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PATHTRACE_GIT_COMMIT"),
+    ", eBPF object sha256 ",
+    env!("PATHTRACE_EBPF_SHA256"),
+    ")"
+);
+
+/// `pathtrace [-v]... COMMAND ...`.
+#[derive(Debug, Parser)]
 #[command(
     name = "pathtrace",
-    version,
+    version = VERSION,
+    propagate_version = true,
+    about = "Follow a KVM guest's packets through this hypervisor and say where they die",
+    after_help = "Without a command, `pathtrace --vm-ip IP --to DEST ...` is `pathtrace trace ...`.\nExit status: 0 success, 1 a problem was found, 2 usage or environment error.\nThe JSON output of every command is documented in /usr/share/doc/pathtrace/json.md (docs/json.md)."
+)]
+pub struct Top {
+    /// Say on stderr what pathtrace runs and how long it takes (-v), with the
+    /// eBPF loader's messages (-vv) and everything (-vvv); RUST_LOG=LEVEL or
+    /// TARGET=LEVEL,... does the same. stdout is unchanged.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Follow a guest's ping/DNS requests and their replies hop by hop (the default).
+    Trace(Cli),
+    /// Live drop points of every VM on this host; Prometheus exporter.
+    Watch(WatchCli),
+    /// Check, without tracing, everything a VM's traffic needs on this host.
+    Doctor(DoctorCli),
+    /// One bundle for a ticket: doctor, a snapshot, a short trace with its
+    /// pcapng, a few seconds of watch, versions and kernel facts.
+    Report(ReportCli),
+    /// Write the manual pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
+}
+
+/// Subcommand names (and what clap answers itself) that are not trace options.
+const COMMANDS: &[&str] = &[
+    "trace",
+    "watch",
+    "doctor",
+    "report",
+    "generate-assets",
+    "help",
+    "-h",
+    "--help",
+    "-V",
+    "--version",
+];
+
+/// `pathtrace --vm-ip ...` keeps meaning `pathtrace trace --vm-ip ...`: insert
+/// `trace` before the first argument that is not a verbosity flag, unless it names
+/// a command (or asks for help or the version).
+pub fn with_default_command(mut args: Vec<OsString>) -> Vec<OsString> {
+    let verbosity = |a: &OsString| {
+        a.to_str().is_some_and(|a| {
+            a == "--verbose"
+                || (a.len() > 1 && a.starts_with('-') && a[1..].bytes().all(|b| b == b'v'))
+        })
+    };
+    let at = 1 + args.iter().skip(1).take_while(|a| verbosity(a)).count();
+    let named = args
+        .get(at)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| COMMANDS.contains(&a));
+    if !named {
+        args.insert(at.min(args.len()), OsString::from("trace"));
+    }
+    args
+}
+
+/// `pathtrace trace`: follow the guest's requests.
+#[derive(Debug, Clone, Parser)]
+#[command(
     about = "Follow a KVM guest's ping/DNS packets through this hypervisor and say where they die",
     after_help = "Run it while the guest pings (or resolves) the destination; it needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).\nExit status: 0 every request got its reply, 1 a drop or missing reply was found, 2 usage or environment error.\n\nLive drop points of every VM on this host: pathtrace watch --help"
 )]
@@ -57,6 +144,11 @@ pub struct Cli {
     /// a kernel with kprobes, costs more per followed packet.
     #[arg(long)]
     pub deep: bool,
+    /// Write every followed packet at every hop where it was seen to FILE as
+    /// pcapng (first 256 bytes; one interface per hop device; the verdict as a
+    /// comment on the packet where it was decided). Open it with Wireshark/tshark.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -87,8 +179,6 @@ impl Proto {
 /// `pathtrace watch`: live per-VM drop points.
 #[derive(Debug, Parser)]
 #[command(
-    name = "pathtrace watch",
-    version,
     about = "Live drop points of every VM on this host (or of the VMs named with --vm-ip)",
     after_help = "Keys in the live view: q quit, s change sort (rate/total/VM), / filter by text, Esc clear the filter.\nWith --json, one snapshot object per interval on stdout. Exit status 0 on a clean stop, 2 on a usage or environment error."
 )]
@@ -121,8 +211,6 @@ pub struct WatchCli {
 /// `pathtrace doctor`: static checks of everything a VM's traffic needs on this host.
 #[derive(Debug, Parser)]
 #[command(
-    name = "pathtrace doctor",
-    version,
     about = "Check, without tracing, everything on this host that a VM's traffic needs: its port and bridges, forwarding, routing, NAT, firewall, neighbours, DNS",
     after_help = "Each check says pass, warn or fail, with its evidence and the command that fixes it.\nExit status: 0 nothing failed, 1 a check failed (with --diff: something changed), 2 usage or environment error.",
     group(clap::ArgGroup::new("subject").args(["vm_ip", "vm", "snapshot", "diff"]).required(true))
@@ -160,6 +248,45 @@ pub struct DoctorCli {
     pub diff: Option<std::path::PathBuf>,
     /// Read hypervisor configuration (Proxmox /etc/pve, libvirt) under this root
     /// instead of / (e.g. a copy of another host's /etc).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub config_root: std::path::PathBuf,
+}
+
+/// `pathtrace report`: everything about a VM's path in one .tar.gz.
+#[derive(Debug, Parser)]
+#[command(
+    about = "Collect doctor (JSON and text), a snapshot, a short trace with its pcapng, a few seconds of watch, versions and kernel facts into one .tar.gz",
+    after_help = "Run it while the guest pings DEST (for the trace part). The bundle's manifest.json lists every part with its arguments, exit status and time.\nExit status: 0 the bundle was written (whatever it found), 2 usage or environment error.",
+    group(clap::ArgGroup::new("subject").args(["vm_ip", "vm"]).required(true))
+)]
+pub struct ReportCli {
+    /// The guest's IPv4 address.
+    #[arg(long, value_name = "IP")]
+    pub vm_ip: Option<Ipv4Addr>,
+    /// The VM by Proxmox VMID, VM or libvirt domain name, or MAC.
+    #[arg(long, value_name = "ID|NAME|MAC")]
+    pub vm: Option<String>,
+    /// The destination the guest is trying to reach (without it, no trace part).
+    #[arg(long = "to", value_name = "DEST")]
+    pub to: Option<Ipv4Addr>,
+    /// The bundle to write (.tar.gz).
+    #[arg(short, long, value_name = "FILE.tar.gz")]
+    pub output: std::path::PathBuf,
+    /// Replace public IPv4 addresses and MACs, consistently, everywhere in the
+    /// bundle (packets included).
+    #[arg(long)]
+    pub redact: bool,
+    /// Requests to trace.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: u32,
+    /// Seconds the trace part waits for them.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub trace_secs: u64,
+    /// Seconds of watch.
+    #[arg(long, value_name = "SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub watch_secs: u64,
+    /// Read hypervisor configuration (Proxmox /etc/pve, libvirt) under this root
+    /// instead of /.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub config_root: std::path::PathBuf,
 }
@@ -206,6 +333,35 @@ mod tests {
             "0.0.0.0:9464"
         );
         assert!(listen_addr("localhost").is_err());
+    }
+
+    fn top(args: &[&str]) -> Result<Top, clap::Error> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        Top::try_parse_from(with_default_command(args))
+    }
+
+    #[test]
+    fn trace_is_the_default_command() {
+        let t = top(&["pathtrace", "--vm-ip", "192.0.2.100", "--to", "203.0.113.8"]).unwrap();
+        assert!(matches!(t.command, Command::Trace(ref c) if c.count == 3));
+        let t = top(&["pathtrace", "-vv", "--vm", "101", "--to", "203.0.113.8"]).unwrap();
+        assert_eq!(t.verbose, 2);
+        assert!(matches!(t.command, Command::Trace(_)));
+        let t = top(&["pathtrace", "-v", "watch", "--json"]).unwrap();
+        assert!(matches!(t.command, Command::Watch(ref w) if w.json));
+        let t = top(&["pathtrace", "doctor", "--vm-ip", "192.0.2.100", "-v"]).unwrap();
+        assert_eq!(t.verbose, 1);
+        // No arguments: trace's usage error, as before subcommands.
+        assert!(top(&["pathtrace"]).is_err());
+        let help = top(&["pathtrace", "--help"]).unwrap_err().to_string();
+        for cmd in ["trace", "watch", "doctor", "report"] {
+            assert!(help.contains(&format!("  {cmd} ")), "{help}");
+        }
+        let version = top(&["pathtrace", "--version"]).unwrap_err().to_string();
+        assert!(
+            version.contains("commit") && version.contains("sha256"),
+            "{version}"
+        );
     }
 
     #[test]

@@ -237,8 +237,9 @@ impl Correlator {
             Some(EventKind::Drop) => self.on_drop(ev),
             Some(EventKind::Consume) => self.on_consume(ev),
             Some(EventKind::Func) => self.on_func(ev),
-            // Names come through `on_name`, with their bytes.
-            Some(EventKind::DnsName) | None => {}
+            // Names come through `on_name`, with their bytes; packet bytes go to
+            // the --pcap capture (their hook's Tc event is handled above).
+            Some(EventKind::DnsName) | Some(EventKind::Packet) | None => {}
         }
     }
 

@@ -232,6 +232,14 @@ impl ProxmoxKind {
     }
 }
 
+/// The VMs and containers of one Proxmox cluster node's directory
+/// (`/etc/pve/nodes/NODE`, whose `qemu-server` and `lxc` hold its guests).
+pub fn read_proxmox_node(node_dir: &Path) -> Vec<VmNic> {
+    let mut nics = read_proxmox(&node_dir.join("qemu-server"), ProxmoxKind::Qemu);
+    nics.extend(read_proxmox(&node_dir.join("lxc"), ProxmoxKind::Lxc));
+    nics
+}
+
 fn read_proxmox(dir: &Path, kind: ProxmoxKind) -> Vec<VmNic> {
     let mut nics = Vec::new();
     for path in files_with_ext(dir, "conf") {

@@ -1,6 +1,8 @@
 //! `pathtrace`: follow a KVM guest's packets through this hypervisor.
 
+mod assets;
 mod cli;
+mod cluster;
 mod correlate;
 mod deep;
 mod dns;
@@ -10,9 +12,12 @@ mod explain;
 mod fuzz;
 mod hostconfig;
 mod kernel;
+mod logging;
 mod output;
+mod pcap;
 mod preflight;
 mod probes;
+mod report;
 mod topology;
 mod trace;
 mod watch;
@@ -32,15 +37,16 @@ fn main() {
         );
         std::process::exit(2);
     }));
-    let args: Vec<OsString> = std::env::args_os().collect();
-    let sub = |name: &str| {
-        let rest = args[2..].iter().cloned();
-        std::iter::once(OsString::from(format!("pathtrace {name}"))).chain(rest)
-    };
-    let result = match args.get(1).and_then(|a| a.to_str()) {
-        Some("watch") => watch::run(&parse::<cli::WatchCli>(sub("watch"))),
-        Some("doctor") => doctor::run(&parse::<cli::DoctorCli>(sub("doctor"))),
-        _ => trace::run(&parse::<cli::Cli>(args.clone())),
+    let args = cli::with_default_command(std::env::args_os().collect());
+    let top = parse::<cli::Top>(args);
+    logging::init(top.verbose);
+    log::debug!("pathtrace {}", cli::VERSION);
+    let result = match &top.command {
+        cli::Command::Trace(c) => trace::run(c),
+        cli::Command::Watch(c) => watch::run(c),
+        cli::Command::Doctor(c) => doctor::run(c),
+        cli::Command::Report(c) => report::run(c),
+        cli::Command::GenerateAssets { dir } => assets::generate(dir),
     };
     let code = match result {
         Ok(code) => code,

@@ -13,6 +13,19 @@ pub fn check() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 && !has_caps() {
         bail!("pathtrace needs root (or at least CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; see Safety in the README) to load eBPF programs");
     }
+    mounts()
+}
+
+/// Watch attaches only a tracepoint program (no TC): CAP_BPF and CAP_PERFMON load
+/// and attach it, so its service runs without CAP_NET_ADMIN.
+pub fn check_watch() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 && !effective_caps(&[39, 38]) {
+        bail!("pathtrace watch needs root (or at least CAP_BPF and CAP_PERFMON; see Safety in the README) to load its eBPF program");
+    }
+    mounts()
+}
+
+fn mounts() -> Result<()> {
     ensure_mounted(TRACEFS, "tracefs", "events")?;
     ensure_mounted(BPFFS, "bpf", "")?;
     Ok(())

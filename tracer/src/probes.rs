@@ -80,9 +80,15 @@ impl Probes {
     }
 
     fn from_loader(loader: &mut EbpfLoader) -> Result<Self> {
+        let start = std::time::Instant::now();
         let ebpf = loader
             .load(OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+        log::debug!(
+            "eBPF object ({} bytes) loaded in {:.1} ms",
+            OBJECT.len(),
+            start.elapsed().as_secs_f64() * 1e3
+        );
         Ok(Self {
             ebpf,
             created_clsact: Vec::new(),
@@ -121,6 +127,11 @@ impl Probes {
     /// packets before something else drops them; we never change their verdict.
     pub fn attach_tc(&mut self, iface: &Iface) -> Result<()> {
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        log::debug!(
+            "attach TC ingress+egress on {} ({})",
+            iface.name,
+            if tcx { "tcx" } else { "clsact" }
+        );
         if !tcx {
             match tc::qdisc_add_clsact(&iface.name) {
                 Ok(()) => self.created_clsact.push(iface.name.clone()),

@@ -267,6 +267,7 @@ pub(crate) fn ip_json(args: &[&str]) -> Result<Value> {
 }
 
 pub(crate) fn run_json(program: &str, args: &[&str]) -> Result<Value> {
+    log::debug!("run: {program} {}", args.join(" "));
     let out = Command::new(program)
         .args(args)
         .output()

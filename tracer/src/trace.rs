@@ -9,7 +9,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     time::{interval, sleep_until, Instant},
 };
-use tracer_common::{Config, Event, EventKind, NameEvent};
+use tracer_common::{Config, Event, EventKind, NameEvent, PacketEvent};
 
 use crate::{
     cli::Cli,
@@ -19,6 +19,7 @@ use crate::{
     hostconfig::{self, ConfigDirs, VmNic},
     kernel::{btf::KernelBtf, kallsyms::Symbols, tracefs},
     output::{Printer, Summary},
+    pcap::{Capture, Device},
     preflight,
     probes::{record, Probes},
     topology::{Iface, Role, Topology},
@@ -27,11 +28,18 @@ use crate::{
 pub fn run(cli: &Cli) -> Result<i32> {
     let mut cli = cli.clone();
     let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
-    let (vm_ip, nics) = doctor::resolve_vm(cli.vm_ip_arg, cli.vm.as_deref(), &all)?;
+    let (vm_ip, nics) =
+        doctor::resolve_vm(cli.vm_ip_arg, cli.vm.as_deref(), &all, &cli.config_root)?;
     cli.vm_ip = vm_ip;
     let cli = &cli;
     preflight::check()?;
+    let start = std::time::Instant::now();
     let topo = Topology::discover(cli.vm_ip, cli.to, cli.iface.as_deref(), &nics)?;
+    log::debug!(
+        "topology {} found in {:.1} ms",
+        topo.path_names().join(" → "),
+        start.elapsed().as_secs_f64() * 1e3
+    );
     // The static checks (passive: trace mode sends nothing of its own) explain
     // verdicts, and what went wrong when the guest sends nothing at all.
     let findings = static_checks(cli, &topo, nics);
@@ -55,6 +63,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
         probes.attach_tc(&iface)?;
     }
     let events = probes.take_events()?;
+    log::debug!(
+        "{} programs attached {:.1} ms after start",
+        probes.attached,
+        start.elapsed().as_secs_f64() * 1e3
+    );
     let printer = Printer { json: cli.json };
     let explainer = Explainer {
         symbols: Symbols::load()?,
@@ -68,7 +81,34 @@ pub fn run(cli: &Cli) -> Result<i32> {
         .build()
         .context("starting the event loop")?;
     let mut explainer = explainer;
-    let tally = rt.block_on(follow(cli, events, &mut probes, &mut explainer, &printer))?;
+    // --pcap: the hop devices as they are at the start (a port recreated during
+    // the trace is added at the end under its new index).
+    let mut devices = hop_devices(&explainer.topo);
+    let mut capture = cli.pcap.as_ref().map(|_| Capture::default());
+    let tally = rt.block_on(follow(
+        cli,
+        events,
+        &mut probes,
+        &mut explainer,
+        &printer,
+        capture.as_mut(),
+    ))?;
+    if let (Some(path), Some(capture)) = (&cli.pcap, &capture) {
+        for d in hop_devices(&explainer.topo) {
+            if !devices.iter().any(|k| k.ifindex == d.ifindex) {
+                devices.push(d);
+            }
+        }
+        let n = capture.write(path, &devices, boot_to_unix_ns())?;
+        let more = match capture.dropped {
+            0 => String::new(),
+            k => format!(" ({k} more not kept)"),
+        };
+        printer.status(&format!(
+            "pathtrace: wrote {n} packets{more} to {}",
+            path.display()
+        ));
+    }
     let (lost, _) = probes.losses();
     printer.summary(&Summary {
         kind: "summary",
@@ -94,6 +134,27 @@ pub fn run(cli: &Cli) -> Result<i32> {
         return Ok(1);
     }
     Ok(if tally.replied == tally.total() { 0 } else { 1 })
+}
+
+/// The devices pathtrace hooks, named for the pcapng interface blocks.
+fn hop_devices(topo: &Topology) -> Vec<Device> {
+    topo.hooks()
+        .into_iter()
+        .map(|(iface, _)| Device {
+            ifindex: iface.index,
+            name: iface.name,
+            netns: format!("net:[{}]", topo.netns_inum),
+        })
+        .collect()
+}
+
+/// Add this to a `bpf_ktime_get_ns()` time to get Unix time in ns.
+fn boot_to_unix_ns() -> i128 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    unix - i128::from(monotonic_ns())
 }
 
 fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>) -> Findings {
@@ -155,7 +216,7 @@ fn build_config(cli: &Cli, btf: &KernelBtf) -> Result<Config> {
         net_inum_off: offsets.net_inum,
         skb_head_off: offsets.skb_head,
         skb_nh_off: offsets.skb_network_header,
-        _pad: 0,
+        capture: u32::from(cli.pcap.is_some()),
     })
 }
 
@@ -199,6 +260,7 @@ async fn follow(
     probes: &mut Probes,
     explainer: &mut Explainer,
     printer: &Printer,
+    mut capture: Option<&mut Capture>,
 ) -> Result<Tally> {
     let topo = &explainer.topo;
     let roles = topo.roles();
@@ -236,25 +298,33 @@ async fn follow(
     let mut seen_lost = 0;
     let mut waiting = HashSet::new();
     let want = cli.count as usize;
-    let report = |done: Vec<Finished>, tally: &mut Tally, explainer: &Explainer| {
+    let report = |done: Vec<Finished>,
+                  tally: &mut Tally,
+                  explainer: &Explainer,
+                  capture: Option<&mut Capture>| {
+        let mut capture = capture;
         for f in done {
             if tally.total() >= want {
                 break;
             }
             tally.add(f.outcome);
-            printer.verdict(&explainer.verdict(&f));
+            let verdict = explainer.verdict(&f);
+            if let Some(c) = capture.as_deref_mut() {
+                c.on_verdict(&verdict);
+            }
+            printer.verdict(&verdict);
         }
     };
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut corr);
+                drain(guard.get_inner_mut(), &mut corr, capture.as_deref_mut());
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let now = catch_up(ring.get_mut(), &mut corr, probes, &mut seen_lost);
-                report(corr.poll(now), &mut tally, explainer);
+                let now = catch_up(ring.get_mut(), &mut corr, probes, &mut seen_lost, capture.as_deref_mut());
+                report(corr.poll(now), &mut tally, explainer, capture.as_deref_mut());
                 ticks += 1;
                 if ticks.is_multiple_of(500 / TICK_MS) {
                     let mut churn = Churn { probes: &mut *probes, corr: &mut corr, waiting: &mut waiting, printer };
@@ -272,8 +342,14 @@ async fn follow(
     }
     // Stopping (deadline, signal) can win over a pending tick: take what is still
     // queued and note losses before the last verdicts, as every tick does.
-    let now = catch_up(ring.get_mut(), &mut corr, probes, &mut seen_lost);
-    report(corr.flush(now), &mut tally, explainer);
+    let now = catch_up(
+        ring.get_mut(),
+        &mut corr,
+        probes,
+        &mut seen_lost,
+        capture.as_deref_mut(),
+    );
+    report(corr.flush(now), &mut tally, explainer, capture);
     Ok(tally)
 }
 
@@ -286,8 +362,9 @@ fn catch_up(
     corr: &mut Correlator,
     probes: &Probes,
     seen_lost: &mut u64,
+    capture: Option<&mut Capture>,
 ) -> u64 {
-    drain(rb, corr);
+    drain(rb, corr, capture);
     let now = monotonic_ns();
     let lost = probes.losses().0;
     if lost > *seen_lost {
@@ -298,11 +375,16 @@ fn catch_up(
 }
 
 /// Hand every queued ring-buffer record to the correlator.
-fn drain(rb: &mut RingBuf<MapData>, corr: &mut Correlator) {
+fn drain(rb: &mut RingBuf<MapData>, corr: &mut Correlator, mut capture: Option<&mut Capture>) {
     while let Some(item) = rb.next() {
         match decode(&item) {
             Some(Decoded::Event(ev)) => corr.on_event(&ev),
             Some(Decoded::Name(ev, name)) => corr.on_name(&ev, name),
+            Some(Decoded::Packet(p)) => {
+                if let Some(c) = capture.as_deref_mut() {
+                    c.on_packet(&p);
+                }
+            }
             None => {}
         }
     }
@@ -311,16 +393,21 @@ fn drain(rb: &mut RingBuf<MapData>, corr: &mut Correlator) {
 enum Decoded {
     Event(Event),
     Name(Event, String),
+    Packet(Box<PacketEvent>),
 }
 
-/// One ring-buffer record: an [`Event`], or a [`NameEvent`] (same head, kind DnsName).
+/// One ring-buffer record: an [`Event`], a [`NameEvent`] (same head, kind DnsName)
+/// or a [`PacketEvent`] (kind Packet, `--pcap`).
 fn decode(bytes: &[u8]) -> Option<Decoded> {
     let ev: Event = record(bytes)?;
-    if EventKind::from_u8(ev.kind) != Some(EventKind::DnsName) {
-        return Some(Decoded::Event(ev));
+    match EventKind::from_u8(ev.kind) {
+        Some(EventKind::DnsName) => {
+            let named: NameEvent = record(bytes)?;
+            Some(Decoded::Name(ev, crate::dns::qname(&named.name)?))
+        }
+        Some(EventKind::Packet) => Some(Decoded::Packet(Box::new(record(bytes)?))),
+        _ => Some(Decoded::Event(ev)),
     }
-    let named: NameEvent = record(bytes)?;
-    Some(Decoded::Name(ev, crate::dns::qname(&named.name)?))
 }
 
 /// VMs reboot and migrate: their port can vanish and come back with a new index.

@@ -3,6 +3,7 @@
 //! Every task is idempotent and quick when there is nothing left to do.
 
 mod bench;
+mod deb;
 mod demo;
 mod setup;
 mod vmtest;
@@ -48,6 +49,9 @@ enum Task {
     },
     /// Regenerate docs/troubleshooting.md from the scenario catalogue.
     Docs,
+    /// Set up, build, and package pathtrace as a .deb (target/deb/): the binary,
+    /// manual pages, completions, monitoring files and pathtrace-watch.service.
+    Deb,
     /// Set up, build, lint, and run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -101,6 +105,10 @@ fn main() {
             })
         }),
         Task::Docs => docs(),
+        Task::Deb => setup::run()
+            .and_then(|_| build())
+            .and_then(|_| deb::build())
+            .map(|_| ()),
         Task::Test { args } => setup::run()
             .and_then(|_| build())
             .and_then(|_| lint())
@@ -206,12 +214,15 @@ fn lint() -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    // The package test (tests/tests/package.rs) checks the .deb of this build.
+    let deb = deb::build()?;
     // End-to-end tests build namespaces and load eBPF: they need root, and CI runs
     // them as root. They find the binaries through these variables.
     let mut cmd = cargo();
     cmd.args(["test", "--release"])
         .env("PATHTRACE_BIN", release_bin("pathtrace"))
         .env("FAKE_GUEST_BIN", release_bin("fake-guest"))
+        .env("PATHTRACE_DEB", deb)
         .args(extra)
         // One test at a time: the end-to-end tests check that nothing of
         // pathtrace stays attached, which a parallel run would blur.

@@ -11,7 +11,9 @@ use crate::exec;
 /// the lab, ping for demos, bpftool for inspection, util-linux for nsenter, tmux
 /// for the live-view test, and for test VMs (the real-guest test and `vm-test`):
 /// QEMU, busybox for their initramfs, kmod (depmod on an unpacked kernel, the
-/// guest's modprobe) and xz for compressed modules.
+/// guest's modprobe) and xz for compressed modules; for `cargo xtask deb` and its
+/// test: dpkg-dev (dpkg-shlibdeps), binutils (strip), lintian, man-db, systemd
+/// (systemd-analyze verify); tshark reads the `--pcap` files in the tests.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -26,6 +28,12 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "kmod",
     "xz-utils",
+    "dpkg-dev",
+    "binutils",
+    "lintian",
+    "man-db",
+    "systemd",
+    "tshark",
 ];
 
 /// bpf-linker release that builds against the installed toolchain's LLVM.

@@ -12,8 +12,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    req_key, Event, EventKind, NameEvent, PacketInfo, Tracked, CNT_RINGBUF_FULL, DIR_EGRESS,
-    DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST,
+    req_key, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked, CNT_RINGBUF_FULL,
+    DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PROTO_DNS, PROTO_ICMP, ROLE_REPLY,
+    ROLE_REQUEST, SNAP_LEN,
 };
 
 use crate::{
@@ -71,6 +72,45 @@ fn observe(ctx: &TcContext, dir: u8) {
     if new && role == ROLE_REQUEST && pkt.proto == IPPROTO_UDP {
         emit_dns_name(ctx, &event, l4_off);
     }
+    // Only with --pcap: followed packets are few, so the copy stays cheap, and
+    // without it this is one compare of a read-only global.
+    if config().capture != 0 {
+        emit_packet(ctx, &event);
+    }
+}
+
+/// `--pcap`: the followed packet's first bytes as they are at this hook.
+#[inline(always)]
+fn emit_packet(ctx: &TcContext, head: &Event) {
+    let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
+        count(CNT_RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: the entry is ours until submitted; every field is written below.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.head = *head;
+    ev.head.kind = EventKind::Packet as u8;
+    let len = ctx.len() as usize;
+    ev.wire_len = len as u32;
+    ev.cap_len = 0;
+    if len > 0 {
+        // Bounded into 1..=SNAP_LEN where the helper is called (the verifier
+        // needs to see it), as in `load_upto`.
+        let n = ((len.min(SNAP_LEN) - 1) & (SNAP_LEN - 1)) + 1;
+        // SAFETY: `data` holds SNAP_LEN bytes and `n` is at most that.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                0,
+                ev.data.as_mut_ptr().cast(),
+                n as u32,
+            )
+        };
+        if rc == 0 {
+            ev.cap_len = n as u32;
+        }
+    }
+    entry.submit(crate::maps::wakeup_flags());
 }
 
 /// Could this packet be one of the traced flow's, at any hook? Requests keep the

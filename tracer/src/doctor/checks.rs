@@ -624,6 +624,7 @@ fn nat(t: &Topology) -> Check {
 /// nftables (`ct zone set`) or iptables-legacy's raw table (`-j CT --zone`).
 fn conntrack_zones_split() -> bool {
     let run = |cmd: &str, args: &[&str]| {
+        log::debug!("run: {cmd} {}", args.join(" "));
         std::process::Command::new(cmd)
             .args(args)
             .output()

@@ -130,7 +130,7 @@ pub fn exit_code(checks: &[Check]) -> i32 {
 /// Find the VM (by IP, or by id/name/MAC from the configuration) and its path.
 fn examine(cli: &DoctorCli) -> Result<Subject> {
     let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
-    let (vm_ip, nics) = resolve_vm(cli.vm_ip, cli.vm.as_deref(), &all)?;
+    let (vm_ip, nics) = resolve_vm(cli.vm_ip, cli.vm.as_deref(), &all, &cli.config_root)?;
     let dst = cli.to.unwrap_or(INTERNET);
     let links = topology::ip_json(&["-d", "link", "show"])?;
     if let Some(i) = cli
@@ -190,6 +190,7 @@ pub fn resolve_vm(
     vm_ip: Option<Ipv4Addr>,
     vm: Option<&str>,
     all: &[VmNic],
+    config_root: &std::path::Path,
 ) -> Result<(Ipv4Addr, Vec<VmNic>)> {
     let Some(query) = vm else {
         let ip = vm_ip.ok_or_else(|| anyhow!("give --vm-ip IP or --vm ID|NAME"))?;
@@ -198,6 +199,10 @@ pub fn resolve_vm(
     };
     let nics: Vec<VmNic> = hostconfig::find(all, query).into_iter().cloned().collect();
     if nics.is_empty() {
+        // On a Proxmox cluster the VM may simply run on another node.
+        if let Some(elsewhere) = crate::cluster::locate(config_root, query) {
+            bail!("{elsewhere}");
+        }
         bail!("no VM \"{query}\" in this host's Proxmox or libvirt configuration (by VMID, name or MAC); give its --vm-ip instead");
     }
     if let Some(ip) = vm_ip {

@@ -207,6 +207,7 @@ fn capture_source(source: &Source) -> Option<String> {
 /// Stdout of a command, or None if it is missing or fails.
 fn run(argv: &[&str]) -> Option<String> {
     let (program, args) = argv.split_first()?;
+    log::debug!("run: {}", argv.join(" "));
     let out = Command::new(program)
         .args(args)
         // Messages and number formats must not depend on the operator's locale.

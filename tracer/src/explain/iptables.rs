@@ -64,6 +64,7 @@ pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
 }
 
 fn legacy_rules() -> Option<Rules> {
+    log::debug!("run: iptables-legacy-save");
     let out = Command::new("iptables-legacy-save").output().ok()?;
     if !out.status.success() {
         return None;
@@ -73,6 +74,7 @@ fn legacy_rules() -> Option<Rules> {
 
 /// The legacy nat rule that translates destinations to `to`.
 pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
+    log::debug!("run: iptables-legacy-save -t nat");
     let out = Command::new("iptables-legacy-save")
         .args(["-t", "nat"])
         .output()

@@ -166,6 +166,7 @@ pub fn ruleset() -> Option<Ruleset> {
 }
 
 fn run(args: &[&str]) -> Option<String> {
+    log::debug!("run: nft {}", args.join(" "));
     let out = Command::new("nft").args(args).output().ok()?;
     out.status
         .success()

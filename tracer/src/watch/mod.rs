@@ -87,7 +87,7 @@ struct PortEvent<'a> {
 }
 
 pub fn run(cli: &WatchCli) -> Result<i32> {
-    preflight::check()?;
+    preflight::check_watch()?;
     let btf = KernelBtf::load(&cli.kernel_btf)?;
     let reasons = btf.drop_reasons()?;
     let kernel = WatchKernel::start(&btf)?;

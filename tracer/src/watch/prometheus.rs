@@ -56,26 +56,115 @@ async fn answer(mut stream: TcpStream, page: Page) -> std::io::Result<()> {
     let head = String::from_utf8_lossy(&buf[..len]);
     let mut words = head.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let page = match path.split('?').next() {
+        // Read the process's own numbers at scrape time, not at the last interval.
+        Some("/metrics") => format!("{}{}", page.lock().await, process_metrics()),
+        _ => String::new(),
+    };
+    stream.write_all(&response(method, path, &page)).await?;
+    stream.shutdown().await
+}
+
+/// The whole HTTP response to `method path`: `/metrics` (the exposition text in
+/// `metrics`) and `/` for GET and HEAD (HEAD: the same headers, no body, as
+/// scrapers' health checks and load balancers expect), 404 for other paths, 405
+/// for other methods.
+fn response(method: &str, path: &str, metrics: &str) -> Vec<u8> {
     let path = path.split('?').next().unwrap_or("");
-    let (status, body, ctype) = match (method, path) {
-        ("GET", "/metrics") => (
+    let text = "text/plain; charset=utf-8";
+    let (status, body, ctype, allow) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => (
             "200 OK",
-            page.lock().await.clone(),
+            metrics.to_string(),
             "text/plain; version=0.0.4; charset=utf-8",
+            false,
         ),
-        ("GET", "/") => (
+        ("GET" | "HEAD", "/") => (
             "200 OK",
             "pathtrace watch: metrics at /metrics\n".to_string(),
-            "text/plain; charset=utf-8",
+            text,
+            false,
         ),
-        _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
+        ("GET" | "HEAD", _) => ("404 Not Found", "not found\n".to_string(), text, false),
+        _ => (
+            "405 Method Not Allowed",
+            "only GET and HEAD\n".to_string(),
+            text,
+            true,
+        ),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let allow = if allow { "Allow: GET, HEAD\r\n" } else { "" };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// The standard process metrics every exporter has, so a fleet dashboard can
+/// show what pathtrace itself costs on each node: resident memory and CPU time,
+/// read from /proc at scrape time.
+fn process_metrics() -> String {
+    let mut out = String::new();
+    if let Some(rss) = resident_bytes() {
+        family(
+            &mut out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        let _ = writeln!(out, "process_resident_memory_bytes {rss}");
+    }
+    if let Some(cpu) = cpu_seconds() {
+        family(
+            &mut out,
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+        );
+        let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
+    }
+    out
+}
+
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    stat_cpu_seconds(&stat, ticks as f64)
+}
+
+/// utime + stime (fields 14 and 15 of /proc/PID/stat) in seconds. The command
+/// name (field 2) may hold spaces and parentheses: count from the last `)`.
+fn stat_cpu_seconds(stat: &str, ticks_per_s: f64) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, index 11 here.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    (ticks_per_s > 0.0).then(|| (utime + stime) / ticks_per_s)
+}
+
+/// The running kernel's release (`uname -r`), for `pathtrace_build_info`.
+fn kernel_release() -> &'static str {
+    static RELEASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RELEASE.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 /// Escape a label value as the exposition format requires.
@@ -100,6 +189,18 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
+    family(
+        &mut out,
+        "pathtrace_build_info",
+        "gauge",
+        "Always 1: the pathtrace version and commit, and the kernel it runs on.",
+    );
+    let l = labels(&[
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", env!("PATHTRACE_GIT_COMMIT")),
+        ("kernel", kernel_release()),
+    ]);
+    let _ = writeln!(out, "pathtrace_build_info{l} 1");
     family(
         &mut out,
         "pathtrace_drops_total",
@@ -261,6 +362,33 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn head_404_and_405() {
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        let get = text(response("GET", "/metrics?x=1", "m 1\n"));
+        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
+        assert!(get.contains("Content-Length: 4\r\n") && get.ends_with("\r\n\r\nm 1\n"));
+        let head = text(response("HEAD", "/metrics", "m 1\n"));
+        assert!(head.contains("Content-Length: 4\r\n") && head.ends_with("\r\n\r\n"));
+        assert!(text(response("GET", "/nope", "")).starts_with("HTTP/1.1 404 Not Found"));
+        assert!(text(response("HEAD", "/nope", "")).ends_with("\r\n\r\n"));
+        let post = text(response("POST", "/metrics", ""));
+        assert!(post.starts_with("HTTP/1.1 405") && post.contains("Allow: GET, HEAD"));
+    }
+
+    #[test]
+    fn process_numbers() {
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 5 1000 200";
+        assert_eq!(stat_cpu_seconds(stat, 100.0), Some(3.0));
+        assert_eq!(stat_cpu_seconds("garbage", 100.0), None);
+        let own = process_metrics();
+        assert!(own.contains("\nprocess_resident_memory_bytes "), "{own}");
+        assert!(own.contains("\nprocess_cpu_seconds_total "), "{own}");
+        let text = render(&sample());
+        assert!(text.contains("pathtrace_build_info{version=\""), "{text}");
+        assert!(text.contains(&format!("kernel=\"{}\"}} 1\n", kernel_release())));
     }
 
     /// The shipped dashboard and alert rules only use metrics (and labels) that
