@@ -5,6 +5,7 @@ pub mod fix;
 pub mod iptables;
 mod neighbour;
 pub mod nft;
+mod nft_match;
 pub mod stage;
 
 use std::{collections::HashMap, net::Ipv4Addr};
@@ -481,14 +482,16 @@ impl Explainer {
             _ => "forward",
         };
         let view = self.packet_view(t, d, stage);
+        let bridge_view = self.bridge_view(t, d, &view);
+        let points = replay_points(stage, d.direction, hook, &view, &bridge_view);
         // nf_tables drops inside nft_do_chain; legacy iptables through nf_hook_slow.
         let nft_first = facts.function == Some("nft_do_chain");
         let found = if nft_first {
-            self.nft_blame(stage == Stage::Bridge, hook, &view, d, what)
+            self.nft_blame(&points, d, what)
                 .or_else(|| self.legacy_blame(hook, &view, what))
         } else {
             self.legacy_blame(hook, &view, what)
-                .or_else(|| self.nft_blame(stage == Stage::Bridge, hook, &view, d, what))
+                .or_else(|| self.nft_blame(&points, d, what))
         };
         let (rule, mut hint) = found.unwrap_or_else(|| {
             (
@@ -500,6 +503,9 @@ impl Explainer {
         });
         // An IP-family rule sees bridged frames only through br_netfilter.
         let bridge_family = rule.as_deref().is_some_and(|r| r.starts_with("bridge "));
+        // The kernel does not say which family's hook dropped it: the rule that
+        // matches does. A bridge-family chain is the bridge's own firewall.
+        let stage = if bridge_family { Stage::Bridge } else { stage };
         if self.topo.bridged && !bridge_family {
             let b = &self.topo.inbound().name;
             hint.push_str(&format!(
@@ -517,13 +523,11 @@ impl Explainer {
 
     fn nft_blame(
         &self,
-        in_bridge: bool,
-        hook: &str,
-        view: &nft::PacketView,
+        points: &[nft::Point],
         d: &Drop,
         what: &str,
     ) -> Option<(Option<String>, String)> {
-        let c = nft::find_culprit(hook, in_bridge, view)?;
+        let c = nft::find_culprit_at(points)?;
         let (fam, table, chain) = (&c.family, &c.table, &c.chain);
         let hint = match fix::delete(&c) {
             Some(cmd) => format!(
@@ -539,7 +543,7 @@ impl Explainer {
                 fix::allow(&c, d.direction == Direction::Reply, &self.topo.vm_ip.to_string())
             ),
         };
-        Some((Some(c.describe()), hint))
+        Some((Some(c.describe()), hint + &walk_note(&c)))
     }
 
     fn legacy_blame(
@@ -617,6 +621,34 @@ impl Explainer {
             // A reply belongs to the request's connection; a request may be the
             // first of its flow or a repeat (ping reuses its id): unknown.
             ct_state: (d.direction == Direction::Reply).then_some("established"),
+            ..Default::default()
+        }
+    }
+
+    /// The packet as the bridge family's hooks see it: their devices are the
+    /// bridge's ports, not the bridge. The guest's request comes in by the port
+    /// the skb is on (or the VM's port, when it is already on the bridge device:
+    /// the bridge's input hook); the reply goes out by it. The other side is not
+    /// known at that point.
+    fn bridge_view(&self, t: &Trace, d: &Drop, view: &nft::PacketView) -> nft::PacketView {
+        let on_port = !self.topo.is_bridge_dev(d.ifindex);
+        let port = if on_port {
+            self.name(d.ifindex)
+        } else {
+            t.port_ifindex.and_then(|i| self.name(i))
+        };
+        let (iifname, oifname) = match d.direction {
+            Direction::Request => (port, None),
+            Direction::Reply => (None, port),
+        };
+        let guest_mac = (d.direction == Direction::Request)
+            .then(|| self.topo.vm_mac.as_deref().and_then(parse_mac))
+            .flatten();
+        nft::PacketView {
+            iifname,
+            oifname,
+            ether_saddr: guest_mac,
+            ..view.clone()
         }
     }
 
@@ -735,6 +767,76 @@ impl Explainer {
             prev = Some(hop);
         }
     }
+}
+
+/// Where a netfilter drop at `stage` can have happened, in the order to replay:
+/// inside the bridge, the bridge family's hooks (the side the skb is on first:
+/// a request meets prerouting on its way in, a reply postrouting on its way out)
+/// and then br_netfilter's pass of the IP `hook`; at IP prerouting, also the
+/// bridge family's input hook, which runs with the skb on the bridge device
+/// before any route too (br_pass_frame_up); elsewhere the IP `hook`.
+fn replay_points<'a>(
+    stage: Stage,
+    dir: Direction,
+    hook: &'a str,
+    view: &'a nft::PacketView,
+    bridge_view: &'a nft::PacketView,
+) -> Vec<nft::Point<'a>> {
+    let bridge = |h: &'a str| nft::Point {
+        families: &["bridge"],
+        hook: h,
+        view: bridge_view,
+    };
+    let ip = nft::Point {
+        families: nft::L3_FAMILIES,
+        hook,
+        view,
+    };
+    match stage {
+        Stage::Bridge => {
+            let hooks: &[&str] = match dir {
+                Direction::Request => nft::BRIDGE_HOOKS,
+                Direction::Reply => &["forward", "output", "postrouting", "prerouting", "input"],
+            };
+            let mut points: Vec<_> = hooks.iter().map(|h| bridge(h)).collect();
+            points.push(ip);
+            points
+        }
+        Stage::Prerouting => vec![ip, bridge("input")],
+        _ => vec![ip],
+    }
+}
+
+/// How the walk reached a rule in another chain, and what a reject sends back:
+/// appended to the hint.
+fn walk_note(c: &nft::Culprit) -> String {
+    let mut note = String::new();
+    if c.path.len() > 1 || c.family == "bridge" {
+        let family = if c.family == "bridge" {
+            "bridge-family "
+        } else {
+            ""
+        };
+        note.push_str(&format!(
+            " (reached in the {family}{} hook by {})",
+            c.hook,
+            c.path_text()
+        ));
+    }
+    if let Some(reply) = &c.reply {
+        note.push_str(&format!("; the guest is sent {reply}"));
+    }
+    note
+}
+
+/// `52:54:00:12:34:56` → bytes.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// L3 stages a packet must have crossed between two observed hops.
