@@ -568,9 +568,20 @@ impl Lab {
 
     /// Load an nft script in the hypervisor namespace (`nft -f -`).
     pub fn nft(&self, script: &str) -> Result<()> {
+        self.nft_with(&["-f", "-"], script)
+    }
+
+    /// Load an nft JSON batch (`nft -j -f -`), as rule-set generators such as
+    /// Proxmox's proxmox-firewall emit them.
+    pub fn nft_json(&self, batch: &str) -> Result<()> {
+        self.nft_with(&["-j", "-f", "-"], batch)
+    }
+
+    fn nft_with(&self, args: &[&str], script: &str) -> Result<()> {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.hv))
-            .args(["nft", "-f", "-"])
+            .arg("nft")
+            .args(args)
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;

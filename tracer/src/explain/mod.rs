@@ -6,6 +6,7 @@ pub mod iptables;
 mod neighbour;
 pub mod nft;
 mod nft_match;
+mod pve_firewall;
 pub mod stage;
 
 use std::{collections::HashMap, net::Ipv4Addr};
@@ -28,6 +29,9 @@ pub struct Explainer {
     pub reasons: HashMap<u32, String>,
     pub symbols: Symbols,
     pub proto_word: &'static str,
+    /// Where the hypervisor's configuration is (`--config-root`, `/` normally):
+    /// generated firewalls are fixed in their own files.
+    pub config_root: std::path::PathBuf,
 }
 
 /// What we say about one drop: stage, responsible rule/setting, and the fix.
@@ -528,6 +532,11 @@ impl Explainer {
         what: &str,
     ) -> Option<(Option<String>, String)> {
         let c = nft::find_culprit_at(points)?;
+        // A generated rule set is fixed where it is generated from.
+        let pkt = points.first().map(|p| p.view)?;
+        if let Some(hint) = pve_firewall::hint(&c, pkt, what, &self.config_root) {
+            return Some((Some(c.describe()), hint));
+        }
         let (fam, table, chain) = (&c.family, &c.table, &c.chain);
         let hint = match fix::delete(&c) {
             Some(cmd) => format!(

@@ -78,10 +78,23 @@ pub struct Culprit {
     /// Chains walked from that base chain to `chain`, with the verdict maps
     /// followed (`vm-out`, `vm-map-out[veth100i3]`, `guest-100-out`, `do-reject`).
     pub path: Vec<String>,
-    /// The rules that led from one chain to the next: (chain, handle).
-    pub via: Vec<(String, u64)>,
+    /// The rules that led from one chain to the next.
+    pub via: Vec<Via>,
     /// What a `reject` sends back (`ICMP port-unreachable`, `a TCP reset`).
     pub reply: Option<String>,
+    /// The rule has no match: it applies to whatever reaches it (a generated
+    /// chain's closing policy rule, for instance).
+    pub unconditional: bool,
+    /// The named sets the rule looks in, with their elements as nft prints them.
+    pub sets: Vec<(String, Vec<String>)>,
+}
+
+/// A rule that sent the walk on to another chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    pub chain: String,
+    pub handle: u64,
+    pub unconditional: bool,
 }
 
 /// Who manages an nftables table. nft itself, or iptables-nft: nft prints "table
@@ -212,6 +225,8 @@ pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
         hook: String::new(),
         via: Vec::new(),
         reply: None,
+        unconditional: false,
+        sets: Vec::new(),
     };
     Some(culprit.describe())
 }
@@ -333,7 +348,16 @@ struct Walk<'a> {
     hook: &'a str,
     unsure: bool,
     path: Vec<String>,
-    via: Vec<(String, u64)>,
+    via: Vec<Via>,
+}
+
+/// The rule a statement belongs to, as far as the walk needs it.
+struct RuleAt<'a> {
+    chain: &'a Chain,
+    handle: u64,
+    exprs: &'a [Value],
+    /// Every match before the statement could be evaluated.
+    definite: bool,
 }
 
 impl Ruleset {
@@ -547,7 +571,26 @@ fn culprit_at(chain: &Chain, handle: Option<u64>, hook: &str) -> Culprit {
         reply: None,
         manager: Manager::Nft,
         number: None,
+        unconditional: false,
+        sets: Vec::new(),
     }
+}
+
+/// A rule without any match.
+fn unconditional(exprs: &[Value]) -> bool {
+    !exprs.iter().any(|e| e.get("match").is_some())
+}
+
+/// The named sets (`@name`) a rule's matches look in, with their elements.
+fn sets_used(exprs: &[Value], sets: &TableSets) -> Vec<(String, Vec<String>)> {
+    exprs
+        .iter()
+        .filter_map(|e| e.get("match")?["right"].as_str()?.strip_prefix('@'))
+        .map(|name| {
+            let elems = sets.elements(name).unwrap_or_default();
+            (name.to_string(), elems.iter().map(key_text).collect())
+        })
+        .collect()
 }
 
 impl Walk<'_> {
@@ -583,7 +626,13 @@ impl Walk<'_> {
                 }
                 Stmt::Verdict(v, entry) => (v, entry),
             };
-            match self.apply(chain, handle, verdict, entry, definite, depth) {
+            let at = RuleAt {
+                chain,
+                handle,
+                exprs,
+                definite,
+            };
+            match self.apply(&at, verdict, entry, depth) {
                 Step::NextStmt => {}
                 Step::NextRule => return None,
                 Step::Done(flow) => return Some(flow),
@@ -647,13 +696,12 @@ impl Walk<'_> {
 
     fn apply(
         &mut self,
-        chain: &Chain,
-        handle: u64,
+        at: &RuleAt,
         verdict: Verdict,
         entry: Option<String>,
-        definite: bool,
         depth: usize,
     ) -> Step {
+        let (chain, handle, definite) = (at.chain, at.handle, at.definite);
         // A verdict behind a match we could not evaluate may not have happened:
         // the walk goes on, but what it finds later is no longer certain.
         let maybe = |w: &mut Self| {
@@ -671,6 +719,8 @@ impl Walk<'_> {
                 path: self.path.clone(),
                 via: self.via.clone(),
                 reply,
+                unconditional: unconditional(at.exprs),
+                sets: sets_used(at.exprs, &self.rs.sets_of(chain)),
                 ..culprit_at(chain, Some(handle), self.hook)
             }))),
             Verdict::Jump(ref target) | Verdict::Goto(ref target) => {
@@ -683,7 +733,11 @@ impl Walk<'_> {
                 let mark = self.path.len();
                 self.path.extend(entry);
                 self.path.push(sub.name.clone());
-                self.via.push((chain.name.clone(), handle));
+                self.via.push(Via {
+                    chain: chain.name.clone(),
+                    handle,
+                    unconditional: unconditional(at.exprs),
+                });
                 let flow = self.chain(sub, depth + 1);
                 self.path.truncate(mark);
                 self.via.pop();
@@ -707,6 +761,9 @@ fn key_text(k: &Value) -> String {
     }
     if let Some(p) = k.get("prefix") {
         return format!("{}/{}", p["addr"].as_str().unwrap_or("?"), p["len"]);
+    }
+    if let Some([lo, hi]) = k.get("range").and_then(Value::as_array).map(Vec::as_slice) {
+        return format!("{}-{}", key_text(lo), key_text(hi));
     }
     match k {
         Value::String(s) => s.clone(),
@@ -980,7 +1037,8 @@ mod tests {
         assert_eq!(c.verdict, "reject");
         assert_eq!(c.reply.as_deref(), Some("ICMP port-unreachable"));
         // guest-100-out's last rule (`jump do-reject`) is its policy_out.
-        assert!(c.via.contains(&("guest-100-out".into(), 255)));
+        let policy = c.via.iter().find(|v| v.chain == "guest-100-out").unwrap();
+        assert_eq!((policy.handle, policy.unconditional), (255, true));
         // `ct state vmap` with the state unknown may have accepted it.
         assert!(!c.certain);
         assert_eq!(
@@ -1007,6 +1065,13 @@ mod tests {
         assert_eq!(c.path, ["vm-out", "vm-map-out[veth100i3]", "guest-100-out"]);
         assert_eq!((c.chain.as_str(), c.handle), ("guest-100-out", Some(230)));
         assert_eq!(c.verdict, "drop");
+        assert_eq!(
+            c.sets,
+            [(
+                "v4-guest-100/ipfilter-net3".to_string(),
+                vec!["192.0.2.10".to_string()]
+            )]
+        );
         assert_eq!(
             with_text(c).text.as_deref(),
             Some("iifname \"veth100i3\" ip saddr != @v4-guest-100/ipfilter-net3 drop")
