@@ -820,17 +820,36 @@ fn replay_points<'a>(
 /// appended to the hint.
 fn walk_note(c: &nft::Culprit) -> String {
     let mut note = String::new();
-    if c.path.len() > 1 || c.family == "bridge" {
-        let family = if c.family == "bridge" {
-            "bridge-family "
-        } else {
-            ""
-        };
+    let family = if c.family == "bridge" {
+        "bridge-family "
+    } else {
+        ""
+    };
+    if c.path.len() > 1 {
         note.push_str(&format!(
             " (reached in the {family}{} hook by {})",
             c.hook,
             c.path_text()
         ));
+    } else if c.family == "bridge" {
+        note.push_str(&format!(" (in the bridge-family {} hook)", c.hook));
+    }
+    for (set, elems) in &c.sets {
+        const SHOWN: usize = 8;
+        let more = elems.len().saturating_sub(SHOWN);
+        let mut listed = elems
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if more > 0 {
+            listed.push_str(&format!(" and {more} more"));
+        }
+        match listed.is_empty() {
+            true => note.push_str(&format!("; set @{set} is empty")),
+            false => note.push_str(&format!("; set @{set} holds {listed}")),
+        }
     }
     if let Some(reply) = &c.reply {
         note.push_str(&format!("; the guest is sent {reply}"));
