@@ -574,7 +574,12 @@ impl Lab {
     /// Load an nft JSON batch (`nft -j -f -`), as rule-set generators such as
     /// Proxmox's proxmox-firewall emit them.
     pub fn nft_json(&self, batch: &str) -> Result<()> {
-        self.nft_with(&["-j", "-f", "-"], batch)
+        // `nft -j -f -` opens /dev/stdin by name, which a minimal /dev (the VM
+        // runner's) lacks: hand it a file in the lab's own directory.
+        let file = self.config_root.join("nft-batch.json");
+        write_file(&file, batch)?;
+        let file = file.display().to_string();
+        self.nft_with(&["-j", "-f", &file], "")
     }
 
     fn nft_with(&self, args: &[&str], script: &str) -> Result<()> {
@@ -585,15 +590,21 @@ impl Lab {
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        std::io::Write::write_all(
+        // nft may stop reading at its first error: its own message says more
+        // than the broken pipe.
+        let written = std::io::Write::write_all(
             child.stdin.as_mut().context("nft stdin")?,
             script.as_bytes(),
-        )?;
+        );
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("nft -f: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "nft {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        Ok(())
+        Ok(written?)
     }
 
     /// `program args...` to be run inside the hypervisor namespace.

@@ -62,21 +62,33 @@ fn lab_with_proxmox_firewall(guests: Vec<GuestSpec>) -> Option<Lab> {
             .ping(DEST.parse().unwrap(), one)
             .expect("guest pings before the firewall");
     }
-    if let Err(e) = load_proxmox_firewall(&lab) {
+    if let Err(e) = lab.nft(BRIDGE_FIREWALL_PROBE) {
         eprintln!(
-            "SKIPPED: this kernel cannot load Proxmox's nftables firewall (it needs bridge \
-             conntrack nf_conntrack_bridge, bridge reject nft_reject_bridge and bridge meta \
-             nft_meta_bridge; run it on Debian's 6.12: cargo xtask vm-test --kernel 6.12 \
-             --test real_rulesets): {e}"
+            "SKIPPED: this kernel cannot hold Proxmox's nftables firewall: it needs bridge \
+             conntrack (nf_conntrack_bridge), bridge reject (nft_reject_bridge) and bridge \
+             meta (nft_meta_bridge); run it on Debian's 6.12: cargo xtask vm-test --kernel \
+             6.12 --test real_rulesets ({e})"
         );
         return None;
     }
+    load_proxmox_firewall(&lab).expect("Proxmox's rule set loads unchanged");
     // Where `--config-root` finds the guest's firewall configuration.
     let fw = lab.config_root().join("etc/pve/firewall");
     std::fs::create_dir_all(&fw).unwrap();
     std::fs::copy(fixture("100.fw"), fw.join("100.fw")).unwrap();
     Some(lab)
 }
+
+/// What the rule set needs from the kernel beyond plain nftables, in one
+/// transaction that leaves nothing behind: the kernel lacking any of it is a
+/// reason to skip; any other failure to load the rule set is a failure.
+const BRIDGE_FIREWALL_PROBE: &str = "add table bridge pt-probe
+add chain bridge pt-probe c
+add rule bridge pt-probe c ct state established accept
+add rule bridge pt-probe c meta ibrname \"vmbr0\" accept
+add rule bridge pt-probe c reject with icmpx type port-unreachable
+delete table bridge pt-probe
+";
 
 /// As proxmox-firewall does: its static rule set first, then the generated
 /// batch. The chains the generator was told exist (chains.json, its test's
