@@ -486,8 +486,8 @@ impl Explainer {
             _ => "forward",
         };
         let view = self.packet_view(t, d, stage);
-        let bridge_view = self.bridge_view(t, d, &view);
-        let points = replay_points(stage, d.direction, hook, &view, &bridge_view);
+        let [ingress, egress] = self.bridge_views(t, d, &view);
+        let points = replay_points(stage, d.direction, hook, &view, &ingress, &egress);
         // nf_tables drops inside nft_do_chain; legacy iptables through nf_hook_slow.
         let nft_first = facts.function == Some("nft_do_chain");
         let found = if nft_first {
@@ -634,31 +634,39 @@ impl Explainer {
         }
     }
 
-    /// The packet as the bridge family's hooks see it: their devices are the
-    /// bridge's ports, not the bridge. The guest's request comes in by the port
-    /// the skb is on (or the VM's port, when it is already on the bridge device:
-    /// the bridge's input hook); the reply goes out by it. The other side is not
-    /// known at that point.
-    fn bridge_view(&self, t: &Trace, d: &Drop, view: &nft::PacketView) -> nft::PacketView {
-        let on_port = !self.topo.is_bridge_dev(d.ifindex);
-        let port = if on_port {
-            self.name(d.ifindex)
-        } else {
-            t.port_ifindex.and_then(|i| self.name(i))
-        };
-        let (iifname, oifname) = match d.direction {
-            Direction::Request => (port, None),
-            Direction::Reply => (None, port),
-        };
-        let guest_mac = (d.direction == Direction::Request)
+    /// The packet as the bridge family's hooks see it, whose devices are the
+    /// bridge's ports, not the bridge: [ingress, egress]. In prerouting and input
+    /// the skb is on the port the frame came in by (input: on the bridge device,
+    /// having come from the VM's port, for the guest's request); in forward,
+    /// output and postrouting on the port it leaves by, and the guest's request
+    /// came in by the VM's port when that port is on the same bridge. What the
+    /// skb does not show stays unknown.
+    fn bridge_views(&self, t: &Trace, d: &Drop, view: &nft::PacketView) -> [nft::PacketView; 2] {
+        let skb_port = (!self.topo.is_bridge_dev(d.ifindex))
+            .then(|| self.name(d.ifindex))
+            .flatten();
+        let vm_port = t.port_ifindex;
+        let request = d.direction == Direction::Request;
+        let same_bridge = vm_port.is_some_and(|p| {
+            let master = |i| self.topo.masters.get(&i);
+            master(p).is_some() && master(p) == master(d.ifindex)
+        });
+        let ingress_iif = skb_port
+            .clone()
+            .or_else(|| vm_port.filter(|_| request).and_then(|i| self.name(i)));
+        let egress_iif = vm_port
+            .filter(|_| request && same_bridge)
+            .and_then(|i| self.name(i));
+        let guest_mac = request
             .then(|| self.topo.vm_mac.as_deref().and_then(parse_mac))
             .flatten();
-        nft::PacketView {
+        let with = |iifname, oifname| nft::PacketView {
             iifname,
             oifname,
             ether_saddr: guest_mac,
             ..view.clone()
-        }
+        };
+        [with(ingress_iif, None), with(egress_iif, skb_port)]
     }
 
     /// A firewall bridge the request entered the IP layer at, when it was routed
@@ -789,12 +797,16 @@ fn replay_points<'a>(
     dir: Direction,
     hook: &'a str,
     view: &'a nft::PacketView,
-    bridge_view: &'a nft::PacketView,
+    ingress: &'a nft::PacketView,
+    egress: &'a nft::PacketView,
 ) -> Vec<nft::Point<'a>> {
     let bridge = |h: &'a str| nft::Point {
         families: &["bridge"],
         hook: h,
-        view: bridge_view,
+        view: match h {
+            "prerouting" | "input" => ingress,
+            _ => egress,
+        },
     };
     let ip = nft::Point {
         families: nft::L3_FAMILIES,
@@ -1027,5 +1039,75 @@ mod tests {
         };
         let f = flow_of(&dns);
         assert_eq!((f.icmp_id, f.dns_id), (None, Some(99)));
+    }
+
+    /// Inside the bridge: the bridge family's hooks, each with the view of its
+    /// side (ingress for prerouting/input, egress after), then br_netfilter's IP
+    /// hook; at IP prerouting the bridge's input hook too.
+    #[test]
+    fn replay_points_by_stage() {
+        let ip = nft::PacketView::default();
+        let ingress = nft::PacketView {
+            iifname: Some("tap100i0".into()),
+            ..Default::default()
+        };
+        let egress = nft::PacketView {
+            oifname: Some("tap101i0".into()),
+            ..Default::default()
+        };
+        let names = |pts: &[nft::Point]| {
+            pts.iter()
+                .map(|p| {
+                    let side = p.view.iifname.clone().or(p.view.oifname.clone());
+                    format!("{}:{}:{}", p.families[0], p.hook, side.unwrap_or_default())
+                })
+                .collect::<Vec<_>>()
+        };
+        let req = replay_points(
+            Stage::Bridge,
+            Direction::Request,
+            "prerouting",
+            &ip,
+            &ingress,
+            &egress,
+        );
+        assert_eq!(
+            names(&req),
+            [
+                "bridge:prerouting:tap100i0",
+                "bridge:input:tap100i0",
+                "bridge:forward:tap101i0",
+                "bridge:output:tap101i0",
+                "bridge:postrouting:tap101i0",
+                "ip:prerouting:"
+            ]
+        );
+        let reply = replay_points(
+            Stage::Bridge,
+            Direction::Reply,
+            "forward",
+            &ip,
+            &ingress,
+            &egress,
+        );
+        assert_eq!(names(&reply)[0], "bridge:forward:tap101i0");
+        let pre = replay_points(
+            Stage::Prerouting,
+            Direction::Request,
+            "prerouting",
+            &ip,
+            &ingress,
+            &egress,
+        );
+        assert_eq!(names(&pre), ["ip:prerouting:", "bridge:input:tap100i0"]);
+        let fwd = replay_points(
+            Stage::Forward,
+            Direction::Request,
+            "forward",
+            &ip,
+            &ingress,
+            &egress,
+        );
+        assert_eq!(names(&fwd), ["ip:forward:"]);
     }
 }
