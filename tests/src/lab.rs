@@ -568,21 +568,43 @@ impl Lab {
 
     /// Load an nft script in the hypervisor namespace (`nft -f -`).
     pub fn nft(&self, script: &str) -> Result<()> {
+        self.nft_with(&["-f", "-"], script)
+    }
+
+    /// Load an nft JSON batch (`nft -j -f -`), as rule-set generators such as
+    /// Proxmox's proxmox-firewall emit them.
+    pub fn nft_json(&self, batch: &str) -> Result<()> {
+        // `nft -j -f -` opens /dev/stdin by name, which a minimal /dev (the VM
+        // runner's) lacks: hand it a file in the lab's own directory.
+        let file = self.config_root.join("nft-batch.json");
+        write_file(&file, batch)?;
+        let file = file.display().to_string();
+        self.nft_with(&["-j", "-f", &file], "")
+    }
+
+    fn nft_with(&self, args: &[&str], script: &str) -> Result<()> {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.hv))
-            .args(["nft", "-f", "-"])
+            .arg("nft")
+            .args(args)
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        std::io::Write::write_all(
+        // nft may stop reading at its first error: its own message says more
+        // than the broken pipe.
+        let written = std::io::Write::write_all(
             child.stdin.as_mut().context("nft stdin")?,
             script.as_bytes(),
-        )?;
+        );
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("nft -f: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "nft {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        Ok(())
+        Ok(written?)
     }
 
     /// `program args...` to be run inside the hypervisor namespace.

@@ -492,6 +492,30 @@ pub const CATALOGUE: &[Scenario] = &[
         fix: "nft delete rule bridge <table> <chain> handle <n>",
         ..BASE
     },
+    Scenario {
+        name: "nft_bridge_prerouting_vmap_drop",
+        symptom: "one VM cannot reach anything; the host has a bridge firewall",
+        cause: "a bridge-family rule on the VM's port (prerouting hook, reached through a verdict map into a per-guest chain, as generated firewalls write them) drops the guest's frames: its address is not in the rule's set",
+        break_hv: &[
+            "nft add table bridge fw",
+            "nft add chain bridge fw vm-out '{ type filter hook prerouting priority 0; }'",
+            "nft add chain bridge fw guest-100-out",
+            "nft add map bridge fw vm-map-out '{ typeof iifname : verdict; }'",
+            "nft add element bridge fw vm-map-out '{ \"tap100i0\" : goto guest-100-out }'",
+            "nft add rule bridge fw vm-out iifname vmap @vm-map-out",
+            "nft add set bridge fw ipfilter-net0 '{ type ipv4_addr; flags interval; }'",
+            "nft add element bridge fw ipfilter-net0 '{ 192.0.2.200 }'",
+            "nft add rule bridge fw guest-100-out iifname tap100i0 ip saddr != @ipfilter-net0 drop",
+        ],
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("bridge fw guest-100-out handle"),
+            hint: Some("vm-out → vm-map-out[tap100i0] → guest-100-out"),
+            ..dropped("request", "bridge")
+        },
+        fix: "nft delete rule bridge <table> <chain> handle <n>, or add the guest's address to the set",
+        ..BASE
+    },
 ];
 
 pub fn find(name: &str) -> &'static Scenario {

@@ -108,6 +108,7 @@ scenario_tests!(
     vm_port_blocked_reply,
     br_netfilter_guest_to_guest,
     nft_bridge_family_drop,
+    nft_bridge_prerouting_vmap_drop,
 );
 
 /// Bridge VLAN filtering with the VM port in the wrong VLAN, where the kernel has

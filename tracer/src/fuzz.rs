@@ -126,6 +126,7 @@ fn view() -> impl Strategy<Value = nft::PacketView> {
             iifname: Some("vmbr0".into()),
             oifname: Some("eth0".into()),
             ct_state: None,
+            ..Default::default()
         })
 }
 

@@ -75,6 +75,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         proto_word: cli.proto.word(),
         topo,
         findings,
+        config_root: cli.config_root.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -570,6 +570,7 @@ fn view(t: &Topology, reply: bool, proto: u8, dport: Option<u16>) -> nft::Packet
         iifname: iif,
         oifname: if t.dst_local { None } else { oif },
         ct_state: Some(if reply { "established" } else { "new" }),
+        ..Default::default()
     }
 }
 

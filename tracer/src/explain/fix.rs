@@ -215,6 +215,7 @@ mod tests {
             certain: true,
             manager: Manager::Nft,
             number: None,
+            ..Default::default()
         };
         rs.annotate(&mut c);
         c

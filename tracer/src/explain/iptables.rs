@@ -379,6 +379,7 @@ mod tests {
             iifname: Some("vmbr0".into()),
             oifname: Some(oif.into()),
             ct_state: None,
+            ..Default::default()
         }
     }
 

@@ -5,6 +5,8 @@ pub mod fix;
 pub mod iptables;
 mod neighbour;
 pub mod nft;
+mod nft_match;
+mod pve_firewall;
 pub mod stage;
 
 use std::{collections::HashMap, net::Ipv4Addr};
@@ -27,6 +29,9 @@ pub struct Explainer {
     pub reasons: HashMap<u32, String>,
     pub symbols: Symbols,
     pub proto_word: &'static str,
+    /// Where the hypervisor's configuration is (`--config-root`, `/` normally):
+    /// generated firewalls are fixed in their own files.
+    pub config_root: std::path::PathBuf,
 }
 
 /// What we say about one drop: stage, responsible rule/setting, and the fix.
@@ -481,14 +486,16 @@ impl Explainer {
             _ => "forward",
         };
         let view = self.packet_view(t, d, stage);
+        let [ingress, egress] = self.bridge_views(t, d, &view);
+        let points = replay_points(stage, d.direction, hook, &view, &ingress, &egress);
         // nf_tables drops inside nft_do_chain; legacy iptables through nf_hook_slow.
         let nft_first = facts.function == Some("nft_do_chain");
         let found = if nft_first {
-            self.nft_blame(stage == Stage::Bridge, hook, &view, d, what)
+            self.nft_blame(&points, d, what)
                 .or_else(|| self.legacy_blame(hook, &view, what))
         } else {
             self.legacy_blame(hook, &view, what)
-                .or_else(|| self.nft_blame(stage == Stage::Bridge, hook, &view, d, what))
+                .or_else(|| self.nft_blame(&points, d, what))
         };
         let (rule, mut hint) = found.unwrap_or_else(|| {
             (
@@ -500,6 +507,9 @@ impl Explainer {
         });
         // An IP-family rule sees bridged frames only through br_netfilter.
         let bridge_family = rule.as_deref().is_some_and(|r| r.starts_with("bridge "));
+        // The kernel does not say which family's hook dropped it: the rule that
+        // matches does. A bridge-family chain is the bridge's own firewall.
+        let stage = if bridge_family { Stage::Bridge } else { stage };
         if self.topo.bridged && !bridge_family {
             let b = &self.topo.inbound().name;
             hint.push_str(&format!(
@@ -517,13 +527,16 @@ impl Explainer {
 
     fn nft_blame(
         &self,
-        in_bridge: bool,
-        hook: &str,
-        view: &nft::PacketView,
+        points: &[nft::Point],
         d: &Drop,
         what: &str,
     ) -> Option<(Option<String>, String)> {
-        let c = nft::find_culprit(hook, in_bridge, view)?;
+        let c = nft::find_culprit_at(points)?;
+        // A generated rule set is fixed where it is generated from.
+        let pkt = points.first().map(|p| p.view)?;
+        if let Some(hint) = pve_firewall::hint(&c, pkt, what, &self.config_root) {
+            return Some((Some(c.describe()), hint));
+        }
         let (fam, table, chain) = (&c.family, &c.table, &c.chain);
         let hint = match fix::delete(&c) {
             Some(cmd) => format!(
@@ -539,7 +552,7 @@ impl Explainer {
                 fix::allow(&c, d.direction == Direction::Reply, &self.topo.vm_ip.to_string())
             ),
         };
-        Some((Some(c.describe()), hint))
+        Some((Some(c.describe()), hint + &walk_note(&c)))
     }
 
     fn legacy_blame(
@@ -617,7 +630,43 @@ impl Explainer {
             // A reply belongs to the request's connection; a request may be the
             // first of its flow or a repeat (ping reuses its id): unknown.
             ct_state: (d.direction == Direction::Reply).then_some("established"),
+            ..Default::default()
         }
+    }
+
+    /// The packet as the bridge family's hooks see it, whose devices are the
+    /// bridge's ports, not the bridge: [ingress, egress]. In prerouting and input
+    /// the skb is on the port the frame came in by (input: on the bridge device,
+    /// having come from the VM's port, for the guest's request); in forward,
+    /// output and postrouting on the port it leaves by, and the guest's request
+    /// came in by the VM's port when that port is on the same bridge. What the
+    /// skb does not show stays unknown.
+    fn bridge_views(&self, t: &Trace, d: &Drop, view: &nft::PacketView) -> [nft::PacketView; 2] {
+        let skb_port = (!self.topo.is_bridge_dev(d.ifindex))
+            .then(|| self.name(d.ifindex))
+            .flatten();
+        let vm_port = t.port_ifindex;
+        let request = d.direction == Direction::Request;
+        let same_bridge = vm_port.is_some_and(|p| {
+            let master = |i| self.topo.masters.get(&i);
+            master(p).is_some() && master(p) == master(d.ifindex)
+        });
+        let ingress_iif = skb_port
+            .clone()
+            .or_else(|| vm_port.filter(|_| request).and_then(|i| self.name(i)));
+        let egress_iif = vm_port
+            .filter(|_| request && same_bridge)
+            .and_then(|i| self.name(i));
+        let guest_mac = request
+            .then(|| self.topo.vm_mac.as_deref().and_then(parse_mac))
+            .flatten();
+        let with = |iifname, oifname| nft::PacketView {
+            iifname,
+            oifname,
+            ether_saddr: guest_mac,
+            ..view.clone()
+        };
+        [with(ingress_iif, None), with(egress_iif, skb_port)]
     }
 
     /// A firewall bridge the request entered the IP layer at, when it was routed
@@ -735,6 +784,99 @@ impl Explainer {
             prev = Some(hop);
         }
     }
+}
+
+/// Where a netfilter drop at `stage` can have happened, in the order to replay:
+/// inside the bridge, the bridge family's hooks (the side the skb is on first:
+/// a request meets prerouting on its way in, a reply postrouting on its way out)
+/// and then br_netfilter's pass of the IP `hook`; at IP prerouting, also the
+/// bridge family's input hook, which runs with the skb on the bridge device
+/// before any route too (br_pass_frame_up); elsewhere the IP `hook`.
+fn replay_points<'a>(
+    stage: Stage,
+    dir: Direction,
+    hook: &'a str,
+    view: &'a nft::PacketView,
+    ingress: &'a nft::PacketView,
+    egress: &'a nft::PacketView,
+) -> Vec<nft::Point<'a>> {
+    let bridge = |h: &'a str| nft::Point {
+        families: &["bridge"],
+        hook: h,
+        view: match h {
+            "prerouting" | "input" => ingress,
+            _ => egress,
+        },
+    };
+    let ip = nft::Point {
+        families: nft::L3_FAMILIES,
+        hook,
+        view,
+    };
+    match stage {
+        Stage::Bridge => {
+            let hooks: &[&str] = match dir {
+                Direction::Request => nft::BRIDGE_HOOKS,
+                Direction::Reply => &["forward", "output", "postrouting", "prerouting", "input"],
+            };
+            let mut points: Vec<_> = hooks.iter().map(|h| bridge(h)).collect();
+            points.push(ip);
+            points
+        }
+        Stage::Prerouting => vec![ip, bridge("input")],
+        _ => vec![ip],
+    }
+}
+
+/// How the walk reached a rule in another chain, and what a reject sends back:
+/// appended to the hint.
+fn walk_note(c: &nft::Culprit) -> String {
+    let mut note = String::new();
+    let family = if c.family == "bridge" {
+        "bridge-family "
+    } else {
+        ""
+    };
+    if c.path.len() > 1 {
+        note.push_str(&format!(
+            " (reached in the {family}{} hook by {})",
+            c.hook,
+            c.path_text()
+        ));
+    } else if c.family == "bridge" {
+        note.push_str(&format!(" (in the bridge-family {} hook)", c.hook));
+    }
+    for (set, elems) in &c.sets {
+        const SHOWN: usize = 8;
+        let more = elems.len().saturating_sub(SHOWN);
+        let mut listed = elems
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if more > 0 {
+            listed.push_str(&format!(" and {more} more"));
+        }
+        match listed.is_empty() {
+            true => note.push_str(&format!("; set @{set} is empty")),
+            false => note.push_str(&format!("; set @{set} holds {listed}")),
+        }
+    }
+    if let Some(reply) = &c.reply {
+        note.push_str(&format!("; the guest is sent {reply}"));
+    }
+    note
+}
+
+/// `52:54:00:12:34:56` → bytes.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// L3 stages a packet must have crossed between two observed hops.
@@ -897,5 +1039,75 @@ mod tests {
         };
         let f = flow_of(&dns);
         assert_eq!((f.icmp_id, f.dns_id), (None, Some(99)));
+    }
+
+    /// Inside the bridge: the bridge family's hooks, each with the view of its
+    /// side (ingress for prerouting/input, egress after), then br_netfilter's IP
+    /// hook; at IP prerouting the bridge's input hook too.
+    #[test]
+    fn replay_points_by_stage() {
+        let ip = nft::PacketView::default();
+        let ingress = nft::PacketView {
+            iifname: Some("tap100i0".into()),
+            ..Default::default()
+        };
+        let egress = nft::PacketView {
+            oifname: Some("tap101i0".into()),
+            ..Default::default()
+        };
+        let names = |pts: &[nft::Point]| {
+            pts.iter()
+                .map(|p| {
+                    let side = p.view.iifname.clone().or(p.view.oifname.clone());
+                    format!("{}:{}:{}", p.families[0], p.hook, side.unwrap_or_default())
+                })
+                .collect::<Vec<_>>()
+        };
+        let req = replay_points(
+            Stage::Bridge,
+            Direction::Request,
+            "prerouting",
+            &ip,
+            &ingress,
+            &egress,
+        );
+        assert_eq!(
+            names(&req),
+            [
+                "bridge:prerouting:tap100i0",
+                "bridge:input:tap100i0",
+                "bridge:forward:tap101i0",
+                "bridge:output:tap101i0",
+                "bridge:postrouting:tap101i0",
+                "ip:prerouting:"
+            ]
+        );
+        let reply = replay_points(
+            Stage::Bridge,
+            Direction::Reply,
+            "forward",
+            &ip,
+            &ingress,
+            &egress,
+        );
+        assert_eq!(names(&reply)[0], "bridge:forward:tap101i0");
+        let pre = replay_points(
+            Stage::Prerouting,
+            Direction::Request,
+            "prerouting",
+            &ip,
+            &ingress,
+            &egress,
+        );
+        assert_eq!(names(&pre), ["ip:prerouting:", "bridge:input:tap100i0"]);
+        let fwd = replay_points(
+            Stage::Forward,
+            Direction::Request,
+            "forward",
+            &ip,
+            &ingress,
+            &egress,
+        );
+        assert_eq!(names(&fwd), ["ip:forward:"]);
     }
 }

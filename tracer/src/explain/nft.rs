@@ -2,14 +2,21 @@
 //!
 //! The kernel reports only "NETFILTER_DROP at nft_do_chain", so we replay the
 //! packet against the host's ruleset (`nft -j list ruleset`): base chains of that
-//! hook in priority order, rules in order, following jumps. Matches we can evaluate
-//! (addresses, prefixes, sets, protocol, ports, ICMP type, interface names) decide;
-//! the others are treated as "may match". The first rule that may match and drops
-//! or rejects is the answer; if none, a base chain with policy drop is.
+//! hook in priority order, rules in order, with nft's own semantics for `jump`
+//! (come back), `goto` (do not), `return` and verdict maps (`iifname vmap
+//! @vm-map-out`, `ct state vmap { ... }`), as rule-set generators (Proxmox's
+//! proxmox-firewall, libvirt, Docker) write them. Matches we can evaluate
+//! (addresses, prefixes, ranges, anonymous and named sets, concatenations,
+//! protocols, ports, ICMP type, interface names, conntrack state) decide; the
+//! others are treated as "may match" and the walk goes on. The first rule that may
+//! match and drops or rejects is the answer, with the chains that led to it; if
+//! none, a base chain with policy drop is.
 
 use std::{collections::HashMap, net::Ipv4Addr, process::Command};
 
 use serde_json::Value;
+
+use super::nft_match::{element, eval_match, key_of, unwrap_elem, Key, Sets};
 
 /// The packet as it was at the hook, with what is known about its devices.
 #[derive(Debug, Clone, Default)]
@@ -24,9 +31,32 @@ pub struct PacketView {
     pub oifname: Option<String>,
     /// Conntrack state as the firewall sees it (`new`, `established`), when known.
     pub ct_state: Option<&'static str>,
+    /// What the frame carries (IPv4 for every traced packet; ARP for the guest's
+    /// address resolution, with `saddr`/`daddr` its sender and target address).
+    pub l3: L3,
+    /// The sender's MAC (the guest's, for its requests), when known.
+    pub ether_saddr: Option<[u8; 6]>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The frame's network protocol, for `meta protocol`/`ether type` and for which
+/// headers exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum L3 {
+    #[default]
+    Ipv4,
+    Arp,
+}
+
+impl L3 {
+    pub fn ether_type(self) -> u64 {
+        match self {
+            L3::Ipv4 => 0x0800,
+            L3::Arp => 0x0806,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Culprit {
     pub family: String,
     pub table: String,
@@ -43,6 +73,28 @@ pub struct Culprit {
     pub manager: Manager,
     /// 1-based position of the rule in its chain (iptables-nft's rule number).
     pub number: Option<usize>,
+    /// The hook of the base chain the walk started in.
+    pub hook: String,
+    /// Chains walked from that base chain to `chain`, with the verdict maps
+    /// followed (`vm-out`, `vm-map-out[veth100i3]`, `guest-100-out`, `do-reject`).
+    pub path: Vec<String>,
+    /// The rules that led from one chain to the next.
+    pub via: Vec<Via>,
+    /// What a `reject` sends back (`ICMP port-unreachable`, `a TCP reset`).
+    pub reply: Option<String>,
+    /// The rule has no match: it applies to whatever reaches it (a generated
+    /// chain's closing policy rule, for instance).
+    pub unconditional: bool,
+    /// The named sets the rule looks in, with their elements as nft prints them.
+    pub sets: Vec<(String, Vec<String>)>,
+}
+
+/// A rule that sent the walk on to another chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    pub chain: String,
+    pub handle: u64,
+    pub unconditional: bool,
 }
 
 /// Who manages an nftables table. nft itself, or iptables-nft: nft prints "table
@@ -60,35 +112,68 @@ const IPTABLES_TABLES: &[&str] = &["filter", "nat", "mangle", "raw", "security"]
 
 impl Culprit {
     /// `inet filter forward handle 4: ip saddr 192.0.2.100 drop`, or
-    /// `inet filter forward policy drop`.
+    /// `inet filter forward policy drop`; a rule reached through other chains
+    /// ends with the way there: `(via vm-out → vm-map-out[tap100i0] → guest-100-out)`.
     pub fn describe(&self) -> String {
         let base = format!("{} {} {}", self.family, self.table, self.chain);
-        match (self.handle, &self.text) {
+        let rule = match (self.handle, &self.text) {
             (Some(h), Some(t)) => format!("{base} handle {h}: {t}"),
             (Some(h), None) => format!("{base} handle {h}"),
             _ => format!("{base} policy {}", self.verdict),
+        };
+        match self.path.len() {
+            0 | 1 => rule,
+            _ => format!("{rule} (via {})", self.path_text()),
         }
+    }
+
+    /// `vm-out → vm-map-out[veth100i3] → guest-100-out → do-reject`.
+    pub fn path_text(&self) -> String {
+        self.path.join(" → ")
     }
 }
 
 /// Families whose IPv4 hooks see the guest's routed packets.
-const L3_FAMILIES: &[&str] = &["ip", "inet"];
+pub const L3_FAMILIES: &[&str] = &["ip", "inet"];
+/// The bridge family's hooks, in the order a frame meets them.
+pub const BRIDGE_HOOKS: &[&str] = &["prerouting", "input", "forward", "output", "postrouting"];
+
+/// One place to replay the packet: the base chains of `hook` in `families`, with
+/// the packet as those chains see it (a bridge-family chain sees the bridge's
+/// ports as devices, br_netfilter's IP pass the bridge).
+pub struct Point<'a> {
+    pub families: &'a [&'a str],
+    pub hook: &'a str,
+    pub view: &'a PacketView,
+}
 
 /// Where to look for a drop: the IPv4 `hook` of the ip/inet families, or, for a
 /// drop inside the bridge, the bridge family's hooks (in the order a frame meets
 /// them) before br_netfilter's IPv4 `hook`.
 pub fn find_culprit(hook: &str, in_bridge: bool, pkt: &PacketView) -> Option<Culprit> {
+    let mut points: Vec<Point> = Vec::new();
+    if in_bridge {
+        points.extend(BRIDGE_HOOKS.iter().map(|h| Point {
+            families: &["bridge"],
+            hook: h,
+            view: pkt,
+        }));
+    }
+    points.push(Point {
+        families: L3_FAMILIES,
+        hook,
+        view: pkt,
+    });
+    find_culprit_at(&points)
+}
+
+/// The first culprit found at `points`, tried in order, with its rule text.
+pub fn find_culprit_at(points: &[Point]) -> Option<Culprit> {
     let json = run(&["-j", "list", "ruleset"])?;
     let ruleset = Ruleset::parse(&serde_json::from_str(&json).ok()?);
-    let bridge_hooks = ["prerouting", "input", "forward", "output", "postrouting"];
-    let mut culprit = in_bridge
-        .then(|| {
-            bridge_hooks
-                .iter()
-                .find_map(|h| ruleset.culprit(h, &["bridge"], pkt))
-        })
-        .flatten()
-        .or_else(|| ruleset.culprit(hook, L3_FAMILIES, pkt))?;
+    let mut culprit = points
+        .iter()
+        .find_map(|p| ruleset.culprit(p.hook, p.families, p.view))?;
     ruleset.annotate(&mut culprit);
     let text = run(&["-a", "list", "ruleset"]).unwrap_or_default();
     if let Some(h) = culprit.handle {
@@ -127,6 +212,7 @@ pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
         rule_texts(&t).remove(&(family.clone(), table.clone(), chain.clone(), handle))
     });
     let culprit = Culprit {
+        path: vec![chain.clone()],
         family,
         table,
         chain,
@@ -136,6 +222,11 @@ pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
         certain: true,
         manager: Manager::Nft,
         number: None,
+        hook: String::new(),
+        via: Vec::new(),
+        reply: None,
+        unconditional: false,
+        sets: Vec::new(),
     };
     Some(culprit.describe())
 }
@@ -189,22 +280,101 @@ struct Chain {
 #[derive(Debug, Default)]
 pub struct Ruleset {
     chains: Vec<Chain>,
+    /// Elements of named sets and maps by (family, table, name); a map's
+    /// elements are `[key, value]` pairs.
+    sets: HashMap<(String, String, String), Vec<Value>>,
 }
 
+/// The named sets of one table, for `@name` references in its rules.
+struct TableSets<'a> {
+    rs: &'a Ruleset,
+    family: &'a str,
+    table: &'a str,
+}
+
+impl Sets for TableSets<'_> {
+    fn elements(&self, name: &str) -> Option<&[Value]> {
+        self.rs
+            .sets
+            .get(&(self.family.into(), self.table.into(), name.into()))
+            .map(Vec::as_slice)
+    }
+}
+
+/// How a chain ended for the packet.
 enum Flow {
-    /// The rule set's decision for this chain: a culprit, or accepted.
-    Dropped(Culprit),
+    Dropped(Box<Culprit>),
     Accepted,
-    /// Fell off the end of the chain (policy applies for base chains).
+    /// Fell off the end or hit `return` (a base chain's policy applies then).
+    Return,
+}
+
+/// What a verdict statement (or the entry a verdict map picked) does.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    Accept,
+    /// `drop` or `reject`, with what a reject sends back.
+    Drop(&'static str, Option<String>),
+    Return,
     Continue,
+    Jump(String),
+    Goto(String),
+}
+
+/// A statement as the walk sees it.
+enum Stmt {
+    /// Counters, logs, limits, marks, NAT: nothing that ends the walk.
+    NoOp,
+    /// A verdict, and the verdict map entry it came from (`vm-map-out[tap100i0]`).
+    Verdict(Verdict, Option<String>),
+    /// A verdict map whose key we cannot tell for this packet.
+    Unknown,
+}
+
+/// Where a rule left the walk.
+enum Step {
+    NextStmt,
+    NextRule,
+    Done(Flow),
+}
+
+/// nft refuses jumps deeper than this.
+const MAX_DEPTH: usize = 16;
+
+/// One packet's walk through a rule set: the chains entered so far (for the
+/// answer) and whether an earlier accept or return may have ended it already.
+struct Walk<'a> {
+    rs: &'a Ruleset,
+    pkt: &'a PacketView,
+    hook: &'a str,
+    unsure: bool,
+    path: Vec<String>,
+    via: Vec<Via>,
+    /// Rules still to be looked at: nft refuses loops, but a rule set whose
+    /// chains jump to shared chains many times over could still make the walk
+    /// long; past the budget it stops, unsure.
+    budget: usize,
+}
+
+/// Rules one replay looks at, at most (a generated rule set of a few thousand
+/// rules needs a small fraction of it).
+const WALK_BUDGET: usize = 200_000;
+
+/// The rule a statement belongs to, as far as the walk needs it.
+struct RuleAt<'a> {
+    chain: &'a Chain,
+    handle: u64,
+    exprs: &'a [Value],
+    /// Every match before the statement could be evaluated.
+    definite: bool,
 }
 
 impl Ruleset {
     pub fn parse(v: &Value) -> Self {
-        let mut chains: Vec<Chain> = Vec::new();
+        let mut rs = Ruleset::default();
         for item in v["nftables"].as_array().into_iter().flatten() {
             if let Some(c) = item.get("chain") {
-                chains.push(Chain {
+                rs.chains.push(Chain {
                     family: str_of(c, "family"),
                     table: str_of(c, "table"),
                     name: str_of(c, "name"),
@@ -216,16 +386,35 @@ impl Ruleset {
                 });
             } else if let Some(r) = item.get("rule") {
                 let (f, t, ch) = (str_of(r, "family"), str_of(r, "table"), str_of(r, "chain"));
-                if let Some(chain) = chains
+                if let Some(chain) = rs
+                    .chains
                     .iter_mut()
                     .find(|c| c.family == f && c.table == t && c.name == ch)
                 {
                     let expr = r["expr"].as_array().cloned().unwrap_or_default();
                     chain.rules.push((r["handle"].as_u64().unwrap_or(0), expr));
                 }
+            } else if let Some(s) = item.get("set").or_else(|| item.get("map")) {
+                let key = (str_of(s, "family"), str_of(s, "table"), str_of(s, "name"));
+                let elems = s["elem"].as_array().cloned().unwrap_or_default();
+                rs.sets.insert(key, elems);
             }
         }
-        Self { chains }
+        rs
+    }
+
+    fn sets_of<'a>(&'a self, chain: &'a Chain) -> TableSets<'a> {
+        TableSets {
+            rs: self,
+            family: &chain.family,
+            table: &chain.table,
+        }
+    }
+
+    fn chain(&self, of: &Chain, name: &str) -> Option<&Chain> {
+        self.chains
+            .iter()
+            .find(|c| c.family == of.family && c.table == of.table && c.name == name)
     }
 
     /// Who manages table `family table`: iptables-nft when a rule in it uses an
@@ -309,47 +498,34 @@ impl Ruleset {
         base.into_iter().find_map(|c| self.walk_snat(c, pkt, 0))
     }
 
-    fn walk_snat(&self, chain: &Chain, pkt: &PacketView, depth: u32) -> Option<Culprit> {
+    fn walk_snat(&self, chain: &Chain, pkt: &PacketView, depth: usize) -> Option<Culprit> {
+        let sets = self.sets_of(chain);
         for (handle, exprs) in &chain.rules {
-            for (e, definite) in statements(exprs, pkt) {
+            for (e, definite) in statements(exprs, pkt, &sets) {
                 if let Some(kind) = snat_kind(e) {
                     return Some(Culprit {
-                        family: chain.family.clone(),
-                        table: chain.table.clone(),
-                        chain: chain.name.clone(),
-                        handle: Some(*handle),
-                        text: None,
-                        verdict: kind.into(),
                         certain: definite,
-                        manager: Manager::Nft,
-                        number: None,
+                        verdict: kind.into(),
+                        ..culprit_at(chain, Some(*handle), "postrouting")
                     });
                 }
-                if definite && (verdict_of(e).is_some() || e.get("return").is_some()) {
+                let verdict = verdict_of(e);
+                if definite && !matches!(verdict, None | Some(Verdict::Jump(_) | Verdict::Goto(_)))
+                {
                     return None;
                 }
-                let found = self
-                    .jump_target(chain, e, depth)
-                    .and_then(|sub| self.walk_snat(sub, pkt, depth + 1));
+                let found = match verdict {
+                    Some(Verdict::Jump(t) | Verdict::Goto(t)) if depth < MAX_DEPTH => self
+                        .chain(chain, &t)
+                        .and_then(|sub| self.walk_snat(sub, pkt, depth + 1)),
+                    _ => None,
+                };
                 if found.is_some() {
                     return found;
                 }
             }
         }
         None
-    }
-
-    /// The chain a `jump`/`goto` statement leads to (within the table), unless
-    /// the walk is already too deep.
-    fn jump_target(&self, chain: &Chain, e: &Value, depth: u32) -> Option<&Chain> {
-        let target = e
-            .get("jump")
-            .or_else(|| e.get("goto"))
-            .and_then(|j| j["target"].as_str())?;
-        (depth < 8).then_some(())?;
-        self.chains
-            .iter()
-            .find(|c| c.family == chain.family && c.table == chain.table && c.name == target)
     }
 
     pub fn culprit(&self, hook: &str, families: &[&str], pkt: &PacketView) -> Option<Culprit> {
@@ -359,66 +535,254 @@ impl Ruleset {
             .filter(|c| c.hook.as_deref() == Some(hook) && families.contains(&c.family.as_str()))
             .collect();
         base.sort_by_key(|c| c.prio);
-        let mut unsure = false;
+        let mut walk = Walk {
+            rs: self,
+            pkt,
+            hook,
+            unsure: false,
+            path: Vec::new(),
+            via: Vec::new(),
+            budget: WALK_BUDGET,
+        };
         for chain in base {
-            match self.walk(chain, pkt, 0, &mut unsure) {
-                Flow::Dropped(c) => return Some(c),
+            walk.path = vec![chain.name.clone()];
+            walk.via.clear();
+            match walk.chain(chain, 0) {
+                Flow::Dropped(c) => return Some(*c),
                 Flow::Accepted => continue,
-                Flow::Continue => {
-                    if chain.policy.as_deref() == Some("drop") {
-                        return Some(Culprit {
-                            family: chain.family.clone(),
-                            table: chain.table.clone(),
-                            chain: chain.name.clone(),
-                            handle: None,
-                            text: None,
-                            verdict: "drop".into(),
-                            certain: !unsure,
-                            manager: Manager::Nft,
-                            number: None,
-                        });
-                    }
+                Flow::Return if chain.policy.as_deref() == Some("drop") => {
+                    return Some(Culprit {
+                        verdict: "drop".into(),
+                        certain: !walk.unsure,
+                        path: walk.path.clone(),
+                        ..culprit_at(chain, None, hook)
+                    });
                 }
+                Flow::Return => {}
+            }
+        }
+        None
+    }
+}
+
+/// A culprit in `chain` with nothing yet known about how it was reached.
+fn culprit_at(chain: &Chain, handle: Option<u64>, hook: &str) -> Culprit {
+    Culprit {
+        family: chain.family.clone(),
+        table: chain.table.clone(),
+        chain: chain.name.clone(),
+        handle,
+        text: None,
+        verdict: String::new(),
+        certain: true,
+        hook: hook.into(),
+        path: vec![chain.name.clone()],
+        via: Vec::new(),
+        reply: None,
+        manager: Manager::Nft,
+        number: None,
+        unconditional: false,
+        sets: Vec::new(),
+    }
+}
+
+/// A rule without any match.
+fn unconditional(exprs: &[Value]) -> bool {
+    !exprs.iter().any(|e| e.get("match").is_some())
+}
+
+/// The named sets (`@name`) a rule's matches look in, with their elements.
+fn sets_used(exprs: &[Value], sets: &TableSets) -> Vec<(String, Vec<String>)> {
+    exprs
+        .iter()
+        .filter_map(|e| e.get("match")?["right"].as_str()?.strip_prefix('@'))
+        .map(|name| {
+            let elems = sets.elements(name).unwrap_or_default();
+            (name.to_string(), elems.iter().map(key_text).collect())
+        })
+        .collect()
+}
+
+impl Walk<'_> {
+    fn chain(&mut self, chain: &Chain, depth: usize) -> Flow {
+        for (handle, exprs) in &chain.rules {
+            if self.budget == 0 {
+                self.unsure = true;
+                return Flow::Return;
+            }
+            self.budget -= 1;
+            if let Some(flow) = self.rule(chain, *handle, exprs, depth) {
+                return flow;
+            }
+        }
+        Flow::Return
+    }
+
+    /// One rule: matches in order (a certain miss ends it), statements as they
+    /// come. Some(flow) when the rule ended the chain.
+    fn rule(&mut self, chain: &Chain, handle: u64, exprs: &[Value], depth: usize) -> Option<Flow> {
+        let sets = self.rs.sets_of(chain);
+        let mut definite = true;
+        for e in exprs {
+            if let Some(m) = e.get("match") {
+                match eval_match(m, self.pkt, &sets) {
+                    Some(true) => {}
+                    Some(false) => return None,
+                    None => definite = false,
+                }
+                continue;
+            }
+            let (verdict, entry) = match self.statement(e, &sets) {
+                Stmt::NoOp => continue,
+                // A verdict map may have sent the packet elsewhere.
+                Stmt::Unknown => {
+                    self.unsure = true;
+                    continue;
+                }
+                Stmt::Verdict(v, entry) => (v, entry),
+            };
+            let at = RuleAt {
+                chain,
+                handle,
+                exprs,
+                definite,
+            };
+            match self.apply(&at, verdict, entry, depth) {
+                Step::NextStmt => {}
+                Step::NextRule => return None,
+                Step::Done(flow) => return Some(flow),
             }
         }
         None
     }
 
-    /// `unsure` records an accept that may have matched (then a later drop is not
-    /// certain).
-    fn walk(&self, chain: &Chain, pkt: &PacketView, depth: u32, unsure: &mut bool) -> Flow {
-        for (handle, exprs) in &chain.rules {
-            for (e, definite) in statements(exprs, pkt) {
-                let verdict = verdict_of(e);
-                match verdict {
-                    Some("accept") if definite => return Flow::Accepted,
-                    Some("accept") => *unsure = true,
-                    Some(v) => {
-                        return Flow::Dropped(Culprit {
-                            family: chain.family.clone(),
-                            table: chain.table.clone(),
-                            chain: chain.name.clone(),
-                            handle: Some(*handle),
-                            text: None,
-                            verdict: v.into(),
-                            certain: definite && !*unsure,
-                            manager: Manager::Nft,
-                            number: None,
-                        });
-                    }
-                    None => {
-                        if let Some(sub) = self.jump_target(chain, e, depth) {
-                            match self.walk(sub, pkt, depth + 1, unsure) {
-                                Flow::Continue if e.get("jump").is_some() => {}
-                                Flow::Continue => return Flow::Continue,
-                                other => return other,
-                            }
-                        }
-                    }
+    fn statement(&self, e: &Value, sets: &TableSets) -> Stmt {
+        if let Some(v) = verdict_of(e) {
+            return Stmt::Verdict(v, None);
+        }
+        match e.get("vmap") {
+            Some(m) => self.vmap(m, sets),
+            None => Stmt::NoOp,
+        }
+    }
+
+    /// `KEY vmap @map` / `KEY vmap { k : verdict, ... }`: the entry for this
+    /// packet's key.
+    fn vmap(&self, m: &Value, sets: &TableSets) -> Stmt {
+        let atom = match key_of(&m["key"], self.pkt) {
+            Key::Known(a) => a,
+            Key::Absent => return Stmt::NoOp,
+            Key::Unknown => return Stmt::Unknown,
+        };
+        let data = &m["data"];
+        let (entries, map) = match data.as_str().and_then(|s| s.strip_prefix('@')) {
+            Some(name) => match sets.elements(name) {
+                Some(e) => (e, Some(name)),
+                None => return Stmt::Unknown,
+            },
+            None => match data.get("set").and_then(Value::as_array) {
+                Some(e) => (e.as_slice(), None),
+                None => return Stmt::Unknown,
+            },
+        };
+        let mut unknown = false;
+        for entry in entries {
+            let Some([k, v]) = unwrap_elem(entry).as_array().map(Vec::as_slice) else {
+                continue;
+            };
+            match element(&atom, unwrap_elem(k)) {
+                Some(true) => {
+                    let Some(verdict) = verdict_of(v) else {
+                        return Stmt::Unknown;
+                    };
+                    let entry = map.map(|n| format!("{n}[{}]", key_text(k)));
+                    return Stmt::Verdict(verdict, entry);
+                }
+                Some(false) => {}
+                None => unknown = true,
+            }
+        }
+        if unknown {
+            Stmt::Unknown
+        } else {
+            Stmt::NoOp
+        }
+    }
+
+    fn apply(
+        &mut self,
+        at: &RuleAt,
+        verdict: Verdict,
+        entry: Option<String>,
+        depth: usize,
+    ) -> Step {
+        let (chain, handle, definite) = (at.chain, at.handle, at.definite);
+        // A verdict behind a match we could not evaluate may not have happened:
+        // the walk goes on, but what it finds later is no longer certain.
+        let maybe = |w: &mut Self| {
+            w.unsure = true;
+            Step::NextRule
+        };
+        match verdict {
+            Verdict::Accept if definite => Step::Done(Flow::Accepted),
+            Verdict::Return if definite => Step::Done(Flow::Return),
+            Verdict::Accept | Verdict::Return => maybe(self),
+            Verdict::Continue => Step::NextRule,
+            Verdict::Drop(kind, reply) => Step::Done(Flow::Dropped(Box::new(Culprit {
+                verdict: kind.into(),
+                certain: definite && !self.unsure,
+                path: self.path.clone(),
+                via: self.via.clone(),
+                reply,
+                unconditional: unconditional(at.exprs),
+                sets: sets_used(at.exprs, &self.rs.sets_of(chain)),
+                ..culprit_at(chain, Some(handle), self.hook)
+            }))),
+            Verdict::Jump(ref target) | Verdict::Goto(ref target) => {
+                let Some(sub) = self.rs.chain(chain, target).filter(|_| depth < MAX_DEPTH) else {
+                    return maybe(self);
+                };
+                if !definite {
+                    self.unsure = true;
+                }
+                let mark = self.path.len();
+                self.path.extend(entry);
+                self.path.push(sub.name.clone());
+                self.via.push(Via {
+                    chain: chain.name.clone(),
+                    handle,
+                    unconditional: unconditional(at.exprs),
+                });
+                let flow = self.chain(sub, depth + 1);
+                self.path.truncate(mark);
+                self.via.pop();
+                match (flow, &verdict) {
+                    (Flow::Dropped(c), _) => Step::Done(Flow::Dropped(c)),
+                    (Flow::Accepted, _) if definite => Step::Done(Flow::Accepted),
+                    (Flow::Return, Verdict::Jump(_)) => Step::NextStmt,
+                    (Flow::Return, _) if definite => Step::Done(Flow::Return),
+                    _ => Step::NextRule,
                 }
             }
         }
-        Flow::Continue
+    }
+}
+
+/// A verdict map key as nft prints it (`tap100i0`, `192.0.2.0/24`, `a . b`).
+fn key_text(k: &Value) -> String {
+    let k = unwrap_elem(k);
+    if let Some(parts) = k.get("concat").and_then(Value::as_array) {
+        return parts.iter().map(key_text).collect::<Vec<_>>().join(" . ");
+    }
+    if let Some(p) = k.get("prefix") {
+        return format!("{}/{}", p["addr"].as_str().unwrap_or("?"), p["len"]);
+    }
+    if let Some([lo, hi]) = k.get("range").and_then(Value::as_array).map(Vec::as_slice) {
+        return format!("{}-{}", key_text(lo), key_text(hi));
+    }
+    match k {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -427,6 +791,7 @@ impl Ruleset {
 fn statements<'a>(
     exprs: &'a [Value],
     pkt: &'a PacketView,
+    sets: &'a TableSets<'a>,
 ) -> impl Iterator<Item = (&'a Value, bool)> + 'a {
     let mut definite = true;
     let mut possible = true;
@@ -434,7 +799,7 @@ fn statements<'a>(
         .iter()
         .filter_map(move |e| {
             if let Some(m) = e.get("match") {
-                match eval_match(m, pkt) {
+                match eval_match(m, pkt, sets) {
                     Some(true) => {}
                     Some(false) => possible = false,
                     None => definite = false,
@@ -448,21 +813,50 @@ fn statements<'a>(
         .flatten()
 }
 
-/// The verdict of a statement: native `drop`/`reject`/`accept`, or an iptables-nft
-/// target (`xt`) that drops (`DROP`, `REJECT`) or accepts.
-fn verdict_of(e: &Value) -> Option<&'static str> {
-    if let Some(v) = ["drop", "reject", "accept"]
-        .into_iter()
-        .find(|v| e.get(*v).is_some())
-    {
-        return Some(v);
+/// The verdict of a statement: native `accept`/`drop`/`reject`/`return`/
+/// `continue`/`jump`/`goto`, or an iptables-nft target (`xt`) that drops
+/// (`DROP`, `REJECT`) or accepts.
+fn verdict_of(e: &Value) -> Option<Verdict> {
+    let target = |k: &str| {
+        e.get(k)
+            .and_then(|j| j["target"].as_str())
+            .map(str::to_string)
+    };
+    if let Some(t) = target("jump") {
+        return Some(Verdict::Jump(t));
+    }
+    if let Some(t) = target("goto") {
+        return Some(Verdict::Goto(t));
+    }
+    if let Some(r) = e.get("reject") {
+        return Some(Verdict::Drop("reject", Some(reject_reply(r))));
+    }
+    for (key, v) in [
+        ("accept", Verdict::Accept),
+        ("drop", Verdict::Drop("drop", None)),
+        ("return", Verdict::Return),
+        ("continue", Verdict::Continue),
+    ] {
+        if e.get(key).is_some() {
+            return Some(v);
+        }
     }
     let xt = e.get("xt")?;
     match (xt["type"].as_str()?, xt["name"].as_str()?) {
-        ("target", "DROP") => Some("drop"),
-        ("target", "REJECT") => Some("reject"),
-        ("target", "ACCEPT") => Some("accept"),
+        ("target", "DROP") => Some(Verdict::Drop("drop", None)),
+        ("target", "REJECT") => Some(Verdict::Drop("reject", None)),
+        ("target", "ACCEPT") => Some(Verdict::Accept),
+        ("target", "RETURN") => Some(Verdict::Return),
         _ => None,
+    }
+}
+
+/// What a `reject` sends: `reject` alone answers ICMP port-unreachable (IPv4).
+fn reject_reply(r: &Value) -> String {
+    match (r["type"].as_str(), r["expr"].as_str()) {
+        (Some("tcp reset"), _) => "a TCP reset".into(),
+        (Some(_), Some(code)) => format!("ICMP {code}"),
+        _ => "ICMP port-unreachable".into(),
     }
 }
 
@@ -484,155 +878,6 @@ fn snat_kind(e: &Value) -> Option<&'static str> {
 
 fn str_of(v: &Value, key: &str) -> String {
     v[key].as_str().unwrap_or_default().to_string()
-}
-
-/// Evaluate one `match` expression: Some(result) when we know, None when we cannot.
-fn eval_match(m: &Value, pkt: &PacketView) -> Option<bool> {
-    let op = m["op"].as_str().unwrap_or("==");
-    let left = &m["left"];
-    let right = &m["right"];
-    let result = if let Some(p) = left.get("payload") {
-        let field = p["field"].as_str()?;
-        let proto = p["protocol"].as_str()?;
-        match (proto, field) {
-            ("ip", "saddr") => match_addr(pkt.saddr?, right),
-            ("ip", "daddr") => match_addr(pkt.daddr?, right),
-            ("ip", "protocol") => match_proto(pkt.proto, right),
-            ("icmp", "type") if pkt.proto == 1 => match_icmp_type(pkt.icmp_type?, right),
-            ("udp" | "tcp" | "th", "dport") if proto_ok(proto, pkt.proto) => {
-                match_num(pkt.dport? as u64, right)
-            }
-            ("udp" | "tcp" | "th", "sport") if proto_ok(proto, pkt.proto) => {
-                match_num(pkt.sport? as u64, right)
-            }
-            // A match on another protocol's header fails for this packet.
-            ("icmp" | "udp" | "tcp", _) if !proto_ok(proto, pkt.proto) => Some(false),
-            _ => None,
-        }
-    } else if let Some(meta) = left.get("meta") {
-        match meta["key"].as_str()? {
-            "l4proto" => match_proto(pkt.proto, right),
-            "nfproto" => match_str("ipv4", right),
-            "iifname" => match_str(pkt.iifname.as_deref()?, right),
-            "oifname" => match_str(pkt.oifname.as_deref()?, right),
-            _ => None,
-        }
-    } else if left["ct"]["key"].as_str() == Some("state") {
-        let state = pkt.ct_state?;
-        // `ct state established,related` is a bitmask match: any of them.
-        match right {
-            Value::Array(items) => Some(items.iter().any(|i| i.as_str() == Some(state))),
-            _ => match_str(state, right),
-        }
-    } else {
-        None
-    }?;
-    match op {
-        "==" | "in" | "&" => Some(result),
-        "!=" => Some(!result),
-        _ => None,
-    }
-}
-
-fn proto_ok(name: &str, proto: u8) -> bool {
-    match name {
-        "icmp" => proto == 1,
-        "tcp" => proto == 6,
-        "udp" => proto == 17,
-        "th" => proto == 6 || proto == 17,
-        _ => false,
-    }
-}
-
-fn proto_number(v: &Value) -> Option<u8> {
-    match v {
-        Value::Number(n) => n.as_u64().map(|n| n as u8),
-        Value::String(s) => match s.as_str() {
-            "icmp" => Some(1),
-            "tcp" => Some(6),
-            "udp" => Some(17),
-            _ => s.parse().ok(),
-        },
-        _ => None,
-    }
-}
-
-/// Apply `one` to a scalar right-hand side or to each element of a set.
-fn any_of(right: &Value, one: impl Fn(&Value) -> Option<bool>) -> Option<bool> {
-    match right.get("set").and_then(Value::as_array) {
-        Some(items) => {
-            let mut unknown = false;
-            for item in items {
-                match one(item) {
-                    Some(true) => return Some(true),
-                    Some(false) => {}
-                    None => unknown = true,
-                }
-            }
-            if unknown {
-                None
-            } else {
-                Some(false)
-            }
-        }
-        None => one(right),
-    }
-}
-
-fn match_proto(proto: u8, right: &Value) -> Option<bool> {
-    any_of(right, |v| proto_number(v).map(|p| p == proto))
-}
-
-fn match_addr(addr: Ipv4Addr, right: &Value) -> Option<bool> {
-    any_of(right, |v| {
-        if let Some(s) = v.as_str() {
-            return s.parse::<Ipv4Addr>().ok().map(|a| a == addr);
-        }
-        if let Some(p) = v.get("prefix") {
-            let net: Ipv4Addr = p["addr"].as_str()?.parse().ok()?;
-            let len = p["len"].as_u64()? as u8;
-            return Some(crate::topology::network(addr, len) == crate::topology::network(net, len));
-        }
-        if let Some(r) = v.get("range").and_then(Value::as_array) {
-            let lo: Ipv4Addr = r.first()?.as_str()?.parse().ok()?;
-            let hi: Ipv4Addr = r.get(1)?.as_str()?.parse().ok()?;
-            return Some(lo <= addr && addr <= hi);
-        }
-        None
-    })
-}
-
-fn match_num(n: u64, right: &Value) -> Option<bool> {
-    any_of(right, |v| {
-        if let Some(x) = v.as_u64() {
-            return Some(x == n);
-        }
-        let r = v.get("range")?.as_array()?;
-        Some(r.first()?.as_u64()? <= n && n <= r.get(1)?.as_u64()?)
-    })
-}
-
-fn match_icmp_type(t: u8, right: &Value) -> Option<bool> {
-    any_of(right, |v| {
-        let named = match v.as_str()? {
-            "echo-reply" => 0,
-            "destination-unreachable" => 3,
-            "echo-request" => 8,
-            "time-exceeded" => 11,
-            _ => return None,
-        };
-        Some(named == t)
-    })
-}
-
-fn match_str(s: &str, right: &Value) -> Option<bool> {
-    any_of(right, |v| {
-        let pat = v.as_str()?;
-        Some(match pat.strip_suffix('*') {
-            Some(prefix) => s.starts_with(prefix),
-            None => s == pat,
-        })
-    })
 }
 
 /// (family, table, chain, handle) → rule text, from `nft -a list ruleset`.
@@ -750,5 +995,186 @@ mod tests {
             t.get(&key).map(String::as_str),
             Some("ip saddr 192.0.2.0/24 meta l4proto icmp counter drop")
         );
+    }
+
+    /// Proxmox VE's nftables firewall (proxmox-firewall) as its generator wrote
+    /// it for guest 100 of its own test configuration, loaded unchanged on
+    /// Debian's 6.12 kernel and listed by nft (see testdata/proxmox-firewall/).
+    const PVE_JSON: &str = include_str!("testdata/proxmox-firewall/ruleset-6.12.json");
+    const PVE_TEXT: &str = include_str!("testdata/proxmox-firewall/ruleset-6.12.txt");
+    const PVE_SNAPSHOT: &str =
+        include_str!("testdata/proxmox-firewall/integration_tests__firewall.snap");
+
+    fn pve() -> Ruleset {
+        Ruleset::parse(&serde_json::from_str(PVE_JSON).unwrap())
+    }
+
+    /// Guest 100's net3 (veth100i3, 192.0.2.10 in 100.conf) pinging out, as the
+    /// bridge family's prerouting hook sees it: on its port, state not known.
+    fn pve_guest(saddr: &str) -> PacketView {
+        PacketView {
+            saddr: Some(saddr.parse().unwrap()),
+            daddr: Some("203.0.113.8".parse().unwrap()),
+            proto: 1,
+            icmp_type: Some(8),
+            iifname: Some("veth100i3".into()),
+            ether_saddr: Some([0xbc, 0x24, 0x11, 0x4d, 0xb0, 0xfe]),
+            ..Default::default()
+        }
+    }
+
+    fn with_text(mut c: Culprit) -> Culprit {
+        let key = (
+            c.family.clone(),
+            c.table.clone(),
+            c.chain.clone(),
+            c.handle.unwrap(),
+        );
+        c.text = rule_texts(PVE_TEXT).remove(&key);
+        c
+    }
+
+    #[test]
+    fn proxmox_policy_out_reject_is_found_through_the_verdict_map() {
+        let c = pve()
+            .culprit("prerouting", &["bridge"], &pve_guest("192.0.2.10"))
+            .unwrap();
+        assert_eq!(
+            c.path,
+            [
+                "vm-out",
+                "vm-map-out[veth100i3]",
+                "guest-100-out",
+                "do-reject"
+            ]
+        );
+        assert_eq!((c.chain.as_str(), c.handle), ("do-reject", Some(51)));
+        assert_eq!(c.verdict, "reject");
+        assert_eq!(c.reply.as_deref(), Some("ICMP port-unreachable"));
+        // guest-100-out's last rule (`jump do-reject`) is its policy_out.
+        let policy = c.via.iter().find(|v| v.chain == "guest-100-out").unwrap();
+        assert_eq!((policy.handle, policy.unconditional), (255, true));
+        // `ct state vmap` with the state unknown may have accepted it.
+        assert!(!c.certain);
+        assert_eq!(
+            with_text(c).describe(),
+            "bridge proxmox-firewall-guests do-reject handle 51: meta l4proto { icmp, ipv6-icmp } reject \
+             (via vm-out → vm-map-out[veth100i3] → guest-100-out → do-reject)"
+        );
+        // A first ping is `new`: then nothing before it can have accepted it.
+        let mut new = pve_guest("192.0.2.10");
+        new.ct_state = Some("new");
+        assert!(
+            pve()
+                .culprit("prerouting", &["bridge"], &new)
+                .unwrap()
+                .certain
+        );
+    }
+
+    #[test]
+    fn proxmox_ip_filter_drop_names_the_rule_and_set() {
+        let c = pve()
+            .culprit("prerouting", &["bridge"], &pve_guest("192.0.2.11"))
+            .unwrap();
+        assert_eq!(c.path, ["vm-out", "vm-map-out[veth100i3]", "guest-100-out"]);
+        assert_eq!((c.chain.as_str(), c.handle), ("guest-100-out", Some(230)));
+        assert_eq!(c.verdict, "drop");
+        assert_eq!(
+            c.sets,
+            [(
+                "v4-guest-100/ipfilter-net3".to_string(),
+                vec!["192.0.2.10".to_string()]
+            )]
+        );
+        assert_eq!(
+            with_text(c).text.as_deref(),
+            Some("iifname \"veth100i3\" ip saddr != @v4-guest-100/ipfilter-net3 drop")
+        );
+    }
+
+    #[test]
+    fn proxmox_allows_what_its_config_allows() {
+        let rs = pve();
+        // The reply to the guest: established, accepted in guest-100-in.
+        let reply = PacketView {
+            saddr: Some("203.0.113.8".parse().unwrap()),
+            daddr: Some("192.0.2.10".parse().unwrap()),
+            proto: 1,
+            icmp_type: Some(0),
+            oifname: Some("veth100i3".into()),
+            ct_state: Some("established"),
+            ..Default::default()
+        };
+        for hook in BRIDGE_HOOKS {
+            assert_eq!(rs.culprit(hook, &["bridge"], &reply), None, "{hook}");
+        }
+        // DHCP from the guest's own address: allow-dhcp-out (a concatenation).
+        let mut dhcp = pve_guest("192.0.2.10");
+        (dhcp.proto, dhcp.icmp_type, dhcp.sport, dhcp.dport) = (17, None, Some(68), Some(67));
+        assert_eq!(rs.culprit("prerouting", &["bridge"], &dhcp), None);
+        // Its ARP (address in its ipfilter set): `meta protocol arp accept`.
+        let mut arp = pve_guest("192.0.2.10");
+        arp.l3 = L3::Arp;
+        arp.daddr = Some("192.0.2.1".parse().unwrap());
+        assert_eq!(rs.culprit("prerouting", &["bridge"], &arp), None);
+        // The same ARP from an address outside the set: the IP filter's ARP rule.
+        arp.saddr = Some("192.0.2.11".parse().unwrap());
+        let c = rs.culprit("prerouting", &["bridge"], &arp).unwrap();
+        assert_eq!((c.chain.as_str(), c.handle), ("guest-100-out", Some(234)));
+        // net2 (veth100i2) has no firewall=1: not in vm-map-out, nothing applies.
+        let mut net2 = pve_guest("192.0.2.12");
+        net2.iifname = Some("veth100i2".into());
+        assert_eq!(rs.culprit("prerouting", &["bridge"], &net2), None);
+    }
+
+    /// The listing is the generator's output as the kernel holds it: every
+    /// chain the snapshot fills has as many rules in the listing.
+    #[test]
+    fn proxmox_listing_holds_the_generated_rules() {
+        let body = &PVE_SNAPSHOT[PVE_SNAPSHOT.find("{\n").unwrap()..];
+        let snap: Value = serde_json::from_str(body).unwrap();
+        let mut generated: HashMap<(String, String, String), usize> = HashMap::new();
+        for cmd in snap["nftables"].as_array().unwrap() {
+            if let Some(r) = cmd.get("add").and_then(|a| a.get("rule")) {
+                let key = (str_of(r, "family"), str_of(r, "table"), str_of(r, "chain"));
+                *generated.entry(key).or_default() += 1;
+            }
+        }
+        let rs = pve();
+        for ((family, table, chain), n) in &generated {
+            let listed = rs
+                .chains
+                .iter()
+                .find(|c| &c.family == family && &c.table == table && &c.name == chain)
+                .map_or(0, |c| c.rules.len());
+            assert_eq!(listed, *n, "{family} {table} {chain}");
+        }
+        assert!(generated.len() > 10);
+    }
+
+    /// Chains that jump to shared chains many times over end the walk within
+    /// its budget, unsure, rather than running for ages.
+    #[test]
+    fn a_walk_through_a_wide_jump_graph_stays_bounded() {
+        let mut items = vec![serde_json::json!({"chain": {"family": "inet", "table": "t",
+            "name": "forward", "hook": "forward", "prio": 0, "policy": "drop"}})];
+        items.push(serde_json::json!({"rule": {"family": "inet", "table": "t",
+            "chain": "forward", "handle": 1, "expr": [{"jump": {"target": "c0"}}]}}));
+        for level in 0..16 {
+            items.push(serde_json::json!({"chain": {"family": "inet", "table": "t",
+                "name": format!("c{level}")}}));
+            for n in 0..10 {
+                items.push(serde_json::json!({"rule": {"family": "inet", "table": "t",
+                    "chain": format!("c{level}"), "handle": 100 * level + n,
+                    "expr": [{"jump": {"target": format!("c{}", level + 1)}}]}}));
+            }
+        }
+        let rs = Ruleset::parse(&serde_json::json!({ "nftables": items }));
+        let start = std::time::Instant::now();
+        let c = rs.culprit("forward", L3_FAMILIES, &guest_icmp()).unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(c.describe(), "inet t forward policy drop");
+        assert!(!c.certain);
     }
 }

@@ -84,6 +84,17 @@ fn netfilter_stage(f: &DropFacts) -> Stage {
     if !routed_at_bridge && (f.bridged || in_bridge || f.dev_role == Some(Role::Hop)) {
         return Stage::Bridge;
     }
+    // The skb on the VM's own port: the IP hooks never run there. The routed
+    // pass sees the skb on the bridge device (ip_rcv after br_pass_frame_up;
+    // ip_output sets the route's device), and so does br_netfilter's PREROUTING
+    // (it swaps in the bridge first). What runs with the skb on a port is the
+    // bridge family's hooks — prerouting on the port a frame came in by,
+    // forward/postrouting on the one it leaves by — and br_netfilter's
+    // FORWARD/POSTROUTING pass on the leaving port: all inside the bridge. Which
+    // family it was, the rule that matches says (explain replays both).
+    if f.dev_known && f.dev_role == Some(Role::Port) && !f.dev_is_bridge {
+        return Stage::Bridge;
+    }
     if f.dev_known && !f.has_dst {
         return Stage::Prerouting;
     }
@@ -202,6 +213,20 @@ mod tests {
         assert_eq!(drop_stage(&f), Stage::Input);
         f.dev_is_bridge = false;
         assert_eq!(drop_stage(&f), Stage::Bridge, "on its veth: bridged pass");
+    }
+
+    /// A bridge-family hook drops with the skb on the VM's port: prerouting
+    /// before any route for the guest's request, postrouting for the reply
+    /// (routed, so with a route) on its way out to the guest.
+    #[test]
+    fn netfilter_drop_on_the_vm_port_is_inside_the_bridge() {
+        let mut f = facts("NETFILTER_DROP", "nft_do_chain");
+        f.dev_role = Some(Role::Port);
+        f.has_dst = false;
+        assert_eq!(drop_stage(&f), Stage::Bridge, "bridge-family prerouting");
+        f.has_dst = true;
+        f.direction = Some(Direction::Reply);
+        assert_eq!(drop_stage(&f), Stage::Bridge, "bridge-family postrouting");
     }
 
     #[test]

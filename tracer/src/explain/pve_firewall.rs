@@ -1,0 +1,295 @@
+//! Proxmox VE's nftables firewall (proxmox-firewall) in its own terms.
+//!
+//! Its rules are generated from /etc/pve/firewall/<vmid>.fw (and cluster.fw,
+//! host.fw): deleting a generated nft rule lasts until the next regeneration,
+//! so the fix belongs in that file. The generated structure we recognise, from
+//! its rule set (`bridge proxmox-firewall-guests`):
+//! - per guest the chains `guest-<vmid>-out` (from the guest) and
+//!   `guest-<vmid>-in` (to it), entered through `iifname vmap @vm-map-out` /
+//!   `oifname vmap @vm-map-in` by the guest's port `tap<vmid>i<N>` (VM) or
+//!   `veth<vmid>i<N>` (container), N the guest's `net<N>`;
+//! - the IP filter (`ipfilter: 1`): `iifname PORT ip saddr !=
+//!   @v4-guest-<vmid>/ipfilter-net<N> drop` (and `arp saddr ip`, and the
+//!   `-nomatch` set for excluded addresses);
+//! - the guest's policy as its chain's last, unconditional rule: `jump
+//!   do-reject` for REJECT, `drop` for DROP;
+//! - security groups as `group-<name>-out`/`-in` chains.
+
+use std::path::Path;
+
+use super::nft::{Culprit, PacketView};
+
+const TABLE: &str = "proxmox-firewall-guests";
+
+/// Guest `vmid`'s chain in the walk, and whether it is its `out` chain.
+struct GuestChain {
+    vmid: u32,
+    out: bool,
+}
+
+/// The hint for a culprit in Proxmox's guest firewall, or None when the rule
+/// set is not Proxmox's.
+pub fn hint(c: &Culprit, pkt: &PacketView, what: &str, config_root: &Path) -> Option<String> {
+    if c.family != "bridge" || c.table != TABLE {
+        return None;
+    }
+    let guest = c.path.iter().rev().find_map(|ch| guest_chain(ch))?;
+    let port = port_of(c, pkt, guest.out);
+    let net = port.as_deref().and_then(net_of);
+    let fw_file = format!("/etc/pve/firewall/{}.fw", guest.vmid);
+    let nic = match (net, &port) {
+        (Some(n), Some(p)) => format!("net{n} ({p})"),
+        (None, Some(p)) => p.clone(),
+        _ => "its NIC".into(),
+    };
+    let config = std::fs::read_to_string(config_root.join(fw_file.trim_start_matches('/'))).ok();
+    let reply = c
+        .reply
+        .as_ref()
+        .map(|r| format!("; the guest is sent {r}"))
+        .unwrap_or_default();
+    let via = format!(" (reached by {})", c.path_text());
+    let text = if let Some(filter) = ip_filter(c, guest.vmid) {
+        let addr = pkt
+            .saddr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "?".into());
+        let arp = if c.text.as_deref().is_some_and(|t| t.contains("arp ")) {
+            "ARP from "
+        } else {
+            ""
+        };
+        let (set, elems) = filter;
+        let listed = if elems.is_empty() {
+            "empty".to_string()
+        } else {
+            elems.join(", ")
+        };
+        match set.strip_suffix("-nomatch") {
+            Some(base) => format!(
+                "guest {vmid}'s firewall, IP filter of {nic}: {arp}{addr} is excluded from {base} \
+                 ({listed}), so the bridge drops {what}; remove the exclusion (!{addr}) from \
+                 [IPSET {base}] in {fw_file}, or fix the guest's address",
+                vmid = guest.vmid,
+                base = short(base),
+            ),
+            None => format!(
+                "guest {vmid}'s firewall, IP filter of {nic}: {arp}{addr} is not in {set} \
+                 ({listed}), so the bridge drops {what}; add it to [IPSET {set}] in {fw_file} \
+                 (or set the NIC's ip= in the guest's config), or fix the guest's address",
+                vmid = guest.vmid,
+                set = short(set),
+            ),
+        }
+    } else if let Some(policy) = policy(c, &guest) {
+        let option = if guest.out { "policy_out" } else { "policy_in" };
+        let dir = if guest.out { "OUT" } else { "IN" };
+        let quoted = config
+            .as_deref()
+            .and_then(|t| option_line(t, option))
+            .map(|l| format!(" ({fw_file} says `{l}`)"))
+            .unwrap_or_default();
+        format!(
+            "guest {vmid}'s firewall: {option} {policy}{quoted} and no {dir} rule accepts {what} \
+             on {nic}{reply}; add an {dir} rule that accepts it to [RULES] in {fw_file} \
+             (e.g. `{dir} ACCEPT -p icmp`), or set {option}: ACCEPT there",
+            vmid = guest.vmid,
+        )
+    } else if let Some(group) = c.path.iter().rev().find_map(|ch| group_of(ch)) {
+        format!(
+            "security group {group} of guest {vmid}'s firewall {verdict}s {what} on {nic}{reply}; \
+             change the group's rules ([group {group}] in /etc/pve/firewall/cluster.fw) or \
+             its GROUP line in {fw_file}",
+            vmid = guest.vmid,
+            verdict = c.verdict,
+        )
+    } else {
+        let dir = if guest.out { "OUT" } else { "IN" };
+        format!(
+            "an {dir} rule of guest {vmid}'s firewall {verdict}s {what} on {nic}{reply}; change \
+             or remove it in [RULES] of {fw_file}",
+            vmid = guest.vmid,
+            verdict = c.verdict,
+        )
+    };
+    Some(format!(
+        "{text}{via}. The rules are generated by proxmox-firewall: an nft edit is undone at \
+         its next update"
+    ))
+}
+
+/// `guest-100-out` → guest 100, out.
+fn guest_chain(chain: &str) -> Option<GuestChain> {
+    let rest = chain.strip_prefix("guest-")?;
+    let (vmid, dir) = rest.split_once('-')?;
+    Some(GuestChain {
+        vmid: vmid.parse().ok()?,
+        out: match dir {
+            "out" => true,
+            "in" => false,
+            _ => return None,
+        },
+    })
+}
+
+/// `group-web-out` → `web`.
+fn group_of(chain: &str) -> Option<&str> {
+    let rest = chain.strip_prefix("group-")?;
+    rest.strip_suffix("-out")
+        .or_else(|| rest.strip_suffix("-in"))
+        .or_else(|| rest.strip_suffix("-forward"))
+}
+
+/// The guest's port: the verdict map key that led to its chain, else the
+/// device the packet came from (out) or goes to (in).
+fn port_of(c: &Culprit, pkt: &PacketView, out: bool) -> Option<String> {
+    let from_map = c.path.iter().find_map(|p| {
+        let key = p
+            .strip_prefix("vm-map-out[")
+            .or_else(|| p.strip_prefix("vm-map-in["))?;
+        key.strip_suffix(']').map(str::to_string)
+    });
+    from_map.or_else(|| {
+        if out {
+            pkt.iifname.clone()
+        } else {
+            pkt.oifname.clone()
+        }
+    })
+}
+
+/// `tap100i3` / `veth100i3` → 3.
+fn net_of(port: &str) -> Option<u32> {
+    let rest = port
+        .strip_prefix("tap")
+        .or_else(|| port.strip_prefix("veth"))?;
+    rest.split_once('i')?.1.parse().ok()
+}
+
+/// The IP filter set the culprit looks in: (`v4-guest-100/ipfilter-net3`, elements).
+fn ip_filter(c: &Culprit, vmid: u32) -> Option<(&str, &[String])> {
+    let prefix = format!("v4-guest-{vmid}/ipfilter-net");
+    c.sets
+        .iter()
+        .find(|(name, _)| name.starts_with(&prefix))
+        .map(|(name, elems)| (name.as_str(), elems.as_slice()))
+}
+
+/// `v4-guest-100/ipfilter-net3` → `ipfilter-net3`, the ipset's name in the .fw file.
+fn short(set: &str) -> &str {
+    set.rsplit_once('/').map_or(set, |(_, s)| s)
+}
+
+/// The guest's policy when it decided: its chain's closing unconditional
+/// `jump do-reject` (REJECT) or `drop` (DROP).
+fn policy(c: &Culprit, guest: &GuestChain) -> Option<&'static str> {
+    let chain = format!(
+        "guest-{}-{}",
+        guest.vmid,
+        if guest.out { "out" } else { "in" }
+    );
+    if c.chain == chain {
+        return (c.unconditional && c.verdict == "drop").then_some("DROP");
+    }
+    let last = c.via.iter().rfind(|v| v.chain == chain)?;
+    (last.unconditional && c.chain == "do-reject").then_some("REJECT")
+}
+
+/// `policy_out: REJECT` as written in the guest's .fw file.
+fn option_line<'a>(fw: &'a str, option: &str) -> Option<&'a str> {
+    fw.lines()
+        .map(str::trim)
+        .find(|l| l.split(':').next().map(str::trim) == Some(option))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explain::nft::{Ruleset, Via};
+
+    const PVE_JSON: &str = include_str!("testdata/proxmox-firewall/ruleset-6.12.json");
+
+    fn guest(saddr: &str) -> PacketView {
+        PacketView {
+            saddr: Some(saddr.parse().unwrap()),
+            daddr: Some("203.0.113.8".parse().unwrap()),
+            proto: 1,
+            icmp_type: Some(8),
+            iifname: Some("veth100i3".into()),
+            ..Default::default()
+        }
+    }
+
+    fn culprit(pkt: &PacketView) -> Culprit {
+        let rs = Ruleset::parse(&serde_json::from_str(PVE_JSON).unwrap());
+        rs.culprit("prerouting", &["bridge"], pkt).unwrap()
+    }
+
+    fn root() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pve-fw-hint-{}", std::process::id()));
+        let fw = dir.join("etc/pve/firewall");
+        std::fs::create_dir_all(&fw).unwrap();
+        std::fs::write(
+            fw.join("100.fw"),
+            include_str!("testdata/proxmox-firewall/100.fw"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn policy_out_reject_in_proxmox_terms() {
+        let pkt = guest("192.0.2.10");
+        let h = hint(&culprit(&pkt), &pkt, "the guest's request", &root()).unwrap();
+        assert!(
+            h.starts_with(
+                "guest 100's firewall: policy_out REJECT (/etc/pve/firewall/100.fw says \
+                 `policy_out: REJECT`) and no OUT rule accepts the guest's request on net3 \
+                 (veth100i3); the guest is sent ICMP port-unreachable; add an OUT rule"
+            ),
+            "{h}"
+        );
+        assert!(h.contains("or set policy_out: ACCEPT there"), "{h}");
+        assert!(h.contains("vm-out → vm-map-out[veth100i3] → guest-100-out → do-reject"));
+    }
+
+    #[test]
+    fn ip_filter_in_proxmox_terms() {
+        let pkt = guest("192.0.2.11");
+        let h = hint(
+            &culprit(&pkt),
+            &pkt,
+            "the guest's request",
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert!(
+            h.starts_with(
+                "guest 100's firewall, IP filter of net3 (veth100i3): 192.0.2.11 is not in \
+                 ipfilter-net3 (192.0.2.10), so the bridge drops the guest's request; add it to \
+                 [IPSET ipfilter-net3] in /etc/pve/firewall/100.fw"
+            ),
+            "{h}"
+        );
+    }
+
+    #[test]
+    fn other_rule_sets_are_not_proxmox() {
+        let pkt = guest("192.0.2.10");
+        let mut c = culprit(&pkt);
+        c.table = "filter".into();
+        assert_eq!(hint(&c, &pkt, "x", Path::new("/")), None);
+        // A user REJECT rule (conditional jump to do-reject) is no policy.
+        let mut c = culprit(&pkt);
+        c.via = vec![Via {
+            chain: "guest-100-out".into(),
+            handle: 253,
+            unconditional: false,
+        }];
+        let h = hint(&c, &pkt, "the guest's request", Path::new("/")).unwrap();
+        assert!(
+            h.starts_with("an OUT rule of guest 100's firewall rejects"),
+            "{h}"
+        );
+    }
+}
