@@ -196,8 +196,10 @@ proptest! {
     }
 
     #[test]
-    fn topology_json_never_panics(doc in json()) {
-        crate::topology::fuzz_entry(&doc);
+    fn host_model_from_json_never_panics(doc in json()) {
+        let host = crate::host::Host::from_iproute2(&doc, &doc, &doc, &doc);
+        let _ = (host.master_of("vmbr0"), host.is_bridge("vmbr0"), host.leaf_ports("vmbr0", None, 0));
+        let _ = host.fdb_port("vmbr0", "52:54:00:12:34:56", None);
     }
 
     #[test]

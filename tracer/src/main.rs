@@ -10,6 +10,7 @@ mod doctor;
 mod explain;
 #[cfg(test)]
 mod fuzz;
+mod host;
 mod hostconfig;
 mod kernel;
 mod logging;

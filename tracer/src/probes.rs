@@ -263,9 +263,7 @@ impl Drop for Probes {
             .collect();
         for name in &self.created_clsact {
             if only_ours_on_clsact(name, &ours) {
-                let _ = std::process::Command::new("tc")
-                    .args(["qdisc", "del", "dev", name, "clsact"])
-                    .status();
+                let _ = crate::host::run::run("tc", &["qdisc", "del", "dev", name, "clsact"]);
             }
         }
     }
@@ -274,13 +272,10 @@ impl Drop for Probes {
 /// Every filter on `dev`'s clsact hooks is one of our programs (by id).
 fn only_ours_on_clsact(dev: &str, ours: &[String]) -> bool {
     ["ingress", "egress"].iter().all(|hook| {
-        let Ok(out) = std::process::Command::new("tc")
-            .args(["filter", "show", "dev", dev, hook])
-            .output()
-        else {
+        let Ok(out) = crate::host::run::run("tc", &["filter", "show", "dev", dev, hook]) else {
             return false;
         };
-        String::from_utf8_lossy(&out.stdout)
+        out.text()
             .lines()
             .filter(|l| l.contains(" handle "))
             .all(|l| filter_is_ours(l, ours))

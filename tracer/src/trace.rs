@@ -16,6 +16,7 @@ use crate::{
     correlate::{Correlator, Finished, Outcome, PathCtx},
     doctor::{self, findings::Findings},
     explain::Explainer,
+    host::{firewall, Host},
     hostconfig::{self, ConfigDirs, VmNic},
     kernel::{btf::KernelBtf, kallsyms::Symbols, tracefs},
     output::{Printer, Summary},
@@ -28,21 +29,26 @@ use crate::{
 pub fn run(cli: &Cli) -> Result<i32> {
     let mut cli = cli.clone();
     let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
+    // The host's tables, read once for the whole run.
+    let host = Host::read()?;
     let (vm_ip, nics) =
-        doctor::resolve_vm(cli.vm_ip_arg, cli.vm.as_deref(), &all, &cli.config_root)?;
+        doctor::resolve_vm(&host, cli.vm_ip_arg, cli.vm.as_deref(), &all, &cli.config_root)?;
     cli.vm_ip = vm_ip;
     let cli = &cli;
     preflight::check()?;
     let start = std::time::Instant::now();
-    let topo = Topology::discover(cli.vm_ip, cli.to, cli.iface.as_deref(), &nics)?;
+    let topo = Topology::discover(&host, cli.vm_ip, cli.to, cli.iface.as_deref(), &nics)?;
     log::debug!(
         "topology {} found in {:.1} ms",
         topo.path_names().join(" → "),
         start.elapsed().as_secs_f64() * 1e3
     );
+    // The rule sets too, before anything is attached: a verdict made while the
+    // ring buffer drains replays against them and must not spawn a process.
+    firewall::rules();
     // The static checks (passive: trace mode sends nothing of its own) explain
     // verdicts, and what went wrong when the guest sends nothing at all.
-    let findings = static_checks(cli, &topo, nics);
+    let findings = static_checks(cli, &topo, nics, host);
     let btf = KernelBtf::load(&cli.kernel_btf)?;
     let reasons = btf.drop_reasons()?;
     let config = build_config(cli, &btf)?;
@@ -158,7 +164,7 @@ fn boot_to_unix_ns() -> i128 {
     unix - i128::from(monotonic_ns())
 }
 
-fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>) -> Findings {
+fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>, host: Host) -> Findings {
     let subject = doctor::Subject {
         vm_ip: cli.vm_ip,
         dst: cli.to,
@@ -167,6 +173,7 @@ fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>) -> Findings {
         topo: Ok(topo.clone()),
         nics,
         found_by: topo.evidence.found_by(),
+        host,
     };
     let at_start = doctor::checks::all(&subject, true);
     Findings::new(subject, at_start)

@@ -5,42 +5,41 @@
 
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
-use serde_json::Value;
-
 use super::{arp, Check, Status, Subject};
 use crate::{
     explain::{fix, iptables, nft},
+    host::{firewall, Host},
     hostconfig::VmNic,
     kernel::sysctl,
-    topology::{self, as_array, ip_json, run_json, Evidence, Topology},
+    topology::{self, Evidence, Topology},
 };
 
 pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
-    let links = ip_json(&["-d", "link", "show"]).unwrap_or(Value::Null);
+    let host = &s.host;
     let topo = match &s.topo {
         Ok(t) => t,
-        Err(e) => return vec![port_missing(s, e, &links)],
+        Err(e) => return vec![port_missing(s, e, host)],
     };
     let mut out = vec![vm_port(s, topo)];
-    let membership = membership(s, topo, &links);
+    let membership = membership(s, topo, host);
     let detached = membership.iter().any(|c| c.status == Status::Fail);
     out.extend(membership);
     if detached {
         // Everything after this assumes the port is on its bridge.
         return out;
     }
-    out.extend(links_up(s, topo, &links));
-    out.extend(stp(topo, &links));
-    out.extend(super::firewall_bridge::check(topo));
+    out.extend(links_up(s, topo, host));
+    out.extend(stp(topo, host));
+    out.extend(super::firewall_bridge::check(topo, host));
     out.push(mtu(topo));
     let routed = topo.uplink.is_some() && !topo.bridged && !topo.dst_local;
     if routed {
         out.push(ip_forward(topo));
     }
-    out.push(rp_filter(topo));
+    out.push(rp_filter(topo, host));
     out.push(route(s, topo));
     if let (Some(gw), Some(_)) = (topo.gateway, &topo.uplink) {
-        out.push(gateway(topo, gw, &links, passive));
+        out.push(gateway(topo, gw, host, passive));
     }
     if routed {
         out.push(nat(topo));
@@ -48,24 +47,23 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     out.extend(firewall(topo));
     out.push(br_netfilter(s, topo));
     out.push(dns(s, topo));
-    out.push(duplicate_ip(topo, &links, passive));
+    out.push(duplicate_ip(topo, host, passive));
     out
 }
 
 /// The checks about state that changes from one moment to the next (links and
-/// carrier, bridge membership and port states, neighbour entries), read fresh
-/// and passively (no ARP sent).
-pub fn volatile(s: &Subject) -> Vec<Check> {
+/// carrier, bridge membership and port states, neighbour entries), passively
+/// (no ARP sent), over `now`: the host as read at the moment they are wanted.
+pub fn volatile(s: &Subject, now: &Host) -> Vec<Check> {
     let Ok(topo) = &s.topo else {
         return Vec::new();
     };
-    let links = ip_json(&["-d", "link", "show"]).unwrap_or(Value::Null);
-    let mut out = membership(s, topo, &links);
-    out.extend(links_up(s, topo, &links));
-    out.extend(stp(topo, &links));
-    out.extend(super::firewall_bridge::check(topo));
+    let mut out = membership(s, topo, now);
+    out.extend(links_up(s, topo, now));
+    out.extend(stp(topo, now));
+    out.extend(super::firewall_bridge::check(topo, now));
     if let (Some(gw), Some(_)) = (topo.gateway, &topo.uplink) {
-        out.push(gateway(topo, gw, &links, true));
+        out.push(gateway(topo, gw, now, true));
     }
     out
 }
@@ -91,13 +89,13 @@ fn vm_port(s: &Subject, t: &Topology) -> Check {
 }
 
 /// The VM's port could not be found: say why, and point at the likely cause.
-fn port_missing(s: &Subject, why: &str, links: &Value) -> Check {
+fn port_missing(s: &Subject, why: &str, host: &Host) -> Check {
     let mut c = Check::new("vm_port", Status::Fail, s.vm_ip.to_string()).evidence(why);
-    if let Some(nic) = s.nics.iter().find(|n| {
-        n.port
-            .as_ref()
-            .is_some_and(|p| !topology::has_link(links, p))
-    }) {
+    if let Some(nic) = s
+        .nics
+        .iter()
+        .find(|n| n.port.as_ref().is_some_and(|p| !host.has_link(p)))
+    {
         c.evidence = format!(
             "{why}; its configured port {} does not exist: the VM is not running",
             nic.port.as_deref().unwrap_or_default()
@@ -105,9 +103,9 @@ fn port_missing(s: &Subject, why: &str, links: &Value) -> Check {
         c.fix = Some(start_command(nic));
         return c;
     }
-    let orphans = orphan_ports(links);
+    let orphans = orphan_ports(host);
     if let [port] = orphans.as_slice() {
-        let bridge = expected_bridge(s, links, port).unwrap_or_else(|| "BRIDGE".into());
+        let bridge = expected_bridge(s, host, port).unwrap_or_else(|| "BRIDGE".into());
         c.check = "bridge_member";
         c.subject = port.clone();
         c.evidence = format!(
@@ -131,44 +129,43 @@ fn start_command(nic: &VmNic) -> String {
 
 /// TAP devices (and veths) that are up for a guest but in no bridge, with no
 /// address of their own (a routed port would have one).
-fn orphan_ports(links: &Value) -> Vec<String> {
-    as_array(links)
+fn orphan_ports(host: &Host) -> Vec<String> {
+    host.links
         .iter()
-        .filter(|l| l["master"].is_null())
-        .filter(|l| l["linkinfo"]["info_kind"].as_str() == Some("tun"))
-        .filter_map(|l| l["ifname"].as_str())
-        .filter(|n| topology::inet_addrs(n).is_ok_and(|a| a.is_empty()))
-        .map(str::to_string)
+        .filter(|l| l.master.is_none() && l.is_kind("tun"))
+        .filter(|l| host.inet_addrs(&l.name).is_empty())
+        .map(|l| l.name.clone())
         .collect()
 }
 
 /// The bridge `port` belongs in: its firewall bridge or configured bridge, the
 /// bridge where the host last saw the VM's address, or the one owning its subnet.
-fn expected_bridge(s: &Subject, links: &Value, port: &str) -> Option<String> {
+fn expected_bridge(s: &Subject, host: &Host, port: &str) -> Option<String> {
     if let Some(nic) = s.nics.iter().find(|n| n.port.as_deref() == Some(port)) {
         let fwbr = format!("fwbr{}", port.trim_start_matches("tap"));
-        if nic.firewall && topology::has_link(links, &fwbr) {
+        if nic.firewall && host.has_link(&fwbr) {
             return Some(fwbr);
         }
         if nic.bridge.is_some() {
             return nic.bridge.clone();
         }
     }
-    let neigh = ip_json(&["neigh", "show", "to", &s.vm_ip.to_string()]).ok();
-    let seen = neigh
-        .as_ref()
-        .and_then(|n| as_array(n).first()?["dev"].as_str().map(str::to_string))
-        .filter(|dev| topology::is_bridge(links, dev));
-    seen.or_else(|| topology::subnet_ports(s.vm_ip, links).map(|(b, _)| b))
+    let seen = host
+        .neighbours_of(s.vm_ip.into())
+        .next()
+        .and_then(|n| host.name_of(n.index))
+        .filter(|dev| host.is_bridge(dev))
+        .map(str::to_string);
+    seen.or_else(|| topology::subnet_ports(host, s.vm_ip).map(|(b, _)| b))
 }
 
-fn membership(s: &Subject, t: &Topology, links: &Value) -> Vec<Check> {
+fn membership(s: &Subject, t: &Topology, host: &Host) -> Vec<Check> {
     let mut out = Vec::new();
     for port in &t.ports {
         let p = &port.name;
         let configured = s.nics.iter().find(|n| n.port.as_deref() == Some(p));
-        let Some(master) = topology::master_of(links, p) else {
-            if routed_port(t, p) {
+        let Some(master) = host.master_of(p).map(str::to_string) else {
+            if routed_port(t, p, host) {
                 out.push(
                     Check::new("bridge_member", Status::Pass, p).evidence(format!(
                         "{p} is a routed port (no bridge); {} is reached through it",
@@ -177,7 +174,7 @@ fn membership(s: &Subject, t: &Topology, links: &Value) -> Vec<Check> {
                 );
                 continue;
             }
-            let bridge = expected_bridge(s, links, p).unwrap_or_else(|| "BRIDGE".into());
+            let bridge = expected_bridge(s, host, p).unwrap_or_else(|| "BRIDGE".into());
             out.push(
                 Check::new("bridge_member", Status::Fail, p)
                     .evidence(format!(
@@ -214,39 +211,24 @@ fn membership(s: &Subject, t: &Topology, links: &Value) -> Vec<Check> {
 }
 
 /// A bridge-less port that carries the VM's address (routed setups).
-fn routed_port(t: &Topology, port: &str) -> bool {
-    let via = ip_json(&["route", "get", &t.vm_ip.to_string()]).ok();
-    via.as_ref()
-        .and_then(|v| as_array(v).first().cloned())
-        .is_some_and(|r| r["dev"].as_str() == Some(port))
-}
-
-fn link_flags(links: &Value, name: &str) -> Vec<String> {
-    topology::link(links, name)
-        .map(|l| {
-            as_array(&l["flags"])
-                .iter()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+fn routed_port(t: &Topology, port: &str, host: &Host) -> bool {
+    route_dev(host, t.vm_ip).as_deref() == Some(port)
 }
 
 /// Every interface on the path administratively up, and the VM-facing ones with
 /// carrier (a TAP has carrier while a VM holds it).
-fn links_up(s: &Subject, t: &Topology, links: &Value) -> Vec<Check> {
+fn links_up(s: &Subject, t: &Topology, host: &Host) -> Vec<Check> {
     let mut out = Vec::new();
     for name in t.path_names() {
-        let flags = link_flags(links, &name);
-        let has = |f: &str| flags.iter().any(|x| x == f);
-        let bridge = topology::is_bridge(links, &name);
-        if !has("UP") {
+        let link = host.link(&name);
+        let bridge = host.is_bridge(&name);
+        if !link.is_some_and(|l| l.up) {
             out.push(
                 Check::new("link_up", Status::Fail, &name)
                     .evidence(format!("{name} is administratively down"))
                     .fix(format!("ip link set dev {name} up")),
             );
-        } else if !bridge && !has("LOWER_UP") {
+        } else if !bridge && !link.is_some_and(|l| l.lower_up) {
             let is_port = t.ports.iter().any(|p| p.name == name);
             let fix = match s
                 .nics
@@ -274,14 +256,8 @@ fn links_up(s: &Subject, t: &Topology, links: &Value) -> Vec<Check> {
 }
 
 /// Bridge ports on the path must be in STP state `forwarding`.
-fn stp(t: &Topology, links: &Value) -> Vec<Check> {
-    let states = run_json("bridge", &["-j", "link", "show"]).unwrap_or(Value::Null);
-    let state_of = |name: &str| {
-        as_array(&states)
-            .iter()
-            .find(|l| l["ifname"].as_str() == Some(name))
-            .and_then(|l| l["state"].as_str().map(str::to_string))
-    };
+fn stp(t: &Topology, host: &Host) -> Vec<Check> {
+    let state_of = |name: &str| host.link(name)?.port_state.map(|s| s.word());
     let mut ports: Vec<String> = t.ports.iter().map(|p| p.name.clone()).collect();
     ports.extend(
         t.chain
@@ -293,16 +269,14 @@ fn stp(t: &Topology, links: &Value) -> Vec<Check> {
     // A port without carrier is `disabled`: link_up already says why.
     for p in ports
         .iter()
-        .filter(|p| link_flags(links, p).iter().any(|f| f == "LOWER_UP"))
+        .filter(|p| host.link(p).is_some_and(|l| l.lower_up))
     {
         let Some(state) = state_of(p) else { continue };
         if state == "forwarding" {
             continue;
         }
-        let bridge = topology::master_of(links, p).unwrap_or_default();
-        let stp_on = topology::link(links, &bridge)
-            .and_then(|l| l["linkinfo"]["info_data"]["stp_state"].as_u64())
-            .is_some_and(|s| s != 0);
+        let bridge = host.master_of(p).unwrap_or_default().to_string();
+        let stp_on = host.link(&bridge).is_some_and(|l| l.stp);
         let fix = if stp_on {
             format!("STP holds {p} in {state} (a loop, or still learning): see bridge -d link show dev {p}; if there is no loop: ip link set dev {bridge} type bridge stp_state 0")
         } else {
@@ -411,14 +385,14 @@ fn rp_value(dev: &str) -> u8 {
 }
 
 /// The device the host's route to `ip` leaves by.
-fn route_dev(ip: Ipv4Addr) -> Option<String> {
-    let v = ip_json(&["route", "get", &ip.to_string()]).ok()?;
-    as_array(&v).first()?["dev"].as_str().map(str::to_string)
+fn route_dev(host: &Host, ip: Ipv4Addr) -> Option<String> {
+    let r = host.route_get(ip, None)?;
+    host.route_dev(&r).map(str::to_string)
 }
 
 /// Reverse-path filtering: a packet from `src` arriving on `dev` passes strict
 /// mode only if the route back to `src` leaves by `dev`.
-fn rp_filter(t: &Topology) -> Check {
+fn rp_filter(t: &Topology, host: &Host) -> Check {
     let mut arrivals = vec![(t.inbound().name.clone(), t.vm_ip)];
     if let Some(up) = &t.uplink {
         arrivals.push((up.name.clone(), t.dst));
@@ -426,7 +400,7 @@ fn rp_filter(t: &Topology) -> Check {
     let mut seen = Vec::new();
     for (dev, src) in arrivals {
         let mode = rp_value(&dev);
-        let back = route_dev(src);
+        let back = route_dev(host, src);
         seen.push(format!("{dev} rp_filter={mode}"));
         let bad = match mode {
             1 => back.as_deref() != Some(dev.as_str()),
@@ -471,21 +445,17 @@ fn route(s: &Subject, t: &Topology) -> Check {
 
 /// The next hop must answer ARP, or every routed packet dies in the neighbour
 /// layer (NEIGH_FAILED).
-fn gateway(t: &Topology, gw: Ipv4Addr, links: &Value, passive: bool) -> Check {
+fn gateway(t: &Topology, gw: Ipv4Addr, host: &Host, passive: bool) -> Check {
     let up = t
         .uplink
         .as_ref()
         .map(|u| u.name.clone())
         .unwrap_or_default();
-    let neigh = ip_json(&["neigh", "show", &gw.to_string(), "dev", &up]).unwrap_or(Value::Null);
-    let state: Vec<String> = as_array(&neigh)
-        .first()
-        .map(|n| {
-            as_array(&n["state"])
-                .iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
+    let up_index = host.index_of(&up);
+    let state: Vec<String> = host
+        .neighbours_of(gw.into())
+        .find(|n| Some(n.index) == up_index)
+        .map(|n| vec![n.state.clone()])
         .unwrap_or_default();
     let subject = format!("{gw} on {up}");
     let good = state
@@ -499,8 +469,9 @@ fn gateway(t: &Topology, gw: Ipv4Addr, links: &Value, passive: bool) -> Check {
         "check that {gw} is up and on the same link/VLAN as {up} (ip route show default; ip neigh show dev {up})"
     ));
     if !passive {
-        let own_mac = topology::link(links, &up)
-            .and_then(|l| l["address"].as_str())
+        let own_mac = host
+            .link(&up)
+            .and_then(|l| l.mac.as_deref())
             .and_then(arp::parse_mac);
         let src = t
             .uplink_addrs
@@ -624,16 +595,14 @@ fn nat(t: &Topology) -> Check {
 /// A rule puts (firewall-)bridged traffic into its own conntrack zone, in
 /// nftables (`ct zone set`) or iptables-legacy's raw table (`-j CT --zone`).
 fn conntrack_zones_split() -> bool {
-    let run = |cmd: &str, args: &[&str]| {
-        log::debug!("run: {cmd} {}", args.join(" "));
-        std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    run("nft", &["list", "ruleset"]).contains("ct zone set")
-        || run("iptables-legacy-save", &["-t", "raw"]).contains("--zone")
+    let rules = firewall::rules();
+    rules
+        .nft_text
+        .as_deref()
+        .is_some_and(|t| t.contains("ct zone set"))
+        || rules
+            .legacy_table("raw")
+            .is_some_and(|t| t.contains("--zone"))
 }
 
 /// The firewall's verdict on the guest's ping and its reply (FORWARD, or INPUT
@@ -750,13 +719,13 @@ fn dns(s: &Subject, t: &Topology) -> Check {
     let bridge_ip = t
         .vm_subnet
         .and_then(|(net, len)| {
-            topology::inet_addrs(&t.inbound().name)
-                .ok()?
+            s.host
+                .inet_addrs(&t.inbound().name)
                 .into_iter()
                 .find(|(a, _)| topology::network(*a, len) == net)
         })
         .map(|(a, _)| a);
-    let local = host_addresses();
+    let local = host_addresses(&s.host);
     let resolver = s.dns.or(bridge_ip.filter(|ip| listens(*ip)));
     let dhcp_here =
         !udp_listeners(&table, 67).is_empty() || s.nics.iter().any(|n| n.network.is_some());
@@ -796,7 +765,7 @@ fn dns(s: &Subject, t: &Topology) -> Check {
             "a resolver listens on {r}:53 and the INPUT firewall lets the guest's queries in"
         ));
     }
-    match route_dev(r) {
+    match route_dev(&s.host, r) {
         Some(dev) => Check::new("dns", Status::Pass, subject).evidence(format!(
             "resolver {r} is outside this host, reached via {dev}; follow the guest's queries with: pathtrace --vm-ip {} --to {r} --proto dns",
             t.vm_ip
@@ -807,20 +776,15 @@ fn dns(s: &Subject, t: &Topology) -> Check {
     }
 }
 
-fn host_addresses() -> Vec<Ipv4Addr> {
-    let v = ip_json(&["-4", "addr", "show"]).unwrap_or(Value::Null);
-    as_array(&v)
-        .iter()
-        .flat_map(|l| as_array(&l["addr_info"]).to_vec())
-        .filter_map(|a| a["local"].as_str()?.parse().ok())
-        .collect()
+fn host_addresses(host: &Host) -> Vec<Ipv4Addr> {
+    host.addrs.iter().filter_map(|a| Some(a.v4()?.0)).collect()
 }
 
 /// Only one machine may answer for the VM's address: the host must not hold it,
 /// and on the bridge exactly one MAC may answer ARP for it.
-fn duplicate_ip(t: &Topology, links: &Value, passive: bool) -> Check {
+fn duplicate_ip(t: &Topology, host: &Host, passive: bool) -> Check {
     let subject = t.vm_ip.to_string();
-    if host_addresses().contains(&t.vm_ip) {
+    if host_addresses(host).contains(&t.vm_ip) {
         return Check::new("duplicate_ip", Status::Fail, subject)
             .evidence(format!("this host itself has the address {}", t.vm_ip))
             .fix(format!(
@@ -836,8 +800,9 @@ fn duplicate_ip(t: &Topology, links: &Value, passive: bool) -> Check {
         return Check::new("duplicate_ip", Status::Pass, subject)
             .evidence("the host does not hold the address (ARP probe skipped: --passive)");
     }
-    let own_mac = topology::link(links, &bridge.name)
-        .and_then(|l| l["address"].as_str())
+    let own_mac = host
+        .link(&bridge.name)
+        .and_then(|l| l.mac.as_deref())
         .and_then(arp::parse_mac);
     let Some(own_mac) = own_mac else {
         return Check::new("duplicate_ip", Status::Warn, subject)
@@ -846,8 +811,7 @@ fn duplicate_ip(t: &Topology, links: &Value, passive: bool) -> Check {
     let sender = t
         .vm_subnet
         .and_then(|(net, len)| {
-            topology::inet_addrs(&bridge.name)
-                .ok()?
+            host.inet_addrs(&bridge.name)
                 .into_iter()
                 .find(|(a, _)| topology::network(*a, len) == net)
         })
@@ -868,8 +832,8 @@ fn duplicate_ip(t: &Topology, links: &Value, passive: bool) -> Check {
     let named: Vec<String> = answers
         .iter()
         .map(
-            |m| match topology::ports_for_mac(links, &bridge.name, m).as_deref() {
-                Ok([p]) => format!("{m} (port {p})"),
+            |m| match topology::ports_for_mac(host, &bridge.name, m).as_slice() {
+                [p] => format!("{m} (port {p})"),
                 _ => m.clone(),
             },
         )

@@ -4,6 +4,7 @@
 //! a verdict is made, so a verdict never carries a finding that no longer holds.
 
 use super::{checks, Check, Status, Subject};
+use crate::host::Host;
 
 /// Checks whose answer can change while a trace runs; re-read at verdict time.
 const VOLATILE: &[&str] = &[
@@ -31,7 +32,7 @@ impl Findings {
         let wanted = |c: &Check| names.is_none_or(|n| n.contains(&c.check));
         let needs_fresh = names.is_none_or(|n| n.iter().any(|c| VOLATILE.contains(c)));
         let fresh = match needs_fresh {
-            true => checks::volatile(&self.subject),
+            true => self.volatile_now(),
             false => Vec::new(),
         };
         merge(&self.at_start, fresh)
@@ -42,7 +43,16 @@ impl Findings {
 
     /// Every check as it holds now (for a trace that saw no request at all).
     pub fn all_now(&self) -> Vec<Check> {
-        merge(&self.at_start, checks::volatile(&self.subject))
+        merge(&self.at_start, self.volatile_now())
+    }
+
+    /// The volatile checks over the host as it is now (read again over netlink:
+    /// no process is spawned), or as at the start when it cannot be read.
+    fn volatile_now(&self) -> Vec<Check> {
+        match Host::read() {
+            Ok(now) => checks::volatile(&self.subject, &now),
+            Err(_) => checks::volatile(&self.subject, &self.subject.host),
+        }
     }
 }
 

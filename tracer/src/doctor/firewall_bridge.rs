@@ -9,24 +9,17 @@
 
 use std::net::Ipv4Addr;
 
-use serde_json::Value;
-
 use super::{Check, Status};
-use crate::{
-    kernel::sysctl,
-    topology::{as_array, ip_json, Topology},
-};
+use crate::{host::Host, kernel::sysctl, topology::Topology};
 
 /// One check per firewall bridge on the VM's path (none without such bridges).
-pub fn check(t: &Topology) -> Vec<Check> {
+pub fn check(t: &Topology, host: &Host) -> Vec<Check> {
     t.chain
         .iter()
         .filter(|h| h.is_bridge)
         .map(|h| {
             let dev = &h.iface.name;
-            let answered = ip_json(&["-4", "neigh", "show", "dev", dev])
-                .map(|v| knows(&v, t.vm_ip))
-                .unwrap_or(false);
+            let answered = knows(host, dev, t.vm_ip);
             judge(dev, effective_arp_ignore(dev), answered, t)
         })
         .collect()
@@ -77,12 +70,11 @@ fn effective_arp_ignore(dev: &str) -> u8 {
     value("all").max(value(dev))
 }
 
-/// The neighbour table (`ip -j neigh show dev X`) has an entry for `ip`.
-fn knows(neigh: &Value, ip: Ipv4Addr) -> bool {
-    let ip = ip.to_string();
-    as_array(neigh)
-        .iter()
-        .any(|n| n["dst"].as_str() == Some(ip.as_str()))
+/// The neighbour table of `dev` has an entry for `ip`.
+fn knows(host: &Host, dev: &str, ip: Ipv4Addr) -> bool {
+    let index = host.index_of(dev);
+    host.neighbours_of(ip.into())
+        .any(|n| Some(n.index) == index)
 }
 
 fn veth_names(t: &Topology) -> Vec<String> {
@@ -109,10 +101,16 @@ mod tests {
 
     #[test]
     fn a_neighbour_entry_for_the_guest_is_found() {
-        let v = serde_json::json!([
-            {"dst": "192.0.2.100", "dev": "fwbr100i0", "lladdr": "52:54:00:00:00:01", "state": ["STALE"]},
-        ]);
-        assert!(knows(&v, "192.0.2.100".parse().unwrap()));
-        assert!(!knows(&v, "192.0.2.101".parse().unwrap()));
+        let host = Host::from_iproute2(
+            &serde_json::json!([{"ifindex": 5, "ifname": "fwbr100i0"}, {"ifindex": 6, "ifname": "vmbr0"}]),
+            &serde_json::Value::Null,
+            &serde_json::json!([
+                {"dst": "192.0.2.100", "dev": "fwbr100i0", "lladdr": "52:54:00:00:00:01", "state": ["STALE"]},
+            ]),
+            &serde_json::Value::Null,
+        );
+        assert!(knows(&host, "fwbr100i0", "192.0.2.100".parse().unwrap()));
+        assert!(!knows(&host, "fwbr100i0", "192.0.2.101".parse().unwrap()));
+        assert!(!knows(&host, "vmbr0", "192.0.2.100".parse().unwrap()));
     }
 }

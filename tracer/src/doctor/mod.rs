@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::{
     cli::DoctorCli,
+    host::Host,
     hostconfig::{self, ConfigDirs, VmNic},
     topology::{self, Evidence, Location, Topology},
 };
@@ -91,6 +92,8 @@ pub struct Subject {
     pub nics: Vec<VmNic>,
     /// How the port was found, for people.
     pub found_by: String,
+    /// The host as read when the examination started.
+    pub host: Host,
 }
 
 /// Stands for "the internet" when no destination is given: only used for route
@@ -130,26 +133,22 @@ pub fn exit_code(checks: &[Check]) -> i32 {
 /// Find the VM (by IP, or by id/name/MAC from the configuration) and its path.
 fn examine(cli: &DoctorCli) -> Result<Subject> {
     let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
-    let (vm_ip, nics) = resolve_vm(cli.vm_ip, cli.vm.as_deref(), &all, &cli.config_root)?;
+    let host = Host::read()?;
+    let (vm_ip, nics) = resolve_vm(&host, cli.vm_ip, cli.vm.as_deref(), &all, &cli.config_root)?;
     let dst = cli.to.unwrap_or(INTERNET);
-    let links = topology::ip_json(&["-d", "link", "show"])?;
-    if let Some(i) = cli
-        .iface
-        .as_deref()
-        .filter(|i| !topology::has_link(&links, i))
-    {
+    if let Some(i) = cli.iface.as_deref().filter(|i| !host.has_link(i)) {
         bail!("interface {i} does not exist (--iface)");
     }
     let located = match &cli.iface {
         Some(i) => Ok(Location::named(i)),
-        None => topology::locate_vm(vm_ip, &links, &nics)
-            .or_else(|e| candidate_ports(vm_ip, &links).ok_or(e)),
+        None => topology::locate_vm(&host, vm_ip, &nics)
+            .or_else(|e| candidate_ports(&host, vm_ip).ok_or(e)),
     };
     let found_by = located
         .as_ref()
         .map_or_else(|_| String::new(), |l| l.evidence.found_by());
     let topo = located
-        .and_then(|l| Topology::for_ports(vm_ip, dst, &links, l))
+        .and_then(|l| Topology::for_ports(&host, vm_ip, dst, l))
         .map_err(|e| format!("{e:#}"));
     Ok(Subject {
         vm_ip,
@@ -159,6 +158,7 @@ fn examine(cli: &DoctorCli) -> Result<Subject> {
         topo,
         nics,
         found_by,
+        host,
     })
 }
 
@@ -166,8 +166,8 @@ fn examine(cli: &DoctorCli) -> Result<Subject> {
 /// the bridge owning its subnet that cannot pass frames (what makes a VM vanish
 /// from the tables), else the only port there is. A guess, and its `vm_port`
 /// check says so; trace mode refuses to guess (it would follow another VM).
-fn candidate_ports(vm_ip: Ipv4Addr, links: &serde_json::Value) -> Option<Location> {
-    let c = topology::candidates(vm_ip, links)?;
+fn candidate_ports(host: &Host, vm_ip: Ipv4Addr) -> Option<Location> {
+    let c = topology::candidates(host, vm_ip)?;
     let blocked: Vec<String> = c.blocked().iter().map(|(p, _)| p.to_string()).collect();
     let head = format!("no neighbour entry, FDB entry or configuration knows {vm_ip}");
     let (ports, why) = match c.ports.as_slice() {
@@ -187,6 +187,7 @@ fn candidate_ports(vm_ip: Ipv4Addr, links: &serde_json::Value) -> Option<Locatio
 
 /// The VM's IP and its configured NICs, from `--vm-ip` and/or `--vm`.
 pub fn resolve_vm(
+    host: &Host,
     vm_ip: Option<Ipv4Addr>,
     vm: Option<&str>,
     all: &[VmNic],
@@ -211,7 +212,10 @@ pub fn resolve_vm(
     let ip = nics
         .iter()
         .find_map(|n| n.ips.first().copied())
-        .or_else(|| nics.iter().find_map(|n| topology::ip_of_mac(&n.mac)));
+        .or_else(|| {
+            nics.iter()
+                .find_map(|n| host.ip_of_mac(&n.mac.to_lowercase()))
+        });
     match ip {
         Some(ip) => Ok((ip, nics)),
         None => bail!(

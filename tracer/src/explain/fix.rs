@@ -4,8 +4,6 @@
 //! for legacy tables. Trace hints and doctor checks both build their commands
 //! here, so one finding gets one command wherever it is said.
 
-use std::{process::Command, sync::OnceLock};
-
 use super::{
     iptables,
     nft::{self, Culprit, Manager},
@@ -72,7 +70,7 @@ pub fn add_masquerade(lan: &str, uplink: &str) -> String {
         &nat_manager(ruleset.as_ref(), legacy_nat),
         lan,
         uplink,
-        iptables_is_nft(),
+        crate::host::firewall::iptables_is_nft(),
     )
 }
 
@@ -127,10 +125,9 @@ fn masquerade_for(tool: &NatTool, lan: &str, up: &str, iptables_nft: bool) -> St
 
 /// `iptables-legacy-save -t nat` has rules: legacy iptables does NAT here.
 fn legacy_nat_in_use() -> bool {
-    Command::new("iptables-legacy-save")
-        .args(["-t", "nat"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\n-A "))
+    crate::host::firewall::rules()
+        .legacy_table("nat")
+        .is_some_and(|t| t.contains("\n-A "))
 }
 
 /// The command for iptables-nft in `family`: `iptables` when that is the
@@ -141,20 +138,10 @@ fn iptables_nft(family: &str) -> String {
     } else {
         "iptables"
     };
-    match iptables_is_nft() {
+    match crate::host::firewall::iptables_is_nft() {
         true => base.to_string(),
         false => format!("{base}-nft"),
     }
-}
-
-fn iptables_is_nft() -> bool {
-    static NFT: OnceLock<bool> = OnceLock::new();
-    *NFT.get_or_init(|| {
-        Command::new("iptables")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("nf_tables"))
-    })
 }
 
 /// iptables' `-t TABLE`, left out for the default table.
@@ -248,7 +235,7 @@ mod tests {
         let ipt = culprit(&rs, "ip", "filter", "FORWARD", Some(3));
         assert_eq!(ipt.number, Some(2));
         let cmd = delete(&ipt).unwrap();
-        let bin = if iptables_is_nft() {
+        let bin = if crate::host::firewall::iptables_is_nft() {
             "iptables"
         } else {
             "iptables-nft"
@@ -265,7 +252,7 @@ mod tests {
     #[test]
     fn a_policy_is_opened_with_the_tool_that_manages_its_table() {
         let rs = ruleset(MIXED);
-        let bin = if iptables_is_nft() {
+        let bin = if crate::host::firewall::iptables_is_nft() {
             "iptables"
         } else {
             "iptables-nft"

@@ -6,7 +6,7 @@
 //! order, rules in order, following jumps. Matches we understand decide; others
 //! "may match". (iptables-nft rules live in the nftables ruleset: see `nft`.)
 
-use std::{net::Ipv4Addr, process::Command};
+use std::net::Ipv4Addr;
 
 use super::nft::PacketView;
 
@@ -63,23 +63,16 @@ pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
     rules.walk_snat(chain, pkt, 0)
 }
 
+/// The legacy tables as read once for this run (see `host::firewall`).
 fn legacy_rules() -> Option<Rules> {
-    log::debug!("run: iptables-legacy-save");
-    let out = Command::new("iptables-legacy-save").output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    Some(Rules::parse(&String::from_utf8_lossy(&out.stdout)))
+    Some(Rules::parse(
+        crate::host::firewall::rules().legacy.as_deref()?,
+    ))
 }
 
 /// The legacy nat rule that translates destinations to `to`.
 pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
-    log::debug!("run: iptables-legacy-save -t nat");
-    let out = Command::new("iptables-legacy-save")
-        .args(["-t", "nat"])
-        .output()
-        .ok()?;
-    let save = String::from_utf8_lossy(&out.stdout);
+    let save = crate::host::firewall::rules().legacy_table("nat")?;
     let rules = Rules::parse(&save);
     rules.chains.iter().find_map(|c| {
         let n = c.rules.iter().position(|r| {

@@ -388,7 +388,7 @@ impl Explainer {
     /// Dropped by the bridge: a port not forwarding (STP, or set by hand).
     fn blame_bridge_port(&self, d: &Drop, stage: Stage, what: &str) -> Option<Blame> {
         let port = self.name(d.ifindex)?;
-        let state = crate::topology::port_state(&port)?;
+        let state = crate::topology::port_state_now(&port)?;
         if state == "forwarding" {
             return None;
         }
@@ -410,7 +410,7 @@ impl Explainer {
     /// The VM port is down: nothing reaches the guest.
     fn blame_port_down(&self, t: &Trace, what: &str) -> Option<Blame> {
         let port = self.name(t.port_ifindex?)?;
-        let state = crate::topology::oper_state(&port)?;
+        let state = crate::topology::oper_state_now(&port)?;
         if state == "UP" || state == "UNKNOWN" {
             return None;
         }

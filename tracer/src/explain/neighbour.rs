@@ -3,12 +3,11 @@
 //! the packet it had queued meanwhile. Why, from the host's state at the moment
 //! of the verdict (read fresh: ports change state while a trace runs).
 
-use serde_json::Value;
-
 use super::{Blame, Explainer};
 use crate::{
     correlate::{Direction, Drop, Stage},
-    topology::{self, as_array, run_json},
+    host::Host,
+    topology,
 };
 
 impl Explainer {
@@ -80,20 +79,22 @@ impl Explainer {
             .collect();
         below.extend(self.topo.ports.iter().map(|p| p.name.clone()));
         for port in &below {
-            if let Some(state) = topology::oper_state(port).filter(|s| s != "UP" && s != "UNKNOWN")
+            if let Some(state) =
+                topology::oper_state_now(port).filter(|s| s != "UP" && s != "UNKNOWN")
             {
                 return Some(format!(
                     "{port} on the way to the guest is {state} (the VM stopped, or its NIC is unplugged); bring it up: ip link set {port} up, or start the VM"
                 ));
             }
-            if let Some(state) = topology::port_state(port).filter(|s| s != "forwarding") {
+            if let Some(state) = topology::port_state_now(port).filter(|s| s != "forwarding") {
                 return Some(format!(
                     "bridge port {port} on the way to the guest is {state}, so it passes no frames (the ARP request never reaches the guest); if STP is not meant to block it: bridge link set dev {port} state 3"
                 ));
             }
         }
         let mac = self.topo.vm_mac.as_deref()?.to_lowercase();
-        let fdb = run_json("bridge", &["-j", "fdb", "show"]).ok()?;
+        // The FDB as it is now, at the verdict (netlink: nothing is spawned).
+        let now = Host::read().ok()?;
         let mut ours: Vec<&str> = vec![dev];
         ours.extend(
             self.topo
@@ -102,7 +103,7 @@ impl Explainer {
                 .filter(|h| h.is_bridge)
                 .map(|h| h.iface.name.as_str()),
         );
-        if let Some((port, bridge)) = learned_elsewhere(&fdb, &mac, &ours) {
+        if let Some((port, bridge)) = learned_elsewhere(&now, &mac, &ours) {
             return Some(format!(
                 "the guest's MAC {mac} was learned on {port} of bridge {bridge}, not below {dev}: the guest is on another bridge (check the VM's NIC configuration)"
             ));
@@ -113,11 +114,11 @@ impl Explainer {
 
 /// A port of another bridge than those on the guest's path (`ours`) where
 /// `mac` was learned: (port, its bridge).
-fn learned_elsewhere(fdb: &Value, mac: &str, ours: &[&str]) -> Option<(String, String)> {
-    as_array(fdb)
+fn learned_elsewhere(host: &Host, mac: &str, ours: &[&str]) -> Option<(String, String)> {
+    host.fdb
         .iter()
-        .filter(|f| f["mac"].as_str().map(str::to_lowercase).as_deref() == Some(mac))
-        .filter_map(|f| Some((f["ifname"].as_str()?, f["master"].as_str()?)))
+        .filter(|f| !f.own && f.mac == mac)
+        .filter_map(|f| Some((host.name_of(f.port)?, host.name_of(f.bridge?)?)))
         .find(|(_, bridge)| !ours.contains(bridge))
         .map(|(port, bridge)| (port.to_string(), bridge.to_string()))
 }
@@ -128,17 +129,27 @@ mod tests {
 
     #[test]
     fn a_mac_learned_on_another_bridge_is_found() {
+        let links = serde_json::json!([
+            {"ifindex": 1, "ifname": "vmbr0"}, {"ifindex": 2, "ifname": "vmbr1"},
+            {"ifindex": 3, "ifname": "fwpr100p0"}, {"ifindex": 4, "ifname": "tap100i0"}
+        ]);
         let fdb = serde_json::json!([
             {"mac": "52:54:00:aa:bb:cc", "ifname": "fwpr100p0", "master": "vmbr0"},
             {"mac": "52:54:00:AA:BB:CC", "ifname": "tap100i0", "master": "vmbr1"},
             {"mac": "52:54:00:aa:bb:cc", "ifname": "vmbr1", "flags": ["self"]}
         ]);
+        let host = Host::from_iproute2(
+            &links,
+            &serde_json::Value::Null,
+            &serde_json::Value::Null,
+            &fdb,
+        );
         assert_eq!(
-            learned_elsewhere(&fdb, "52:54:00:aa:bb:cc", &["vmbr0", "fwbr100i0"]),
+            learned_elsewhere(&host, "52:54:00:aa:bb:cc", &["vmbr0", "fwbr100i0"]),
             Some(("tap100i0".into(), "vmbr1".into()))
         );
         assert_eq!(
-            learned_elsewhere(&fdb, "52:54:00:aa:bb:cc", &["vmbr0", "vmbr1"]),
+            learned_elsewhere(&host, "52:54:00:aa:bb:cc", &["vmbr0", "vmbr1"]),
             None
         );
     }

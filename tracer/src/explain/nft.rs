@@ -12,7 +12,7 @@
 //! match and drops or rejects is the answer, with the chains that led to it; if
 //! none, a base chain with policy drop is.
 
-use std::{collections::HashMap, net::Ipv4Addr, process::Command};
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use serde_json::Value;
 
@@ -256,12 +256,9 @@ pub fn ruleset() -> Option<Ruleset> {
     Some(Ruleset::parse(&serde_json::from_str(&json).ok()?))
 }
 
+/// `nft ARGS` as read once for this run (see `host::firewall`).
 fn run(args: &[&str]) -> Option<String> {
-    log::debug!("run: nft {}", args.join(" "));
-    let out = Command::new("nft").args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::host::firewall::rules().nft(args).map(str::to_string)
 }
 
 #[derive(Debug, Default)]

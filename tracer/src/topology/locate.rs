@@ -7,10 +7,9 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, Result};
-use serde_json::Value;
 
-use super::{as_array, find_vm_ports, is_bridge, leaf_ports, link, network, run_json};
-use crate::hostconfig::VmNic;
+use super::{find_vm_ports, network};
+use crate::{host::Host, hostconfig::VmNic};
 
 /// How the VM's port was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,11 +73,11 @@ impl Location {
 /// from the VM's configuration (`nics`: this VM's NICs), if its device exists; else
 /// every port of the bridge the neighbour entry is on (a guess, said as such).
 /// When nothing knows the VM: an error naming the candidate ports.
-pub fn locate_vm(vm_ip: Ipv4Addr, links: &Value, nics: &[VmNic]) -> Result<Location> {
+pub fn locate_vm(host: &Host, vm_ip: Ipv4Addr, nics: &[VmNic]) -> Result<Location> {
     let configured = nics
         .iter()
-        .find(|n| n.port.as_ref().is_some_and(|p| link(links, p).is_some()));
-    let found = find_vm_ports(vm_ip, links)?;
+        .find(|n| n.port.as_ref().is_some_and(|p| host.has_link(p)));
+    let found = find_vm_ports(host, vm_ip)?;
     match (found, configured) {
         (Some((ports, mac)), _) if ports.len() == 1 => Ok(Location {
             ports,
@@ -107,7 +106,7 @@ pub fn locate_vm(vm_ip: Ipv4Addr, links: &Value, nics: &[VmNic]) -> Result<Locat
                 evidence: Evidence::Guess(why),
             })
         }
-        (None, None) => Err(anyhow!(unknown_vm(vm_ip, links, nics))),
+        (None, None) => Err(anyhow!(unknown_vm(host, vm_ip, nics))),
     }
 }
 
@@ -139,13 +138,13 @@ impl Candidates {
 
 /// The candidates for a VM the host's tables do not know: the ports below the
 /// bridge whose own subnet holds `vm_ip`.
-pub fn candidates(vm_ip: Ipv4Addr, links: &Value) -> Option<Candidates> {
-    let (bridge, subnet) = subnet_bridge(vm_ip, links)?;
-    let states = run_json("bridge", &["-j", "link", "show"]).unwrap_or(Value::Null);
-    let ports = leaf_ports(links, &bridge, None, 0)
+pub fn candidates(host: &Host, vm_ip: Ipv4Addr) -> Option<Candidates> {
+    let (bridge, subnet) = subnet_bridge(host, vm_ip)?;
+    let ports = host
+        .leaf_ports(&bridge, None, 0)
         .into_iter()
         .map(|p| {
-            let why = blocked_because(links, &states, &p);
+            let why = blocked_because(host, &p);
             (p, why)
         })
         .collect();
@@ -157,50 +156,34 @@ pub fn candidates(vm_ip: Ipv4Addr, links: &Value) -> Option<Candidates> {
 }
 
 /// The bridge with an address whose subnet holds `vm_ip`, and that subnet.
-pub fn subnet_bridge(vm_ip: Ipv4Addr, links: &Value) -> Option<(String, (Ipv4Addr, u8))> {
-    let v = super::ip_json(&["-4", "addr", "show"]).ok()?;
-    as_array(&v).iter().find_map(|l| {
-        let name = l["ifname"].as_str()?;
-        if !is_bridge(links, name) {
-            return None;
-        }
-        as_array(&l["addr_info"]).iter().find_map(|a| {
-            let local: Ipv4Addr = a["local"].as_str()?.parse().ok()?;
-            let len = a["prefixlen"].as_u64()? as u8;
-            (network(local, len) == network(vm_ip, len))
-                .then(|| (name.to_string(), (network(local, len), len)))
-        })
+pub fn subnet_bridge(host: &Host, vm_ip: Ipv4Addr) -> Option<(String, (Ipv4Addr, u8))> {
+    host.addrs.iter().find_map(|a| {
+        let link = host.link_at(a.index).filter(|l| l.is_bridge())?;
+        let (local, len) = a.v4()?;
+        (network(local, len) == network(vm_ip, len))
+            .then(|| (link.name.clone(), (network(local, len), len)))
     })
 }
 
 /// Why `port` cannot pass frames now — administratively down, no carrier, or a
 /// bridge port state other than forwarding — or None when it can.
-fn blocked_because(links: &Value, states: &Value, port: &str) -> Option<String> {
-    let flags: Vec<&str> = link(links, port)
-        .map(|l| {
-            as_array(&l["flags"])
-                .iter()
-                .filter_map(Value::as_str)
-                .collect()
-        })
-        .unwrap_or_default();
-    if !flags.contains(&"UP") {
+fn blocked_because(host: &Host, port: &str) -> Option<String> {
+    let link = host.link(port);
+    if !link.is_some_and(|l| l.up) {
         return Some("down".into());
     }
-    if !flags.contains(&"LOWER_UP") {
+    if !link.is_some_and(|l| l.lower_up) {
         return Some("no carrier".into());
     }
-    as_array(states)
-        .iter()
-        .find(|s| s["ifname"].as_str() == Some(port))
-        .and_then(|s| s["state"].as_str())
-        .filter(|s| *s != "forwarding")
-        .map(str::to_string)
+    link?
+        .port_state
+        .map(|s| s.word())
+        .filter(|s| s != "forwarding")
 }
 
 /// The one line an operator gets for a VM nothing on this host knows: what was
 /// looked at, the ports that could be it, and how to trace one.
-fn unknown_vm(vm_ip: Ipv4Addr, links: &Value, nics: &[VmNic]) -> String {
+fn unknown_vm(host: &Host, vm_ip: Ipv4Addr, nics: &[VmNic]) -> String {
     let config = match nics.iter().find_map(|n| Some((n, n.port.as_deref()?))) {
         Some((n, port)) => format!(
             "{} configuration {} names port {port}, which does not exist: is the VM running?",
@@ -212,7 +195,7 @@ fn unknown_vm(vm_ip: Ipv4Addr, links: &Value, nics: &[VmNic]) -> String {
     let head = format!(
         "no VM with IP {vm_ip} is known (no neighbour entry, no bridge FDB entry, {config})"
     );
-    let Some(c) = candidates(vm_ip, links) else {
+    let Some(c) = candidates(host, vm_ip) else {
         return format!(
             "{head}; no bridge on this host owns its subnet: check the IP, or name the VM's port with --iface PORT"
         );
@@ -290,18 +273,16 @@ mod tests {
 
     #[test]
     fn why_a_port_cannot_pass_frames() {
-        let links: Value = serde_json::from_str(
-            r#"[{"ifname":"a","flags":["BROADCAST","UP","LOWER_UP"]},
-                {"ifname":"b","flags":["BROADCAST","UP"]},
-                {"ifname":"c","flags":["BROADCAST"]},
-                {"ifname":"d","flags":["UP","LOWER_UP"]}]"#,
-        )
-        .unwrap();
-        let states: Value = serde_json::from_str(
-            r#"[{"ifname":"a","state":"forwarding"},{"ifname":"d","state":"disabled"}]"#,
-        )
-        .unwrap();
-        let why = |p| blocked_because(&links, &states, p);
+        let host = Host::from_links(
+            &serde_json::from_str(
+                r#"[{"ifindex":1,"ifname":"a","flags":["BROADCAST","UP","LOWER_UP"],"linkinfo":{"info_slave_data":{"state":"forwarding"}}},
+                {"ifindex":2,"ifname":"b","flags":["BROADCAST","UP"]},
+                {"ifindex":3,"ifname":"c","flags":["BROADCAST"]},
+                {"ifindex":4,"ifname":"d","flags":["UP","LOWER_UP"],"linkinfo":{"info_slave_data":{"state":"disabled"}}}]"#,
+            )
+            .unwrap(),
+        );
+        let why = |p| blocked_because(&host, p);
         assert_eq!(why("a"), None);
         assert_eq!(why("b").as_deref(), Some("no carrier"));
         assert_eq!(why("c").as_deref(), Some("down"));

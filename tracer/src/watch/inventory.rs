@@ -15,9 +15,8 @@ use std::{
 };
 
 use anyhow::Result;
-use serde_json::Value;
 
-use crate::topology::{as_array, ip_json, leaf_ports, link_names, lower_bridge, run_json};
+use crate::host::Host;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmPort {
@@ -53,29 +52,34 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Read the running host: four iproute2 dumps, whatever the number of VMs.
+    /// Read the running host: one read of its tables, whatever the number of VMs.
     pub fn discover() -> Result<Self> {
-        let links = ip_json(&["-d", "link", "show"])?;
-        let fdb = run_json("bridge", &["-j", "fdb", "show"])?;
-        let neigh = ip_json(&["-4", "neigh", "show"])?;
-        let addrs = ip_json(&["-4", "addr", "show"])?;
-        Ok(Self::from_json(&links, &fdb, &neigh, &addrs))
+        Ok(Self::from_host(&Host::read()?))
     }
 
-    /// The same from iproute2's JSON (the tests feed fixtures).
-    pub fn from_json(links: &Value, fdb: &Value, neigh: &Value, addrs: &Value) -> Self {
+    /// The VMs the host model knows.
+    pub fn from_host(host: &Host) -> Self {
         let mut inv = Self {
-            names: link_names(links),
-            bridges: bridges(links),
-            local_addrs: local_addrs(addrs),
-            neigh: neighbours(neigh),
+            names: host
+                .links
+                .iter()
+                .map(|l| (l.index, l.name.clone()))
+                .collect(),
+            bridges: host
+                .links
+                .iter()
+                .filter(|l| l.is_bridge())
+                .map(|l| l.index)
+                .collect(),
+            local_addrs: host.addrs.iter().filter_map(|a| Some(a.v4()?.0)).collect(),
+            neigh: neighbours(host),
             ..Self::default()
         };
-        for port in vm_ports(links) {
+        for port in vm_ports(host) {
             inv.ports.insert(port.ifindex, port);
         }
-        learn_macs(&mut inv.ports, links, fdb);
-        inv.bridge_ports = bridge_ports(links, &inv.bridges)
+        learn_macs(&mut inv.ports, host);
+        inv.bridge_ports = bridge_ports(host, &inv.bridges)
             .into_iter()
             .filter(|i| !inv.ports.contains_key(i))
             .collect();
@@ -83,6 +87,17 @@ impl Inventory {
             port.ips = ips_of(&inv.neigh, &port.macs);
         }
         inv
+    }
+
+    /// The same from iproute2's JSON (the tests feed fixtures).
+    #[cfg(test)]
+    pub fn from_json(
+        links: &serde_json::Value,
+        fdb: &serde_json::Value,
+        neigh: &serde_json::Value,
+        addrs: &serde_json::Value,
+    ) -> Self {
+        Self::from_host(&Host::from_iproute2(links, addrs, neigh, fdb))
     }
 
     /// Keep only the ports carrying one of `only` (none given: keep all).
@@ -107,75 +122,37 @@ pub fn ips_of(neigh: &HashMap<[u8; 6], Vec<Ipv4Addr>>, macs: &[[u8; 6]]) -> Vec<
     ips
 }
 
-fn info_kind(link: &Value) -> &str {
-    link["linkinfo"]["info_kind"].as_str().unwrap_or_default()
-}
-
-fn bridges(links: &Value) -> HashSet<u32> {
-    as_array(links)
-        .iter()
-        .filter(|l| info_kind(l) == "bridge")
-        .filter_map(|l| l["ifindex"].as_u64().map(|i| i as u32))
-        .collect()
-}
-
 /// Interfaces enslaved to a bridge.
-fn bridge_ports(links: &Value, bridges: &HashSet<u32>) -> HashSet<u32> {
-    as_array(links)
+fn bridge_ports(host: &Host, bridges: &HashSet<u32>) -> HashSet<u32> {
+    host.links
         .iter()
-        .filter(|l| {
-            l["master"].as_str().is_some_and(|m| {
-                as_array(links).iter().any(|b| {
-                    b["ifname"].as_str() == Some(m)
-                        && b["ifindex"]
-                            .as_u64()
-                            .is_some_and(|i| bridges.contains(&(i as u32)))
-                })
-            })
-        })
-        .filter_map(|l| l["ifindex"].as_u64().map(|i| i as u32))
+        .filter(|l| l.master.is_some_and(|m| bridges.contains(&m)))
+        .map(|l| l.index)
         .collect()
 }
 
-fn vm_ports(links: &Value) -> Vec<VmPort> {
-    let bridge_names: HashSet<&str> = as_array(links)
+fn vm_ports(host: &Host) -> Vec<VmPort> {
+    let bridge_port = |index: u32| {
+        host.link_at(index)
+            .and_then(|l| l.master)
+            .and_then(|m| host.link_at(m))
+            .is_some_and(|b| b.is_bridge())
+    };
+    host.links
         .iter()
-        .filter(|l| info_kind(l) == "bridge")
-        .filter_map(|l| l["ifname"].as_str())
-        .collect();
-    let bridge_ports: HashSet<&str> = as_array(links)
-        .iter()
-        .filter(|l| {
-            l["master"]
-                .as_str()
-                .is_some_and(|m| bridge_names.contains(m))
-        })
-        .filter_map(|l| l["ifname"].as_str())
-        .collect();
-    as_array(links)
-        .iter()
-        .filter(|l| {
-            let Some(name) = l["ifname"].as_str() else {
-                return false;
-            };
-            if !bridge_ports.contains(name) {
-                return false;
-            }
-            match info_kind(l) {
-                "tun" => true,
-                // A veth whose peer (named only when in this namespace) is a bridge
-                // port joins two bridges; one into another namespace is a guest's.
-                "veth" => !l["link"]
-                    .as_str()
-                    .is_some_and(|peer| bridge_ports.contains(peer)),
-                _ => false,
-            }
+        .filter(|l| bridge_port(l.index))
+        .filter(|l| match l.kind.as_deref() {
+            Some("tun") => true,
+            // A veth whose peer (known only when in this namespace) is a bridge
+            // port joins two bridges; one into another namespace is a guest's.
+            Some("veth") => !l.peer.is_some_and(bridge_port),
+            _ => false,
         })
         .filter_map(|l| {
             Some(VmPort {
-                ifindex: l["ifindex"].as_u64()? as u32,
-                name: l["ifname"].as_str()?.to_string(),
-                bridge: l["master"].as_str()?.to_string(),
+                ifindex: l.index,
+                name: l.name.clone(),
+                bridge: host.name_of(l.master?)?.to_string(),
                 macs: Vec::new(),
                 ips: Vec::new(),
                 vmid: None,
@@ -208,26 +185,28 @@ pub fn format_mac(m: &[u8; 6]) -> String {
 /// The ports' own addresses (`permanent`), the bridges' `self` entries and the MACs
 /// of this host's own devices (a firewall bridge's frames are learned on `fwpr` too)
 /// are not the guest's.
-fn learn_macs(ports: &mut BTreeMap<u32, VmPort>, links: &Value, fdb: &Value) {
+fn learn_macs(ports: &mut BTreeMap<u32, VmPort>, host: &Host) {
     let by_name: HashMap<String, u32> = ports
         .values()
         .map(|p| (p.name.clone(), p.ifindex))
         .collect();
-    let below = ports_below(links, &by_name);
-    let local = local_macs(links);
-    for entry in as_array(fdb) {
-        let own = entry["state"].as_str() == Some("permanent")
-            || as_array(&entry["flags"]).iter().any(|f| f == "self");
-        if own {
+    let below = ports_below(host, &by_name);
+    let local: HashSet<[u8; 6]> = host
+        .links
+        .iter()
+        .filter_map(|l| l.mac.as_deref().and_then(parse_mac))
+        .collect();
+    for entry in &host.fdb {
+        if entry.permanent || entry.own {
             continue;
         }
-        let Some(index) = entry["ifname"]
-            .as_str()
+        let Some(index) = host
+            .name_of(entry.port)
             .and_then(|n| by_name.get(n).or_else(|| below.get(n)))
         else {
             continue;
         };
-        let Some(mac) = entry["mac"].as_str().and_then(parse_mac) else {
+        let Some(mac) = parse_mac(&entry.mac) else {
             continue;
         };
         // Multicast/broadcast entries are not a guest's NIC.
@@ -244,48 +223,29 @@ fn learn_macs(ports: &mut BTreeMap<u32, VmPort>, links: &Value, fdb: &Value) {
 /// Bridge ports that are a veth into a lower bridge whose only port below (through
 /// any further such pairs) is one VM port: that port's index, by the upper end's
 /// name. A lower bridge with several ports below cannot say which one a MAC is on.
-fn ports_below(links: &Value, vm_ports: &HashMap<String, u32>) -> HashMap<String, u32> {
+fn ports_below(host: &Host, vm_ports: &HashMap<String, u32>) -> HashMap<String, u32> {
     let mut below = HashMap::new();
-    for l in as_array(links) {
-        let (Some(name), Some(bridge)) = (l["ifname"].as_str(), l["master"].as_str()) else {
+    for l in &host.links {
+        let Some(bridge) = l.master.and_then(|m| host.name_of(m)) else {
             continue;
         };
-        let Some((peer, lower)) = lower_bridge(links, name, bridge) else {
+        let Some((peer, lower)) = host.lower_bridge(&l.name, bridge) else {
             continue;
         };
-        if let [leaf] = leaf_ports(links, &lower, Some(&peer), 0).as_slice() {
+        if let [leaf] = host.leaf_ports(&lower, Some(&peer), 0).as_slice() {
             if let Some(index) = vm_ports.get(leaf) {
-                below.insert(name.to_string(), *index);
+                below.insert(l.name.clone(), *index);
             }
         }
     }
     below
 }
 
-/// The MAC addresses of this host's own devices.
-fn local_macs(links: &Value) -> HashSet<[u8; 6]> {
-    as_array(links)
-        .iter()
-        .filter_map(|l| l["address"].as_str().and_then(parse_mac))
-        .collect()
-}
-
-/// Usable neighbour entries: addresses by MAC.
-fn neighbours(neigh: &Value) -> HashMap<[u8; 6], Vec<Ipv4Addr>> {
+/// Usable neighbour entries: IPv4 addresses by MAC.
+fn neighbours(host: &Host) -> HashMap<[u8; 6], Vec<Ipv4Addr>> {
     let mut out: HashMap<[u8; 6], Vec<Ipv4Addr>> = HashMap::new();
-    for entry in as_array(neigh) {
-        let failed = as_array(&entry["state"])
-            .iter()
-            .any(|s| s == "FAILED" || s == "INCOMPLETE");
-        if failed {
-            continue;
-        }
-        let Some(mac) = entry["lladdr"].as_str().and_then(parse_mac) else {
-            continue;
-        };
-        let Some(ip) = entry["dst"]
-            .as_str()
-            .and_then(|d| d.parse::<Ipv4Addr>().ok())
+    for n in host.neighbours.iter().filter(|n| n.resolved()) {
+        let (Some(mac), std::net::IpAddr::V4(ip)) = (n.mac.as_deref().and_then(parse_mac), n.ip)
         else {
             continue;
         };
@@ -297,17 +257,11 @@ fn neighbours(neigh: &Value) -> HashMap<[u8; 6], Vec<Ipv4Addr>> {
     out
 }
 
-fn local_addrs(addrs: &Value) -> HashSet<Ipv4Addr> {
-    as_array(addrs)
-        .iter()
-        .flat_map(|l| as_array(&l["addr_info"]).iter())
-        .filter_map(|a| a["local"].as_str()?.parse().ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use serde_json::Value;
 
     fn json(s: &str) -> Value {
         serde_json::from_str(s).unwrap()

@@ -1,0 +1,113 @@
+//! The host's rule sets, read once per run: `nft -j list ruleset` (what the
+//! replay walks), `nft -a list ruleset` (the rules' own text, for people) and
+//! `iptables-legacy-save` (legacy tables; iptables-nft rules are in the nft rule
+//! set). A verdict made while the ring buffer is drained must not spawn a
+//! process, so every reader of a rule set asks here, and the trace reads it
+//! before it attaches.
+
+use std::{path::Path, sync::OnceLock};
+
+use super::run::run_optional;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Firewall {
+    /// `nft -j list ruleset`; None without nft or root.
+    pub nft_json: Option<String>,
+    /// `nft -a list ruleset`.
+    pub nft_text: Option<String>,
+    /// `iptables-legacy-save` (every table); None without the legacy tools.
+    pub legacy: Option<String>,
+}
+
+impl Firewall {
+    pub fn read() -> Self {
+        Self {
+            nft_json: run_optional("nft", &["-j", "list", "ruleset"]),
+            nft_text: run_optional("nft", &["-a", "list", "ruleset"]),
+            legacy: run_optional("iptables-legacy-save", &[]),
+        }
+    }
+
+    /// The output of `nft ARGS` for the two listings read here.
+    pub fn nft(&self, args: &[&str]) -> Option<&str> {
+        match args {
+            ["-j", "list", "ruleset"] => self.nft_json.as_deref(),
+            ["-a", "list", "ruleset"] => self.nft_text.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// One table of `iptables-legacy-save`, as `iptables-legacy-save -t TABLE`
+    /// prints it (`*nat` … `COMMIT`); "" when the table is not loaded.
+    pub fn legacy_table(&self, table: &str) -> Option<String> {
+        let save = self.legacy.as_deref()?;
+        let head = format!("*{table}");
+        let mut inside = false;
+        let mut out = String::new();
+        for line in save.lines() {
+            if line == head {
+                inside = true;
+            }
+            if inside {
+                out.push_str(line);
+                out.push('\n');
+                if line == "COMMIT" {
+                    break;
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+static SNAPSHOT: OnceLock<Firewall> = OnceLock::new();
+
+/// This run's rule sets, read at the first call.
+pub fn rules() -> &'static Firewall {
+    SNAPSHOT.get_or_init(Firewall::read)
+}
+
+/// `iptables` is the nf_tables variant (Debian's default): the multi-call
+/// binary it resolves to says so, without running it; `iptables -V` when the
+/// name does not tell.
+pub fn iptables_is_nft() -> bool {
+    static NFT: OnceLock<bool> = OnceLock::new();
+    *NFT.get_or_init(|| {
+        let resolved = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join("iptables"))
+            .find(|p| p.exists())
+            .and_then(|p| std::fs::canonicalize(p).ok());
+        match resolved
+            .as_deref()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+        {
+            Some(n) if n.contains("nft") => true,
+            Some(n) if n.contains("legacy") => false,
+            _ => run_optional("iptables", &["-V"]).is_some_and(|v| v.contains("nf_tables")),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_legacy_table_out_of_the_whole_save() {
+        let fw = Firewall {
+            legacy: Some(
+                "# Generated\n*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DROP\nCOMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n".into(),
+            ),
+            ..Firewall::default()
+        };
+        assert_eq!(
+            fw.legacy_table("nat").unwrap(),
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n"
+        );
+        assert_eq!(fw.legacy_table("mangle").unwrap(), "");
+        assert_eq!(Firewall::default().legacy_table("nat"), None);
+    }
+}

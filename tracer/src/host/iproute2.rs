@@ -1,0 +1,117 @@
+//! The model from iproute2's JSON (`ip -j -d link`, `ip -j addr`, `ip -j neigh`,
+//! `bridge -j fdb`): how unit tests write a host by hand, in the form an
+//! operator can produce with those commands on a real one.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use super::{link::PortState, Address, FdbEntry, Host, Link, Neighbour};
+
+fn arr(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn flags(v: &Value) -> Vec<&str> {
+    arr(&v["flags"]).iter().filter_map(Value::as_str).collect()
+}
+
+impl Host {
+    pub fn from_iproute2(links: &Value, addrs: &Value, neigh: &Value, fdb: &Value) -> Host {
+        let index = |name: &str| {
+            arr(links)
+                .iter()
+                .find(|l| l["ifname"].as_str() == Some(name))
+                .and_then(|l| l["ifindex"].as_u64())
+                .map(|i| i as u32)
+        };
+        let links_typed = arr(links)
+            .iter()
+            .filter_map(|l| {
+                let f = flags(l);
+                Some(Link {
+                    index: l["ifindex"].as_u64()? as u32,
+                    name: l["ifname"].as_str()?.to_string(),
+                    kind: l["linkinfo"]["info_kind"].as_str().map(str::to_string),
+                    master: l["master"].as_str().and_then(index),
+                    up: f.contains(&"UP"),
+                    lower_up: f.contains(&"LOWER_UP"),
+                    operstate: l["operstate"].as_str().unwrap_or("UNKNOWN").to_string(),
+                    mtu: l["mtu"].as_u64().unwrap_or(1500) as u32,
+                    mac: l["address"].as_str().map(str::to_lowercase),
+                    peer: l["link"].as_str().and_then(index),
+                    port_state: l["linkinfo"]["info_slave_data"]["state"]
+                        .as_str()
+                        .map(port_state),
+                    stp: l["linkinfo"]["info_data"]["stp_state"]
+                        .as_u64()
+                        .is_some_and(|s| s != 0),
+                    vlan_id: l["linkinfo"]["info_data"]["id"].as_u64().map(|i| i as u16),
+                })
+            })
+            .collect();
+        let addrs = arr(addrs)
+            .iter()
+            .flat_map(|l| {
+                let i = l["ifname"].as_str().and_then(index).unwrap_or(0);
+                arr(&l["addr_info"]).iter().filter_map(move |a| {
+                    Some(Address {
+                        index: i,
+                        addr: a["local"].as_str()?.parse().ok()?,
+                        prefix: a["prefixlen"].as_u64()? as u8,
+                    })
+                })
+            })
+            .collect();
+        let neighbours = arr(neigh)
+            .iter()
+            .filter_map(|n| {
+                Some(Neighbour {
+                    index: n["dev"].as_str().and_then(index).unwrap_or(0),
+                    ip: n["dst"].as_str()?.parse::<IpAddr>().ok()?,
+                    mac: n["lladdr"].as_str().map(str::to_lowercase),
+                    state: arr(&n["state"])
+                        .first()
+                        .and_then(Value::as_str)
+                        .unwrap_or("NONE")
+                        .to_string(),
+                })
+            })
+            .collect();
+        let fdb = arr(fdb)
+            .iter()
+            .filter_map(|f| {
+                Some(FdbEntry {
+                    port: f["ifname"].as_str().and_then(index)?,
+                    bridge: f["master"].as_str().and_then(index),
+                    mac: f["mac"].as_str()?.to_lowercase(),
+                    vlan: f["vlan"].as_u64().map(|v| v as u16),
+                    own: flags(f).contains(&"self"),
+                    permanent: f["state"].as_str() == Some("permanent"),
+                })
+            })
+            .collect();
+        Host {
+            links: links_typed,
+            addrs,
+            neighbours,
+            fdb,
+        }
+    }
+
+    /// Only links, for tests about interfaces alone.
+    pub fn from_links(links: &Value) -> Host {
+        Host::from_iproute2(links, &Value::Null, &Value::Null, &Value::Null)
+    }
+}
+
+fn port_state(s: &str) -> PortState {
+    match s {
+        "disabled" => PortState::Disabled,
+        "listening" => PortState::Listening,
+        "learning" => PortState::Learning,
+        "forwarding" => PortState::Forwarding,
+        "blocking" => PortState::Blocking,
+        _ => PortState::Other(u8::MAX),
+    }
+}

@@ -1,0 +1,375 @@
+//! One typed model of the host, read once per run and handed to whatever needs
+//! it (topology, doctor, explain, watch): its interfaces with their bridge, veth
+//! and VLAN details, addresses, neighbours and the bridges' FDB — from the
+//! kernel over netlink, in the network namespace pathtrace runs in — and its
+//! rule sets ([`firewall`], read once from `nft` and `iptables-legacy-save`).
+//!
+//! What must be fresh (a port's state at the moment of a verdict) is read again
+//! on purpose, through [`Host::read`] or [`link_now`]; nothing else re-reads the
+//! host behind the caller's back.
+
+pub mod firewall;
+#[cfg(test)]
+mod iproute2;
+mod link;
+pub mod netlink;
+pub mod run;
+mod tables;
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use anyhow::{Context, Result};
+use netlink_packet_core::NLM_F_REQUEST;
+use netlink_packet_route::{
+    address::AddressMessage,
+    link::{LinkAttribute, LinkMessage},
+    neighbour::NeighbourMessage,
+    route::{RouteAddress, RouteAttribute, RouteMessage},
+    AddressFamily, RouteNetlinkMessage,
+};
+
+pub use link::Link;
+pub use tables::{Address, FdbEntry, Neighbour, Route, RouteKind};
+
+use netlink::Rtnl;
+
+/// The host's network state at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Host {
+    pub links: Vec<Link>,
+    pub addrs: Vec<Address>,
+    pub neighbours: Vec<Neighbour>,
+    pub fdb: Vec<FdbEntry>,
+}
+
+/// Chains of bridges joined by veth pairs deeper than this are a loop or a lab
+/// gone wrong, not plumbing.
+pub const MAX_CHAIN: usize = 4;
+
+impl Host {
+    /// Read every table once (four netlink dumps, no process spawned).
+    pub fn read() -> Result<Self> {
+        let mut nl = Rtnl::open()?;
+        let links = nl
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+            .context("listing links over netlink")?
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Link::from_message(l),
+                _ => None,
+            })
+            .collect();
+        let addrs = nl
+            .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))
+            .context("listing addresses over netlink")?
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => Address::from_message(a),
+                _ => None,
+            })
+            .collect();
+        let mut neighbours = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            // NOARP entries (loopback, multicast) are not neighbours anyone
+            // resolved; `ip neigh` hides them too.
+            neighbours.extend(
+                neigh_dump(&mut nl, family)?
+                    .iter()
+                    .filter_map(Neighbour::from_message)
+                    .filter(|n| n.state != "NOARP"),
+            );
+        }
+        let fdb = neigh_dump(&mut nl, AddressFamily::Bridge)?
+            .iter()
+            .filter_map(FdbEntry::from_message)
+            .collect();
+        Ok(Host {
+            links,
+            addrs,
+            neighbours,
+            fdb,
+        })
+    }
+
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    pub fn link_at(&self, index: u32) -> Option<&Link> {
+        self.links.iter().find(|l| l.index == index)
+    }
+
+    pub fn has_link(&self, name: &str) -> bool {
+        self.link(name).is_some()
+    }
+
+    pub fn name_of(&self, index: u32) -> Option<&str> {
+        self.link_at(index).map(|l| l.name.as_str())
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<u32> {
+        self.link(name).map(|l| l.index)
+    }
+
+    /// The bridge `name` is a port of.
+    pub fn master_of(&self, name: &str) -> Option<&str> {
+        self.name_of(self.link(name)?.master?)
+    }
+
+    pub fn is_bridge(&self, name: &str) -> bool {
+        self.link(name).is_some_and(Link::is_bridge)
+    }
+
+    /// The ports of `bridge`, in the kernel's order.
+    pub fn ports_of(&self, bridge: &str) -> Vec<String> {
+        let Some(b) = self.index_of(bridge) else {
+            return Vec::new();
+        };
+        self.links
+            .iter()
+            .filter(|l| l.master == Some(b))
+            .map(|l| l.name.clone())
+            .collect()
+    }
+
+    /// A veth's peer, when it is in this namespace.
+    pub fn veth_peer(&self, name: &str) -> Option<&str> {
+        let l = self.link(name).filter(|l| l.is_kind("veth"))?;
+        self.name_of(l.peer?)
+    }
+
+    /// If `port` (a port of `bridge`) is a veth whose peer is a port of another
+    /// bridge: (peer, that bridge).
+    pub fn lower_bridge(&self, port: &str, bridge: &str) -> Option<(String, String)> {
+        let peer = self.veth_peer(port)?;
+        let master = self.master_of(peer)?;
+        (master != bridge && self.is_bridge(master)).then(|| (peer.to_string(), master.to_string()))
+    }
+
+    /// Every port below `bridge` except `except`, with veth links into lower
+    /// bridges replaced by the ports of those bridges.
+    pub fn leaf_ports(&self, bridge: &str, except: Option<&str>, depth: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for port in self.ports_of(bridge) {
+            if Some(port.as_str()) == except {
+                continue;
+            }
+            match self.lower_bridge(&port, bridge) {
+                Some((peer, lower)) if depth < MAX_CHAIN => {
+                    out.extend(self.leaf_ports(&lower, Some(&peer), depth + 1))
+                }
+                _ => out.push(port),
+            }
+        }
+        out
+    }
+
+    /// The IPv4 addresses of `dev` with their prefix lengths.
+    pub fn inet_addrs(&self, dev: &str) -> Vec<(Ipv4Addr, u8)> {
+        let Some(index) = self.index_of(dev) else {
+            return Vec::new();
+        };
+        self.addrs
+            .iter()
+            .filter(|a| a.index == index)
+            .filter_map(Address::v4)
+            .collect()
+    }
+
+    /// Interfaces that carry an IPv4 address (a bridge with one routes for its LAN).
+    pub fn addressed_devices(&self) -> HashSet<String> {
+        self.addrs
+            .iter()
+            .filter(|a| a.v4().is_some())
+            .filter_map(|a| self.name_of(a.index).map(str::to_string))
+            .collect()
+    }
+
+    /// The neighbour entries for `ip`.
+    pub fn neighbours_of(&self, ip: IpAddr) -> impl Iterator<Item = &Neighbour> {
+        self.neighbours.iter().filter(move |n| n.ip == ip)
+    }
+
+    /// The IPv4 address the neighbour table holds for `mac`, if any.
+    pub fn ip_of_mac(&self, mac: &str) -> Option<Ipv4Addr> {
+        self.neighbours
+            .iter()
+            .filter(|n| n.mac.as_deref() == Some(mac))
+            .find_map(|n| match n.ip {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+    }
+
+    /// What `bridge fdb show br BRIDGE` lists: the bridge's learned and static
+    /// entries, and the own addresses of it and its ports.
+    pub fn fdb_of(&self, bridge: &str) -> Vec<&FdbEntry> {
+        let Some(b) = self.index_of(bridge) else {
+            return Vec::new();
+        };
+        self.fdb
+            .iter()
+            .filter(|f| {
+                f.bridge == Some(b)
+                    || f.port == b
+                    || self.link_at(f.port).is_some_and(|l| l.master == Some(b))
+            })
+            .collect()
+    }
+
+    /// The bridge port that learned `mac` (not an own entry, nor the port we
+    /// came in by), by name.
+    pub fn fdb_port(&self, bridge: &str, mac: &str, except: Option<&str>) -> Option<String> {
+        self.fdb_of(bridge)
+            .into_iter()
+            .filter(|f| !f.own && f.mac == mac)
+            .filter_map(|f| self.name_of(f.port))
+            .find(|p| Some(*p) != except)
+            .map(str::to_string)
+    }
+
+    /// `ip route get DST [from SRC iif IIF]`: how the kernel would route one
+    /// packet now (asked at the moment of the call, not from the snapshot).
+    /// None when it refuses (no route, forwarding off for an input lookup).
+    pub fn route_get(&self, dst: Ipv4Addr, from: Option<(Ipv4Addr, &str)>) -> Option<Route> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 32;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        if let Some((src, iif)) = from {
+            msg.header.source_prefix_length = 32;
+            msg.attributes
+                .push(RouteAttribute::Source(RouteAddress::Inet(src)));
+            msg.attributes
+                .push(RouteAttribute::Iif(self.index_of(iif)?));
+        }
+        let answer = Rtnl::open()
+            .and_then(|mut nl| nl.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST));
+        match answer {
+            Ok(msgs) => msgs.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(Route::from_message(r)),
+                _ => None,
+            }),
+            Err(e) => {
+                log::debug!("route get {dst}: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// The device a route leaves by, by name.
+    pub fn route_dev(&self, r: &Route) -> Option<&str> {
+        self.name_of(r.oif?)
+    }
+}
+
+/// One interface as it is now (its state at the moment of a verdict), read on
+/// purpose outside the run's snapshot; None when it does not exist.
+pub fn link_now(name: &str) -> Option<Link> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    let msgs = Rtnl::open()
+        .and_then(|mut nl| nl.request(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST))
+        .ok()?;
+    msgs.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => Link::from_message(l),
+        _ => None,
+    })
+}
+
+fn neigh_dump(nl: &mut Rtnl, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family;
+    Ok(nl
+        .dump(RouteNetlinkMessage::GetNeighbour(msg))
+        .with_context(|| format!("listing {family:?} neighbours over netlink"))?
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => Some(n),
+            _ => None,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn ip_json(program: &str, args: &[&str]) -> Option<Value> {
+        let out = run::run(program, args).ok()?;
+        Some(serde_json::from_str(out.text()).unwrap_or(Value::Array(Vec::new())))
+    }
+
+    /// The netlink reader and iproute2 agree on this namespace's tables (the
+    /// model replaced `ip -j`/`bridge -j` calls one for one).
+    #[test]
+    fn netlink_reads_what_iproute2_prints() {
+        let (Some(links), Some(addrs), Some(neigh), Some(fdb)) = (
+            ip_json("ip", &["-j", "-d", "link", "show"]),
+            ip_json("ip", &["-j", "addr", "show"]),
+            ip_json("ip", &["-j", "neigh", "show"]),
+            ip_json("bridge", &["-j", "fdb", "show"]),
+        ) else {
+            eprintln!("skipped: iproute2 is not installed");
+            return;
+        };
+        let by_ip = Host::from_iproute2(&links, &addrs, &neigh, &fdb);
+        let by_nl = Host::read().unwrap();
+        let view = |h: &Host| {
+            let mut v: Vec<_> = h
+                .links
+                .iter()
+                .map(|l| {
+                    (
+                        l.name.clone(),
+                        l.kind.clone(),
+                        h.master_of(&l.name).map(str::to_string),
+                        h.veth_peer(&l.name).map(str::to_string),
+                        (l.mtu, l.up, l.lower_up, l.operstate.clone(), l.mac.clone()),
+                        (l.port_state, l.stp, l.vlan_id),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(view(&by_nl), view(&by_ip));
+        let addrs = |h: &Host| {
+            let mut v: Vec<_> = h
+                .addrs
+                .iter()
+                .map(|a| (a.index, a.addr, a.prefix))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(addrs(&by_nl), addrs(&by_ip));
+        let fdb = |h: &Host| {
+            let mut v: Vec<_> = h
+                .fdb
+                .iter()
+                .map(|f| (f.port, f.bridge, f.mac.clone(), f.vlan, f.own, f.permanent))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(fdb(&by_nl), fdb(&by_ip));
+        let neigh = |h: &Host| {
+            let mut v: Vec<_> = h
+                .neighbours
+                .iter()
+                .filter(|n| n.state != "NONE")
+                .map(|n| (n.index, n.ip, n.mac.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(neigh(&by_nl), neigh(&by_ip));
+    }
+}
