@@ -629,3 +629,72 @@ fn a_trace_started_before_the_vm_attaches_no_stale_finding() {
         "the finding that holds stays: {doctor:?}"
     );
 }
+
+/// The programs pathtrace ran (execve) while it traced, counted by strace: the
+/// host is read over netlink, the rule sets once, so a trace start spawns a
+/// handful at most, and the verdicts (a firewall drop, replayed against the rule
+/// sets) none.
+#[test]
+fn a_trace_spawns_a_handful_of_processes() {
+    let mut lab = lab();
+    lab.break_path(Fault::NftForwardDrop).unwrap();
+    let log = std::env::temp_dir().join(format!("pathtrace-execve-{}.log", std::process::id()));
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", lab.hv_netns_path().display()))
+        .args([
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=execve",
+            "-e",
+            "signal=none",
+            "-o",
+        ])
+        .arg(&log)
+        .arg(pathtrace_bin())
+        .args([
+            "--vm-ip",
+            VM,
+            "--to",
+            DEST,
+            "--count",
+            "2",
+            "--timeout",
+            "15",
+            "--json",
+        ]);
+    let run = trace_cmd_while(&mut lab, cmd, Duration::from_secs(40), |lab| {
+        let opts = PingOpts {
+            count: 2,
+            interval_ms: 200,
+            timeout_ms: 1500,
+            ..PingOpts::default()
+        };
+        lab.guest(0).ping(DEST.parse()?, opts)?;
+        Ok(())
+    })
+    .expect("pathtrace runs under strace");
+    let trace = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(run.verdicts().len(), 2, "{}{}", run.stdout, run.stderr);
+    assert!(run
+        .verdicts()
+        .iter()
+        .all(|v| v["verdict"] == "dropped" && v["stage"] == "forward"));
+    // The first execve is strace starting pathtrace itself. `tc` runs only at
+    // exit on kernels without tcx, to remove a clsact qdisc pathtrace created.
+    let spawned: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("execve(") && !l.contains("= -1"))
+        .skip(1)
+        .filter(|l| !l.contains("[\"tc\","))
+        .collect();
+    eprintln!("spawned:\n{}", spawned.join("\n"));
+    assert!(
+        spawned.len() <= 4,
+        "a trace start spawns a handful of processes at most, this one {}:\n{}",
+        spawned.len(),
+        spawned.join("\n")
+    );
+}

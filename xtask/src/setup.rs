@@ -9,7 +9,7 @@ use crate::exec;
 
 /// Debian packages: iproute2 (ip, bridge, tc), firewalls for rule attribution and
 /// the lab, ping for demos, bpftool for inspection, util-linux for nsenter, tmux
-/// for the live-view test, and for test VMs (the real-guest test and `vm-test`):
+/// for the live-view test, strace to count the processes pathtrace spawns, and for test VMs (the real-guest test and `vm-test`):
 /// QEMU, busybox for their initramfs, kmod (depmod on an unpacked kernel, the
 /// guest's modprobe) and xz for compressed modules; for `cargo xtask deb` and its
 /// test: dpkg-dev (dpkg-shlibdeps), binutils (strip), lintian, man-db, systemd
@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "tmux",
+    "strace",
     "qemu-system-x86",
     "busybox-static",
     "kmod",
