@@ -676,3 +676,51 @@ fn a_firewalled_vm_is_found_through_the_vm_bridges_fdb() {
     assert_eq!(v["vmid"], Value::Null, "{v}");
     assert_eq!(watch.stop().unwrap(), 0, "{}", watch.stderr());
 }
+
+/// Watch reads the host over netlink, again only when the kernel reports a
+/// change: over fifteen intervals, while guests ping, it runs no program at all
+/// (strace counts execve).
+#[test]
+fn watch_spawns_nothing_per_interval() {
+    let mut lab = two_guests();
+    let log =
+        std::env::temp_dir().join(format!("pathtrace-watch-execve-{}.log", std::process::id()));
+    let mut watch = Command::new("nsenter")
+        .arg(format!("--net={}", lab.hv_netns_path().display()))
+        .args([
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=execve",
+            "-e",
+            "signal=none",
+            "-o",
+        ])
+        .arg(&log)
+        .arg(pathtrace_bin())
+        .args(["watch", "--json", "--interval", "0.2", "--duration", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    ping(&mut lab, 0, 3);
+    ping(&mut lab, 1, 3);
+    let out = watch.wait_with_output().unwrap();
+    let trace = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(out.status.success());
+    let snapshots = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(r#""type":"watch""#))
+        .count();
+    assert!(snapshots >= 10, "{snapshots} snapshots");
+    // The first execve is strace starting pathtrace itself.
+    let spawned: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("execve(") && !l.contains("= -1"))
+        .skip(1)
+        .collect();
+    assert!(spawned.is_empty(), "watch ran: {spawned:#?}");
+}

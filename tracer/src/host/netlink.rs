@@ -1,7 +1,12 @@
-//! A small blocking rtnetlink client: dump a table (links, addresses,
-//! neighbours, FDB) or ask one question (a route lookup). No process is
-//! spawned and no text is parsed: the kernel's own messages, decoded by
-//! `netlink-packet-route`.
+//! A small rtnetlink client: dump a table (links, addresses, neighbours, FDB),
+//! ask one question (a route lookup), or hear the kernel's change
+//! notifications. No process is spawned and no text is parsed: the kernel's own
+//! messages, decoded by `netlink-packet-route`.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use netlink_packet_core::{
@@ -23,6 +28,36 @@ impl Rtnl {
         sock.connect(&SocketAddr::new(0, 0))
             .context("connecting a netlink socket")?;
         Ok(Self { sock, seq: 0 })
+    }
+
+    /// A non-blocking socket that receives the kernel's notifications for
+    /// `groups` (RTNLGRP_* numbers), for an event loop to poll.
+    pub fn subscribe(groups: &[u32]) -> Result<Self> {
+        let mut sock = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
+        sock.bind_auto().context("binding a netlink socket")?;
+        for g in groups {
+            sock.add_membership(*g)
+                .with_context(|| format!("joining netlink group {g}"))?;
+        }
+        sock.set_non_blocking(true)
+            .context("making a netlink socket non-blocking")?;
+        Ok(Self { sock, seq: 0 })
+    }
+
+    /// Take every pending notification; how many there were. `WouldBlock`
+    /// once none is left; `ENOBUFS` when the kernel dropped some (the reader
+    /// must re-read the tables).
+    pub fn drain(&mut self) -> io::Result<usize> {
+        let mut n = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.sock.recv(&mut &mut buf[..], 0) {
+                Ok(0) => return Ok(n),
+                Ok(_) => n += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => return Ok(n),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Every entry of a table (`NLM_F_DUMP`).
@@ -91,4 +126,10 @@ fn messages(mut bytes: &[u8]) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>
         bytes = &bytes[step.min(bytes.len())..];
     }
     Ok(out)
+}
+
+impl AsRawFd for Rtnl {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
 }

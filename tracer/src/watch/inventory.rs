@@ -1,7 +1,7 @@
 //! Which VMs this host has right now: every VM port on every bridge, with the MACs
 //! the bridges learned behind it and the IPv4 addresses the host's neighbour table
-//! maps to those MACs. Re-read every interval, so VMs that start, stop or migrate
-//! are picked up and dropped while watch runs. This is what the tables say *now*;
+//! maps to those MACs. Re-read whenever the kernel reports a change (`changes`),
+//! so VMs that start, stop or migrate are picked up and dropped while watch runs. This is what the tables say *now*;
 //! `identity` keeps what they said once, when they forget a quiet guest.
 //!
 //! A VM port is a bridge port that leads to a guest: a tap (`tun` kind: QEMU's

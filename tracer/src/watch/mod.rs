@@ -6,6 +6,7 @@
 //! snapshot for the chosen view: the live terminal view, JSON lines, and/or the
 //! Prometheus endpoint.
 
+mod changes;
 pub mod identity;
 pub mod inventory;
 mod kernel;
@@ -29,6 +30,7 @@ use tokio::{
 };
 
 use self::{
+    changes::HostChanges,
     identity::Identities,
     inventory::{Inventory, VmPort},
     kernel::{WatchKernel, DROPS_CAPACITY},
@@ -150,10 +152,24 @@ async fn watch(
     let mut last = Instant::now();
     announce_ports(&view, &BTreeMap::new(), &inv.ports);
     kernel.sync(&inv)?;
+    // The VMs are read again when the kernel reports a change (SETTLE after
+    // the first notification of a burst), never on a timer.
+    let mut changes = HostChanges::subscribe()?;
+    // Once right after subscribing: a change between the first read and the
+    // subscription would otherwise go unseen.
+    let mut reread_at = Some(Instant::now() + changes::SETTLE);
     loop {
         tokio::select! {
+            changed = changes.changed() => {
+                changed?;
+                reread_at.get_or_insert_with(|| Instant::now() + changes::SETTLE);
+            }
+            _ = sleep_until(reread_at.unwrap_or_else(Instant::now)), if reread_at.is_some() => {
+                reread_at = None;
+                reread_vms(cli, &mut kernel, &mut reporter, &mut ids, &mut inv, &view)?;
+            }
             _ = tick.tick() => {
-                refresh(cli, &mut kernel, &mut reporter, &mut ids, &mut inv, &view)?;
+                take_samples(&mut kernel, &mut reporter, &mut ids, &mut inv)?;
                 let now = Instant::now();
                 let elapsed = now.duration_since(last).as_secs_f64();
                 last = now;
@@ -192,9 +208,9 @@ async fn next_key(
     }
 }
 
-/// Re-read the host's VMs; drop what vanished, announce what appeared, and bring
-/// the kernel's maps and the samples up to date.
-fn refresh(
+/// Re-read the host's VMs (the kernel reported a change); drop what vanished,
+/// announce what appeared, and bring the kernel's maps up to date.
+fn reread_vms(
     cli: &WatchCli,
     kernel: &mut WatchKernel,
     reporter: &mut Reporter,
@@ -202,7 +218,7 @@ fn refresh(
     inv: &mut Inventory,
     view: &View,
 ) -> Result<()> {
-    // A failed read (iproute2 racing a device removal) keeps the last inventory.
+    // A failed read (racing a device removal) keeps the last inventory.
     if let Ok(fresh) = current_vms(cli, ids) {
         announce_ports(view, &inv.ports, &fresh.ports);
         for gone in inv.ports.keys().filter(|i| !fresh.ports.contains_key(i)) {
@@ -211,7 +227,16 @@ fn refresh(
         }
         *inv = fresh;
     }
-    kernel.sync(inv)?;
+    kernel.sync(inv)
+}
+
+/// Take the interval's drop samples (learning guests' addresses from them).
+fn take_samples(
+    kernel: &mut WatchKernel,
+    reporter: &mut Reporter,
+    ids: &mut Identities,
+    inv: &mut Inventory,
+) -> Result<()> {
     let mut learned = false;
     for (key, pkt) in kernel.samples() {
         learned |= ids.learn_from_drop(inv, &key, &pkt);
