@@ -685,7 +685,7 @@ fn watch_spawns_nothing_per_interval() {
     let mut lab = two_guests();
     let log =
         std::env::temp_dir().join(format!("pathtrace-watch-execve-{}.log", std::process::id()));
-    let mut watch = Command::new("nsenter")
+    let watch = Command::new("nsenter")
         .arg(format!("--net={}", lab.hv_netns_path().display()))
         .args([
             "strace",
