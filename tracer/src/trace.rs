@@ -31,8 +31,13 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
     // The host's tables, read once for the whole run.
     let host = Host::read()?;
-    let (vm_ip, nics) =
-        doctor::resolve_vm(&host, cli.vm_ip_arg, cli.vm.as_deref(), &all, &cli.config_root)?;
+    let (vm_ip, nics) = doctor::resolve_vm(
+        &host,
+        cli.vm_ip_arg,
+        cli.vm.as_deref(),
+        &all,
+        &cli.config_root,
+    )?;
     cli.vm_ip = vm_ip;
     let cli = &cli;
     preflight::check()?;
