@@ -85,7 +85,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         reasons,
         proto_word: cli.proto.word(),
         topo,
-        findings,
+        findings: Box::new(findings),
         config_root: cli.config_root.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()

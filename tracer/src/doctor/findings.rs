@@ -4,7 +4,7 @@
 //! a verdict is made, so a verdict never carries a finding that no longer holds.
 
 use super::{checks, Check, Status, Subject};
-use crate::host::Host;
+use crate::{explain, host::Host};
 
 /// Checks whose answer can change while a trace runs; re-read at verdict time.
 const VOLATILE: &[&str] = &[
@@ -26,9 +26,20 @@ impl Findings {
         Self { subject, at_start }
     }
 
+    /// The volatile checks over the host as it is now (read again over netlink:
+    /// no process is spawned), or as at the start when it cannot be read.
+    fn volatile_now(&self) -> Vec<Check> {
+        match Host::read() {
+            Ok(now) => checks::volatile(&self.subject, &now),
+            Err(_) => checks::volatile(&self.subject, &self.subject.host),
+        }
+    }
+}
+
+impl explain::Findings for Findings {
     /// The failed or warning checks among `names` (all checks when None), as
     /// they hold now: the volatile ones read fresh from the host.
-    pub fn current(&self, names: Option<&[&str]>) -> Vec<Check> {
+    fn current(&self, names: Option<&[&str]>) -> Vec<Check> {
         let wanted = |c: &Check| names.is_none_or(|n| n.contains(&c.check));
         let needs_fresh = names.is_none_or(|n| n.iter().any(|c| VOLATILE.contains(c)));
         let fresh = match needs_fresh {
@@ -42,17 +53,8 @@ impl Findings {
     }
 
     /// Every check as it holds now (for a trace that saw no request at all).
-    pub fn all_now(&self) -> Vec<Check> {
+    fn all_now(&self) -> Vec<Check> {
         merge(&self.at_start, self.volatile_now())
-    }
-
-    /// The volatile checks over the host as it is now (read again over netlink:
-    /// no process is spawned), or as at the start when it cannot be read.
-    fn volatile_now(&self) -> Vec<Check> {
-        match Host::read() {
-            Ok(now) => checks::volatile(&self.subject, &now),
-            Err(_) => checks::volatile(&self.subject, &self.subject.host),
-        }
     }
 }
 

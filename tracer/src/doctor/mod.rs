@@ -13,7 +13,6 @@ pub mod snapshot;
 use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Result};
-use serde::Serialize;
 
 use crate::{
     cli::DoctorCli,
@@ -22,62 +21,7 @@ use crate::{
     topology::{self, Evidence, Location, Topology},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Pass,
-    Warn,
-    Fail,
-}
-
-impl Status {
-    fn word(self) -> &'static str {
-        match self {
-            Status::Pass => "PASS",
-            Status::Warn => "WARN",
-            Status::Fail => "FAIL",
-        }
-    }
-}
-
-/// One check's result: a JSON line `{"type":"check",...}`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Stable name of the check (`ip_forward`, `nat`, ...).
-    pub check: &'static str,
-    pub status: Status,
-    /// What was checked (an interface, a sysctl, a rule set).
-    pub subject: String,
-    /// What was found, in words an operator can verify.
-    pub evidence: String,
-    /// The command (or step) that fixes it; null when nothing needs fixing.
-    pub fix: Option<String>,
-}
-
-impl Check {
-    pub fn new(check: &'static str, status: Status, subject: impl Into<String>) -> Self {
-        Self {
-            kind: "check",
-            check,
-            status,
-            subject: subject.into(),
-            evidence: String::new(),
-            fix: None,
-        }
-    }
-
-    pub fn evidence(mut self, e: impl Into<String>) -> Self {
-        self.evidence = e.into();
-        self
-    }
-
-    pub fn fix(mut self, f: impl Into<String>) -> Self {
-        self.fix = Some(f.into());
-        self
-    }
-}
+pub use crate::output::{print_checks, Check, Status};
 
 /// What the doctor examines: one VM's path to one destination.
 pub struct Subject {
@@ -251,22 +195,6 @@ fn print(s: &Subject, checks: &[Check], json: bool) {
     println!("pathtrace doctor: VM {} to {to} via {path}", s.vm_ip);
     print_checks(checks);
     println!("{pass} passed, {warn} warnings, {fail} failed");
-}
-
-/// Checks as text lines: status, name, evidence, and the fix under it.
-pub fn print_checks(checks: &[Check]) {
-    for c in checks {
-        println!(
-            "  {}  {:<16} {}: {}",
-            c.status.word(),
-            c.check,
-            c.subject,
-            c.evidence
-        );
-        if let Some(f) = &c.fix {
-            println!("        fix: {f}");
-        }
-    }
 }
 
 fn tally(checks: &[Check]) -> (usize, usize, usize) {

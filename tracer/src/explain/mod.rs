@@ -15,9 +15,8 @@ use tracer_common::PacketInfo;
 
 use crate::{
     correlate::{Direction, Drop, Finished, Hop, Outcome, Stage, Trace},
-    doctor::findings::Findings,
     kernel::kallsyms::Symbols,
-    output::{Flow, Nat, PathHop, Verdict},
+    output::{Check, Flow, Nat, PathHop, Verdict},
     topology::{Role, Topology},
 };
 use stage::{drop_stage, DropFacts};
@@ -25,13 +24,22 @@ use stage::{drop_stage, DropFacts};
 pub struct Explainer {
     pub topo: Topology,
     /// Doctor checks, to attach where they explain a verdict (as they hold then).
-    pub findings: Findings,
+    pub findings: Box<dyn Findings>,
     pub reasons: HashMap<u32, String>,
     pub symbols: Symbols,
     pub proto_word: &'static str,
     /// Where the hypervisor's configuration is (`--config-root`, `/` normally):
     /// generated firewalls are fixed in their own files.
     pub config_root: std::path::PathBuf,
+}
+
+/// The doctor's findings as they hold at the moment of asking (the doctor
+/// provides them; explain only attaches them to verdicts).
+pub trait Findings {
+    /// The failed or warning checks among `names` (all checks when None).
+    fn current(&self, names: Option<&[&str]>) -> Vec<Check>;
+    /// Every check.
+    fn all_now(&self) -> Vec<Check>;
 }
 
 /// What we say about one drop: stage, responsible rule/setting, and the fix.

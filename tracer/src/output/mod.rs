@@ -1,10 +1,13 @@
 //! The public output: JSON lines (a stable contract: docs/json.md) and the text
 //! view a person reads. Fields may be added, never renamed or removed.
 
-use crate::doctor::Check;
+mod check;
+
 use std::io::Write;
 
 use serde::Serialize;
+
+pub use check::{print_checks, Check, Status};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Flow {
@@ -123,7 +126,7 @@ impl Printer {
                 println!("{}", serde_json::to_string(c).unwrap_or_default());
             }
         } else {
-            crate::doctor::print_checks(checks);
+            print_checks(checks);
         }
     }
 
@@ -369,7 +372,7 @@ mod tests {
     }
 
     fn finding(check: &'static str, fix: &str) -> Check {
-        Check::new(check, crate::doctor::Status::Fail, "s")
+        Check::new(check, Status::Fail, "s")
             .evidence("evidence")
             .fix(fix)
     }
