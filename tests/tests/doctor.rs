@@ -392,3 +392,144 @@ fn bad_input_is_one_line_and_exit_2() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("needs root"), "{err}");
 }
+
+/// Writes the doctor checks' unit-test fixtures (tracer/src/doctor/testdata):
+/// real doctor runs (passive, by IP, no hypervisor configuration) in each layout,
+/// healthy and with each planted fault, each saving the host model it read and
+/// the checks it answered. Run it after changing what the host model holds:
+/// `cargo test --release -p pathtrace-tests --test doctor -- --ignored write_doctor_fixtures`
+#[test]
+#[ignore = "writes fixtures into the source tree"]
+fn write_doctor_fixtures() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer/src/doctor/testdata");
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = tempfile_dir();
+    let save = |lab: &Lab, name: &str, vm: &str| {
+        let path = dir.join(format!("{name}.json"));
+        let out = lab
+            .command_in_hv(
+                &pathtrace_tests::tracerun::pathtrace_bin(),
+                &[
+                    "doctor",
+                    "--vm-ip",
+                    vm,
+                    "--to",
+                    DEST,
+                    "--dns",
+                    "192.0.2.1",
+                    "--json",
+                    "--passive",
+                    "--config-root",
+                    empty.to_str().unwrap(),
+                ],
+            )
+            .env("PATHTRACE_SAVE_DOCTOR_FIXTURE", &path)
+            .output()
+            .unwrap();
+        assert!(
+            path.exists(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.contains("\"pass\""))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    };
+    let faults: &[(Layout, &[Fault])] = &[
+        (
+            Layout::Plain,
+            &[
+                Fault::NftForwardDrop,
+                Fault::IpForwardOff,
+                Fault::NoMasquerade,
+                Fault::PortDown,
+                Fault::PortNoMaster,
+                Fault::StpBlocking,
+                Fault::MtuMismatch,
+                Fault::RpFilterStrict,
+                Fault::GatewayUnreachable,
+                Fault::IptablesForwardPolicyDrop,
+                Fault::NoResolver,
+            ],
+        ),
+        (
+            Layout::Proxmox,
+            &[
+                Fault::PortNoMaster,
+                Fault::StpBlocking,
+                Fault::MtuMismatch,
+                Fault::NoMasquerade,
+            ],
+        ),
+        (Layout::Libvirt, &[Fault::PortDown, Fault::NftForwardDrop]),
+    ];
+    for (layout, faults) in faults {
+        let mut lab = lab(*layout);
+        let base = format!("{layout:?}").to_lowercase();
+        save(&lab, &format!("{base}-healthy"), VM);
+        for f in *faults {
+            lab.break_path(*f).expect("break");
+            save(&lab, &format!("{base}-{}", snake(&format!("{f:?}"))), VM);
+            lab.repair(*f).expect("repair");
+            // Let the host learn the guest again (a port fault flushes its
+            // neighbour and FDB entries).
+            relearn(&mut lab);
+        }
+        if *layout == Layout::Plain {
+            // A VM nothing on the host knows: in the bridge's subnet (a guess
+            // among its ports), and outside every bridge's (not found at all).
+            save(&lab, "plain-unknown-vm", "192.0.2.77");
+            save(&lab, "plain-vm-in-no-subnet", "198.51.100.77");
+            // A host without a default route.
+            lab.hv("ip route del default").unwrap();
+            save(&lab, "plain-no-route", VM);
+        }
+    }
+    // Proxmox as installed: the firewall bridge answers the guest's ARP.
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.layout = Layout::Proxmox;
+    opts.fwbr_answers_arp = true;
+    let mut lab = Lab::up(opts).expect("lab up");
+    lab.start_host_resolver().expect("host resolver");
+    let ping = PingOpts {
+        count: 1,
+        ..PingOpts::default()
+    };
+    lab.guest(0)
+        .ping(DEST.parse::<Ipv4Addr>().unwrap(), ping)
+        .expect("guest pings");
+    save(&lab, "proxmox-fwbr-answers-arp", VM);
+}
+
+fn relearn(lab: &mut Lab) {
+    let ping = PingOpts {
+        count: 1,
+        ..PingOpts::default()
+    };
+    lab.guest(0)
+        .ping(DEST.parse::<Ipv4Addr>().unwrap(), ping)
+        .expect("guest pings");
+}
+
+fn snake(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pathtrace-empty-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

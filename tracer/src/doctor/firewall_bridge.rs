@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 
 use super::{Check, Status};
-use crate::{host::Host, kernel::sysctl, topology::Topology};
+use crate::{host::Host, topology::Topology};
 
 /// One check per firewall bridge on the VM's path (none without such bridges).
 pub fn check(t: &Topology, host: &Host) -> Vec<Check> {
@@ -20,7 +20,7 @@ pub fn check(t: &Topology, host: &Host) -> Vec<Check> {
         .map(|h| {
             let dev = &h.iface.name;
             let answered = knows(host, dev, t.vm_ip);
-            judge(dev, effective_arp_ignore(dev), answered, t)
+            judge(dev, effective_arp_ignore(host, dev), answered, t)
         })
         .collect()
 }
@@ -61,9 +61,9 @@ fn answers_for_host(arp_ignore: u8) -> bool {
 }
 
 /// The kernel uses the larger of `all` and the device's own value.
-fn effective_arp_ignore(dev: &str) -> u8 {
+fn effective_arp_ignore(host: &Host, dev: &str) -> u8 {
     let value = |d: &str| {
-        sysctl(&format!("net/ipv4/conf/{d}/arp_ignore"))
+        host.sysctl(&format!("net/ipv4/conf/{d}/arp_ignore"))
             .and_then(|v| v.parse::<u8>().ok())
             .unwrap_or(0)
     };

@@ -8,6 +8,7 @@ pub mod arp;
 pub mod checks;
 pub mod findings;
 pub mod firewall_bridge;
+mod fixture;
 pub mod snapshot;
 
 use std::net::Ipv4Addr;
@@ -65,8 +66,33 @@ pub fn run(cli: &DoctorCli) -> Result<i32> {
     crate::preflight::check_doctor()?;
     let subject = examine(cli)?;
     let checks = checks::all(&subject, cli.passive);
+    if let Some(path) = std::env::var_os(fixture::SAVE_ENV) {
+        fixture::save(std::path::Path::new(&path), cli, &subject, &checks)?;
+    }
     print(&subject, &checks, cli.json);
     Ok(exit_code(&checks))
+}
+
+/// What the operator asked the doctor about.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Question {
+    pub vm_ip: Option<Ipv4Addr>,
+    pub vm: Option<String>,
+    pub to: Option<Ipv4Addr>,
+    pub dns: Option<Ipv4Addr>,
+    pub iface: Option<String>,
+}
+
+impl Question {
+    fn of(cli: &DoctorCli) -> Self {
+        Question {
+            vm_ip: cli.vm_ip,
+            vm: cli.vm.clone(),
+            to: cli.to,
+            dns: cli.dns,
+            iface: cli.iface.clone(),
+        }
+    }
 }
 
 /// 1 when a check failed: the contract's "something is wrong".
@@ -74,16 +100,27 @@ pub fn exit_code(checks: &[Check]) -> i32 {
     i32::from(checks.iter().any(|c| c.status == Status::Fail))
 }
 
-/// Find the VM (by IP, or by id/name/MAC from the configuration) and its path.
+/// Find the VM (by IP, or by id/name/MAC from the configuration) and its path,
+/// on the running host.
 fn examine(cli: &DoctorCli) -> Result<Subject> {
     let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
-    let host = Host::read()?;
-    let (vm_ip, nics) = resolve_vm(&host, cli.vm_ip, cli.vm.as_deref(), &all, &cli.config_root)?;
-    let dst = cli.to.unwrap_or(INTERNET);
-    if let Some(i) = cli.iface.as_deref().filter(|i| !host.has_link(i)) {
+    examine_host(Host::read()?, &Question::of(cli), &all, &cli.config_root)
+}
+
+/// The same on a given host (the running one, or a saved one): no I/O but the
+/// netlink route lookups of a live host.
+pub fn examine_host(
+    host: Host,
+    q: &Question,
+    all: &[VmNic],
+    config_root: &std::path::Path,
+) -> Result<Subject> {
+    let (vm_ip, nics) = resolve_vm(&host, q.vm_ip, q.vm.as_deref(), all, config_root)?;
+    let dst = q.to.unwrap_or(INTERNET);
+    if let Some(i) = q.iface.as_deref().filter(|i| !host.has_link(i)) {
         bail!("interface {i} does not exist (--iface)");
     }
-    let located = match &cli.iface {
+    let located = match &q.iface {
         Some(i) => Ok(Location::named(i)),
         None => topology::locate_vm(&host, vm_ip, &nics)
             .or_else(|e| candidate_ports(&host, vm_ip).ok_or(e)),
@@ -97,8 +134,8 @@ fn examine(cli: &DoctorCli) -> Result<Subject> {
     Ok(Subject {
         vm_ip,
         dst,
-        dst_given: cli.to.is_some(),
-        dns: cli.dns,
+        dst_given: q.to.is_some(),
+        dns: q.dns,
         topo,
         nics,
         found_by,

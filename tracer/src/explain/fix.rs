@@ -70,7 +70,7 @@ pub fn add_masquerade(lan: &str, uplink: &str) -> String {
         &nat_manager(ruleset.as_ref(), legacy_nat),
         lan,
         uplink,
-        crate::host::firewall::iptables_is_nft(),
+        crate::host::firewall::rules().iptables_nft,
     )
 }
 
@@ -138,7 +138,7 @@ fn iptables_nft(family: &str) -> String {
     } else {
         "iptables"
     };
-    match crate::host::firewall::iptables_is_nft() {
+    match crate::host::firewall::rules().iptables_nft {
         true => base.to_string(),
         false => format!("{base}-nft"),
     }
@@ -235,7 +235,7 @@ mod tests {
         let ipt = culprit(&rs, "ip", "filter", "FORWARD", Some(3));
         assert_eq!(ipt.number, Some(2));
         let cmd = delete(&ipt).unwrap();
-        let bin = if crate::host::firewall::iptables_is_nft() {
+        let bin = if crate::host::firewall::rules().iptables_nft {
             "iptables"
         } else {
             "iptables-nft"
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn a_policy_is_opened_with_the_tool_that_manages_its_table() {
         let rs = ruleset(MIXED);
-        let bin = if crate::host::firewall::iptables_is_nft() {
+        let bin = if crate::host::firewall::rules().iptables_nft {
             "iptables"
         } else {
             "iptables-nft"

@@ -5,11 +5,13 @@
 //! process, so every reader of a rule set asks here, and the trace reads it
 //! before it attaches.
 
-use std::{path::Path, sync::OnceLock};
+use std::{cell::Cell, path::Path, sync::OnceLock};
+
+use serde::{Deserialize, Serialize};
 
 use super::run::run_optional;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Firewall {
     /// `nft -j list ruleset`; None without nft or root.
     pub nft_json: Option<String>,
@@ -17,6 +19,9 @@ pub struct Firewall {
     pub nft_text: Option<String>,
     /// `iptables-legacy-save` (every table); None without the legacy tools.
     pub legacy: Option<String>,
+    /// `iptables` is the nf_tables variant here (it names the fixing commands).
+    #[serde(default)]
+    pub iptables_nft: bool,
 }
 
 impl Firewall {
@@ -25,6 +30,7 @@ impl Firewall {
             nft_json: run_optional("nft", &["-j", "list", "ruleset"]),
             nft_text: run_optional("nft", &["-a", "list", "ruleset"]),
             legacy: run_optional("iptables-legacy-save", &[]),
+            iptables_nft: iptables_is_nft(),
         }
     }
 
@@ -62,17 +68,29 @@ impl Firewall {
 
 static SNAPSHOT: OnceLock<Firewall> = OnceLock::new();
 
+thread_local! {
+    /// Rule sets given to this thread instead (a saved host's, in tests).
+    static GIVEN: Cell<Option<&'static Firewall>> = const { Cell::new(None) };
+}
+
 /// This run's rule sets, read at the first call.
 pub fn rules() -> &'static Firewall {
-    SNAPSHOT.get_or_init(Firewall::read)
+    GIVEN
+        .get()
+        .unwrap_or_else(|| SNAPSHOT.get_or_init(Firewall::read))
+}
+
+/// Use `fw` as the rule sets on this thread from now on (a saved host's).
+#[cfg(test)]
+pub fn give_this_thread(fw: Firewall) {
+    GIVEN.set(Some(Box::leak(Box::new(fw))));
 }
 
 /// `iptables` is the nf_tables variant (Debian's default): the multi-call
 /// binary it resolves to says so, without running it; `iptables -V` when the
 /// name does not tell.
-pub fn iptables_is_nft() -> bool {
-    static NFT: OnceLock<bool> = OnceLock::new();
-    *NFT.get_or_init(|| {
+fn iptables_is_nft() -> bool {
+    {
         let resolved = std::env::var_os("PATH")
             .iter()
             .flat_map(std::env::split_paths)
@@ -88,7 +106,7 @@ pub fn iptables_is_nft() -> bool {
             Some(n) if n.contains("legacy") => false,
             _ => run_optional("iptables", &["-V"]).is_some_and(|v| v.contains("nf_tables")),
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,7 @@ impl Host {
             addrs,
             neighbours,
             fdb,
+            ..Host::default()
         }
     }
 

@@ -1,13 +1,15 @@
 //! Network interfaces as the kernel describes them (RTM_NEWLINK): what
 //! `ip -d link show` prints, typed.
 
+use serde::{Deserialize, Serialize};
+
 use netlink_packet_route::link::{
     BridgePortState, InfoBridge, InfoBridgePort, InfoData, InfoPortData, InfoVlan, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage, State,
 };
 
 /// One interface of this network namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Link {
     pub index: u32,
     pub name: String,
@@ -103,7 +105,8 @@ impl Link {
 }
 
 /// A bridge port's STP state, with iproute2's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PortState {
     Disabled,
     Listening,

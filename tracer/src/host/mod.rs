@@ -7,6 +7,10 @@
 //! What must be fresh (a port's state at the moment of a verdict) is read again
 //! on purpose, through [`Host::read`] or [`link_now`]; nothing else re-reads the
 //! host behind the caller's back.
+//!
+//! A host is also saved whole (`doctor --snapshot` writes `host.json`) and read
+//! back: the doctor's checks then run on it without root, which is how their
+//! fixture tests work. A saved host answers route lookups from its main table.
 
 pub mod firewall;
 #[cfg(test)]
@@ -14,15 +18,18 @@ mod iproute2;
 mod link;
 pub mod netlink;
 pub mod run;
+mod sysctls;
 mod tables;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv4Addr},
 };
 
 use anyhow::{Context, Result};
 use netlink_packet_core::NLM_F_REQUEST;
+use serde::{Deserialize, Serialize};
+
 use netlink_packet_route::{
     address::AddressMessage,
     link::{LinkAttribute, LinkMessage},
@@ -32,17 +39,31 @@ use netlink_packet_route::{
 };
 
 pub use link::Link;
-pub use tables::{Address, FdbEntry, Neighbour, Route, RouteKind};
+pub use tables::{Address, FdbEntry, Neighbour, Route, RouteEntry, RouteKind};
 
 use netlink::Rtnl;
 
 /// The host's network state at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
     pub links: Vec<Link>,
     pub addrs: Vec<Address>,
     pub neighbours: Vec<Neighbour>,
     pub fdb: Vec<FdbEntry>,
+    /// The main table's IPv4 routes (what a saved host answers lookups from).
+    #[serde(default)]
+    pub routes: Vec<RouteEntry>,
+    /// The sysctls pathtrace reads, by path under /proc/sys
+    /// (`net/ipv4/conf/vmbr0/rp_filter`).
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// Local UDP sockets (address, port), from /proc/net/udp.
+    #[serde(default)]
+    pub udp: Vec<(Ipv4Addr, u16)>,
+    /// Read from the running kernel (route lookups ask it); false for a saved
+    /// or hand-made host.
+    #[serde(skip)]
+    pub live: bool,
 }
 
 /// Chains of bridges joined by veth pairs deeper than this are a loop or a lab
@@ -86,12 +107,43 @@ impl Host {
             .iter()
             .filter_map(FdbEntry::from_message)
             .collect();
-        Ok(Host {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let routes = nl
+            .dump(RouteNetlinkMessage::GetRoute(msg))
+            .context("listing routes over netlink")?
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => RouteEntry::from_message(r),
+                _ => None,
+            })
+            .collect();
+        let mut host = Host {
             links,
             addrs,
             neighbours,
             fdb,
-        })
+            routes,
+            live: true,
+            ..Host::default()
+        };
+        host.sysctls = sysctls::read(&host);
+        host.udp = sysctls::udp_sockets();
+        Ok(host)
+    }
+
+    /// A sysctl as read with the host (`net/ipv4/ip_forward`); None when absent.
+    pub fn sysctl(&self, path: &str) -> Option<String> {
+        self.sysctls.get(path).cloned()
+    }
+
+    /// Local addresses with a UDP socket bound to `port` (0.0.0.0: every address).
+    pub fn udp_listeners(&self, port: u16) -> Vec<Ipv4Addr> {
+        self.udp
+            .iter()
+            .filter(|(_, p)| *p == port)
+            .map(|(a, _)| *a)
+            .collect()
     }
 
     pub fn link(&self, name: &str) -> Option<&Link> {
@@ -232,9 +284,13 @@ impl Host {
     }
 
     /// `ip route get DST [from SRC iif IIF]`: how the kernel would route one
-    /// packet now (asked at the moment of the call, not from the snapshot).
-    /// None when it refuses (no route, forwarding off for an input lookup).
+    /// packet now (asked at the moment of the call, not from the snapshot; a
+    /// saved host answers from its tables). None when it refuses (no route,
+    /// forwarding off for an input lookup).
     pub fn route_get(&self, dst: Ipv4Addr, from: Option<(Ipv4Addr, &str)>) -> Option<Route> {
+        if !self.live {
+            return self.saved_route_get(dst, from);
+        }
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = 32;
@@ -259,6 +315,27 @@ impl Host {
                 None
             }
         }
+    }
+
+    /// A saved host's answer: its own addresses are local (via `lo`), an input
+    /// lookup is refused where forwarding is off, else the main table's longest
+    /// match.
+    fn saved_route_get(&self, dst: Ipv4Addr, from: Option<(Ipv4Addr, &str)>) -> Option<Route> {
+        if let Some((_, iif)) = from {
+            let forwarding = self.sysctl(&format!("net/ipv4/conf/{iif}/forwarding"));
+            if forwarding.as_deref() == Some("0") {
+                return None;
+            }
+        }
+        if self.addrs.iter().any(|a| a.addr == IpAddr::V4(dst)) {
+            return Some(Route {
+                kind: RouteKind::Local,
+                oif: self.links.iter().find(|l| l.name == "lo").map(|l| l.index),
+                gateway: None,
+                prefsrc: Some(dst),
+            });
+        }
+        tables::longest_match(&self.routes, dst).map(|r| r.route.clone())
     }
 
     /// The device a route leaves by, by name.

@@ -8,14 +8,16 @@ use netlink_packet_route::{
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
     AddressFamily,
 };
+
+use serde::{Deserialize, Serialize};
 
 use super::link::mac_text;
 
 /// An address configured on an interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
     pub index: u32,
     pub addr: IpAddr,
@@ -50,7 +52,7 @@ impl Address {
 }
 
 /// A neighbour (ARP/NDP) entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Neighbour {
     pub index: u32,
     pub ip: IpAddr,
@@ -83,7 +85,7 @@ impl Neighbour {
 
 /// A bridge forwarding-database entry: `mac` was learned (or set) on port
 /// `port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdbEntry {
     /// The port (or, for its own addresses, the bridge).
     pub port: u32,
@@ -146,7 +148,7 @@ fn neigh_word(s: NeighbourState) -> String {
 }
 
 /// What `ip route get` answers: how the kernel would route one packet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub kind: RouteKind,
     /// The device it leaves by, by index.
@@ -155,7 +157,8 @@ pub struct Route {
     pub prefsrc: Option<Ipv4Addr>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RouteKind {
     Unicast,
     /// To an address of this host.
@@ -164,6 +167,62 @@ pub enum RouteKind {
     /// unreachable, prohibit, blackhole: the packet is refused.
     Refused,
     Other,
+}
+
+/// One IPv4 route of the main table, as saved with the host (a saved host
+/// answers route lookups from these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub metric: u32,
+    pub route: Route,
+}
+
+impl RouteEntry {
+    /// A route of the main table (None for other tables and families).
+    pub fn from_message(m: &RouteMessage) -> Option<Self> {
+        let main = m.header.table == RouteHeader::RT_TABLE_MAIN
+            || m.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Table(t) if *t == u32::from(RouteHeader::RT_TABLE_MAIN)));
+        if m.header.address_family != AddressFamily::Inet || !main {
+            return None;
+        }
+        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut metric = 0;
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                RouteAttribute::Priority(p) => metric = *p,
+                _ => {}
+            }
+        }
+        Some(RouteEntry {
+            dst,
+            prefix: m.header.destination_prefix_length,
+            metric,
+            route: Route::from_message(m),
+        })
+    }
+
+    fn covers(&self, ip: Ipv4Addr) -> bool {
+        let mask = match self.prefix {
+            0 => 0,
+            n => u32::MAX << (32 - u32::from(n.min(32))),
+        };
+        u32::from(ip) & mask == u32::from(self.dst) & mask
+    }
+}
+
+/// The longest-prefix match in `routes` (lowest metric among equals): how a
+/// saved host answers `ip route get` (its main table; policy rules are not
+/// saved).
+pub fn longest_match(routes: &[RouteEntry], ip: Ipv4Addr) -> Option<&RouteEntry> {
+    routes
+        .iter()
+        .filter(|r| r.covers(ip))
+        .min_by_key(|r| (std::cmp::Reverse(r.prefix), r.metric))
 }
 
 impl Route {

@@ -8,7 +8,6 @@ use crate::{
     explain::{fix, iptables, nft},
     host::{firewall, Host},
     hostconfig::VmNic,
-    kernel::sysctl,
     topology::{self, Evidence, Topology},
 };
 
@@ -42,7 +41,7 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     out.push(mtu(topo));
     let routed = topo.uplink.is_some() && !topo.bridged && !topo.dst_local;
     if routed {
-        out.push(ip_forward(topo));
+        out.push(ip_forward(topo, host));
     }
     out.push(rp_filter(topo, host));
     out.push(route(s, topo));
@@ -50,9 +49,9 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
         out.push(gateway(topo, gw, host, passive));
     }
     if routed {
-        out.push(nat(topo));
+        out.push(nat(topo, host));
     }
-    out.extend(firewall(topo));
+    out.extend(firewall(topo, host));
     out.push(br_netfilter(s, topo));
     out.push(dns(s, topo));
     out.push(duplicate_ip(topo, host, passive));

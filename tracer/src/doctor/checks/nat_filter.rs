@@ -45,7 +45,7 @@ pub(super) fn view(t: &Topology, reply: bool, proto: u8, dport: Option<u16>) -> 
     }
 }
 
-pub(super) fn nat(t: &Topology) -> Check {
+pub(super) fn nat(t: &Topology, host: &Host) -> Check {
     let up = t
         .uplink
         .as_ref()
@@ -65,7 +65,7 @@ pub(super) fn nat(t: &Topology) -> Check {
             .is_some_and(|(_, l)| topology::network(*a, l) == topology::network(t.vm_ip, l))
     });
     let behind_fwbr = t.chain.iter().any(|h| h.is_bridge);
-    let br_nf = sysctl("net/bridge/bridge-nf-call-iptables").as_deref() == Some("1");
+    let br_nf = host.sysctl("net/bridge/bridge-nf-call-iptables").as_deref() == Some("1");
     match found {
         Some((rule, _)) if behind_fwbr && br_nf && !conntrack_zones_split() => {
             Check::new("nat", Status::Fail, subject)
@@ -107,8 +107,8 @@ pub(super) fn conntrack_zones_split() -> bool {
 
 /// The firewall's verdict on the guest's ping and its reply (FORWARD, or INPUT
 /// for the host itself), by replaying them against nftables and iptables-legacy.
-pub(super) fn firewall(t: &Topology) -> Vec<Check> {
-    if t.bridged && sysctl("net/bridge/bridge-nf-call-iptables").as_deref() != Some("1") {
+pub(super) fn firewall(t: &Topology, host: &Host) -> Vec<Check> {
+    if t.bridged && host.sysctl("net/bridge/bridge-nf-call-iptables").as_deref() != Some("1") {
         return Vec::new(); // bridged frames never meet the IP firewall
     }
     let hook = if t.dst_local { "input" } else { "forward" };
@@ -174,7 +174,7 @@ pub(super) fn filter_verdict(
 }
 
 pub(super) fn br_netfilter(s: &Subject, t: &Topology) -> Check {
-    let value = sysctl("net/bridge/bridge-nf-call-iptables");
+    let value = s.host.sysctl("net/bridge/bridge-nf-call-iptables");
     let subject = "net.bridge.bridge-nf-call-iptables";
     let firewalled = s.nics.iter().any(|n| n.firewall);
     match value.as_deref() {

@@ -5,8 +5,8 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use super::*;
 
-pub(super) fn ip_forward(t: &Topology) -> Check {
-    let global = sysctl("net/ipv4/ip_forward");
+pub(super) fn ip_forward(t: &Topology, host: &Host) -> Check {
+    let global = host.sysctl("net/ipv4/ip_forward");
     if global.as_deref() == Some("0") {
         return Check::new("ip_forward", Status::Fail, "net.ipv4.ip_forward")
             .evidence("net.ipv4.ip_forward=0: the host routes nothing, so the guest's packets to other networks are dropped")
@@ -17,7 +17,11 @@ pub(super) fn ip_forward(t: &Topology) -> Check {
         t.uplink.as_ref().map(|u| u.name.clone()),
     ];
     for dev in devs.into_iter().flatten() {
-        if sysctl(&format!("net/ipv4/conf/{dev}/forwarding")).as_deref() == Some("0") {
+        if host
+            .sysctl(&format!("net/ipv4/conf/{dev}/forwarding"))
+            .as_deref()
+            == Some("0")
+        {
             return Check::new(
                 "ip_forward",
                 Status::Fail,
@@ -32,9 +36,9 @@ pub(super) fn ip_forward(t: &Topology) -> Check {
 }
 
 /// Effective rp_filter of `dev`: the larger of `all` and the device's own.
-pub(super) fn rp_value(dev: &str) -> u8 {
+pub(super) fn rp_value(host: &Host, dev: &str) -> u8 {
     let v = |d: &str| {
-        sysctl(&format!("net/ipv4/conf/{d}/rp_filter"))
+        host.sysctl(&format!("net/ipv4/conf/{d}/rp_filter"))
             .and_then(|s| s.parse::<u8>().ok())
             .unwrap_or(0)
     };
@@ -56,7 +60,7 @@ pub(super) fn rp_filter(t: &Topology, host: &Host) -> Check {
     }
     let mut seen = Vec::new();
     for (dev, src) in arrivals {
-        let mode = rp_value(&dev);
+        let mode = rp_value(host, &dev);
         let back = route_dev(host, src);
         seen.push(format!("{dev} rp_filter={mode}"));
         let bad = match mode {

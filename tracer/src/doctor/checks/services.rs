@@ -5,27 +5,10 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use super::*;
 
-/// Local UDP sockets bound to port `port`, from /proc/net/udp (this namespace's).
-pub fn udp_listeners(table: &str, port: u16) -> Vec<Ipv4Addr> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|local| {
-            let (addr, p) = local.split_once(':')?;
-            let p = u16::from_str_radix(p, 16).ok()?;
-            let a = u32::from_str_radix(addr, 16).ok()?;
-            // The kernel prints the address in host (little-endian) order.
-            (p == port).then(|| Ipv4Addr::from(a.swap_bytes()))
-        })
-        .collect()
-}
-
 /// The guest's resolver: the one given, else one on the VM's bridge (dnsmasq, as
 /// libvirt and many hosts run), else the guest uses some outside resolver.
 pub(super) fn dns(s: &Subject, t: &Topology) -> Check {
-    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-    let on53 = udp_listeners(&table, 53);
+    let on53 = s.host.udp_listeners(53);
     let listens = |ip: Ipv4Addr| on53.iter().any(|a| *a == ip || a.is_unspecified());
     let bridge_ip = t
         .vm_subnet
@@ -39,7 +22,7 @@ pub(super) fn dns(s: &Subject, t: &Topology) -> Check {
     let local = host_addresses(&s.host);
     let resolver = s.dns.or(bridge_ip.filter(|ip| listens(*ip)));
     let dhcp_here =
-        !udp_listeners(&table, 67).is_empty() || s.nics.iter().any(|n| n.network.is_some());
+        !s.host.udp_listeners(67).is_empty() || s.nics.iter().any(|n| n.network.is_some());
     let Some(r) = resolver else {
         return match (bridge_ip, dhcp_here) {
             (Some(b), true) => Check::new("dns", Status::Fail, format!("{b}:53"))
