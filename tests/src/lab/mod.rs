@@ -29,6 +29,14 @@ use anyhow::{bail, Context, Result};
 
 pub use crate::guest::{DnsResult, Guest, GuestSpec, PingOpts, PingResult};
 
+mod config;
+mod faults;
+mod netns;
+
+pub use faults::Fault;
+pub use netns::{cleanup_stale_netns, remove_netns};
+use netns::{in_netns, sh, spawn_in};
+
 const PREFIX: &str = "ptlab";
 /// Config directories are `{temp}/ptlab-{pid}-{n}`.
 const CONFIG_PREFIX: &str = "ptlab-";
@@ -119,40 +127,6 @@ impl LabOptions {
             fwbr_answers_arp: false,
         }
     }
-}
-
-/// Ways to break the path on purpose; `repair` undoes exactly each. Those about a
-/// port act on guest 0's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// An nftables rule in the forward chain drops the guest's packets.
-    NftForwardDrop,
-    /// net.ipv4.ip_forward=0 on the hypervisor.
-    IpForwardOff,
-    /// The MASQUERADE rule is gone.
-    NoMasquerade,
-    /// Guest 0's TAP is administratively down.
-    PortDown,
-    /// Guest 0's TAP is detached from its bridge (fwbr with Proxmox).
-    PortNoMaster,
-    /// Guest 0's TAP is a port in state disabled (not forwarding) on its bridge.
-    StpBlocking,
-    /// Proxmox: guest 0's fwln/fwpr veth pair at MTU 1400, its TAP at 1500.
-    /// Otherwise: the uplink (eth0, and isp0 facing it) at MTU 1400, the bridge 1500.
-    MtuMismatch,
-    /// Strict rp_filter (all and the VM bridge) with a route to guest 0's address
-    /// out of eth0, so its packets fail the reverse-path check.
-    RpFilterStrict,
-    /// The default gateway 198.51.100.1 is gone from the inet side (no ARP answer),
-    /// and the hypervisor's neighbour entries on eth0 are flushed.
-    GatewayUnreachable,
-    /// Legacy iptables FORWARD policy DROP in the hypervisor.
-    IptablesForwardPolicyDrop,
-    /// The host resolver (192.0.2.1:53) is stopped.
-    NoResolver,
-    /// A second guest with guest 0's IP, another MAC, on tap199i0 / vnet99
-    /// (Proxmox: with its fwbr199i0 chain), with its own config file.
-    DuplicateIp,
 }
 
 pub struct Lab {
@@ -411,98 +385,6 @@ impl Lab {
         self.write_configs()
     }
 
-    /// (Re)write the hypervisor's config files for the running guests under
-    /// [`Lab::config_root`]: Proxmox's VM configs, or libvirt's running domains and
-    /// its network. Nothing for the plain layout.
-    fn write_configs(&self) -> Result<()> {
-        let root = &self.config_root;
-        let specs: Vec<&GuestSpec> = self
-            .guests
-            .iter()
-            .chain(&self.duplicate)
-            .map(|g| &g.spec)
-            .chain(&self.bare_ports)
-            .collect();
-        match self.layout {
-            Layout::Plain => Ok(()),
-            Layout::Proxmox => {
-                let dir = root.join("etc/pve/qemu-server");
-                recreate_dir(&dir)?;
-                let mut vms: Vec<(u32, String)> = Vec::new();
-                for s in &specs {
-                    let (vmid, net) = parse_port(&s.tap).context("Proxmox port name")?;
-                    let idx = match vms.iter().position(|(v, _)| *v == vmid) {
-                        Some(idx) => idx,
-                        None => {
-                            vms.push((vmid, format!("name: {}\n", guest_name(vmid))));
-                            vms.len() - 1
-                        }
-                    };
-                    write!(
-                        vms[idx].1,
-                        "net{net}: virtio={},bridge={},firewall=1\n\
-                         ipconfig{net}: ip={}/{},gw={}\n",
-                        s.mac.to_uppercase(),
-                        self.bridge(),
-                        s.ip,
-                        s.prefix,
-                        s.gateway
-                    )?;
-                }
-                for (vmid, conf) in vms {
-                    write_file(&dir.join(format!("{vmid}.conf")), &conf)?;
-                }
-                Ok(())
-            }
-            Layout::Libvirt => {
-                let qemu = root.join("run/libvirt/qemu");
-                recreate_dir(&qemu)?;
-                let mut hosts = String::new();
-                for s in &specs {
-                    let (vmid, _) = parse_port(&s.tap).unwrap_or((100, 0));
-                    let name = guest_name(vmid);
-                    let xml = format!(
-                        "<domain type='kvm' id='{id}'>\n  <name>{name}</name>\n  \
-                         <uuid>{uuid}</uuid>\n  <devices>\n    <interface type='network'>\n      \
-                         <mac address='{mac}'/>\n      \
-                         <source network='default' bridge='{br}'/>\n      \
-                         <target dev='{tap}'/>\n      <model type='virtio'/>\n    \
-                         </interface>\n  </devices>\n</domain>\n",
-                        id = vmid.saturating_sub(99),
-                        uuid =
-                            format_args!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), vmid),
-                        mac = s.mac,
-                        br = self.bridge(),
-                        tap = s.tap,
-                    );
-                    write_file(&qemu.join(format!("{name}.xml")), &xml)?;
-                    // libvirt refuses two DHCP hosts with one address: the duplicate
-                    // is a guest configured statically, unknown to the network.
-                    if vmid != DUPLICATE_VMID {
-                        writeln!(
-                            hosts,
-                            "      <host mac='{}' name='{name}' ip='{}'/>",
-                            s.mac, s.ip
-                        )?;
-                    }
-                }
-                let net = root.join("run/libvirt/network");
-                std::fs::create_dir_all(&net)?;
-                write_file(
-                    &net.join("default.xml"),
-                    &format!(
-                        "<network>\n  <name>default</name>\n  <forward mode='nat'/>\n  \
-                         <bridge name='{br}' stp='on' delay='0'/>\n  \
-                         <ip address='192.0.2.1' netmask='255.255.255.0'>\n    <dhcp>\n      \
-                         <range start='192.0.2.2' end='192.0.2.254'/>\n{hosts}    </dhcp>\n  \
-                         </ip>\n</network>\n",
-                        br = self.bridge()
-                    ),
-                )
-            }
-        }
-    }
-
     pub fn layout(&self) -> Layout {
         self.layout
     }
@@ -616,163 +498,6 @@ impl Lab {
         c
     }
 
-    fn first_guest(&self) -> Result<&GuestSpec> {
-        self.guests
-            .first()
-            .map(|g| &g.spec)
-            .context("this fault needs a guest")
-    }
-
-    pub fn break_path(&mut self, fault: Fault) -> Result<()> {
-        let br = self.bridge();
-        match fault {
-            Fault::NftForwardDrop => self.nft(
-                "add table inet filter\n\
-                 add chain inet filter forward { type filter hook forward priority filter; policy accept; }\n\
-                 add rule inet filter forward ip saddr 192.0.2.100 drop\n",
-            ),
-            Fault::IpForwardOff => self.hv("sysctl -qw net.ipv4.ip_forward=0").map(drop),
-            Fault::NoMasquerade => self.nft("delete table ip nat\n"),
-            Fault::PortDown => {
-                let tap = &self.first_guest()?.tap;
-                self.hv(&format!("ip link set {tap} down")).map(drop)
-            }
-            Fault::PortNoMaster => {
-                let tap = &self.first_guest()?.tap;
-                self.hv(&format!("ip link set {tap} nomaster")).map(drop)
-            }
-            // Accepted because STP is off on every lab bridge (with kernel STP on,
-            // the kernel refuses a state from user space with EBUSY). It holds until
-            // the port's carrier or admin state changes.
-            Fault::StpBlocking => {
-                let tap = &self.first_guest()?.tap;
-                self.hv(&format!("bridge link set dev {tap} state 0"))
-                    .map(drop)
-            }
-            Fault::MtuMismatch => self.set_mtu_fault(1400),
-            Fault::RpFilterStrict => {
-                let ip = self.first_guest()?.ip;
-                let saved = self.hv(&format!(
-                    "sysctl -n net.ipv4.conf.all.rp_filter net.ipv4.conf.{br}.rp_filter"
-                ))?;
-                let mut v = saved.split_whitespace().map(str::to_string);
-                let (all, bridge) = (v.next(), v.next());
-                let (Some(all), Some(bridge)) = (all, bridge) else {
-                    bail!("reading rp_filter: {saved:?}");
-                };
-                self.hv(&format!(
-                    "ip route add {ip}/32 via 198.51.100.1 dev eth0 && \
-                     sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.{br}.rp_filter=1"
-                ))?;
-                self.saved_rp_filter = Some((all, bridge));
-                Ok(())
-            }
-            Fault::GatewayUnreachable => {
-                self.inet("ip addr del 198.51.100.1/24 dev isp0")?;
-                self.hv("ip neigh flush dev eth0").map(drop)
-            }
-            Fault::IptablesForwardPolicyDrop => {
-                // -w: the xtables lock is machine-wide, other labs may hold it.
-                self.hv("iptables-legacy -w -P FORWARD DROP").map(drop)
-            }
-            Fault::NoResolver => {
-                self.stop_host_resolver();
-                Ok(())
-            }
-            Fault::DuplicateIp => {
-                if self.duplicate.is_some() {
-                    return Ok(());
-                }
-                let ip = self.first_guest()?.ip;
-                let spec = GuestSpec {
-                    ip,
-                    ..GuestSpec::nth((DUPLICATE_VMID - 100) as u8)
-                };
-                let tap = self.layout.port_name(&spec.tap);
-                match self.plug(spec) {
-                    Ok(g) => self.duplicate = Some(g),
-                    Err(e) => {
-                        let _ = self.unplug(&tap);
-                        return Err(e);
-                    }
-                }
-                self.write_configs()
-            }
-        }
-    }
-
-    pub fn repair(&mut self, fault: Fault) -> Result<()> {
-        let br = self.bridge();
-        match fault {
-            Fault::NftForwardDrop => self.nft("delete table inet filter\n"),
-            Fault::IpForwardOff => self.hv("sysctl -qw net.ipv4.ip_forward=1").map(drop),
-            Fault::NoMasquerade => self.masquerade(),
-            Fault::PortDown => {
-                let tap = &self.first_guest()?.tap;
-                self.hv(&format!("ip link set {tap} up")).map(drop)
-            }
-            Fault::PortNoMaster => {
-                let tap = self.first_guest()?.tap.clone();
-                let master = self.tap_master(&tap);
-                self.hv(&format!("ip link set {tap} master {master}"))
-                    .map(drop)
-            }
-            Fault::StpBlocking => {
-                let tap = &self.first_guest()?.tap;
-                self.hv(&format!("bridge link set dev {tap} state 3"))
-                    .map(drop)
-            }
-            Fault::MtuMismatch => self.set_mtu_fault(1500),
-            Fault::RpFilterStrict => {
-                let ip = self.first_guest()?.ip;
-                let (all, bridge) = self
-                    .saved_rp_filter
-                    .take()
-                    .unwrap_or_else(|| ("0".into(), "0".into()));
-                self.hv(&format!(
-                    "ip route del {ip}/32 via 198.51.100.1 dev eth0 && \
-                     sysctl -qw net.ipv4.conf.all.rp_filter={all} net.ipv4.conf.{br}.rp_filter={bridge}"
-                ))
-                .map(drop)
-            }
-            Fault::GatewayUnreachable => {
-                self.inet("ip addr add 198.51.100.1/24 dev isp0")?;
-                // Forget the FAILED entry rather than wait for it to age.
-                self.hv("ip neigh flush dev eth0").map(drop)
-            }
-            Fault::IptablesForwardPolicyDrop => {
-                self.hv("iptables-legacy -w -P FORWARD ACCEPT").map(drop)
-            }
-            Fault::NoResolver => self.start_host_resolver(),
-            Fault::DuplicateIp => {
-                let Some(dup) = self.duplicate.take() else {
-                    return Ok(());
-                };
-                let (tap, ip) = (dup.spec.tap.clone(), dup.spec.ip);
-                drop(dup);
-                self.unplug(&tap)?;
-                self.write_configs()?;
-                // The duplicate's ARP moved the host's entry for the address to its
-                // MAC: forget it, so the real guest is asked again.
-                self.hv(&format!("ip neigh del {ip} dev {br} 2>/dev/null; true"))
-                    .map(drop)
-            }
-        }
-    }
-
-    fn set_mtu_fault(&self, mtu: u32) -> Result<()> {
-        if self.layout == Layout::Proxmox {
-            let FwChain { fwpr, fwln, .. } = fw_chain(&self.first_guest()?.tap)?;
-            self.hv(&format!(
-                "ip link set {fwln} mtu {mtu} && ip link set {fwpr} mtu {mtu}"
-            ))
-            .map(drop)
-        } else {
-            self.hv(&format!("ip link set eth0 mtu {mtu}"))?;
-            self.inet(&format!("ip link set isp0 mtu {mtu}")).map(drop)
-        }
-    }
-
     /// Unrelated drops on the hypervisor while a trace runs: datagrams from the
     /// internet side to a closed port of the host (dropped, NO_SOCKET) and the host
     /// itself pinging the traced destination. Bounded in count and time; stops when
@@ -848,26 +573,6 @@ fn cleanup_stale_config_dirs() {
     }
 }
 
-/// Remove namespaces named `{prefix}{pid}...` whose creating process is gone.
-pub fn cleanup_stale_netns(prefix: &str) {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(rest) = name.strip_prefix(prefix) else {
-            continue;
-        };
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let Ok(pid) = digits.parse::<u32>() else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            remove_netns(name);
-        }
-    }
-}
-
 impl Drop for Lab {
     fn drop(&mut self) {
         self.guests.clear();
@@ -894,49 +599,4 @@ impl Drop for NoiseHandle {
             let _ = c.wait();
         }
     }
-}
-
-/// Kill what still runs inside a namespace, then delete it (its interfaces go too).
-pub fn remove_netns(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).status();
-        }
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{cmd}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `nsenter --net` keeps the host's mounts (tracefs, bpffs), unlike `ip netns exec`.
-fn in_netns(ns: &str, cmd: &str) -> Result<String> {
-    sh(&format!(
-        "nsenter --net=/run/netns/{ns} sh -c '{}'",
-        cmd.replace('\'', "'\\''")
-    ))
-}
-
-fn spawn_in(ns: &str, script: &str) -> Result<Child> {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ns}"))
-        .args(["bash", "-c", script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting noise")
 }

@@ -1,0 +1,102 @@
+//! The hypervisor's configuration files a lab writes for its guests (Proxmox's
+//! VM configs, libvirt's domains and network), as the real tools would.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+
+use super::*;
+
+impl Lab {
+    /// (Re)write the hypervisor's config files for the running guests under
+    /// [`Lab::config_root`]: Proxmox's VM configs, or libvirt's running domains and
+    /// its network. Nothing for the plain layout.
+    pub(super) fn write_configs(&self) -> Result<()> {
+        let root = &self.config_root;
+        let specs: Vec<&GuestSpec> = self
+            .guests
+            .iter()
+            .chain(&self.duplicate)
+            .map(|g| &g.spec)
+            .chain(&self.bare_ports)
+            .collect();
+        match self.layout {
+            Layout::Plain => Ok(()),
+            Layout::Proxmox => {
+                let dir = root.join("etc/pve/qemu-server");
+                recreate_dir(&dir)?;
+                let mut vms: Vec<(u32, String)> = Vec::new();
+                for s in &specs {
+                    let (vmid, net) = parse_port(&s.tap).context("Proxmox port name")?;
+                    let idx = match vms.iter().position(|(v, _)| *v == vmid) {
+                        Some(idx) => idx,
+                        None => {
+                            vms.push((vmid, format!("name: {}\n", guest_name(vmid))));
+                            vms.len() - 1
+                        }
+                    };
+                    write!(
+                        vms[idx].1,
+                        "net{net}: virtio={},bridge={},firewall=1\n\
+                         ipconfig{net}: ip={}/{},gw={}\n",
+                        s.mac.to_uppercase(),
+                        self.bridge(),
+                        s.ip,
+                        s.prefix,
+                        s.gateway
+                    )?;
+                }
+                for (vmid, conf) in vms {
+                    write_file(&dir.join(format!("{vmid}.conf")), &conf)?;
+                }
+                Ok(())
+            }
+            Layout::Libvirt => {
+                let qemu = root.join("run/libvirt/qemu");
+                recreate_dir(&qemu)?;
+                let mut hosts = String::new();
+                for s in &specs {
+                    let (vmid, _) = parse_port(&s.tap).unwrap_or((100, 0));
+                    let name = guest_name(vmid);
+                    let xml = format!(
+                        "<domain type='kvm' id='{id}'>\n  <name>{name}</name>\n  \
+                         <uuid>{uuid}</uuid>\n  <devices>\n    <interface type='network'>\n      \
+                         <mac address='{mac}'/>\n      \
+                         <source network='default' bridge='{br}'/>\n      \
+                         <target dev='{tap}'/>\n      <model type='virtio'/>\n    \
+                         </interface>\n  </devices>\n</domain>\n",
+                        id = vmid.saturating_sub(99),
+                        uuid =
+                            format_args!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), vmid),
+                        mac = s.mac,
+                        br = self.bridge(),
+                        tap = s.tap,
+                    );
+                    write_file(&qemu.join(format!("{name}.xml")), &xml)?;
+                    // libvirt refuses two DHCP hosts with one address: the duplicate
+                    // is a guest configured statically, unknown to the network.
+                    if vmid != DUPLICATE_VMID {
+                        writeln!(
+                            hosts,
+                            "      <host mac='{}' name='{name}' ip='{}'/>",
+                            s.mac, s.ip
+                        )?;
+                    }
+                }
+                let net = root.join("run/libvirt/network");
+                std::fs::create_dir_all(&net)?;
+                write_file(
+                    &net.join("default.xml"),
+                    &format!(
+                        "<network>\n  <name>default</name>\n  <forward mode='nat'/>\n  \
+                         <bridge name='{br}' stp='on' delay='0'/>\n  \
+                         <ip address='192.0.2.1' netmask='255.255.255.0'>\n    <dhcp>\n      \
+                         <range start='192.0.2.2' end='192.0.2.254'/>\n{hosts}    </dhcp>\n  \
+                         </ip>\n</network>\n",
+                        br = self.bridge()
+                    ),
+                )
+            }
+        }
+    }
+}
