@@ -5,8 +5,27 @@
 //! because the kernel side writes the bytes and the user side reads them back.
 #![no_std]
 
-/// Bumped whenever a layout below changes; user space refuses a mismatching object.
-pub const WIRE_VERSION: u32 = 3;
+// No wire version: `tracer/build.rs` builds the eBPF object from this crate and
+// embeds it in the binary, so both sides always come from the same source.
+
+/// Map capacities, declared by the eBPF object and read back by user space
+/// (what a full map means in the output).
+pub mod capacity {
+    /// The trace's ring buffer, in bytes (`--buffer-kb` resizes it at load).
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Packets followed at once by their skb address.
+    pub const TRACKED: u32 = 4096;
+    /// Request ids (ICMP id/seq, DNS id) awaiting their reply.
+    pub const REQ_IDS: u32 = 1024;
+    /// Watch's drop points (VM, stage, reason, location, ...).
+    pub const DROPS: u32 = 4096;
+    /// Watch's sample ring buffer, in bytes.
+    pub const SAMPLES_BYTES: u32 = 1 << 16;
+    /// Watch's VM ports, guest addresses and guest MACs.
+    pub const VM_PORTS: u32 = 4096;
+    pub const VM_ADDRS: u32 = 16384;
+    pub const VM_MACS: u32 = 16384;
+}
 
 /// Names of the maps and programs, so both sides spell them the same way.
 pub mod names {

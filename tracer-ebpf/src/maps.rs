@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
 };
-use tracer_common::{Config, DropCount, DropKey, Event, Tracked, WatchConfig, CNT_MAX};
+use tracer_common::{capacity, Config, DropCount, DropKey, Event, Tracked, WatchConfig, CNT_MAX};
 
 /// Filter and kernel offsets, written by user space at load time.
 #[unsafe(no_mangle)]
@@ -28,12 +28,12 @@ pub static CONFIG: Global<Config> = Global::new(Config {
 
 /// Events for user space. Sized by user space at load time.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
 /// Packets being followed, keyed by skb address. LRU so a missed free can never
 /// fill the map: the oldest entry makes room.
 #[map]
-pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(4096, 0);
+pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(capacity::TRACKED, 0);
 
 /// Two global facts that let the hooks skip map lookups while nothing is being
 /// followed (the common case when the traced VM is quiet and others are busy):
@@ -50,7 +50,7 @@ const REPLY_WINDOW_NS: u64 = 30_000_000_000;
 /// Request ids (`req_key(proto, id)`) of the guest's flow, so replies are known by id
 /// even after NAT rewrote their addresses. Value: time first seen.
 #[map]
-pub static REQ_IDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+pub static REQ_IDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(capacity::REQ_IDS, 0);
 
 /// Self-monitoring counters (`CNT_*`), per CPU so the hot path never contends.
 #[map]
@@ -80,23 +80,24 @@ pub static WATCH_CONFIG: Global<WatchConfig> = Global::new(WatchConfig {
 /// Watch mode: drop counters per (VM port, drop point), per CPU so drops on
 /// different CPUs never contend. User space sums and reads them.
 #[map]
-pub static DROPS: PerCpuHashMap<DropKey, DropCount> = PerCpuHashMap::with_max_entries(4096, 0);
+pub static DROPS: PerCpuHashMap<DropKey, DropCount> =
+    PerCpuHashMap::with_max_entries(capacity::DROPS, 0);
 
 /// Watch mode: rare examples of drops (new drop point, then rate-limited).
 #[map]
-pub static SAMPLES: RingBuf = RingBuf::with_byte_size(1 << 16, 0);
+pub static SAMPLES: RingBuf = RingBuf::with_byte_size(capacity::SAMPLES_BYTES, 0);
 
 /// Watch mode: the VM ports being watched (ifindex → 1), kept current by user space.
 #[map]
-pub static VM_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static VM_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(capacity::VM_PORTS, 0);
 
 /// Watch mode: VM IPv4 addresses (`addr_key`) → their port's ifindex.
 #[map]
-pub static VM_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+pub static VM_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::VM_ADDRS, 0);
 
 /// Watch mode: VM MAC addresses (`mac_key`) → their port's ifindex.
 #[map]
-pub static VM_MACS: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
+pub static VM_MACS: HashMap<u64, u32> = HashMap::with_max_entries(capacity::VM_MACS, 0);
 
 #[inline(always)]
 pub fn config() -> Config {

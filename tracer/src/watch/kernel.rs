@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Capacity of the `DROPS` map, as declared in the eBPF object.
-pub const DROPS_CAPACITY: u32 = 4096;
+pub const DROPS_CAPACITY: u32 = tracer_common::capacity::DROPS;
 
 pub struct WatchKernel {
     probes: Probes,
