@@ -5,15 +5,21 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::kernel::tracefs::TRACEFS;
+use crate::kernel::{
+    facts::{self, Mode},
+    tracefs::TRACEFS,
+};
 
 const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn check() -> Result<()> {
+/// Before `modes` load anything: privileges, the filesystems, and the kernel
+/// facts those modes cannot do without (see `kernel::facts`).
+pub fn check(modes: &[Mode]) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 && !has_caps() {
         bail!("pathtrace needs root (or at least CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; see Safety in the README) to load eBPF programs");
     }
-    mounts()
+    mounts()?;
+    essentials(modes)
 }
 
 /// Watch attaches only a tracepoint program (no TC): CAP_BPF and CAP_PERFMON load
@@ -22,12 +28,21 @@ pub fn check_watch() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 && !effective_caps(&[39, 38]) {
         bail!("pathtrace watch needs root (or at least CAP_BPF and CAP_PERFMON; see Safety in the README) to load its eBPF program");
     }
-    mounts()
+    mounts()?;
+    essentials(&[Mode::Watch])
 }
 
 fn mounts() -> Result<()> {
     ensure_mounted(TRACEFS, "tracefs", "events")?;
     ensure_mounted(BPFFS, "bpf", "")?;
+    Ok(())
+}
+
+/// The kernel facts `modes` cannot do without (see `kernel::facts`).
+fn essentials(modes: &[Mode]) -> Result<()> {
+    if let Some(why) = modes.iter().find_map(|m| facts::missing_essential(*m)) {
+        bail!("{why}");
+    }
     Ok(())
 }
 

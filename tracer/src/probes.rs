@@ -12,12 +12,11 @@ use aya::{
         tc::{self, NlOptions, TcAttachOptions},
         KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
     },
-    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use tracer_common::{names, Config, WatchConfig, CNT_RINGBUF_FULL, CNT_TRACK_FULL};
 
-use crate::topology::Iface;
+use crate::{kernel::facts, topology::Iface};
 
 /// A record of type `T` from the bytes a ring buffer handed over; None when the
 /// record is shorter than `T` (a layout mismatch, never trusted).
@@ -29,9 +28,6 @@ pub fn record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
     // ring-buffer records are only 8-byte aligned, so read unaligned.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
-
-/// Present when the kernel has kprobes (the kprobe perf event source).
-const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 /// The smallest ring buffer (one page) for a mode that does not use it.
 const MIN_RING: u32 = 4096;
@@ -126,7 +122,7 @@ impl Probes {
     /// Attach both TC directions on `iface`, ahead of any other program so we see
     /// packets before something else drops them; we never change their verdict.
     pub fn attach_tc(&mut self, iface: &Iface) -> Result<()> {
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let tcx = facts::TCX.holds() == Some(true);
         log::debug!(
             "attach TC ingress+egress on {} ({})",
             iface.name,
@@ -169,9 +165,7 @@ impl Probes {
         if let Err(e) =
             self.attach_free_probe(names::CONSUME_RAW, names::CONSUME_SKB, "consume_skb")
         {
-            self.skipped.push(format!(
-                "skb:consume_skb ({e:#}): deliveries to the host itself are not seen"
-            ));
+            self.skipped.push(facts::CONSUME_SKB.skipped_because(&e));
         }
         Ok(())
     }
@@ -180,8 +174,8 @@ impl Probes {
     /// A kernel without kprobes is an error (the operator asked for them); a
     /// function that cannot be probed is skipped and recorded.
     pub fn attach_deep(&mut self, functions: &[(String, usize)]) -> Result<()> {
-        if !std::path::Path::new(KPROBE_PMU).exists() {
-            bail!("--deep needs kprobes, which this kernel lacks (CONFIG_KPROBES is off); run without --deep");
+        if facts::KPROBES.holds() == Some(false) {
+            bail!("{}", facts::KPROBES.note());
         }
         let mut attached = 0;
         for (func, arg) in functions {
@@ -225,6 +219,7 @@ impl Probes {
             return Ok(());
         }
         let _ = prog.unload();
+        log::debug!("{event}: {}", facts::RAW_FREE_PROBES.note());
         self.attach_tracepoint(classic, "skb", event)
     }
 

@@ -18,7 +18,7 @@ use crate::{
     explain::Explainer,
     host::{firewall, Host},
     hostconfig::{self, ConfigDirs, VmNic},
-    kernel::{btf::KernelBtf, kallsyms::Symbols, tracefs},
+    kernel::{btf::KernelBtf, facts::Mode, kallsyms::Symbols, tracefs},
     output::{Printer, Summary},
     pcap::{Capture, Device},
     preflight,
@@ -40,7 +40,11 @@ pub fn run(cli: &Cli) -> Result<i32> {
     )?;
     cli.vm_ip = vm_ip;
     let cli = &cli;
-    preflight::check()?;
+    let modes: &[Mode] = match cli.deep {
+        true => &[Mode::Trace, Mode::Deep],
+        false => &[Mode::Trace],
+    };
+    preflight::check(modes)?;
     let start = std::time::Instant::now();
     let topo = Topology::discover(&host, cli.vm_ip, cli.to, cli.iface.as_deref(), &nics)?;
     log::debug!(

@@ -1,5 +1,6 @@
 //! Facts about the running kernel, read at run time (never hard-coded).
 pub mod btf;
+pub mod facts;
 pub mod kallsyms;
 pub mod tracefs;
 

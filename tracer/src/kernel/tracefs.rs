@@ -19,9 +19,7 @@ pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32> {
 /// Offset of the drop reason in `skb:kfree_skb`: the kernel's reasons are what
 /// pathtrace explains drops with, and they exist only since Linux 5.17.
 pub fn kfree_reason_offset() -> Result<u32> {
-    field_offset("skb", "kfree_skb", "reason").context(
-        "this kernel reports no drop reasons (skb:kfree_skb has them since Linux 5.17); pathtrace needs 5.17 or newer (tested: 6.1, 6.12, 6.18)",
-    )
+    field_offset("skb", "kfree_skb", "reason").context(super::facts::DROP_REASONS.note())
 }
 
 fn format_path(category: &str, name: &str) -> PathBuf {
