@@ -1,0 +1,179 @@
+//! Blame for drops outside the firewall: routing, reverse-path filtering, MTU,
+//! a bridge port that does not forward, a guest port that is down.
+
+use super::*;
+
+impl Explainer {
+    pub(super) fn blame(&self, t: &Trace, d: &Drop, facts: &DropFacts) -> Blame {
+        let stage = drop_stage(facts);
+        let what = match d.direction {
+            Direction::Request => "the guest's request",
+            Direction::Reply => "the reply to the guest",
+        };
+        let reason = facts.reason.unwrap_or("unknown reason");
+        let generic = || Blame {
+            stage,
+            rule: None,
+            hint: format!(
+                "the kernel dropped {what} at {} ({reason}{})",
+                stage.as_str(),
+                facts
+                    .function
+                    .map(|f| format!(" in {f}"))
+                    .unwrap_or_default()
+            ),
+            ifname: None,
+        };
+        match reason {
+            "NETFILTER_DROP" => self.blame_netfilter(t, d, facts, stage, what),
+            "IP_INADDRERRORS" | "IP_INNOROUTES" | "IP_OUTNOROUTES" => {
+                self.blame_routing(stage, what, reason)
+            }
+            "IP_RPFILTER" => self.blame_rp_filter(d, stage, what),
+            "PKT_TOO_BIG" => self.blame_mtu(d, stage, what),
+            "IP_INHDR" if stage == Stage::Forward => Blame {
+                stage,
+                rule: Some(format!("IP TTL {} set by the guest", d.pkt.ttl)),
+                hint: format!(
+                    "{what} arrived with TTL {} and expires at this host, which routes it (one hop); the guest gets ICMP time exceeded — expected for traceroute, otherwise fix the guest's TTL (sysctl net.ipv4.ip_default_ttl=64 inside the guest)",
+                    d.pkt.ttl
+                ),
+                ifname: None,
+            },
+            r if r.starts_with("NEIGH_") || stage == Stage::Neighbor => {
+                self.blame_neighbour(d, stage, what, r)
+            }
+            // A reply the bridge cannot hand to a guest whose port is down.
+            _ if stage == Stage::Tap || (stage == Stage::Bridge && d.direction == Direction::Reply) => self
+                .blame_port_down(t, what)
+                .or_else(|| self.blame_bridge_port(d, stage, what))
+                .unwrap_or_else(generic),
+            _ if stage == Stage::Bridge => self.blame_bridge_port(d, stage, what).unwrap_or_else(generic),
+            _ => generic(),
+        }
+    }
+
+    pub(super) fn blame_rp_filter(&self, d: &Drop, stage: Stage, what: &str) -> Blame {
+        let iif = self.inbound_name(d.direction);
+        let value = read_sysctl(&format!("net/ipv4/conf/{iif}/rp_filter"));
+        let all = read_sysctl("net/ipv4/conf/all/rp_filter");
+        Blame {
+            stage,
+            rule: Some(format!(
+                "sysctl net.ipv4.conf.{iif}.rp_filter={} (all={})",
+                value.as_deref().unwrap_or("?"),
+                all.as_deref().unwrap_or("?")
+            )),
+            hint: format!(
+                "reverse-path filtering on {iif} rejects {what} (its source is not routed back via {iif}); use loose mode: sysctl -w net.ipv4.conf.{iif}.rp_filter=2 net.ipv4.conf.all.rp_filter=2"
+            ),
+            ifname: None,
+        }
+    }
+
+    /// A DF packet larger than the uplink's MTU: name both MTUs.
+    pub(super) fn blame_mtu(&self, d: &Drop, stage: Stage, what: &str) -> Blame {
+        let mtu_of =
+            |i: &crate::topology::Iface| self.topo.mtus.get(&i.index).copied().unwrap_or(0);
+        let inbound = self.topo.inbound();
+        let (in_mtu, up) = (mtu_of(inbound), self.uplink_name());
+        let up_mtu = self.topo.uplink.as_ref().map_or(0, mtu_of);
+        let df = if d.pkt.frag & 0x4000 != 0 {
+            " with DF set"
+        } else {
+            ""
+        };
+        Blame {
+            stage,
+            rule: Some(format!("MTU {up} {up_mtu} < {} bytes ({} MTU {in_mtu})", d.pkt.ip_len, inbound.name)),
+            hint: format!(
+                "{what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answered 'fragmentation needed' — make the MTUs agree: ip link set {up} mtu {in_mtu}, or lower the guest's MTU to {up_mtu}",
+                d.pkt.ip_len, inbound.name
+            ),
+            ifname: Some(up),
+        }
+    }
+
+    /// Dropped by the bridge: a port not forwarding (STP, or set by hand).
+    pub(super) fn blame_bridge_port(&self, d: &Drop, stage: Stage, what: &str) -> Option<Blame> {
+        let port = self.name(d.ifindex)?;
+        let state = crate::topology::port_state_now(&port)?;
+        if state == "forwarding" {
+            return None;
+        }
+        let bridge = self
+            .topo
+            .bridge
+            .as_ref()
+            .map_or("the bridge".into(), |b| b.name.clone());
+        Some(Blame {
+            stage,
+            rule: Some(format!("bridge port {port} state {state}")),
+            hint: format!(
+                "{bridge} does not forward through port {port}, which is in STP state {state}, so it drops {what}; if STP is not needed turn it off (ip link set {bridge} type bridge stp_state 0), else find the loop; set by hand: bridge link set dev {port} state 3"
+            ),
+            ifname: Some(port),
+        })
+    }
+
+    /// The VM port is down: nothing reaches the guest.
+    pub(super) fn blame_port_down(&self, t: &Trace, what: &str) -> Option<Blame> {
+        let port = self.name(t.port_ifindex?)?;
+        let state = crate::topology::oper_state_now(&port)?;
+        if state == "UP" || state == "UNKNOWN" {
+            return None;
+        }
+        Some(Blame {
+            stage: Stage::Tap,
+            rule: Some(format!("link {port} state {state}")),
+            hint: format!(
+                "the guest's port {port} is {state}, so {what} cannot be delivered; bring it up (ip link set {port} up) or check that the VM is running"
+            ),
+            ifname: Some(port),
+        })
+    }
+
+    /// The interface a packet of this direction enters the host's IP stack by.
+    pub(super) fn inbound_name(&self, dir: Direction) -> String {
+        match dir {
+            Direction::Request => self.topo.inbound().name.clone(),
+            Direction::Reply => self.uplink_name(),
+        }
+    }
+
+    pub(super) fn blame_routing(&self, stage: Stage, what: &str, reason: &str) -> Blame {
+        let iif = self.inbound_name(Direction::Request);
+        let global = read_sysctl("net/ipv4/ip_forward");
+        let per_if = read_sysctl(&format!("net/ipv4/conf/{iif}/forwarding"));
+        let (rule, hint) = if global.as_deref() == Some("0") {
+            (
+                "sysctl net.ipv4.ip_forward=0".to_string(),
+                format!(
+                    "IP forwarding is off on this host, so it drops {what} instead of routing it; turn it on: sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d/)"
+                ),
+            )
+        } else if per_if.as_deref() == Some("0") {
+            (
+                format!("sysctl net.ipv4.conf.{iif}.forwarding=0"),
+                format!(
+                    "forwarding is off on {iif}, so the host drops {what}; turn it on: sysctl -w net.ipv4.conf.{iif}.forwarding=1"
+                ),
+            )
+        } else {
+            let dst = self.topo.dst;
+            (
+                format!("no route to {dst}"),
+                format!(
+                    "the host has no route for {what} to {dst} ({reason}); add one (e.g. a default route: ip route add default via GATEWAY dev UPLINK), then check: ip route get {dst} from {} iif {iif}",
+                    self.topo.vm_ip
+                ),
+            )
+        };
+        Blame {
+            stage,
+            rule: Some(rule),
+            hint,
+            ifname: None,
+        }
+    }
+}
