@@ -530,29 +530,30 @@ impl Scenario {
     /// expects (shared by the fake-guest and the real-guest tests).
     pub fn check(&self, v: &serde_json::Value) {
         let (e, name) = (&self.expect, self.name);
-        let field = |k: &str| v[k].as_str().map(str::to_string);
+        // Read as the contract's typed verdict: a word outside the contract (a
+        // stage, verdict or direction it does not define) fails here.
+        let typed: pathtrace_json::Verdict =
+            serde_json::from_value(v.clone()).unwrap_or_else(|err| {
+                panic!("{name}: not a verdict line of the contract ({err}): {v}")
+            });
+        assert_eq!(typed.verdict.as_str(), e.verdict, "{name}: verdict");
         assert_eq!(
-            field("verdict").as_deref(),
-            Some(e.verdict),
-            "{name}: verdict"
-        );
-        assert_eq!(
-            field("direction").as_deref(),
+            typed.direction.map(|d| d.as_str()),
             e.direction,
             "{name}: direction"
         );
         if e.stage.is_some() {
-            assert_eq!(field("stage").as_deref(), e.stage, "{name}: stage");
+            assert_eq!(typed.stage.map(|s| s.as_str()), e.stage, "{name}: stage");
         }
         if e.reason.is_some() {
-            assert_eq!(field("reason").as_deref(), e.reason, "{name}: reason");
+            assert_eq!(typed.reason.as_deref(), e.reason, "{name}: reason");
         }
         if let Some(rcode) = e.dns_rcode {
-            assert_eq!(field("dns_rcode").as_deref(), Some(rcode), "{name}: rcode");
+            assert_eq!(typed.dns_rcode.as_deref(), Some(rcode), "{name}: rcode");
         }
-        for (k, want) in [("rule", e.rule), ("hint", e.hint)] {
+        for (k, got, want) in [("rule", &typed.rule, e.rule), ("hint", &typed.hint, e.hint)] {
             if let Some(want) = want {
-                let got = field(k).unwrap_or_default();
+                let got = got.clone().unwrap_or_default();
                 assert!(
                     got.to_lowercase().contains(&want.to_lowercase()),
                     "{name}: {k} {got:?} should contain {want:?}"

@@ -37,6 +37,18 @@ impl TraceRun {
             .collect()
     }
 
+    /// The verdict lines read as the contract's typed verdicts (a line that does
+    /// not fit the contract fails the test).
+    pub fn typed_verdicts(&self) -> Vec<pathtrace_json::Verdict> {
+        self.verdicts()
+            .into_iter()
+            .map(|v| {
+                serde_json::from_value(v.clone())
+                    .unwrap_or_else(|e| panic!("not a verdict line of the contract ({e}): {v}"))
+            })
+            .collect()
+    }
+
     pub fn summary(&self) -> Option<Value> {
         self.json().into_iter().find(|v| v["type"] == "summary")
     }

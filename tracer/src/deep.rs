@@ -3,6 +3,8 @@
 //! where each takes its `struct sk_buff *`, is read from the running kernel's BTF;
 //! a function this kernel lacks (renamed, inlined) is skipped and said so.
 
+use crate::correlate::Stage;
+
 use std::collections::HashMap;
 
 /// The functions, in path order, with the stage each belongs to.
@@ -30,12 +32,12 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
 
 /// The stage word of a deep hop: the function's own, except netfilter and NAT
 /// which belong to the stage around them (the path's previous stage).
-pub fn stage_of(function: &str) -> Option<&'static str> {
+pub fn stage_of(function: &str) -> Option<Stage> {
+    // "netfilter" and "nat" functions run at several stages: none of them.
     FUNCTIONS
         .iter()
         .find(|(f, _)| *f == function)
-        .map(|(_, s)| *s)
-        .filter(|s| !matches!(*s, "netfilter" | "nat"))
+        .and_then(|(_, s)| Stage::from_word(s))
 }
 
 /// What to attach: (function, position of its skb argument), for the positions
@@ -78,7 +80,7 @@ mod tests {
             ]
         );
         assert_eq!(skipped.len(), FUNCTIONS.len() - 2);
-        assert_eq!(stage_of("ip_forward"), Some("forward"));
+        assert_eq!(stage_of("ip_forward"), Some(Stage::Forward));
         assert_eq!(stage_of("nf_hook_slow"), None);
     }
 }

@@ -29,7 +29,7 @@ use pcap_file::{
 };
 use tracer_common::{PacketEvent, DIR_INGRESS, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN};
 
-use crate::output::Verdict;
+use crate::output::{Direction, Outcome, Verdict};
 
 /// At most this many packets are kept (about 30 MB): a trace of a flood is
 /// watch's job; past it, packets are counted, not kept.
@@ -99,7 +99,7 @@ impl Capture {
             (None, None) => return,
         };
         let role = match (v.verdict, v.direction) {
-            ("replied", _) | (_, Some("reply")) => ROLE_REPLY,
+            (Outcome::Replied, _) | (_, Some(Direction::Reply)) => ROLE_REPLY,
             _ => ROLE_REQUEST,
         };
         self.verdicts
@@ -224,7 +224,7 @@ fn hop_comment(p: &Captured, device: &str) -> String {
 fn verdict_comment(v: &Verdict) -> String {
     let mut s = format!(
         "pathtrace verdict: {}",
-        v.verdict.to_uppercase().replace('_', " ")
+        v.verdict.as_str().to_uppercase().replace('_', " ")
     );
     if let (Some(dir), Some(stage)) = (v.direction, v.stage) {
         s.push_str(&format!(" — {dir} at {stage}"));
@@ -249,7 +249,7 @@ mod tests {
     use tracer_common::{Event, PacketInfo};
 
     use super::*;
-    use crate::output::Flow;
+    use crate::{correlate::Stage, output::Flow};
 
     fn packet(ts: u64, ifindex: u32, role: u8, seq: u16) -> PacketEvent {
         let mut data = [0u8; SNAP_LEN];
@@ -280,10 +280,10 @@ mod tests {
         c.on_packet(&packet(20, 4, ROLE_REQUEST, 1));
         c.on_packet(&packet(30, 3, ROLE_REQUEST, 2));
         let v = Verdict {
-            kind: "verdict",
+            kind: "verdict".into(),
             vm_ip: "192.0.2.100".into(),
             dst: "203.0.113.8".into(),
-            proto: "icmp",
+            proto: "icmp".into(),
             flow: Flow {
                 src: "192.0.2.100".into(),
                 dst: "203.0.113.8".into(),
@@ -292,9 +292,9 @@ mod tests {
                 dns_id: None,
                 qname: None,
             },
-            verdict: "dropped",
-            direction: Some("request"),
-            stage: Some("forward"),
+            verdict: Outcome::Dropped,
+            direction: Some(Direction::Request),
+            stage: Some(Stage::Forward),
             ifname: Some("vmbr0".into()),
             reason: Some("NETFILTER_DROP".into()),
             location: Some("nft_do_chain+0x3e8".into()),

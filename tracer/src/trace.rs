@@ -127,7 +127,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     }
     let (lost, _) = probes.losses();
     printer.summary(&Summary {
-        kind: "summary",
+        kind: "summary".into(),
         probes: tally.total(),
         replied: tally.replied,
         dropped: tally.dropped,

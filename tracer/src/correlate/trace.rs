@@ -3,37 +3,8 @@
 
 use tracer_common::PacketInfo;
 
-/// The fixed stage words of the output contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Tap,
-    Bridge,
-    Prerouting,
-    Routing,
-    Input,
-    Forward,
-    Postrouting,
-    Neighbor,
-    Egress,
-    Remote,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Tap => "tap",
-            Stage::Bridge => "bridge",
-            Stage::Prerouting => "prerouting",
-            Stage::Routing => "routing",
-            Stage::Input => "input",
-            Stage::Forward => "forward",
-            Stage::Postrouting => "postrouting",
-            Stage::Neighbor => "neighbor",
-            Stage::Egress => "egress",
-            Stage::Remote => "remote",
-        }
-    }
-}
+/// The stage, direction and verdict words are the output contract's own.
+pub use pathtrace_json::{Direction, Outcome, Stage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -48,21 +19,6 @@ impl FlowKey {
             proto: p.proto,
             id: p.id,
             seq: p.seq,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Request,
-    Reply,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Request => "request",
-            Direction::Reply => "reply",
         }
     }
 }
@@ -102,13 +58,6 @@ pub struct Drop {
     pub dev_known: bool,
     pub ts_ns: u64,
     pub pkt: PacketInfo,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Replied,
-    Dropped,
-    NoReply,
 }
 
 #[derive(Debug, Clone)]

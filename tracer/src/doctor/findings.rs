@@ -40,7 +40,7 @@ impl explain::Findings for Findings {
     /// The failed or warning checks among `names` (all checks when None), as
     /// they hold now: the volatile ones read fresh from the host.
     fn current(&self, names: Option<&[&str]>) -> Vec<Check> {
-        let wanted = |c: &Check| names.is_none_or(|n| n.contains(&c.check));
+        let wanted = |c: &Check| names.is_none_or(|n| n.contains(&c.check.as_str()));
         let needs_fresh = names.is_none_or(|n| n.iter().any(|c| VOLATILE.contains(c)));
         let fresh = match needs_fresh {
             true => self.volatile_now(),
@@ -67,7 +67,7 @@ fn merge(at_start: &[Check], fresh: Vec<Check>) -> Vec<Check> {
     let mut out: Vec<Check> = Vec::new();
     let mut fresh = Some(fresh);
     for c in at_start {
-        if !VOLATILE.contains(&c.check) {
+        if !VOLATILE.contains(&c.check.as_str()) {
             out.push(c.clone());
         } else if let Some(f) = fresh.take() {
             // The fresh block takes the place of the first volatile check.
@@ -99,7 +99,10 @@ mod tests {
             check("stp_state", Status::Pass, "tap105i0"),
         ];
         let merged = merge(&start, fresh);
-        let names: Vec<(&str, Status)> = merged.iter().map(|c| (c.check, c.status)).collect();
+        let names: Vec<(&str, Status)> = merged
+            .iter()
+            .map(|c| (c.check.as_str(), c.status))
+            .collect();
         assert_eq!(
             names,
             vec![

@@ -64,19 +64,15 @@ impl Explainer {
     pub fn verdict(&self, f: &Finished) -> Verdict {
         let t = &f.trace;
         let mut v = Verdict {
-            kind: "verdict",
+            kind: "verdict".into(),
             vm_ip: self.topo.vm_ip.to_string(),
             dst: self.topo.dst.to_string(),
-            proto: self.proto_word,
+            proto: self.proto_word.into(),
             flow: Flow {
                 qname: t.qname.clone(),
                 ..path::flow_of(&t.request)
             },
-            verdict: match f.outcome {
-                Outcome::Replied => "replied",
-                Outcome::Dropped => "dropped",
-                Outcome::NoReply => "no_reply",
-            },
+            verdict: f.outcome,
             direction: None,
             stage: None,
             ifname: None,
@@ -157,8 +153,8 @@ impl Explainer {
             bridged: self.topo.bridged,
         };
         let blame = self.blame(t, d, &facts);
-        v.direction = Some(d.direction.as_str());
-        v.stage = Some(blame.stage.as_str());
+        v.direction = Some(d.direction);
+        v.stage = Some(blame.stage);
         v.ifname = blame.ifname.clone().or_else(|| {
             // Inside a firewall bridge, name the bridge: the operator's rules and
             // `bridge` commands refer to it, not to the veth or tap it was on.
@@ -172,12 +168,12 @@ impl Explainer {
         v.rule = blame.rule;
         v.hint = Some(blame.hint);
         v.path.push(PathHop {
-            stage: blame.stage.as_str(),
+            stage: blame.stage,
             ifname: v.ifname.clone(),
             bridge: None,
             ts_ns: d.ts_ns.saturating_sub(t.first_ts()),
             nat: None,
-            direction: d.direction.as_str(),
+            direction: d.direction,
             inferred: false,
             function: None,
         });
@@ -193,7 +189,7 @@ impl Explainer {
         {
             self.left_host(t, out, v);
         } else if t.local_ts.is_some() {
-            v.stage = Some(Stage::Input.as_str());
+            v.stage = Some(Stage::Input);
             v.ifname = self.topo.bridge.as_ref().map(|b| b.name.clone());
             v.hint = Some(format!(
                 "the host itself received the request for {} but sent no reply (check `sysctl net.ipv4.icmp_echo_ignore_all` and the OUTPUT chain)",
@@ -201,11 +197,11 @@ impl Explainer {
             ));
         } else {
             let last = t.req_hops.last();
-            v.stage = last.map(|h| h.stage.as_str());
+            v.stage = last.map(|h| h.stage);
             v.ifname = last.and_then(|h| self.name(h.ifindex));
             v.hint = Some(format!(
                 "the request was last seen at {} and no drop was reported{}",
-                v.stage.unwrap_or("?"),
+                v.stage.map_or("?", Stage::as_str),
                 if timed_out {
                     " before tracing stopped"
                 } else {
@@ -218,16 +214,16 @@ impl Explainer {
     /// The reply was freed on the host without a drop reason, or vanished, before
     /// reaching the guest's port.
     fn reply_lost(&self, t: &Trace, v: &mut Verdict) {
-        v.direction = Some(Direction::Reply.as_str());
+        v.direction = Some(Direction::Reply);
         if let Some(b) = self.blame_port_down(t, "the reply to the guest") {
-            v.stage = Some(b.stage.as_str());
+            v.stage = Some(b.stage);
             v.ifname = b.ifname;
             v.rule = b.rule;
             v.hint = Some(b.hint);
             return;
         }
         let last = t.reply_hops.last();
-        v.stage = Some(last.map_or(Stage::Forward, |h| h.stage).as_str());
+        v.stage = Some(last.map_or(Stage::Forward, |h| h.stage));
         v.ifname = last.and_then(|h| self.name(h.ifindex));
         if let Some((location, _)) = t.reply_lost_at {
             v.location = self.symbols.resolve(location);
@@ -237,7 +233,7 @@ impl Explainer {
             t.port_ifindex
                 .and_then(|i| self.name(i))
                 .unwrap_or_else(|| "the guest's port".into()),
-            v.stage.unwrap_or("?"),
+            v.stage.map_or("?", Stage::as_str),
             v.location
                 .as_ref()
                 .map(|l| format!(" and freed in {l}"))
@@ -247,7 +243,7 @@ impl Explainer {
 
     /// The request left through the uplink and nothing came back.
     fn left_host(&self, t: &Trace, out: &Hop, v: &mut Verdict) {
-        v.stage = Some(Stage::Remote.as_str());
+        v.stage = Some(Stage::Remote);
         v.ifname = self.name(out.ifindex);
         v.hint = Some(self.remote_hint(out));
         if self.missing_snat(out) {
@@ -311,18 +307,18 @@ impl Explainer {
 
 /// The doctor checks that can explain a packet dying at `stage` (all of them
 /// when the stage is unknown).
-fn relevant(stage: Option<&str>, direction: Option<&str>) -> Option<&'static [&'static str]> {
-    stage?;
+fn relevant(stage: Option<Stage>, direction: Option<Direction>) -> Option<&'static [&'static str]> {
+    let stage = stage?;
     Some(match (stage, direction) {
         // The guest's own MAC could not be resolved: its port and bridges.
-        (Some("neighbor"), Some("reply")) => &["link_up", "stp_state", "bridge_member"],
+        (Stage::Neighbor, Some(Direction::Reply)) => &["link_up", "stp_state", "bridge_member"],
         _ => relevant_to_stage(stage),
     })
 }
 
-fn relevant_to_stage(stage: Option<&str>) -> &'static [&'static str] {
+fn relevant_to_stage(stage: Stage) -> &'static [&'static str] {
     match stage {
-        Some("tap" | "bridge") => &[
+        Stage::Tap | Stage::Bridge => &[
             "vm_port",
             "bridge_member",
             "link_up",
@@ -333,14 +329,13 @@ fn relevant_to_stage(stage: Option<&str>) -> &'static [&'static str] {
         ],
         // A guest routing through a firewall bridge skips the hops and the
         // rules meant for the VM bridge (firewall_bridge_arp).
-        Some("prerouting" | "routing") => {
+        Stage::Prerouting | Stage::Routing => {
             &["ip_forward", "rp_filter", "route", "firewall_bridge_arp"]
         }
-        Some("forward" | "input") => &["firewall", "ip_forward", "dns", "firewall_bridge_arp"],
-        Some("postrouting") => &["nat", "firewall", "firewall_bridge_arp"],
-        Some("neighbor") => &["gateway"],
-        Some("egress") => &["mtu", "link_up"],
-        Some("remote") => &["nat", "gateway", "route", "firewall", "mtu"],
-        _ => &[],
+        Stage::Forward | Stage::Input => &["firewall", "ip_forward", "dns", "firewall_bridge_arp"],
+        Stage::Postrouting => &["nat", "firewall", "firewall_bridge_arp"],
+        Stage::Neighbor => &["gateway"],
+        Stage::Egress => &["mtu", "link_up"],
+        Stage::Remote => &["nat", "gateway", "route", "firewall", "mtu"],
     }
 }

@@ -41,7 +41,9 @@ impl Explainer {
                 .position(|h| h.ts_ns > ts)
                 .map_or(out.len(), |p| start + p);
             let before = out[start..at].last().map(|h| h.stage);
-            let stage = crate::deep::stage_of(&name).or(before).unwrap_or("routing");
+            let stage = crate::deep::stage_of(&name)
+                .or(before)
+                .unwrap_or(Stage::Routing);
             shown.push(stage);
             let prev_pkt = t
                 .func_hops
@@ -57,7 +59,7 @@ impl Explainer {
                     bridge: None,
                     ts_ns: ts,
                     nat: prev_pkt.and_then(|p| nat_between(&p.pkt, &f.pkt)),
-                    direction: dir.as_str(),
+                    direction: dir,
                     inferred: false,
                     function: Some(name),
                 },
@@ -80,24 +82,24 @@ impl Explainer {
             if let Some(p) = prev {
                 for stage in implied(p, hop, dir) {
                     out.push(PathHop {
-                        stage: stage.as_str(),
+                        stage,
                         ifname: None,
                         bridge: None,
                         ts_ns: hop.ts_ns.saturating_sub(t0),
                         nat: None,
-                        direction: dir.as_str(),
+                        direction: dir,
                         inferred: true,
                         function: None,
                     });
                 }
             }
             out.push(PathHop {
-                stage: hop.stage.as_str(),
+                stage: hop.stage,
                 ifname: self.name(hop.ifindex),
                 bridge: self.topo.masters.get(&hop.ifindex).cloned(),
                 ts_ns: hop.ts_ns.saturating_sub(t0),
                 nat,
-                direction: dir.as_str(),
+                direction: dir,
                 inferred: false,
                 function: None,
             });
@@ -137,14 +139,14 @@ pub(super) fn implied(a: &Hop, b: &Hop, dir: Direction) -> Vec<Stage> {
 pub(super) fn nat_between(a: &PacketInfo, b: &PacketInfo) -> Option<Nat> {
     if a.saddr != b.saddr {
         return Some(Nat {
-            kind: "snat",
+            kind: "snat".into(),
             from: ip(a.saddr).to_string(),
             to: ip(b.saddr).to_string(),
         });
     }
     if a.daddr != b.daddr {
         return Some(Nat {
-            kind: "dnat",
+            kind: "dnat".into(),
             from: ip(a.daddr).to_string(),
             to: ip(b.daddr).to_string(),
         });
@@ -201,7 +203,7 @@ mod tests {
         assert_eq!(
             nat_between(&br.pkt, &up.pkt),
             Some(Nat {
-                kind: "snat",
+                kind: "snat".into(),
                 from: "192.0.2.100".into(),
                 to: "198.51.100.2".into()
             })

@@ -5,104 +5,8 @@ mod check;
 
 use std::io::Write;
 
-use serde::Serialize;
-
-pub use check::{print_checks, Check, Status};
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Flow {
-    pub src: String,
-    pub dst: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub icmp_id: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub icmp_seq: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_id: Option<u16>,
-    /// The DNS query name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub qname: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Nat {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub from: String,
-    pub to: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PathHop {
-    pub stage: &'static str,
-    pub ifname: Option<String>,
-    /// The bridge `ifname` is a port of (e.g. a Proxmox firewall bridge).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<String>,
-    /// Nanoseconds since the request was first seen.
-    pub ts_ns: u64,
-    pub nat: Option<Nat>,
-    pub direction: &'static str,
-    /// Not observed by a probe but implied by the hops around it (e.g. FORWARD
-    /// between the bridge and the uplink).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub inferred: bool,
-    /// Deep mode: the kernel function this hop was seen in.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub function: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Verdict {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub vm_ip: String,
-    pub dst: String,
-    pub proto: &'static str,
-    pub flow: Flow,
-    pub verdict: &'static str,
-    pub direction: Option<&'static str>,
-    pub stage: Option<&'static str>,
-    pub ifname: Option<String>,
-    pub reason: Option<String>,
-    pub location: Option<String>,
-    pub rule: Option<String>,
-    pub hint: Option<String>,
-    pub path: Vec<PathHop>,
-    /// Round trip from the VM port and back, for replied requests.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rtt_ns: Option<u64>,
-    /// RCODE of the DNS response that reached the guest (`NOERROR`, `NXDOMAIN`, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns_rcode: Option<String>,
-    /// Events were lost while this request was traced: the path may have gaps.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub events_missing: bool,
-    /// The verdict was decided because tracing stopped, not by an observed end.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub incomplete: bool,
-    /// `pathtrace doctor` findings (fail/warn) that bear on where this request
-    /// died, each with its evidence and fix.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub doctor: Vec<Check>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub probes: usize,
-    pub replied: usize,
-    pub dropped: usize,
-    pub no_reply: usize,
-    /// Events the kernel could not hand over (ring buffer full); verdicts may be
-    /// built from incomplete paths when this is not 0.
-    pub events_lost: u64,
-    pub programs_attached: usize,
-    /// Optional probes the kernel refused, with what is unknown without them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub skipped_probes: Vec<String>,
-}
+pub use check::print_checks;
+pub use pathtrace_json::{Check, Direction, Flow, Nat, Outcome, PathHop, Status, Summary, Verdict};
 
 pub struct Printer {
     pub json: bool,
@@ -258,11 +162,11 @@ fn wrap(prefix: &str, text: &str) -> String {
 /// The path as a compact drawing that fits 80 columns, then the verdict and hint.
 pub fn render_text(v: &Verdict) -> String {
     let mut s = format!("{}\n", flow_label(v));
-    let mut last_dir = "";
+    let mut last_dir = None;
     let mut inferred: Vec<&str> = Vec::new();
     for hop in &v.path {
         if hop.inferred {
-            inferred.push(hop.stage);
+            inferred.push(hop.stage.as_str());
             continue;
         }
         if !inferred.is_empty() {
@@ -270,14 +174,13 @@ pub fn render_text(v: &Verdict) -> String {
             s.push_str(&format!("  ·               {}\n", inferred.join(" · ")));
             inferred.clear();
         }
-        let arrow = if hop.direction == "reply" {
-            "←"
-        } else {
-            "→"
+        let arrow = match hop.direction {
+            Direction::Reply => "←",
+            Direction::Request => "→",
         };
-        if hop.direction != last_dir {
+        if Some(hop.direction) != last_dir {
             s.push_str(&format!("  {}\n", hop.direction));
-            last_dir = hop.direction;
+            last_dir = Some(hop.direction);
         }
         let nat = hop
             .nat
@@ -292,13 +195,13 @@ pub fn render_text(v: &Verdict) -> String {
         let line = format!(
             "  {arrow} {:>9.3} ms  {:<11} {:<12}{nat}{function}",
             hop.ts_ns as f64 / 1e6,
-            hop.stage,
+            hop.stage.as_str(),
             hop.ifname.as_deref().unwrap_or("-"),
         );
         s.push_str(line.trim_end());
         s.push('\n');
     }
-    let word = v.verdict.to_uppercase().replace('_', " ");
+    let word = v.verdict.as_str().to_uppercase().replace('_', " ");
     let mut line = format!("  {word}");
     if let Some(rtt) = v.rtt_ns {
         line.push_str(&format!(" in {:.3} ms", rtt as f64 / 1e6));
@@ -358,6 +261,7 @@ pub fn render_text(v: &Verdict) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::correlate::Stage;
 
     #[test]
     fn wraps_to_80_columns_under_the_label() {
@@ -379,10 +283,10 @@ mod tests {
 
     fn verdict(hint: &str, doctor: Vec<Check>) -> Verdict {
         Verdict {
-            kind: "verdict",
+            kind: "verdict".into(),
             vm_ip: "192.0.2.100".into(),
             dst: "203.0.113.8".into(),
-            proto: "icmp",
+            proto: "icmp".into(),
             flow: Flow {
                 src: "192.0.2.100".into(),
                 dst: "203.0.113.8".into(),
@@ -391,9 +295,9 @@ mod tests {
                 dns_id: None,
                 qname: None,
             },
-            verdict: "no_reply",
+            verdict: Outcome::NoReply,
             direction: None,
-            stage: Some("remote"),
+            stage: Some(Stage::Remote),
             ifname: Some("eth0".into()),
             reason: None,
             location: None,

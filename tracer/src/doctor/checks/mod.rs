@@ -113,7 +113,7 @@ fn port_missing(s: &Subject, why: &str, host: &Host) -> Check {
     let orphans = orphan_ports(host);
     if let [port] = orphans.as_slice() {
         let bridge = expected_bridge(s, host, port).unwrap_or_else(|| "BRIDGE".into());
-        c.check = "bridge_member";
+        c.check = "bridge_member".into();
         c.subject = port.clone();
         c.evidence = format!(
             "{port} is a VM port in no bridge, so the host no longer knows where {} is",

@@ -53,7 +53,10 @@ pub(super) fn dns(s: &Subject, t: &Topology) -> Check {
             false,
             &format!("DNS queries from {} to {r}", t.vm_ip),
         ) {
-            return Check { check: "dns", ..c };
+            return Check {
+                check: "dns".into(),
+                ..c
+            };
         }
         return Check::new("dns", Status::Pass, subject).evidence(format!(
             "a resolver listens on {r}:53 and the INPUT firewall lets the guest's queries in"
