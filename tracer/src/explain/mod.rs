@@ -12,6 +12,9 @@ mod path;
 mod pve_firewall;
 pub mod stage;
 
+/// Proxmox's nftables firewall in its own terms, for the doctor's checks too.
+pub use pve_firewall::hint as pve_hint;
+
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use tracer_common::PacketInfo;
