@@ -5,6 +5,7 @@ mod blame;
 mod firewall;
 pub mod fix;
 pub mod iptables;
+mod libvirt;
 mod neighbour;
 pub mod nft;
 mod nft_match;
