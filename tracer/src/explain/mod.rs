@@ -334,6 +334,7 @@ fn relevant_to_stage(stage: Option<&str>) -> &'static [&'static str] {
             "mtu",
             "duplicate_ip",
             "br_netfilter",
+            "spoof_filter",
         ],
         // A guest routing through a firewall bridge skips the hops and the
         // rules meant for the VM bridge (firewall_bridge_arp).
