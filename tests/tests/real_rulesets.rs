@@ -265,8 +265,16 @@ fn proxmox_nft_ip_filter_drops_the_guests_arp() {
     assert_eq!(c["status"], "fail");
     assert_eq!(c["subject"], "veth100i3");
     let evidence = text(&c, "evidence");
+    // The handle is the kernel's (load order), not the fixture listing's 234.
     assert!(
-        evidence.starts_with("bridge proxmox-firewall-guests guest-100-out handle 234: "),
+        evidence.starts_with("bridge proxmox-firewall-guests guest-100-out handle "),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains(
+            ": iifname \"veth100i3\" arp saddr ip != @v4-guest-100/ipfilter-net3 drop \
+             (via vm-out → vm-map-out[veth100i3] → guest-100-out)"
+        ),
         "{evidence}"
     );
     assert!(
@@ -300,7 +308,7 @@ fn proxmox_nft_ip_filter_drops_the_guests_arp() {
     eprintln!("--- doctor\n{}", doctor.stdout);
     let c = spoof_check(&doctor);
     assert_eq!(c["status"], "fail");
-    assert!(text(&c, "evidence").contains("handle 234"));
+    assert!(text(&c, "evidence").contains("arp saddr ip != @v4-guest-100/ipfilter-net3 drop"));
 }
 
 /// The guest with its configured address: its ARP passes the IP filter (its
