@@ -16,7 +16,7 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use pathtrace_tests::{
     lab::{GuestSpec, Lab, LabOptions, PingOpts},
-    tracerun::{fake_guest_bin, trace_while, TraceRun},
+    tracerun::{fake_guest_bin, run_in_hv, trace_while, TraceRun},
 };
 use serde_json::Value;
 
@@ -221,4 +221,120 @@ fn proxmox_nft_ip_filter_drop() {
     let hint = text(&v, "hint");
     assert!(hint.contains("ipfilter-net3"), "{hint}");
     assert!(hint.contains("192.0.2.11"), "{hint}");
+}
+
+/// The `spoof_filter` check among `run`'s JSON lines.
+fn spoof_check(run: &TraceRun) -> Value {
+    run.json()
+        .into_iter()
+        .find(|v| v["type"] == "check" && v["check"] == "spoof_filter")
+        .unwrap_or_else(|| panic!("a spoof_filter check:\n{}", run.stdout))
+}
+
+/// The IP filter drops ARP from 192.0.2.11 too (handle 234): a guest that has
+/// not resolved its gateway sends no IP packet at all. The trace sees no
+/// request, and the checks it prints then name the rule that keeps the guest
+/// mute; so does the doctor.
+#[test]
+fn proxmox_nft_ip_filter_drops_the_guests_arp() {
+    let Some(mut lab) = lab_with_proxmox_firewall(vec![net3("192.0.2.11")]) else {
+        return;
+    };
+    let root = lab.config_root().display().to_string();
+    let args = [
+        "--vm-ip",
+        "192.0.2.11",
+        "--to",
+        DEST,
+        "--count",
+        "1",
+        "--timeout",
+        "3",
+        "--json",
+        "--config-root",
+        &root,
+    ];
+    // The guest sends nothing (as one whose ARP goes unanswered).
+    let run =
+        trace_while(&mut lab, &args, Duration::from_secs(20), |_| Ok(())).expect("pathtrace runs");
+    eprintln!("--- stdout\n{}--- stderr\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 1);
+    assert!(run.verdicts().is_empty());
+    assert_eq!(run.summary().unwrap()["probes"], 0);
+    let c = spoof_check(&run);
+    assert_eq!(c["status"], "fail");
+    assert_eq!(c["subject"], "veth100i3");
+    let evidence = text(&c, "evidence");
+    // The handle is the kernel's (load order), not the fixture listing's 234.
+    assert!(
+        evidence.starts_with("bridge proxmox-firewall-guests guest-100-out handle "),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains(
+            ": iifname \"veth100i3\" arp saddr ip != @v4-guest-100/ipfilter-net3 drop \
+             (via vm-out → vm-map-out[veth100i3] → guest-100-out)"
+        ),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains(
+            "drops the guest's ARP for its gateway 192.0.2.1 from 192.0.2.11 (bc:24:11:4d:b0:fe)"
+        ),
+        "{evidence}"
+    );
+    let fix = text(&c, "fix");
+    assert!(
+        fix.contains("IP filter of net3 (veth100i3): ARP from 192.0.2.11 is not in ipfilter-net3 (192.0.2.10)"),
+        "{fix}"
+    );
+    assert!(fix.contains("/etc/pve/firewall/100.fw"), "{fix}");
+
+    let doctor = run_in_hv(
+        &lab,
+        &[
+            "doctor",
+            "--vm-ip",
+            "192.0.2.11",
+            "--to",
+            DEST,
+            "--passive",
+            "--json",
+            "--config-root",
+            &root,
+        ],
+    )
+    .expect("doctor runs");
+    eprintln!("--- doctor\n{}", doctor.stdout);
+    let c = spoof_check(&doctor);
+    assert_eq!(c["status"], "fail");
+    assert!(text(&c, "evidence").contains("arp saddr ip != @v4-guest-100/ipfilter-net3 drop"));
+}
+
+/// The guest with its configured address: its ARP passes the IP filter (its
+/// ping meets policy_out REJECT, which the trace names; no spoofing rule).
+#[test]
+fn proxmox_nft_spoof_filter_passes_the_configured_guest() {
+    let Some(lab) = lab_with_proxmox_firewall(vec![net3("192.0.2.10")]) else {
+        return;
+    };
+    let root = lab.config_root().display().to_string();
+    let doctor = run_in_hv(
+        &lab,
+        &[
+            "doctor",
+            "--vm-ip",
+            "192.0.2.10",
+            "--to",
+            DEST,
+            "--passive",
+            "--json",
+            "--config-root",
+            &root,
+        ],
+    )
+    .expect("doctor runs");
+    eprintln!("--- doctor\n{}", doctor.stdout);
+    let c = spoof_check(&doctor);
+    assert_eq!(c["status"], "pass", "{c}");
 }

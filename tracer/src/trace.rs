@@ -183,6 +183,7 @@ fn static_checks(cli: &Cli, topo: &Topology, nics: Vec<VmNic>, host: Host) -> Fi
         nics,
         found_by: topo.evidence.found_by(),
         host,
+        config_root: cli.config_root.clone(),
     };
     let at_start = doctor::checks::all(&subject, true);
     Findings::new(subject, at_start)

@@ -10,6 +10,7 @@ pub mod findings;
 pub mod firewall_bridge;
 mod fixture;
 pub mod snapshot;
+pub mod spoof;
 
 use std::net::Ipv4Addr;
 
@@ -39,6 +40,9 @@ pub struct Subject {
     pub found_by: String,
     /// The host as read when the examination started.
     pub host: Host,
+    /// Where the hypervisor's configuration is (`--config-root`): generated
+    /// firewalls are fixed in their own files.
+    pub config_root: std::path::PathBuf,
 }
 
 /// Stands for "the internet" when no destination is given: only used for route
@@ -140,6 +144,7 @@ pub fn examine_host(
         nics,
         found_by,
         host,
+        config_root: config_root.to_path_buf(),
     })
 }
 

@@ -70,7 +70,9 @@ impl Explainer {
         let c = nft::find_culprit_at(points)?;
         // A generated rule set is fixed where it is generated from.
         let pkt = points.first().map(|p| p.view)?;
-        if let Some(hint) = pve_firewall::hint(&c, pkt, what, &self.config_root) {
+        if let Some(hint) = pve_firewall::hint(&c, pkt, what, &self.config_root)
+            .or_else(|| libvirt::hint(&c, pkt, what, self.topo.vm_subnet))
+        {
             return Some((Some(c.describe()), hint));
         }
         let (fam, table, chain) = (&c.family, &c.table, &c.chain);

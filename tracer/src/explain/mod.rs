@@ -5,12 +5,16 @@ mod blame;
 mod firewall;
 pub mod fix;
 pub mod iptables;
+mod libvirt;
 mod neighbour;
 pub mod nft;
 mod nft_match;
 mod path;
 mod pve_firewall;
 pub mod stage;
+
+/// Proxmox's nftables firewall in its own terms, for the doctor's checks too.
+pub use pve_firewall::hint as pve_hint;
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
@@ -326,6 +330,7 @@ fn relevant_to_stage(stage: Stage) -> &'static [&'static str] {
             "mtu",
             "duplicate_ip",
             "br_netfilter",
+            "spoof_filter",
         ],
         // A guest routing through a firewall bridge skips the hops and the
         // rules meant for the VM bridge (firewall_bridge_arp).

@@ -167,8 +167,10 @@ fn meta_key(key: &str, pkt: &PacketView) -> Key {
         "l4proto" => Key::Absent,
         "protocol" => Key::Known(Atom::Num(pkt.l3.ether_type(), ETHER_TYPES)),
         "nfproto" if pkt.l3 == L3::Ipv4 => Key::Known(Atom::Str("ipv4".into())),
-        "iifname" => name(&pkt.iifname),
-        "oifname" => name(&pkt.oifname),
+        // `iif`/`oif` compare the device's index, which nft -j prints as its
+        // name (libvirt writes `iif "virbr0"`).
+        "iifname" | "iif" => name(&pkt.iifname),
+        "oifname" | "oif" => name(&pkt.oifname),
         "pkttype" => pkttype(pkt),
         _ => Key::Unknown,
     }

@@ -292,4 +292,48 @@ mod tests {
             "{h}"
         );
     }
+
+    /// Traffic to guest 100's net1 (veth100i1), which has `GROUP network1 -i
+    /// net1` in 100.fw: the generated group chain is walked (reached by
+    /// `oifname "veth100i1" jump group-network1-in`) and its accept ends the
+    /// walk; what it does not accept meets the guest's IN rules and policy_in.
+    /// The published snapshot's group only accepts: a group rule that drops is
+    /// not in Proxmox's test output (see testdata/proxmox-firewall/README.md).
+    #[test]
+    fn security_group_rules_are_followed() {
+        let rs = Ruleset::parse(&serde_json::from_str(PVE_JSON).unwrap());
+        let to_net1 = |saddr: &str, icmp_type: u8| PacketView {
+            saddr: Some(saddr.parse().unwrap()),
+            daddr: Some("172.16.100.7".parse().unwrap()),
+            proto: 1,
+            icmp_type: Some(icmp_type),
+            oifname: Some("veth100i1".into()),
+            ct_state: Some("new"),
+            ..Default::default()
+        };
+        // [group network1] `IN ACCEPT -source network1 -dest network1`.
+        assert_eq!(
+            rs.culprit("postrouting", &["bridge"], &to_net1("172.16.100.5", 8)),
+            None
+        );
+        // From elsewhere: `IN DROP --icmp-type echo-request` (handle 247).
+        let pkt = to_net1("198.51.100.7", 8);
+        let c = rs.culprit("postrouting", &["bridge"], &pkt).unwrap();
+        assert_eq!((c.chain.as_str(), c.handle), ("guest-100-in", Some(247)));
+        assert_eq!(c.path, ["vm-in", "vm-map-in[veth100i1]", "guest-100-in"]);
+        let h = hint(&c, &pkt, "the reply to the guest", &root()).unwrap();
+        assert!(
+            h.starts_with(
+                "an IN rule of guest 100's firewall drops the reply to the guest on net1 (veth100i1)"
+            ),
+            "{h}"
+        );
+        // Anything else it did not accept: policy_in DROP (the chain's last rule).
+        let c = rs
+            .culprit("postrouting", &["bridge"], &to_net1("198.51.100.7", 13))
+            .unwrap();
+        assert_eq!(c.handle, Some(250));
+        let h = hint(&c, &pkt, "the reply to the guest", &root()).unwrap();
+        assert!(h.contains("policy_in DROP"), "{h}");
+    }
 }

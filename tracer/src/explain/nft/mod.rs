@@ -259,6 +259,11 @@ pub fn ruleset() -> Option<Ruleset> {
     Some(Ruleset::parse(&serde_json::from_str(&json).ok()?))
 }
 
+/// The host's rule set as `nft -a list ruleset` prints it (rule texts by handle).
+pub fn listing() -> Option<String> {
+    run(&["-a", "list", "ruleset"])
+}
+
 /// `nft ARGS` as read once for this run (see `host::firewall`).
 fn run(args: &[&str]) -> Option<String> {
     crate::host::firewall::rules().nft(args).map(str::to_string)
@@ -409,6 +414,13 @@ impl Ruleset {
                 (c.family.clone(), c.table.clone(), c.name.clone(), m)
             })
             .collect()
+    }
+
+    /// Whether a base chain of `family` hooks `hook`.
+    pub fn has_base_chain(&self, family: &str, hook: &str) -> bool {
+        self.chains
+            .iter()
+            .any(|c| c.family == family && c.hook.as_deref() == Some(hook))
     }
 
     /// Whether nft itself manages any table here (the host's firewall is nft's).
