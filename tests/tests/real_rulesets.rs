@@ -1,6 +1,6 @@
 //! Real firewall rule sets, loaded unchanged in the lab: Proxmox VE's nftables
 //! firewall (proxmox-firewall) exactly as its generator wrote it for guest 100
-//! of its own test configuration (tracer/src/explain/testdata/proxmox-firewall/,
+//! of its own test configuration (kept outside the repository, see `fixtures`,
 //! provenance in its README). The lab's guests are built to match that
 //! configuration — guest 100's net3 is `veth100i3`, MAC BC:24:11:4D:B0:FE,
 //! 192.0.2.10/24 with the IP filter on and `policy_out: REJECT`; net2
@@ -22,10 +22,20 @@ use serde_json::Value;
 
 const DEST: &str = "203.0.113.8";
 
+/// Proxmox's generated rule set is third-party data kept out of the repository:
+/// `$PATHTRACE_GENERATED_RULESETS/proxmox-firewall/`, else
+/// `shared/generated-rulesets/proxmox-firewall/` beside the checkout.
+fn fixtures() -> PathBuf {
+    std::env::var_os("PATHTRACE_GENERATED_RULESETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/generated-rulesets")
+        })
+        .join("proxmox-firewall")
+}
+
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tracer/src/explain/testdata/proxmox-firewall")
-        .join(name)
+    fixtures().join(name)
 }
 
 /// A guest NIC of guest 100 as its configuration (100.conf) describes it.
@@ -49,6 +59,13 @@ fn net3(ip: &str) -> GuestSpec {
 /// knows its gateway's MAC), then Proxmox's rule set. None (with the reason
 /// printed) when this kernel cannot hold the rule set.
 fn lab_with_proxmox_firewall(guests: Vec<GuestSpec>) -> Option<Lab> {
+    if !fixtures().is_dir() {
+        eprintln!(
+            "skipped: Proxmox's generated rule set is not in {} (set PATHTRACE_GENERATED_RULESETS)",
+            fixtures().display()
+        );
+        return None;
+    }
     let mut opts = LabOptions::new(fake_guest_bin());
     let n = guests.len();
     opts.guests = guests;

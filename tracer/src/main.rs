@@ -19,6 +19,8 @@ mod pcap;
 mod preflight;
 mod probes;
 mod report;
+#[cfg(test)]
+mod testdata;
 mod topology;
 mod trace;
 mod watch;

@@ -205,13 +205,19 @@ mod tests {
     use super::*;
 
     /// Proxmox's nftables firewall as its generator wrote it for guest 100
-    /// (testdata/proxmox-firewall, provenance in its README).
-    const PVE_JSON: &str = include_str!("../explain/testdata/proxmox-firewall/ruleset-6.12.json");
-    const PVE_TEXT: &str = include_str!("../explain/testdata/proxmox-firewall/ruleset-6.12.txt");
-    const PVE_FW: &str = include_str!("../explain/testdata/proxmox-firewall/100.fw");
+    /// (generated-rulesets/proxmox-firewall, provenance in its README; see crate::testdata).
+    fn pve_json() -> &'static str {
+        crate::testdata::generated("proxmox-firewall/ruleset-6.12.json")
+    }
+    fn pve_text() -> &'static str {
+        crate::testdata::generated("proxmox-firewall/ruleset-6.12.txt")
+    }
+    fn pve_fw() -> &'static str {
+        crate::testdata::generated("proxmox-firewall/100.fw")
+    }
 
     fn pve() -> Ruleset {
-        Ruleset::parse(&serde_json::from_str(PVE_JSON).unwrap())
+        Ruleset::parse(&serde_json::from_str(pve_json()).unwrap())
     }
 
     /// net3 of 100.conf: veth100i3, BC:24:11:4D:B0:FE.
@@ -229,13 +235,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pt-spoof-{}", std::process::id()));
         let fw = dir.join("etc/pve/firewall");
         std::fs::create_dir_all(&fw).unwrap();
-        std::fs::write(fw.join("100.fw"), PVE_FW).unwrap();
+        std::fs::write(fw.join("100.fw"), pve_fw()).unwrap();
         dir
     }
 
     #[test]
     fn the_ip_filter_dropping_the_guests_arp_is_named() {
-        let c = judge(&pve(), PVE_TEXT, &net3("192.0.2.11"), &root()).unwrap();
+        if crate::testdata::missing("proxmox-firewall") {
+            return;
+        }
+        let c = judge(&pve(), pve_text(), &net3("192.0.2.11"), &root()).unwrap();
         assert_eq!(c.status, Status::Fail);
         assert_eq!(c.subject, "veth100i3");
         assert!(
@@ -259,9 +268,12 @@ mod tests {
 
     #[test]
     fn the_configured_guest_passes_its_own_filter() {
+        if crate::testdata::missing("proxmox-firewall") {
+            return;
+        }
         // Its ARP is accepted (`meta protocol arp accept`); its ping meets
         // policy_out REJECT, which is no anti-spoofing rule: the trace says it.
-        let c = judge(&pve(), PVE_TEXT, &net3("192.0.2.10"), &root()).unwrap();
+        let c = judge(&pve(), pve_text(), &net3("192.0.2.10"), &root()).unwrap();
         assert_eq!(c.status, Status::Pass, "{}", c.evidence);
         assert_eq!(
             c.evidence,
@@ -272,15 +284,21 @@ mod tests {
 
     #[test]
     fn a_port_without_firewall_passes() {
+        if crate::testdata::missing("proxmox-firewall") {
+            return;
+        }
         let mut g = net3("192.0.2.12");
         g.port = "veth100i2".into();
-        let c = judge(&pve(), PVE_TEXT, &g, &root()).unwrap();
+        let c = judge(&pve(), pve_text(), &g, &root()).unwrap();
         assert_eq!(c.status, Status::Pass, "{}", c.evidence);
         assert!(c.evidence.contains("ARP for its gateway 192.0.2.1"));
     }
 
     #[test]
     fn no_bridge_firewall_no_check() {
+        if crate::testdata::missing("proxmox-firewall") {
+            return;
+        }
         let rs = Ruleset::parse(&serde_json::json!({"nftables": []}));
         assert!(judge(&rs, "", &net3("192.0.2.10"), &root()).is_none());
     }

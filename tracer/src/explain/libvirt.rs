@@ -89,13 +89,17 @@ mod tests {
 
     /// libvirt's own expected output for its default NAT network (virbr0,
     /// 192.168.122.0/24), loaded unchanged and listed by nft (see
-    /// testdata/libvirt/README.md).
-    const JSON: &str = include_str!("testdata/libvirt/ruleset-6.18.json");
-    const TEXT: &str = include_str!("testdata/libvirt/ruleset-6.18.txt");
+    /// generated-rulesets/libvirt/README.md).
+    fn json() -> &'static str {
+        crate::testdata::generated("libvirt/ruleset-6.18.json")
+    }
+    fn text() -> &'static str {
+        crate::testdata::generated("libvirt/ruleset-6.18.txt")
+    }
     const NET: Option<(Ipv4Addr, u8)> = Some((Ipv4Addr::new(192, 168, 122, 0), 24));
 
     fn rs() -> Ruleset {
-        Ruleset::parse(&serde_json::from_str(JSON).unwrap())
+        Ruleset::parse(&serde_json::from_str(json()).unwrap())
     }
 
     /// Replayed at the forward hook: no traffic is sent anywhere, the
@@ -120,12 +124,15 @@ mod tests {
             c.chain.clone(),
             c.handle.unwrap(),
         );
-        c.text = rule_texts(TEXT).remove(&key);
+        c.text = rule_texts(text()).remove(&key);
         c
     }
 
     #[test]
     fn a_guest_of_the_network_goes_out() {
+        if crate::testdata::missing("libvirt") {
+            return;
+        }
         let out = forwarded("192.168.122.50", "203.0.113.8", "virbr0", "eth0");
         assert_eq!(rs().culprit("forward", L3_FAMILIES, &out), None);
         // Its reply comes back in: related,established.
@@ -136,6 +143,9 @@ mod tests {
 
     #[test]
     fn an_address_outside_the_network_is_rejected_on_its_way_out() {
+        if crate::testdata::missing("libvirt") {
+            return;
+        }
         let pkt = forwarded("198.51.100.50", "203.0.113.8", "virbr0", "eth0");
         let c = with_text(rs().culprit("forward", L3_FAMILIES, &pkt).unwrap());
         assert_eq!(c.path, ["forward", "guest_output"]);
@@ -161,6 +171,9 @@ mod tests {
 
     #[test]
     fn a_connection_from_outside_is_rejected_on_its_way_in() {
+        if crate::testdata::missing("libvirt") {
+            return;
+        }
         let pkt = forwarded("203.0.113.8", "192.168.122.50", "eth0", "virbr0");
         let c = rs().culprit("forward", L3_FAMILIES, &pkt).unwrap();
         assert_eq!(c.path, ["forward", "guest_input"]);
@@ -175,6 +188,9 @@ mod tests {
 
     #[test]
     fn other_tables_are_not_libvirts() {
+        if crate::testdata::missing("libvirt") {
+            return;
+        }
         let pkt = forwarded("198.51.100.50", "203.0.113.8", "virbr0", "eth0");
         let mut c = rs().culprit("forward", L3_FAMILIES, &pkt).unwrap();
         c.table = "filter".into();

@@ -69,14 +69,19 @@ fn rule_text_without_counters() {
 
 /// Proxmox VE's nftables firewall (proxmox-firewall) as its generator wrote
 /// it for guest 100 of its own test configuration, loaded unchanged on
-/// Debian's 6.12 kernel and listed by nft (see testdata/proxmox-firewall/).
-const PVE_JSON: &str = include_str!("../testdata/proxmox-firewall/ruleset-6.12.json");
-const PVE_TEXT: &str = include_str!("../testdata/proxmox-firewall/ruleset-6.12.txt");
-const PVE_SNAPSHOT: &str =
-    include_str!("../testdata/proxmox-firewall/integration_tests__firewall.snap");
+/// Debian's 6.12 kernel and listed by nft (generated-rulesets/proxmox-firewall/, see crate::testdata).
+fn pve_json() -> &'static str {
+    crate::testdata::generated("proxmox-firewall/ruleset-6.12.json")
+}
+fn pve_text() -> &'static str {
+    crate::testdata::generated("proxmox-firewall/ruleset-6.12.txt")
+}
+fn pve_snapshot() -> &'static str {
+    crate::testdata::generated("proxmox-firewall/integration_tests__firewall.snap")
+}
 
 fn pve() -> Ruleset {
-    Ruleset::parse(&serde_json::from_str(PVE_JSON).unwrap())
+    Ruleset::parse(&serde_json::from_str(pve_json()).unwrap())
 }
 
 /// Guest 100's net3 (veth100i3, 192.0.2.10 in 100.conf) pinging out, as the
@@ -100,12 +105,15 @@ fn with_text(mut c: Culprit) -> Culprit {
         c.chain.clone(),
         c.handle.unwrap(),
     );
-    c.text = rule_texts(PVE_TEXT).remove(&key);
+    c.text = rule_texts(pve_text()).remove(&key);
     c
 }
 
 #[test]
 fn proxmox_policy_out_reject_is_found_through_the_verdict_map() {
+    if crate::testdata::missing("proxmox-firewall") {
+        return;
+    }
     let c = pve()
         .culprit("prerouting", &["bridge"], &pve_guest("192.0.2.10"))
         .unwrap();
@@ -144,6 +152,9 @@ fn proxmox_policy_out_reject_is_found_through_the_verdict_map() {
 
 #[test]
 fn proxmox_ip_filter_drop_names_the_rule_and_set() {
+    if crate::testdata::missing("proxmox-firewall") {
+        return;
+    }
     let c = pve()
         .culprit("prerouting", &["bridge"], &pve_guest("192.0.2.11"))
         .unwrap();
@@ -165,6 +176,9 @@ fn proxmox_ip_filter_drop_names_the_rule_and_set() {
 
 #[test]
 fn proxmox_allows_what_its_config_allows() {
+    if crate::testdata::missing("proxmox-firewall") {
+        return;
+    }
     let rs = pve();
     // The reply to the guest: established, accepted in guest-100-in.
     let reply = PacketView {
@@ -202,7 +216,10 @@ fn proxmox_allows_what_its_config_allows() {
 /// chain the snapshot fills has as many rules in the listing.
 #[test]
 fn proxmox_listing_holds_the_generated_rules() {
-    let body = &PVE_SNAPSHOT[PVE_SNAPSHOT.find("{\n").unwrap()..];
+    if crate::testdata::missing("proxmox-firewall") {
+        return;
+    }
+    let body = &pve_snapshot()[pve_snapshot().find("{\n").unwrap()..];
     let snap: Value = serde_json::from_str(body).unwrap();
     let mut generated: HashMap<(String, String, String), usize> = HashMap::new();
     for cmd in snap["nftables"].as_array().unwrap() {
