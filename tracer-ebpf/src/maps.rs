@@ -5,7 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
 };
-use tracer_common::{capacity, Config, DropCount, DropKey, Event, Tracked, WatchConfig, CNT_MAX};
+use tracer_common::{
+    capacity,
+    state::{DISARMED, FINISHED, INFLIGHT, LAST_REQUEST, STARTED},
+    Config, DropCount, DropKey, Event, Tracked, WatchConfig, CNT_MAX,
+};
 
 /// Filter and kernel offsets, written by user space at load time.
 #[unsafe(no_mangle)]
@@ -24,6 +28,8 @@ pub static CONFIG: Global<Config> = Global::new(Config {
     skb_head_off: 0,
     skb_nh_off: 0,
     capture: 0,
+    max_follow: 0,
+    _pad: 0,
 });
 
 /// Events for user space. Sized by user space at load time.
@@ -35,22 +41,19 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 #[map]
 pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(capacity::TRACKED, 0);
 
-/// Two global facts that let the hooks skip map lookups while nothing is being
-/// followed (the common case when the traced VM is quiet and others are busy):
-/// [`INFLIGHT`] counts TRACKED entries (inserts minus removals; LRU evictions make
-/// it drift up, never down, so zero is exact), [`LAST_REQUEST`] is when the last
-/// request was seen (replies are only looked for after one).
+/// Global facts that let the hooks skip map lookups while nothing is being
+/// followed (the common case when the traced VM is quiet and others are busy),
+/// and bound how much is followed (see `tracer_common::state`). An array: the
+/// verifier inlines its lookups (a bounds check and an add, no helper call).
 #[map]
-pub static STATE: Array<u64> = Array::with_max_entries(2, 0);
-const INFLIGHT: u32 = 0;
-const LAST_REQUEST: u32 = 1;
+pub static STATE: Array<u64> = Array::with_max_entries(tracer_common::state::LEN, 0);
 /// How long after the last request replies to it are still looked for.
 const REPLY_WINDOW_NS: u64 = 30_000_000_000;
 
-/// Request ids (`req_key(proto, id)`) of the guest's flow, so replies are known by id
-/// even after NAT rewrote their addresses. Value: time first seen.
+/// Requests being followed (`req_key(proto, id, seq)`), so replies are known by
+/// id even after NAT rewrote their addresses. Value: time first seen.
 #[map]
-pub static REQ_IDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(capacity::REQ_IDS, 0);
+pub static REQ_IDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(capacity::REQ_IDS, 0);
 
 /// Self-monitoring counters (`CNT_*`), per CPU so the hot path never contends.
 #[map]
@@ -192,6 +195,30 @@ pub fn tracked(skb: u64) -> Option<Tracked> {
         return None;
     }
     unsafe { TRACKED.get(skb) }.copied()
+}
+
+#[inline(always)]
+fn state(index: u32) -> u64 {
+    STATE.get(index).copied().unwrap_or(0)
+}
+
+/// A request of the guest is in flight: the hooks off the VM's port have work.
+/// Two inlined array loads; see `tracer_common::state::DISARMED`.
+#[inline(always)]
+pub fn armed() -> bool {
+    state(LAST_REQUEST) != state(DISARMED)
+}
+
+/// Start following one more request if fewer than `max` are (0: no bound).
+/// Two CPUs racing for the last slot may both take it: the bound is exact up to
+/// requests arriving in the same instant on different CPUs.
+#[inline(always)]
+pub fn take_slot(max: u32) -> bool {
+    if max != 0 && state(STARTED).wrapping_sub(state(FINISHED)) >= max as u64 {
+        return false;
+    }
+    state_add(STARTED, 1);
+    true
 }
 
 #[inline(always)]

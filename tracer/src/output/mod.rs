@@ -99,6 +99,10 @@ pub struct Summary {
     /// built from incomplete paths when this is not 0.
     pub events_lost: u64,
     pub programs_attached: usize,
+    /// Requests of the guest seen but not followed because `max_follow` others
+    /// were being followed at that moment (a flooding guest): counted, never
+    /// silently left out.
+    pub skipped_requests: u64,
     /// Optional probes the kernel refused, with what is unknown without them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped_probes: Vec<String>,
@@ -137,11 +141,19 @@ impl Printer {
         } else {
             let _ = writeln!(
                 out,
-                "{} probe(s): {} replied, {} dropped, {} no reply{}",
+                "{} probe(s): {} replied, {} dropped, {} no reply{}{}",
                 s.probes,
                 s.replied,
                 s.dropped,
                 s.no_reply,
+                if s.skipped_requests > 0 {
+                    format!(
+                        " ({} more requests not followed: the guest sent faster than pathtrace follows)",
+                        s.skipped_requests
+                    )
+                } else {
+                    String::new()
+                },
                 if s.events_lost > 0 {
                     format!(" ({} events lost: paths may be incomplete)", s.events_lost)
                 } else {
