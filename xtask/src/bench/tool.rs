@@ -24,6 +24,8 @@ pub(super) struct Tool {
     pub(super) attach_s: f64,
     /// The last line it printed on stdout (pathtrace's summary or snapshot).
     pub(super) last_line: Arc<Mutex<String>>,
+    /// Every line on stdout with when it came (a verdict's time, for latency).
+    pub(super) lines: std::sync::mpsc::Receiver<(Instant, String)>,
 }
 
 impl Tool {
@@ -44,13 +46,16 @@ impl Tool {
         };
         let keep = last_line.clone();
         let tx = ready_tx.clone();
+        let (lines_tx, lines) = std::sync::mpsc::channel();
         // Drain both pipes so the tool can never block on them.
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let at = Instant::now();
                 if want_out && line.contains(needle) {
                     let _ = tx.send(());
                 }
-                *keep.lock().unwrap() = line;
+                *keep.lock().unwrap() = line.clone();
+                let _ = lines_tx.send((at, line));
             }
         });
         std::thread::spawn(move || {
@@ -73,6 +78,7 @@ impl Tool {
             child,
             attach_s: started.elapsed().as_secs_f64(),
             last_line,
+            lines,
         })
     }
 
@@ -105,6 +111,8 @@ impl Tool {
             sample.events_lost = last["events_lost"]
                 .as_u64()
                 .or_else(|| last["self"]["events_lost"].as_u64());
+            sample.verdicts = last["probes"].as_u64();
+            sample.skipped = last["skipped_requests"].as_u64();
         }
         Ok(())
     }
