@@ -154,8 +154,16 @@ fn may_concern_flow(pkt: &PacketInfo, port: bool) -> bool {
             ICMP_ECHO => {
                 pkt.daddr == cfg.dst_ip && ((port && pkt.saddr == cfg.vm_ip) || following())
             }
-            // Replies are only looked for once a request was seen.
-            ICMP_ECHOREPLY => pkt.saddr == cfg.dst_ip && requests_seen(),
+            // Replies are only looked for once a request was seen, and only
+            // those to a followed echo (one lookup by id and sequence): a reply
+            // to one of a flood's skipped echoes costs no more than that.
+            ICMP_ECHOREPLY => {
+                pkt.saddr == cfg.dst_ip
+                    && requests_seen()
+                    && is_known_request(IPPROTO_ICMP, pkt.id, pkt.seq, unsafe {
+                        bpf_ktime_get_ns()
+                    })
+            }
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => true,
             _ => false,
         },
