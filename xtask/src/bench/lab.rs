@@ -5,7 +5,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use pathtrace_tests::{
-    counter::Counter,
+    counter::{Counter, PassHooks},
     lab::{cleanup_stale_netns, remove_netns},
 };
 use serde_json::Value;
@@ -87,6 +87,9 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
 
     pub(super) fn measure(&self, traffic: Traffic, variant: Variant, secs: f64) -> Result<Sample> {
         let mut tool = self.start_tool(traffic, variant)?;
+        let hooks = (variant == Variant::PassHooks)
+            .then(|| self.pass_hooks())
+            .transpose()?;
         // Let the tool settle into its steady state before the flood.
         std::thread::sleep(Duration::from_millis(300));
         // The traced quiet VM is not silent: it pings once a second, as someone
@@ -126,6 +129,7 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
         if let Some(t) = tool.as_mut() {
             t.stop(variant, &mut sample)?;
         }
+        drop(hooks);
         Ok(sample)
     }
 
@@ -140,6 +144,17 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("starting the quiet guest's pings")
+    }
+
+    /// Do-nothing TC programs on both directions of the bridge and the uplink.
+    fn pass_hooks(&self) -> Result<Vec<PassHooks>> {
+        let ns = Path::new("/run/netns").join(&self.hv);
+        ["vmbr0", "eth0"]
+            .iter()
+            .map(|dev| {
+                PassHooks::attach_in(&ns, dev).with_context(|| format!("empty hooks on {dev}"))
+            })
+            .collect()
     }
 
     /// A guest's namespace, by its address.
@@ -166,7 +181,7 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
                 .collect()
         };
         let (mut cmd, ready) = match variant {
-            Variant::Untraced => return Ok(None),
+            Variant::Untraced | Variant::PassHooks => return Ok(None),
             Variant::Watch => {
                 let mut c = self.in_hv(pathtrace);
                 c.args(["watch", "--json", "--interval", "1"]);

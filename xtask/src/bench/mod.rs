@@ -13,7 +13,8 @@
 //! each round takes the variants in another order. Variants: `pathtrace watch`;
 //! `pathtrace` tracing a quiet VM (which pings once a second) while another
 //! floods; tracing the flooding VM itself; and as peers `tcpdump -w` on the bridge
-//! and a bpftrace `skb:kfree_skb` one-liner. Reported: the median of the per-run
+//! and a bpftrace `skb:kfree_skb` one-liner; and programs that do nothing at the
+//! bridge's and uplink's TC hooks, the floor of any hook there. Reported: the median of the per-run
 //! ratios with their spread, forwarded packets/s, busy CPU per packet, and for
 //! pathtrace its resident memory, attach and detach times, events lost and
 //! requests not followed; then, without a flood, what a user waits for: from a
@@ -102,10 +103,15 @@ enum Variant {
     DeepFlooder,
     Tcpdump,
     Bpftrace,
+    /// Programs that do nothing at the bridge's and the uplink's TC hooks (both
+    /// directions): what having hooks there at all costs — the floor under
+    /// tracing a quiet VM, whose programs there return at once while nothing
+    /// is in flight.
+    PassHooks,
 }
 
 impl Variant {
-    const ALL: [Variant; 8] = [
+    const ALL: [Variant; 9] = [
         Variant::Untraced,
         Variant::Watch,
         Variant::TraceQuietVm,
@@ -114,6 +120,7 @@ impl Variant {
         Variant::DeepFlooder,
         Variant::Tcpdump,
         Variant::Bpftrace,
+        Variant::PassHooks,
     ];
 
     pub(super) fn is_deep(self) -> bool {
@@ -130,6 +137,7 @@ impl Variant {
             Variant::DeepFlooder => "pathtrace --deep, flooding VM traced",
             Variant::Tcpdump => "tcpdump -w on the bridge",
             Variant::Bpftrace => "bpftrace kfree_skb one-liner",
+            Variant::PassHooks => "empty TC programs at bridge and uplink (floor)",
         }
     }
 
