@@ -97,6 +97,8 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
         let mut pinger = (variant == Variant::TraceQuietVm)
             .then(|| self.quiet_pings(secs))
             .transpose()?;
+        let tool_cpu = || tool.as_ref().and_then(|t| process_cpu_s(t.child.id()));
+        let tool_cpu0 = tool_cpu();
         let (count0, cpu0) = (self.sink.count()?, CpuTimes::now()?);
         // The flood (and with it the forwarding, which runs in its softirq) on the
         // first CPU, tracers on the others: less scheduler noise between runs.
@@ -111,6 +113,7 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
             .output()
             .context("running the flood")?;
         let (count1, cpu1) = (self.sink.count()?, CpuTimes::now()?);
+        let tool_cpu1 = tool_cpu();
         if let Some(p) = pinger.as_mut() {
             let _ = p.kill();
             let _ = p.wait();
@@ -124,6 +127,7 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
             cpu_ns_per_pkt: (cpu1.busy_ns.saturating_sub(cpu0.busy_ns)) as f64
                 / packets.max(1) as f64,
             steal: cpu1.steal_share_since(&cpu0),
+            tool_cpu: tool_cpu0.zip(tool_cpu1).map(|(a, b)| (b - a) / flood_secs),
             ..Sample::default()
         };
         if let Some(t) = tool.as_mut() {

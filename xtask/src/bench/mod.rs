@@ -164,6 +164,8 @@ struct Sample {
     /// pathtrace trace: verdicts printed and requests not followed.
     pub(super) verdicts: Option<u64>,
     pub(super) skipped: Option<u64>,
+    /// The tool's own CPU time during the flood, as a share of one CPU.
+    pub(super) tool_cpu: Option<f64>,
     pub(super) pps: f64,
     pub(super) cpu_ns_per_pkt: f64,
     /// Share of the run's CPU time the hypervisor took away (steal).

@@ -22,6 +22,7 @@ pub(super) struct Row {
     pub(super) events_lost: Option<u64>,
     pub(super) verdicts: Option<u64>,
     pub(super) skipped: Option<u64>,
+    pub(super) tool_cpu: Option<f64>,
     pub(super) runs: usize,
 }
 
@@ -109,6 +110,7 @@ impl Report {
                     events_lost: s.iter().filter_map(|s| s.events_lost).max(),
                     verdicts: s.iter().filter_map(|s| s.verdicts).max(),
                     skipped: s.iter().filter_map(|s| s.skipped).max(),
+                    tool_cpu: opt_median(s.iter().map(|s| s.tool_cpu)),
                     runs: s.len(),
                 });
             }
@@ -120,7 +122,8 @@ impl Report {
                        "forwarded_pps": s.pps, "ratio_to_untraced": s.ratio,
                        "cpu_ns_per_packet": s.cpu_ns_per_pkt, "steal_share": s.steal,
                        "rss_mb": s.rss_mb, "attach_s": s.attach_s, "detach_s": s.detach_s,
-                       "verdicts": s.verdicts, "skipped_requests": s.skipped})
+                       "verdicts": s.verdicts, "skipped_requests": s.skipped,
+                       "tool_cpu_share": s.tool_cpu})
             })
             .collect();
         Self {
@@ -144,9 +147,11 @@ impl Report {
              untraced runs and its ratio is to their mean; \"vs untraced\" is the median of \
              those ratios, with quartiles and extremes. The quiet VM pings once a second while \
              traced. CPU ns/pkt is busy time of all CPUs per forwarded packet; steal is CPU \
-             time the hypervisor took. Verdicts and \"not followed\" are the most in one run.\n\n\
-             | flood | variant | forwarded pkt/s | vs untraced | p25–p75 | min–max | CPU ns/pkt | steal | RSS MB | attach s | detach s | events lost | verdicts | not followed |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             time the hypervisor took; tool CPU is the tool's own process (user space and its \
+             system calls) as a share of one CPU. Verdicts and \"not followed\" are the most \
+             in one run.\n\n\
+             | flood | variant | forwarded pkt/s | vs untraced | p25–p75 | min–max | CPU ns/pkt | steal | tool CPU | RSS MB | attach s | detach s | events lost | verdicts | not followed |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             self.machine["cpu"].as_str().unwrap_or("?"),
             self.machine["kernel"].as_str().unwrap_or("?"),
             self.machine["cpus"],
@@ -171,12 +176,13 @@ impl Report {
                 None => ("100%".into(), "-".into(), "-".into()),
             };
             out.push_str(&format!(
-                "| {} | {} | {:.0} | {ratio} | {iqr} | {range} | {:.0} | {:.1}% | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {:.0} | {ratio} | {iqr} | {range} | {:.0} | {:.1}% | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.traffic.word(),
                 r.variant.word(),
                 r.pps,
                 r.cpu_ns_per_pkt,
                 r.steal * 100.0,
+                r.tool_cpu.map_or("-".to_string(), pct),
                 opt(r.rss_mb, 1),
                 opt(r.attach_s, 3),
                 opt(r.detach_s, 3),
@@ -242,7 +248,8 @@ impl Report {
                     "rss_mb": r.rss_mb,
                     "attach_s": r.attach_s, "detach_s": r.detach_s,
                     "events_lost": r.events_lost, "verdicts": r.verdicts,
-                    "skipped_requests": r.skipped, "runs": r.runs,
+                    "skipped_requests": r.skipped, "tool_cpu_share": r.tool_cpu,
+                    "runs": r.runs,
                 })
             })
             .collect();
