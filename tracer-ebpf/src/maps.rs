@@ -1,6 +1,7 @@
 //! Maps and the read-only configuration shared by every program.
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
@@ -54,6 +55,37 @@ const REPLY_WINDOW_NS: u64 = 30_000_000_000;
 /// id even after NAT rewrote their addresses. Value: time first seen.
 #[map]
 pub static REQ_IDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(capacity::REQ_IDS, 0);
+
+/// When a request with this hash of its id and sequence (`recent_slot`) last
+/// started being followed. A first test, one inlined array load, before any hash
+/// lookup for an echo, echo reply or DNS message off the VM's port: a flood's
+/// packets (different sequence numbers, or long after) pass it only by a rare
+/// collision, and then cost the lookup they would have cost anyway.
+#[map]
+pub static RECENT: Array<u64> = Array::with_max_entries(RECENT_SLOTS, 0);
+const RECENT_SLOTS: u32 = 4096;
+
+#[inline(always)]
+fn recent_slot(id: u16, seq: u16) -> u32 {
+    ((id ^ seq) as u32) & (RECENT_SLOTS - 1)
+}
+
+/// A request with this id and sequence started being followed.
+#[inline(always)]
+pub fn note_followed(id: u16, seq: u16, now: u64) {
+    if let Some(ptr) = RECENT.get_ptr_mut(recent_slot(id, seq)) {
+        // SAFETY: a plain store; a racing CPU writes a similar time.
+        unsafe { *ptr = now };
+    }
+}
+
+/// A request with this id and sequence may be being followed: one started
+/// within the reply window. Never false for one that is.
+#[inline(always)]
+pub fn maybe_followed(id: u16, seq: u16) -> bool {
+    let at = RECENT.get(recent_slot(id, seq)).copied().unwrap_or(0);
+    at != 0 && unsafe { bpf_ktime_get_ns() }.wrapping_sub(at) < REPLY_WINDOW_NS
+}
 
 /// Self-monitoring counters (`CNT_*`), per CPU so the hot path never contends.
 #[map]
@@ -209,12 +241,18 @@ pub fn armed() -> bool {
     state(LAST_REQUEST) != state(DISARMED)
 }
 
+/// Fewer than `max` requests are being followed (0: no bound).
+#[inline(always)]
+pub fn budget_left(max: u32) -> bool {
+    max == 0 || state(STARTED).wrapping_sub(state(FINISHED)) < max as u64
+}
+
 /// Start following one more request if fewer than `max` are (0: no bound).
 /// Two CPUs racing for the last slot may both take it: the bound is exact up to
 /// requests arriving in the same instant on different CPUs.
 #[inline(always)]
 pub fn take_slot(max: u32) -> bool {
-    if max != 0 && state(STARTED).wrapping_sub(state(FINISHED)) >= max as u64 {
+    if !budget_left(max) {
         return false;
     }
     state_add(STARTED, 1);

@@ -19,15 +19,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    req_key, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked, CNT_RINGBUF_FULL,
-    CNT_SKIPPED, DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PROTO_DNS, PROTO_ICMP,
-    ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
+    req_key, Config, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked,
+    CNT_RINGBUF_FULL, CNT_SKIPPED, DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR,
+    PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
 };
 
 use crate::{
     maps::{
-        armed, config, count, emit, following, note_request, request_recent, requests_seen,
-        take_slot, track, tracked, untrack, EVENTS, REQ_IDS,
+        armed, budget_left, config, count, emit, following, maybe_followed, note_followed,
+        note_request, request_recent, requests_seen, take_slot, track, tracked, untrack, EVENTS,
+        REQ_IDS,
     },
     packet::{
         dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,
@@ -63,24 +64,26 @@ pub fn pathtrace_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// `port`: this hook is on the VM's own port, the only place a request of the
-/// guest starts being followed (elsewhere a request is only followed further).
+/// `port`: this hook is on the VM's own port. A request of the guest starts
+/// being followed only where it enters the host, the port's ingress; elsewhere
+/// it is only followed further.
 #[inline(always)]
 fn observe(ctx: &TcContext, dir: u8, port: bool) {
+    let starts = port && dir == DIR_INGRESS;
     let Some((mut pkt, l4_off)) = parse(ctx) else {
         return;
     };
     // While armed, every packet of the host crossing the bridge and the uplink
-    // comes here: most must cost no more than the header parse above and a few
-    // compares, no map lookup.
-    if !may_concern_flow(&pkt, port) {
+    // comes here: most must cost no more than the header parse above, a few
+    // compares and array loads, no hash lookup.
+    if !may_concern_flow(&pkt, starts) {
         return;
     }
     // The context pointer is the kernel's skb address, the same value the
     // skb:* tracepoints report as `skbaddr`.
     let skb = ctx.skb.skb as u64;
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((role, flags, new)) = classify(ctx, &mut pkt, l4_off, skb, now, port) else {
+    let Some((role, flags, new)) = classify(ctx, &mut pkt, l4_off, skb, now, starts) else {
         return;
     };
     let event = Event {
@@ -144,34 +147,46 @@ fn emit_packet(ctx: &TcContext, head: &Event) {
 /// quote a request; DNS is rare enough to look at all of it (a DNAT may change the
 /// resolver's address).
 #[inline(always)]
-fn may_concern_flow(pkt: &PacketInfo, port: bool) -> bool {
+fn may_concern_flow(pkt: &PacketInfo, starts: bool) -> bool {
     let cfg = config();
     match pkt.proto {
         IPPROTO_ICMP if cfg.protos & PROTO_ICMP != 0 => match pkt.icmp_type {
-            // The guest's echo starts being followed on its port; anywhere else an
-            // echo to the destination is ours only as a followed packet (seen
-            // again, maybe after NAT).
+            // The guest's echo starts being followed where it enters; anywhere
+            // else an echo to the destination is ours only as a followed packet
+            // (seen again, maybe after NAT) with a followed echo's id and sequence.
             ICMP_ECHO => {
-                pkt.daddr == cfg.dst_ip && ((port && pkt.saddr == cfg.vm_ip) || following())
+                pkt.daddr == cfg.dst_ip
+                    && ((starts && pkt.saddr == cfg.vm_ip)
+                        || (following() && maybe_followed(pkt.id, pkt.seq)))
             }
             // Replies are only looked for once a request was seen, and only
-            // those to a followed echo (one lookup by id and sequence): a reply
-            // to one of a flood's skipped echoes costs no more than that.
+            // those to a followed echo: a reply to one of a flood's skipped echoes
+            // costs two array loads here.
             ICMP_ECHOREPLY => {
-                pkt.saddr == cfg.dst_ip
-                    && requests_seen()
-                    && is_known_request(IPPROTO_ICMP, pkt.id, pkt.seq, unsafe {
-                        bpf_ktime_get_ns()
-                    })
+                pkt.saddr == cfg.dst_ip && requests_seen() && maybe_followed(pkt.id, pkt.seq)
             }
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => true,
             _ => false,
         },
+        // Any address: a DNAT may change the resolver's. A query of the guest
+        // where it enters; otherwise only a followed query's id.
         IPPROTO_UDP if cfg.protos & PROTO_DNS != 0 => {
-            pkt.sport == DNS_PORT || pkt.dport == DNS_PORT
+            (pkt.sport == DNS_PORT || pkt.dport == DNS_PORT)
+                && ((starts && pkt.saddr == cfg.vm_ip) || maybe_followed(pkt.id, 0))
         }
         _ => false,
     }
+}
+
+/// The guest's own request to the destination, as it enters the host.
+#[inline(always)]
+fn is_guest_request(pkt: &PacketInfo, cfg: &Config) -> bool {
+    let what = match pkt.proto {
+        IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO,
+        IPPROTO_UDP => pkt.dport == DNS_PORT,
+        _ => false,
+    };
+    what && pkt.saddr == cfg.vm_ip && pkt.daddr == cfg.dst_ip
 }
 
 /// The DNS question of a new request, once, so the verdict can name the query.
@@ -223,9 +238,15 @@ fn classify(
     l4_off: usize,
     skb: u64,
     now: u64,
-    port: bool,
+    starts: bool,
 ) -> Option<(u8, u8, bool)> {
     let cfg = config();
+    // A flood of the guest's requests with the budget spent: counted, and no
+    // lookup at all.
+    if starts && is_guest_request(pkt, &cfg) && !budget_left(cfg.max_follow) {
+        count(CNT_SKIPPED);
+        return None;
+    }
     if let Some(t) = tracked(skb) {
         // Same skb seen again (a later hook). Addresses may have been rewritten by
         // NAT, but the protocol and the id survive; anything else means the address
@@ -251,10 +272,11 @@ fn classify(
         return None;
     };
     if role == ROLE_REQUEST {
-        // A request not yet followed: only its port starts following it (a later
-        // hook seeing it untracked means it was skipped there, or came before
-        // pathtrace), and only within the budget; a skipped one is counted.
-        if !port {
+        // A request not yet followed: only its port's ingress starts following
+        // it (a later hook seeing it untracked means it was skipped there, or
+        // came before pathtrace), and only within the budget; a skipped one is
+        // counted.
+        if !starts {
             return None;
         }
         if !take_slot(cfg.max_follow) {
@@ -262,6 +284,7 @@ fn classify(
             return None;
         }
         let _ = REQ_IDS.insert(req_key(pkt.proto, pkt.id, pkt.seq), now, 0);
+        note_followed(pkt.id, pkt.seq, now);
         note_request(now);
     }
     track(
