@@ -17,6 +17,9 @@ pub mod capacity {
     pub const TRACKED: u32 = 4096;
     /// Request ids (ICMP id/seq, DNS id) awaiting their reply.
     pub const REQ_IDS: u32 = 1024;
+    /// Slots of the "followed recently" filter, by a hash of id and sequence
+    /// (a power of two).
+    pub const RECENT: u32 = 4096;
     /// Watch's drop points (VM, stage, reason, location, ...).
     pub const DROPS: u32 = 4096;
     /// Watch's sample ring buffer, in bytes.
@@ -65,6 +68,8 @@ pub mod names {
     pub const VM_ADDRS: &str = "VM_ADDRS";
     pub const VM_MACS: &str = "VM_MACS";
 }
+
+const _: () = assert!(capacity::RECENT.is_power_of_two());
 
 /// Protocol selectors, a bit mask in [`Config::protos`].
 pub const PROTO_ICMP: u32 = 1;

@@ -62,12 +62,11 @@ pub static REQ_IDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(capacity
 /// packets (different sequence numbers, or long after) pass it only by a rare
 /// collision, and then cost the lookup they would have cost anyway.
 #[map]
-pub static RECENT: Array<u64> = Array::with_max_entries(RECENT_SLOTS, 0);
-const RECENT_SLOTS: u32 = 4096;
+pub static RECENT: Array<u64> = Array::with_max_entries(capacity::RECENT, 0);
 
 #[inline(always)]
 fn recent_slot(id: u16, seq: u16) -> u32 {
-    ((id ^ seq) as u32) & (RECENT_SLOTS - 1)
+    ((id ^ seq) as u32) & (capacity::RECENT - 1)
 }
 
 /// A request with this id and sequence started being followed.
