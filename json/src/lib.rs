@@ -197,6 +197,11 @@ pub struct Summary {
     /// built from incomplete paths when this is not 0.
     pub events_lost: u64,
     pub programs_attached: usize,
+    /// Requests of the guest seen but not followed because `max_follow` others
+    /// were being followed at that moment (a flooding guest): counted, never
+    /// silently left out.
+    #[serde(default)]
+    pub skipped_requests: u64,
     /// Optional probes the kernel refused, with what is unknown without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_probes: Vec<String>,

@@ -19,6 +19,7 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
 const BPF_XDP: u32 = 37;
 
 fn bpf(cmd: u32, attr: &mut [u8; 128]) -> Result<OwnedFd> {
@@ -155,25 +156,7 @@ impl Counter {
         ifname: &str,
         attach: fn(u32) -> Result<Self>,
     ) -> Result<Self> {
-        let (netns, ifname) = (netns.to_path_buf(), ifname.to_string());
-        std::thread::spawn(move || -> Result<Self> {
-            let ns = std::fs::File::open(&netns)?;
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!(
-                    "setns {}: {}",
-                    netns.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
-            let name = std::ffi::CString::new(ifname.clone())?;
-            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            if index == 0 {
-                bail!("no interface {ifname}");
-            }
-            attach(index)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("attach thread panicked"))?
+        in_netns(netns, ifname, attach)
     }
 
     pub fn count(&self) -> Result<u64> {
@@ -199,5 +182,60 @@ impl Counter {
             bail!("reading the counter: {}", std::io::Error::last_os_error());
         }
         Ok(value)
+    }
+}
+
+/// Run `attach` with `ifname`'s index inside the network namespace at `netns`
+/// (a /run/netns path). Namespaces are per thread, so a short-lived thread
+/// enters it.
+fn in_netns<T: Send + 'static>(
+    netns: &std::path::Path,
+    ifname: &str,
+    attach: fn(u32) -> Result<T>,
+) -> Result<T> {
+    let (netns, ifname) = (netns.to_path_buf(), ifname.to_string());
+    std::thread::spawn(move || -> Result<T> {
+        let ns = std::fs::File::open(&netns)?;
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "setns {}: {}",
+                netns.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        let name = std::ffi::CString::new(ifname.clone())?;
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            bail!("no interface {ifname}");
+        }
+        attach(index)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("attach thread panicked"))?
+}
+
+/// A TC program that does nothing (passes every packet on) at `ifname`'s tcx
+/// ingress and egress: what having hooks there at all costs, the floor under
+/// any program that runs there. Detaches when dropped.
+pub struct PassHooks {
+    _prog: OwnedFd,
+    _links: [OwnedFd; 2],
+}
+
+impl PassHooks {
+    pub fn attach_in(netns: &std::path::Path, ifname: &str) -> Result<Self> {
+        in_netns(netns, ifname, |ifindex| {
+            let code = [
+                insn(0xb7, 0, 0, 0, -1), // r0 = TCX_NEXT
+                insn(0x95, 0, 0, 0, 0),  // exit
+            ];
+            let prog = load(BPF_PROG_TYPE_SCHED_CLS, 0, &code, b"pt_bench_pass\0")?;
+            let ingress = link(&prog, ifindex, BPF_TCX_INGRESS)?;
+            let egress = link(&prog, ifindex, BPF_TCX_EGRESS)?;
+            Ok(Self {
+                _prog: prog,
+                _links: [ingress, egress],
+            })
+        })
     }
 }

@@ -17,6 +17,9 @@ pub mod capacity {
     pub const TRACKED: u32 = 4096;
     /// Request ids (ICMP id/seq, DNS id) awaiting their reply.
     pub const REQ_IDS: u32 = 1024;
+    /// Slots of the "followed recently" filter, by a hash of id and sequence
+    /// (a power of two).
+    pub const RECENT: u32 = 4096;
     /// Watch's drop points (VM, stage, reason, location, ...).
     pub const DROPS: u32 = 4096;
     /// Watch's sample ring buffer, in bytes.
@@ -34,8 +37,15 @@ pub mod names {
     pub const REQ_IDS: &str = "REQ_IDS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONFIG: &str = "CONFIG";
+    /// TC on the bridge, the uplink and the hops between: gated on a request
+    /// of the guest being in flight (one array lookup while none is).
     pub const TC_INGRESS: &str = "pathtrace_tc_ingress";
     pub const TC_EGRESS: &str = "pathtrace_tc_egress";
+    /// TC on the VM's own port: where the guest's requests are first seen and
+    /// start being followed (within the `Config::max_follow` budget).
+    pub const TC_PORT_INGRESS: &str = "pathtrace_tc_port_ingress";
+    pub const TC_PORT_EGRESS: &str = "pathtrace_tc_port_egress";
+    pub const STATE: &str = "STATE";
     pub const KFREE_SKB: &str = "pathtrace_kfree_skb";
     pub const CONSUME_SKB: &str = "pathtrace_consume_skb";
     pub const KFREE_RAW: &str = "pathtrace_kfree_raw";
@@ -58,6 +68,8 @@ pub mod names {
     pub const VM_ADDRS: &str = "VM_ADDRS";
     pub const VM_MACS: &str = "VM_MACS";
 }
+
+const _: () = assert!(capacity::RECENT.is_power_of_two());
 
 /// Protocol selectors, a bit mask in [`Config::protos`].
 pub const PROTO_ICMP: u32 = 1;
@@ -248,6 +260,11 @@ pub struct Config {
     /// `--pcap`: 1 to copy each followed packet's first bytes at every TC hook
     /// ([`PacketEvent`]); 0 (the default) costs nothing more.
     pub capture: u32,
+    /// Requests followed at once, at most (from `--count`, small): a request
+    /// seen while this many are being followed is counted (`CNT_SKIPPED`), not
+    /// followed, so a flooding guest costs about what a quiet one does.
+    pub max_follow: u32,
+    pub _pad: u32,
 }
 
 /// Counters the kernel keeps about itself (index into the per-CPU `COUNTERS` array).
@@ -259,6 +276,8 @@ pub const CNT_SAMPLES_LOST: u32 = 2;
 pub const CNT_DROPS_MAP_FULL: u32 = 3;
 /// Watch mode: drops on this host's namespace that belong to no watched VM.
 pub const CNT_UNATTRIBUTED: u32 = 4;
+/// Trace mode: a request of the guest not followed because `max_follow` were.
+pub const CNT_SKIPPED: u32 = 5;
 pub const CNT_MAX: u32 = 8;
 
 // The kernel writes these bytes and user space reads them: sizes must never drift
@@ -267,7 +286,7 @@ const _: () = assert!(core::mem::size_of::<PacketInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 40);
 const _: () = assert!(core::mem::size_of::<NameEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
 const _: () = assert!(core::mem::size_of::<PacketEvent>() == 64 + 8 + SNAP_LEN);
 
 pub use watch::*;
@@ -382,11 +401,35 @@ mod watch {
     const _: () = assert!(core::mem::size_of::<WatchConfig>() == 64);
 }
 
-/// Key of the `REQ_IDS` map: which request ids of the guest are being followed, so
-/// that replies (possibly after NAT) can be recognised by id.
+/// Key of the `REQ_IDS` map: which requests of the guest are being followed, so
+/// that replies (possibly after NAT) can be recognised by id. ICMP echoes carry
+/// their sequence number too: a ping keeps one id for all its echoes, and only
+/// the replies to the echoes being followed are wanted (DNS: `seq` is 0).
 #[inline(always)]
-pub const fn req_key(proto: u8, id: u16) -> u32 {
-    ((proto as u32) << 16) | id as u32
+pub const fn req_key(proto: u8, id: u16, seq: u16) -> u64 {
+    ((proto as u64) << 32) | ((id as u64) << 16) | seq as u64
+}
+
+/// Slots of the trace mode's `STATE` array (u64 each): what lets the hooks off
+/// the VM's port do nothing while no request of the guest is in flight, and
+/// bounds how many are followed at once.
+pub mod state {
+    /// Followed packets (TRACKED entries): inserts minus removals. LRU evictions
+    /// make it drift up, never down, so zero is exact.
+    pub const INFLIGHT: u32 = 0;
+    /// `bpf_ktime_get_ns()` of the last request that started being followed.
+    pub const LAST_REQUEST: u32 = 1;
+    /// Requests that started being followed (the kernel counts up).
+    pub const STARTED: u32 = 2;
+    /// Of those, how many are done (written by user space only): in flight is
+    /// `STARTED - FINISHED`.
+    pub const FINISHED: u32 = 3;
+    /// User space writes here the `LAST_REQUEST` whose trace, and every one
+    /// before it, is decided: while the two are equal nothing is in flight and
+    /// the hooks off the port return at once ("disarmed"). A new request
+    /// changes `LAST_REQUEST` before its packet leaves the port, which re-arms.
+    pub const DISARMED: u32 = 4;
+    pub const LEN: u32 = 5;
 }
 
 #[cfg(feature = "user")]

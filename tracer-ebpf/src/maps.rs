@@ -1,11 +1,16 @@
 //! Maps and the read-only configuration shared by every program.
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
 };
-use tracer_common::{capacity, Config, DropCount, DropKey, Event, Tracked, WatchConfig, CNT_MAX};
+use tracer_common::{
+    capacity,
+    state::{DISARMED, FINISHED, INFLIGHT, LAST_REQUEST, STARTED},
+    Config, DropCount, DropKey, Event, Tracked, WatchConfig, CNT_MAX,
+};
 
 /// Filter and kernel offsets, written by user space at load time.
 #[unsafe(no_mangle)]
@@ -24,6 +29,8 @@ pub static CONFIG: Global<Config> = Global::new(Config {
     skb_head_off: 0,
     skb_nh_off: 0,
     capture: 0,
+    max_follow: 0,
+    _pad: 0,
 });
 
 /// Events for user space. Sized by user space at load time.
@@ -35,22 +42,49 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 #[map]
 pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(capacity::TRACKED, 0);
 
-/// Two global facts that let the hooks skip map lookups while nothing is being
-/// followed (the common case when the traced VM is quiet and others are busy):
-/// [`INFLIGHT`] counts TRACKED entries (inserts minus removals; LRU evictions make
-/// it drift up, never down, so zero is exact), [`LAST_REQUEST`] is when the last
-/// request was seen (replies are only looked for after one).
+/// Global facts that let the hooks skip map lookups while nothing is being
+/// followed (the common case when the traced VM is quiet and others are busy),
+/// and bound how much is followed (see `tracer_common::state`). An array: the
+/// verifier inlines its lookups (a bounds check and an add, no helper call).
 #[map]
-pub static STATE: Array<u64> = Array::with_max_entries(2, 0);
-const INFLIGHT: u32 = 0;
-const LAST_REQUEST: u32 = 1;
+pub static STATE: Array<u64> = Array::with_max_entries(tracer_common::state::LEN, 0);
 /// How long after the last request replies to it are still looked for.
 const REPLY_WINDOW_NS: u64 = 30_000_000_000;
 
-/// Request ids (`req_key(proto, id)`) of the guest's flow, so replies are known by id
-/// even after NAT rewrote their addresses. Value: time first seen.
+/// Requests being followed (`req_key(proto, id, seq)`), so replies are known by
+/// id even after NAT rewrote their addresses. Value: time first seen.
 #[map]
-pub static REQ_IDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(capacity::REQ_IDS, 0);
+pub static REQ_IDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(capacity::REQ_IDS, 0);
+
+/// When a request with this hash of its id and sequence (`recent_slot`) last
+/// started being followed. A first test, one inlined array load, before any hash
+/// lookup for an echo, echo reply or DNS message off the VM's port: a flood's
+/// packets (different sequence numbers, or long after) pass it only by a rare
+/// collision, and then cost the lookup they would have cost anyway.
+#[map]
+pub static RECENT: Array<u64> = Array::with_max_entries(capacity::RECENT, 0);
+
+#[inline(always)]
+fn recent_slot(id: u16, seq: u16) -> u32 {
+    ((id ^ seq) as u32) & (capacity::RECENT - 1)
+}
+
+/// A request with this id and sequence started being followed.
+#[inline(always)]
+pub fn note_followed(id: u16, seq: u16, now: u64) {
+    if let Some(ptr) = RECENT.get_ptr_mut(recent_slot(id, seq)) {
+        // SAFETY: a plain store; a racing CPU writes a similar time.
+        unsafe { *ptr = now };
+    }
+}
+
+/// A request with this id and sequence may be being followed: one started
+/// within the reply window. Never false for one that is.
+#[inline(always)]
+pub fn maybe_followed(id: u16, seq: u16) -> bool {
+    let at = RECENT.get(recent_slot(id, seq)).copied().unwrap_or(0);
+    at != 0 && unsafe { bpf_ktime_get_ns() }.wrapping_sub(at) < REPLY_WINDOW_NS
+}
 
 /// Self-monitoring counters (`CNT_*`), per CPU so the hot path never contends.
 #[map]
@@ -192,6 +226,36 @@ pub fn tracked(skb: u64) -> Option<Tracked> {
         return None;
     }
     unsafe { TRACKED.get(skb) }.copied()
+}
+
+#[inline(always)]
+fn state(index: u32) -> u64 {
+    STATE.get(index).copied().unwrap_or(0)
+}
+
+/// A request of the guest is in flight: the hooks off the VM's port have work.
+/// Two inlined array loads; see `tracer_common::state::DISARMED`.
+#[inline(always)]
+pub fn armed() -> bool {
+    state(LAST_REQUEST) != state(DISARMED)
+}
+
+/// Fewer than `max` requests are being followed (0: no bound).
+#[inline(always)]
+pub fn budget_left(max: u32) -> bool {
+    max == 0 || state(STARTED).wrapping_sub(state(FINISHED)) < max as u64
+}
+
+/// Start following one more request if fewer than `max` are (0: no bound).
+/// Two CPUs racing for the last slot may both take it: the bound is exact up to
+/// requests arriving in the same instant on different CPUs.
+#[inline(always)]
+pub fn take_slot(max: u32) -> bool {
+    if !budget_left(max) {
+        return false;
+    }
+    state_add(STARTED, 1);
+    true
 }
 
 #[inline(always)]

@@ -1,6 +1,7 @@
 //! `pathtrace`: follow a KVM guest's packets through this hypervisor.
 
 mod assets;
+mod budget;
 mod cli;
 mod cluster;
 mod correlate;

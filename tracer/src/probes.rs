@@ -7,7 +7,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         tc::{self, NlOptions, TcAttachOptions},
         KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
@@ -32,6 +32,14 @@ pub fn record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
 /// The smallest ring buffer (one page) for a mode that does not use it.
 const MIN_RING: u32 = 4096;
 
+/// Every TC program of trace mode.
+const TC_PROGRAMS: [&str; 4] = [
+    names::TC_PORT_INGRESS,
+    names::TC_PORT_EGRESS,
+    names::TC_INGRESS,
+    names::TC_EGRESS,
+];
+
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 pub struct Probes {
@@ -54,7 +62,7 @@ impl Probes {
                 // Watch mode's ring buffer is unused here: the smallest size.
                 .map_max_entries(names::SAMPLES, MIN_RING),
         )?;
-        for name in [names::TC_INGRESS, names::TC_EGRESS] {
+        for name in TC_PROGRAMS {
             probes
                 .classifier(name)?
                 .load()
@@ -121,7 +129,10 @@ impl Probes {
 
     /// Attach both TC directions on `iface`, ahead of any other program so we see
     /// packets before something else drops them; we never change their verdict.
-    pub fn attach_tc(&mut self, iface: &Iface) -> Result<()> {
+    /// `port`: the VM's own port (where requests start being followed); every
+    /// other hook gets the programs that return at once while nothing is in
+    /// flight.
+    pub fn attach_tc(&mut self, iface: &Iface, port: bool) -> Result<()> {
         let tcx = facts::TCX.holds() == Some(true);
         log::debug!(
             "attach TC ingress+egress on {} ({})",
@@ -140,9 +151,14 @@ impl Probes {
                 Err(e) => return Err(anyhow!("adding clsact to {}: {e}", iface.name)),
             }
         }
+        let (ingress, egress) = if port {
+            (names::TC_PORT_INGRESS, names::TC_PORT_EGRESS)
+        } else {
+            (names::TC_INGRESS, names::TC_EGRESS)
+        };
         for (name, dir) in [
-            (names::TC_INGRESS, TcAttachType::Ingress),
-            (names::TC_EGRESS, TcAttachType::Egress),
+            (ingress, TcAttachType::Ingress),
+            (egress, TcAttachType::Egress),
         ] {
             let options = if tcx {
                 TcAttachOptions::TcxOrder(LinkOrder::first())
@@ -240,6 +256,24 @@ impl Probes {
         Ok(RingBuf::try_from(self.take_map(names::EVENTS)?)?)
     }
 
+    /// Trace mode's `STATE` slot (`tracer_common::state`).
+    pub fn state(&self, index: u32) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map(names::STATE)
+            .ok_or_else(|| anyhow!("map {} missing from the object", names::STATE))?;
+        Ok(Array::<_, u64>::try_from(map)?.get(&index, 0)?)
+    }
+
+    /// Write trace mode's `STATE` slot `index` (only the slots user space owns).
+    pub fn set_state(&mut self, index: u32, value: u64) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(names::STATE)
+            .ok_or_else(|| anyhow!("map {} missing from the object", names::STATE))?;
+        Ok(Array::<_, u64>::try_from(map)?.set(index, value, 0)?)
+    }
+
     /// Kernel-side losses: (ring buffer full, tracking map full), summed over CPUs.
     pub fn losses(&self) -> (u64, u64) {
         (self.counter(CNT_RINGBUF_FULL), self.counter(CNT_TRACK_FULL))
@@ -251,7 +285,7 @@ impl Drop for Probes {
         // Links detach when `ebpf` drops; only a qdisc we created needs removing,
         // and only while it holds nothing but our own filters: another program
         // (or a second pathtrace) may have attached to it since.
-        let ours: Vec<String> = [names::TC_INGRESS, names::TC_EGRESS]
+        let ours: Vec<String> = TC_PROGRAMS
             .iter()
             .filter_map(|n| self.classifier(n).ok()?.info().ok())
             .map(|i| i.id().to_string())

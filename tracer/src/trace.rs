@@ -9,9 +9,10 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     time::{interval, sleep_until, Instant},
 };
-use tracer_common::{Config, Event, EventKind, NameEvent, PacketEvent};
+use tracer_common::{Config, Event, EventKind, NameEvent, PacketEvent, CNT_SKIPPED};
 
 use crate::{
+    budget::Budget,
     cli::Cli,
     correlate::{Correlator, Finished, Outcome, PathCtx},
     doctor::{self, findings::Findings},
@@ -74,8 +75,8 @@ pub fn run(cli: &Cli) -> Result<i32> {
         probes.attach_deep(functions)?;
         probes.skipped.extend(missing.iter().cloned());
     }
-    for (iface, _) in topo.hooks() {
-        probes.attach_tc(&iface)?;
+    for (iface, role) in topo.hooks() {
+        probes.attach_tc(&iface, role == Role::Port)?;
     }
     let events = probes.take_events()?;
     log::debug!(
@@ -134,6 +135,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         no_reply: tally.no_reply,
         events_lost: lost,
         programs_attached: probes.attached,
+        skipped_requests: probes.counter(CNT_SKIPPED),
         skipped_probes: probes.skipped.clone(),
     });
     if tally.total() == 0 {
@@ -235,6 +237,8 @@ fn build_config(cli: &Cli, btf: &KernelBtf) -> Result<Config> {
         skb_head_off: offsets.skb_head,
         skb_nh_off: offsets.skb_network_header,
         capture: u32::from(cli.pcap.is_some()),
+        max_follow: crate::budget::max_follow(cli.count),
+        _pad: 0,
     })
 }
 
@@ -315,6 +319,7 @@ async fn follow(
     // banner let the traffic start, could already include it and hide it).
     let mut seen_lost = 0;
     let mut waiting = HashSet::new();
+    let mut budget = Budget::default();
     let want = cli.count as usize;
     let report = |done: Vec<Finished>,
                   tally: &mut Tally,
@@ -341,8 +346,10 @@ async fn follow(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                let started = Budget::started(probes);
                 let now = catch_up(ring.get_mut(), &mut corr, probes, &mut seen_lost, capture.as_deref_mut());
                 report(corr.poll(now), &mut tally, explainer, capture.as_deref_mut());
+                budget.settle(probes, started, corr.open(), corr.newest_request())?;
                 ticks += 1;
                 if ticks.is_multiple_of(500 / TICK_MS) {
                     let mut churn = Churn { probes: &mut *probes, corr: &mut corr, waiting: &mut waiting, printer };
@@ -466,7 +473,7 @@ impl Churn<'_> {
                 index,
                 name: iface.name.clone(),
             };
-            self.probes.attach_tc(&fresh)?;
+            self.probes.attach_tc(&fresh, role == Role::Port)?;
             topo.port_recreated(&fresh);
             self.corr.set_role(index, role);
             self.waiting.remove(&iface.name);

@@ -12,10 +12,10 @@
 //! names ending in `.invalid` with NXDOMAIN, and names starting with `slow.` after
 //! a second; it stops after an hour at most.
 //!
-//! `fake-guest flood --proto udp|icmp --dst IP --seconds S --max N` (run inside a
-//! guest's namespace, for the benchmark) sends small packets as fast as the kernel
-//! takes them, in batches, for S seconds or N packets, whichever comes first, and
-//! prints `{"sent":N,"secs":F}`.
+//! `fake-guest flood --proto udp|icmp --dst IP [--port P] --seconds S --max N` (run
+//! inside a guest's namespace, for the benchmark) sends small packets (UDP to port
+//! P, 9 unless given) as fast as the kernel takes them, in batches, for S seconds
+//! or N packets, whichever comes first, and prints `{"sent":N,"secs":F}`.
 
 use std::{
     io::BufRead,
@@ -445,6 +445,10 @@ fn flood(args: &[String]) -> Result<()> {
         "icmp" => true,
         other => bail!("unknown --proto {other}"),
     };
+    let port: u16 = match args.iter().position(|a| a == "--port") {
+        Some(_) => flag(args, "--port")?.parse()?,
+        None => 9,
+    };
     let sock = flood_socket(icmp)?;
     // 18-byte UDP payload or an 8-byte ICMP echo header + 10 bytes: 46-byte IP
     // packets, the smallest Ethernet frames.
@@ -452,7 +456,7 @@ fn flood(args: &[String]) -> Result<()> {
     let id = std::process::id() as u16;
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     addr.sin_family = libc::AF_INET as libc::sa_family_t;
-    addr.sin_port = if icmp { 0 } else { 9u16.to_be() };
+    addr.sin_port = if icmp { 0 } else { port.to_be() };
     addr.sin_addr.s_addr = u32::from(dst).to_be();
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);

@@ -119,6 +119,49 @@ fn healthy_ping_is_replied_with_full_path() {
     );
 }
 
+/// A guest sending faster than pathtrace follows (20 echoes 2 ms apart, while a
+/// verdict takes at least 50 ms): `--count 2` follows two at once, each with its
+/// whole path, and counts the echoes it did not follow instead of dropping them
+/// silently.
+#[test]
+fn a_flooding_guest_is_followed_within_the_budget_and_the_rest_counted() {
+    let mut lab = lab();
+    let args = [
+        "--vm-ip",
+        VM,
+        "--to",
+        DEST,
+        "--count",
+        "2",
+        "--timeout",
+        "15",
+        "--json",
+    ];
+    let run = trace_while(&mut lab, &args, Duration::from_secs(30), |lab| {
+        let opts = PingOpts {
+            count: 20,
+            interval_ms: 2,
+            timeout_ms: 1500,
+            ..PingOpts::default()
+        };
+        lab.guest(0).ping(DEST.parse()?, opts)?;
+        Ok(())
+    })
+    .expect("pathtrace runs");
+    eprintln!("--- stdout\n{}--- stderr\n{}", run.stdout, run.stderr);
+    let verdicts = run.verdicts();
+    assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+    for v in &verdicts {
+        assert_eq!(v["verdict"], "replied");
+        assert!(stages(v, "request").contains(&"egress".to_string()), "{v}");
+        assert_eq!(stages(v, "reply").last().map(String::as_str), Some("tap"));
+    }
+    let s = run.summary().expect("summary line");
+    let skipped = s["skipped_requests"].as_u64().expect("skipped_requests");
+    assert!(skipped >= 1, "echoes beyond the budget are counted: {s}");
+    assert_nothing_attached();
+}
+
 #[test]
 fn nft_forward_drop_names_the_rule() {
     let mut lab = lab();

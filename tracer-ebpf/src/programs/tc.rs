@@ -4,6 +4,13 @@
 //! those packets by skb address (so the tracepoints can report their fate), and
 //! report each crossing with the headers as they are at that point (NAT visible).
 //! They never change the packet and always let it continue.
+//!
+//! Two kinds: the VM's own port (`pathtrace_tc_port_*`) sees only the guest's
+//! traffic and is where a request starts being followed, within a budget of
+//! requests at once; the hooks off the port (bridge, uplink, the hops between)
+//! see every packet of the host and return after one array lookup while no
+//! request of the guest is in flight (`maps::armed`): every request crosses the
+//! port first, and arms them before its packet moves on.
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -12,15 +19,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    req_key, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked, CNT_RINGBUF_FULL,
-    DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PROTO_DNS, PROTO_ICMP, ROLE_REPLY,
-    ROLE_REQUEST, SNAP_LEN,
+    req_key, Config, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked,
+    CNT_RINGBUF_FULL, CNT_SKIPPED, DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR,
+    PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
 };
 
 use crate::{
     maps::{
-        config, count, emit, following, note_request, request_recent, requests_seen, track,
-        tracked, untrack, EVENTS, REQ_IDS,
+        armed, budget_left, config, count, emit, following, maybe_followed, note_followed,
+        note_request, request_recent, requests_seen, take_slot, track, tracked, untrack, EVENTS,
+        REQ_IDS,
     },
     packet::{
         dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,
@@ -29,32 +37,53 @@ use crate::{
 };
 
 #[classifier]
+pub fn pathtrace_tc_port_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx, DIR_INGRESS, true);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn pathtrace_tc_port_egress(ctx: TcContext) -> i32 {
+    observe(&ctx, DIR_EGRESS, true);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
 pub fn pathtrace_tc_ingress(ctx: TcContext) -> i32 {
-    observe(&ctx, DIR_INGRESS);
+    if armed() {
+        observe(&ctx, DIR_INGRESS, false);
+    }
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn pathtrace_tc_egress(ctx: TcContext) -> i32 {
-    observe(&ctx, DIR_EGRESS);
+    if armed() {
+        observe(&ctx, DIR_EGRESS, false);
+    }
     TC_ACT_UNSPEC
 }
 
+/// `port`: this hook is on the VM's own port. A request of the guest starts
+/// being followed only where it enters the host, the port's ingress; elsewhere
+/// it is only followed further.
 #[inline(always)]
-fn observe(ctx: &TcContext, dir: u8) {
+fn observe(ctx: &TcContext, dir: u8, port: bool) {
+    let starts = port && dir == DIR_INGRESS;
     let Some((mut pkt, l4_off)) = parse(ctx) else {
         return;
     };
-    // Every packet of the host crosses the bridge and the uplink: most must cost
-    // no more than the header parse above and a few compares, no map lookup.
-    if !may_concern_flow(&pkt) {
+    // While armed, every packet of the host crossing the bridge and the uplink
+    // comes here: most must cost no more than the header parse above, a few
+    // compares and array loads, no hash lookup.
+    if !may_concern_flow(&pkt, starts) {
         return;
     }
     // The context pointer is the kernel's skb address, the same value the
     // skb:* tracepoints report as `skbaddr`.
     let skb = ctx.skb.skb as u64;
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((role, flags, new)) = classify(ctx, &mut pkt, l4_off, skb, now) else {
+    let Some((role, flags, new)) = classify(ctx, &mut pkt, l4_off, skb, now, starts) else {
         return;
     };
     let event = Event {
@@ -118,23 +147,46 @@ fn emit_packet(ctx: &TcContext, head: &Event) {
 /// quote a request; DNS is rare enough to look at all of it (a DNAT may change the
 /// resolver's address).
 #[inline(always)]
-fn may_concern_flow(pkt: &PacketInfo) -> bool {
+fn may_concern_flow(pkt: &PacketInfo, starts: bool) -> bool {
     let cfg = config();
     match pkt.proto {
         IPPROTO_ICMP if cfg.protos & PROTO_ICMP != 0 => match pkt.icmp_type {
-            // Someone else's echo to the same destination can only be ours if a
-            // request of ours is in flight (seen again after NAT).
-            ICMP_ECHO => pkt.daddr == cfg.dst_ip && (pkt.saddr == cfg.vm_ip || following()),
-            // Replies are only looked for once a request was seen.
-            ICMP_ECHOREPLY => pkt.saddr == cfg.dst_ip && requests_seen(),
+            // The guest's echo starts being followed where it enters; anywhere
+            // else an echo to the destination is ours only as a followed packet
+            // (seen again, maybe after NAT) with a followed echo's id and sequence.
+            ICMP_ECHO => {
+                pkt.daddr == cfg.dst_ip
+                    && ((starts && pkt.saddr == cfg.vm_ip)
+                        || (following() && maybe_followed(pkt.id, pkt.seq)))
+            }
+            // Replies are only looked for once a request was seen, and only
+            // those to a followed echo: a reply to one of a flood's skipped echoes
+            // costs two array loads here.
+            ICMP_ECHOREPLY => {
+                pkt.saddr == cfg.dst_ip && requests_seen() && maybe_followed(pkt.id, pkt.seq)
+            }
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => true,
             _ => false,
         },
+        // Any address: a DNAT may change the resolver's. A query of the guest
+        // where it enters; otherwise only a followed query's id.
         IPPROTO_UDP if cfg.protos & PROTO_DNS != 0 => {
-            pkt.sport == DNS_PORT || pkt.dport == DNS_PORT
+            (pkt.sport == DNS_PORT || pkt.dport == DNS_PORT)
+                && ((starts && pkt.saddr == cfg.vm_ip) || maybe_followed(pkt.id, 0))
         }
         _ => false,
     }
+}
+
+/// The guest's own request to the destination, as it enters the host.
+#[inline(always)]
+fn is_guest_request(pkt: &PacketInfo, cfg: &Config) -> bool {
+    let what = match pkt.proto {
+        IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO,
+        IPPROTO_UDP => pkt.dport == DNS_PORT,
+        _ => false,
+    };
+    what && pkt.saddr == cfg.vm_ip && pkt.daddr == cfg.dst_ip
 }
 
 /// The DNS question of a new request, once, so the verdict can name the query.
@@ -186,8 +238,15 @@ fn classify(
     l4_off: usize,
     skb: u64,
     now: u64,
+    starts: bool,
 ) -> Option<(u8, u8, bool)> {
     let cfg = config();
+    // A flood of the guest's requests with the budget spent: counted, and no
+    // lookup at all.
+    if starts && is_guest_request(pkt, &cfg) && !budget_left(cfg.max_follow) {
+        count(CNT_SKIPPED);
+        return None;
+    }
     if let Some(t) = tracked(skb) {
         // Same skb seen again (a later hook). Addresses may have been rewritten by
         // NAT, but the protocol and the id survive; anything else means the address
@@ -213,7 +272,19 @@ fn classify(
         return None;
     };
     if role == ROLE_REQUEST {
-        let _ = REQ_IDS.insert(req_key(pkt.proto, pkt.id), now, 0);
+        // A request not yet followed: only its port's ingress starts following
+        // it (a later hook seeing it untracked means it was skipped there, or
+        // came before pathtrace), and only within the budget; a skipped one is
+        // counted.
+        if !starts {
+            return None;
+        }
+        if !take_slot(cfg.max_follow) {
+            count(CNT_SKIPPED);
+            return None;
+        }
+        let _ = REQ_IDS.insert(req_key(pkt.proto, pkt.id, pkt.seq), now, 0);
+        note_followed(pkt.id, pkt.seq, now);
         note_request(now);
     }
     track(
@@ -232,8 +303,8 @@ fn classify(
 /// One of the guest's requests has this id. Without a recent request there is
 /// nothing to answer, and no lookup is done.
 #[inline(always)]
-fn is_known_request(proto: u8, id: u16, now: u64) -> bool {
-    request_recent(now) && unsafe { REQ_IDS.get(req_key(proto, id)).is_some() }
+fn is_known_request(proto: u8, id: u16, seq: u16, now: u64) -> bool {
+    request_recent(now) && unsafe { REQ_IDS.get(req_key(proto, id, seq)).is_some() }
 }
 
 #[inline(always)]
@@ -247,7 +318,9 @@ fn classify_icmp(
 ) -> Option<(u8, u8)> {
     match pkt.icmp_type {
         ICMP_ECHO if pkt.saddr == *vm && pkt.daddr == *dst => Some((ROLE_REQUEST, 0)),
-        ICMP_ECHOREPLY if pkt.saddr == *dst && is_known_request(IPPROTO_ICMP, pkt.id, now) => {
+        ICMP_ECHOREPLY
+            if pkt.saddr == *dst && is_known_request(IPPROTO_ICMP, pkt.id, pkt.seq, now) =>
+        {
             Some((ROLE_REPLY, 0))
         }
         ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => {
@@ -257,7 +330,7 @@ fn classify_icmp(
             let ours = inner.proto == IPPROTO_ICMP
                 && inner.icmp_type == ICMP_ECHO
                 && inner.daddr == *dst
-                && is_known_request(IPPROTO_ICMP, inner.id, now);
+                && is_known_request(IPPROTO_ICMP, inner.id, inner.seq, now);
             if !ours {
                 return None;
             }
@@ -275,7 +348,7 @@ fn classify_dns(pkt: &PacketInfo, vm: &[u8; 4], dst: &[u8; 4], now: u64) -> Opti
     if pkt.dport == DNS_PORT && pkt.saddr == *vm && pkt.daddr == *dst {
         return Some((ROLE_REQUEST, 0));
     }
-    if pkt.sport == DNS_PORT && pkt.saddr == *dst && is_known_request(IPPROTO_UDP, pkt.id, now) {
+    if pkt.sport == DNS_PORT && pkt.saddr == *dst && is_known_request(IPPROTO_UDP, pkt.id, 0, now) {
         return Some((ROLE_REPLY, 0));
     }
     None

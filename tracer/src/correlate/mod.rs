@@ -45,6 +45,8 @@ pub struct Correlator {
     traces: Vec<Trace>,
     by_skb: HashMap<u64, usize>,
     by_key: HashMap<FlowKey, usize>,
+    /// See [`Correlator::newest_request`].
+    newest_request: u64,
 }
 
 impl Correlator {
@@ -55,6 +57,7 @@ impl Correlator {
             traces: Vec::new(),
             by_skb: HashMap::new(),
             by_key: HashMap::new(),
+            newest_request: 0,
         }
     }
 
@@ -164,6 +167,7 @@ impl Correlator {
 
     fn start(&mut self, ev: &Event) -> usize {
         let i = self.traces.len();
+        self.newest_request = self.newest_request.max(ev.ts_ns);
         let mut t = Trace::new(&ev.pkt, ev.skb, ev.ts_ns);
         t.events_missing = ev.ts_ns <= self.lossy_until;
         self.traces.push(t);
@@ -292,9 +296,14 @@ impl Correlator {
         REPLY_WAIT_NS.max(self.ctx.reply_hold_ns)
     }
 
-    #[cfg(test)]
+    /// Traces not decided yet.
     pub fn open(&self) -> usize {
         self.traces.len()
+    }
+
+    /// When the newest request seen started (kernel time; 0 before any).
+    pub fn newest_request(&self) -> u64 {
+        self.newest_request
     }
 
     fn take(&mut self, mut f: impl FnMut(&Trace) -> Option<(Outcome, bool)>) -> Vec<Finished> {

@@ -41,11 +41,19 @@ impl Printer {
         } else {
             let _ = writeln!(
                 out,
-                "{} probe(s): {} replied, {} dropped, {} no reply{}",
+                "{} probe(s): {} replied, {} dropped, {} no reply{}{}",
                 s.probes,
                 s.replied,
                 s.dropped,
                 s.no_reply,
+                if s.skipped_requests > 0 {
+                    format!(
+                        " ({} more requests not followed: the guest sent faster than pathtrace follows)",
+                        s.skipped_requests
+                    )
+                } else {
+                    String::new()
+                },
                 if s.events_lost > 0 {
                     format!(" ({} events lost: paths may be incomplete)", s.events_lost)
                 } else {

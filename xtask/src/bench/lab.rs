@@ -5,7 +5,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use pathtrace_tests::{
-    counter::Counter,
+    counter::{Counter, PassHooks},
     lab::{cleanup_stale_netns, remove_netns},
 };
 use serde_json::Value;
@@ -87,8 +87,18 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
 
     pub(super) fn measure(&self, traffic: Traffic, variant: Variant, secs: f64) -> Result<Sample> {
         let mut tool = self.start_tool(traffic, variant)?;
+        let hooks = (variant == Variant::PassHooks)
+            .then(|| self.pass_hooks())
+            .transpose()?;
         // Let the tool settle into its steady state before the flood.
         std::thread::sleep(Duration::from_millis(300));
+        // The traced quiet VM is not silent: it pings once a second, as someone
+        // tracing it would, so the hooks off its port are armed now and then.
+        let mut pinger = (variant == Variant::TraceQuietVm)
+            .then(|| self.quiet_pings(secs))
+            .transpose()?;
+        let tool_cpu = || tool.as_ref().and_then(|t| process_cpu_s(t.child.id()));
+        let tool_cpu0 = tool_cpu();
         let (count0, cpu0) = (self.sink.count()?, CpuTimes::now()?);
         // The flood (and with it the forwarding, which runs in its softirq) on the
         // first CPU, tracers on the others: less scheduler noise between runs.
@@ -98,10 +108,16 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
             .arg(format!("--net=/run/netns/{}", self.guests[0]))
             .arg(release_bin("fake-guest"))
             .args(["flood", "--proto", traffic.word(), "--dst", DEST])
+            .args(traffic.flood_args())
             .args(["--seconds", &secs.to_string(), "--max", "200000000"])
             .output()
             .context("running the flood")?;
         let (count1, cpu1) = (self.sink.count()?, CpuTimes::now()?);
+        let tool_cpu1 = tool_cpu();
+        if let Some(p) = pinger.as_mut() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
         let flood: Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("flood said: {}", String::from_utf8_lossy(&out.stdout)))?;
         let flood_secs = flood["secs"].as_f64().unwrap_or(secs);
@@ -111,12 +127,47 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
             cpu_ns_per_pkt: (cpu1.busy_ns.saturating_sub(cpu0.busy_ns)) as f64
                 / packets.max(1) as f64,
             steal: cpu1.steal_share_since(&cpu0),
+            tool_cpu: tool_cpu0.zip(tool_cpu1).map(|(a, b)| (b - a) / flood_secs),
             ..Sample::default()
         };
         if let Some(t) = tool.as_mut() {
             t.stop(variant, &mut sample)?;
         }
+        drop(hooks);
         Ok(sample)
+    }
+
+    /// The quiet guest pinging the destination once a second for about `secs`
+    /// (bounded in count and time by ping itself).
+    fn quiet_pings(&self, secs: f64) -> Result<std::process::Child> {
+        let n = (secs.ceil() as u64 + 1).to_string();
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.guests[1]))
+            .args(["ping", "-q", "-i", "1", "-c", &n, "-w", &n, DEST])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the quiet guest's pings")
+    }
+
+    /// Do-nothing TC programs on both directions of the bridge and the uplink.
+    fn pass_hooks(&self) -> Result<Vec<PassHooks>> {
+        let ns = Path::new("/run/netns").join(&self.hv);
+        ["vmbr0", "eth0"]
+            .iter()
+            .map(|dev| {
+                PassHooks::attach_in(&ns, dev).with_context(|| format!("empty hooks on {dev}"))
+            })
+            .collect()
+    }
+
+    /// A guest's namespace, by its address.
+    pub(super) fn guest_ns(&self, ip: &str) -> &str {
+        if ip == FLOODER {
+            &self.guests[0]
+        } else {
+            &self.guests[1]
+        }
     }
 
     pub(super) fn start_tool(&self, traffic: Traffic, variant: Variant) -> Result<Option<Tool>> {
@@ -134,7 +185,7 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
                 .collect()
         };
         let (mut cmd, ready) = match variant {
-            Variant::Untraced => return Ok(None),
+            Variant::Untraced | Variant::PassHooks => return Ok(None),
             Variant::Watch => {
                 let mut c = self.in_hv(pathtrace);
                 c.args(["watch", "--json", "--interval", "1"]);

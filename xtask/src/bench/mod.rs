@@ -4,14 +4,22 @@
 //! `vmbr0`, a kernel stack each) forwards bounded floods of small UDP and ICMP
 //! packets through routing, conntrack and MASQUERADE to an uplink namespace, where
 //! an XDP program counts what arrived (and drops the UDP before the kernel spends
-//! anything on it; pings are answered, so their replies cross the host too).
-//! Variants run interleaved, several times each, so noise hits them alike:
-//! untraced; `pathtrace watch`; `pathtrace` tracing a quiet VM while another
+//! anything on it; pings are answered, so their replies cross the host too). Both
+//! floods go to the destination the traced flow goes to, in its protocol (UDP to
+//! port 53 while DNS is traced, ICMP echo while pings are): the dearest case.
+//!
+//! Paired rounds: every traced run sits between two untraced runs of the same
+//! flood, and its ratio is to their mean (which cancels the machine's drift);
+//! each round takes the variants in another order. Variants: `pathtrace watch`;
+//! `pathtrace` tracing a quiet VM (which pings once a second) while another
 //! floods; tracing the flooding VM itself; and as peers `tcpdump -w` on the bridge
-//! and a bpftrace `skb:kfree_skb` one-liner. Reported: median forwarded packets/s
-//! and its ratio to untraced, busy CPU per packet, and for pathtrace its resident
-//! memory, attach and detach times and events lost; plus the user-space event
-//! pipeline's events/s on one core.
+//! and a bpftrace `skb:kfree_skb` one-liner; and programs that do nothing at the
+//! bridge's and uplink's TC hooks, the floor of any hook there. Reported: the median of the per-run
+//! ratios with their spread, forwarded packets/s, busy CPU per packet, and for
+//! pathtrace its resident memory, attach and detach times, events lost and
+//! requests not followed; then, without a flood, what a user waits for: from a
+//! guest's request to its verdict, for each outcome (replied, dropped,
+//! no_reply); plus the user-space event pipeline's events/s on one core.
 
 use std::{
     path::Path,
@@ -23,10 +31,12 @@ use anyhow::{bail, Context, Result};
 use crate::{exec, release_bin, root};
 
 mod lab;
+mod latency;
 mod report;
 mod tool;
 
 use lab::*;
+use latency::*;
 use report::*;
 use tool::*;
 
@@ -56,7 +66,9 @@ pub struct Options {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Traffic {
+    /// UDP to port 53 of the traced destination (DNS is traced too).
     Udp,
+    /// ICMP echo to the traced destination.
     Icmp,
 }
 
@@ -65,6 +77,14 @@ impl Traffic {
         match self {
             Traffic::Udp => "udp",
             Traffic::Icmp => "icmp",
+        }
+    }
+
+    /// The flood's own arguments beyond its protocol.
+    pub(super) fn flood_args(self) -> &'static [&'static str] {
+        match self {
+            Traffic::Udp => &["--port", "53"],
+            Traffic::Icmp => &[],
         }
     }
 }
@@ -83,10 +103,15 @@ enum Variant {
     DeepFlooder,
     Tcpdump,
     Bpftrace,
+    /// Programs that do nothing at the bridge's and the uplink's TC hooks (both
+    /// directions): what having hooks there at all costs — the floor under
+    /// tracing a quiet VM, whose programs there return at once while nothing
+    /// is in flight.
+    PassHooks,
 }
 
 impl Variant {
-    const ALL: [Variant; 8] = [
+    const ALL: [Variant; 9] = [
         Variant::Untraced,
         Variant::Watch,
         Variant::TraceQuietVm,
@@ -95,6 +120,7 @@ impl Variant {
         Variant::DeepFlooder,
         Variant::Tcpdump,
         Variant::Bpftrace,
+        Variant::PassHooks,
     ];
 
     pub(super) fn is_deep(self) -> bool {
@@ -111,6 +137,7 @@ impl Variant {
             Variant::DeepFlooder => "pathtrace --deep, flooding VM traced",
             Variant::Tcpdump => "tcpdump -w on the bridge",
             Variant::Bpftrace => "bpftrace kfree_skb one-liner",
+            Variant::PassHooks => "empty TC programs at bridge and uplink (floor)",
         }
     }
 
@@ -129,8 +156,16 @@ impl Variant {
 /// One flood under one variant.
 #[derive(Debug, Clone, Default)]
 struct Sample {
-    /// Which round it was in (ratios pair a run with its round's untraced run).
+    /// Which round it was in.
     pub(super) round: usize,
+    /// A traced run's rate over the mean of the untraced runs right before and
+    /// after it.
+    pub(super) ratio: Option<f64>,
+    /// pathtrace trace: verdicts printed and requests not followed.
+    pub(super) verdicts: Option<u64>,
+    pub(super) skipped: Option<u64>,
+    /// The tool's own CPU time during the flood, as a share of one CPU.
+    pub(super) tool_cpu: Option<f64>,
     pub(super) pps: f64,
     pub(super) cpu_ns_per_pkt: f64,
     /// Share of the run's CPU time the hypervisor took away (steal).
@@ -148,14 +183,14 @@ pub fn run(opts: &Options) -> Result<()> {
             1.0,
             1,
             vec![Traffic::Udp],
-            vec![Variant::Untraced, Variant::Watch, Variant::TraceQuietVm],
+            vec![Variant::Watch, Variant::TraceQuietVm],
         )
     } else {
         (
-            10.0,
-            5,
+            ROUND_SECS,
+            ROUNDS,
             vec![Traffic::Udp, Traffic::Icmp],
-            Variant::ALL.to_vec(),
+            Variant::ALL[1..].to_vec(),
         )
     };
     let reps = opts.rounds.unwrap_or(reps).max(1);
@@ -173,6 +208,7 @@ pub fn run(opts: &Options) -> Result<()> {
         // kernel) measures the rest.
         .filter(|v| !v.is_deep() || Path::new(KPROBE_PMU).exists())
         .collect();
+    let load_before = load_average();
     let lab = BenchLab::up()?;
     let mut samples: Vec<(Traffic, Variant, Sample)> = Vec::new();
     for rep in 0..reps {
@@ -182,27 +218,25 @@ pub fn run(opts: &Options) -> Result<()> {
             let mut order = variants.clone();
             let turn = rep % order.len().max(1);
             order.rotate_left(turn);
-            for &variant in &order {
-                eprintln!(
-                    "bench: run {}/{reps}, {} flood, {}",
-                    rep + 1,
-                    traffic.word(),
-                    variant.word()
-                );
-                let s = lab
-                    .measure(traffic, variant, secs)
-                    .with_context(|| format!("{} / {}", traffic.word(), variant.word()))?;
-                eprintln!(
-                    "bench:   {:.0} packets/s, {:.0} ns CPU per packet",
-                    s.pps, s.cpu_ns_per_pkt
-                );
-                samples.push((traffic, variant, Sample { round: rep, ..s }));
-            }
+            samples.extend(paired_round(&lab, traffic, &order, secs, rep, reps)?);
         }
     }
+    let latencies = lab.latencies(opts.smoke)?;
     drop(lab);
+    let load_after = load_average();
     let pipeline = pipeline_events_per_s()?;
-    let report = Report::new(&samples, &traffics, &variants, secs, reps, pipeline);
+    let report = Report::new(
+        &samples,
+        &traffics,
+        &variants,
+        Setup {
+            secs,
+            reps,
+            load: [load_before, load_after],
+        },
+        pipeline,
+        latencies,
+    );
     let table = report.markdown();
     println!("{table}");
     let dir = if opts.smoke {
@@ -219,6 +253,60 @@ pub fn run(opts: &Options) -> Result<()> {
     )?;
     eprintln!("bench: wrote {}/{stem}.{{md,json}}", dir.display());
     Ok(())
+}
+
+/// Rounds and seconds per run of a full bench: ten paired rounds of two floods
+/// and five variants is 2 × (5 + 6) runs a round, about 20 minutes in all.
+const ROUNDS: usize = 10;
+const ROUND_SECS: f64 = 4.0;
+
+/// One round of one flood: untraced, then each variant followed by untraced
+/// again, so every traced run has an untraced one on each side.
+fn paired_round(
+    lab: &BenchLab,
+    traffic: Traffic,
+    order: &[Variant],
+    secs: f64,
+    rep: usize,
+    reps: usize,
+) -> Result<Vec<(Traffic, Variant, Sample)>> {
+    let run = |variant: Variant| -> Result<Sample> {
+        eprintln!(
+            "bench: round {}/{reps}, {} flood, {}",
+            rep + 1,
+            traffic.word(),
+            variant.word()
+        );
+        let s = lab
+            .measure(traffic, variant, secs)
+            .with_context(|| format!("{} / {}", traffic.word(), variant.word()))?;
+        eprintln!(
+            "bench:   {:.0} packets/s, {:.0} ns CPU per packet",
+            s.pps, s.cpu_ns_per_pkt
+        );
+        Ok(Sample { round: rep, ..s })
+    };
+    let mut out = Vec::new();
+    let mut before = run(Variant::Untraced)?;
+    out.push((traffic, Variant::Untraced, before.clone()));
+    for &variant in order {
+        let mut traced = run(variant)?;
+        let after = run(Variant::Untraced)?;
+        let base = (before.pps + after.pps) / 2.0;
+        traced.ratio = (base > 0.0).then(|| traced.pps / base);
+        out.push((traffic, variant, traced));
+        out.push((traffic, Variant::Untraced, after.clone()));
+        before = after;
+    }
+    Ok(out)
+}
+
+/// The 1-, 5- and 15-minute load averages: the machine is shared, and numbers
+/// taken while others build are noisy.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// bpftrace is a peer to compare with, not a dependency: install it if we can.

@@ -1,5 +1,6 @@
-//! The bench's results: medians per variant and traffic, as a Markdown table
-//! and JSON under bench/results/, with the machine they were measured on.
+//! The bench's results: per variant and flood, the median of the paired ratios
+//! with their spread, as a Markdown table and JSON under bench/results/, with
+//! the machine they were measured on and how busy it was.
 
 use std::process::Command;
 
@@ -11,23 +12,68 @@ pub(super) struct Row {
     pub(super) traffic: Traffic,
     pub(super) variant: Variant,
     pub(super) pps: f64,
-    pub(super) ratio: f64,
+    /// Median, quartiles and extremes of the per-run ratios (None for untraced).
+    pub(super) ratio: Option<Spread>,
     pub(super) cpu_ns_per_pkt: f64,
     pub(super) steal: f64,
     pub(super) rss_mb: Option<f64>,
     pub(super) attach_s: Option<f64>,
     pub(super) detach_s: Option<f64>,
     pub(super) events_lost: Option<u64>,
+    pub(super) verdicts: Option<u64>,
+    pub(super) skipped: Option<u64>,
+    pub(super) tool_cpu: Option<f64>,
     pub(super) runs: usize,
+}
+
+/// A sample's median and spread.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Spread {
+    pub(super) median: f64,
+    pub(super) p25: f64,
+    pub(super) p75: f64,
+    pub(super) min: f64,
+    pub(super) max: f64,
+}
+
+impl Spread {
+    pub(super) fn of(values: impl Iterator<Item = f64>) -> Option<Self> {
+        let mut v: Vec<f64> = values.collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Some(Self {
+            median: median(v.iter().copied()),
+            p25: at(0.25),
+            p75: at(0.75),
+            min: v[0],
+            max: v[v.len() - 1],
+        })
+    }
+
+    fn json(&self) -> Value {
+        json!({"median": self.median, "p25": self.p25, "p75": self.p75,
+               "min": self.min, "max": self.max})
+    }
+}
+
+/// How the run was made.
+pub(super) struct Setup {
+    pub(super) secs: f64,
+    pub(super) reps: usize,
+    /// Load averages before and after (`/proc/loadavg`).
+    pub(super) load: [String; 2],
 }
 
 pub(super) struct Report {
     pub(super) rows: Vec<Row>,
     /// Every run, for anyone who wants other statistics.
     pub(super) runs: Vec<Value>,
-    pub(super) secs: f64,
-    pub(super) reps: usize,
+    pub(super) setup: Setup,
     pub(super) pipeline: Option<f64>,
+    pub(super) latencies: Vec<Latency>,
     pub(super) machine: Value,
 }
 
@@ -36,9 +82,9 @@ impl Report {
         samples: &[(Traffic, Variant, Sample)],
         traffics: &[Traffic],
         variants: &[Variant],
-        secs: f64,
-        reps: usize,
+        setup: Setup,
         pipeline: Option<f64>,
+        latencies: Vec<Latency>,
     ) -> Self {
         let mut rows = Vec::new();
         for &traffic in traffics {
@@ -49,26 +95,22 @@ impl Report {
                     .map(|(_, _, s)| s)
                     .collect()
             };
-            let base = of(Variant::Untraced);
-            for &variant in variants {
+            for variant in std::iter::once(Variant::Untraced).chain(variants.iter().copied()) {
                 let s = of(variant);
-                let pps = median(s.iter().map(|s| s.pps));
                 rows.push(Row {
                     traffic,
                     variant,
-                    pps,
-                    // Paired: each run against the untraced run of its own round,
-                    // which cancels slow drifts of the machine.
-                    ratio: median(s.iter().filter_map(|s| {
-                        let b = base.iter().find(|b| b.round == s.round)?;
-                        (b.pps > 0.0).then(|| s.pps / b.pps)
-                    })),
+                    pps: median(s.iter().map(|s| s.pps)),
+                    ratio: Spread::of(s.iter().filter_map(|s| s.ratio)),
                     cpu_ns_per_pkt: median(s.iter().map(|s| s.cpu_ns_per_pkt)),
                     steal: median(s.iter().map(|s| s.steal)),
                     rss_mb: opt_max(s.iter().map(|s| s.rss_mb)),
                     attach_s: opt_median(s.iter().map(|s| s.attach_s)),
                     detach_s: opt_median(s.iter().map(|s| s.detach_s)),
                     events_lost: s.iter().filter_map(|s| s.events_lost).max(),
+                    verdicts: s.iter().filter_map(|s| s.verdicts).max(),
+                    skipped: s.iter().filter_map(|s| s.skipped).max(),
+                    tool_cpu: opt_median(s.iter().map(|s| s.tool_cpu)),
                     runs: s.len(),
                 });
             }
@@ -77,16 +119,19 @@ impl Report {
             .iter()
             .map(|(t, v, s)| {
                 json!({"round": s.round, "flood": t.word(), "variant": v.word(),
-                       "forwarded_pps": s.pps, "cpu_ns_per_packet": s.cpu_ns_per_pkt,
-                       "steal_share": s.steal})
+                       "forwarded_pps": s.pps, "ratio_to_untraced": s.ratio,
+                       "cpu_ns_per_packet": s.cpu_ns_per_pkt, "steal_share": s.steal,
+                       "rss_mb": s.rss_mb, "attach_s": s.attach_s, "detach_s": s.detach_s,
+                       "verdicts": s.verdicts, "skipped_requests": s.skipped,
+                       "tool_cpu_share": s.tool_cpu})
             })
             .collect();
         Self {
             rows,
             runs,
-            secs,
-            reps,
+            setup,
             pipeline,
+            latencies,
             machine: machine(),
         }
     }
@@ -94,38 +139,59 @@ impl Report {
     pub(super) fn markdown(&self) -> String {
         let mut out = format!(
             "# pathtrace benchmark\n\n{} · kernel {} · {} CPUs · {} · pathtrace {}\n\n\
+             Load average (1/5/15 min) before: {}; after: {}.\n\n\
              Each flood {} s of 46-byte packets from one guest through bridge, routing, conntrack \
-             and MASQUERADE (flood pinned to CPU 0, tracers to the others); {} run(s) per \
-             variant, interleaved, each round in another order; medians (\"vs untraced\" is the \
-             median of each run's ratio to its round's untraced run). CPU ns/pkt is busy \
-             time of all CPUs per forwarded packet; steal is CPU time the hypervisor took.\n\n\
-             | flood | variant | forwarded pkt/s | vs untraced | CPU ns/pkt | steal | RSS MB | attach s | detach s | events lost |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             and MASQUERADE to the traced destination, in the traced protocol (UDP to port 53 \
+             while DNS and ICMP are traced; ICMP echo while ICMP is); flood pinned to CPU 0, \
+             tools to the others. {} paired round(s): every traced run sits between two \
+             untraced runs and its ratio is to their mean; \"vs untraced\" is the median of \
+             those ratios, with quartiles and extremes. The quiet VM pings once a second while \
+             traced. CPU ns/pkt is busy time of all CPUs per forwarded packet; steal is CPU \
+             time the hypervisor took; tool CPU is the tool's own process (user space and its \
+             system calls) as a share of one CPU. Verdicts and \"not followed\" are the most \
+             in one run.\n\n\
+             | flood | variant | forwarded pkt/s | vs untraced | p25–p75 | min–max | CPU ns/pkt | steal | tool CPU | RSS MB | attach s | detach s | events lost | verdicts | not followed |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             self.machine["cpu"].as_str().unwrap_or("?"),
             self.machine["kernel"].as_str().unwrap_or("?"),
             self.machine["cpus"],
             self.machine["memory"].as_str().unwrap_or("?"),
             self.machine["pathtrace"].as_str().unwrap_or("?"),
-            self.secs,
-            self.reps,
+            self.setup.load[0],
+            self.setup.load[1],
+            self.setup.secs,
+            self.setup.reps,
         );
         let opt =
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        let int = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let pct = |v: f64| format!("{:.1}%", v * 100.0);
         for r in &self.rows {
+            let (ratio, iqr, range) = match r.ratio {
+                Some(s) => (
+                    pct(s.median),
+                    format!("{}–{}", pct(s.p25), pct(s.p75)),
+                    format!("{}–{}", pct(s.min), pct(s.max)),
+                ),
+                None => ("100%".into(), "-".into(), "-".into()),
+            };
             out.push_str(&format!(
-                "| {} | {} | {:.0} | {:.1}% | {:.0} | {:.1}% | {} | {} | {} | {} |\n",
+                "| {} | {} | {:.0} | {ratio} | {iqr} | {range} | {:.0} | {:.1}% | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.traffic.word(),
                 r.variant.word(),
                 r.pps,
-                r.ratio * 100.0,
                 r.cpu_ns_per_pkt,
                 r.steal * 100.0,
+                r.tool_cpu.map_or("-".to_string(), pct),
                 opt(r.rss_mb, 1),
                 opt(r.attach_s, 3),
                 opt(r.detach_s, 3),
-                r.events_lost.map_or("-".to_string(), |v| v.to_string()),
+                int(r.events_lost),
+                int(r.verdicts),
+                int(r.skipped),
             ));
         }
+        out.push_str(&self.latency_markdown());
         if let Some(p) = self.pipeline {
             out.push_str(&format!(
                 "\nUser-space pipeline (decode + correlate, one core): {:.1} M events/s.\n",
@@ -135,6 +201,39 @@ impl Report {
         out
     }
 
+    /// Request → verdict, per outcome.
+    fn latency_markdown(&self) -> String {
+        let mut out = String::from(
+            "\nFrom a guest's ping to its verdict (no flood; from starting `ping` in the \
+             guest to the verdict line, so a few ms of process start are included):\n\n\
+             | verdict | pings | median s | max s |\n|---|---:|---:|---:|\n",
+        );
+        for (word, s) in self.latency_spreads() {
+            out.push_str(&format!(
+                "| {word} | {} | {:.3} | {:.3} |\n",
+                self.latencies.iter().filter(|l| l.verdict == word).count(),
+                s.median,
+                s.max
+            ));
+        }
+        out
+    }
+
+    fn latency_spreads(&self) -> Vec<(&'static str, Spread)> {
+        ["replied", "dropped", "no_reply"]
+            .into_iter()
+            .filter_map(|w| {
+                let s = Spread::of(
+                    self.latencies
+                        .iter()
+                        .filter(|l| l.verdict == w)
+                        .map(|l| l.secs),
+                )?;
+                Some((w, s))
+            })
+            .collect()
+    }
+
     pub(super) fn json(&self) -> Value {
         let rows: Vec<Value> = self
             .rows
@@ -142,17 +241,28 @@ impl Report {
             .map(|r| {
                 json!({
                     "flood": r.traffic.word(), "variant": r.variant.word(),
-                    "forwarded_pps": r.pps, "ratio_to_untraced": r.ratio,
+                    "forwarded_pps": r.pps,
+                    "ratio_to_untraced": r.ratio.map(|s| s.median),
+                    "ratio_spread": r.ratio.map(|s| s.json()),
                     "cpu_ns_per_packet": r.cpu_ns_per_pkt, "steal_share": r.steal,
                     "rss_mb": r.rss_mb,
                     "attach_s": r.attach_s, "detach_s": r.detach_s,
-                    "events_lost": r.events_lost, "runs": r.runs,
+                    "events_lost": r.events_lost, "verdicts": r.verdicts,
+                    "skipped_requests": r.skipped, "tool_cpu_share": r.tool_cpu,
+                    "runs": r.runs,
                 })
             })
             .collect();
+        let latency: serde_json::Map<String, Value> = self
+            .latency_spreads()
+            .into_iter()
+            .map(|(w, s)| (w.to_string(), s.json()))
+            .collect();
         json!({
-            "machine": self.machine, "flood_seconds": self.secs, "repetitions": self.reps,
+            "machine": self.machine, "flood_seconds": self.setup.secs,
+            "rounds": self.setup.reps, "load_average": self.setup.load,
             "pipeline_events_per_s": self.pipeline, "rows": rows, "runs": self.runs,
+            "verdict_latency_s": latency,
         })
     }
 }

@@ -24,6 +24,8 @@ pub(super) struct Tool {
     pub(super) attach_s: f64,
     /// The last line it printed on stdout (pathtrace's summary or snapshot).
     pub(super) last_line: Arc<Mutex<String>>,
+    /// Every line on stdout with when it came (a verdict's time, for latency).
+    pub(super) lines: std::sync::mpsc::Receiver<(Instant, String)>,
 }
 
 impl Tool {
@@ -44,13 +46,16 @@ impl Tool {
         };
         let keep = last_line.clone();
         let tx = ready_tx.clone();
+        let (lines_tx, lines) = std::sync::mpsc::channel();
         // Drain both pipes so the tool can never block on them.
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let at = Instant::now();
                 if want_out && line.contains(needle) {
                     let _ = tx.send(());
                 }
-                *keep.lock().unwrap() = line;
+                *keep.lock().unwrap() = line.clone();
+                let _ = lines_tx.send((at, line));
             }
         });
         std::thread::spawn(move || {
@@ -73,6 +78,7 @@ impl Tool {
             child,
             attach_s: started.elapsed().as_secs_f64(),
             last_line,
+            lines,
         })
     }
 
@@ -105,9 +111,23 @@ impl Tool {
             sample.events_lost = last["events_lost"]
                 .as_u64()
                 .or_else(|| last["self"]["events_lost"].as_u64());
+            sample.verdicts = last["probes"].as_u64();
+            sample.skipped = last["skipped_requests"].as_u64();
         }
         Ok(())
     }
+}
+
+/// CPU time (user + system) a process used so far, seconds.
+pub(super) fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) closing with ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after ')'.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks / hz)
 }
 
 /// Peak resident memory (VmHWM) of a process, MB.
