@@ -9,6 +9,7 @@ pub mod checks;
 pub mod findings;
 pub mod firewall_bridge;
 mod fixture;
+mod l2;
 pub mod snapshot;
 
 use std::net::Ipv4Addr;
@@ -123,6 +124,7 @@ pub fn examine_host(
     let located = match &q.iface {
         Some(i) => Ok(Location::named(i)),
         None => topology::locate_vm(&host, vm_ip, &nics)
+            .or_else(|e| topology::bridged::first_packet_location(&host, vm_ip, dst).ok_or(e))
             .or_else(|e| candidate_ports(&host, vm_ip).ok_or(e)),
     };
     let found_by = located
