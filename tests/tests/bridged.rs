@@ -215,3 +215,44 @@ fn vlan_aware_bridge_healthy() {
     let run = trace(&mut lab, 1, "15");
     assert_eq!(run.code, 0, "replied");
 }
+
+#[test]
+fn doctor_vlan_check() {
+    let Some(lab) = vlan_lab() else { return };
+    let vlan = check(&doctor(&lab), "vlan");
+    assert_eq!(vlan["status"], "pass", "{vlan}");
+    assert!(
+        vlan["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("tap100i0 is in VLAN 20"),
+        "{vlan}"
+    );
+    // The trunk toward the router without the guests' VLAN.
+    lab.hv("bridge vlan del dev eno1 vid 20 && bridge vlan add dev eno1 vid 1 pvid untagged")
+        .unwrap();
+    let vlan = check(&doctor(&lab), "vlan");
+    assert_eq!(vlan["status"], "fail", "{vlan}");
+    assert!(
+        vlan["fix"]
+            .as_str()
+            .unwrap()
+            .contains("bridge vlan add dev eno1 vid 20"),
+        "{vlan}"
+    );
+    // The guest's port without a PVID.
+    lab.hv("bridge vlan del dev tap100i0 vid 20").unwrap();
+    let vlan = check(&doctor(&lab), "vlan");
+    assert_eq!(vlan["status"], "fail", "{vlan}");
+    assert!(
+        vlan["evidence"].as_str().unwrap().contains("has no PVID"),
+        "{vlan}"
+    );
+    assert!(
+        vlan["fix"]
+            .as_str()
+            .unwrap()
+            .contains("bridge vlan add dev tap100i0 vid"),
+        "{vlan}"
+    );
+}

@@ -11,6 +11,7 @@ pub mod firewall_bridge;
 mod fixture;
 mod l2;
 pub mod snapshot;
+mod vlan;
 
 use std::net::Ipv4Addr;
 

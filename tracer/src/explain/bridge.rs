@@ -34,9 +34,16 @@ impl Explainer {
             .collect();
         let toward_router = self.router_ports(&now, &bridge);
         let no_target = self.reasons.get(&d.reason).map(String::as_str) == Some("NO_TX_TARGET");
-        // Without NO_TX_TARGET the bridge had a port (the FDB's): only the
-        // ports toward the router are the suspects.
-        let suspects: Vec<&String> = match no_target {
+        if !no_target && self.topo.lan.is_none() {
+            return None;
+        }
+        // Flooded to no port: NO_TX_TARGET (6.14+; before, the same frame is
+        // freed NOT_SPECIFIED), or in bridged mode nothing says which port
+        // leads to the router (a port losing carrier or STP state takes its FDB
+        // entries with it). Then every other port is a suspect; otherwise the
+        // bridge had the router's port from its FDB, and that port is.
+        let flooded = no_target || toward_router.is_empty();
+        let suspects: Vec<&String> = match flooded {
             true => out_ports.iter().collect(),
             false => out_ports
                 .iter()
@@ -62,7 +69,7 @@ impl Explainer {
             false => format!(" (and {})", others.join(", ")),
         };
         let fix = problem.fix(&port, now.link(&bridge));
-        let (rule, hint) = match (no_target, &problem) {
+        let (rule, hint) = match (flooded, &problem) {
             (true, _) | (false, PortProblem::AdminDown | PortProblem::NoCarrier) => (
                 format!(
                     "bridge {bridge}: no port to send to ({port} {})",

@@ -332,6 +332,7 @@ fn relevant_to_stage(stage: Option<&str>) -> &'static [&'static str] {
             "link_up",
             "stp_state",
             "bridge_uplink",
+            "vlan",
             "mtu",
             "duplicate_ip",
             "br_netfilter",

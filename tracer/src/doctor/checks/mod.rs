@@ -38,6 +38,7 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     out.extend(links_up(s, topo, host));
     out.extend(stp(topo, host));
     out.extend(super::l2::checks(topo, host, passive));
+    out.extend(super::vlan::check(s, topo, host));
     out.extend(super::firewall_bridge::check(topo, host));
     out.push(mtu(topo));
     let routed = topo.uplink.is_some() && !topo.bridged && !topo.dst_local;
