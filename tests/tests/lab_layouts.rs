@@ -146,18 +146,32 @@ fn check_topology(lab: &Lab) {
             assert_eq!(master_of(lab, &tap), "virbr0");
             assert!(lab.hv("ip link show dev vmbr0").is_err());
         }
+        Layout::Bridged => {
+            assert_eq!((br, tap.as_str()), ("vmbr0", "tap100i0"));
+            assert_eq!(master_of(lab, &tap), "vmbr0");
+            assert_eq!(master_of(lab, "eno1"), "vmbr0");
+            // The router is on the LAN; the host holds another address there.
+            assert!(lab
+                .inet("ip -4 addr show dev lan0")
+                .unwrap()
+                .contains("192.0.2.1/24"));
+        }
     }
+    let host_addr = match lab.layout() {
+        Layout::Bridged => "192.0.2.2/24",
+        _ => "192.0.2.1/24",
+    };
     assert!(lab
         .hv(&format!("ip -4 addr show dev {br}"))
         .unwrap()
-        .contains("192.0.2.1/24"));
+        .contains(host_addr));
 }
 
 fn check_configs(lab: &Lab) {
     let root = lab.config_root();
     let mac = lab.guest_spec(0).mac.clone();
     match lab.layout() {
-        Layout::Plain => {}
+        Layout::Plain | Layout::Bridged => {}
         Layout::Proxmox => {
             let conf = std::fs::read_to_string(root.join("etc/pve/qemu-server/100.conf")).unwrap();
             assert!(conf.contains("name: guest0\n"), "{conf}");
@@ -198,14 +212,14 @@ fn check_configs(lab: &Lab) {
 
 fn check_duplicate(lab: &Lab) {
     let (tap, master) = match lab.layout() {
-        Layout::Plain => ("tap199i0", "vmbr0"),
+        Layout::Plain | Layout::Bridged => ("tap199i0", "vmbr0"),
         Layout::Proxmox => ("tap199i0", "fwbr199i0"),
         Layout::Libvirt => ("vnet99", "virbr0"),
     };
     assert_eq!(master_of(lab, tap), master);
     let root = lab.config_root();
     match lab.layout() {
-        Layout::Plain => {}
+        Layout::Plain | Layout::Bridged => {}
         Layout::Proxmox => {
             let conf = std::fs::read_to_string(root.join("etc/pve/qemu-server/199.conf")).unwrap();
             assert!(conf.contains("ipconfig0: ip=192.0.2.100/24"), "{conf}");

@@ -234,12 +234,13 @@ proptest! {
     }
 
     #[test]
-    fn correlation_never_panics(events in prop::collection::vec(event(), 0..60), now in any::<u64>()) {
+    fn correlation_never_panics(events in prop::collection::vec(event(), 0..60), now in any::<u64>(), lan in any::<bool>()) {
         let ctx = PathCtx {
-            roles: HashMap::from([(1, Role::Port), (2, Role::Bridge), (3, Role::Uplink)]),
+            roles: HashMap::from([(1, Role::Port), (2, Role::Bridge), (3, Role::Uplink), (4, Role::Port)]),
             netns: 1,
             inbound: 2,
-            bridged: false,
+            bridged: lan,
+            lan,
             reply_hold_ns: 0,
         };
         let mut c = Correlator::new(ctx);

@@ -20,6 +20,7 @@ use crate::{
     hostconfig::VmNic,
 };
 
+pub mod bridged;
 mod locate;
 pub use locate::{candidates, describe_candidates, locate_vm, Evidence, Location};
 
@@ -90,6 +91,9 @@ pub struct Topology {
     pub mtus: HashMap<u32, u32>,
     /// The bridge each bridge port belongs to, by the port's index.
     pub masters: HashMap<u32, String>,
+    /// Bridged mode: the guest's frames to `dst` leave by a port of its bridge
+    /// toward a router on the LAN; the host routes none of them.
+    pub lan: Option<bridged::Lan>,
 }
 
 impl Topology {
@@ -105,7 +109,10 @@ impl Topology {
     ) -> Result<Self> {
         let location = match iface {
             Some(name) => Location::named(name),
-            None => locate_vm(host, vm_ip, nics)?,
+            // Bridged mode: the host never talks to the guest, so only its
+            // first request can say which port is the VM's.
+            None => locate_vm(host, vm_ip, nics)
+                .or_else(|e| bridged::first_packet_location(host, vm_ip, dst).ok_or(e))?,
         };
         Self::for_ports(host, vm_ip, dst, location)
     }
@@ -156,9 +163,13 @@ impl Topology {
                 .iter()
                 .filter_map(|l| Some((l.index, host.name_of(l.master?)?.to_string())))
                 .collect(),
+            lan: None,
         };
         if let Some(r) = route {
             topo.apply_route(host, &r);
+        }
+        if let (true, Some(gw), Some(b)) = (topo.bridged, topo.gateway, &topo.bridge) {
+            topo.lan = Some(bridged::lan_of(host, &b.name, gw, &port_names));
         }
         topo.vm_subnet = subnet_of(host, &inbound, vm_ip);
         Ok(topo)
@@ -194,6 +205,10 @@ impl Topology {
         }
         if let Some(u) = &self.uplink {
             hooks.push((u.clone(), Role::Uplink));
+        }
+        // Bridged mode: the bridge port(s) toward the LAN's router.
+        for p in self.lan.iter().flat_map(|l| &l.ports) {
+            hooks.push((p.clone(), Role::Uplink));
         }
         hooks
     }
@@ -255,6 +270,12 @@ impl Topology {
         names.extend(self.chain.iter().map(|h| h.iface.name.clone()));
         names.extend(self.bridge.iter().map(|b| b.name.clone()));
         names.extend(self.uplink.iter().map(|u| u.name.clone()));
+        names.extend(
+            self.lan
+                .iter()
+                .map(|l| l.port_names())
+                .filter(|n| !n.is_empty()),
+        );
         names
     }
 

@@ -291,6 +291,7 @@ async fn follow(
         netns: topo.netns_inum,
         inbound: topo.inbound().index,
         bridged: topo.bridged,
+        lan: topo.lan.is_some(),
         reply_hold_ns: crate::kernel::neighbour_hold_ns(&topo.inbound().name),
     });
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for
@@ -576,6 +577,7 @@ mod pipeline_bench {
             netns: 1,
             inbound: BRIDGE,
             bridged: false,
+            lan: false,
             reply_hold_ns: 0,
         });
         let start = Instant::now();

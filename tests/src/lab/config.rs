@@ -21,7 +21,7 @@ impl Lab {
             .chain(&self.bare_ports)
             .collect();
         match self.layout {
-            Layout::Plain => Ok(()),
+            Layout::Plain | Layout::Bridged => Ok(()),
             Layout::Proxmox => {
                 let dir = root.join("etc/pve/qemu-server");
                 recreate_dir(&dir)?;

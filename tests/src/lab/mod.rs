@@ -13,6 +13,11 @@
 //!             `etc/pve/qemu-server/100.conf` under [`Lab::config_root`]
 //!   Libvirt:  vnet0 ── virbr0 (libvirt's NAT network "default"), plus
 //!             `run/libvirt/qemu/guest0.xml` and `run/libvirt/network/default.xml`
+//!   Bridged:  tap100i0 ── vmbr0 192.0.2.2/24 ── eno1 ═veth═ lan0 192.0.2.1 in the
+//!             inet namespace, the LAN's router (hosts 203.0.113.8/.53 on its lo):
+//!             Proxmox's default, the host routes none of the guest's traffic
+//!             (ip_forward=0, no eth0, no NAT; the host's own default route is via
+//!             the router on vmbr0)
 //!
 //! Only RFC 5737 addresses; nothing outside the lab's own namespaces is changed.
 //! Everything is removed on drop, and `up` first removes leftovers of killed runs.
@@ -45,6 +50,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// The VM number of the planted duplicate-IP guest (tap199i0 / vnet99).
 const DUPLICATE_VMID: u32 = 199;
 
+/// [`Layout::Bridged`]: the VM bridge and its "physical" port toward the LAN.
+const BRIDGED_BR: &str = "vmbr0";
+pub const BRIDGED_UPLINK: &str = "eno1";
+
 /// How the hypervisor wires its guests to the VM bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
@@ -56,6 +65,10 @@ pub enum Layout {
     Proxmox,
     /// libvirt's NAT network "default": virbr0 with the ports vnet{n}.
     Libvirt,
+    /// Bridged mode: vmbr0 bridges the TAPs and the "physical" port eno1 (a veth
+    /// into the LAN, the inet namespace, whose router 192.0.2.1 is the guests'
+    /// gateway); the host routes nothing for them.
+    Bridged,
 }
 
 impl Layout {
@@ -64,7 +77,7 @@ impl Layout {
     /// The VM bridge, the one holding 192.0.2.1.
     pub fn bridge(self) -> &'static str {
         match self {
-            Layout::Plain | Layout::Proxmox => "vmbr0",
+            Layout::Plain | Layout::Proxmox | Layout::Bridged => "vmbr0",
             Layout::Libvirt => "virbr0",
         }
     }
@@ -74,7 +87,9 @@ impl Layout {
     pub fn port_name(self, tap: &str) -> String {
         match (self, parse_port(tap)) {
             (Layout::Libvirt, Some((vmid, 0))) if vmid >= 100 => format!("vnet{}", vmid - 100),
-            (Layout::Plain | Layout::Proxmox, Some((vmid, net))) => format!("tap{vmid}i{net}"),
+            (Layout::Plain | Layout::Proxmox | Layout::Bridged, Some((vmid, net))) => {
+                format!("tap{vmid}i{net}")
+            }
             _ => tap.to_string(),
         }
     }
@@ -115,6 +130,12 @@ pub struct LabOptions {
     /// addresses (the kernel's default, arp_ignore=0), so a guest may take a
     /// firewall bridge's MAC for its gateway's. Off: arp_ignore=1 on them.
     pub fwbr_answers_arp: bool,
+    /// Bridged layout only: vmbr0 VLAN-aware (`vlan_filtering 1`, Proxmox's
+    /// `bridge-vlan-aware yes`), every guest's TAP in this VLAN as its PVID,
+    /// untagged (Proxmox's `tag=N`), and eno1 an access port of it toward the
+    /// router (the host's own address on vmbr0 too). Kernels without bridge
+    /// VLAN filtering refuse it: [`Lab::up`] fails saying so.
+    pub vlan: Option<u16>,
 }
 
 impl LabOptions {
@@ -125,6 +146,7 @@ impl LabOptions {
             guests: vec![GuestSpec::nth(0)],
             layout: Layout::Plain,
             fwbr_answers_arp: false,
+            vlan: None,
         }
     }
 }
@@ -134,6 +156,7 @@ pub struct Lab {
     inet: String,
     layout: Layout,
     fwbr_answers_arp: bool,
+    vlan: Option<u16>,
     config_root: PathBuf,
     guest_bin: PathBuf,
     guests: Vec<Guest>,
@@ -158,6 +181,7 @@ impl Lab {
             inet: format!("{base}-inet"),
             layout: opts.layout,
             fwbr_answers_arp: opts.fwbr_answers_arp,
+            vlan: opts.vlan,
             config_root: std::env::temp_dir().join(format!("{CONFIG_PREFIX}{pid}-{n}")),
             guest_bin: opts.guest_bin,
             guests: Vec::new(),
@@ -185,6 +209,9 @@ impl Lab {
         sh(&format!("ip netns add {hv} && ip netns add {inet}"))?;
         self.hv("ip link set lo up")?;
         self.inet("ip link set lo up")?;
+        if self.layout == Layout::Bridged {
+            return self.build_bridged();
+        }
         self.hv(&format!(
             // A fixed MAC, as libvirt and Proxmox give their bridges: otherwise the
             // bridge takes its lowest port's MAC, and every new port with a lower
@@ -218,6 +245,51 @@ impl Lab {
             )?;
         }
         self.write_configs()
+    }
+
+    /// [`Layout::Bridged`]: vmbr0 holds the host's own address and bridges the
+    /// guests to eno1, the LAN; the router 192.0.2.1 (the inet namespace) is
+    /// everyone's gateway. The host pings it once, as a real host talks to its
+    /// gateway: it knows the router's MAC, and vmbr0 learned it on eno1.
+    fn build_bridged(&mut self) -> Result<()> {
+        let (hv, inet) = (self.hv.clone(), self.inet.clone());
+        self.hv(&format!(
+            "ip link add {BRIDGED_BR} address 02:00:00:00:01:02 type bridge stp_state 0 forward_delay 0 && \
+             ip addr add 192.0.2.2/24 dev {BRIDGED_BR} && ip link set {BRIDGED_BR} up"
+        ))?;
+        sh(&format!(
+            "ip link add {BRIDGED_UPLINK} netns {hv} type veth peer name lan0 netns {inet}"
+        ))?;
+        self.hv(&format!(
+            "ip link set {BRIDGED_UPLINK} master {BRIDGED_BR} && ip link set {BRIDGED_UPLINK} up && \
+             ip route add default via 192.0.2.1 dev {BRIDGED_BR} && sysctl -qw net.ipv4.ip_forward=0"
+        ))?;
+        if let Some(vid) = self.vlan {
+            self.hv(&format!(
+                "ip link set {BRIDGED_BR} type bridge vlan_filtering 1"
+            ))
+            .context("this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)")?;
+            self.hv(&format!(
+                "bridge vlan add dev {BRIDGED_BR} vid {vid} pvid untagged self && \
+                 bridge vlan del dev {BRIDGED_BR} vid 1 self"
+            ))?;
+            self.vlan_access_port(BRIDGED_UPLINK, vid)?;
+        }
+        self.inet(
+            "ip link set lan0 address 02:00:00:00:02:01 && \
+             ip addr add 192.0.2.1/24 dev lan0 && ip link set lan0 up && \
+             ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo",
+        )?;
+        self.hv("ping -q -c 1 -W 2 192.0.2.1 >/dev/null")?;
+        Ok(())
+    }
+
+    /// `port` carries VLAN `vid` untagged as its PVID, and nothing else.
+    fn vlan_access_port(&self, port: &str, vid: u16) -> Result<()> {
+        self.hv(&format!(
+            "bridge vlan add dev {port} vid {vid} pvid untagged && bridge vlan del dev {port} vid 1"
+        ))
+        .map(drop)
     }
 
     fn masquerade(&self) -> Result<()> {
@@ -302,10 +374,15 @@ impl Lab {
         spec.tap = self.layout.port_name(&spec.tap);
         let t = &spec.tap;
         match self.layout {
-            Layout::Plain | Layout::Libvirt => self.hv(&format!(
-                "ip tuntap add dev {t} mode tap && ip link set {t} master {br} && ip link set {t} up",
-                br = self.bridge()
-            ))?,
+            Layout::Plain | Layout::Libvirt | Layout::Bridged => {
+                self.hv(&format!(
+                    "ip tuntap add dev {t} mode tap && ip link set {t} master {br} && ip link set {t} up",
+                    br = self.bridge()
+                ))?;
+                if let Some(vid) = self.vlan {
+                    self.vlan_access_port(t, vid)?;
+                }
+            }
             Layout::Proxmox => {
                 let FwChain { fwbr, fwpr, fwln } = fw_chain(t)?;
                 let arp_ignore = if self.fwbr_answers_arp { 0 } else { 1 };
@@ -325,7 +402,7 @@ impl Lab {
                      ip tuntap add dev {t} mode tap && ip link set {t} master {fwbr} && \
                      ip link set {t} up",
                     br = self.bridge()
-                ))?
+                ))?;
             }
         };
         Ok(spec)

@@ -31,6 +31,10 @@ pub struct PathCtx {
     pub inbound: u32,
     /// The destination is another guest on the same bridge.
     pub bridged: bool,
+    /// Bridged mode (a LAN router beyond a port of the guest's bridge): the
+    /// request leaves the host by a bridge port and the reply comes in by one;
+    /// among watched VM-port candidates, any port but the VM's is that port.
+    pub lan: bool,
     /// How long the kernel may hold a reply on its way to the guest before it
     /// either delivers or frees it: resolving the guest's address on the VM bridge
     /// (the neighbour queue) is the longest wait. A reply is not declared lost
@@ -115,14 +119,14 @@ impl Correlator {
     }
 
     fn on_tc(&mut self, ev: &Event) {
-        let hop = Hop {
+        let mut hop = Hop {
             stage: self.stage_of(ev.ifindex),
             ifindex: ev.ifindex,
             ts_ns: ev.ts_ns,
             pkt: ev.pkt,
             egress: ev.dir == DIR_EGRESS,
         };
-        let role = self.ctx.roles.get(&ev.ifindex).copied();
+        let role = self.lan_role(ev, &mut hop);
         if ev.role == ROLE_REPLY {
             let Some(i) = self.find(ev) else {
                 return; // a reply to a request we never saw
@@ -141,8 +145,14 @@ impl Correlator {
             return;
         }
         let i = match self.find(ev) {
-            // A retransmission with the same id (DNS retries) is a new request.
-            Some(i) if self.traces[i].req_skb == ev.skb || role != Some(Role::Port) => i,
+            // A retransmission with the same id (DNS retries) is a new request:
+            // it comes in by the VM's port again. Leaving by a port is the same
+            // request (a flooded copy has another skb).
+            Some(i)
+                if self.traces[i].req_skb == ev.skb || role != Some(Role::Port) || hop.egress =>
+            {
+                i
+            }
             _ => self.start(ev),
         };
         let t = &mut self.traces[i];
@@ -157,6 +167,25 @@ impl Correlator {
     }
 
     /// The kernel dropped events (ring buffer full) just before `now`: every open
+    /// The role of the device an event is on. In bridged mode, when every port
+    /// of the bridge is watched as the VM's (nothing said which leads to the
+    /// LAN), a port other than the one the request came in by is the way out:
+    /// the request leaving by it, or the reply coming in by it, is at `egress`.
+    fn lan_role(&self, ev: &Event, hop: &mut Hop) -> Option<Role> {
+        let role = self.ctx.roles.get(&ev.ifindex).copied();
+        if !self.ctx.lan || role != Some(Role::Port) {
+            return role;
+        }
+        let port = self.find(ev).and_then(|i| self.traces[i].port_ifindex);
+        let leaving = ev.role != ROLE_REPLY && hop.egress;
+        let entering = ev.role == ROLE_REPLY && !hop.egress;
+        if port.is_some_and(|p| p != ev.ifindex) && (leaving || entering) {
+            hop.stage = Stage::Egress;
+            return Some(Role::Uplink);
+        }
+        role
+    }
+
     /// trace, and any whose first event predates `now`, may be missing hops.
     pub fn mark_lossy(&mut self, now: u64) {
         self.lossy_until = now;

@@ -13,6 +13,7 @@ fn ctx() -> PathCtx {
         netns: NS,
         inbound: BR,
         bridged: false,
+        lan: false,
         reply_hold_ns: 0,
     }
 }

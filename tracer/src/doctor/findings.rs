@@ -11,7 +11,9 @@ const VOLATILE: &[&str] = &[
     "bridge_member",
     "link_up",
     "stp_state",
+    "bridge_uplink",
     "gateway",
+    "lan_gateway",
     "firewall_bridge_arp",
 ];
 

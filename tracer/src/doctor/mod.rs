@@ -9,8 +9,10 @@ pub mod checks;
 pub mod findings;
 pub mod firewall_bridge;
 mod fixture;
+mod l2;
 pub mod snapshot;
 pub mod spoof;
+mod vlan;
 
 use std::net::Ipv4Addr;
 
@@ -127,6 +129,7 @@ pub fn examine_host(
     let located = match &q.iface {
         Some(i) => Ok(Location::named(i)),
         None => topology::locate_vm(&host, vm_ip, &nics)
+            .or_else(|e| topology::bridged::first_packet_location(&host, vm_ip, dst).ok_or(e))
             .or_else(|e| candidate_ports(&host, vm_ip).ok_or(e)),
     };
     let found_by = located

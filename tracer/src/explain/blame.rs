@@ -48,7 +48,12 @@ impl Explainer {
                 .blame_port_down(t, what)
                 .or_else(|| self.blame_bridge_port(d, stage, what))
                 .unwrap_or_else(generic),
-            _ if stage == Stage::Bridge => self.blame_bridge_port(d, stage, what).unwrap_or_else(generic),
+            // The port it came in by, its VLAN, then the ports it could leave by.
+            _ if stage == Stage::Bridge => self
+                .blame_bridge_port(d, stage, what)
+                .or_else(|| self.blame_vlan(t, d, facts.function, what))
+                .or_else(|| self.blame_bridge_egress(t, d, what))
+                .unwrap_or_else(generic),
             _ => generic(),
         }
     }

@@ -2,6 +2,7 @@
 //! reason, the rule or setting responsible, and the command that fixes it.
 
 mod blame;
+mod bridge;
 mod firewall;
 pub mod fix;
 pub mod iptables;
@@ -12,6 +13,7 @@ mod nft_match;
 mod path;
 mod pve_firewall;
 pub mod stage;
+mod vlan;
 
 /// Proxmox's nftables firewall in its own terms, for the doctor's checks too.
 pub use pve_firewall::hint as pve_hint;
@@ -185,12 +187,10 @@ impl Explainer {
 
     fn no_reply(&self, t: &Trace, timed_out: bool, v: &mut Verdict) {
         v.direction = None;
-        if let Some(out) = t
-            .req_hops
-            .iter()
-            .rev()
-            .find(|h| self.topo.role_of(h.ifindex) == Some(Role::Uplink))
-        {
+        if let Some(out) = t.req_hops.iter().rev().find(|h| {
+            self.topo.role_of(h.ifindex) == Some(Role::Uplink)
+                || (self.topo.lan.is_some() && h.stage == Stage::Egress && h.egress)
+        }) {
             self.left_host(t, out, v);
         } else if t.local_ts.is_some() {
             v.stage = Some(Stage::Input);
@@ -247,6 +247,10 @@ impl Explainer {
 
     /// The request left through the uplink and nothing came back.
     fn left_host(&self, t: &Trace, out: &Hop, v: &mut Verdict) {
+        if self.topo.lan.is_some() {
+            // Bridged into the LAN: no NAT, no route of this host's involved.
+            return self.lan_no_reply(t, out, v);
+        }
         v.stage = Some(Stage::Remote);
         v.ifname = self.name(out.ifindex);
         v.hint = Some(self.remote_hint(out));
@@ -327,6 +331,8 @@ fn relevant_to_stage(stage: Stage) -> &'static [&'static str] {
             "bridge_member",
             "link_up",
             "stp_state",
+            "bridge_uplink",
+            "vlan",
             "mtu",
             "duplicate_ip",
             "br_netfilter",
@@ -341,6 +347,6 @@ fn relevant_to_stage(stage: Stage) -> &'static [&'static str] {
         Stage::Postrouting => &["nat", "firewall", "firewall_bridge_arp"],
         Stage::Neighbor => &["gateway"],
         Stage::Egress => &["mtu", "link_up"],
-        Stage::Remote => &["nat", "gateway", "route", "firewall", "mtu"],
+        Stage::Remote => &["nat", "gateway", "lan_gateway", "route", "firewall", "mtu"],
     }
 }

@@ -79,7 +79,9 @@ impl Explainer {
         let mut prev: Option<&Hop> = None;
         for hop in hops {
             let nat = prev.and_then(|p| nat_between(&p.pkt, &hop.pkt));
-            if let Some(p) = prev {
+            if let Some(p) = prev.filter(|_| self.topo.lan.is_some()) {
+                out.extend(self.lan_implied(p, hop, t0, dir));
+            } else if let Some(p) = prev {
                 for stage in implied(p, hop, dir) {
                     out.push(PathHop {
                         stage,

@@ -47,6 +47,12 @@ impl Host {
                         .as_u64()
                         .is_some_and(|s| s != 0),
                     vlan_id: l["linkinfo"]["info_data"]["id"].as_u64().map(|i| i as u16),
+                    forward_delay: l["linkinfo"]["info_data"]["forward_delay"]
+                        .as_u64()
+                        .map(|d| d as u32),
+                    vlan_filtering: l["linkinfo"]["info_data"]["vlan_filtering"]
+                        .as_u64()
+                        .is_some_and(|v| v != 0),
                 })
             })
             .collect();

@@ -35,6 +35,13 @@ pub struct Link {
     pub port_state: Option<PortState>,
     /// A bridge runs STP.
     pub stp: bool,
+    /// A bridge's STP forward delay, in hundredths of a second (as iproute2
+    /// prints it).
+    #[serde(default)]
+    pub forward_delay: Option<u32>,
+    /// A bridge filters by VLAN (`vlan_filtering 1`).
+    #[serde(default)]
+    pub vlan_filtering: bool,
     /// A VLAN device's id.
     pub vlan_id: Option<u16>,
 }
@@ -85,6 +92,13 @@ impl Link {
                     self.stp = attrs
                         .iter()
                         .any(|a| matches!(a, InfoBridge::StpState(s) if u32::from(*s) != 0));
+                    for a in attrs {
+                        match a {
+                            InfoBridge::ForwardDelay(d) => self.forward_delay = Some(*d),
+                            InfoBridge::VlanFiltering(v) => self.vlan_filtering = *v,
+                            _ => {}
+                        }
+                    }
                 }
                 LinkInfo::Data(InfoData::Vlan(attrs)) => {
                     self.vlan_id = attrs.iter().find_map(|a| match a {

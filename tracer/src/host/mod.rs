@@ -20,6 +20,7 @@ pub mod netlink;
 pub mod run;
 mod sysctls;
 mod tables;
+pub mod vlan;
 
 use std::{
     collections::{BTreeMap, HashSet},

@@ -23,6 +23,9 @@ pub enum Evidence {
     Config(String),
     /// Nothing names one port: the ports are candidates, for this reason.
     Guess(String),
+    /// Bridged mode: the host never talks to the guest, so no table knows it;
+    /// the port its first request arrives on is the VM's (why: said here).
+    FirstPacket(String),
 }
 
 impl Evidence {
@@ -33,6 +36,7 @@ impl Evidence {
             Evidence::Iface => "--iface".into(),
             Evidence::Config(c) => c.clone(),
             Evidence::Guess(why) => format!("guess: {why}"),
+            Evidence::FirstPacket(why) => format!("its first request: {why}"),
         }
     }
 
@@ -46,6 +50,7 @@ impl Evidence {
                 ports.join(", ")
             )),
             Evidence::Guess(why) => Some(format!("port guessed: {why}")),
+            Evidence::FirstPacket(why) => Some(why.clone()),
         }
     }
 }

@@ -19,7 +19,10 @@ pub(super) fn links_up(s: &Subject, t: &Topology, host: &Host) -> Vec<Check> {
                     .fix(format!("ip link set dev {name} up")),
             );
         } else if !bridge && !link.is_some_and(|l| l.lower_up) {
-            let is_port = t.ports.iter().any(|p| p.name == name);
+            // A VM's TAP has carrier while the VM runs; other ports (a bridge's
+            // physical NIC watched as a candidate in bridged mode) do not.
+            let kind = link.and_then(|l| l.kind.as_deref()).unwrap_or_default();
+            let is_port = t.ports.iter().any(|p| p.name == name) && kind == "tun";
             let fix = match s
                 .nics
                 .iter()
@@ -27,7 +30,12 @@ pub(super) fn links_up(s: &Subject, t: &Topology, host: &Host) -> Vec<Check> {
             {
                 Some(nic) if is_port => start_command(nic),
                 _ if is_port => "start the VM (no process holds its TAP device)".to_string(),
-                _ => format!("bring up the other end of {name} (ip -d link show {name})"),
+                _ if kind == "veth" => {
+                    format!("bring up the other end of {name} (ip -d link show {name})")
+                }
+                _ => format!(
+                    "check {name}'s cable, the switch port and the link partner (ethtool {name})"
+                ),
             };
             out.push(
                 Check::new("link_up", Status::Fail, &name)

@@ -37,6 +37,8 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     }
     out.extend(links_up(s, topo, host));
     out.extend(stp(topo, host));
+    out.extend(super::l2::checks(topo, host, passive));
+    out.extend(super::vlan::check(s, topo, host));
     out.extend(super::firewall_bridge::check(topo, host));
     out.extend(super::spoof::check(topo, host, &s.config_root));
     out.push(mtu(topo));
@@ -69,6 +71,7 @@ pub fn volatile(s: &Subject, now: &Host) -> Vec<Check> {
     let mut out = membership(s, topo, now);
     out.extend(links_up(s, topo, now));
     out.extend(stp(topo, now));
+    out.extend(super::l2::checks(topo, now, true));
     out.extend(super::firewall_bridge::check(topo, now));
     if let (Some(gw), Some(_)) = (topo.gateway, &topo.uplink) {
         out.push(gateway(topo, gw, now, true));
@@ -81,6 +84,17 @@ fn vm_port(s: &Subject, t: &Topology) -> Check {
     let mac = t.vm_mac.as_deref().unwrap_or("MAC unknown");
     let mut c = Check::new("vm_port", Status::Pass, ports.join(", "))
         .evidence(format!("{} ({mac}) found by {}", s.vm_ip, s.found_by));
+    if let Evidence::FirstPacket(why) = &t.evidence {
+        // Bridged mode: no table knows the guest; with one candidate that is
+        // its port, with several the first request will tell (trace mode).
+        c.evidence = format!("{} ({mac}): {why}", s.vm_ip);
+        if ports.len() > 1 {
+            c.status = Status::Warn;
+            c.fix = Some(
+                "trace it (pathtrace --vm-ip IP --to DEST) while the guest sends: its port is the one its request arrives on; or name it with --iface".into(),
+            );
+        }
+    }
     if let Evidence::Guess(why) = &t.evidence {
         // Said, not silent: every check below is about a port nothing proved is
         // the VM's.

@@ -94,6 +94,11 @@ pub(super) fn route(s: &Subject, t: &Topology) -> Check {
     }
     let how = if t.dst_local {
         format!("{} is an address of this host", s.dst)
+    } else if let (Some(lan), Some(br)) = (&t.lan, &t.bridge) {
+        format!(
+            "{} is reached through the LAN's router {} on {} (bridged: this host routes none of the guest's traffic)",
+            s.dst, lan.gateway, br.name
+        )
     } else if t.bridged {
         format!("{} is on the VM's own bridge {}", s.dst, t.inbound().name)
     } else {
