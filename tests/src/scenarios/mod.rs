@@ -1,0 +1,218 @@
+//! The catalogue of ways a guest's ping or DNS dies on a hypervisor: how the lab
+//! breaks, what the guest sends, and what pathtrace must say. Each entry is an
+//! end-to-end test (tests/scenarios.rs) and a row of docs/troubleshooting.md, which
+//! is generated from here (`cargo xtask docs`) and checked against it, so the two
+//! cannot drift.
+
+use crate::lab::Layout;
+
+mod catalogue;
+
+pub use catalogue::CATALOGUE;
+
+/// What the guest does while pathtrace watches.
+#[derive(Debug, Clone, Copy)]
+pub enum Traffic {
+    /// One ping to `dst` with this IP payload size and TTL.
+    Ping {
+        dst: &'static str,
+        size: usize,
+        ttl: u8,
+    },
+    /// One DNS query for `name` to `server`.
+    Dns {
+        server: &'static str,
+        name: &'static str,
+    },
+}
+
+impl Traffic {
+    pub const fn ping(dst: &'static str) -> Self {
+        Traffic::Ping {
+            dst,
+            size: 56,
+            ttl: 64,
+        }
+    }
+
+    pub fn dst(&self) -> &'static str {
+        match self {
+            Traffic::Ping { dst, .. } => dst,
+            Traffic::Dns { server, .. } => server,
+        }
+    }
+}
+
+/// The fields of pathtrace's JSON verdict a scenario pins down.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect {
+    pub verdict: &'static str,
+    pub direction: Option<&'static str>,
+    pub stage: Option<&'static str>,
+    pub reason: Option<&'static str>,
+    /// Text the `rule` field must contain.
+    pub rule: Option<&'static str>,
+    /// Text the `hint` must contain.
+    pub hint: Option<&'static str>,
+    pub dns_rcode: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    /// What the operator hears or sees.
+    pub symptom: &'static str,
+    /// The misconfiguration.
+    pub cause: &'static str,
+    /// How the lab wires the guest (bridged mode: the LAN's router is the
+    /// gateway, beyond the bridge port eno1).
+    pub layout: Layout,
+    /// Bridged layout with a VLAN-aware vmbr0: the guests and eno1 in this VLAN
+    /// (see `LabOptions::vlan`). Skipped, saying so, on kernels without bridge
+    /// VLAN filtering.
+    pub vlan: Option<u16>,
+    /// Shell commands run in the hypervisor namespace to break the path.
+    pub break_hv: &'static [&'static str],
+    /// Shell commands run in the internet namespace (bridged mode: the LAN and
+    /// its router) to break the path there.
+    pub break_lan: &'static [&'static str],
+    /// Commands run in the hypervisor namespace while the guest's request is in
+    /// flight (in the background).
+    pub during_hv: &'static str,
+    /// A second guest (192.0.2.101 on tap101i0).
+    pub second_guest: bool,
+    /// A DNS resolver on the host itself (192.0.2.1:53), as dnsmasq on a bridge.
+    pub host_resolver: bool,
+    pub traffic: Traffic,
+    /// The VM's port, passed as `--iface`: where the host's tables have forgotten
+    /// the VM, pathtrace refuses to guess its port (it says which ports could be it).
+    pub iface: Option<&'static str>,
+    pub expect: Expect,
+    /// The fix an operator applies (documentation; pathtrace's hint says it too).
+    pub fix: &'static str,
+}
+
+pub fn find(name: &str) -> &'static Scenario {
+    CATALOGUE
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no scenario {name}"))
+}
+
+impl Scenario {
+    /// Panics unless `v`, one of pathtrace's JSON verdicts, says what this scenario
+    /// expects (shared by the fake-guest and the real-guest tests).
+    pub fn check(&self, v: &serde_json::Value) {
+        let (e, name) = (&self.expect, self.name);
+        // Read as the contract's typed verdict: a word outside the contract (a
+        // stage, verdict or direction it does not define) fails here.
+        let typed: pathtrace_json::Verdict =
+            serde_json::from_value(v.clone()).unwrap_or_else(|err| {
+                panic!("{name}: not a verdict line of the contract ({err}): {v}")
+            });
+        assert_eq!(typed.verdict.as_str(), e.verdict, "{name}: verdict");
+        assert_eq!(
+            typed.direction.map(|d| d.as_str()),
+            e.direction,
+            "{name}: direction"
+        );
+        if e.stage.is_some() {
+            assert_eq!(typed.stage.map(|s| s.as_str()), e.stage, "{name}: stage");
+        }
+        if e.reason.is_some() {
+            assert_eq!(typed.reason.as_deref(), e.reason, "{name}: reason");
+        }
+        if let Some(rcode) = e.dns_rcode {
+            assert_eq!(typed.dns_rcode.as_deref(), Some(rcode), "{name}: rcode");
+        }
+        for (k, got, want) in [("rule", &typed.rule, e.rule), ("hint", &typed.hint, e.hint)] {
+            if let Some(want) = want {
+                let got = got.clone().unwrap_or_default();
+                assert!(
+                    got.to_lowercase().contains(&want.to_lowercase()),
+                    "{name}: {k} {got:?} should contain {want:?}"
+                );
+            }
+        }
+    }
+}
+
+/// What pathtrace shows for a scenario, as a table cell.
+fn shows(e: &Expect) -> String {
+    let mut parts = vec![format!("`{}`", e.verdict)];
+    parts.extend(e.direction.map(|d| format!("`{d}`")));
+    parts.extend(e.stage.map(|s| format!("at `{s}`")));
+    parts.extend(e.reason.map(|r| format!("`{r}`")));
+    parts.extend(e.dns_rcode.map(|r| format!("rcode `{r}`")));
+    parts.extend(e.rule.map(|r| format!("rule “{r}…”")));
+    parts.join(" ")
+}
+
+/// What pathtrace shows, and the `--iface` the scenario needs.
+fn shows_for(sc: &Scenario) -> String {
+    let shown = match sc.iface {
+        Some(port) => format!(
+            "{} (with `--iface {port}`: the host's tables forgot the VM)",
+            shows(&sc.expect)
+        ),
+        None => shows(&sc.expect),
+    };
+    match sc.vlan {
+        Some(_) => format!("{shown} (kernels with bridge VLAN filtering)"),
+        None => shown,
+    }
+}
+
+/// docs/troubleshooting.md, generated from the catalogue.
+pub fn render_doc() -> String {
+    let mut s = String::from(
+        "# Troubleshooting with pathtrace\n\n\
+         Generated from `tests/src/scenarios.rs` by `cargo xtask docs`; every row is an \
+         end-to-end test (`tests/tests/scenarios.rs`) on a real kernel, so this table \
+         cannot drift from what pathtrace says.\n\n\
+         | symptom | what pathtrace shows | cause | fix |\n|---|---|---|---|\n",
+    );
+    for sc in CATALOGUE {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            sc.symptom,
+            shows_for(sc).replace('|', "\\|"),
+            sc.cause,
+            sc.fix.replace('|', "\\|")
+        ));
+    }
+    s.push_str(
+        "\nThe rows for VLAN-aware bridges run where the kernel has bridge VLAN filtering \
+         (Debian's 6.1 and 6.12: `cargo xtask vm-test --kernel 6.12 -- vlan_`); the 6.18 CI \
+         kernel is built without CONFIG_BRIDGE_VLAN_FILTERING, and their tests skip there, \
+         saying so.\n",
+    );
+    s
+}
+
+pub const DOC_PATH: &str = "docs/troubleshooting.md";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = CATALOGUE.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CATALOGUE.len());
+    }
+
+    #[test]
+    fn troubleshooting_doc_matches_the_catalogue() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(DOC_PATH);
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            doc == render_doc(),
+            "{DOC_PATH} is stale: run `cargo xtask docs`"
+        );
+    }
+}
