@@ -257,7 +257,7 @@ fn classify(
             pkt.seq = t.pkt.seq;
             return Some((t.role, t.flags, false));
         }
-        if t.pkt.proto == pkt.proto && t.pkt.id == pkt.id {
+        if same_packet(&t.pkt, pkt) {
             return Some((t.role, t.flags, false));
         }
         untrack(skb);
@@ -298,6 +298,20 @@ fn classify(
         },
     );
     Some((role, flags, true))
+}
+
+/// Is this the followed packet seen again, or another packet the kernel put at a
+/// freed one's address? Some frees pass no tracepoint (a deferred free recycled
+/// through the per-CPU skb cache), so the address of a request that reached a
+/// local server can come straight back as its answer: same protocol and id, so
+/// the direction (echo vs echo reply, to or from port 53) tells them apart. NAT
+/// rewrites neither.
+#[inline(always)]
+fn same_packet(was: &PacketInfo, now: &PacketInfo) -> bool {
+    was.proto == now.proto
+        && was.id == now.id
+        && was.icmp_type == now.icmp_type
+        && (was.dport == DNS_PORT) == (now.dport == DNS_PORT)
 }
 
 /// One of the guest's requests has this id. Without a recent request there is
