@@ -6,11 +6,16 @@
 //! with one JSON line on stdout:
 //!   ping DST COUNT INTERVAL_MS TIMEOUT_MS SIZE TTL DF
 //!   dns SERVER NAME COUNT TIMEOUT_MS
+//!   tcp DST PORT TIMEOUT_MS DATA     (connect; then DATA bytes in one DF segment)
+//!   udp DST PORT TIMEOUT_MS          (one datagram, wait for the response)
 //!   quit
 //!
 //! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80,
 //! names ending in `.invalid` with NXDOMAIN, and names starting with `slow.` after
 //! a second; it stops after an hour at most.
+//!
+//! `fake-guest services --tcp IP:PORT --udp IP:PORT` (in the internet namespace)
+//! accepts TCP connections and echoes UDP datagrams (`pathtrace_tests::tcp`).
 //!
 //! `fake-guest flood --proto udp|icmp --dst IP [--port P] --seconds S --max N` (run
 //! inside a guest's namespace, for the benchmark) sends small packets (UDP to port
@@ -26,7 +31,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use pathtrace_tests::packet::{self, Frame, IpOpts, Mac, BROADCAST};
+use pathtrace_tests::{
+    packet::{self, Frame, IpOpts, Mac, BROADCAST},
+    tcp::{self, Segment},
+};
 use serde_json::json;
 
 fn main() {
@@ -35,6 +43,10 @@ fn main() {
         Some("guest") => Guest::start(&args[1..]).and_then(|g| g.serve()),
         Some("dns-server") => dns_server(&args[1..]),
         Some("flood") => flood(&args[1..]),
+        Some("services") => (|| {
+            let a = &args[1..];
+            tcp::serve(flag(a, "--tcp")?.parse()?, flag(a, "--udp")?.parse()?)
+        })(),
         _ => Err(anyhow::anyhow!(
             "usage: fake-guest guest|dns-server|flood ..."
         )),
@@ -87,6 +99,11 @@ struct Guest {
 enum Seen {
     EchoReply { id: u16, seq: u16 },
     Dns { id: u16, rcode: u8 },
+    Tcp(Segment),
+    Udp { sport: u16, dport: u16 },
+    /// An ICMP error (type, code, the MTU a "fragmentation needed" names)
+    /// quoting one of our TCP/UDP packets (its protocol and source port).
+    IcmpError { kind: u8, code: u8, mtu: u16, proto: u8, sport: u16 },
     Nothing,
 }
 
@@ -171,6 +188,8 @@ impl Guest {
                         Some("quit") => return Ok(()),
                         Some("ping") => self.ping(&words[1..]),
                         Some("dns") => self.dns(&words[1..]),
+                        Some("tcp") => self.tcp(&words[1..]),
+                        Some("udp") => self.udp(&words[1..]),
                         _ => Err(anyhow::anyhow!("unknown command {line:?}")),
                     };
                     let out = answer.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
@@ -260,6 +279,94 @@ impl Guest {
             answered += usize::from(got);
         }
         Ok(json!({"sent": count, "answered": answered, "ids": ids, "rcode": rcode}))
+    }
+
+    /// Open a TCP connection to DST:PORT (SYN; an answer within TIMEOUT_MS);
+    /// when it is accepted and DATA > 0, complete the handshake and send DATA
+    /// bytes in one segment with DF, waiting for its ACK; then reset it.
+    fn tcp(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let usage = "tcp DST PORT TIMEOUT_MS DATA";
+        let dst: Ipv4Addr = w.first().context(usage)?.parse()?;
+        let num = |i: usize| -> Result<u64> { Ok(w.get(i).context(usage)?.parse()?) };
+        let (port, timeout, data) = (num(1)? as u16, num(2)?, num(3)? as usize);
+        let sport = 20000 + random_u16() % 30000;
+        let isn = u32::from(random_u16()) << 16;
+        let mut seg = Segment { sport, dport: port, seq: isn, ack: 0, flags: tcp::SYN };
+        self.send_tcp(dst, &seg, &[])?;
+        let answer = self.await_tcp(sport, port, timeout, |_| true)?;
+        let (result, icmp) = describe_tcp(&answer);
+        let mut out = json!({"sport": sport, "result": result, "icmp": icmp});
+        let Some(Seen::Tcp(synack)) = answer else {
+            return Ok(out);
+        };
+        if synack.flags & (tcp::SYN | tcp::ACK) != tcp::SYN | tcp::ACK {
+            return Ok(out);
+        }
+        seg = Segment { seq: isn + 1, ack: synack.seq.wrapping_add(1), flags: tcp::ACK, ..seg };
+        self.send_tcp(dst, &seg, &[])?;
+        if data > 0 {
+            seg.flags = tcp::PSH | tcp::ACK;
+            self.send_tcp(dst, &seg, &vec![0x61; data])?;
+            let end = seg.seq.wrapping_add(data as u32);
+            let acked = self.await_tcp(sport, port, timeout, |s| {
+                !matches!(s, Seen::Tcp(a) if a.ack != end && a.flags & tcp::RST == 0)
+            })?;
+            let (result, icmp) = describe_tcp(&acked);
+            out["data"] = json!(result);
+            out["data_icmp"] = json!(icmp);
+            seg.seq = end;
+        }
+        seg.flags = tcp::RST | tcp::ACK;
+        self.send_tcp(dst, &seg, &[])?;
+        Ok(out)
+    }
+
+    fn send_tcp(&mut self, dst: Ipv4Addr, seg: &Segment, data: &[u8]) -> Result<()> {
+        let t = tcp::segment(self.ip, dst, seg, data);
+        let opts = IpOpts { id: self.ip_id, ..IpOpts::default() };
+        self.send_ip(dst, 6, opts, &t)
+    }
+
+    /// The first segment from PORT to our SPORT that `wanted` accepts, or an
+    /// ICMP error quoting our segment, within TIMEOUT_MS.
+    fn await_tcp(
+        &mut self,
+        sport: u16,
+        port: u16,
+        timeout: u64,
+        wanted: impl Fn(&Seen) -> bool,
+    ) -> Result<Option<Seen>> {
+        let mut got = None;
+        self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
+            let ours = match s {
+                Seen::Tcp(t) => t.sport == port && t.dport == sport && wanted(s),
+                Seen::IcmpError { proto: 6, sport: q, .. } => *q == sport,
+                _ => false,
+            };
+            if ours {
+                got = Some(clone_seen(s));
+            }
+            ours
+        })?;
+        Ok(got)
+    }
+
+    /// One datagram from a random port to DST:PORT; was it answered?
+    fn udp(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let usage = "udp DST PORT TIMEOUT_MS";
+        let dst: Ipv4Addr = w.first().context(usage)?.parse()?;
+        let port: u16 = w.get(1).context(usage)?.parse()?;
+        let timeout: u64 = w.get(2).context(usage)?.parse()?;
+        let sport = 20000 + random_u16() % 30000;
+        let u = packet::udp((self.ip, sport), (dst, port), b"pathtrace");
+        let opts = IpOpts { id: self.ip_id, ..IpOpts::default() };
+        self.send_ip(dst, 17, opts, &u)?;
+        let mut answered = false;
+        self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
+            answered = matches!(s, Seen::Udp { sport: a, dport: b } if *a == port && *b == sport);
+            answered
+        })?;
+        Ok(json!({"sport": sport, "answered": answered}))
     }
 
     fn send_ip(&mut self, dst: Ipv4Addr, proto: u8, opts: IpOpts, payload: &[u8]) -> Result<()> {
@@ -362,16 +469,62 @@ impl Guest {
                             packet::ipv4((self.mac, src_mac), self.ip, src, 1, opts, &reply);
                         self.send(&frame)?;
                     }
+                    3 | 11 if p.len() >= 8 + 20 + 4 => {
+                        let inner = &p[8..];
+                        let ihl = usize::from(inner[0] & 0x0f) * 4;
+                        if inner.len() >= ihl + 4 {
+                            return Ok(Seen::IcmpError {
+                                kind: p[0],
+                                code: p[1],
+                                mtu: u16::from_be_bytes([p[6], p[7]]),
+                                proto: inner[9],
+                                sport: u16::from_be_bytes([inner[ihl], inner[ihl + 1]]),
+                            });
+                        }
+                    }
                     _ => {}
                 }
                 Ok(Seen::Nothing)
             }
+            6 => Ok(tcp::parse(p).map_or(Seen::Nothing, Seen::Tcp)),
             17 if p.len() >= 12 && u16::from_be_bytes([p[0], p[1]]) == 53 => Ok(Seen::Dns {
                 id: u16::from_be_bytes([p[8], p[9]]),
                 rcode: p[11] & 0x0f,
             }),
+            17 if p.len() >= 8 => Ok(Seen::Udp {
+                sport: u16::from_be_bytes([p[0], p[1]]),
+                dport: u16::from_be_bytes([p[2], p[3]]),
+            }),
             _ => Ok(Seen::Nothing),
         }
+    }
+}
+
+/// What came back for a TCP segment: `synack`, `reset`, `ack`, `icmp`, `timeout`,
+/// and for an ICMP error its type, code and MTU.
+fn describe_tcp(seen: &Option<Seen>) -> (&'static str, serde_json::Value) {
+    match seen {
+        Some(Seen::Tcp(t)) if t.flags & tcp::RST != 0 => ("reset", json!(null)),
+        Some(Seen::Tcp(t)) if t.flags & tcp::SYN != 0 => ("synack", json!(null)),
+        Some(Seen::Tcp(_)) => ("ack", json!(null)),
+        Some(Seen::IcmpError { kind, code, mtu, .. }) => {
+            ("icmp", json!({"type": kind, "code": code, "mtu": mtu}))
+        }
+        _ => ("timeout", json!(null)),
+    }
+}
+
+fn clone_seen(s: &Seen) -> Seen {
+    match s {
+        Seen::Tcp(t) => Seen::Tcp(*t),
+        Seen::IcmpError { kind, code, mtu, proto, sport } => Seen::IcmpError {
+            kind: *kind,
+            code: *code,
+            mtu: *mtu,
+            proto: *proto,
+            sport: *sport,
+        },
+        _ => Seen::Nothing,
     }
 }
 
