@@ -655,6 +655,21 @@ pub const CATALOGUE: &[Scenario] = &[
         ..BASE
     },
     Scenario {
+        name: "tcp_mtu_too_small",
+        symptom: "connections open, large transfers slow or stall",
+        cause: "uplink MTU smaller than the guest's (the host's ICMP 'fragmentation needed' does reach the guest)",
+        break_hv: &["ip link set eth0 mtu 1280"],
+        traffic: Traffic::Tcp { dst: "203.0.113.8", port: 8080, data: 1400 },
+        expect: Expect {
+            reason: Some("PKT_TOO_BIG"),
+            rule: Some("MTU eth0 1280"),
+            hint: Some("that ICMP reached the guest's port tap100i0"),
+            ..dropped("request", "egress")
+        },
+        fix: "make the MTUs agree; check that the guest accepts ICMP 'fragmentation needed'",
+        ..BASE
+    },
+    Scenario {
         name: "udp_forward_drop",
         symptom: "a UDP service (NTP, WireGuard, syslog) gets no answer, ping works",
         cause: "an nftables forward rule drops the UDP port",

@@ -89,7 +89,14 @@ impl Explainer {
             ""
         };
         let mtus = format!("MTU {up} {up_mtu} < {} bytes ({} MTU {in_mtu})", d.pkt.ip_len, inbound.name);
-        if let service::FragNeeded::Eaten(rule, fix) = self.frag_needed_fate(t) {
+        let fate = self.frag_needed_fate(t);
+        let delivered = match (&fate, t.port_ifindex.and_then(|p| self.name(p))) {
+            (service::FragNeeded::Delivered, Some(port)) => format!(
+                "; that ICMP reached the guest's port {port}, so a guest doing path-MTU discovery adapts — if its connections still stall, the guest's own firewall drops ICMP"
+            ),
+            _ => String::new(),
+        };
+        if let service::FragNeeded::Eaten(rule, fix) = fate {
             return Blame {
                 stage,
                 rule: Some(format!("{mtus}; ICMP fragmentation-needed dropped by {rule}")),
@@ -104,7 +111,7 @@ impl Explainer {
             stage,
             rule: Some(mtus),
             hint: format!(
-                "{what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answered 'fragmentation needed' — make the MTUs agree: ip link set {up} mtu {in_mtu}, or lower the guest's MTU to {up_mtu}",
+                "{what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answered 'fragmentation needed'{delivered} — make the MTUs agree: ip link set {up} mtu {in_mtu}, or lower the guest's MTU to {up_mtu}",
                 d.pkt.ip_len, inbound.name
             ),
             ifname: Some(up),
