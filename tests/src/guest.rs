@@ -177,7 +177,13 @@ impl Guest {
 impl Guest {
     /// Connect to `dst:port`; with `data` > 0, then send that many bytes in one
     /// segment (DF set).
-    pub fn tcp(&mut self, dst: Ipv4Addr, port: u16, timeout_ms: u64, data: usize) -> Result<TcpResult> {
+    pub fn tcp(
+        &mut self,
+        dst: Ipv4Addr,
+        port: u16,
+        timeout_ms: u64,
+        data: usize,
+    ) -> Result<TcpResult> {
         let cmd = format!("tcp {dst} {port} {timeout_ms} {data}");
         Ok(serde_json::from_value(self.command(&cmd)?)?)
     }

@@ -90,7 +90,9 @@ fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
     assert_eq!(run.code, expected_code, "{}: exit status", sc.name);
     // A connection and its data segment: the segment's verdict (decided first
     // when it is dropped, while the handshake's waits to settle).
-    let data = verdicts.iter().find(|v| v["flow"]["tcp_payload"].is_number());
+    let data = verdicts
+        .iter()
+        .find(|v| v["flow"]["tcp_payload"].is_number());
     data.unwrap_or(&verdicts[n - 1]).clone()
 }
 

@@ -455,14 +455,24 @@ mod tests {
             }
         };
         let c = cli(&["--to", "203.0.113.8:443"]).unwrap();
-        assert_eq!((c.to, c.port, c.proto()), ("203.0.113.8".parse().unwrap(), Some(443), Proto::Tcp));
+        assert_eq!(
+            (c.to, c.port, c.proto()),
+            ("203.0.113.8".parse().unwrap(), Some(443), Proto::Tcp)
+        );
         let c = cli(&["--to", "203.0.113.8", "--proto", "udp", "--port", "123"]).unwrap();
         assert_eq!((c.port, c.proto()), (Some(123), Proto::Udp));
         assert_eq!(cli(&["--to", "203.0.113.8"]).unwrap().proto(), Proto::Icmp);
         assert!(cli(&["--to", "203.0.113.8", "--proto", "tcp"]).is_err());
         assert!(cli(&["--to", "203.0.113.8:80", "--proto", "icmp"]).is_err());
         assert!(cli(&["--to", "203.0.113.8:80", "--port", "81"]).is_err());
-        assert!(top(&["pathtrace", "--vm-ip", "192.0.2.100", "--to", "203.0.113.8:x"]).is_err());
+        assert!(top(&[
+            "pathtrace",
+            "--vm-ip",
+            "192.0.2.100",
+            "--to",
+            "203.0.113.8:x"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -97,13 +97,28 @@ struct Guest {
 
 /// What a received frame meant to the command being run.
 enum Seen {
-    EchoReply { id: u16, seq: u16 },
-    Dns { id: u16, rcode: u8 },
+    EchoReply {
+        id: u16,
+        seq: u16,
+    },
+    Dns {
+        id: u16,
+        rcode: u8,
+    },
     Tcp(Segment),
-    Udp { sport: u16, dport: u16 },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// An ICMP error (type, code, the MTU a "fragmentation needed" names)
     /// quoting one of our TCP/UDP packets (its protocol and source port).
-    IcmpError { kind: u8, code: u8, mtu: u16, proto: u8, sport: u16 },
+    IcmpError {
+        kind: u8,
+        code: u8,
+        mtu: u16,
+        proto: u8,
+        sport: u16,
+    },
     Nothing,
 }
 
@@ -291,7 +306,13 @@ impl Guest {
         let (port, timeout, data) = (num(1)? as u16, num(2)?, num(3)? as usize);
         let sport = 20000 + random_u16() % 30000;
         let isn = u32::from(random_u16()) << 16;
-        let mut seg = Segment { sport, dport: port, seq: isn, ack: 0, flags: tcp::SYN };
+        let mut seg = Segment {
+            sport,
+            dport: port,
+            seq: isn,
+            ack: 0,
+            flags: tcp::SYN,
+        };
         self.send_tcp(dst, &seg, &[])?;
         let answer = self.await_tcp(sport, port, timeout, |_| true)?;
         let (result, icmp) = describe_tcp(&answer);
@@ -302,15 +323,23 @@ impl Guest {
         if synack.flags & (tcp::SYN | tcp::ACK) != tcp::SYN | tcp::ACK {
             return Ok(out);
         }
-        seg = Segment { seq: isn + 1, ack: synack.seq.wrapping_add(1), flags: tcp::ACK, ..seg };
+        seg = Segment {
+            seq: isn + 1,
+            ack: synack.seq.wrapping_add(1),
+            flags: tcp::ACK,
+            ..seg
+        };
         self.send_tcp(dst, &seg, &[])?;
         if data > 0 {
             seg.flags = tcp::PSH | tcp::ACK;
             self.send_tcp(dst, &seg, &vec![0x61; data])?;
             let end = seg.seq.wrapping_add(data as u32);
-            let acked = self.await_tcp(sport, port, timeout, |s| {
-                !matches!(s, Seen::Tcp(a) if a.ack != end && a.flags & tcp::RST == 0)
-            })?;
+            let acked = self.await_tcp(
+                sport,
+                port,
+                timeout,
+                |s| !matches!(s, Seen::Tcp(a) if a.ack != end && a.flags & tcp::RST == 0),
+            )?;
             let (result, icmp) = describe_tcp(&acked);
             out["data"] = json!(result);
             out["data_icmp"] = json!(icmp);
@@ -323,7 +352,10 @@ impl Guest {
 
     fn send_tcp(&mut self, dst: Ipv4Addr, seg: &Segment, data: &[u8]) -> Result<()> {
         let t = tcp::segment(self.ip, dst, seg, data);
-        let opts = IpOpts { id: self.ip_id, ..IpOpts::default() };
+        let opts = IpOpts {
+            id: self.ip_id,
+            ..IpOpts::default()
+        };
         self.send_ip(dst, 6, opts, &t)
     }
 
@@ -340,7 +372,9 @@ impl Guest {
         self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
             let ours = match s {
                 Seen::Tcp(t) => t.sport == port && t.dport == sport && wanted(s),
-                Seen::IcmpError { proto: 6, sport: q, .. } => *q == sport,
+                Seen::IcmpError {
+                    proto: 6, sport: q, ..
+                } => *q == sport,
                 _ => false,
             };
             if ours {
@@ -359,7 +393,10 @@ impl Guest {
         let timeout: u64 = w.get(2).context(usage)?.parse()?;
         let sport = 20000 + random_u16() % 30000;
         let u = packet::udp((self.ip, sport), (dst, port), b"pathtrace");
-        let opts = IpOpts { id: self.ip_id, ..IpOpts::default() };
+        let opts = IpOpts {
+            id: self.ip_id,
+            ..IpOpts::default()
+        };
         self.send_ip(dst, 17, opts, &u)?;
         let mut answered = false;
         self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
@@ -507,9 +544,9 @@ fn describe_tcp(seen: &Option<Seen>) -> (&'static str, serde_json::Value) {
         Some(Seen::Tcp(t)) if t.flags & tcp::RST != 0 => ("reset", json!(null)),
         Some(Seen::Tcp(t)) if t.flags & tcp::SYN != 0 => ("synack", json!(null)),
         Some(Seen::Tcp(_)) => ("ack", json!(null)),
-        Some(Seen::IcmpError { kind, code, mtu, .. }) => {
-            ("icmp", json!({"type": kind, "code": code, "mtu": mtu}))
-        }
+        Some(Seen::IcmpError {
+            kind, code, mtu, ..
+        }) => ("icmp", json!({"type": kind, "code": code, "mtu": mtu})),
         _ => ("timeout", json!(null)),
     }
 }
@@ -517,7 +554,13 @@ fn describe_tcp(seen: &Option<Seen>) -> (&'static str, serde_json::Value) {
 fn clone_seen(s: &Seen) -> Seen {
     match s {
         Seen::Tcp(t) => Seen::Tcp(*t),
-        Seen::IcmpError { kind, code, mtu, proto, sport } => Seen::IcmpError {
+        Seen::IcmpError {
+            kind,
+            code,
+            mtu,
+            proto,
+            sport,
+        } => Seen::IcmpError {
             kind: *kind,
             code: *code,
             mtu: *mtu,

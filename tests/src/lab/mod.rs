@@ -331,7 +331,11 @@ impl Lab {
     }
 
     fn spawn_dns_server(&self, ns: &str, listen: &str) -> Result<Child> {
-        self.spawn_ready(ns, &["dns-server", "--listen", listen], "the lab's DNS responder")
+        self.spawn_ready(
+            ns,
+            &["dns-server", "--listen", listen],
+            "the lab's DNS responder",
+        )
     }
 
     /// Run the fake-guest binary with `args` in namespace `ns` and wait for its

@@ -53,8 +53,15 @@ const NFT_FILTER: &str = "nft add table inet f";
 const NFT_FORWARD: &str = "nft add chain inet f forward '{ type filter hook forward priority 0; }'";
 
 /// The lab's services in the internet namespace (`lab::SERVICE_TCP`, `SERVICE_UDP`).
-const TCP_SERVICE: Traffic = Traffic::Tcp { dst: "203.0.113.8", port: 8080, data: 0 };
-const UDP_SERVICE: Traffic = Traffic::Udp { dst: "203.0.113.8", port: 5001 };
+const TCP_SERVICE: Traffic = Traffic::Tcp {
+    dst: "203.0.113.8",
+    port: 8080,
+    data: 0,
+};
+const UDP_SERVICE: Traffic = Traffic::Udp {
+    dst: "203.0.113.8",
+    port: 5001,
+};
 
 pub const CATALOGUE: &[Scenario] = &[
     Scenario {
@@ -647,7 +654,7 @@ pub const CATALOGUE: &[Scenario] = &[
         traffic: Traffic::Tcp { dst: "203.0.113.8", port: 8080, data: 1400 },
         expect: Expect {
             reason: Some("PKT_TOO_BIG"),
-            rule: Some("MTU eth0 1280"),
+            rule: Some("ICMP fragmentation-needed dropped by inet f out handle"),
             hint: Some("path-MTU black hole"),
             ..dropped("request", "egress")
         },

@@ -68,7 +68,12 @@ impl Traffic {
             Traffic::Dns { .. } => vec!["--proto".into(), "dns".into()],
             // `--to DST:PORT` says TCP (see `to_arg`).
             Traffic::Tcp { .. } => vec![],
-            Traffic::Udp { port, .. } => vec!["--proto".into(), "udp".into(), "--port".into(), port.to_string()],
+            Traffic::Udp { port, .. } => vec![
+                "--proto".into(),
+                "udp".into(),
+                "--port".into(),
+                port.to_string(),
+            ],
         }
     }
 

@@ -520,7 +520,10 @@ fn tcp_resets_the_host_sends_are_counted_per_vm() {
         let seen = lab.guest(1).tcp(dst, 8080, 1000, 0).unwrap();
         assert_eq!(seen.result, "reset", "the host refuses: {seen:?}");
         let seen = lab.guest(0).tcp(dst, 8080, 1000, 0).unwrap();
-        assert_eq!(seen.result, "synack", "the healthy guest connects: {seen:?}");
+        assert_eq!(
+            seen.result, "synack",
+            "the healthy guest connects: {seen:?}"
+        );
     }
     let refused = |v: &Value| {
         drops(v, BROKEN)
@@ -529,9 +532,16 @@ fn tcp_resets_the_host_sends_are_counted_per_vm() {
     };
     let snap = watch.wait_for(WAIT, |v| refused(v).is_some()).unwrap();
     let d = refused(&snap).unwrap();
-    assert_eq!((d["stage"].as_str(), d["proto"].as_str()), (Some("forward"), Some("tcp")), "{d}");
+    assert_eq!(
+        (d["stage"].as_str(), d["proto"].as_str()),
+        (Some("forward"), Some("tcp")),
+        "{d}"
+    );
     assert!(
-        d["reset_rule"].as_str().unwrap().contains("reject with tcp reset"),
+        d["reset_rule"]
+            .as_str()
+            .unwrap()
+            .contains("reject with tcp reset"),
         "{d}"
     );
     assert_eq!(total_drops(&snap, HEALTHY), 0, "healthy VM: {snap}");

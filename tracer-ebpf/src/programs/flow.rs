@@ -84,8 +84,7 @@ pub fn classify(pkt: &PacketInfo, cfg: &Config, now: u64) -> Option<(u8, u8)> {
         return Some((ROLE_REQUEST, 0));
     }
     let (proto, id, seq) = (pkt.proto, pkt.id, pkt.seq);
-    let to_service =
-        pkt.saddr == cfg.vm_ip && pkt.daddr == cfg.dst_ip && pkt.dport == cfg.dst_port;
+    let to_service = pkt.saddr == cfg.vm_ip && pkt.daddr == cfg.dst_ip && pkt.dport == cfg.dst_port;
     // A data segment of a followed connection: the path-MTU black hole shows
     // on these, not on the handshake.
     if to_service && proto == IPPROTO_TCP && pkt.payload_len > 0 && known(proto, id, seq, now) {

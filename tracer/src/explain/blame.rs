@@ -88,7 +88,10 @@ impl Explainer {
         } else {
             ""
         };
-        let mtus = format!("MTU {up} {up_mtu} < {} bytes ({} MTU {in_mtu})", d.pkt.ip_len, inbound.name);
+        let mtus = format!(
+            "MTU {up} {up_mtu} < {} bytes ({} MTU {in_mtu})",
+            d.pkt.ip_len, inbound.name
+        );
         let fate = self.frag_needed_fate(t);
         let delivered = match (&fate, t.port_ifindex.and_then(|p| self.name(p))) {
             (service::FragNeeded::Delivered, Some(port)) => format!(

@@ -135,9 +135,8 @@ impl Explainer {
         };
         for hook in ["output", "postrouting"] {
             if let Some(c) = nft::find_culprit(hook, false, &view) {
-                let fix = fix::delete(&c).unwrap_or_else(|| {
-                    fix::allow(&c, true, &self.topo.vm_ip.to_string())
-                });
+                let fix = fix::delete(&c)
+                    .unwrap_or_else(|| fix::allow(&c, true, &self.topo.vm_ip.to_string()));
                 return FragNeeded::Eaten(c.describe(), fix);
             }
             if let Some(c) = iptables::find_culprit(hook, &view) {

@@ -60,7 +60,12 @@ impl Names for KernelNames {
         self.symbols.resolve(addr)
     }
 
-    fn tcp_reset_rule(&self, hook: &'static str, pkt: &tracer_common::PacketInfo, iif: &str) -> Option<String> {
+    fn tcp_reset_rule(
+        &self,
+        hook: &'static str,
+        pkt: &tracer_common::PacketInfo,
+        iif: &str,
+    ) -> Option<String> {
         self.resets.rule(hook, pkt, iif)
     }
 }
