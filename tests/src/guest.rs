@@ -188,6 +188,13 @@ impl Guest {
         Ok(serde_json::from_value(self.command(&cmd)?)?)
     }
 
+    /// `count` connection attempts to `dst:port` back to back; how many were
+    /// accepted.
+    pub fn syn_burst(&mut self, dst: Ipv4Addr, port: u16, count: u16) -> Result<u64> {
+        let v = self.command(&format!("syn {dst} {port} {count}"))?;
+        v["accepted"].as_u64().context("accepted")
+    }
+
     /// One datagram to `dst:port`, waiting for the response.
     pub fn udp(&mut self, dst: Ipv4Addr, port: u16, timeout_ms: u64) -> Result<UdpResult> {
         let cmd = format!("udp {dst} {port} {timeout_ms}");

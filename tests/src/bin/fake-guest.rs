@@ -8,6 +8,7 @@
 //!   dns SERVER NAME COUNT TIMEOUT_MS
 //!   tcp DST PORT TIMEOUT_MS DATA     (connect; then DATA bytes in one DF segment)
 //!   udp DST PORT TIMEOUT_MS          (one datagram, wait for the response)
+//!   syn DST PORT COUNT               (COUNT connection attempts back to back)
 //!   quit
 //!
 //! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80,
@@ -205,6 +206,7 @@ impl Guest {
                         Some("dns") => self.dns(&words[1..]),
                         Some("tcp") => self.tcp(&words[1..]),
                         Some("udp") => self.udp(&words[1..]),
+                        Some("syn") => self.syn_burst(&words[1..]),
                         _ => Err(anyhow::anyhow!("unknown command {line:?}")),
                     };
                     let out = answer.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
@@ -348,6 +350,51 @@ impl Guest {
         seg.flags = tcp::RST | tcp::ACK;
         self.send_tcp(dst, &seg, &[])?;
         Ok(out)
+    }
+
+    /// COUNT connection attempts from consecutive ports as fast as they can be
+    /// written (a busy guest opening connections), then a reset for each one
+    /// accepted within half a second.
+    fn syn_burst(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let usage = "syn DST PORT COUNT";
+        let dst: Ipv4Addr = w.first().context(usage)?.parse()?;
+        let port: u16 = w.get(1).context(usage)?.parse()?;
+        let count: u16 = w.get(2).context(usage)?.parse()?;
+        if count > 10_000 {
+            bail!("at most 10000 attempts");
+        }
+        let base = 20000 + random_u16() % 20000;
+        for i in 0..count {
+            let seg = Segment {
+                sport: base + i,
+                dport: port,
+                seq: 1,
+                ack: 0,
+                flags: tcp::SYN,
+            };
+            self.send_tcp(dst, &seg, &[])?;
+        }
+        let mut accepted = Vec::new();
+        self.pump_until(Instant::now() + Duration::from_millis(500), |s| {
+            if let Seen::Tcp(t) = s {
+                let ours = t.sport == port && (base..base + count).contains(&t.dport);
+                if ours && t.flags & tcp::SYN != 0 {
+                    accepted.push((t.dport, t.seq));
+                }
+            }
+            accepted.len() == usize::from(count)
+        })?;
+        for &(sport, seq) in &accepted {
+            let seg = Segment {
+                sport,
+                dport: port,
+                seq: 2,
+                ack: seq.wrapping_add(1),
+                flags: tcp::RST | tcp::ACK,
+            };
+            self.send_tcp(dst, &seg, &[])?;
+        }
+        Ok(json!({"sent": count, "accepted": accepted.len()}))
     }
 
     fn send_tcp(&mut self, dst: Ipv4Addr, seg: &Segment, data: &[u8]) -> Result<()> {
