@@ -18,10 +18,11 @@
 //! `fake-guest services --tcp IP:PORT --udp IP:PORT` (in the internet namespace)
 //! accepts TCP connections and echoes UDP datagrams (`pathtrace_tests::tcp`).
 //!
-//! `fake-guest flood --proto udp|icmp --dst IP [--port P] --seconds S --max N` (run
-//! inside a guest's namespace, for the benchmark) sends small packets (UDP to port
-//! P, 9 unless given) as fast as the kernel takes them, in batches, for S seconds
-//! or N packets, whichever comes first, and prints `{"sent":N,"secs":F}`.
+//! `fake-guest flood --proto udp|icmp|tcp --dst IP [--port P] --seconds S --max N`
+//! (run inside a guest's namespace, for the benchmark) sends small packets (UDP to
+//! port P, 9 unless given; TCP: connection attempts, a SYN from a new port each,
+//! to port P) as fast as the kernel takes them, in batches, for S seconds or N
+//! packets, whichever comes first, and prints `{"sent":N,"secs":F}`.
 
 use std::{
     io::BufRead,
@@ -683,15 +684,19 @@ fn flood(args: &[String]) -> Result<()> {
     if !(0.0..=120.0).contains(&secs) {
         bail!("--seconds must be at most 120");
     }
-    let icmp = match flag(args, "--proto")? {
-        "udp" => false,
-        "icmp" => true,
+    let (icmp, tcp) = match flag(args, "--proto")? {
+        "udp" => (false, false),
+        "icmp" => (true, false),
+        "tcp" => (false, true),
         other => bail!("unknown --proto {other}"),
     };
     let port: u16 = match args.iter().position(|a| a == "--port") {
         Some(_) => flag(args, "--port")?.parse()?,
         None => 9,
     };
+    if tcp {
+        return syn_flood(dst, port, secs, max);
+    }
     let sock = flood_socket(icmp)?;
     // 18-byte UDP payload or an 8-byte ICMP echo header + 10 bytes: 46-byte IP
     // packets, the smallest Ethernet frames.
@@ -743,6 +748,86 @@ fn flood(args: &[String]) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     println!("{}", json!({"sent": sent, "secs": secs}));
     Ok(())
+}
+
+/// The TCP flood: a SYN from a new source port each (a guest opening
+/// connections as fast as it can), through a raw socket, in batches.
+fn syn_flood(dst: Ipv4Addr, port: u16, secs: f64, max: u64) -> Result<()> {
+    let src = local_addr_towards(dst)?;
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening the raw TCP socket");
+    }
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The answers (SYN-ACK, RST) are the guest kernel's business, not read here.
+    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RD) };
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_addr.s_addr = u32::from(dst).to_be();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut sent, mut sport) = (0u64, 1024u16);
+    while sent < max && Instant::now() < end {
+        let mut segs: Vec<Vec<u8>> = (0..FLOOD_BATCH)
+            .map(|_| {
+                sport = sport.checked_add(1).unwrap_or(1024);
+                let seg = Segment {
+                    sport,
+                    dport: port,
+                    seq: 1,
+                    ack: 0,
+                    flags: tcp::SYN,
+                };
+                tcp::segment(src, dst, &seg, &[])
+            })
+            .collect();
+        let mut iovs: Vec<libc::iovec> = segs
+            .iter_mut()
+            .map(|p| libc::iovec {
+                iov_base: p.as_mut_ptr().cast(),
+                iov_len: p.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let want = (max - sent).min(FLOOD_BATCH as u64) as u32;
+        // SAFETY: every header points at live buffers above.
+        let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), want, 0) };
+        if n > 0 {
+            sent += n as u64;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", json!({"sent": sent, "secs": secs}));
+    Ok(())
+}
+
+/// The address this namespace sends from towards `dst` (the TCP checksum
+/// covers it): what a connected UDP socket is bound to.
+fn local_addr_towards(dst: Ipv4Addr) -> Result<Ipv4Addr> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect((dst, 9))?;
+    match s.local_addr()? {
+        std::net::SocketAddr::V4(a) => Ok(*a.ip()),
+        other => bail!("unexpected local address {other}"),
+    }
 }
 
 /// A UDP socket, or a raw ICMP socket that never queues what comes back (the
