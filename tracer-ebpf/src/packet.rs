@@ -2,7 +2,9 @@
 //! the tracepoint and kprobe programs, an IPv4 header at a kernel address.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
-use tracer_common::{PacketInfo, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP};
+use tracer_common::{
+    PacketInfo, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, PROTO_TCP,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -111,6 +113,11 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
         };
     }
     if ip.proto != IPPROTO_ICMP && ip.proto != IPPROTO_UDP && ip.proto != IPPROTO_TCP {
+        return Some(None);
+    }
+    // Only a traced TCP service looks into TCP: every other trace is done with
+    // it here, as it always was.
+    if ip.proto == IPPROTO_TCP && crate::maps::config().protos & PROTO_TCP == 0 {
         return Some(None);
     }
     let l4 = unsafe { &*((data + ETH_HLEN + 20) as *const L4Head) };
