@@ -717,33 +717,13 @@ fn flood(args: &[String]) -> Result<()> {
                 p.copy_from_slice(&echo[..18]);
             }
         }
-        let mut iovs: Vec<libc::iovec> = payloads
-            .iter_mut()
-            .map(|p| libc::iovec {
-                iov_base: p.as_mut_ptr().cast(),
-                iov_len: p.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let want = (max - sent).min(FLOOD_BATCH as u64) as u32;
-        // SAFETY: every header points at live buffers above.
-        let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), want, 0) };
-        if n > 0 {
-            sent += n as u64;
-        } else {
-            // A full queue (ENOBUFS) just means "faster than the path": try again.
-            std::thread::yield_now();
-        }
+        let mut bufs: Vec<&mut [u8]> = payloads.iter_mut().map(|p| &mut p[..]).collect();
+        sent += send_batch(
+            &sock,
+            &mut addr,
+            &mut bufs,
+            (max - sent).min(FLOOD_BATCH as u64),
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     println!("{}", json!({"sent": sent, "secs": secs}));
@@ -787,36 +767,54 @@ fn syn_flood(dst: Ipv4Addr, port: u16, secs: f64, max: u64) -> Result<()> {
                 tcp::segment(src, dst, &seg, &[])
             })
             .collect();
-        let mut iovs: Vec<libc::iovec> = segs
-            .iter_mut()
-            .map(|p| libc::iovec {
-                iov_base: p.as_mut_ptr().cast(),
-                iov_len: p.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let want = (max - sent).min(FLOOD_BATCH as u64) as u32;
-        // SAFETY: every header points at live buffers above.
-        let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), want, 0) };
-        if n > 0 {
-            sent += n as u64;
-        } else {
-            std::thread::yield_now();
-        }
+        let mut bufs: Vec<&mut [u8]> = segs.iter_mut().map(|p| &mut p[..]).collect();
+        sent += send_batch(
+            &sock,
+            &mut addr,
+            &mut bufs,
+            (max - sent).min(FLOOD_BATCH as u64),
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     println!("{}", json!({"sent": sent, "secs": secs}));
     Ok(())
+}
+
+/// Send up to `want` of `bufs` to `addr` in one sendmmsg(2); how many went.
+fn send_batch(
+    sock: &OwnedFd,
+    addr: &mut libc::sockaddr_in,
+    bufs: &mut [&mut [u8]],
+    want: u64,
+) -> u64 {
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|p| libc::iovec {
+            iov_base: p.as_mut_ptr().cast(),
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let want = want.min(msgs.len() as u64) as u32;
+    // SAFETY: every header points at live buffers above.
+    let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), want, 0) };
+    if n > 0 {
+        n as u64
+    } else {
+        // A full queue (ENOBUFS) just means "faster than the path": try again.
+        std::thread::yield_now();
+        0
+    }
 }
 
 /// The address this namespace sends from towards `dst` (the TCP checksum
