@@ -107,7 +107,7 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Flow {
     pub src: String,
     pub dst: String,
@@ -120,6 +120,22 @@ pub struct Flow {
     /// The DNS query name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qname: Option<String>,
+    /// TCP/UDP service flows (`proto` `tcp`, `udp`): the guest's port and the
+    /// service's, as the guest sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    /// TCP: the flags of the guest's segment (`SYN`, `ACK,PSH`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<String>,
+    /// TCP: bytes of payload in the guest's segment (a data segment; absent
+    /// for a bare SYN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_payload: Option<u16>,
+    /// TCP: the flags of the answer last seen on the host (`SYN,ACK`, `RST,ACK`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_tcp_flags: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

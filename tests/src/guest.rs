@@ -80,6 +80,26 @@ pub struct DnsResult {
     pub rcode: Option<u8>,
 }
 
+/// What the guest saw of a TCP connection attempt (`result`: `synack`,
+/// `reset`, `icmp`, `timeout`) and of its data segment (`data`: `ack`, `icmp`,
+/// `timeout`, absent when none was sent).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TcpResult {
+    pub sport: u16,
+    pub result: String,
+    pub icmp: Option<serde_json::Value>,
+    #[serde(default)]
+    pub data: Option<String>,
+    #[serde(default)]
+    pub data_icmp: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UdpResult {
+    pub sport: u16,
+    pub answered: bool,
+}
+
 pub struct Guest {
     pub spec: GuestSpec,
     child: Child,
@@ -150,6 +170,34 @@ impl Guest {
         timeout_ms: u64,
     ) -> Result<DnsResult> {
         let cmd = format!("dns {server} {name} {count} {timeout_ms}");
+        Ok(serde_json::from_value(self.command(&cmd)?)?)
+    }
+}
+
+impl Guest {
+    /// Connect to `dst:port`; with `data` > 0, then send that many bytes in one
+    /// segment (DF set).
+    pub fn tcp(
+        &mut self,
+        dst: Ipv4Addr,
+        port: u16,
+        timeout_ms: u64,
+        data: usize,
+    ) -> Result<TcpResult> {
+        let cmd = format!("tcp {dst} {port} {timeout_ms} {data}");
+        Ok(serde_json::from_value(self.command(&cmd)?)?)
+    }
+
+    /// `count` connection attempts to `dst:port` back to back; how many were
+    /// accepted.
+    pub fn syn_burst(&mut self, dst: Ipv4Addr, port: u16, count: u16) -> Result<u64> {
+        let v = self.command(&format!("syn {dst} {port} {count}"))?;
+        v["accepted"].as_u64().context("accepted")
+    }
+
+    /// One datagram to `dst:port`, waiting for the response.
+    pub fn udp(&mut self, dst: Ipv4Addr, port: u16, timeout_ms: u64) -> Result<UdpResult> {
+        let cmd = format!("udp {dst} {port} {timeout_ms}");
         Ok(serde_json::from_value(self.command(&cmd)?)?)
     }
 }

@@ -9,6 +9,7 @@ pub mod lab;
 pub mod packet;
 pub mod realguest;
 pub mod scenarios;
+pub mod tcp;
 pub mod tracerun;
 pub mod vm;
 pub mod watchrun;

@@ -75,6 +75,9 @@ fn trace(
             Traffic::Dns { server, name } => {
                 Seen::Dns(guest.nslookup(server.parse::<Ipv4Addr>()?, name)?)
             }
+            Traffic::Tcp { .. } | Traffic::Udp { .. } => {
+                anyhow::bail!("{name}: the real guest's scenarios are ping and DNS")
+            }
         });
         Ok(())
     })
@@ -108,6 +111,9 @@ fn run(name: &str) {
     let (count, dns) = match sc.traffic {
         Traffic::Ping { .. } => (PINGS, false),
         Traffic::Dns { .. } => (1, true),
+        Traffic::Tcp { .. } | Traffic::Udp { .. } => {
+            panic!("{name}: the real guest's scenarios are ping and DNS")
+        }
     };
     let count_arg = count.to_string();
     let mut args = vec!["--vm-ip", &vm_ip, "--to", sc.traffic.dst()];

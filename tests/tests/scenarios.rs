@@ -44,14 +44,14 @@ fn run(name: &str) {
 }
 
 fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
-    let mut args = vec!["--vm-ip", "192.0.2.100", "--to", sc.traffic.dst()];
-    args.extend(["--count", "1", "--timeout", "12", "--json"]);
+    let (to, count) = (sc.traffic.to_arg(), sc.traffic.requests().to_string());
+    let mut args = vec!["--vm-ip", "192.0.2.100", "--to", &to];
+    args.extend(["--count", &count, "--timeout", "12", "--json"]);
     if let Some(port) = sc.iface {
         args.extend(["--iface", port]);
     }
-    if matches!(sc.traffic, Traffic::Dns { .. }) {
-        args.extend(["--proto", "dns"]);
-    }
+    let proto = sc.traffic.proto_args();
+    args.extend(proto.iter().map(String::as_str));
     let run = trace_while(lab, &args, Duration::from_secs(30), |lab| {
         if !sc.during_hv.is_empty() {
             lab.hv(&format!("({}) >/dev/null 2>&1 &", sc.during_hv))?;
@@ -70,16 +70,30 @@ fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
             Traffic::Dns { server, name } => {
                 lab.guest(0).dns(server.parse()?, name, 1, 3000)?;
             }
+            Traffic::Tcp { dst, port, data } => {
+                let seen = lab.guest(0).tcp(dst.parse()?, port, 3000, data)?;
+                eprintln!("guest: {seen:?}");
+            }
+            Traffic::Udp { dst, port } => {
+                let seen = lab.guest(0).udp(dst.parse()?, port, 3000)?;
+                eprintln!("guest: {seen:?}");
+            }
         }
         Ok(())
     })
     .expect("pathtrace runs");
     eprintln!("--- {}\n{}{}", sc.name, run.stdout, run.stderr);
     let verdicts = run.verdicts();
-    assert_eq!(verdicts.len(), 1, "{}: one verdict", sc.name);
+    let n = sc.traffic.requests() as usize;
+    assert_eq!(verdicts.len(), n, "{}: a verdict per request", sc.name);
     let expected_code = if sc.expect.verdict == "replied" { 0 } else { 1 };
     assert_eq!(run.code, expected_code, "{}: exit status", sc.name);
-    verdicts[0].clone()
+    // A connection and its data segment: the segment's verdict (decided first
+    // when it is dropped, while the handshake's waits to settle).
+    let data = verdicts
+        .iter()
+        .find(|v| v["flow"]["tcp_payload"].is_number());
+    data.unwrap_or(&verdicts[n - 1]).clone()
 }
 
 macro_rules! scenario_tests {
@@ -129,6 +143,15 @@ scenario_tests!(
     bridged_router_silent,
     vlan_tap_without_pvid,
     vlan_trunk_lacks_vid,
+    healthy_tcp,
+    healthy_udp,
+    tcp_port_closed_remote,
+    tcp_reject_with_reset,
+    iptables_tcp_reset,
+    tcp_forward_drop,
+    tcp_pmtu_black_hole,
+    tcp_mtu_too_small,
+    udp_forward_drop,
 );
 
 /// Bridge VLAN filtering with the VM port in the wrong VLAN, where the kernel has

@@ -74,6 +74,17 @@ const _: () = assert!(capacity::RECENT.is_power_of_two());
 /// Protocol selectors, a bit mask in [`Config::protos`].
 pub const PROTO_ICMP: u32 = 1;
 pub const PROTO_DNS: u32 = 2;
+/// A TCP service (`Config::dst_port`): connection attempts and first data segments.
+pub const PROTO_TCP: u32 = 4;
+/// A UDP service (`Config::dst_port`): request and response by 5-tuple.
+pub const PROTO_UDP: u32 = 8;
+
+/// Bits of [`PacketInfo::tcp_flags`] (as in the TCP header's flags byte).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
 
 /// What a hook saw. Values are stable: they travel in [`Event::kind`].
 #[repr(u8)]
@@ -141,9 +152,11 @@ pub struct PacketInfo {
     pub icmp_type: u8,
     /// ICMP code; for a DNS response, its RCODE (0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN).
     pub code: u8,
-    /// ICMP echo id, or DNS transaction id.
+    /// ICMP echo id, or DNS transaction id; for a TCP/UDP service flow the
+    /// service's port (the request's destination port, the reply's source port).
     pub id: u16,
-    /// ICMP echo sequence, or 0 for DNS.
+    /// ICMP echo sequence, or 0 for DNS; for a TCP/UDP service flow the guest's
+    /// port (as the packet has it here: MASQUERADE may change it).
     pub seq: u16,
     pub sport: u16,
     pub dport: u16,
@@ -151,6 +164,14 @@ pub struct PacketInfo {
     pub ip_len: u16,
     /// IP flags and fragment offset (DF is 0x4000).
     pub frag: u16,
+    /// TCP flags (`TCP_*`), 0 for other protocols.
+    pub tcp_flags: u8,
+    /// An ICMP error answering a TCP/UDP service flow: the quoted packet's
+    /// protocol (the flow's), 0 otherwise.
+    pub quoted_proto: u8,
+    /// TCP: bytes of payload after the TCP header (0 for a bare SYN/ACK/RST).
+    pub payload_len: u16,
+    pub _pad_flow2: u32,
 }
 
 /// One record in the ring buffer.
@@ -265,6 +286,9 @@ pub struct Config {
     /// followed, so a flooding guest costs about what a quiet one does.
     pub max_follow: u32,
     pub _pad: u32,
+    /// `--proto tcp|udp`: the service's port (host order), 0 otherwise.
+    pub dst_port: u16,
+    pub _pad_port: [u8; 6],
 }
 
 /// Counters the kernel keeps about itself (index into the per-CPU `COUNTERS` array).
@@ -282,12 +306,12 @@ pub const CNT_MAX: u32 = 8;
 
 // The kernel writes these bytes and user space reads them: sizes must never drift
 // silently, and there must be no implicit padding.
-const _: () = assert!(core::mem::size_of::<PacketInfo>() == 24);
-const _: () = assert!(core::mem::size_of::<Event>() == 64);
-const _: () = assert!(core::mem::size_of::<Tracked>() == 40);
-const _: () = assert!(core::mem::size_of::<NameEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<Config>() == 64);
-const _: () = assert!(core::mem::size_of::<PacketEvent>() == 64 + 8 + SNAP_LEN);
+const _: () = assert!(core::mem::size_of::<PacketInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<Event>() == 72);
+const _: () = assert!(core::mem::size_of::<Tracked>() == 48);
+const _: () = assert!(core::mem::size_of::<NameEvent>() == 136);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 72 + 8 + SNAP_LEN);
 
 pub use watch::*;
 
@@ -397,7 +421,7 @@ mod watch {
 
     const _: () = assert!(core::mem::size_of::<DropKey>() == 24);
     const _: () = assert!(core::mem::size_of::<DropCount>() == 32);
-    const _: () = assert!(core::mem::size_of::<DropSample>() == 56);
+    const _: () = assert!(core::mem::size_of::<DropSample>() == 64);
     const _: () = assert!(core::mem::size_of::<WatchConfig>() == 64);
 }
 

@@ -31,6 +31,8 @@ pub static CONFIG: Global<Config> = Global::new(Config {
     capture: 0,
     max_follow: 0,
     _pad: 0,
+    dst_port: 0,
+    _pad_port: [0; 6],
 });
 
 /// Events for user space. Sized by user space at load time.

@@ -2,13 +2,16 @@
 //! the tracepoint and kprobe programs, an IPv4 header at a kernel address.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
-use tracer_common::{PacketInfo, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP};
+use tracer_common::{
+    PacketInfo, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, PROTO_TCP,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const ICMP_ECHOREPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -109,12 +112,25 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
             Some(None)
         };
     }
-    if ip.proto != IPPROTO_ICMP && ip.proto != IPPROTO_UDP {
+    if ip.proto != IPPROTO_ICMP && ip.proto != IPPROTO_UDP && ip.proto != IPPROTO_TCP {
+        return Some(None);
+    }
+    // Only a traced TCP service looks into TCP: every other trace is done with
+    // it here, as it always was.
+    if ip.proto == IPPROTO_TCP && crate::maps::config().protos & PROTO_TCP == 0 {
         return Some(None);
     }
     let l4 = unsafe { &*((data + ETH_HLEN + 20) as *const L4Head) };
     let mut info = ip_info(ip);
     fill_l4(&mut info, l4);
+    if ip.proto == IPPROTO_TCP {
+        // Data offset and flags lie past the first 8 bytes.
+        if data + ETH_HLEN + 20 + 14 > end {
+            return None;
+        }
+        let b = unsafe { *((data + ETH_HLEN + 20 + 12) as *const [u8; 2]) };
+        fill_tcp(&mut info, 20, b);
+    }
     if info.sport == DNS_PORT || info.dport == DNS_PORT {
         return None; // the DNS id and RCODE lie beyond: the careful path
     }
@@ -150,6 +166,15 @@ fn fill_l4(info: &mut PacketInfo, l4: &L4Head) {
     }
 }
 
+/// TCP flags and payload length from the TCP header's bytes 12 and 13 (data
+/// offset, flags); `ihl` is the IP header's length.
+#[inline(always)]
+fn fill_tcp(info: &mut PacketInfo, ihl: u16, b: [u8; 2]) {
+    info.tcp_flags = b[1];
+    let hdrs = ihl + u16::from(b[0] >> 4) * 4;
+    info.payload_len = info.ip_len.saturating_sub(hdrs);
+}
+
 /// Offset of the question section of the DNS message in a UDP packet at `l4_off`.
 #[inline(always)]
 pub const fn dns_question_offset(l4_off: usize) -> usize {
@@ -159,7 +184,8 @@ pub const fn dns_question_offset(l4_off: usize) -> usize {
 #[inline(always)]
 pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)> {
     let ip: Ipv4Hdr = ctx.load(ip_off).ok()?;
-    if ip.ver_ihl >> 4 != 4 || (ip.proto != IPPROTO_ICMP && ip.proto != IPPROTO_UDP) {
+    let l4_known = ip.proto == IPPROTO_ICMP || ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP;
+    if ip.ver_ihl >> 4 != 4 || !l4_known {
         return None;
     }
     let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
@@ -170,6 +196,12 @@ pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)
     let mut info = ip_info(&ip);
     let l4: L4Head = ctx.load(l4_off).ok()?;
     fill_l4(&mut info, &l4);
+    if info.proto == IPPROTO_TCP {
+        // Absent from the 8 bytes an ICMP error may quote: then left 0.
+        if let Ok(b) = ctx.load::<[u8; 2]>(l4_off + 12) {
+            fill_tcp(&mut info, ihl as u16, b);
+        }
+    }
     if info.proto == IPPROTO_UDP && (info.sport == DNS_PORT || info.dport == DNS_PORT) {
         // DNS header: id, then flags whose low 4 bits are the RCODE.
         let head: [u8; 4] = ctx.load(l4_off + 8).ok()?;

@@ -110,12 +110,20 @@ pub struct Cli {
     /// The guest's address: --vm-ip, or the one --vm resolves to.
     #[arg(skip = Ipv4Addr::UNSPECIFIED)]
     pub vm_ip: Ipv4Addr,
-    /// The destination the guest is trying to reach.
-    #[arg(long = "to", value_name = "DEST")]
+    /// The destination the guest is trying to reach; DEST:PORT is short for
+    /// `--to DEST --port PORT` (and means `--proto tcp` unless `--proto udp`).
+    #[arg(long = "to", value_name = "DEST[:PORT]", value_parser = dest_arg)]
+    pub to_arg: Dest,
+    /// The destination's address (from --to).
+    #[arg(skip = Ipv4Addr::UNSPECIFIED)]
     pub to: Ipv4Addr,
-    /// Which of the guest's packets to follow.
-    #[arg(long, value_enum, default_value_t = Proto::Icmp)]
-    pub proto: Proto,
+    /// Which of the guest's packets to follow: ping, DNS, or a TCP/UDP service
+    /// on --port.
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+    /// The service's port, for --proto tcp|udp.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
     /// Stop after this many requests have a verdict.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     pub count: u32,
@@ -156,6 +164,69 @@ pub enum Proto {
     Icmp,
     Dns,
     Any,
+    /// A TCP service: connection attempts and their first data segments.
+    Tcp,
+    /// A UDP service: requests and responses by 5-tuple.
+    Udp,
+}
+
+/// `--to DEST[:PORT]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dest {
+    pub ip: Ipv4Addr,
+    pub port: Option<u16>,
+}
+
+fn dest_arg(s: &str) -> Result<Dest, String> {
+    if let Ok(ip) = s.parse() {
+        return Ok(Dest { ip, port: None });
+    }
+    let bad = || format!("{s:?} is not an IPv4 address or ADDRESS:PORT");
+    let (ip, port) = s.split_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok(Dest {
+        ip: ip.parse().map_err(|_| bad())?,
+        port: Some(port),
+    })
+}
+
+impl Cli {
+    /// Settle what the options say together: the destination, the protocol
+    /// (a port alone means TCP) and its port. A contradiction is a usage error.
+    pub fn settle(&mut self) -> anyhow::Result<()> {
+        self.to = self.to_arg.ip;
+        let port = match (self.to_arg.port, self.port) {
+            (Some(a), Some(b)) if a != b => {
+                anyhow::bail!("--to gives port {a} but --port {b}")
+            }
+            (a, b) => a.or(b),
+        };
+        self.port = port;
+        let proto = self.proto.unwrap_or(match port {
+            Some(_) => Proto::Tcp,
+            None => Proto::Icmp,
+        });
+        self.proto = Some(proto);
+        match (proto.has_port(), port) {
+            (true, None) => anyhow::bail!(
+                "--proto {} needs the service's port: --port N or --to DEST:PORT",
+                proto.word()
+            ),
+            (false, Some(p)) => anyhow::bail!(
+                "port {p} given, but --proto {} has none (use --proto tcp or udp)",
+                proto.word()
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The protocol to follow (after [`Cli::settle`]).
+    pub fn proto(&self) -> Proto {
+        self.proto.unwrap_or(Proto::Icmp)
+    }
 }
 
 impl Proto {
@@ -164,6 +235,8 @@ impl Proto {
             Proto::Icmp => tracer_common::PROTO_ICMP,
             Proto::Dns => tracer_common::PROTO_DNS,
             Proto::Any => tracer_common::PROTO_ICMP | tracer_common::PROTO_DNS,
+            Proto::Tcp => tracer_common::PROTO_TCP,
+            Proto::Udp => tracer_common::PROTO_UDP,
         }
     }
 
@@ -172,7 +245,14 @@ impl Proto {
             Proto::Icmp => "icmp",
             Proto::Dns => "dns",
             Proto::Any => "any",
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
         }
+    }
+
+    /// A service on a port (TCP/UDP), rather than ping or DNS.
+    pub fn has_port(self) -> bool {
+        matches!(self, Proto::Tcp | Proto::Udp)
     }
 }
 
@@ -362,6 +442,37 @@ mod tests {
             version.contains("commit") && version.contains("sha256"),
             "{version}"
         );
+    }
+
+    #[test]
+    fn a_service_port_comes_with_tcp_or_udp() {
+        let cli = |args: &[&str]| {
+            let mut v = vec!["pathtrace", "--vm-ip", "192.0.2.100"];
+            v.extend(args);
+            match top(&v).unwrap().command {
+                Command::Trace(mut c) => c.settle().map(|_| c),
+                _ => unreachable!(),
+            }
+        };
+        let c = cli(&["--to", "203.0.113.8:443"]).unwrap();
+        assert_eq!(
+            (c.to, c.port, c.proto()),
+            ("203.0.113.8".parse().unwrap(), Some(443), Proto::Tcp)
+        );
+        let c = cli(&["--to", "203.0.113.8", "--proto", "udp", "--port", "123"]).unwrap();
+        assert_eq!((c.port, c.proto()), (Some(123), Proto::Udp));
+        assert_eq!(cli(&["--to", "203.0.113.8"]).unwrap().proto(), Proto::Icmp);
+        assert!(cli(&["--to", "203.0.113.8", "--proto", "tcp"]).is_err());
+        assert!(cli(&["--to", "203.0.113.8:80", "--proto", "icmp"]).is_err());
+        assert!(cli(&["--to", "203.0.113.8:80", "--port", "81"]).is_err());
+        assert!(top(&[
+            "pathtrace",
+            "--vm-ip",
+            "192.0.2.100",
+            "--to",
+            "203.0.113.8:x"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -96,7 +96,12 @@ impl Capture {
         let (proto, id, seq) = match (v.flow.icmp_id, v.flow.dns_id) {
             (Some(id), _) => (IPPROTO_ICMP, id, v.flow.icmp_seq.unwrap_or(0)),
             (None, Some(id)) => (IPPROTO_UDP, id, 0),
-            (None, None) => return,
+            // A TCP/UDP service flow, keyed (service port, guest port).
+            (None, None) => match (v.flow.dport, v.flow.sport, v.proto.as_str()) {
+                (Some(dport), Some(sport), "tcp") => (6, dport, sport),
+                (Some(dport), Some(sport), _) => (IPPROTO_UDP, dport, sport),
+                _ => return,
+            },
         };
         let role = match (v.verdict, v.direction) {
             (Outcome::Replied, _) | (_, Some(Direction::Reply)) => ROLE_REPLY,
@@ -291,6 +296,7 @@ mod tests {
                 icmp_seq: Some(1),
                 dns_id: None,
                 qname: None,
+                ..Default::default()
             },
             verdict: Outcome::Dropped,
             direction: Some(Direction::Request),

@@ -29,6 +29,7 @@ use crate::{
 
 pub fn run(cli: &Cli) -> Result<i32> {
     let mut cli = cli.clone();
+    cli.settle()?;
     let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
     // The host's tables, read once for the whole run.
     let host = Host::read()?;
@@ -88,7 +89,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let explainer = Explainer {
         symbols: Symbols::load()?,
         reasons,
-        proto_word: cli.proto.word(),
+        proto_word: cli.proto().word(),
         topo,
         findings: Box::new(findings),
         config_root: cli.config_root.clone(),
@@ -141,7 +142,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     if tally.total() == 0 {
         printer.status(&format!(
             "saw no {} request from {} to {} in {} s: is the guest sending? (ping {} from inside the VM while pathtrace runs); the host-side checks:",
-            cli.proto.word(),
+            cli.proto().word(),
             cli.vm_ip,
             cli.to,
             cli.timeout,
@@ -211,7 +212,7 @@ fn banner(cli: &Cli, topo: &Topology) -> String {
         .unwrap_or_default();
     format!(
         "pathtrace: following {} from {}{mac} to {} via {}{route} (up to {} requests, {} s; Ctrl-C stops){caveat}",
-        cli.proto.word(),
+        cli.proto().word(),
         cli.vm_ip,
         cli.to,
         hops.join(" → "),
@@ -225,7 +226,7 @@ fn build_config(cli: &Cli, btf: &KernelBtf) -> Result<Config> {
     Ok(Config {
         vm_ip: cli.vm_ip.octets(),
         dst_ip: cli.to.octets(),
-        protos: cli.proto.mask(),
+        protos: cli.proto().mask(),
         kfree_reason_off: tracefs::kfree_reason_offset()?,
         kfree_location_off: tracefs::field_offset("skb", "kfree_skb", "location")?,
         consume_location_off: tracefs::field_offset("skb", "consume_skb", "location").unwrap_or(0),
@@ -239,6 +240,8 @@ fn build_config(cli: &Cli, btf: &KernelBtf) -> Result<Config> {
         capture: u32::from(cli.pcap.is_some()),
         max_follow: crate::budget::max_follow(cli.count),
         _pad: 0,
+        dst_port: cli.port.unwrap_or(0),
+        _pad_port: [0; 6],
     })
 }
 

@@ -40,7 +40,7 @@ enum Task {
         /// One short iteration of a few variants (keeps the bench working; CI).
         #[arg(long)]
         smoke: bool,
-        /// Only this flood (udp or icmp), e.g. to profile one case.
+        /// Only this flood (udp, icmp or tcp), e.g. to profile one case.
         #[arg(long)]
         flood: Option<String>,
         /// Rounds of every variant (default 5).

@@ -6,16 +6,23 @@
 //! with one JSON line on stdout:
 //!   ping DST COUNT INTERVAL_MS TIMEOUT_MS SIZE TTL DF
 //!   dns SERVER NAME COUNT TIMEOUT_MS
+//!   tcp DST PORT TIMEOUT_MS DATA     (connect; then DATA bytes in one DF segment)
+//!   udp DST PORT TIMEOUT_MS          (one datagram, wait for the response)
+//!   syn DST PORT COUNT               (COUNT connection attempts back to back)
 //!   quit
 //!
 //! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80,
 //! names ending in `.invalid` with NXDOMAIN, and names starting with `slow.` after
 //! a second; it stops after an hour at most.
 //!
-//! `fake-guest flood --proto udp|icmp --dst IP [--port P] --seconds S --max N` (run
-//! inside a guest's namespace, for the benchmark) sends small packets (UDP to port
-//! P, 9 unless given) as fast as the kernel takes them, in batches, for S seconds
-//! or N packets, whichever comes first, and prints `{"sent":N,"secs":F}`.
+//! `fake-guest services --tcp IP:PORT --udp IP:PORT` (in the internet namespace)
+//! accepts TCP connections and echoes UDP datagrams (`pathtrace_tests::tcp`).
+//!
+//! `fake-guest flood --proto udp|icmp|tcp --dst IP [--port P] --seconds S --max N`
+//! (run inside a guest's namespace, for the benchmark) sends small packets (UDP to
+//! port P, 9 unless given; TCP: connection attempts, a SYN from a new port each,
+//! to port P) as fast as the kernel takes them, in batches, for S seconds or N
+//! packets, whichever comes first, and prints `{"sent":N,"secs":F}`.
 
 use std::{
     io::BufRead,
@@ -26,7 +33,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use pathtrace_tests::packet::{self, Frame, IpOpts, Mac, BROADCAST};
+use pathtrace_tests::{
+    packet::{self, Frame, IpOpts, Mac, BROADCAST},
+    tcp::{self, Segment},
+};
 use serde_json::json;
 
 fn main() {
@@ -35,6 +45,10 @@ fn main() {
         Some("guest") => Guest::start(&args[1..]).and_then(|g| g.serve()),
         Some("dns-server") => dns_server(&args[1..]),
         Some("flood") => flood(&args[1..]),
+        Some("services") => (|| {
+            let a = &args[1..];
+            tcp::serve(flag(a, "--tcp")?.parse()?, flag(a, "--udp")?.parse()?)
+        })(),
         _ => Err(anyhow::anyhow!(
             "usage: fake-guest guest|dns-server|flood ..."
         )),
@@ -85,8 +99,28 @@ struct Guest {
 
 /// What a received frame meant to the command being run.
 enum Seen {
-    EchoReply { id: u16, seq: u16 },
-    Dns { id: u16, rcode: u8 },
+    EchoReply {
+        id: u16,
+        seq: u16,
+    },
+    Dns {
+        id: u16,
+        rcode: u8,
+    },
+    Tcp(Segment),
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    /// An ICMP error (type, code, the MTU a "fragmentation needed" names)
+    /// quoting one of our TCP/UDP packets (its protocol and source port).
+    IcmpError {
+        kind: u8,
+        code: u8,
+        mtu: u16,
+        proto: u8,
+        sport: u16,
+    },
     Nothing,
 }
 
@@ -171,6 +205,9 @@ impl Guest {
                         Some("quit") => return Ok(()),
                         Some("ping") => self.ping(&words[1..]),
                         Some("dns") => self.dns(&words[1..]),
+                        Some("tcp") => self.tcp(&words[1..]),
+                        Some("udp") => self.udp(&words[1..]),
+                        Some("syn") => self.syn_burst(&words[1..]),
                         _ => Err(anyhow::anyhow!("unknown command {line:?}")),
                     };
                     let out = answer.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
@@ -260,6 +297,161 @@ impl Guest {
             answered += usize::from(got);
         }
         Ok(json!({"sent": count, "answered": answered, "ids": ids, "rcode": rcode}))
+    }
+
+    /// Open a TCP connection to DST:PORT (SYN; an answer within TIMEOUT_MS);
+    /// when it is accepted and DATA > 0, complete the handshake and send DATA
+    /// bytes in one segment with DF, waiting for its ACK; then reset it.
+    fn tcp(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let usage = "tcp DST PORT TIMEOUT_MS DATA";
+        let dst: Ipv4Addr = w.first().context(usage)?.parse()?;
+        let num = |i: usize| -> Result<u64> { Ok(w.get(i).context(usage)?.parse()?) };
+        let (port, timeout, data) = (num(1)? as u16, num(2)?, num(3)? as usize);
+        let sport = 20000 + random_u16() % 30000;
+        let isn = u32::from(random_u16()) << 16;
+        let mut seg = Segment {
+            sport,
+            dport: port,
+            seq: isn,
+            ack: 0,
+            flags: tcp::SYN,
+        };
+        self.send_tcp(dst, &seg, &[])?;
+        let answer = self.await_tcp(sport, port, timeout, |_| true)?;
+        let (result, icmp) = describe_tcp(&answer);
+        let mut out = json!({"sport": sport, "result": result, "icmp": icmp});
+        let Some(Seen::Tcp(synack)) = answer else {
+            return Ok(out);
+        };
+        if synack.flags & (tcp::SYN | tcp::ACK) != tcp::SYN | tcp::ACK {
+            return Ok(out);
+        }
+        seg = Segment {
+            seq: isn + 1,
+            ack: synack.seq.wrapping_add(1),
+            flags: tcp::ACK,
+            ..seg
+        };
+        self.send_tcp(dst, &seg, &[])?;
+        if data > 0 {
+            seg.flags = tcp::PSH | tcp::ACK;
+            self.send_tcp(dst, &seg, &vec![0x61; data])?;
+            let end = seg.seq.wrapping_add(data as u32);
+            let acked = self.await_tcp(
+                sport,
+                port,
+                timeout,
+                |s| !matches!(s, Seen::Tcp(a) if a.ack != end && a.flags & tcp::RST == 0),
+            )?;
+            let (result, icmp) = describe_tcp(&acked);
+            out["data"] = json!(result);
+            out["data_icmp"] = json!(icmp);
+            seg.seq = end;
+        }
+        seg.flags = tcp::RST | tcp::ACK;
+        self.send_tcp(dst, &seg, &[])?;
+        Ok(out)
+    }
+
+    /// COUNT connection attempts from consecutive ports as fast as they can be
+    /// written (a busy guest opening connections), then a reset for each one
+    /// accepted within half a second.
+    fn syn_burst(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let usage = "syn DST PORT COUNT";
+        let dst: Ipv4Addr = w.first().context(usage)?.parse()?;
+        let port: u16 = w.get(1).context(usage)?.parse()?;
+        let count: u16 = w.get(2).context(usage)?.parse()?;
+        if count > 10_000 {
+            bail!("at most 10000 attempts");
+        }
+        let base = 20000 + random_u16() % 20000;
+        for i in 0..count {
+            let seg = Segment {
+                sport: base + i,
+                dport: port,
+                seq: 1,
+                ack: 0,
+                flags: tcp::SYN,
+            };
+            self.send_tcp(dst, &seg, &[])?;
+        }
+        let mut accepted = Vec::new();
+        self.pump_until(Instant::now() + Duration::from_millis(500), |s| {
+            if let Seen::Tcp(t) = s {
+                let ours = t.sport == port && (base..base + count).contains(&t.dport);
+                if ours && t.flags & tcp::SYN != 0 {
+                    accepted.push((t.dport, t.seq));
+                }
+            }
+            accepted.len() == usize::from(count)
+        })?;
+        for &(sport, seq) in &accepted {
+            let seg = Segment {
+                sport,
+                dport: port,
+                seq: 2,
+                ack: seq.wrapping_add(1),
+                flags: tcp::RST | tcp::ACK,
+            };
+            self.send_tcp(dst, &seg, &[])?;
+        }
+        Ok(json!({"sent": count, "accepted": accepted.len()}))
+    }
+
+    fn send_tcp(&mut self, dst: Ipv4Addr, seg: &Segment, data: &[u8]) -> Result<()> {
+        let t = tcp::segment(self.ip, dst, seg, data);
+        let opts = IpOpts {
+            id: self.ip_id,
+            ..IpOpts::default()
+        };
+        self.send_ip(dst, 6, opts, &t)
+    }
+
+    /// The first segment from PORT to our SPORT that `wanted` accepts, or an
+    /// ICMP error quoting our segment, within TIMEOUT_MS.
+    fn await_tcp(
+        &mut self,
+        sport: u16,
+        port: u16,
+        timeout: u64,
+        wanted: impl Fn(&Seen) -> bool,
+    ) -> Result<Option<Seen>> {
+        let mut got = None;
+        self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
+            let ours = match s {
+                Seen::Tcp(t) => t.sport == port && t.dport == sport && wanted(s),
+                Seen::IcmpError {
+                    proto: 6, sport: q, ..
+                } => *q == sport,
+                _ => false,
+            };
+            if ours {
+                got = Some(clone_seen(s));
+            }
+            ours
+        })?;
+        Ok(got)
+    }
+
+    /// One datagram from a random port to DST:PORT; was it answered?
+    fn udp(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let usage = "udp DST PORT TIMEOUT_MS";
+        let dst: Ipv4Addr = w.first().context(usage)?.parse()?;
+        let port: u16 = w.get(1).context(usage)?.parse()?;
+        let timeout: u64 = w.get(2).context(usage)?.parse()?;
+        let sport = 20000 + random_u16() % 30000;
+        let u = packet::udp((self.ip, sport), (dst, port), b"pathtrace");
+        let opts = IpOpts {
+            id: self.ip_id,
+            ..IpOpts::default()
+        };
+        self.send_ip(dst, 17, opts, &u)?;
+        let mut answered = false;
+        self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
+            answered = matches!(s, Seen::Udp { sport: a, dport: b } if *a == port && *b == sport);
+            answered
+        })?;
+        Ok(json!({"sport": sport, "answered": answered}))
     }
 
     fn send_ip(&mut self, dst: Ipv4Addr, proto: u8, opts: IpOpts, payload: &[u8]) -> Result<()> {
@@ -362,16 +554,68 @@ impl Guest {
                             packet::ipv4((self.mac, src_mac), self.ip, src, 1, opts, &reply);
                         self.send(&frame)?;
                     }
+                    3 | 11 if p.len() >= 8 + 20 + 4 => {
+                        let inner = &p[8..];
+                        let ihl = usize::from(inner[0] & 0x0f) * 4;
+                        if inner.len() >= ihl + 4 {
+                            return Ok(Seen::IcmpError {
+                                kind: p[0],
+                                code: p[1],
+                                mtu: u16::from_be_bytes([p[6], p[7]]),
+                                proto: inner[9],
+                                sport: u16::from_be_bytes([inner[ihl], inner[ihl + 1]]),
+                            });
+                        }
+                    }
                     _ => {}
                 }
                 Ok(Seen::Nothing)
             }
+            6 => Ok(tcp::parse(p).map_or(Seen::Nothing, Seen::Tcp)),
             17 if p.len() >= 12 && u16::from_be_bytes([p[0], p[1]]) == 53 => Ok(Seen::Dns {
                 id: u16::from_be_bytes([p[8], p[9]]),
                 rcode: p[11] & 0x0f,
             }),
+            17 if p.len() >= 8 => Ok(Seen::Udp {
+                sport: u16::from_be_bytes([p[0], p[1]]),
+                dport: u16::from_be_bytes([p[2], p[3]]),
+            }),
             _ => Ok(Seen::Nothing),
         }
+    }
+}
+
+/// What came back for a TCP segment: `synack`, `reset`, `ack`, `icmp`, `timeout`,
+/// and for an ICMP error its type, code and MTU.
+fn describe_tcp(seen: &Option<Seen>) -> (&'static str, serde_json::Value) {
+    match seen {
+        Some(Seen::Tcp(t)) if t.flags & tcp::RST != 0 => ("reset", json!(null)),
+        Some(Seen::Tcp(t)) if t.flags & tcp::SYN != 0 => ("synack", json!(null)),
+        Some(Seen::Tcp(_)) => ("ack", json!(null)),
+        Some(Seen::IcmpError {
+            kind, code, mtu, ..
+        }) => ("icmp", json!({"type": kind, "code": code, "mtu": mtu})),
+        _ => ("timeout", json!(null)),
+    }
+}
+
+fn clone_seen(s: &Seen) -> Seen {
+    match s {
+        Seen::Tcp(t) => Seen::Tcp(*t),
+        Seen::IcmpError {
+            kind,
+            code,
+            mtu,
+            proto,
+            sport,
+        } => Seen::IcmpError {
+            kind: *kind,
+            code: *code,
+            mtu: *mtu,
+            proto: *proto,
+            sport: *sport,
+        },
+        _ => Seen::Nothing,
     }
 }
 
@@ -440,15 +684,19 @@ fn flood(args: &[String]) -> Result<()> {
     if !(0.0..=120.0).contains(&secs) {
         bail!("--seconds must be at most 120");
     }
-    let icmp = match flag(args, "--proto")? {
-        "udp" => false,
-        "icmp" => true,
+    let (icmp, tcp) = match flag(args, "--proto")? {
+        "udp" => (false, false),
+        "icmp" => (true, false),
+        "tcp" => (false, true),
         other => bail!("unknown --proto {other}"),
     };
     let port: u16 = match args.iter().position(|a| a == "--port") {
         Some(_) => flag(args, "--port")?.parse()?,
         None => 9,
     };
+    if tcp {
+        return syn_flood(dst, port, secs, max);
+    }
     let sock = flood_socket(icmp)?;
     // 18-byte UDP payload or an 8-byte ICMP echo header + 10 bytes: 46-byte IP
     // packets, the smallest Ethernet frames.
@@ -469,37 +717,115 @@ fn flood(args: &[String]) -> Result<()> {
                 p.copy_from_slice(&echo[..18]);
             }
         }
-        let mut iovs: Vec<libc::iovec> = payloads
-            .iter_mut()
-            .map(|p| libc::iovec {
-                iov_base: p.as_mut_ptr().cast(),
-                iov_len: p.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let want = (max - sent).min(FLOOD_BATCH as u64) as u32;
-        // SAFETY: every header points at live buffers above.
-        let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), want, 0) };
-        if n > 0 {
-            sent += n as u64;
-        } else {
-            // A full queue (ENOBUFS) just means "faster than the path": try again.
-            std::thread::yield_now();
-        }
+        let mut bufs: Vec<&mut [u8]> = payloads.iter_mut().map(|p| &mut p[..]).collect();
+        sent += send_batch(
+            &sock,
+            &mut addr,
+            &mut bufs,
+            (max - sent).min(FLOOD_BATCH as u64),
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     println!("{}", json!({"sent": sent, "secs": secs}));
     Ok(())
+}
+
+/// The TCP flood: a SYN from a new source port each (a guest opening
+/// connections as fast as it can), through a raw socket, in batches.
+fn syn_flood(dst: Ipv4Addr, port: u16, secs: f64, max: u64) -> Result<()> {
+    let src = local_addr_towards(dst)?;
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening the raw TCP socket");
+    }
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The answers (SYN-ACK, RST) are the guest kernel's business, not read here.
+    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RD) };
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_addr.s_addr = u32::from(dst).to_be();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut sent, mut sport) = (0u64, 1024u16);
+    while sent < max && Instant::now() < end {
+        let mut segs: Vec<Vec<u8>> = (0..FLOOD_BATCH)
+            .map(|_| {
+                sport = sport.checked_add(1).unwrap_or(1024);
+                let seg = Segment {
+                    sport,
+                    dport: port,
+                    seq: 1,
+                    ack: 0,
+                    flags: tcp::SYN,
+                };
+                tcp::segment(src, dst, &seg, &[])
+            })
+            .collect();
+        let mut bufs: Vec<&mut [u8]> = segs.iter_mut().map(|p| &mut p[..]).collect();
+        sent += send_batch(
+            &sock,
+            &mut addr,
+            &mut bufs,
+            (max - sent).min(FLOOD_BATCH as u64),
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{}", json!({"sent": sent, "secs": secs}));
+    Ok(())
+}
+
+/// Send up to `want` of `bufs` to `addr` in one sendmmsg(2); how many went.
+fn send_batch(
+    sock: &OwnedFd,
+    addr: &mut libc::sockaddr_in,
+    bufs: &mut [&mut [u8]],
+    want: u64,
+) -> u64 {
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|p| libc::iovec {
+            iov_base: p.as_mut_ptr().cast(),
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let want = want.min(msgs.len() as u64) as u32;
+    // SAFETY: every header points at live buffers above.
+    let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), want, 0) };
+    if n > 0 {
+        n as u64
+    } else {
+        // A full queue (ENOBUFS) just means "faster than the path": try again.
+        std::thread::yield_now();
+        0
+    }
+}
+
+/// The address this namespace sends from towards `dst` (the TCP checksum
+/// covers it): what a connected UDP socket is bound to.
+fn local_addr_towards(dst: Ipv4Addr) -> Result<Ipv4Addr> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect((dst, 9))?;
+    match s.local_addr()? {
+        std::net::SocketAddr::V4(a) => Ok(*a.ip()),
+        other => bail!("unexpected local address {other}"),
+    }
 }
 
 /// A UDP socket, or a raw ICMP socket that never queues what comes back (the

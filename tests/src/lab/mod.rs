@@ -47,6 +47,11 @@ const PREFIX: &str = "ptlab";
 const CONFIG_PREFIX: &str = "ptlab-";
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The internet's TCP service (accepts connections) and UDP service (echoes);
+/// nothing listens on the TCP port one above.
+pub const SERVICE_TCP: &str = "203.0.113.8:8080";
+pub const SERVICE_UDP: &str = "203.0.113.8:5001";
+
 /// The VM number of the planted duplicate-IP guest (tap199i0 / vnet99).
 const DUPLICATE_VMID: u32 = 199;
 
@@ -198,6 +203,12 @@ impl Lab {
         let inet = lab.inet.clone();
         let dns = lab.spawn_dns_server(&inet, "203.0.113.53:53")?;
         lab.helpers.push(dns);
+        let services = lab.spawn_ready(
+            &inet,
+            &["services", "--tcp", SERVICE_TCP, "--udp", SERVICE_UDP],
+            "the lab's TCP/UDP services",
+        )?;
+        lab.helpers.push(services);
         for spec in opts.guests {
             lab.add_guest(spec)?;
         }
@@ -320,23 +331,33 @@ impl Lab {
     }
 
     fn spawn_dns_server(&self, ns: &str, listen: &str) -> Result<Child> {
+        self.spawn_ready(
+            ns,
+            &["dns-server", "--listen", listen],
+            "the lab's DNS responder",
+        )
+    }
+
+    /// Run the fake-guest binary with `args` in namespace `ns` and wait for its
+    /// `{"ready":true}` line.
+    fn spawn_ready(&self, ns: &str, args: &[&str], what: &str) -> Result<Child> {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(&self.guest_bin)
-            .args(["dns-server", "--listen", listen])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
-            .context("starting the lab's DNS responder")?;
+            .with_context(|| format!("starting {what}"))?;
         let mut line = String::new();
         let read = child.stdout.take().context("dns stdout").and_then(|out| {
             std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
-                .context("reading the DNS responder")
+                .with_context(|| format!("reading {what}"))
         });
         if let Err(e) = read.and_then(|_| {
             if line.contains("\"ready\":true") {
                 Ok(())
             } else {
-                bail!("DNS responder failed: {line}")
+                bail!("{what} failed: {line}")
             }
         }) {
             let _ = child.kill();

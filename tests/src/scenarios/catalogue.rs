@@ -50,6 +50,18 @@ const BASE: Scenario = Scenario {
 };
 
 const NFT_FILTER: &str = "nft add table inet f";
+const NFT_FORWARD: &str = "nft add chain inet f forward '{ type filter hook forward priority 0; }'";
+
+/// The lab's services in the internet namespace (`lab::SERVICE_TCP`, `SERVICE_UDP`).
+const TCP_SERVICE: Traffic = Traffic::Tcp {
+    dst: "203.0.113.8",
+    port: 8080,
+    data: 0,
+};
+const UDP_SERVICE: Traffic = Traffic::Udp {
+    dst: "203.0.113.8",
+    port: 5001,
+};
 
 pub const CATALOGUE: &[Scenario] = &[
     Scenario {
@@ -553,6 +565,130 @@ pub const CATALOGUE: &[Scenario] = &[
             ..dropped("request", "bridge")
         },
         fix: "bridge vlan add dev <nic> vid <VLAN> (Proxmox: bridge-vids on the bridge)",
+        ..BASE
+    },
+    Scenario {
+        name: "healthy_tcp",
+        symptom: "(none) the guest opens a TCP connection to a service",
+        cause: "healthy path",
+        traffic: TCP_SERVICE,
+        fix: "-",
+        ..BASE
+    },
+    Scenario {
+        name: "healthy_udp",
+        symptom: "(none) the guest's UDP request (NTP, WireGuard, syslog, ...) is answered",
+        cause: "healthy path",
+        traffic: UDP_SERVICE,
+        fix: "-",
+        ..BASE
+    },
+    Scenario {
+        name: "tcp_port_closed_remote",
+        symptom: "'connection refused' from a service, ping works",
+        cause: "nothing listens on the port at the destination (it answers with a TCP reset)",
+        traffic: Traffic::Tcp { dst: "203.0.113.8", port: 8081, data: 0 },
+        expect: Expect { hint: Some("refused the connection to port 8081"), ..REPLIED },
+        fix: "start the service, or use the right port (the host is fine)",
+        ..BASE
+    },
+    Scenario {
+        name: "tcp_reject_with_reset",
+        symptom: "'connection refused' at once for one port, ping works",
+        cause: "an nftables forward rule `reject with tcp reset` on the host",
+        break_hv: &[
+            NFT_FILTER,
+            NFT_FORWARD,
+            "nft add rule inet f forward tcp dport 8080 reject with tcp reset",
+        ],
+        traffic: TCP_SERVICE,
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("reject with tcp reset"),
+            hint: Some("the host's firewall refused the connection"),
+            ..dropped("request", "forward")
+        },
+        fix: "nft delete rule <family> <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "iptables_tcp_reset",
+        symptom: "'connection refused' at once for one port, ping works",
+        cause: "an iptables FORWARD rule `-j REJECT --reject-with tcp-reset`",
+        break_hv: &["iptables -A FORWARD -p tcp --dport 8080 -j REJECT --reject-with tcp-reset"],
+        traffic: TCP_SERVICE,
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("reject"),
+            hint: Some("refused the connection"),
+            ..dropped("request", "forward")
+        },
+        fix: "delete the rule (iptables -D FORWARD <n>)",
+        ..BASE
+    },
+    Scenario {
+        name: "tcp_forward_drop",
+        symptom: "connections to one port hang (SYN retransmits), ping works",
+        cause: "an nftables forward rule silently drops the port",
+        break_hv: &[NFT_FILTER, NFT_FORWARD, "nft add rule inet f forward tcp dport 8080 drop"],
+        traffic: TCP_SERVICE,
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("tcp dport 8080 drop"),
+            hint: Some("nft delete rule inet f forward handle"),
+            ..dropped("request", "forward")
+        },
+        fix: "nft delete rule <family> <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "tcp_pmtu_black_hole",
+        symptom: "connections open, then hang as soon as large data flows (SSH logs in, scp stalls)",
+        cause: "uplink MTU smaller than the guest's, and the host's ICMP 'fragmentation needed' dropped by an nft output rule",
+        break_hv: &[
+            "ip link set eth0 mtu 1280",
+            NFT_FILTER,
+            "nft add chain inet f out '{ type filter hook output priority 0; }'",
+            "nft add rule inet f out icmp type destination-unreachable drop",
+        ],
+        traffic: Traffic::Tcp { dst: "203.0.113.8", port: 8080, data: 1400 },
+        expect: Expect {
+            reason: Some("PKT_TOO_BIG"),
+            rule: Some("ICMP fragmentation-needed dropped by inet f out handle"),
+            hint: Some("path-MTU black hole"),
+            ..dropped("request", "egress")
+        },
+        fix: "let ICMP 'fragmentation needed' through (never drop icmp type destination-unreachable), or make the MTUs agree",
+        ..BASE
+    },
+    Scenario {
+        name: "tcp_mtu_too_small",
+        symptom: "connections open, large transfers slow or stall",
+        cause: "uplink MTU smaller than the guest's (the host's ICMP 'fragmentation needed' does reach the guest)",
+        break_hv: &["ip link set eth0 mtu 1280"],
+        traffic: Traffic::Tcp { dst: "203.0.113.8", port: 8080, data: 1400 },
+        expect: Expect {
+            reason: Some("PKT_TOO_BIG"),
+            rule: Some("MTU eth0 1280"),
+            hint: Some("that ICMP reached the guest's port tap100i0"),
+            ..dropped("request", "egress")
+        },
+        fix: "make the MTUs agree; check that the guest accepts ICMP 'fragmentation needed'",
+        ..BASE
+    },
+    Scenario {
+        name: "udp_forward_drop",
+        symptom: "a UDP service (NTP, WireGuard, syslog) gets no answer, ping works",
+        cause: "an nftables forward rule drops the UDP port",
+        break_hv: &[NFT_FILTER, NFT_FORWARD, "nft add rule inet f forward udp dport 5001 drop"],
+        traffic: UDP_SERVICE,
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("udp dport 5001 drop"),
+            hint: Some("nft delete rule inet f forward handle"),
+            ..dropped("request", "forward")
+        },
+        fix: "nft delete rule <family> <table> <chain> handle <n>",
         ..BASE
     },
 ];

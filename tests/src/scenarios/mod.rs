@@ -24,6 +24,16 @@ pub enum Traffic {
         server: &'static str,
         name: &'static str,
     },
+    /// A TCP connection to `dst:port` (`--to DST:PORT`); with `data` > 0 the
+    /// guest then sends that many bytes in one DF segment, and the scenario's
+    /// verdict is that segment's.
+    Tcp {
+        dst: &'static str,
+        port: u16,
+        data: usize,
+    },
+    /// One UDP datagram to `dst:port` (`--proto udp --port PORT`).
+    Udp { dst: &'static str, port: u16 },
 }
 
 impl Traffic {
@@ -39,6 +49,40 @@ impl Traffic {
         match self {
             Traffic::Ping { dst, .. } => dst,
             Traffic::Dns { server, .. } => server,
+            Traffic::Tcp { dst, .. } | Traffic::Udp { dst, .. } => dst,
+        }
+    }
+
+    /// pathtrace's `--to`: the destination, with the port for TCP.
+    pub fn to_arg(&self) -> String {
+        match self {
+            Traffic::Tcp { dst, port, .. } => format!("{dst}:{port}"),
+            _ => self.dst().to_string(),
+        }
+    }
+
+    /// pathtrace's options for this traffic beyond `--to`.
+    pub fn proto_args(&self) -> Vec<String> {
+        match self {
+            Traffic::Ping { .. } => vec![],
+            Traffic::Dns { .. } => vec!["--proto".into(), "dns".into()],
+            // `--to DST:PORT` says TCP (see `to_arg`).
+            Traffic::Tcp { .. } => vec![],
+            Traffic::Udp { port, .. } => vec![
+                "--proto".into(),
+                "udp".into(),
+                "--port".into(),
+                port.to_string(),
+            ],
+        }
+    }
+
+    /// Requests pathtrace follows (a connection and its data segment are two);
+    /// the scenario's verdict is the last one's.
+    pub fn requests(&self) -> u32 {
+        match self {
+            Traffic::Tcp { data, .. } if *data > 0 => 2,
+            _ => 1,
         }
     }
 }

@@ -10,6 +10,7 @@ use pathtrace_tests::{
 };
 use serde_json::Value;
 
+mod flows;
 mod lifecycle;
 
 const VM: &str = "192.0.2.100";

@@ -499,3 +499,57 @@ fn watch_spawns_nothing_per_interval() {
         .collect();
     assert!(spawned.is_empty(), "watch ran: {spawned:#?}");
 }
+
+/// The broken guest's connections to the service port are refused by the host.
+const TCP_RESET: &str = "add table inet pt_watch\n\
+     add chain inet pt_watch forward { type filter hook forward priority filter; policy accept; }\n\
+     add rule inet pt_watch forward ip saddr 192.0.2.101 tcp dport 8080 reject with tcp reset\n";
+
+#[test]
+fn tcp_resets_the_host_sends_are_counted_per_vm() {
+    let mut lab = two_guests();
+    let port = 19465;
+    let mut watch = WatchRun::start(
+        &lab,
+        &["--interval", "0.5", "--prometheus", &port.to_string()],
+    )
+    .unwrap();
+    lab.nft(TCP_RESET).unwrap();
+    let dst = Ipv4Addr::new(203, 0, 113, 8);
+    for _ in 0..3 {
+        let seen = lab.guest(1).tcp(dst, 8080, 1000, 0).unwrap();
+        assert_eq!(seen.result, "reset", "the host refuses: {seen:?}");
+        let seen = lab.guest(0).tcp(dst, 8080, 1000, 0).unwrap();
+        assert_eq!(
+            seen.result, "synack",
+            "the healthy guest connects: {seen:?}"
+        );
+    }
+    let refused = |v: &Value| {
+        drops(v, BROKEN)
+            .into_iter()
+            .find(|d| d["tcp_resets_sent"].as_u64().unwrap_or(0) >= 3)
+    };
+    let snap = watch.wait_for(WAIT, |v| refused(v).is_some()).unwrap();
+    let d = refused(&snap).unwrap();
+    assert_eq!(
+        (d["stage"].as_str(), d["proto"].as_str()),
+        (Some("forward"), Some("tcp")),
+        "{d}"
+    );
+    assert!(
+        d["reset_rule"]
+            .as_str()
+            .unwrap()
+            .contains("reject with tcp reset"),
+        "{d}"
+    );
+    assert_eq!(total_drops(&snap, HEALTHY), 0, "healthy VM: {snap}");
+    let body = scrape(&lab, port);
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("pathtrace_tcp_resets_sent_total{") && l.contains(BROKEN))
+        .unwrap_or_else(|| panic!("no resets metric:\n{body}"));
+    assert!(line.contains("vm_ip=\"192.0.2.101\""), "{line}");
+    assert_eq!(watch.stop().unwrap(), 0);
+}

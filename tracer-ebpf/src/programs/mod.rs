@@ -1,5 +1,6 @@
 //! One module per hook family.
 mod deep;
+mod flow;
 mod frees;
 mod tc;
 mod watch;

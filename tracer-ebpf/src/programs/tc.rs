@@ -24,6 +24,7 @@ use tracer_common::{
     PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
 };
 
+use super::flow;
 use crate::{
     maps::{
         armed, budget_left, config, count, emit, following, maybe_followed, note_followed,
@@ -73,6 +74,9 @@ fn observe(ctx: &TcContext, dir: u8, port: bool) {
     let Some((mut pkt, l4_off)) = parse(ctx) else {
         return;
     };
+    if flow::wanted(pkt.proto, &config()) {
+        flow::key(&mut pkt, &config());
+    }
     // While armed, every packet of the host crossing the bridge and the uplink
     // comes here: most must cost no more than the header parse above, a few
     // compares and array loads, no hash lookup.
@@ -98,7 +102,7 @@ fn observe(ctx: &TcContext, dir: u8, port: bool) {
         ..Event::default()
     };
     emit(&event);
-    if new && role == ROLE_REQUEST && pkt.proto == IPPROTO_UDP {
+    if new && role == ROLE_REQUEST && pkt.proto == IPPROTO_UDP && pkt.dport == DNS_PORT {
         emit_dns_name(ctx, &event, l4_off);
     }
     // Only with --pcap: followed packets are few, so the copy stays cheap, and
@@ -150,6 +154,13 @@ fn emit_packet(ctx: &TcContext, head: &Event) {
 fn may_concern_flow(pkt: &PacketInfo, starts: bool) -> bool {
     let cfg = config();
     match pkt.proto {
+        // An ICMP error may answer a TCP/UDP service flow.
+        IPPROTO_ICMP
+            if flow::any_wanted(&cfg)
+                && (pkt.icmp_type == ICMP_DEST_UNREACH || pkt.icmp_type == ICMP_TIME_EXCEEDED) =>
+        {
+            true
+        }
         IPPROTO_ICMP if cfg.protos & PROTO_ICMP != 0 => match pkt.icmp_type {
             // The guest's echo starts being followed where it enters; anywhere
             // else an echo to the destination is ours only as a followed packet
@@ -174,6 +185,7 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool) -> bool {
             (pkt.sport == DNS_PORT || pkt.dport == DNS_PORT)
                 && ((starts && pkt.saddr == cfg.vm_ip) || maybe_followed(pkt.id, 0))
         }
+        p if flow::wanted(p, &cfg) => flow::concerns(pkt, starts, &cfg),
         _ => false,
     }
 }
@@ -183,7 +195,8 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool) -> bool {
 fn is_guest_request(pkt: &PacketInfo, cfg: &Config) -> bool {
     let what = match pkt.proto {
         IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO,
-        IPPROTO_UDP => pkt.dport == DNS_PORT,
+        IPPROTO_UDP if cfg.protos & PROTO_DNS != 0 => pkt.dport == DNS_PORT,
+        p if flow::wanted(p, cfg) => return flow::is_new_request(pkt, cfg),
         _ => false,
     };
     what && pkt.saddr == cfg.vm_ip && pkt.daddr == cfg.dst_ip
@@ -255,9 +268,15 @@ fn classify(
             // Report the quoted request's id/seq, as at the first hook.
             pkt.id = t.pkt.id;
             pkt.seq = t.pkt.seq;
+            pkt.quoted_proto = t.pkt.quoted_proto;
             return Some((t.role, t.flags, false));
         }
         if same_packet(&t.pkt, pkt) {
+            if flow::wanted(pkt.proto, &cfg) {
+                // The flow's key as first seen: MASQUERADE may have changed
+                // the guest's port (`sport`/`dport` show it as it is here).
+                pkt.seq = t.pkt.seq;
+            }
             return Some((t.role, t.flags, false));
         }
         untrack(skb);
@@ -268,6 +287,10 @@ fn classify(
         classify_icmp(ctx, pkt, l4_off, &cfg.vm_ip, &cfg.dst_ip, now)?
     } else if pkt.proto == IPPROTO_UDP && want_dns {
         classify_dns(pkt, &cfg.vm_ip, &cfg.dst_ip, now)?
+    } else if pkt.proto == IPPROTO_ICMP && flow::any_wanted(&cfg) {
+        flow::classify_error(ctx, pkt, l4_off, &cfg, now)?
+    } else if flow::wanted(pkt.proto, &cfg) {
+        flow::classify(pkt, &cfg, now)?
     } else {
         return None;
     };
@@ -312,6 +335,10 @@ fn same_packet(was: &PacketInfo, now: &PacketInfo) -> bool {
         && was.id == now.id
         && was.icmp_type == now.icmp_type
         && (was.dport == DNS_PORT) == (now.dport == DNS_PORT)
+        // TCP/UDP: NAT rewrites one port of a packet (the request's source, the
+        // reply's destination), never both; a request and its answer differ
+        // in both.
+        && (was.sport == now.sport || was.dport == now.dport)
 }
 
 /// One of the guest's requests has this id. Without a recent request there is

@@ -209,14 +209,27 @@ impl Correlator {
     /// protocol key (ids survive NAT).
     /// Skb addresses are reused quickly, so an address match counts only when the
     /// protocol key agrees too.
+    ///
+    /// The packets of one TCP connection share a key (its ports): a trace
+    /// whose reply was already delivered takes no new hop by address, which
+    /// the kernel has then reused for a later packet of the same connection
+    /// (an ICMP error answering the next segment, say); that goes to the
+    /// newest trace of the key.
     fn find(&self, ev: &Event) -> Option<usize> {
         let key = FlowKey::of(&ev.pkt);
         let same = |i: &usize| self.traces.get(*i).is_some_and(|t| t.key == key);
-        self.by_skb
-            .get(&ev.skb)
-            .filter(|i| same(i))
-            .or_else(|| self.by_key.get(&key).filter(|i| same(i)))
-            .copied()
+        let by_key = self.by_key.get(&key).filter(|i| same(i)).copied();
+        match self.by_skb.get(&ev.skb).filter(|i| same(i)).copied() {
+            Some(i)
+                if ev.kind == EventKind::Tc as u8
+                    && by_key.is_some_and(|k| k != i)
+                    && self.traces[i].delivered_ts.is_some() =>
+            {
+                by_key
+            }
+            Some(i) => Some(i),
+            None => by_key,
+        }
     }
 
     fn is_elsewhere(&self, ev: &Event) -> bool {

@@ -332,3 +332,90 @@ fn flush_marks_in_flight_traces_timed_out() {
     assert!(done[0].timed_out);
     assert_eq!(done[0].outcome, Outcome::NoReply);
 }
+
+/// A TCP segment of the guest's connection 40000 → 8080, keyed as the kernel
+/// keys a service flow: (service port, guest port).
+fn seg(src: [u8; 4], dst: [u8; 4], flags: u8, payload: u16) -> PacketInfo {
+    let to_service = src == VM || src == WAN;
+    let (sport, dport) = if to_service {
+        (40000, 8080)
+    } else {
+        (8080, 40000)
+    };
+    PacketInfo {
+        saddr: src,
+        daddr: dst,
+        proto: 6,
+        sport,
+        dport,
+        id: 8080,
+        seq: 40000,
+        tcp_flags: flags,
+        payload_len: payload,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_icmp_error_by_a_reused_address_goes_to_the_connection_s_newest_segment() {
+    use tracer_common::{FLAG_ICMP_ERROR, TCP_ACK, TCP_PSH, TCP_SYN};
+    let mut c = Correlator::new(ctx());
+    // SYN out, SYN-ACK back and delivered (skb 0x2000).
+    c.on_event(&tc(
+        0x1000,
+        1_000,
+        TAP,
+        DIR_INGRESS,
+        ROLE_REQUEST,
+        seg(VM, DST, TCP_SYN, 0),
+    ));
+    c.on_event(&tc(
+        0x1000,
+        1_020,
+        UP,
+        DIR_EGRESS,
+        ROLE_REQUEST,
+        seg(WAN, DST, TCP_SYN, 0),
+    ));
+    let synack = seg(DST, VM, TCP_SYN | TCP_ACK, 0);
+    c.on_event(&tc(0x2000, 2_000, UP, DIR_INGRESS, ROLE_REPLY, synack));
+    c.on_event(&tc(0x2000, 2_100, TAP, DIR_EGRESS, ROLE_REPLY, synack));
+    // The data segment, then the host's fragmentation-needed for it, in the
+    // SYN-ACK's freed skb: it belongs to the data segment, not the handshake.
+    c.on_event(&tc(
+        0x3000,
+        3_000,
+        TAP,
+        DIR_INGRESS,
+        ROLE_REQUEST,
+        seg(VM, DST, TCP_PSH | TCP_ACK, 1400),
+    ));
+    let icmp = PacketInfo {
+        saddr: [192, 0, 2, 1],
+        daddr: VM,
+        proto: 1,
+        icmp_type: 3,
+        code: 4,
+        id: 8080,
+        seq: 40000,
+        quoted_proto: 6,
+        ..Default::default()
+    };
+    let mut err = tc(0x2000, 3_050, TAP, DIR_EGRESS, ROLE_REPLY, icmp);
+    err.flags = FLAG_ICMP_ERROR;
+    c.on_event(&err);
+    let done = c.poll(1_000_000_000);
+    assert_eq!(done.len(), 2, "{done:?}");
+    let data = done
+        .iter()
+        .find(|f| f.trace.request.payload_len == 1400)
+        .unwrap();
+    assert_eq!(data.outcome, Outcome::Replied);
+    assert_eq!(data.trace.reply_hops.len(), 1);
+    assert_eq!(data.trace.reply_hops[0].pkt.icmp_type, 3);
+    let syn = done
+        .iter()
+        .find(|f| f.trace.request.payload_len == 0)
+        .unwrap();
+    assert_eq!(syn.trace.reply_hops.len(), 2, "the SYN-ACK's hops only");
+}

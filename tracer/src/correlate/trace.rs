@@ -15,8 +15,13 @@ pub struct FlowKey {
 
 impl FlowKey {
     pub(super) fn of(p: &PacketInfo) -> Self {
+        // An ICMP error answering a TCP/UDP flow belongs to that flow.
+        let proto = match p.quoted_proto {
+            0 => p.proto,
+            quoted => quoted,
+        };
         Self {
-            proto: p.proto,
+            proto,
             id: p.id,
             seq: p.seq,
         }
@@ -91,7 +96,7 @@ pub struct Trace {
 }
 
 impl Trace {
-    pub(super) fn new(pkt: &PacketInfo, skb: u64, ts: u64) -> Self {
+    pub(crate) fn new(pkt: &PacketInfo, skb: u64, ts: u64) -> Self {
         Self {
             key: FlowKey::of(pkt),
             request: *pkt,

@@ -30,7 +30,7 @@ impl Explainer {
                 self.blame_routing(stage, what, reason)
             }
             "IP_RPFILTER" => self.blame_rp_filter(d, stage, what),
-            "PKT_TOO_BIG" => self.blame_mtu(d, stage, what),
+            "PKT_TOO_BIG" => self.blame_mtu(t, d, stage, what),
             "IP_INHDR" if stage == Stage::Forward => Blame {
                 stage,
                 rule: Some(format!("IP TTL {} set by the guest", d.pkt.ttl)),
@@ -77,7 +77,7 @@ impl Explainer {
     }
 
     /// A DF packet larger than the uplink's MTU: name both MTUs.
-    pub(super) fn blame_mtu(&self, d: &Drop, stage: Stage, what: &str) -> Blame {
+    pub(super) fn blame_mtu(&self, t: &Trace, d: &Drop, stage: Stage, what: &str) -> Blame {
         let mtu_of =
             |i: &crate::topology::Iface| self.topo.mtus.get(&i.index).copied().unwrap_or(0);
         let inbound = self.topo.inbound();
@@ -88,11 +88,33 @@ impl Explainer {
         } else {
             ""
         };
+        let mtus = format!(
+            "MTU {up} {up_mtu} < {} bytes ({} MTU {in_mtu})",
+            d.pkt.ip_len, inbound.name
+        );
+        let fate = self.frag_needed_fate(t);
+        let delivered = match (&fate, t.port_ifindex.and_then(|p| self.name(p))) {
+            (service::FragNeeded::Delivered, Some(port)) => format!(
+                "; that ICMP reached the guest's port {port}, so a guest doing path-MTU discovery adapts — if its connections still stall, the guest's own firewall drops ICMP"
+            ),
+            _ => String::new(),
+        };
+        if let service::FragNeeded::Eaten(rule, fix) = fate {
+            return Blame {
+                stage,
+                rule: Some(format!("{mtus}; ICMP fragmentation-needed dropped by {rule}")),
+                hint: format!(
+                    "a path-MTU black hole: {what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answers 'fragmentation needed', but rule \"{rule}\" drops that ICMP before it reaches the guest, so the guest never learns to send smaller packets and the connection stalls after the handshake; let it through: {fix} (or make the MTUs agree: ip link set {up} mtu {in_mtu})",
+                    d.pkt.ip_len, inbound.name
+                ),
+                ifname: Some(up),
+            };
+        }
         Blame {
             stage,
-            rule: Some(format!("MTU {up} {up_mtu} < {} bytes ({} MTU {in_mtu})", d.pkt.ip_len, inbound.name)),
+            rule: Some(mtus),
             hint: format!(
-                "{what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answered 'fragmentation needed' — make the MTUs agree: ip link set {up} mtu {in_mtu}, or lower the guest's MTU to {up_mtu}",
+                "{what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answered 'fragmentation needed'{delivered} — make the MTUs agree: ip link set {up} mtu {in_mtu}, or lower the guest's MTU to {up_mtu}",
                 d.pkt.ip_len, inbound.name
             ),
             ifname: Some(up),

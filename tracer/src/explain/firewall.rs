@@ -151,7 +151,7 @@ impl Explainer {
         } else {
             pkt.saddr = t.request.saddr;
         }
-        let l4 = pkt.proto == 17;
+        let l4 = pkt.proto == 17 || pkt.proto == 6;
         nft::PacketView {
             saddr: Some(ip(pkt.saddr)),
             daddr: Some(ip(pkt.daddr)),
@@ -167,7 +167,15 @@ impl Explainer {
             },
             // A reply belongs to the request's connection; a request may be the
             // first of its flow or a repeat (ping reuses its id): unknown.
-            ct_state: (d.direction == Direction::Reply).then_some("established"),
+            ct_state: match (d.direction, pkt.proto) {
+                (Direction::Reply, _) => Some("established"),
+                // A TCP SYN opens a connection; any other segment is of one.
+                (Direction::Request, 6) if pkt.tcp_flags & tracer_common::TCP_SYN != 0 => {
+                    Some("new")
+                }
+                (Direction::Request, 6) => Some("established"),
+                _ => None,
+            },
             ..Default::default()
         }
     }

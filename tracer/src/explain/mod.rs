@@ -12,6 +12,7 @@ pub mod nft;
 mod nft_match;
 mod path;
 mod pve_firewall;
+mod service;
 pub mod stage;
 mod vlan;
 
@@ -74,9 +75,12 @@ impl Explainer {
             vm_ip: self.topo.vm_ip.to_string(),
             dst: self.topo.dst.to_string(),
             proto: self.proto_word.into(),
-            flow: Flow {
-                qname: t.qname.clone(),
-                ..path::flow_of(&t.request)
+            flow: match self.is_service() {
+                true => service::service_flow(t),
+                false => Flow {
+                    qname: t.qname.clone(),
+                    ..path::flow_of(&t.request)
+                },
             },
             verdict: f.outcome,
             direction: None,
@@ -98,6 +102,9 @@ impl Explainer {
             Outcome::Dropped => self.dropped(t, &mut v),
             Outcome::NoReply => self.no_reply(t, f.timed_out, &mut v),
         }
+        if self.is_service() {
+            self.refine_service(t, &mut v);
+        }
         if f.outcome != Outcome::Replied {
             v.doctor = self.findings.current(relevant(v.stage, v.direction));
         }
@@ -111,7 +118,7 @@ impl Explainer {
     fn replied(&self, t: &Trace, v: &mut Verdict) {
         v.ifname = t.port_ifindex.and_then(|i| self.name(i));
         v.rtt_ns = t.delivered_ts.map(|d| d.saturating_sub(t.first_ts()));
-        if t.request.proto == 17 {
+        if t.request.proto == 17 && !self.is_service() {
             let rcode = t.reply_hops.last().map_or(0, |h| h.pkt.code);
             v.dns_rcode = Some(crate::dns::rcode_name(rcode));
             if rcode != 0 {
@@ -125,7 +132,7 @@ impl Explainer {
         }
         if t.reply_hops
             .iter()
-            .any(|h| h.pkt.icmp_type == 3 || h.pkt.icmp_type == 11)
+            .any(|h| h.pkt.proto == 1 && (h.pkt.icmp_type == 3 || h.pkt.icmp_type == 11))
         {
             let h = &t.reply_hops[0].pkt;
             v.hint = Some(format!(

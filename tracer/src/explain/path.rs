@@ -164,7 +164,7 @@ pub(super) fn flow_of(p: &PacketInfo) -> Flow {
         icmp_id: icmp.then_some(p.id),
         icmp_seq: icmp.then_some(p.seq),
         dns_id: (!icmp).then_some(p.id),
-        qname: None,
+        ..Flow::default()
     }
 }
 

@@ -302,6 +302,7 @@ mod tests {
                 icmp_seq: Some(1),
                 dns_id: None,
                 qname: None,
+                ..Default::default()
             },
             verdict: Outcome::NoReply,
             direction: None,

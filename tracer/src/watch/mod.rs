@@ -12,6 +12,7 @@ pub mod inventory;
 mod kernel;
 mod prometheus;
 pub mod report;
+mod resets;
 pub mod tui;
 
 use std::{
@@ -47,6 +48,7 @@ use crate::{
 struct KernelNames {
     reasons: HashMap<u32, String>,
     symbols: Symbols,
+    resets: resets::Resets,
 }
 
 impl Names for KernelNames {
@@ -56,6 +58,15 @@ impl Names for KernelNames {
 
     fn location(&self, addr: u64) -> Option<String> {
         self.symbols.resolve(addr)
+    }
+
+    fn tcp_reset_rule(
+        &self,
+        hook: &'static str,
+        pkt: &tracer_common::PacketInfo,
+        iif: &str,
+    ) -> Option<String> {
+        self.resets.rule(hook, pkt, iif)
     }
 }
 
@@ -98,6 +109,7 @@ pub fn run(cli: &WatchCli) -> Result<i32> {
     let names = KernelNames {
         reasons,
         symbols: Symbols::load()?,
+        resets: resets::Resets::default(),
     };
     let mut ids = Identities::new(ConfigDirs::under(&cli.config_root));
     let inv = current_vms(cli, &mut ids)?;

@@ -208,6 +208,7 @@ pub fn render(s: &Snapshot) -> String {
         "Packets of a VM dropped on this host, by drop point.",
     );
     let mut bytes = String::new();
+    let mut resets = String::new();
     for vm in &s.vms {
         let ip = vm.vm_ips.join(",");
         for d in &vm.drops {
@@ -226,6 +227,9 @@ pub fn render(s: &Snapshot) -> String {
             ]);
             let _ = writeln!(out, "pathtrace_drops_total{l} {}", d.total);
             let _ = writeln!(bytes, "pathtrace_drop_bytes_total{l} {}", d.bytes);
+            if let Some(n) = d.tcp_resets_sent {
+                let _ = writeln!(resets, "pathtrace_tcp_resets_sent_total{l} {n}");
+            }
         }
     }
     family(
@@ -235,6 +239,13 @@ pub fn render(s: &Snapshot) -> String {
         "Bytes of a VM's packets dropped on this host, by drop point.",
     );
     out.push_str(&bytes);
+    family(
+        &mut out,
+        "pathtrace_tcp_resets_sent_total",
+        "counter",
+        "TCP resets this host sent a VM on behalf of a REJECT with tcp reset rule (one per segment dropped at that drop point).",
+    );
+    out.push_str(&resets);
     family(
         &mut out,
         "pathtrace_vm_info",
@@ -337,6 +348,8 @@ mod tests {
                     per_s: 1.0,
                     via_conntrack: false,
                     example: None,
+                    tcp_resets_sent: None,
+                    reset_rule: None,
                 }],
             }],
             self_stats: SelfStats {

@@ -30,6 +30,11 @@ pub struct Totals {
 pub trait Names {
     fn reason(&self, value: u32) -> Option<String>;
     fn location(&self, addr: u64) -> Option<String>;
+    /// The rule dropping the guest's TCP segment `pkt` at `hook` (entering by
+    /// `iif`), when it is a REJECT that answers with a TCP reset.
+    fn tcp_reset_rule(&self, _hook: &'static str, _pkt: &PacketInfo, _iif: &str) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -66,6 +71,13 @@ pub struct DropPoint {
     pub via_conntrack: bool,
     /// A recent packet dropped here.
     pub example: Option<Example>,
+    /// The rule here is a REJECT `with tcp reset`: the host answered each
+    /// packet dropped here with a TCP reset to the guest (as many as `total`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_resets_sent: Option<u64>,
+    /// That rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_rule: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -234,8 +246,15 @@ fn describe(
         // Both ends on the VM's own bridge: bridged, never routed.
         bridged: example.is_some_and(|p| same_lan(p, port, inv)),
     };
+    let stage = drop_stage(&facts);
+    let reset_rule = match (key.class, key.dir, reason.as_deref(), example) {
+        (CLASS_TCP, WDIR_FROM_VM, Some("NETFILTER_DROP"), Some(p)) => {
+            names.tcp_reset_rule(hook_of(stage), p, &port.bridge)
+        }
+        _ => None,
+    };
     DropPoint {
-        stage: drop_stage(&facts).as_str(),
+        stage: stage.as_str(),
         reason,
         location,
         ifname: inv.names.get(&key.dev).cloned(),
@@ -250,6 +269,20 @@ fn describe(
         per_s,
         via_conntrack: key.flags & tracer_common::WFLAG_VIA_CT != 0,
         example: example.map(|p| example_of(key.class, p)),
+        tcp_resets_sent: reset_rule.is_some().then_some(totals.packets),
+        reset_rule,
+    }
+}
+
+/// The netfilter hook a guest's packet dropped at `stage` met (as trace mode
+/// replays it).
+fn hook_of(stage: crate::correlate::Stage) -> &'static str {
+    use crate::correlate::Stage;
+    match stage {
+        Stage::Prerouting | Stage::Bridge => "prerouting",
+        Stage::Input => "input",
+        Stage::Postrouting => "postrouting",
+        _ => "forward",
     }
 }
 

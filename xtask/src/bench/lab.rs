@@ -173,13 +173,15 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
     pub(super) fn start_tool(&self, traffic: Traffic, variant: Variant) -> Result<Option<Tool>> {
         let pathtrace = release_bin("pathtrace");
         let pathtrace = pathtrace.to_str().context("path")?;
-        let proto = match traffic {
-            Traffic::Udp => "any",
-            Traffic::Icmp => "icmp",
+        let proto: &[&str] = match traffic {
+            Traffic::Udp => &["--proto", "any"],
+            Traffic::Icmp => &["--proto", "icmp"],
+            Traffic::Tcp => &["--proto", "tcp", "--port", TCP_PORT],
         };
         let trace = |vm: &str| -> Vec<String> {
-            ["--vm-ip", vm, "--to", DEST, "--proto", proto]
+            ["--vm-ip", vm, "--to", DEST]
                 .iter()
+                .chain(proto)
                 .map(|s| s.to_string())
                 .chain(["--count", "100000000", "--timeout", "600", "--json"].map(String::from))
                 .collect()

@@ -2,11 +2,13 @@
 //!
 //! A namespaced hypervisor whose guests are fast traffic sources (veth ports on
 //! `vmbr0`, a kernel stack each) forwards bounded floods of small UDP and ICMP
-//! packets through routing, conntrack and MASQUERADE to an uplink namespace, where
-//! an XDP program counts what arrived (and drops the UDP before the kernel spends
-//! anything on it; pings are answered, so their replies cross the host too). Both
+//! packets, and of TCP connection attempts (SYNs), through routing, conntrack
+//! and MASQUERADE to an uplink namespace, where an XDP program counts what
+//! arrived (and drops the UDP before the kernel spends anything on it; pings
+//! are answered, and SYNs refused, so their replies cross the host too). The
 //! floods go to the destination the traced flow goes to, in its protocol (UDP to
-//! port 53 while DNS is traced, ICMP echo while pings are): the dearest case.
+//! port 53 while DNS is traced, ICMP echo while pings are, SYNs to port 8080
+//! while that port's TCP is traced): the dearest case.
 //!
 //! Paired rounds: every traced run sits between two untraced runs of the same
 //! flood, and its ratio is to their mean (which cancels the machine's drift);
@@ -44,6 +46,8 @@ const PREFIX: &str = "ptbench";
 const DEST: &str = "203.0.113.8";
 const FLOODER: &str = "192.0.2.100";
 const QUIET: &str = "192.0.2.101";
+/// The port the TCP flood opens connections to, and the traced one.
+const TCP_PORT: &str = "8080";
 /// The CPU the flood runs on.
 const FLOOD_CPU: &str = "0";
 
@@ -70,6 +74,9 @@ enum Traffic {
     Udp,
     /// ICMP echo to the traced destination.
     Icmp,
+    /// TCP connection attempts (a SYN from a new port each) to a port of the
+    /// traced destination, while pathtrace follows that port's TCP.
+    Tcp,
 }
 
 impl Traffic {
@@ -77,6 +84,7 @@ impl Traffic {
         match self {
             Traffic::Udp => "udp",
             Traffic::Icmp => "icmp",
+            Traffic::Tcp => "tcp",
         }
     }
 
@@ -85,6 +93,7 @@ impl Traffic {
         match self {
             Traffic::Udp => &["--port", "53"],
             Traffic::Icmp => &[],
+            Traffic::Tcp => &["--port", TCP_PORT],
         }
     }
 }
@@ -189,7 +198,7 @@ pub fn run(opts: &Options) -> Result<()> {
         (
             ROUND_SECS,
             ROUNDS,
-            vec![Traffic::Udp, Traffic::Icmp],
+            vec![Traffic::Udp, Traffic::Icmp, Traffic::Tcp],
             Variant::ALL[1..].to_vec(),
         )
     };
@@ -199,7 +208,7 @@ pub fn run(opts: &Options) -> Result<()> {
         .filter(|t| opts.flood.as_deref().is_none_or(|f| f == t.word()))
         .collect();
     if traffics.is_empty() {
-        bail!("--flood is udp or icmp");
+        bail!("--flood is udp, icmp or tcp");
     }
     let variants: Vec<Variant> = variants
         .into_iter()
