@@ -679,7 +679,7 @@ pub const CATALOGUE: &[Scenario] = &[
             hint: Some("path-MTU black hole"),
             ..dropped("reply", "forward")
         },
-        fix: "let ICMP 'fragmentation needed' through the forward chain (accept `icmp type destination-unreachable`, or `ct state related`), or clamp the MSS: `nft add rule inet filter forward tcp flags syn tcp option maxseg size set rt mtu`",
+        fix: "let ICMP 'fragmentation needed' through the forward chain (accept `icmp type destination-unreachable`, or `ct state related`), or clamp the MSS to fit the router's MTU: `nft add rule inet filter forward tcp flags syn tcp option maxseg size set 1240` for 1280 (`set rt mtu` follows only this host's own route MTU)",
         ..BASE
     },
     Scenario {

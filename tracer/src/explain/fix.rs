@@ -206,6 +206,27 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    #[test]
+    fn a_black_hole_beyond_is_passed_in_the_rules_own_chain_and_tool() {
+        let f = pass_frag_needed(
+            "inet f forward handle 2: icmp type destination-unreachable drop",
+            1280,
+        );
+        assert!(f.accept.starts_with(
+            "nft insert rule inet f forward icmp type destination-unreachable accept"
+        ));
+        assert_eq!(
+            f.clamp,
+            "nft add rule inet f forward tcp flags syn tcp option maxseg size set 1240"
+        );
+        let f = pass_frag_needed("iptables-legacy filter FORWARD rule 1: -p icmp -j DROP", 0);
+        assert_eq!(
+            f.accept,
+            "iptables-legacy -t filter -I FORWARD -p icmp --icmp-type fragmentation-needed -j ACCEPT"
+        );
+        assert!(f.clamp.ends_with("-j TCPMSS --clamp-mss-to-pmtu"));
+    }
+
     /// `nft -j list ruleset` after `iptables-nft -A FORWARD -s 192.0.2.100 -j
     /// REJECT; iptables-nft -A FORWARD -s 192.0.2.101 -j DROP; iptables-nft -t nat
     /// -A POSTROUTING -s 192.0.2.0/24 -o eth0 -j MASQUERADE` (nftables 1.0.6,
