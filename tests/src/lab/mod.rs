@@ -41,9 +41,9 @@ mod netns;
 mod remote;
 
 pub use faults::Fault;
-pub use remote::REMOTE_HOST;
 pub use netns::{cleanup_stale_netns, remove_netns};
 use netns::{in_netns, sh, spawn_in};
+pub use remote::REMOTE_HOST;
 
 const PREFIX: &str = "ptlab";
 /// Config directories are `{temp}/ptlab-{pid}-{n}`.

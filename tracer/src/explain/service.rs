@@ -137,7 +137,9 @@ impl Explainer {
             m => format!("MTU {m}"),
         };
         let seg = t.request.ip_len;
-        let remove = removal(v).map(|cmd| format!("{cmd}, or ")).unwrap_or_default();
+        let remove = removal(v)
+            .map(|cmd| format!("{cmd}, or "))
+            .unwrap_or_default();
         let fixes = fix::pass_frag_needed(rule, mtu);
         Some(format!(
             "{BLACK_HOLE}: router {router} beyond {up} cannot forward the guest's {seg}-byte segment to {dst} (DF set) and answers 'fragmentation needed' asking for {asks}, but rule \"{rule}\" drops that ICMP in this host's forward path, {NEVER_LEARNS}; let it through: {remove}{accept}; or clamp the guest's TCP MSS to the path: {clamp}",
@@ -192,7 +194,10 @@ fn is_frag_needed(p: &PacketInfo) -> bool {
 
 /// The command of the generic hint that removes the rule it names.
 fn removal(v: &Verdict) -> Option<&str> {
-    v.hint.as_deref()?.split_once("remove it: ").map(|(_, cmd)| cmd)
+    v.hint
+        .as_deref()?
+        .split_once("remove it: ")
+        .map(|(_, cmd)| cmd)
 }
 
 /// A rule (not a setting or an MTU) was named.
