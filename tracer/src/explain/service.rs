@@ -142,7 +142,7 @@ impl Explainer {
             .unwrap_or_default();
         let fixes = fix::pass_frag_needed(rule, mtu);
         Some(format!(
-            "{BLACK_HOLE}: router {router} beyond {up} cannot forward the guest's {seg}-byte segment to {dst} (DF set) and answers 'fragmentation needed' asking for {asks}, but rule \"{rule}\" drops that ICMP in this host's forward path, {NEVER_LEARNS}; let it through: {remove}{accept}; or clamp the guest's TCP MSS to the path: {clamp}",
+            "{BLACK_HOLE}: router {router} beyond {up} cannot forward the guest's {seg}-byte segment to {dst} (DF set) and answers 'fragmentation needed' asking for {asks}, but rule \"{rule}\" drops that ICMP on its way through this host, {NEVER_LEARNS}; let it through: {remove}{accept}; or clamp the guest's TCP MSS to the path: {clamp}",
             up = self.uplink_name(),
             dst = ip(t.request.daddr),
             accept = fixes.accept,
