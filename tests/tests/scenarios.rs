@@ -28,6 +28,9 @@ fn run(name: &str) {
         }
         Err(e) => panic!("lab: {e:#}"),
     };
+    if let Some(mtu) = sc.remote_mtu {
+        lab.add_remote_network(mtu).expect("the far network");
+    }
     if sc.host_resolver {
         lab.start_host_resolver().expect("host resolver");
     }
@@ -150,6 +153,7 @@ scenario_tests!(
     iptables_tcp_reset,
     tcp_forward_drop,
     tcp_pmtu_black_hole,
+    tcp_pmtu_black_hole_remote,
     tcp_mtu_too_small,
     udp_forward_drop,
 );

@@ -171,7 +171,10 @@ pub struct PacketInfo {
     pub quoted_proto: u8,
     /// TCP: bytes of payload after the TCP header (0 for a bare SYN/ACK/RST).
     pub payload_len: u16,
-    pub _pad_flow2: u32,
+    /// An ICMP "fragmentation needed" (type 3 code 4): the next-hop MTU the
+    /// sender asks for (RFC 1191), 0 otherwise.
+    pub next_hop_mtu: u16,
+    pub _pad_flow2: u16,
 }
 
 /// One record in the ring buffer.

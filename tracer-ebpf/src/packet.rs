@@ -15,6 +15,8 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const ICMP_ECHOREPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
+/// Code of ICMP_DEST_UNREACH: fragmentation needed and DF set.
+const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_ECHO: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const DNS_PORT: u16 = 53;
@@ -160,6 +162,11 @@ fn fill_l4(info: &mut PacketInfo, l4: &L4Head) {
         info.code = b[1];
         info.id = be16([b[4], b[5]]);
         info.seq = be16([b[6], b[7]]);
+        // Kept apart: an ICMP error answering a service flow has its id/seq
+        // replaced by the quoted flow's ports.
+        if b[0] == ICMP_DEST_UNREACH && b[1] == ICMP_FRAG_NEEDED {
+            info.next_hop_mtu = info.seq;
+        }
     } else {
         info.sport = be16([b[0], b[1]]);
         info.dport = be16([b[2], b[3]]);

@@ -5,6 +5,7 @@
 //!                                           │ veth
 //!   inet namespace: isp0 198.51.100.1, hosts 203.0.113.8 and .53 (DNS) on lo,
 //!                   no route back to 192.0.2.0/24 (so NAT is required)
+//!   optionally a far network behind it over a smaller-MTU link (remote.rs)
 //!
 //! The VM side comes in three layouts ([`Layout`]):
 //!   Plain:    tap100i0 ── vmbr0
@@ -37,10 +38,12 @@ pub use crate::guest::{DnsResult, Guest, GuestSpec, PingOpts, PingResult};
 mod config;
 mod faults;
 mod netns;
+mod remote;
 
 pub use faults::Fault;
 pub use netns::{cleanup_stale_netns, remove_netns};
 use netns::{in_netns, sh, spawn_in};
+pub use remote::REMOTE_HOST;
 
 const PREFIX: &str = "ptlab";
 /// Config directories are `{temp}/ptlab-{pid}-{n}`.
@@ -159,6 +162,8 @@ impl LabOptions {
 pub struct Lab {
     hv: String,
     inet: String,
+    /// The network beyond the inet router ([`Lab::add_remote_network`]).
+    far: Option<String>,
     layout: Layout,
     fwbr_answers_arp: bool,
     vlan: Option<u16>,
@@ -184,6 +189,7 @@ impl Lab {
         let mut lab = Lab {
             hv: format!("{base}-hv"),
             inet: format!("{base}-inet"),
+            far: None,
             layout: opts.layout,
             fwbr_answers_arp: opts.fwbr_answers_arp,
             vlan: opts.vlan,
@@ -682,6 +688,9 @@ impl Drop for Lab {
         }
         remove_netns(&self.hv);
         remove_netns(&self.inet);
+        if let Some(far) = &self.far {
+            remove_netns(far);
+        }
         let _ = std::fs::remove_dir_all(&self.config_root);
     }
 }

@@ -41,6 +41,7 @@ const BASE: Scenario = Scenario {
     break_hv: &[],
     break_lan: &[],
     during_hv: "",
+    remote_mtu: None,
     second_guest: false,
     host_resolver: false,
     traffic: Traffic::ping("203.0.113.8"),
@@ -659,6 +660,26 @@ pub const CATALOGUE: &[Scenario] = &[
             ..dropped("request", "egress")
         },
         fix: "let ICMP 'fragmentation needed' through (never drop icmp type destination-unreachable), or make the MTUs agree",
+        ..BASE
+    },
+    Scenario {
+        name: "tcp_pmtu_black_hole_remote",
+        symptom: "connections open, then hang as soon as large data flows; only to some destinations",
+        cause: "a router beyond the host has a smaller MTU on its next link, and its ICMP 'fragmentation needed' is dropped by an nft forward rule of the host",
+        remote_mtu: Some(1280),
+        break_hv: &[
+            NFT_FILTER,
+            NFT_FORWARD,
+            "nft add rule inet f forward icmp type destination-unreachable drop",
+        ],
+        traffic: Traffic::Tcp { dst: "203.0.113.80", port: 8080, data: 1400 },
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("icmp type destination-unreachable drop"),
+            hint: Some("path-MTU black hole"),
+            ..dropped("reply", "forward")
+        },
+        fix: "let ICMP 'fragmentation needed' through the forward chain (accept `icmp type destination-unreachable`, or `ct state related`), or clamp the MSS to fit the router's MTU: `nft add rule inet filter forward tcp flags syn tcp option maxseg size set 1240` for 1280 (`set rt mtu` follows only this host's own route MTU)",
         ..BASE
     },
     Scenario {

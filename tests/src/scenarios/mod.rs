@@ -123,6 +123,9 @@ pub struct Scenario {
     /// Commands run in the hypervisor namespace while the guest's request is in
     /// flight (in the background).
     pub during_hv: &'static str,
+    /// A far network behind the internet's router over a link of this MTU, with
+    /// the services on `lab::REMOTE_HOST` (see `Lab::add_remote_network`).
+    pub remote_mtu: Option<u32>,
     /// A second guest (192.0.2.101 on tap101i0).
     pub second_guest: bool,
     /// A DNS resolver on the host itself (192.0.2.1:53), as dnsmasq on a bridge.

@@ -104,8 +104,11 @@ impl Explainer {
                 stage,
                 rule: Some(format!("{mtus}; ICMP fragmentation-needed dropped by {rule}")),
                 hint: format!(
-                    "a path-MTU black hole: {what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answers 'fragmentation needed', but rule \"{rule}\" drops that ICMP before it reaches the guest, so the guest never learns to send smaller packets and the connection stalls after the handshake; let it through: {fix} (or make the MTUs agree: ip link set {up} mtu {in_mtu})",
-                    d.pkt.ip_len, inbound.name
+                    "{}: {what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answers 'fragmentation needed', but rule \"{rule}\" drops that ICMP before it reaches the guest, {}; let it through: {fix} (or make the MTUs agree: ip link set {up} mtu {in_mtu})",
+                    service::BLACK_HOLE,
+                    d.pkt.ip_len,
+                    inbound.name,
+                    service::NEVER_LEARNS
                 ),
                 ifname: Some(up),
             };

@@ -48,6 +48,55 @@ pub fn allow(c: &Culprit, reply: bool, guest: &str) -> String {
     }
 }
 
+/// Two ways out of a path-MTU black hole whose ICMP a forward rule eats.
+pub struct PassFragNeeded {
+    /// Accept the ICMP ahead of the rule.
+    pub accept: String,
+    /// Clamp the MSS of the connections the host forwards, so no segment needs
+    /// the ICMP at all.
+    pub clamp: String,
+}
+
+/// The commands for a black hole beyond the host: `rule` as the verdict names
+/// it (nftables `FAMILY TABLE CHAIN handle N: ...`, or `iptables-legacy TABLE
+/// CHAIN rule N: ...`), `mtu` the one the router asks for (0 unknown). The MSS
+/// is set to fit that MTU: `rt mtu` clamps to this host's own route MTU only,
+/// which a smaller MTU beyond it does not lower.
+pub fn pass_frag_needed(rule: &str, mtu: u16) -> PassFragNeeded {
+    // An IPv4 and a TCP header without options.
+    let mss = match mtu {
+        0 => "rt mtu".to_string(),
+        m => m.saturating_sub(40).to_string(),
+    };
+    let words: Vec<&str> = rule.split_whitespace().take(3).collect();
+    match words.as_slice() {
+        ["iptables-legacy", table, chain] => PassFragNeeded {
+            accept: format!(
+                "iptables-legacy -t {table} -I {chain} -p icmp --icmp-type fragmentation-needed -j ACCEPT"
+            ),
+            clamp: format!(
+                "iptables-legacy -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS {}",
+                match mtu {
+                    0 => "--clamp-mss-to-pmtu".to_string(),
+                    _ => format!("--set-mss {mss}"),
+                }
+            ),
+        },
+        [family, table, chain] => PassFragNeeded {
+            accept: format!(
+                "nft insert rule {family} {table} {chain} icmp type destination-unreachable accept (or ct state related accept)"
+            ),
+            clamp: format!(
+                "nft add rule {family} {table} {chain} tcp flags syn tcp option maxseg size set {mss}"
+            ),
+        },
+        _ => PassFragNeeded {
+            accept: "accept icmp type destination-unreachable (ct state related) before that rule".into(),
+            clamp: format!("nft add rule inet filter forward tcp flags syn tcp option maxseg size set {mss}"),
+        },
+    }
+}
+
 /// Remove legacy iptables rule `c`, or (policy) let the guest's packets through.
 pub fn legacy(c: &iptables::Culprit, reply: bool, guest: &str) -> String {
     let tool = "iptables-legacy";
@@ -156,6 +205,27 @@ fn table_arg(table: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn a_black_hole_beyond_is_passed_in_the_rules_own_chain_and_tool() {
+        let f = pass_frag_needed(
+            "inet f forward handle 2: icmp type destination-unreachable drop",
+            1280,
+        );
+        assert!(f.accept.starts_with(
+            "nft insert rule inet f forward icmp type destination-unreachable accept"
+        ));
+        assert_eq!(
+            f.clamp,
+            "nft add rule inet f forward tcp flags syn tcp option maxseg size set 1240"
+        );
+        let f = pass_frag_needed("iptables-legacy filter FORWARD rule 1: -p icmp -j DROP", 0);
+        assert_eq!(
+            f.accept,
+            "iptables-legacy -t filter -I FORWARD -p icmp --icmp-type fragmentation-needed -j ACCEPT"
+        );
+        assert!(f.clamp.ends_with("-j TCPMSS --clamp-mss-to-pmtu"));
+    }
 
     /// `nft -j list ruleset` after `iptables-nft -A FORWARD -s 192.0.2.100 -j
     /// REJECT; iptables-nft -A FORWARD -s 192.0.2.101 -j DROP; iptables-nft -t nat

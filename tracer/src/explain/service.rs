@@ -1,7 +1,8 @@
 //! TCP and UDP services (`--proto tcp|udp`): the flow's ports and flags, a
 //! connection refused (by a REJECT rule of this host, or by the destination),
-//! and the path-MTU black hole (the host's ICMP "fragmentation needed" eaten by
-//! a firewall rule before it reaches the guest).
+//! and the path-MTU black hole (an ICMP "fragmentation needed" — the host's own,
+//! or a router's beyond it — eaten by a firewall rule of this host before it
+//! reaches the guest).
 
 use tracer_common::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
@@ -10,6 +11,11 @@ use super::*;
 const IPPROTO_TCP: u8 = 6;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// The path-MTU black hole, named the same way whichever MTU is the small one.
+pub(super) const BLACK_HOLE: &str = "a path-MTU black hole";
+/// What a black hole does to the guest's connection.
+pub(super) const NEVER_LEARNS: &str = "so the guest never learns to send smaller packets and the connection stalls after the handshake";
 
 /// TCP flags as the contract writes them: `SYN`, `SYN,ACK`, `RST,ACK`.
 pub fn flags_text(flags: u8) -> String {
@@ -88,17 +94,19 @@ impl Explainer {
                     "the network path works, but {dst} refused the connection to port {port} (TCP reset): nothing listens on that port there, or its own firewall rejects it"
                 ));
             }
+            Outcome::Dropped if v.direction == Some(Direction::Reply) => {
+                if let Some(hint) = self.remote_black_hole(t, v) {
+                    v.hint = Some(hint);
+                }
+            }
             Outcome::Dropped if v.direction == Some(Direction::Request) => {
                 let rule = v.rule.clone().unwrap_or_default();
                 let rejects = rule.to_lowercase().contains("reset") || reset(t);
                 if t.request.proto != IPPROTO_TCP || !rejects || !rule_like(&rule) {
                     return;
                 }
-                let fix = v
-                    .hint
-                    .as_deref()
-                    .and_then(|h| h.split_once("remove it: "))
-                    .map(|(_, cmd)| format!("; to allow it, remove the rule: {cmd}"))
+                let fix = removal(v)
+                    .map(|cmd| format!("; to allow it, remove the rule: {cmd}"))
                     .unwrap_or_default();
                 v.hint = Some(format!(
                     "the host's firewall refused the connection: rule \"{rule}\" answers the guest's connection attempt to {dst}:{port} with a TCP reset (the guest sees 'connection refused' at once){fix}"
@@ -108,16 +116,47 @@ impl Explainer {
         }
     }
 
+    /// The reply this host dropped is a router's ICMP "fragmentation needed"
+    /// for the guest's segment, come in by the uplink: a path-MTU black hole
+    /// beyond the host, closed by this host's firewall. The hint naming the
+    /// router, the MTU it asks for, the rule and the fixes.
+    fn remote_black_hole(&self, t: &Trace, v: &Verdict) -> Option<String> {
+        let dropped = &t.drop.as_ref()?.pkt;
+        if !is_frag_needed(dropped) {
+            return None;
+        }
+        let uplink = self.topo.uplink.as_ref()?.index;
+        let icmp = t
+            .reply_hops
+            .iter()
+            .find(|h| is_frag_needed(&h.pkt) && h.ifindex == uplink && !h.egress)?;
+        let rule = v.rule.as_deref().filter(|r| rule_like(r))?;
+        let (router, mtu) = (ip(icmp.pkt.saddr), icmp.pkt.next_hop_mtu);
+        let asks = match mtu {
+            0 => "a smaller MTU".to_string(),
+            m => format!("MTU {m}"),
+        };
+        let seg = t.request.ip_len;
+        let remove = removal(v)
+            .map(|cmd| format!("{cmd}, or "))
+            .unwrap_or_default();
+        let fixes = fix::pass_frag_needed(rule, mtu);
+        Some(format!(
+            "{BLACK_HOLE}: router {router} beyond {up} cannot forward the guest's {seg}-byte segment to {dst} (DF set) and answers 'fragmentation needed' asking for {asks}, but rule \"{rule}\" drops that ICMP on its way through this host, {NEVER_LEARNS}; let it through: {remove}{accept}; or clamp the guest's TCP MSS to the path: {clamp}",
+            up = self.uplink_name(),
+            dst = ip(t.request.daddr),
+            accept = fixes.accept,
+            clamp = fixes.clamp,
+        ))
+    }
+
     /// The fate of the ICMP "fragmentation needed" the host sends back to the
     /// guest when it cannot forward the guest's packet `d` (DF, too big).
     pub(super) fn frag_needed_fate(&self, t: &Trace) -> FragNeeded {
-        let delivered = t.reply_hops.iter().any(|h| {
-            h.pkt.proto == 1
-                && h.pkt.icmp_type == ICMP_DEST_UNREACH
-                && h.pkt.code == ICMP_FRAG_NEEDED
-                && h.egress
-                && Some(h.ifindex) == t.port_ifindex
-        });
+        let delivered = t
+            .reply_hops
+            .iter()
+            .any(|h| is_frag_needed(&h.pkt) && h.egress && Some(h.ifindex) == t.port_ifindex);
         if delivered {
             return FragNeeded::Delivered;
         }
@@ -146,6 +185,19 @@ impl Explainer {
         }
         FragNeeded::Unseen
     }
+}
+
+/// An ICMP "fragmentation needed".
+fn is_frag_needed(p: &PacketInfo) -> bool {
+    p.proto == 1 && p.icmp_type == ICMP_DEST_UNREACH && p.code == ICMP_FRAG_NEEDED
+}
+
+/// The command of the generic hint that removes the rule it names.
+fn removal(v: &Verdict) -> Option<&str> {
+    v.hint
+        .as_deref()?
+        .split_once("remove it: ")
+        .map(|(_, cmd)| cmd)
 }
 
 /// A rule (not a setting or an MTU) was named.
