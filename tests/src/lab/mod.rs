@@ -18,7 +18,8 @@
 //!             inet namespace, the LAN's router (hosts 203.0.113.8/.53 on its lo):
 //!             Proxmox's default, the host routes none of the guest's traffic
 //!             (ip_forward=0, no eth0, no NAT; the host's own default route is via
-//!             the router on vmbr0)
+//!             the router on vmbr0); its port toward the LAN may be a bond of
+//!             eno1 and eno2 or a VLAN device eno1.N instead ([`Uplink`])
 //!
 //! Only RFC 5737 addresses; nothing outside the lab's own namespaces is changed.
 //! Everything is removed on drop, and `up` first removes leftovers of killed runs.
@@ -130,6 +131,34 @@ fn fw_chain(tap: &str) -> Result<FwChain> {
     })
 }
 
+/// [`Layout::Bridged`]: what vmbr0's port toward the LAN is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Uplink {
+    /// eno1, a veth into the LAN (the router's lan0).
+    #[default]
+    Nic,
+    /// bond0 in this mode (`active-backup`, `802.3ad`; MII monitor 100 ms) of
+    /// eno1 and eno2, veths into the LAN's switch (the bridge lansw holding
+    /// the router's address, ports lan1 and lan2). The switch speaks no LACP:
+    /// an 802.3ad bond finds no partner. Kernels without bonding refuse it.
+    Bond(&'static str),
+    /// eno1.VID, a VLAN device on eno1 (Proxmox's non-VLAN-aware layout:
+    /// the bridge on `eno1.N`); the router is on lan0.VID. Kernels without
+    /// 802.1Q VLAN devices refuse it.
+    Vlan(u16),
+}
+
+impl Uplink {
+    /// vmbr0's port toward the LAN.
+    pub fn port(self) -> String {
+        match self {
+            Uplink::Nic => BRIDGED_UPLINK.into(),
+            Uplink::Bond(_) => "bond0".into(),
+            Uplink::Vlan(vid) => format!("{BRIDGED_UPLINK}.{vid}"),
+        }
+    }
+}
+
 pub struct LabOptions {
     pub guest_bin: PathBuf,
     pub guests: Vec<GuestSpec>,
@@ -144,6 +173,8 @@ pub struct LabOptions {
     /// router (the host's own address on vmbr0 too). Kernels without bridge
     /// VLAN filtering refuse it: [`Lab::up`] fails saying so.
     pub vlan: Option<u16>,
+    /// Bridged layout only: vmbr0's port toward the LAN.
+    pub uplink: Uplink,
 }
 
 impl LabOptions {
@@ -155,6 +186,7 @@ impl LabOptions {
             layout: Layout::Plain,
             fwbr_answers_arp: false,
             vlan: None,
+            uplink: Uplink::Nic,
         }
     }
 }
@@ -167,6 +199,7 @@ pub struct Lab {
     layout: Layout,
     fwbr_answers_arp: bool,
     vlan: Option<u16>,
+    uplink: Uplink,
     config_root: PathBuf,
     guest_bin: PathBuf,
     guests: Vec<Guest>,
@@ -193,6 +226,7 @@ impl Lab {
             layout: opts.layout,
             fwbr_answers_arp: opts.fwbr_answers_arp,
             vlan: opts.vlan,
+            uplink: opts.uplink,
             config_root: std::env::temp_dir().join(format!("{CONFIG_PREFIX}{pid}-{n}")),
             guest_bin: opts.guest_bin,
             guests: Vec::new(),
@@ -269,16 +303,14 @@ impl Lab {
     /// everyone's gateway. The host pings it once, as a real host talks to its
     /// gateway: it knows the router's MAC, and vmbr0 learned it on eno1.
     fn build_bridged(&mut self) -> Result<()> {
-        let (hv, inet) = (self.hv.clone(), self.inet.clone());
         self.hv(&format!(
             "ip link add {BRIDGED_BR} address 02:00:00:00:01:02 type bridge stp_state 0 forward_delay 0 && \
              ip addr add 192.0.2.2/24 dev {BRIDGED_BR} && ip link set {BRIDGED_BR} up"
         ))?;
-        sh(&format!(
-            "ip link add {BRIDGED_UPLINK} netns {hv} type veth peer name lan0 netns {inet}"
-        ))?;
+        let lan_dev = self.bridged_uplink()?;
+        let port = self.uplink.port();
         self.hv(&format!(
-            "ip link set {BRIDGED_UPLINK} master {BRIDGED_BR} && ip link set {BRIDGED_UPLINK} up && \
+            "ip link set {port} master {BRIDGED_BR} && ip link set {port} up && \
              ip route add default via 192.0.2.1 dev {BRIDGED_BR} && sysctl -qw net.ipv4.ip_forward=0"
         ))?;
         if let Some(vid) = self.vlan {
@@ -290,15 +322,66 @@ impl Lab {
                 "bridge vlan add dev {BRIDGED_BR} vid {vid} pvid untagged self && \
                  bridge vlan del dev {BRIDGED_BR} vid 1 self"
             ))?;
-            self.vlan_access_port(BRIDGED_UPLINK, vid)?;
+            self.vlan_access_port(&port, vid)?;
         }
-        self.inet(
-            "ip link set lan0 address 02:00:00:00:02:01 && \
-             ip addr add 192.0.2.1/24 dev lan0 && ip link set lan0 up && \
-             ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo",
-        )?;
-        self.hv("ping -q -c 1 -W 2 192.0.2.1 >/dev/null")?;
+        self.inet(&format!(
+            "ip link set {lan_dev} address 02:00:00:00:02:01 && \
+             ip addr add 192.0.2.1/24 dev {lan_dev} && ip link set {lan_dev} up && \
+             ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo"
+        ))?;
+        // A bond needs its MII monitor (and 802.3ad its aggregator selection)
+        // before it passes frames: one reply within 10 s.
+        self.hv("ping -q -c 1 -w 10 192.0.2.1 >/dev/null")?;
         Ok(())
+    }
+
+    /// The wires between vmbr0's port toward the LAN (see [`Uplink`]) and the
+    /// LAN, up to the router's device, which is returned (down, no address).
+    fn bridged_uplink(&self) -> Result<String> {
+        let (hv, inet) = (&self.hv, &self.inet);
+        let veth = |nic: &str, lan: &str| {
+            sh(&format!(
+                "ip link add {nic} netns {hv} type veth peer name {lan} netns {inet}"
+            ))
+        };
+        match self.uplink {
+            Uplink::Nic => {
+                veth(BRIDGED_UPLINK, "lan0")?;
+                Ok("lan0".into())
+            }
+            Uplink::Bond(mode) => {
+                self.hv(&format!(
+                    "ip link add bond0 type bond mode {mode} miimon 100"
+                ))
+                .context("this kernel has no bonding (CONFIG_BONDING)")?;
+                veth(BRIDGED_UPLINK, "lan1")?;
+                veth("eno2", "lan2")?;
+                self.hv(&format!(
+                    "ip link set {BRIDGED_UPLINK} master bond0 && ip link set eno2 master bond0 && \
+                     ip link set {BRIDGED_UPLINK} up && ip link set eno2 up"
+                ))?;
+                // The LAN's switch: both bond slaves' peers in one bridge with
+                // the router's address; no LACP on its ports.
+                self.inet(
+                    "ip link add lansw type bridge stp_state 0 forward_delay 0 && \
+                     ip link set lan1 master lansw && ip link set lan2 master lansw && \
+                     ip link set lan1 up && ip link set lan2 up",
+                )?;
+                Ok("lansw".into())
+            }
+            Uplink::Vlan(vid) => {
+                veth(BRIDGED_UPLINK, "lan0")?;
+                self.hv(&format!(
+                    "ip link add link {BRIDGED_UPLINK} name {BRIDGED_UPLINK}.{vid} type vlan id {vid}"
+                ))
+                .context("this kernel has no 802.1Q VLAN devices (CONFIG_VLAN_8021Q)")?;
+                self.hv(&format!("ip link set {BRIDGED_UPLINK} up"))?;
+                self.inet(&format!(
+                    "ip link add link lan0 name lan0.{vid} type vlan id {vid} && ip link set lan0 up"
+                ))?;
+                Ok(format!("lan0.{vid}"))
+            }
+        }
     }
 
     /// `port` carries VLAN `vid` untagged as its PVID, and nothing else.

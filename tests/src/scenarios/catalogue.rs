@@ -1,7 +1,7 @@
 //! The catalogue itself: every scenario with its fault, traffic and expected
 //! verdict (the types and the checks are in the parent module).
 
-use super::{Expect, Layout, Scenario, Traffic};
+use super::{Expect, Layout, Scenario, Traffic, Uplink};
 
 const fn dropped(direction: &'static str, stage: &'static str) -> Expect {
     Expect {
@@ -38,6 +38,7 @@ const BASE: Scenario = Scenario {
     cause: "",
     layout: Layout::Plain,
     vlan: None,
+    uplink: Uplink::Nic,
     break_hv: &[],
     break_lan: &[],
     during_hv: "",
@@ -710,6 +711,36 @@ pub const CATALOGUE: &[Scenario] = &[
             ..dropped("request", "forward")
         },
         fix: "nft delete rule <family> <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "bond_every_slave_down",
+        symptom: "bridged mode on a bond: every VM on the bridge lost the network; the host too",
+        cause: "every slave of the bond under the bridge is down (cables, switch ports): the bond has no carrier",
+        layout: Layout::Bridged,
+        uplink: Uplink::Bond("active-backup"),
+        break_lan: &["ip link set lan1 down", "ip link set lan2 down"],
+        expect: Expect {
+            rule: Some("bond0 no carrier, every slave down"),
+            hint: Some("none of the bond's slaves works (eno1 no carrier"),
+            ..dropped("request", "bridge")
+        },
+        fix: "bring the slaves back: their cables and switch ports (cat /proc/net/bonding/<bond>; ethtool <slave>)",
+        ..BASE
+    },
+    Scenario {
+        name: "vlan_device_down",
+        symptom: "bridged mode on a VLAN device (Proxmox vmbr0vN on eno1.N): every VM of that VLAN lost the network",
+        cause: "the VLAN sub-interface under the bridge is down (not brought up by ifupdown, or set down)",
+        layout: Layout::Bridged,
+        uplink: Uplink::Vlan(20),
+        break_hv: &["ip link set eno1.20 down"],
+        expect: Expect {
+            rule: Some("eno1.20 admin down"),
+            hint: Some("eno1.20 is down (administratively; the VLAN 20 device on eno1)"),
+            ..dropped("request", "bridge")
+        },
+        fix: "ip link set <nic>.<VLAN> up (Proxmox: its stanza in /etc/network/interfaces, then ifreload -a)",
         ..BASE
     },
 ];
