@@ -159,6 +159,7 @@ scenario_tests!(
     tcp_mtu_too_small,
     udp_forward_drop,
     bond_every_slave_down,
+    bond_lacp_without_partner,
     vlan_device_down,
 );
 

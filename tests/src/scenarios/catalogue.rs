@@ -729,6 +729,27 @@ pub const CATALOGUE: &[Scenario] = &[
         ..BASE
     },
     Scenario {
+        name: "bond_lacp_without_partner",
+        symptom: "bridged mode on an 802.3ad bond: some or all VMs get no replies, the host's own traffic may work",
+        cause: "the bond runs LACP (802.3ad) but the switch ports do not (a static LAG or plain ports): no partner, each slave aggregates alone, and the switch sends the replies to a slave the bond does not take frames from",
+        layout: Layout::Bridged,
+        uplink: Uplink::Bond("802.3ad"),
+        // The switch delivers to lan2 (eno2) what it learned on lan1 (eno1,
+        // the active aggregator's port), as a static LAG hashing onto its
+        // other member does; learning off on lan1 keeps it so.
+        break_lan: &[
+            "bridge link set dev lan1 learning off",
+            "for m in $(bridge fdb show br lansw brport lan1 | grep -v permanent | cut -d\" \" -f1); do bridge fdb replace $m dev lan2 master static; done",
+        ],
+        expect: Expect {
+            rule: Some("eno2 not in the active aggregator 1 (802.3ad, no LACP partner)"),
+            hint: Some("configure the switch ports as one LACP (802.3ad) channel"),
+            ..dropped("reply", "egress")
+        },
+        fix: "configure the switch ports as an LACP (802.3ad) channel, or bond-mode active-backup (cat /proc/net/bonding/<bond>: partner MAC 00:00:00:00:00:00)",
+        ..BASE
+    },
+    Scenario {
         name: "vlan_device_down",
         symptom: "bridged mode on a VLAN device (Proxmox vmbr0vN on eno1.N): every VM of that VLAN lost the network",
         cause: "the VLAN sub-interface under the bridge is down (not brought up by ifupdown, or set down)",

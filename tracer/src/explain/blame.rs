@@ -54,6 +54,10 @@ impl Explainer {
                 .or_else(|| self.blame_vlan(t, d, facts.function, what))
                 .or_else(|| self.blame_bridge_egress(t, d, what))
                 .unwrap_or_else(generic),
+            // Freed on a bond's slave the bond takes no frames from.
+            _ if self.topo.upper_of(d.ifindex).is_some() => self
+                .blame_bond_slave(d, stage, what)
+                .unwrap_or_else(generic),
             _ => generic(),
         }
     }
