@@ -262,6 +262,69 @@ mod tests {
         assert!(c.evidence.contains("LACP partner 02:00:00:00:02:01"));
     }
 
+    /// `ip -d -j link show` of the bridged lab with bond0 (eno1, eno2) under
+    /// vmbr0, saved from Debian's 6.12 in the VM runner (target/measure).
+    fn saved(case: &str) -> Host {
+        let path = format!(
+            "{}/src/host/testdata/bond-{case}-6.12.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        Host::from_links(&serde_json::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn real_bonds_from_the_kernel() {
+        let h = saved("ab-healthy");
+        let b = h.link("bond0").and_then(|l| l.bond.clone()).unwrap();
+        assert_eq!((b.mode.as_str(), b.miimon), ("active-backup", 100));
+        assert_eq!(b.active_slave, h.index_of("eno1"));
+        assert!(h.link("bond0").unwrap().port_state.is_some());
+        assert!(h.link("eno1").unwrap().port_state.is_none());
+        let c = &checks(&h)[0];
+        assert_eq!(c.status, Status::Pass, "{}", c.evidence);
+        assert!(c.evidence.contains("active slave eno1"), "{}", c.evidence);
+
+        let c = &checks(&saved("ab-one-down"))[0];
+        assert_eq!(c.status, Status::Warn, "{}", c.evidence);
+        assert!(c
+            .evidence
+            .contains("runs on eno2 alone: eno1 no carrier, 1 link failure"));
+
+        let c = &checks(&saved("ab-all-down"))[0];
+        assert_eq!(c.status, Status::Fail, "{}", c.evidence);
+        assert!(
+            c.evidence.contains("has no working slave"),
+            "{}",
+            c.evidence
+        );
+
+        let h = saved("lacp-no-partner");
+        let eno2 = h.link("eno2").and_then(|l| l.bond_slave.clone()).unwrap();
+        assert_eq!(
+            (eno2.ad_aggregator, eno2.ad_actor_state),
+            (Some(2), Some(69))
+        );
+        assert!(eno2.partner_defaulted() && !eno2.active);
+        let c = &checks(&h)[0];
+        assert_eq!(c.status, Status::Fail, "{}", c.evidence);
+        assert!(
+            c.evidence.contains("partner MAC is 00:00:00:00:00:00"),
+            "{}",
+            c.evidence
+        );
+        assert!(
+            c.evidence.contains("no LACPDU received on eno1, eno2"),
+            "{}",
+            c.evidence
+        );
+        assert!(
+            c.evidence.contains("aggregator 1 holds only eno1"),
+            "{}",
+            c.evidence
+        );
+    }
+
     #[test]
     fn no_bond_no_check() {
         let h = Host::from_links(&json!([
