@@ -161,6 +161,7 @@ scenario_tests!(
     bond_every_slave_down,
     bond_lacp_without_partner,
     vlan_device_down,
+    vlan_uplink_down,
 );
 
 /// Bridge VLAN filtering with the VM port in the wrong VLAN, where the kernel has

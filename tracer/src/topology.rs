@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub mod bridged;
+pub mod down;
 mod locate;
 pub use locate::{candidates, describe_candidates, locate_vm, Evidence, Location};
 

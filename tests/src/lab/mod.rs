@@ -173,7 +173,8 @@ pub struct LabOptions {
     /// router (the host's own address on vmbr0 too). Kernels without bridge
     /// VLAN filtering refuse it: [`Lab::up`] fails saying so.
     pub vlan: Option<u16>,
-    /// Bridged layout only: vmbr0's port toward the LAN.
+    /// Bridged layout: vmbr0's port toward the LAN. Routed layouts:
+    /// [`Uplink::Vlan`] puts the host's uplink address on eth0.VID.
     pub uplink: Uplink,
 }
 
@@ -274,14 +275,15 @@ impl Lab {
         sh(&format!(
             "ip link add eth0 netns {hv} type veth peer name isp0 netns {inet}"
         ))?;
-        self.hv(
-            "ip addr add 198.51.100.2/24 dev eth0 && ip link set eth0 up && \
-             ip route add default via 198.51.100.1 && sysctl -qw net.ipv4.ip_forward=1",
-        )?;
-        self.inet(
-            "ip addr add 198.51.100.1/24 dev isp0 && ip link set isp0 up && \
-             ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo",
-        )?;
+        let (up, isp) = self.routed_uplink()?;
+        self.hv(&format!(
+            "ip addr add 198.51.100.2/24 dev {up} && ip link set {up} up && \
+             ip route add default via 198.51.100.1 && sysctl -qw net.ipv4.ip_forward=1"
+        ))?;
+        self.inet(&format!(
+            "ip addr add 198.51.100.1/24 dev {isp} && ip link set {isp} up && \
+             ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo"
+        ))?;
         self.masquerade()?;
         if self.layout == Layout::Proxmox {
             // With br_netfilter, the bridged pass through fwbr creates and confirms
@@ -384,6 +386,35 @@ impl Lab {
         }
     }
 
+    /// The routed layouts' uplink: eth0, or with [`Uplink::Vlan`] the VLAN
+    /// device eth0.VID on it (the host's address on a VLAN sub-interface, as
+    /// Proxmox's `vmbr0.N`), and the ISP's side facing it. Both down.
+    fn routed_uplink(&self) -> Result<(String, String)> {
+        match self.uplink {
+            Uplink::Vlan(vid) => {
+                self.hv(&format!(
+                    "ip link add link eth0 name eth0.{vid} type vlan id {vid}"
+                ))
+                .context("this kernel has no 802.1Q VLAN devices (CONFIG_VLAN_8021Q)")?;
+                self.hv("ip link set eth0 up")?;
+                self.inet(&format!(
+                    "ip link add link isp0 name isp0.{vid} type vlan id {vid} && ip link set isp0 up"
+                ))?;
+                Ok((format!("eth0.{vid}"), format!("isp0.{vid}")))
+            }
+            Uplink::Nic => Ok(("eth0".into(), "isp0".into())),
+            Uplink::Bond(_) => bail!("a bonded uplink is only built for the bridged layout"),
+        }
+    }
+
+    /// The routed layouts' uplink device (the MASQUERADE rule's oifname).
+    pub fn uplink_dev(&self) -> String {
+        match self.uplink {
+            Uplink::Vlan(vid) => format!("eth0.{vid}"),
+            _ => "eth0".into(),
+        }
+    }
+
     /// `port` carries VLAN `vid` untagged as its PVID, and nothing else.
     fn vlan_access_port(&self, port: &str, vid: u16) -> Result<()> {
         self.hv(&format!(
@@ -393,11 +424,12 @@ impl Lab {
     }
 
     fn masquerade(&self) -> Result<()> {
-        self.nft(
+        self.nft(&format!(
             "add table ip nat\n\
-             add chain ip nat postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
-             add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade\n",
-        )
+             add chain ip nat postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+             add rule ip nat postrouting oifname \"{}\" ip saddr 192.0.2.0/24 masquerade\n",
+            self.uplink_dev()
+        ))
     }
 
     /// A resolver on the hypervisor itself (192.0.2.1:53), as dnsmasq on a bridge.

@@ -764,4 +764,19 @@ pub const CATALOGUE: &[Scenario] = &[
         fix: "ip link set <nic>.<VLAN> up (Proxmox: its stanza in /etc/network/interfaces, then ifreload -a)",
         ..BASE
     },
+    Scenario {
+        name: "vlan_uplink_down",
+        symptom: "VMs reach nothing beyond the host; the host's address is on a VLAN sub-interface (Proxmox vmbr0.N, eth0.N)",
+        cause: "the VLAN sub-interface holding the host's uplink address is down, and the routes through it went with it",
+        uplink: Uplink::Vlan(20),
+        break_hv: &["ip link set eth0.20 down"],
+        expect: Expect {
+            reason: Some("IP_INNOROUTES"),
+            rule: Some("no route to 203.0.113.8 (eth0.20 admin down)"),
+            hint: Some("eth0.20 is down (administratively; the VLAN 20 device on eth0) and holds 198.51.100.2/24"),
+            ..dropped("request", "routing")
+        },
+        fix: "ip link set <nic>.<VLAN> up, and its routes back (Proxmox: ifreload -a)",
+        ..BASE
+    },
 ];

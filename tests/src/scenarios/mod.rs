@@ -238,7 +238,7 @@ pub fn render_doc() -> String {
          (Debian's 6.1 and 6.12: `cargo xtask vm-test --kernel 6.12 -- vlan_`); the 6.18 CI \
          kernel is built without CONFIG_BRIDGE_VLAN_FILTERING, and their tests skip there, \
          saying so. The same holds for the rows about bonds (CONFIG_BONDING) and VLAN \
-         devices (CONFIG_VLAN_8021Q): `cargo xtask vm-test --kernel 6.12 -- bond_ vlan_device`.\n",
+         devices (CONFIG_VLAN_8021Q): `cargo xtask vm-test --kernel 6.12 -- bond_ vlan_device vlan_uplink`.\n",
     );
     s
 }

@@ -2,6 +2,7 @@
 //! a bridge port that does not forward, a guest port that is down.
 
 use super::*;
+use crate::host::Host;
 
 impl Explainer {
     pub(super) fn blame(&self, t: &Trace, d: &Drop, facts: &DropFacts) -> Blame {
@@ -191,6 +192,24 @@ impl Explainer {
                 format!("sysctl net.ipv4.conf.{iif}.forwarding=0"),
                 format!(
                     "forwarding is off on {iif}, so the host drops {what}; turn it on: sysctl -w net.ipv4.conf.{iif}.forwarding=1"
+                ),
+            )
+        } else if let Some(gone) = Host::read()
+            .ok()
+            .as_ref()
+            .and_then(crate::topology::down::routes_gone)
+        {
+            let dst = self.topo.dst;
+            (
+                format!(
+                    "no route to {dst} ({} {})",
+                    gone.dev,
+                    gone.problem.rule_words()
+                ),
+                format!(
+                    "the host has no route for {what} to {dst} ({reason}): {}; {}",
+                    gone.words(),
+                    gone.fix()
                 ),
             )
         } else {
