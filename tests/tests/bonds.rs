@@ -2,7 +2,8 @@
 //! (tests/src/lab `Uplink`): the path shows the slave a request left by, and
 //! the doctor's `bond`, `bridge_uplink` and `link_up` checks find a bond
 //! without a working slave, an 802.3ad bond without an LACP partner and a VLAN
-//! device that is down, with their fixes. Skipped, saying so, on kernels
+//! device that is down, with their fixes; and on the routed layouts, the
+//! host's uplink address on a VLAN sub-interface that is down. Skipped, saying so, on kernels
 //! without bonding or 802.1Q VLAN devices (the development kernel). Needs root
 //! and eBPF.
 
@@ -77,6 +78,17 @@ fn check(run: &TraceRun, name: &str, subject: &str) -> Value {
         .into_iter()
         .find(|v| v["type"] == "check" && v["check"] == name && v["subject"] == subject)
         .unwrap_or_else(|| panic!("no {name} check on {subject}"))
+}
+
+/// The failing `bridge_uplink` check, whatever ports it names.
+fn uplink_check(run: &TraceRun) -> Value {
+    let up = run
+        .json()
+        .into_iter()
+        .find(|v| v["check"] == "bridge_uplink")
+        .expect("bridge_uplink");
+    assert_eq!(up["status"], "fail", "{up}");
+    up
 }
 
 fn text<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -181,12 +193,7 @@ fn vlan_device_down_doctor() {
     );
     // The bridge forgot the router's port with it: every other port is a
     // candidate, eno1.20 among them.
-    let up = run
-        .json()
-        .into_iter()
-        .find(|v| v["check"] == "bridge_uplink")
-        .expect("bridge_uplink");
-    assert_eq!(up["status"], "fail", "{up}");
+    let up = uplink_check(&run);
     assert!(
         text(&up, "evidence").contains("the VLAN 20 device on eno1"),
         "{up}"
@@ -195,16 +202,47 @@ fn vlan_device_down_doctor() {
     // Its lower device down instead.
     lab.hv("ip link set eno1.20 up && ip link set eno1 down")
         .unwrap();
-    let run = doctor(&lab);
-    let up = run
-        .json()
-        .into_iter()
-        .find(|v| v["check"] == "bridge_uplink")
-        .expect("bridge_uplink");
-    assert_eq!(up["status"], "fail", "{up}");
+    let up = uplink_check(&doctor(&lab));
     assert!(
         text(&up, "evidence").contains("the device it tags onto, eno1"),
         "{up}"
     );
     assert!(text(&up, "fix").contains("ip link set eno1 up"), "{up}");
+}
+
+/// The host's uplink address on a VLAN sub-interface (eth0.20), on every
+/// routed layout (plain, Proxmox with its firewall bridge, libvirt's NAT
+/// network): set down, it takes the default route with it, and the doctor's
+/// `route` check names it with the fix.
+#[test]
+fn vlan_uplink_down_doctor_on_every_layout() {
+    for layout in Layout::ALL {
+        let mut opts = LabOptions::new(fake_guest_bin());
+        opts.layout = layout;
+        opts.uplink = Uplink::Vlan(20);
+        let lab = match Lab::up(opts) {
+            Ok(lab) => lab,
+            Err(e) if format!("{e:#}").contains("this kernel has no") => {
+                eprintln!("skipped: {e:#}");
+                return;
+            }
+            Err(e) => panic!("lab up ({layout:?}): {e:#}"),
+        };
+        let route = check(&doctor(&lab), "route", &format!("route to {DEST}"));
+        assert_eq!(route["status"], "pass", "{layout:?}: {route}");
+        assert!(text(&route, "evidence").contains("dev eth0.20"), "{route}");
+        lab.hv("ip link set eth0.20 down").unwrap();
+        let route = check(&doctor(&lab), "route", &format!("route to {DEST}"));
+        assert_eq!(route["status"], "fail", "{layout:?}: {route}");
+        assert!(
+            text(&route, "evidence").contains(
+                "eth0.20 is down (administratively; the VLAN 20 device on eth0) and holds 198.51.100.2/24"
+            ),
+            "{layout:?}: {route}"
+        );
+        assert!(
+            text(&route, "fix").contains("ip link set eth0.20 up"),
+            "{layout:?}: {route}"
+        );
+    }
 }
