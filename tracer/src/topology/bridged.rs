@@ -239,6 +239,11 @@ pub fn port_problem(host: &Host, port: &str) -> Option<PortProblem> {
         .peer
         .filter(|_| link.is_kind("vlan"))
         .and_then(|i| host.link_at(i));
+    // A VLAN device follows its lower device: the kernel sets it down when
+    // the lower goes down (and up again after), so that one is the cause.
+    if let Some(lower) = vlan_lower.filter(|l| !l.up || !l.lower_up) {
+        return Some(lower_down(host, lower));
+    }
     if !link.up {
         return Some(match (link.vlan_id, vlan_lower) {
             (Some(vid), Some(lower)) => PortProblem::VlanDown {
@@ -249,7 +254,7 @@ pub fn port_problem(host: &Host, port: &str) -> Option<PortProblem> {
         });
     }
     if !link.lower_up {
-        return Some(down_below(host, link, vlan_lower));
+        return Some(down_below(host, link));
     }
     link.port_state
         .map(|s| s.word())
@@ -257,27 +262,28 @@ pub fn port_problem(host: &Host, port: &str) -> Option<PortProblem> {
         .map(PortProblem::State)
 }
 
-/// A port that is up without carrier: a bond none of whose slaves works, a
-/// VLAN device whose lower device is down, or a NIC without link.
-fn down_below(host: &Host, link: &Link, vlan_lower: Option<&Link>) -> PortProblem {
-    if let Some(lower) = vlan_lower {
-        if !lower.up || !lower.lower_up {
-            let why = match lower.up {
-                false => "down (administratively)".to_string(),
-                true => match host.bond_under(&lower.name) {
-                    Some(_) => format!(
-                        "a bond without a working slave ({})",
-                        slaves_words(host, &lower.name)
-                    ),
-                    None => "down (no carrier)".to_string(),
-                },
-            };
-            return PortProblem::LowerDown {
-                lower: lower.name.clone(),
-                why,
-            };
-        }
+/// A VLAN device's lower device that is down: administratively, a bond
+/// without a working slave, or without carrier.
+fn lower_down(host: &Host, lower: &Link) -> PortProblem {
+    let why = match lower.up {
+        false => "down (administratively)".to_string(),
+        true => match host.bond_under(&lower.name) {
+            Some(_) => format!(
+                "a bond without a working slave ({})",
+                slaves_words(host, &lower.name)
+            ),
+            None => "down (no carrier)".to_string(),
+        },
+    };
+    PortProblem::LowerDown {
+        lower: lower.name.clone(),
+        why,
     }
+}
+
+/// A port that is up without carrier: a bond none of whose slaves works, or a
+/// NIC without link.
+fn down_below(host: &Host, link: &Link) -> PortProblem {
     if link.is_bond() {
         let fixes: Vec<String> = host
             .slaves_of(&link.name)
@@ -339,6 +345,40 @@ mod tests {
         assert!(PortProblem::AdminDown
             .fix("eno2", h.link("vmbr0"))
             .contains("ip link set eno2 up"));
+    }
+
+    /// vmbr0 on eno1.20 (VLAN 20 on eno1), flags given.
+    fn vlan_host(eno1: &[&str], vlan: &[&str]) -> Host {
+        let links: Value = json!([
+            {"ifindex":2,"ifname":"vmbr0","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"bridge"}},
+            {"ifindex":3,"ifname":"eno1","flags":eno1},
+            {"ifindex":4,"ifname":"eno1.20","link":"eno1","master":"vmbr0","flags":vlan,
+             "linkinfo":{"info_kind":"vlan","info_data":{"id":20}}}
+        ]);
+        Host::from_links(&links)
+    }
+
+    #[test]
+    fn vlan_devices_and_their_lower_device() {
+        let up = ["UP", "LOWER_UP"];
+        let p = port_problem(&vlan_host(&up, &[]), "eno1.20").unwrap();
+        assert_eq!(
+            p.words(),
+            "down (administratively; the VLAN 20 device on eno1)"
+        );
+        assert!(p.fix("eno1.20", None).contains("ifreload -a"));
+        // The kernel sets a VLAN device down with its lower device: the
+        // lower one is the cause.
+        let p = port_problem(&vlan_host(&[], &[]), "eno1.20").unwrap();
+        assert_eq!(
+            p.words(),
+            "down: the device it tags onto, eno1, is down (administratively)"
+        );
+        assert!(p.fix("eno1.20", None).contains("ip link set eno1 up"));
+        let p = port_problem(&vlan_host(&["UP"], &["UP"]), "eno1.20").unwrap();
+        assert_eq!(p.rule_words(), "lower device eno1 down");
+        assert!(p.fix("eno1.20", None).contains("ethtool eno1"));
+        assert_eq!(port_problem(&vlan_host(&up, &up), "eno1.20"), None);
     }
 
     #[test]
