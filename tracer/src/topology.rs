@@ -563,6 +563,35 @@ mod tests {
         assert_eq!(host.lower_bridge("tap107i0", "vmbr0"), None);
     }
 
+    /// vmbr0's port bond0.20, a VLAN device on bond0 of eno1 and eno2; and
+    /// vmbr1.30, a VLAN device on the bridge vmbr1.
+    #[test]
+    fn watches_below_bonds_and_vlan_devices_but_not_bridges() {
+        let host = Host::from_links(
+            &serde_json::from_str(
+                r#"[{"ifindex":2,"ifname":"vmbr0","linkinfo":{"info_kind":"bridge"}},
+                {"ifindex":3,"ifname":"bond0","linkinfo":{"info_kind":"bond"}},
+                {"ifindex":4,"ifname":"eno1","master":"bond0"},
+                {"ifindex":5,"ifname":"eno2","master":"bond0"},
+                {"ifindex":6,"ifname":"bond0.20","link":"bond0","master":"vmbr0","linkinfo":{"info_kind":"vlan"}},
+                {"ifindex":7,"ifname":"vmbr1","linkinfo":{"info_kind":"bridge"}},
+                {"ifindex":8,"ifname":"vmbr1.30","link":"vmbr1","linkinfo":{"info_kind":"vlan"}}]"#,
+            )
+            .unwrap(),
+        );
+        let out = |n: &str| iface_by_name(&host, n).unwrap();
+        let lowers = lowers_of(&host, &[out("bond0.20")]);
+        let names: Vec<(&str, &str)> = lowers
+            .iter()
+            .map(|(l, u)| (l.name.as_str(), u.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("bond0", "bond0.20"), ("eno1", "bond0"), ("eno2", "bond0")]
+        );
+        assert!(lowers_of(&host, &[out("vmbr1.30")]).is_empty());
+    }
+
     #[test]
     fn reads_links_from_ip_json() {
         let host = Host::from_links(
