@@ -17,12 +17,14 @@ fn run(name: &str) {
     let mut opts = LabOptions::new(fake_guest_bin());
     opts.layout = sc.layout;
     opts.vlan = sc.vlan;
+    opts.uplink = sc.uplink;
     if sc.second_guest {
         opts.guests.push(GuestSpec::nth(1));
     }
     let mut lab = match Lab::up(opts) {
         Ok(lab) => lab,
-        Err(e) if sc.vlan.is_some() && format!("{e:#}").contains("no bridge VLAN filtering") => {
+        // Kernels without bridge VLAN filtering, bonding or VLAN devices.
+        Err(e) if format!("{e:#}").contains("this kernel has no") => {
             eprintln!("skipped {name}: {e:#}");
             return;
         }
@@ -156,6 +158,10 @@ scenario_tests!(
     tcp_pmtu_black_hole_remote,
     tcp_mtu_too_small,
     udp_forward_drop,
+    bond_every_slave_down,
+    bond_lacp_without_partner,
+    vlan_device_down,
+    vlan_uplink_down,
 );
 
 /// Bridge VLAN filtering with the VM port in the wrong VLAN, where the kernel has

@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub mod bridged;
+pub mod down;
 mod locate;
 pub use locate::{candidates, describe_candidates, locate_vm, Evidence, Location};
 
@@ -94,6 +95,10 @@ pub struct Topology {
     /// Bridged mode: the guest's frames to `dst` leave by a port of its bridge
     /// toward a router on the LAN; the host routes none of them.
     pub lan: Option<bridged::Lan>,
+    /// The devices under the path's way out, which the frames really leave by:
+    /// a bond's slaves, a VLAN device's lower device (not a bridge), each with
+    /// the device above it by name. Watched like the uplink.
+    pub lowers: Vec<(Iface, String)>,
 }
 
 impl Topology {
@@ -164,6 +169,7 @@ impl Topology {
                 .filter_map(|l| Some((l.index, host.name_of(l.master?)?.to_string())))
                 .collect(),
             lan: None,
+            lowers: Vec::new(),
         };
         if let Some(r) = route {
             topo.apply_route(host, &r);
@@ -171,6 +177,7 @@ impl Topology {
         if let (true, Some(gw), Some(b)) = (topo.bridged, topo.gateway, &topo.bridge) {
             topo.lan = Some(bridged::lan_of(host, &b.name, gw, &port_names));
         }
+        topo.lowers = lowers_of(host, &topo.ways_out());
         topo.vm_subnet = subnet_of(host, &inbound, vm_ip);
         Ok(topo)
     }
@@ -193,6 +200,22 @@ impl Topology {
         self.bridge.as_ref().unwrap_or(&self.ports[0])
     }
 
+    /// The devices the guest's traffic leaves the host by: the uplink, or in
+    /// bridged mode the bridge's port(s) toward the LAN.
+    fn ways_out(&self) -> Vec<Iface> {
+        let lan = self.lan.iter().flat_map(|l| l.ports.iter().cloned());
+        self.uplink.iter().cloned().chain(lan).collect()
+    }
+
+    /// The device above `ifindex` when it is a bond slave or a VLAN device's
+    /// lower device on the way out (`bond0` for `eno1`).
+    pub fn upper_of(&self, ifindex: u32) -> Option<&str> {
+        self.lowers
+            .iter()
+            .find(|(l, _)| l.index == ifindex)
+            .map(|(_, u)| u.as_str())
+    }
+
     /// The interfaces to attach TC programs to, each with its role, in path order.
     pub fn hooks(&self) -> Vec<(Iface, Role)> {
         let mut hooks: Vec<(Iface, Role)> =
@@ -209,6 +232,10 @@ impl Topology {
         // Bridged mode: the bridge port(s) toward the LAN's router.
         for p in self.lan.iter().flat_map(|l| &l.ports) {
             hooks.push((p.clone(), Role::Uplink));
+        }
+        // Below them: the slave a bond sends by, the NIC under a VLAN device.
+        for (l, _) in &self.lowers {
+            hooks.push((l.clone(), Role::Uplink));
         }
         hooks
     }
@@ -294,6 +321,42 @@ pub fn port_state_now(port: &str) -> Option<String> {
 /// is now: read fresh, for a verdict.
 pub fn oper_state_now(dev: &str) -> Option<String> {
     Some(host::link_now(dev)?.operstate)
+}
+
+/// The bond slaves and VLAN lower devices under `outs` (a VLAN device on a
+/// bond: the bond and its slaves), each with the device above it. A bridge
+/// under a VLAN device (`vmbr0.20`) is not followed: it is a path of its own.
+fn lowers_of(host: &Host, outs: &[Iface]) -> Vec<(Iface, String)> {
+    let mut out: Vec<(Iface, String)> = Vec::new();
+    let mut todo: Vec<String> = outs.iter().map(|i| i.name.clone()).collect();
+    while let Some(name) = todo.pop() {
+        let Some(link) = host.link(&name) else {
+            continue;
+        };
+        let below: Vec<&host::Link> = match () {
+            _ if link.is_bond() => host.slaves_of(&name),
+            _ if link.is_kind("vlan") => link
+                .peer
+                .and_then(|i| host.link_at(i))
+                .filter(|l| !l.is_bridge())
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        };
+        for l in below {
+            if out.len() < 8 && !out.iter().any(|(i, _)| i.index == l.index) {
+                out.push((
+                    Iface {
+                        index: l.index,
+                        name: l.name.clone(),
+                    },
+                    name.clone(),
+                ));
+                todo.push(l.name.clone());
+            }
+        }
+    }
+    out
 }
 
 fn iface_by_name(host: &Host, name: &str) -> Option<Iface> {
@@ -498,6 +561,35 @@ mod tests {
             Some(("fwln105i0".into(), "fwbr105i0".into()))
         );
         assert_eq!(host.lower_bridge("tap107i0", "vmbr0"), None);
+    }
+
+    /// vmbr0's port bond0.20, a VLAN device on bond0 of eno1 and eno2; and
+    /// vmbr1.30, a VLAN device on the bridge vmbr1.
+    #[test]
+    fn watches_below_bonds_and_vlan_devices_but_not_bridges() {
+        let host = Host::from_links(
+            &serde_json::from_str(
+                r#"[{"ifindex":2,"ifname":"vmbr0","linkinfo":{"info_kind":"bridge"}},
+                {"ifindex":3,"ifname":"bond0","linkinfo":{"info_kind":"bond"}},
+                {"ifindex":4,"ifname":"eno1","master":"bond0"},
+                {"ifindex":5,"ifname":"eno2","master":"bond0"},
+                {"ifindex":6,"ifname":"bond0.20","link":"bond0","master":"vmbr0","linkinfo":{"info_kind":"vlan"}},
+                {"ifindex":7,"ifname":"vmbr1","linkinfo":{"info_kind":"bridge"}},
+                {"ifindex":8,"ifname":"vmbr1.30","link":"vmbr1","linkinfo":{"info_kind":"vlan"}}]"#,
+            )
+            .unwrap(),
+        );
+        let out = |n: &str| iface_by_name(&host, n).unwrap();
+        let lowers = lowers_of(&host, &[out("bond0.20")]);
+        let names: Vec<(&str, &str)> = lowers
+            .iter()
+            .map(|(l, u)| (l.name.as_str(), u.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("bond0", "bond0.20"), ("eno1", "bond0"), ("eno2", "bond0")]
+        );
+        assert!(lowers_of(&host, &[out("vmbr1.30")]).is_empty());
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //!             inet namespace, the LAN's router (hosts 203.0.113.8/.53 on its lo):
 //!             Proxmox's default, the host routes none of the guest's traffic
 //!             (ip_forward=0, no eth0, no NAT; the host's own default route is via
-//!             the router on vmbr0)
+//!             the router on vmbr0); its port toward the LAN may be a bond of
+//!             eno1 and eno2 or a VLAN device eno1.N instead ([`Uplink`])
 //!
 //! Only RFC 5737 addresses; nothing outside the lab's own namespaces is changed.
 //! Everything is removed on drop, and `up` first removes leftovers of killed runs.
@@ -130,6 +131,34 @@ fn fw_chain(tap: &str) -> Result<FwChain> {
     })
 }
 
+/// [`Layout::Bridged`]: what vmbr0's port toward the LAN is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Uplink {
+    /// eno1, a veth into the LAN (the router's lan0).
+    #[default]
+    Nic,
+    /// bond0 in this mode (`active-backup`, `802.3ad`; MII monitor 100 ms) of
+    /// eno1 and eno2, veths into the LAN's switch (the bridge lansw holding
+    /// the router's address, ports lan1 and lan2). The switch speaks no LACP:
+    /// an 802.3ad bond finds no partner. Kernels without bonding refuse it.
+    Bond(&'static str),
+    /// eno1.VID, a VLAN device on eno1 (Proxmox's non-VLAN-aware layout:
+    /// the bridge on `eno1.N`); the router is on lan0.VID. Kernels without
+    /// 802.1Q VLAN devices refuse it.
+    Vlan(u16),
+}
+
+impl Uplink {
+    /// vmbr0's port toward the LAN.
+    pub fn port(self) -> String {
+        match self {
+            Uplink::Nic => BRIDGED_UPLINK.into(),
+            Uplink::Bond(_) => "bond0".into(),
+            Uplink::Vlan(vid) => format!("{BRIDGED_UPLINK}.{vid}"),
+        }
+    }
+}
+
 pub struct LabOptions {
     pub guest_bin: PathBuf,
     pub guests: Vec<GuestSpec>,
@@ -144,6 +173,9 @@ pub struct LabOptions {
     /// router (the host's own address on vmbr0 too). Kernels without bridge
     /// VLAN filtering refuse it: [`Lab::up`] fails saying so.
     pub vlan: Option<u16>,
+    /// Bridged layout: vmbr0's port toward the LAN. Routed layouts:
+    /// [`Uplink::Vlan`] puts the host's uplink address on eth0.VID.
+    pub uplink: Uplink,
 }
 
 impl LabOptions {
@@ -155,6 +187,7 @@ impl LabOptions {
             layout: Layout::Plain,
             fwbr_answers_arp: false,
             vlan: None,
+            uplink: Uplink::Nic,
         }
     }
 }
@@ -167,6 +200,7 @@ pub struct Lab {
     layout: Layout,
     fwbr_answers_arp: bool,
     vlan: Option<u16>,
+    uplink: Uplink,
     config_root: PathBuf,
     guest_bin: PathBuf,
     guests: Vec<Guest>,
@@ -193,6 +227,7 @@ impl Lab {
             layout: opts.layout,
             fwbr_answers_arp: opts.fwbr_answers_arp,
             vlan: opts.vlan,
+            uplink: opts.uplink,
             config_root: std::env::temp_dir().join(format!("{CONFIG_PREFIX}{pid}-{n}")),
             guest_bin: opts.guest_bin,
             guests: Vec::new(),
@@ -240,14 +275,15 @@ impl Lab {
         sh(&format!(
             "ip link add eth0 netns {hv} type veth peer name isp0 netns {inet}"
         ))?;
-        self.hv(
-            "ip addr add 198.51.100.2/24 dev eth0 && ip link set eth0 up && \
-             ip route add default via 198.51.100.1 && sysctl -qw net.ipv4.ip_forward=1",
-        )?;
-        self.inet(
-            "ip addr add 198.51.100.1/24 dev isp0 && ip link set isp0 up && \
-             ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo",
-        )?;
+        let (up, isp) = self.routed_uplink()?;
+        self.hv(&format!(
+            "ip addr add 198.51.100.2/24 dev {up} && ip link set {up} up && \
+             ip route add default via 198.51.100.1 && sysctl -qw net.ipv4.ip_forward=1"
+        ))?;
+        self.inet(&format!(
+            "ip addr add 198.51.100.1/24 dev {isp} && ip link set {isp} up && \
+             ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo"
+        ))?;
         self.masquerade()?;
         if self.layout == Layout::Proxmox {
             // With br_netfilter, the bridged pass through fwbr creates and confirms
@@ -269,16 +305,14 @@ impl Lab {
     /// everyone's gateway. The host pings it once, as a real host talks to its
     /// gateway: it knows the router's MAC, and vmbr0 learned it on eno1.
     fn build_bridged(&mut self) -> Result<()> {
-        let (hv, inet) = (self.hv.clone(), self.inet.clone());
         self.hv(&format!(
             "ip link add {BRIDGED_BR} address 02:00:00:00:01:02 type bridge stp_state 0 forward_delay 0 && \
              ip addr add 192.0.2.2/24 dev {BRIDGED_BR} && ip link set {BRIDGED_BR} up"
         ))?;
-        sh(&format!(
-            "ip link add {BRIDGED_UPLINK} netns {hv} type veth peer name lan0 netns {inet}"
-        ))?;
+        let lan_dev = self.bridged_uplink()?;
+        let port = self.uplink.port();
         self.hv(&format!(
-            "ip link set {BRIDGED_UPLINK} master {BRIDGED_BR} && ip link set {BRIDGED_UPLINK} up && \
+            "ip link set {port} master {BRIDGED_BR} && ip link set {port} up && \
              ip route add default via 192.0.2.1 dev {BRIDGED_BR} && sysctl -qw net.ipv4.ip_forward=0"
         ))?;
         if let Some(vid) = self.vlan {
@@ -290,15 +324,95 @@ impl Lab {
                 "bridge vlan add dev {BRIDGED_BR} vid {vid} pvid untagged self && \
                  bridge vlan del dev {BRIDGED_BR} vid 1 self"
             ))?;
-            self.vlan_access_port(BRIDGED_UPLINK, vid)?;
+            self.vlan_access_port(&port, vid)?;
         }
-        self.inet(
-            "ip link set lan0 address 02:00:00:00:02:01 && \
-             ip addr add 192.0.2.1/24 dev lan0 && ip link set lan0 up && \
-             ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo",
-        )?;
-        self.hv("ping -q -c 1 -W 2 192.0.2.1 >/dev/null")?;
+        self.inet(&format!(
+            "ip link set {lan_dev} address 02:00:00:00:02:01 && \
+             ip addr add 192.0.2.1/24 dev {lan_dev} && ip link set {lan_dev} up && \
+             ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo"
+        ))?;
+        // A bond needs its MII monitor (and 802.3ad its aggregator selection)
+        // before it passes frames: one reply within 10 s.
+        self.hv("ping -q -c 1 -w 10 192.0.2.1 >/dev/null")?;
         Ok(())
+    }
+
+    /// The wires between vmbr0's port toward the LAN (see [`Uplink`]) and the
+    /// LAN, up to the router's device, which is returned (down, no address).
+    fn bridged_uplink(&self) -> Result<String> {
+        let (hv, inet) = (&self.hv, &self.inet);
+        let veth = |nic: &str, lan: &str| {
+            sh(&format!(
+                "ip link add {nic} netns {hv} type veth peer name {lan} netns {inet}"
+            ))
+        };
+        match self.uplink {
+            Uplink::Nic => {
+                veth(BRIDGED_UPLINK, "lan0")?;
+                Ok("lan0".into())
+            }
+            Uplink::Bond(mode) => {
+                self.hv(&format!(
+                    "ip link add bond0 type bond mode {mode} miimon 100"
+                ))
+                .context("this kernel has no bonding (CONFIG_BONDING)")?;
+                veth(BRIDGED_UPLINK, "lan1")?;
+                veth("eno2", "lan2")?;
+                self.hv(&format!(
+                    "ip link set {BRIDGED_UPLINK} master bond0 && ip link set eno2 master bond0 && \
+                     ip link set {BRIDGED_UPLINK} up && ip link set eno2 up"
+                ))?;
+                // The LAN's switch: both bond slaves' peers in one bridge with
+                // the router's address; no LACP on its ports.
+                self.inet(
+                    "ip link add lansw type bridge stp_state 0 forward_delay 0 && \
+                     ip link set lan1 master lansw && ip link set lan2 master lansw && \
+                     ip link set lan1 up && ip link set lan2 up",
+                )?;
+                Ok("lansw".into())
+            }
+            Uplink::Vlan(vid) => {
+                veth(BRIDGED_UPLINK, "lan0")?;
+                self.hv(&format!(
+                    "ip link add link {BRIDGED_UPLINK} name {BRIDGED_UPLINK}.{vid} type vlan id {vid}"
+                ))
+                .context("this kernel has no 802.1Q VLAN devices (CONFIG_VLAN_8021Q)")?;
+                self.hv(&format!("ip link set {BRIDGED_UPLINK} up"))?;
+                self.inet(&format!(
+                    "ip link add link lan0 name lan0.{vid} type vlan id {vid} && ip link set lan0 up"
+                ))?;
+                Ok(format!("lan0.{vid}"))
+            }
+        }
+    }
+
+    /// The routed layouts' uplink: eth0, or with [`Uplink::Vlan`] the VLAN
+    /// device eth0.VID on it (the host's address on a VLAN sub-interface, as
+    /// Proxmox's `vmbr0.N`), and the ISP's side facing it. Both down.
+    fn routed_uplink(&self) -> Result<(String, String)> {
+        match self.uplink {
+            Uplink::Vlan(vid) => {
+                self.hv(&format!(
+                    "ip link add link eth0 name eth0.{vid} type vlan id {vid}"
+                ))
+                .context("this kernel has no 802.1Q VLAN devices (CONFIG_VLAN_8021Q)")?;
+                self.hv("ip link set eth0 up")?;
+                self.inet(&format!(
+                    "ip link add link isp0 name isp0.{vid} type vlan id {vid} && ip link set isp0 up"
+                ))?;
+                Ok((format!("eth0.{vid}"), format!("isp0.{vid}")))
+            }
+            Uplink::Nic => Ok(("eth0".into(), "isp0".into())),
+            Uplink::Bond(_) => bail!("a bonded uplink is only built for the bridged layout"),
+        }
+    }
+
+    /// The routed layouts' uplink device (the MASQUERADE rule's oifname).
+    pub fn uplink_dev(&self) -> String {
+        match self.uplink {
+            Uplink::Vlan(vid) => format!("eth0.{vid}"),
+            _ => "eth0".into(),
+        }
     }
 
     /// `port` carries VLAN `vid` untagged as its PVID, and nothing else.
@@ -310,11 +424,12 @@ impl Lab {
     }
 
     fn masquerade(&self) -> Result<()> {
-        self.nft(
+        self.nft(&format!(
             "add table ip nat\n\
-             add chain ip nat postrouting { type nat hook postrouting priority srcnat; policy accept; }\n\
-             add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade\n",
-        )
+             add chain ip nat postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+             add rule ip nat postrouting oifname \"{}\" ip saddr 192.0.2.0/24 masquerade\n",
+            self.uplink_dev()
+        ))
     }
 
     /// A resolver on the hypervisor itself (192.0.2.1:53), as dnsmasq on a bridge.

@@ -1,7 +1,7 @@
 //! The catalogue itself: every scenario with its fault, traffic and expected
 //! verdict (the types and the checks are in the parent module).
 
-use super::{Expect, Layout, Scenario, Traffic};
+use super::{Expect, Layout, Scenario, Traffic, Uplink};
 
 const fn dropped(direction: &'static str, stage: &'static str) -> Expect {
     Expect {
@@ -38,6 +38,7 @@ const BASE: Scenario = Scenario {
     cause: "",
     layout: Layout::Plain,
     vlan: None,
+    uplink: Uplink::Nic,
     break_hv: &[],
     break_lan: &[],
     during_hv: "",
@@ -710,6 +711,72 @@ pub const CATALOGUE: &[Scenario] = &[
             ..dropped("request", "forward")
         },
         fix: "nft delete rule <family> <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "bond_every_slave_down",
+        symptom: "bridged mode on a bond: every VM on the bridge lost the network; the host too",
+        cause: "every slave of the bond under the bridge is down (cables, switch ports): the bond has no carrier",
+        layout: Layout::Bridged,
+        uplink: Uplink::Bond("active-backup"),
+        break_lan: &["ip link set lan1 down", "ip link set lan2 down"],
+        expect: Expect {
+            rule: Some("bond0 no carrier, every slave down"),
+            hint: Some("none of the bond's slaves works (eno1 no carrier"),
+            ..dropped("request", "bridge")
+        },
+        fix: "bring the slaves back: their cables and switch ports (cat /proc/net/bonding/<bond>; ethtool <slave>)",
+        ..BASE
+    },
+    Scenario {
+        name: "bond_lacp_without_partner",
+        symptom: "bridged mode on an 802.3ad bond: some or all VMs get no replies, the host's own traffic may work",
+        cause: "the bond runs LACP (802.3ad) but the switch ports do not (a static LAG or plain ports): no partner, each slave aggregates alone, and the switch sends the replies to a slave the bond does not take frames from",
+        layout: Layout::Bridged,
+        uplink: Uplink::Bond("802.3ad"),
+        // The switch delivers to lan2 (eno2) what it learned on lan1 (eno1,
+        // the active aggregator's port), as a static LAG hashing onto its
+        // other member does; learning off on lan1 keeps it so.
+        break_lan: &[
+            "bridge link set dev lan1 learning off",
+            "for m in $(bridge fdb show br lansw brport lan1 | grep -v permanent | cut -d\" \" -f1); do bridge fdb replace $m dev lan2 master static; done",
+        ],
+        expect: Expect {
+            rule: Some("eno2 not in the active aggregator 1 (802.3ad, no LACP partner)"),
+            hint: Some("configure the switch ports as one LACP (802.3ad) channel"),
+            ..dropped("reply", "egress")
+        },
+        fix: "configure the switch ports as an LACP (802.3ad) channel, or bond-mode active-backup (cat /proc/net/bonding/<bond>: partner MAC 00:00:00:00:00:00)",
+        ..BASE
+    },
+    Scenario {
+        name: "vlan_device_down",
+        symptom: "bridged mode on a VLAN device (Proxmox vmbr0vN on eno1.N): every VM of that VLAN lost the network",
+        cause: "the VLAN sub-interface under the bridge is down (not brought up by ifupdown, or set down)",
+        layout: Layout::Bridged,
+        uplink: Uplink::Vlan(20),
+        break_hv: &["ip link set eno1.20 down"],
+        expect: Expect {
+            rule: Some("eno1.20 admin down"),
+            hint: Some("eno1.20 is down (administratively; the VLAN 20 device on eno1)"),
+            ..dropped("request", "bridge")
+        },
+        fix: "ip link set <nic>.<VLAN> up (Proxmox: its stanza in /etc/network/interfaces, then ifreload -a)",
+        ..BASE
+    },
+    Scenario {
+        name: "vlan_uplink_down",
+        symptom: "VMs reach nothing beyond the host; the host's address is on a VLAN sub-interface (Proxmox vmbr0.N, eth0.N)",
+        cause: "the VLAN sub-interface holding the host's uplink address is down, and the routes through it went with it",
+        uplink: Uplink::Vlan(20),
+        break_hv: &["ip link set eth0.20 down"],
+        expect: Expect {
+            reason: Some("IP_INNOROUTES"),
+            rule: Some("no route to 203.0.113.8 (eth0.20 admin down)"),
+            hint: Some("eth0.20 is down (administratively; the VLAN 20 device on eth0) and holds 198.51.100.2/24"),
+            ..dropped("request", "routing")
+        },
+        fix: "ip link set <nic>.<VLAN> up, and its routes back (Proxmox: ifreload -a)",
         ..BASE
     },
 ];

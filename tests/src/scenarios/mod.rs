@@ -4,7 +4,7 @@
 //! is generated from here (`cargo xtask docs`) and checked against it, so the two
 //! cannot drift.
 
-use crate::lab::Layout;
+use crate::lab::{Layout, Uplink};
 
 mod catalogue;
 
@@ -115,6 +115,9 @@ pub struct Scenario {
     /// (see `LabOptions::vlan`). Skipped, saying so, on kernels without bridge
     /// VLAN filtering.
     pub vlan: Option<u16>,
+    /// Bridged layout: vmbr0's port toward the LAN (a bond, a VLAN device).
+    /// Skipped, saying so, on kernels without bonding or 802.1Q devices.
+    pub uplink: Uplink,
     /// Shell commands run in the hypervisor namespace to break the path.
     pub break_hv: &'static [&'static str],
     /// Shell commands run in the internet namespace (bridged mode: the LAN and
@@ -204,9 +207,11 @@ fn shows_for(sc: &Scenario) -> String {
         ),
         None => shows(&sc.expect),
     };
-    match sc.vlan {
-        Some(_) => format!("{shown} (kernels with bridge VLAN filtering)"),
-        None => shown,
+    match (sc.vlan, sc.uplink) {
+        (Some(_), _) => format!("{shown} (kernels with bridge VLAN filtering)"),
+        (_, Uplink::Bond(_)) => format!("{shown} (kernels with bonding)"),
+        (_, Uplink::Vlan(_)) => format!("{shown} (kernels with 802.1Q VLAN devices)"),
+        (None, Uplink::Nic) => shown,
     }
 }
 
@@ -232,7 +237,8 @@ pub fn render_doc() -> String {
         "\nThe rows for VLAN-aware bridges run where the kernel has bridge VLAN filtering \
          (Debian's 6.1 and 6.12: `cargo xtask vm-test --kernel 6.12 -- vlan_`); the 6.18 CI \
          kernel is built without CONFIG_BRIDGE_VLAN_FILTERING, and their tests skip there, \
-         saying so.\n",
+         saying so. The same holds for the rows about bonds (CONFIG_BONDING) and VLAN \
+         devices (CONFIG_VLAN_8021Q): `cargo xtask vm-test --kernel 6.12 -- bond_ vlan_device vlan_uplink`.\n",
     );
     s
 }

@@ -5,6 +5,7 @@
 //! tables (and sends at most a few ARP requests, unless `--passive`).
 
 pub mod arp;
+mod bond;
 pub mod checks;
 pub mod findings;
 pub mod firewall_bridge;

@@ -2,6 +2,7 @@
 //! a bridge port that does not forward, a guest port that is down.
 
 use super::*;
+use crate::host::Host;
 
 impl Explainer {
     pub(super) fn blame(&self, t: &Trace, d: &Drop, facts: &DropFacts) -> Blame {
@@ -53,6 +54,10 @@ impl Explainer {
                 .blame_bridge_port(d, stage, what)
                 .or_else(|| self.blame_vlan(t, d, facts.function, what))
                 .or_else(|| self.blame_bridge_egress(t, d, what))
+                .unwrap_or_else(generic),
+            // Freed on a bond's slave the bond takes no frames from.
+            _ if self.topo.upper_of(d.ifindex).is_some() => self
+                .blame_bond_slave(d, stage, what)
                 .unwrap_or_else(generic),
             _ => generic(),
         }
@@ -187,6 +192,24 @@ impl Explainer {
                 format!("sysctl net.ipv4.conf.{iif}.forwarding=0"),
                 format!(
                     "forwarding is off on {iif}, so the host drops {what}; turn it on: sysctl -w net.ipv4.conf.{iif}.forwarding=1"
+                ),
+            )
+        } else if let Some(gone) = Host::read()
+            .ok()
+            .as_ref()
+            .and_then(crate::topology::down::routes_gone)
+        {
+            let dst = self.topo.dst;
+            (
+                format!(
+                    "no route to {dst} ({} {})",
+                    gone.dev,
+                    gone.problem.rule_words()
+                ),
+                format!(
+                    "the host has no route for {what} to {dst} ({reason}): {}; {}",
+                    gone.words(),
+                    gone.fix()
                 ),
             )
         } else {

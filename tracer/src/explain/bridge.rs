@@ -69,8 +69,14 @@ impl Explainer {
             false => format!(" (and {})", others.join(", ")),
         };
         let fix = problem.fix(&port, now.link(&bridge));
-        let (rule, hint) = match (flooded, &problem) {
-            (true, _) | (false, PortProblem::AdminDown | PortProblem::NoCarrier) => (
+        let (rule, hint) = match &problem {
+            PortProblem::State(state) if !flooded => (
+                format!("bridge port {port} state {state}"),
+                format!(
+                    "{bridge} does not forward to {port}{router}: the port is in STP state {state}, so the bridge dropped {what}{also}; {fix}"
+                ),
+            ),
+            _ => (
                 format!(
                     "bridge {bridge}: no port to send to ({port} {})",
                     problem.rule_words()
@@ -78,12 +84,6 @@ impl Explainer {
                 format!(
                     "{bridge} has no port to send it to: {port} is {}{also}{router}, so the bridge dropped {what}; {fix}",
                     problem.words(),
-                ),
-            ),
-            (false, PortProblem::State(state)) => (
-                format!("bridge port {port} state {state}"),
-                format!(
-                    "{bridge} does not forward to {port}{router}: the port is in STP state {state}, so the bridge dropped {what}{also}; {fix}"
                 ),
             ),
         };
@@ -121,9 +121,15 @@ impl Explainer {
         let Some(lan) = &self.topo.lan else {
             return;
         };
-        let port = self
+        let dev = self
             .name(out.ifindex)
             .unwrap_or_else(|| "a bridge port".into());
+        // Left by a bond's slave (or the NIC under a VLAN device): the bridge
+        // port is the device above it.
+        let (port, by) = match self.topo.upper_of(out.ifindex) {
+            Some(up) => (up.to_string(), format!("{up} ({dev})")),
+            None => (dev.clone(), dev),
+        };
         let bridge = self
             .topo
             .bridge
@@ -132,13 +138,13 @@ impl Explainer {
         let gw = lan.gateway;
         v.stage = Some(Stage::Remote);
         v.ifname = Some(port.clone());
-        v.rule = Some(format!("bridged to the LAN by {port}; router {gw}"));
+        v.rule = Some(format!("bridged to the LAN by {by}; router {gw}"));
         let facts = match Host::read() {
             Ok(now) => router_facts(&now, &bridge, gw, &port),
             Err(e) => format!("(the host's tables could not be read: {e:#})"),
         };
         v.hint = Some(format!(
-            "the request left {bridge} by {port} into the LAN as {} → {} (bridged: this host routes none of the guest's traffic, its gateway is a router on the LAN) and nothing came back within {} s. What this host can tell about the router {gw} (its own next hop to {}): {facts}. The problem is beyond this host: the router (its filters, its route back to {}, its ARP for the guest), or the destination",
+            "the request left {bridge} by {by} into the LAN as {} → {} (bridged: this host routes none of the guest's traffic, its gateway is a router on the LAN) and nothing came back within {} s. What this host can tell about the router {gw} (its own next hop to {}): {facts}. The problem is beyond this host: the router (its filters, its route back to {}, its ARP for the guest), or the destination",
             ip(t.request.saddr),
             ip(out.pkt.daddr),
             crate::correlate::REPLY_WAIT_NS / 1_000_000_000,

@@ -2,6 +2,7 @@
 //! reason, the rule or setting responsible, and the command that fixes it.
 
 mod blame;
+mod bond;
 mod bridge;
 mod firewall;
 pub mod fix;

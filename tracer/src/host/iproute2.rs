@@ -6,7 +6,11 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use super::{link::PortState, Address, FdbEntry, Host, Link, Neighbour};
+use super::{
+    bond::{Bond, BondSlave},
+    link::PortState,
+    Address, FdbEntry, Host, Link, Neighbour,
+};
 
 fn arr(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
@@ -42,6 +46,7 @@ impl Host {
                     peer: l["link"].as_str().and_then(index),
                     port_state: l["linkinfo"]["info_slave_data"]["state"]
                         .as_str()
+                        .filter(|_| l["linkinfo"]["info_slave_kind"] != "bond")
                         .map(port_state),
                     stp: l["linkinfo"]["info_data"]["stp_state"]
                         .as_u64()
@@ -53,6 +58,8 @@ impl Host {
                     vlan_filtering: l["linkinfo"]["info_data"]["vlan_filtering"]
                         .as_u64()
                         .is_some_and(|v| v != 0),
+                    bond: bond(&l["linkinfo"], index),
+                    bond_slave: bond_slave(&l["linkinfo"]),
                 })
             })
             .collect();
@@ -110,6 +117,45 @@ impl Host {
     pub fn from_links(links: &Value) -> Host {
         Host::from_iproute2(links, &Value::Null, &Value::Null, &Value::Null)
     }
+}
+
+/// `ip -d -j link` of a bond: `info_data` with `mode`, `active_slave` (a
+/// name), `miimon` and, in 802.3ad mode, `ad_info`.
+fn bond(info: &Value, index: impl Fn(&str) -> Option<u32>) -> Option<Bond> {
+    if info["info_kind"] != "bond" {
+        return None;
+    }
+    let d = &info["info_data"];
+    let ad = &d["ad_info"];
+    Some(Bond {
+        mode: d["mode"].as_str().unwrap_or_default().to_string(),
+        active_slave: d["active_slave"].as_str().and_then(index),
+        miimon: d["miimon"].as_u64().unwrap_or(0) as u32,
+        ad_aggregator: ad["aggregator"].as_u64().map(|a| a as u16),
+        ad_partner_mac: ad["partner_mac"].as_str().map(str::to_lowercase),
+    })
+}
+
+/// `ip -d -j link` of a bond slave: `info_slave_data` with `state`
+/// (ACTIVE/BACKUP), `mii_status`, `link_failure_count` and the 802.3ad fields.
+fn bond_slave(info: &Value) -> Option<BondSlave> {
+    if info["info_slave_kind"] != "bond" {
+        return None;
+    }
+    let d = &info["info_slave_data"];
+    let byte = |k: &str| d[k].as_u64().map(|v| v as u8);
+    Some(BondSlave {
+        active: d["state"].as_str() == Some("ACTIVE"),
+        mii: d["mii_status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .replace('_', " "),
+        link_failures: d["link_failure_count"].as_u64().unwrap_or(0) as u32,
+        ad_aggregator: d["ad_aggregator_id"].as_u64().map(|a| a as u16),
+        ad_actor_state: byte("ad_actor_oper_port_state"),
+        ad_partner_state: byte("ad_partner_oper_port_state"),
+    })
 }
 
 fn port_state(s: &str) -> PortState {

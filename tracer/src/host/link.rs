@@ -8,6 +8,8 @@ use netlink_packet_route::link::{
     LinkFlags, LinkInfo, LinkMessage, State,
 };
 
+use super::bond::{Bond, BondSlave};
+
 /// One interface of this network namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Link {
@@ -44,6 +46,12 @@ pub struct Link {
     pub vlan_filtering: bool,
     /// A VLAN device's id.
     pub vlan_id: Option<u16>,
+    /// A bond's mode and state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond: Option<Bond>,
+    /// A bond slave's state as its bond sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond_slave: Option<BondSlave>,
 }
 
 impl Link {
@@ -53,6 +61,10 @@ impl Link {
 
     pub fn is_kind(&self, kind: &str) -> bool {
         self.kind.as_deref() == Some(kind)
+    }
+
+    pub fn is_bond(&self) -> bool {
+        self.is_kind("bond")
     }
 
     pub fn from_message(m: &LinkMessage) -> Option<Self> {
@@ -105,6 +117,10 @@ impl Link {
                         InfoVlan::Id(id) => Some(*id),
                         _ => None,
                     });
+                }
+                LinkInfo::Data(InfoData::Bond(attrs)) => self.bond = Some(Bond::from_info(attrs)),
+                LinkInfo::PortData(InfoPortData::BondPort(attrs)) => {
+                    self.bond_slave = Some(BondSlave::from_info(attrs))
                 }
                 LinkInfo::PortData(InfoPortData::BridgePort(attrs)) => {
                     self.port_state = attrs.iter().find_map(|a| match a {

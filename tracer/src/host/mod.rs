@@ -12,6 +12,7 @@
 //! back: the doctor's checks then run on it without root, which is how their
 //! fixture tests work. A saved host answers route lookups from its main table.
 
+pub mod bond;
 pub mod firewall;
 #[cfg(test)]
 mod iproute2;
@@ -186,6 +187,28 @@ impl Host {
             .filter(|l| l.master == Some(b))
             .map(|l| l.name.clone())
             .collect()
+    }
+
+    /// A bond's slaves, in the kernel's order.
+    pub fn slaves_of(&self, bond: &str) -> Vec<&Link> {
+        let Some(b) = self.link(bond).filter(|l| l.is_bond()) else {
+            return Vec::new();
+        };
+        self.links
+            .iter()
+            .filter(|l| l.master == Some(b.index))
+            .collect()
+    }
+
+    /// The bond under `dev`: `dev` itself, or the lower device of a VLAN
+    /// device (`bond0.20` on `bond0`).
+    pub fn bond_under(&self, dev: &str) -> Option<&Link> {
+        let l = self.link(dev)?;
+        if l.is_bond() {
+            return Some(l);
+        }
+        let lower = self.link_at(l.peer?).filter(|_| l.is_kind("vlan"))?;
+        lower.is_bond().then_some(lower)
     }
 
     /// A veth's peer, when it is in this namespace.

@@ -12,7 +12,10 @@
 use std::net::Ipv4Addr;
 
 use super::{iface_by_name, locate::subnet_bridge, route_to, Evidence, Iface, Location};
-use crate::host::{Host, Link, RouteKind};
+use crate::host::{
+    bond::{slave_problem, slaves_words},
+    Host, Link, RouteKind,
+};
 
 /// The guest's way out in bridged mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +149,22 @@ pub fn neighbour_mac(host: &Host, ip: Ipv4Addr, dev: &str) -> Option<String> {
 pub enum PortProblem {
     AdminDown,
     NoCarrier,
+    /// A VLAN device (`eno1.20`) administratively down: VLAN `vid` on `lower`.
+    VlanDown {
+        vid: u16,
+        lower: String,
+    },
+    /// A VLAN device whose lower device (the NIC or bond it tags onto) is down.
+    LowerDown {
+        lower: String,
+        why: String,
+    },
+    /// A bond without carrier: none of its slaves works. `slaves` in words
+    /// ("eno1 no carrier, eno2 administratively down"), `fix` per slave.
+    BondDown {
+        slaves: String,
+        fix: String,
+    },
     /// Not forwarding: disabled, blocking, listening, learning.
     State(String),
 }
@@ -155,14 +174,25 @@ impl PortProblem {
         match self {
             PortProblem::AdminDown => "down (administratively)".into(),
             PortProblem::NoCarrier => "down (no carrier)".into(),
+            PortProblem::VlanDown { vid, lower } => {
+                format!("down (administratively; the VLAN {vid} device on {lower})")
+            }
+            PortProblem::LowerDown { lower, why } => {
+                format!("down: the device it tags onto, {lower}, is {why}")
+            }
+            PortProblem::BondDown { slaves, .. } => {
+                format!("down (no carrier): none of the bond's slaves works ({slaves})")
+            }
             PortProblem::State(s) => format!("not forwarding (STP state {s})"),
         }
     }
 
     pub fn rule_words(&self) -> String {
         match self {
-            PortProblem::AdminDown => "admin down".into(),
+            PortProblem::AdminDown | PortProblem::VlanDown { .. } => "admin down".into(),
             PortProblem::NoCarrier => "no carrier".into(),
+            PortProblem::LowerDown { lower, .. } => format!("lower device {lower} down"),
+            PortProblem::BondDown { .. } => "no carrier, every slave down".into(),
             PortProblem::State(s) => format!("state {s}"),
         }
     }
@@ -178,6 +208,16 @@ impl PortProblem {
             PortProblem::NoCarrier => format!(
                 "check {port}'s cable, the switch port and the link partner (ip link show {port}; ethtool {port})"
             ),
+            PortProblem::VlanDown { .. } => format!(
+                "bring it up: ip link set {port} up (Proxmox: its `auto {port}` / `iface {port}` stanza in /etc/network/interfaces, then ifreload -a)"
+            ),
+            PortProblem::LowerDown { lower, why } if why.contains("administratively") => {
+                format!("bring up {lower}: ip link set {lower} up (then {port} follows)")
+            }
+            PortProblem::LowerDown { lower, .. } => format!(
+                "check {lower}'s cable, the switch port and the link partner (ethtool {lower}); {port} follows it"
+            ),
+            PortProblem::BondDown { fix, .. } => fix.clone(),
             PortProblem::State(s) if stp_on && (s == "listening" || s == "learning") => format!(
                 "STP holds a port that just came up in listening then learning for its forward delay ({} s) each: wait, or where {name} closes no loop turn STP off (ip link set {name} type bridge stp_state 0; Proxmox: bridge-stp off) or lower the delay (ip link set {name} type bridge forward_delay 400)",
                 delay_s.map_or("?".into(), |d| d.to_string())
@@ -195,16 +235,74 @@ impl PortProblem {
 /// What keeps `port` from passing frames in `host`.
 pub fn port_problem(host: &Host, port: &str) -> Option<PortProblem> {
     let link = host.link(port)?;
+    let vlan_lower = link
+        .peer
+        .filter(|_| link.is_kind("vlan"))
+        .and_then(|i| host.link_at(i));
+    // A VLAN device follows its lower device: the kernel sets it down when
+    // the lower goes down (and up again after), so that one is the cause.
+    if let Some(lower) = vlan_lower.filter(|l| !l.up || !l.lower_up) {
+        return Some(lower_down(host, lower));
+    }
     if !link.up {
-        return Some(PortProblem::AdminDown);
+        return Some(match (link.vlan_id, vlan_lower) {
+            (Some(vid), Some(lower)) => PortProblem::VlanDown {
+                vid,
+                lower: lower.name.clone(),
+            },
+            _ => PortProblem::AdminDown,
+        });
     }
     if !link.lower_up {
-        return Some(PortProblem::NoCarrier);
+        return Some(down_below(host, link));
     }
     link.port_state
         .map(|s| s.word())
         .filter(|s| s != "forwarding")
         .map(PortProblem::State)
+}
+
+/// A VLAN device's lower device that is down: administratively, a bond
+/// without a working slave, or without carrier.
+fn lower_down(host: &Host, lower: &Link) -> PortProblem {
+    let why = match lower.up {
+        false => "down (administratively)".to_string(),
+        true => match host.bond_under(&lower.name) {
+            Some(_) => format!(
+                "a bond without a working slave ({})",
+                slaves_words(host, &lower.name)
+            ),
+            None => "down (no carrier)".to_string(),
+        },
+    };
+    PortProblem::LowerDown {
+        lower: lower.name.clone(),
+        why,
+    }
+}
+
+/// A port that is up without carrier: a bond none of whose slaves works, or a
+/// NIC without link.
+fn down_below(host: &Host, link: &Link) -> PortProblem {
+    if link.is_bond() {
+        let fixes: Vec<String> = host
+            .slaves_of(&link.name)
+            .iter()
+            .filter_map(|s| slave_problem(s).map(|(_, f)| f))
+            .collect();
+        let fix = match fixes.is_empty() {
+            true => format!(
+                "give {} a slave: ip link set <nic> master {} (Proxmox: bond-slaves in /etc/network/interfaces)",
+                link.name, link.name
+            ),
+            false => fixes.join("; "),
+        };
+        return PortProblem::BondDown {
+            slaves: slaves_words(host, &link.name),
+            fix,
+        };
+    }
+    PortProblem::NoCarrier
 }
 
 #[cfg(test)]
@@ -247,6 +345,40 @@ mod tests {
         assert!(PortProblem::AdminDown
             .fix("eno2", h.link("vmbr0"))
             .contains("ip link set eno2 up"));
+    }
+
+    /// vmbr0 on eno1.20 (VLAN 20 on eno1), flags given.
+    fn vlan_host(eno1: &[&str], vlan: &[&str]) -> Host {
+        let links: Value = json!([
+            {"ifindex":2,"ifname":"vmbr0","flags":["UP","LOWER_UP"],"linkinfo":{"info_kind":"bridge"}},
+            {"ifindex":3,"ifname":"eno1","flags":eno1},
+            {"ifindex":4,"ifname":"eno1.20","link":"eno1","master":"vmbr0","flags":vlan,
+             "linkinfo":{"info_kind":"vlan","info_data":{"id":20}}}
+        ]);
+        Host::from_links(&links)
+    }
+
+    #[test]
+    fn vlan_devices_and_their_lower_device() {
+        let up = ["UP", "LOWER_UP"];
+        let p = port_problem(&vlan_host(&up, &[]), "eno1.20").unwrap();
+        assert_eq!(
+            p.words(),
+            "down (administratively; the VLAN 20 device on eno1)"
+        );
+        assert!(p.fix("eno1.20", None).contains("ifreload -a"));
+        // The kernel sets a VLAN device down with its lower device: the
+        // lower one is the cause.
+        let p = port_problem(&vlan_host(&[], &[]), "eno1.20").unwrap();
+        assert_eq!(
+            p.words(),
+            "down: the device it tags onto, eno1, is down (administratively)"
+        );
+        assert!(p.fix("eno1.20", None).contains("ip link set eno1 up"));
+        let p = port_problem(&vlan_host(&["UP"], &["UP"]), "eno1.20").unwrap();
+        assert_eq!(p.rule_words(), "lower device eno1 down");
+        assert!(p.fix("eno1.20", None).contains("ethtool eno1"));
+        assert_eq!(port_problem(&vlan_host(&up, &up), "eno1.20"), None);
     }
 
     #[test]

@@ -16,7 +16,14 @@ pub(super) fn links_up(s: &Subject, t: &Topology, host: &Host) -> Vec<Check> {
             out.push(
                 Check::new("link_up", Status::Fail, &name)
                     .evidence(format!("{name} is administratively down"))
-                    .fix(format!("ip link set dev {name} up")),
+                    .fix(match link.and_then(|l| l.vlan_id) {
+                        // Proxmox brings VLAN devices up from its ifupdown
+                        // configuration.
+                        Some(vid) => format!(
+                            "ip link set dev {name} up (VLAN {vid}; Proxmox: its stanza in /etc/network/interfaces, then ifreload -a)"
+                        ),
+                        None => format!("ip link set dev {name} up"),
+                    }),
             );
         } else if !bridge && !link.is_some_and(|l| l.lower_up) {
             // A VM's TAP has carrier while the VM runs; other ports (a bridge's
@@ -32,6 +39,14 @@ pub(super) fn links_up(s: &Subject, t: &Topology, host: &Host) -> Vec<Check> {
                 _ if is_port => "start the VM (no process holds its TAP device)".to_string(),
                 _ if kind == "veth" => {
                     format!("bring up the other end of {name} (ip -d link show {name})")
+                }
+                // A bond without a working slave, a VLAN device whose NIC is
+                // down: the fix is below it.
+                _ if kind == "bond" || kind == "vlan" => {
+                    match topology::bridged::port_problem(host, &name) {
+                        Some(p) => format!("{name} is {}: {}", p.words(), p.fix(&name, None)),
+                        None => format!("ip -d link show {name}"),
+                    }
                 }
                 _ => format!(
                     "check {name}'s cable, the switch port and the link partner (ethtool {name})"

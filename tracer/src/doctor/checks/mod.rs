@@ -38,6 +38,7 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     out.extend(links_up(s, topo, host));
     out.extend(stp(topo, host));
     out.extend(super::l2::checks(topo, host, passive));
+    out.extend(super::bond::check(topo, host));
     out.extend(super::vlan::check(s, topo, host));
     out.extend(super::firewall_bridge::check(topo, host));
     out.extend(super::spoof::check(topo, host, &s.config_root));
@@ -72,6 +73,7 @@ pub fn volatile(s: &Subject, now: &Host) -> Vec<Check> {
     out.extend(links_up(s, topo, now));
     out.extend(stp(topo, now));
     out.extend(super::l2::checks(topo, now, true));
+    out.extend(super::bond::check(topo, now));
     out.extend(super::firewall_bridge::check(topo, now));
     if let (Some(gw), Some(_)) = (topo.gateway, &topo.uplink) {
         out.push(gateway(topo, gw, now, true));

@@ -88,6 +88,16 @@ pub(super) fn rp_filter(t: &Topology, host: &Host) -> Check {
 pub(super) fn route(s: &Subject, t: &Topology) -> Check {
     let subject = format!("route to {}", s.dst);
     if t.unroutable {
+        // The uplink went down and took its routes with it.
+        if let Some(gone) = topology::down::routes_gone(&s.host) {
+            return Check::new("route", Status::Fail, subject)
+                .evidence(format!(
+                    "this host has no route to {}: {}",
+                    s.dst,
+                    gone.words()
+                ))
+                .fix(gone.fix());
+        }
         return Check::new("route", Status::Fail, subject)
             .evidence(format!("this host has no route to {}", s.dst))
             .fix("add one, e.g. a default route: ip route add default via GATEWAY dev UPLINK");
