@@ -81,11 +81,13 @@ fn observe(ctx: &TcContext, dir: u8, port: bool) {
     // comes here: most must cost no more than the header parse above, a few
     // compares and array loads, no hash lookup.
     // The context pointer is the kernel's skb address, the same value the
-    // skb:* tracepoints report as `skbaddr`; as a number, so it can be hashed.
-    let skb = as_number(ctx.skb.skb as u64);
-    if !may_concern_flow(&pkt, starts, skb) {
+    // skb:* tracepoints report as `skbaddr`.
+    let skb_ptr = ctx.skb.skb as u64;
+    if !may_concern_flow(&pkt, starts, skb_ptr) {
         return;
     }
+    // As a number, so it can be hashed (`maps::as_number`).
+    let skb = as_number(skb_ptr);
     // The clock is read only for a packet that is followed: a flood's packets
     // that pass the filter above (skipped requests, an id like a followed one's)
     // never pay for it.
@@ -153,7 +155,7 @@ fn emit_packet(ctx: &TcContext, head: &Event) {
 /// quote a request; DNS is rare enough to look at all of it (a DNAT may change the
 /// resolver's address). Only inlined array loads and compares: no clock, no hash.
 #[inline(always)]
-fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb: u64) -> bool {
+fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
     let cfg = config();
     match pkt.proto {
         // An ICMP error may answer a TCP/UDP service flow.
@@ -169,7 +171,7 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb: u64) -> bool {
             // after NAT), which its skb's hint slot tells at once.
             ICMP_ECHO => {
                 pkt.daddr == cfg.dst_ip
-                    && ((starts && pkt.saddr == cfg.vm_ip) || maybe_tracked(skb))
+                    && ((starts && pkt.saddr == cfg.vm_ip) || maybe_tracked(as_number(skb_ptr)))
             }
             // Replies are only looked for once a request was seen, and only
             // those to a followed echo: a reply to one of a flood's skipped echoes
@@ -185,7 +187,8 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb: u64) -> bool {
         // flood of queries may all carry the id of a followed one); a response
         // with a followed query's id.
         IPPROTO_UDP if cfg.protos & PROTO_DNS != 0 => {
-            (pkt.dport == DNS_PORT && ((starts && pkt.saddr == cfg.vm_ip) || maybe_tracked(skb)))
+            (pkt.dport == DNS_PORT
+                && ((starts && pkt.saddr == cfg.vm_ip) || maybe_tracked(as_number(skb_ptr))))
                 || (pkt.sport == DNS_PORT && maybe_followed(pkt.id, 0))
         }
         p if flow::wanted(p, &cfg) => flow::concerns(pkt, starts, &cfg),
