@@ -170,7 +170,8 @@ impl Report {
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
         let int = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let pct = |v: f64| format!("{:.1}%", v * 100.0);
-        for r in &self.rows {
+        // A profile-only run has no paired rounds: no rows to show.
+        for r in self.rows.iter().filter(|r| r.runs > 0) {
             let (ratio, iqr, range) = match r.ratio {
                 Some(s) => (
                     pct(s.median),
@@ -217,7 +218,9 @@ impl Report {
              during the paired rounds above, since they cost every program two clock reads a \
              run). ns/run is `run_time_ns / run_cnt` of `bpf_prog_info`; runs/pkt per packet \
              forwarded to the sink; ns/pkt their product, the program's share of the CPU ns/pkt \
-             above. A program attached at several hooks is one program (one row):\n\n\
+             above. ns/run includes the statistics' own clock reads around each run: compare \
+             with the empty program's row (the floor variant), which does nothing. A program \
+             attached at several hooks is one program (one row):\n\n\
              | flood | variant | program (hooks) | forwarded pkt/s | ns/run | runs/pkt | ns/pkt |\n\
              |---|---|---|---:|---:|---:|---:|\n",
         );
