@@ -1,7 +1,7 @@
 //! Maps and the read-only configuration shared by every program.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
@@ -85,7 +85,17 @@ pub fn note_followed(id: u16, seq: u16, now: u64) {
 #[inline(always)]
 pub fn maybe_followed(id: u16, seq: u16) -> bool {
     let at = RECENT.get(recent_slot(id, seq)).copied().unwrap_or(0);
-    at != 0 && unsafe { bpf_ktime_get_ns() }.wrapping_sub(at) < REPLY_WINDOW_NS
+    at != 0 && within_reply_window(at)
+}
+
+/// `at` (a `bpf_ktime_get_ns` time) lies within the reply window of now. Asked
+/// for a flood's packets at every hook, so it reads the coarse clock (a stored
+/// value, no clock read; the fine one costs tens of ns in a VM). The coarse clock
+/// lags by up to a tick: a time a little ahead of it is recent too.
+#[inline(always)]
+fn within_reply_window(at: u64) -> bool {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    (now.wrapping_sub(at) as i64) < REPLY_WINDOW_NS as i64
 }
 
 /// Self-monitoring counters (`CNT_*`), per CPU so the hot path never contends.
@@ -112,6 +122,12 @@ pub static WATCH_CONFIG: Global<WatchConfig> = Global::new(WatchConfig {
     dev_net_off: 0,
     net_inum_off: 0,
 });
+
+/// Watch mode: addresses of `struct net` learnt from drops (0 until seen): the
+/// watched namespace's and the last other one's, so a drop elsewhere is told
+/// apart by a compare (see `watch::in_watched_netns`).
+#[map]
+pub static WATCH_NET: Array<u64> = Array::with_max_entries(2, 0);
 
 /// Watch mode: drop counters per (VM port, drop point), per CPU so drops on
 /// different CPUs never contend. User space sums and reads them.
@@ -179,15 +195,67 @@ pub fn emit(event: &Event) {
 #[inline(always)]
 fn state_add(index: u32, delta: u64) {
     if let Some(ptr) = STATE.get_ptr_mut(index) {
-        // SAFETY: a u64 slot of an array map, shared by all CPUs: the BPF atomic
-        // add (core's atomics are not available for the BPF target).
-        unsafe {
-            core::arch::asm!(
-                "lock *(u64 *)({p} + 0) += {d}",
-                p = in(reg) ptr,
-                d = in(reg) delta,
-            )
-        };
+        atomic_add(ptr, delta);
+    }
+}
+
+/// `*ptr += delta` atomically: a u64 slot of an array map, shared by all CPUs.
+#[inline(always)]
+fn atomic_add(ptr: *mut u64, delta: u64) {
+    // SAFETY: `ptr` is a map value the verifier checked; the BPF atomic add
+    // (core's atomics are not available for the BPF target).
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {d}",
+            p = in(reg) ptr,
+            d = in(reg) delta,
+        )
+    };
+}
+
+/// How many followed packets' skb addresses fall in each slot (`hint_slot`):
+/// while anything is followed, the free tracepoints (every freed skb of the
+/// host) and the hooks off the port ask for a packet's tracking entry, and an
+/// inlined array load answers "not followed" for nearly all of them before the
+/// hash lookup (an LRU lookup: hashing, a bucket walk, a reference bit).
+/// A count is raised on every insert and lowered on every removal that found
+/// its entry, so it is never below the slot's real entries (an entry the LRU
+/// evicts, or an insert replacing one, leaves it too high: one lookup more).
+#[map]
+pub static TRACKED_HINT: Array<u64> = Array::with_max_entries(TRACKED_HINT_SLOTS, 0);
+/// A power of two, well above the packets followed at once.
+const TRACKED_HINT_SLOTS: u32 = 4096;
+
+/// skbs come from a slab: the low bits are alignment, the next ones vary.
+#[inline(always)]
+fn hint_slot(skb: u64) -> u32 {
+    ((skb >> 8) ^ (skb >> 20)) as u32 & (TRACKED_HINT_SLOTS - 1)
+}
+
+/// One slot per CPU through which a TC program turns its context pointer (the
+/// skb's address, the tracking key) into a plain number: the verifier forbids
+/// arithmetic such as `hint_slot` on a pointer, but a value read back from a map
+/// is a number (storing a pointer there is allowed to root, like the key).
+#[map]
+static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `ptr` as a number (0 if the scratch slot were missing, which it never is).
+#[inline(always)]
+pub fn as_number(ptr: u64) -> u64 {
+    let Some(slot) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's own slot; volatile so the compiler keeps the round trip.
+    unsafe {
+        core::ptr::write_volatile(slot, ptr);
+        core::ptr::read_volatile(slot)
+    }
+}
+
+#[inline(always)]
+fn hint_add(skb: u64, delta: u64) {
+    if let Some(ptr) = TRACKED_HINT.get_ptr_mut(hint_slot(skb)) {
+        atomic_add(ptr, delta);
     }
 }
 
@@ -197,6 +265,7 @@ pub fn track(skb: u64, entry: &Tracked) {
     if TRACKED.insert(skb, entry, 0).is_err() {
         count(tracer_common::CNT_TRACK_FULL);
     } else {
+        hint_add(skb, 1);
         state_add(INFLIGHT, 1);
     }
 }
@@ -205,7 +274,8 @@ pub fn track(skb: u64, entry: &Tracked) {
 #[inline(always)]
 pub fn untrack(skb: u64) {
     if TRACKED.remove(skb).is_ok() {
-        state_add(INFLIGHT, u64::MAX); // wrapping: minus one
+        hint_add(skb, u64::MAX); // wrapping: minus one
+        state_add(INFLIGHT, u64::MAX);
     }
 }
 
@@ -221,10 +291,18 @@ pub fn requests_seen() -> bool {
     STATE.get(LAST_REQUEST).copied().unwrap_or(1) != 0
 }
 
-/// The tracking entry of `skb`, without a lookup while nothing is followed.
+/// `skb` may be followed: something is, in its hint slot. Never false for
+/// one that is; two inlined array loads.
+#[inline(always)]
+pub fn maybe_tracked(skb: u64) -> bool {
+    following() && TRACKED_HINT.get(hint_slot(skb)).copied().unwrap_or(1) != 0
+}
+
+/// The tracking entry of `skb`, without a lookup while nothing is followed or
+/// no followed packet shares its hint slot.
 #[inline(always)]
 pub fn tracked(skb: u64) -> Option<Tracked> {
-    if !following() {
+    if !maybe_tracked(skb) {
         return None;
     }
     unsafe { TRACKED.get(skb) }.copied()
@@ -270,7 +348,7 @@ pub fn note_request(now: u64) {
 
 /// A request was seen recently enough for a reply to it to arrive now.
 #[inline(always)]
-pub fn request_recent(now: u64) -> bool {
+pub fn request_recent() -> bool {
     let last = STATE.get(LAST_REQUEST).copied().unwrap_or(0);
-    last != 0 && now.wrapping_sub(last) < REPLY_WINDOW_NS
+    last != 0 && within_reply_window(last)
 }

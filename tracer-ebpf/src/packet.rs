@@ -89,7 +89,7 @@ const DIRECT_LEN: usize = ETH_HLEN + 20 + 8;
 /// The common case read straight from the packet, without a helper call: every
 /// packet of the host crosses the bridge and uplink programs, so this is the hot
 /// path. `Some(result)` is final; `None` means "take the careful path" (headers
-/// not in the linear data, VLAN tags, IP options, DNS whose header lies further).
+/// not in the linear data, VLAN tags, IP options).
 #[inline(always)]
 fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
     let (data, end) = (ctx.data(), ctx.data_end());
@@ -133,8 +133,17 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
         let b = unsafe { *((data + ETH_HLEN + 20 + 12) as *const [u8; 2]) };
         fill_tcp(&mut info, 20, b);
     }
-    if info.sport == DNS_PORT || info.dport == DNS_PORT {
-        return None; // the DNS id and RCODE lie beyond: the careful path
+    if is_dns(&info) {
+        // The DNS id and RCODE follow the UDP header. Read them here too when the
+        // linear data holds them: a flood to or from port 53 crosses every hook,
+        // and the careful path costs it four helper calls a packet.
+        if data + DIRECT_LEN + DNS_HEAD_LEN > end {
+            return None;
+        }
+        // SAFETY: within the bound just checked.
+        fill_dns(&mut info, unsafe {
+            *((data + DIRECT_LEN) as *const [u8; DNS_HEAD_LEN])
+        });
     }
     Some(Some((info, ETH_HLEN + 20)))
 }
@@ -209,15 +218,27 @@ pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)
             fill_tcp(&mut info, ihl as u16, b);
         }
     }
-    if info.proto == IPPROTO_UDP && (info.sport == DNS_PORT || info.dport == DNS_PORT) {
-        // DNS header: id, then flags whose low 4 bits are the RCODE.
-        let head: [u8; 4] = ctx.load(l4_off + 8).ok()?;
-        info.id = u16::from_be_bytes([head[0], head[1]]);
-        if info.sport == DNS_PORT {
-            info.code = head[3] & 0x0f;
-        }
+    if is_dns(&info) {
+        fill_dns(&mut info, ctx.load(l4_off + 8).ok()?);
     }
     Some((info, l4_off))
+}
+
+/// The DNS header's bytes pathtrace reads: the id and the flags.
+const DNS_HEAD_LEN: usize = 4;
+
+#[inline(always)]
+fn is_dns(info: &PacketInfo) -> bool {
+    info.proto == IPPROTO_UDP && (info.sport == DNS_PORT || info.dport == DNS_PORT)
+}
+
+/// DNS header: id, then flags whose low 4 bits are the RCODE (of a response).
+#[inline(always)]
+fn fill_dns(info: &mut PacketInfo, head: [u8; DNS_HEAD_LEN]) {
+    info.id = u16::from_be_bytes([head[0], head[1]]);
+    if info.sport == DNS_PORT {
+        info.code = head[3] & 0x0f;
+    }
 }
 
 /// Addresses, protocol and (for UDP/TCP) ports of the IPv4 packet at kernel

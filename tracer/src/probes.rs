@@ -55,13 +55,13 @@ impl Probes {
     /// Load the programs; the ring buffer gets `ring_bytes` (a power of two, at
     /// least a page).
     pub fn load(config: Config, ring_bytes: u32) -> Result<Self> {
-        let mut probes = Self::from_loader(
-            EbpfLoader::new()
+        let mut probes = Self::from_loader(|loader| {
+            loader
                 .override_global(names::CONFIG, &config, true)
                 .map_max_entries(names::EVENTS, ring_bytes)
                 // Watch mode's ring buffer is unused here: the smallest size.
-                .map_max_entries(names::SAMPLES, MIN_RING),
-        )?;
+                .map_max_entries(names::SAMPLES, MIN_RING);
+        })?;
         for name in TC_PROGRAMS {
             probes
                 .classifier(name)?
@@ -74,20 +74,26 @@ impl Probes {
     /// Load for watch mode and attach its one program (on `skb:kfree_skb`): nothing
     /// runs for packets that are not dropped.
     pub fn load_watch(config: WatchConfig) -> Result<Self> {
-        let mut probes = Self::from_loader(
-            EbpfLoader::new()
+        let mut probes = Self::from_loader(|loader| {
+            loader
                 .override_global(names::WATCH_CONFIG, &config, true)
-                .map_max_entries(names::EVENTS, MIN_RING),
-        )?;
+                .map_max_entries(names::EVENTS, MIN_RING);
+        })?;
         probes.attach_free_probe(names::WATCH_RAW, names::WATCH_DROP, "kfree_skb")?;
         Ok(probes)
     }
 
-    fn from_loader(loader: &mut EbpfLoader) -> Result<Self> {
+    /// Load the object with the loader `configure` sets up, without the
+    /// kernel's BTF (see `crate::kernel::no_btf`).
+    fn from_loader<'a>(configure: impl FnOnce(&mut EbpfLoader<'a>) + Send) -> Result<Self> {
         let start = std::time::Instant::now();
-        let ebpf = loader
-            .load(OBJECT)
-            .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+        let ebpf = crate::kernel::no_btf::run(|| {
+            let mut loader = EbpfLoader::new();
+            loader.btf(None);
+            configure(&mut loader);
+            loader.load(OBJECT)
+        })
+        .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         log::debug!(
             "eBPF object ({} bytes) loaded in {:.1} ms",
             OBJECT.len(),

@@ -43,9 +43,12 @@ enum Task {
         /// Only this flood (udp, icmp or tcp), e.g. to profile one case.
         #[arg(long)]
         flood: Option<String>,
-        /// Rounds of every variant (default 5).
+        /// Rounds of every variant (default 10).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Only the per-program BPF profile (results under target/bench-profile/).
+        #[arg(long)]
+        profile_only: bool,
     },
     /// Regenerate docs/troubleshooting.md from the scenario catalogue.
     Docs,
@@ -97,11 +100,13 @@ fn main() {
             smoke,
             flood,
             rounds,
+            profile_only,
         } => setup::run().and_then(|_| build()).and_then(|_| {
             bench::run(&bench::Options {
                 smoke,
                 flood,
                 rounds,
+                profile_only,
             })
         }),
         Task::Docs => docs(),
@@ -120,6 +125,7 @@ fn main() {
                     smoke: true,
                     flood: None,
                     rounds: None,
+                    profile_only: false,
                 }),
                 false => Ok(()),
             }),

@@ -73,13 +73,13 @@ pub fn is_new_request(pkt: &PacketInfo, cfg: &Config) -> bool {
 }
 
 #[inline(always)]
-fn known(proto: u8, id: u16, seq: u16, now: u64) -> bool {
-    request_recent(now) && unsafe { REQ_IDS.get(req_key(proto, id, seq)).is_some() }
+fn known(proto: u8, id: u16, seq: u16) -> bool {
+    request_recent() && unsafe { REQ_IDS.get(req_key(proto, id, seq)).is_some() }
 }
 
 /// Request or reply of the traced service flow, as (role, flags).
 #[inline(always)]
-pub fn classify(pkt: &PacketInfo, cfg: &Config, now: u64) -> Option<(u8, u8)> {
+pub fn classify(pkt: &PacketInfo, cfg: &Config) -> Option<(u8, u8)> {
     if is_new_request(pkt, cfg) {
         return Some((ROLE_REQUEST, 0));
     }
@@ -87,11 +87,11 @@ pub fn classify(pkt: &PacketInfo, cfg: &Config, now: u64) -> Option<(u8, u8)> {
     let to_service = pkt.saddr == cfg.vm_ip && pkt.daddr == cfg.dst_ip && pkt.dport == cfg.dst_port;
     // A data segment of a followed connection: the path-MTU black hole shows
     // on these, not on the handshake.
-    if to_service && proto == IPPROTO_TCP && pkt.payload_len > 0 && known(proto, id, seq, now) {
+    if to_service && proto == IPPROTO_TCP && pkt.payload_len > 0 && known(proto, id, seq) {
         return Some((ROLE_REQUEST, 0));
     }
     let from_service = pkt.saddr == cfg.dst_ip && pkt.sport == cfg.dst_port;
-    if from_service && known(proto, id, seq, now) {
+    if from_service && known(proto, id, seq) {
         return Some((ROLE_REPLY, 0));
     }
     None
@@ -105,13 +105,12 @@ pub fn classify_error(
     pkt: &mut PacketInfo,
     l4_off: usize,
     cfg: &Config,
-    now: u64,
 ) -> Option<(u8, u8)> {
     let (inner, _) = parse_ip_at(ctx, l4_off + 8)?;
     let ours = wanted(inner.proto, cfg)
         && inner.daddr == cfg.dst_ip
         && inner.dport == cfg.dst_port
-        && known(inner.proto, inner.dport, inner.sport, now);
+        && known(inner.proto, inner.dport, inner.sport);
     if !ours {
         return None;
     }

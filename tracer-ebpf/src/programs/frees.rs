@@ -2,7 +2,8 @@
 //!
 //! Both run for every freed skb on the host (consume_skb for nearly every packet),
 //! so for untracked packets they do one hash lookup at most (none while nothing
-//! is followed, see `maps::tracked`). Each comes
+//! is followed or no followed skb shares the address's hint slot, see
+//! `maps::tracked`). Each comes
 //! twice: as a raw tracepoint (arguments straight from the call site, no record
 //! built: the cheap one, used when the kernel's arguments are as expected) and as
 //! a classic tracepoint reading the record by tracefs offsets (any kernel).

@@ -27,9 +27,9 @@ use tracer_common::{
 use super::flow;
 use crate::{
     maps::{
-        armed, budget_left, config, count, emit, following, maybe_followed, note_followed,
-        note_request, request_recent, requests_seen, take_slot, track, tracked, untrack, EVENTS,
-        REQ_IDS,
+        armed, as_number, budget_left, config, count, emit, maybe_followed, maybe_tracked,
+        note_followed, note_request, request_recent, requests_seen, take_slot, track, tracked,
+        untrack, EVENTS, REQ_IDS,
     },
     packet::{
         dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,
@@ -80,14 +80,18 @@ fn observe(ctx: &TcContext, dir: u8, port: bool) {
     // While armed, every packet of the host crossing the bridge and the uplink
     // comes here: most must cost no more than the header parse above, a few
     // compares and array loads, no hash lookup.
-    if !may_concern_flow(&pkt, starts) {
-        return;
-    }
     // The context pointer is the kernel's skb address, the same value the
     // skb:* tracepoints report as `skbaddr`.
-    let skb = ctx.skb.skb as u64;
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some((role, flags, new)) = classify(ctx, &mut pkt, l4_off, skb, now, starts) else {
+    let skb_ptr = ctx.skb.skb as u64;
+    if !may_concern_flow(&pkt, starts, skb_ptr) {
+        return;
+    }
+    // As a number, so it can be hashed (`maps::as_number`).
+    let skb = as_number(skb_ptr);
+    // The clock is read only for a packet that is followed: a flood's packets
+    // that pass the filter above (skipped requests, an id like a followed one's)
+    // never pay for it.
+    let Some((role, flags, new, now)) = classify(ctx, &mut pkt, l4_off, skb, starts) else {
         return;
     };
     let event = Event {
@@ -149,9 +153,9 @@ fn emit_packet(ctx: &TcContext, head: &Event) {
 /// Could this packet be one of the traced flow's, at any hook? Requests keep the
 /// destination (NAT rewrites only the source), replies come from it, ICMP errors
 /// quote a request; DNS is rare enough to look at all of it (a DNAT may change the
-/// resolver's address).
+/// resolver's address). Only inlined array loads and compares: no clock, no hash.
 #[inline(always)]
-fn may_concern_flow(pkt: &PacketInfo, starts: bool) -> bool {
+fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
     let cfg = config();
     match pkt.proto {
         // An ICMP error may answer a TCP/UDP service flow.
@@ -163,12 +167,11 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool) -> bool {
         }
         IPPROTO_ICMP if cfg.protos & PROTO_ICMP != 0 => match pkt.icmp_type {
             // The guest's echo starts being followed where it enters; anywhere
-            // else an echo to the destination is ours only as a followed packet
-            // (seen again, maybe after NAT) with a followed echo's id and sequence.
+            // else an echo is ours only as a followed packet seen again (maybe
+            // after NAT), which its skb's hint slot tells at once.
             ICMP_ECHO => {
                 pkt.daddr == cfg.dst_ip
-                    && ((starts && pkt.saddr == cfg.vm_ip)
-                        || (following() && maybe_followed(pkt.id, pkt.seq)))
+                    && ((starts && pkt.saddr == cfg.vm_ip) || maybe_tracked(as_number(skb_ptr)))
             }
             // Replies are only looked for once a request was seen, and only
             // those to a followed echo: a reply to one of a flood's skipped echoes
@@ -180,10 +183,13 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool) -> bool {
             _ => false,
         },
         // Any address: a DNAT may change the resolver's. A query of the guest
-        // where it enters; otherwise only a followed query's id.
+        // where it enters, else only a followed one (its skb, as for echoes: a
+        // flood of queries may all carry the id of a followed one); a response
+        // with a followed query's id.
         IPPROTO_UDP if cfg.protos & PROTO_DNS != 0 => {
-            (pkt.sport == DNS_PORT || pkt.dport == DNS_PORT)
-                && ((starts && pkt.saddr == cfg.vm_ip) || maybe_followed(pkt.id, 0))
+            (pkt.dport == DNS_PORT
+                && ((starts && pkt.saddr == cfg.vm_ip) || maybe_tracked(as_number(skb_ptr))))
+                || (pkt.sport == DNS_PORT && maybe_followed(pkt.id, 0))
         }
         p if flow::wanted(p, &cfg) => flow::concerns(pkt, starts, &cfg),
         _ => false,
@@ -243,16 +249,15 @@ fn load_upto(ctx: &TcContext, off: usize, dst: &mut [u8; DNS_NAME_LEN]) {
 }
 
 /// Decide whether this packet belongs to the traced flow; start tracking it if so.
-/// Returns (role, flags, newly tracked).
+/// Returns (role, flags, newly tracked, the time it was seen).
 #[inline(always)]
 fn classify(
     ctx: &TcContext,
     pkt: &mut PacketInfo,
     l4_off: usize,
     skb: u64,
-    now: u64,
     starts: bool,
-) -> Option<(u8, u8, bool)> {
+) -> Option<(u8, u8, bool, u64)> {
     let cfg = config();
     // A flood of the guest's requests with the budget spent: counted, and no
     // lookup at all.
@@ -269,7 +274,7 @@ fn classify(
             pkt.id = t.pkt.id;
             pkt.seq = t.pkt.seq;
             pkt.quoted_proto = t.pkt.quoted_proto;
-            return Some((t.role, t.flags, false));
+            return Some((t.role, t.flags, false, clock()));
         }
         if same_packet(&t.pkt, pkt) {
             if flow::wanted(pkt.proto, &cfg) {
@@ -277,23 +282,24 @@ fn classify(
                 // the guest's port (`sport`/`dport` show it as it is here).
                 pkt.seq = t.pkt.seq;
             }
-            return Some((t.role, t.flags, false));
+            return Some((t.role, t.flags, false, clock()));
         }
         untrack(skb);
     }
     let want_icmp = cfg.protos & PROTO_ICMP != 0;
     let want_dns = cfg.protos & PROTO_DNS != 0;
     let (role, flags) = if pkt.proto == IPPROTO_ICMP && want_icmp {
-        classify_icmp(ctx, pkt, l4_off, &cfg.vm_ip, &cfg.dst_ip, now)?
+        classify_icmp(ctx, pkt, l4_off, &cfg.vm_ip, &cfg.dst_ip)?
     } else if pkt.proto == IPPROTO_UDP && want_dns {
-        classify_dns(pkt, &cfg.vm_ip, &cfg.dst_ip, now)?
+        classify_dns(pkt, &cfg.vm_ip, &cfg.dst_ip)?
     } else if pkt.proto == IPPROTO_ICMP && flow::any_wanted(&cfg) {
-        flow::classify_error(ctx, pkt, l4_off, &cfg, now)?
+        flow::classify_error(ctx, pkt, l4_off, &cfg)?
     } else if flow::wanted(pkt.proto, &cfg) {
-        flow::classify(pkt, &cfg, now)?
+        flow::classify(pkt, &cfg)?
     } else {
         return None;
     };
+    let now = clock();
     if role == ROLE_REQUEST {
         // A request not yet followed: only its port's ingress starts following
         // it (a later hook seeing it untracked means it was skipped there, or
@@ -320,7 +326,13 @@ fn classify(
             first_ts: now,
         },
     );
-    Some((role, flags, true))
+    Some((role, flags, true, now))
+}
+
+/// The time of a followed packet's event.
+#[inline(always)]
+fn clock() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Is this the followed packet seen again, or another packet the kernel put at a
@@ -344,8 +356,8 @@ fn same_packet(was: &PacketInfo, now: &PacketInfo) -> bool {
 /// One of the guest's requests has this id. Without a recent request there is
 /// nothing to answer, and no lookup is done.
 #[inline(always)]
-fn is_known_request(proto: u8, id: u16, seq: u16, now: u64) -> bool {
-    request_recent(now) && unsafe { REQ_IDS.get(req_key(proto, id, seq)).is_some() }
+fn is_known_request(proto: u8, id: u16, seq: u16) -> bool {
+    request_recent() && unsafe { REQ_IDS.get(req_key(proto, id, seq)).is_some() }
 }
 
 #[inline(always)]
@@ -355,13 +367,10 @@ fn classify_icmp(
     l4_off: usize,
     vm: &[u8; 4],
     dst: &[u8; 4],
-    now: u64,
 ) -> Option<(u8, u8)> {
     match pkt.icmp_type {
         ICMP_ECHO if pkt.saddr == *vm && pkt.daddr == *dst => Some((ROLE_REQUEST, 0)),
-        ICMP_ECHOREPLY
-            if pkt.saddr == *dst && is_known_request(IPPROTO_ICMP, pkt.id, pkt.seq, now) =>
-        {
+        ICMP_ECHOREPLY if pkt.saddr == *dst && is_known_request(IPPROTO_ICMP, pkt.id, pkt.seq) => {
             Some((ROLE_REPLY, 0))
         }
         ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => {
@@ -371,7 +380,7 @@ fn classify_icmp(
             let ours = inner.proto == IPPROTO_ICMP
                 && inner.icmp_type == ICMP_ECHO
                 && inner.daddr == *dst
-                && is_known_request(IPPROTO_ICMP, inner.id, inner.seq, now);
+                && is_known_request(IPPROTO_ICMP, inner.id, inner.seq);
             if !ours {
                 return None;
             }
@@ -385,11 +394,11 @@ fn classify_icmp(
 }
 
 #[inline(always)]
-fn classify_dns(pkt: &PacketInfo, vm: &[u8; 4], dst: &[u8; 4], now: u64) -> Option<(u8, u8)> {
+fn classify_dns(pkt: &PacketInfo, vm: &[u8; 4], dst: &[u8; 4]) -> Option<(u8, u8)> {
     if pkt.dport == DNS_PORT && pkt.saddr == *vm && pkt.daddr == *dst {
         return Some((ROLE_REQUEST, 0));
     }
-    if pkt.sport == DNS_PORT && pkt.saddr == *dst && is_known_request(IPPROTO_UDP, pkt.id, 0, now) {
+    if pkt.sport == DNS_PORT && pkt.saddr == *dst && is_known_request(IPPROTO_UDP, pkt.id, 0) {
         return Some((ROLE_REPLY, 0));
     }
     None

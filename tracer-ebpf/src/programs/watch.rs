@@ -19,7 +19,7 @@ use tracer_common::{
 };
 
 use super::frees::read_field;
-use crate::maps::{count, DROPS, SAMPLES, VM_ADDRS, VM_MACS, VM_PORTS, WATCH_CONFIG};
+use crate::maps::{count, DROPS, SAMPLES, VM_ADDRS, VM_MACS, VM_PORTS, WATCH_CONFIG, WATCH_NET};
 
 const SKBADDR_OFF: usize = 8;
 const ETH_P_IP: u16 = 0x0800;
@@ -59,15 +59,13 @@ fn on_drop(skb: u64, location: u64, reason: u32) -> Option<()> {
     let dev = read::<u64>(skb + cfg.skb_dev_off as u64);
     let mut ifindex = 0;
     if dev != 0 {
-        ifindex = read::<u32>(dev + cfg.dev_ifindex_off as u64);
         // Drops in other namespaces (containers, other labs, the far side of a
-        // veth) are not this host's path.
-        if cfg.netns_inum != 0 && cfg.dev_net_off != 0 {
-            let net = read::<u64>(dev + cfg.dev_net_off as u64);
-            if net != 0 && read::<u32>(net + cfg.net_inum_off as u64) != cfg.netns_inum {
-                return None;
-            }
+        // veth) are not this host's path; rejected first, before anything else
+        // is read: on a busy host they can be most drops.
+        if cfg.netns_inum != 0 && cfg.dev_net_off != 0 && !in_watched_netns(dev, &cfg) {
+            return None;
         }
+        ifindex = read::<u32>(dev + cfg.dev_ifindex_off as u64);
     }
     let head = read::<u64>(skb + cfg.skb_head_off as u64);
     let l3proto = u16::from_be(read::<u16>(skb + cfg.skb_protocol_off as u64));
@@ -111,6 +109,36 @@ fn on_drop(skb: u64, location: u64, reason: u32) -> Option<()> {
     record(&key, len, &pkt);
     Some(())
 }
+
+/// The device `dev` lives in the watched namespace. Namespaces are told apart by
+/// the address of their `struct net` once seen: ours (alive while we watch it)
+/// and the last other one a drop came from (a flood's drops come from one place),
+/// so such a drop costs two reads (device → net) and a compare, not three reads.
+/// An address cached as "other" can never be ours: ours existed before it.
+#[inline(always)]
+fn in_watched_netns(dev: u64, cfg: &WatchConfig) -> bool {
+    let net = read::<u64>(dev + cfg.dev_net_off as u64);
+    if net == 0 {
+        return true;
+    }
+    let known = |slot| WATCH_NET.get(slot).copied().unwrap_or(0);
+    if net == known(NET_OURS) {
+        return true;
+    }
+    if net == known(NET_OTHER) {
+        return false;
+    }
+    let ours = read::<u32>(net + cfg.net_inum_off as u64) == cfg.netns_inum;
+    if let Some(slot) = WATCH_NET.get_ptr_mut(if ours { NET_OURS } else { NET_OTHER }) {
+        // SAFETY: a plain store; a racing CPU stores an equally valid address.
+        unsafe { *slot = net };
+    }
+    ours
+}
+
+/// `WATCH_NET` slots.
+const NET_OURS: u32 = 0;
+const NET_OTHER: u32 = 1;
 
 /// Count the drop; send a sample when the point is new or its last sample on this
 /// CPU is older than a second.

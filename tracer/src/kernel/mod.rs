@@ -2,6 +2,7 @@
 pub mod btf;
 pub mod facts;
 pub mod kallsyms;
+pub mod no_btf;
 pub mod tracefs;
 
 /// A sysctl of this network namespace (`/proc/sys/net` belongs to the reader's

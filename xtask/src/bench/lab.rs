@@ -85,7 +85,15 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
         c
     }
 
-    pub(super) fn measure(&self, traffic: Traffic, variant: Variant, secs: f64) -> Result<Sample> {
+    /// One flood under `variant`; with `profile`, also what each of the
+    /// variant's BPF programs cost (run-time statistics must be on).
+    pub(super) fn measure(
+        &self,
+        traffic: Traffic,
+        variant: Variant,
+        secs: f64,
+        profile: bool,
+    ) -> Result<Sample> {
         let mut tool = self.start_tool(traffic, variant)?;
         let hooks = (variant == Variant::PassHooks)
             .then(|| self.pass_hooks())
@@ -99,6 +107,16 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
             .transpose()?;
         let tool_cpu = || tool.as_ref().and_then(|t| process_cpu_s(t.child.id()));
         let tool_cpu0 = tool_cpu();
+        // Whose programs to profile: the tool's, or the bench's own empty hooks.
+        let profiled = match (&tool, variant) {
+            (Some(t), _) if variant.is_pathtrace() => Some((t.child.id(), "pathtrace")),
+            (_, Variant::PassHooks) => Some((std::process::id(), "pt_bench_pass")),
+            _ => None,
+        }
+        .filter(|_| profile);
+        let names = self.ifnames();
+        let ifname = |i: u32| names.get(&i).cloned().unwrap_or_else(|| i.to_string());
+        let progs0 = profiled.map(|(pid, prefix)| snapshot(pid, prefix, &ifname));
         let (count0, cpu0) = (self.sink.count()?, CpuTimes::now()?);
         // The flood (and with it the forwarding, which runs in its softirq) on the
         // first CPU, tracers on the others: less scheduler noise between runs.
@@ -113,6 +131,7 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
             .output()
             .context("running the flood")?;
         let (count1, cpu1) = (self.sink.count()?, CpuTimes::now()?);
+        let progs1 = profiled.map(|(pid, prefix)| snapshot(pid, prefix, &ifname));
         let tool_cpu1 = tool_cpu();
         if let Some(p) = pinger.as_mut() {
             let _ = p.kill();
@@ -128,6 +147,10 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
                 / packets.max(1) as f64,
             steal: cpu1.steal_share_since(&cpu0),
             tool_cpu: tool_cpu0.zip(tool_cpu1).map(|(a, b)| (b - a) / flood_secs),
+            profile: progs0
+                .zip(progs1)
+                .map(|(a, b)| between(&a, &b, packets))
+                .unwrap_or_default(),
             ..Sample::default()
         };
         if let Some(t) = tool.as_mut() {
@@ -135,6 +158,24 @@ add rule ip nat postrouting oifname \"eth0\" ip saddr 192.0.2.0/24 masquerade' |
         }
         drop(hooks);
         Ok(sample)
+    }
+
+    /// The hypervisor namespace's devices by index.
+    fn ifnames(&self) -> std::collections::BTreeMap<u32, String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.hv, "-o", "link", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        // "7: vmbr0: <BROADCAST,...", "9: veth100i0@if2: <...".
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split(": ");
+                let index = f.next()?.trim().parse().ok()?;
+                let name = f.next()?.split('@').next()?.to_string();
+                Some((index, name))
+            })
+            .collect()
     }
 
     /// The quiet guest pinging the destination once a second for about `secs`

@@ -34,11 +34,13 @@ use crate::{exec, release_bin, root};
 
 mod lab;
 mod latency;
+mod profile;
 mod report;
 mod tool;
 
 use lab::*;
 use latency::*;
+use profile::*;
 use report::*;
 use tool::*;
 
@@ -66,6 +68,8 @@ pub struct Options {
     pub flood: Option<String>,
     /// Rounds of every variant.
     pub rounds: Option<usize>,
+    /// Only the per-program profile pass (no paired rounds, no latencies).
+    pub profile_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -183,6 +187,8 @@ struct Sample {
     pub(super) attach_s: Option<f64>,
     pub(super) detach_s: Option<f64>,
     pub(super) events_lost: Option<u64>,
+    /// With a profile: each BPF program's cost over the flood.
+    pub(super) profile: Vec<ProgProfile>,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -220,7 +226,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let load_before = load_average();
     let lab = BenchLab::up()?;
     let mut samples: Vec<(Traffic, Variant, Sample)> = Vec::new();
-    for rep in 0..reps {
+    let rounds = if opts.profile_only { 0 } else { reps };
+    for rep in 0..rounds {
         for &traffic in &traffics {
             // A different variant goes first each round, so none is always the one
             // right after a change of flood.
@@ -230,10 +237,19 @@ pub fn run(opts: &Options) -> Result<()> {
             samples.extend(paired_round(&lab, traffic, &order, secs, rep, reps)?);
         }
     }
-    let latencies = lab.latencies(opts.smoke)?;
+    let profiles = profile_pass(&lab, &traffics, &variants, secs)?;
+    let latencies = if opts.profile_only {
+        Vec::new()
+    } else {
+        lab.latencies(opts.smoke)?
+    };
     drop(lab);
     let load_after = load_average();
-    let pipeline = pipeline_events_per_s()?;
+    let pipeline = if opts.profile_only {
+        None
+    } else {
+        pipeline_events_per_s()?
+    };
     let report = Report::new(
         &samples,
         &traffics,
@@ -245,11 +261,14 @@ pub fn run(opts: &Options) -> Result<()> {
         },
         pipeline,
         latencies,
+        profiles,
     );
     let table = report.markdown();
     println!("{table}");
     let dir = if opts.smoke {
         root().join("target/bench-smoke")
+    } else if opts.profile_only {
+        root().join("target/bench-profile")
     } else {
         root().join("bench/results")
     };
@@ -269,6 +288,34 @@ pub fn run(opts: &Options) -> Result<()> {
 const ROUNDS: usize = 10;
 const ROUND_SECS: f64 = 4.0;
 
+/// One flood of each pathtrace variant and the empty hooks with the kernel's
+/// BPF run-time statistics on (and only then: they cost every program two clock
+/// reads a run, which the paired rounds must not pay).
+fn profile_pass(
+    lab: &BenchLab,
+    traffics: &[Traffic],
+    variants: &[Variant],
+    secs: f64,
+) -> Result<Vec<(Traffic, Variant, Sample)>> {
+    let _stats = RunTimeStats::enable().context("enabling BPF run-time statistics")?;
+    let mut out = Vec::new();
+    for &traffic in traffics {
+        for &variant in variants
+            .iter()
+            .filter(|v| v.is_pathtrace() || **v == Variant::PassHooks)
+        {
+            eprintln!(
+                "bench: profile, {} flood, {}",
+                traffic.word(),
+                variant.word()
+            );
+            let s = lab.measure(traffic, variant, secs, true)?;
+            out.push((traffic, variant, s));
+        }
+    }
+    Ok(out)
+}
+
 /// One round of one flood: untraced, then each variant followed by untraced
 /// again, so every traced run has an untraced one on each side.
 fn paired_round(
@@ -287,7 +334,7 @@ fn paired_round(
             variant.word()
         );
         let s = lab
-            .measure(traffic, variant, secs)
+            .measure(traffic, variant, secs, false)
             .with_context(|| format!("{} / {}", traffic.word(), variant.word()))?;
         eprintln!(
             "bench:   {:.0} packets/s, {:.0} ns CPU per packet",

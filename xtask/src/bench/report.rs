@@ -74,6 +74,8 @@ pub(super) struct Report {
     pub(super) setup: Setup,
     pub(super) pipeline: Option<f64>,
     pub(super) latencies: Vec<Latency>,
+    /// The profile pass: one flood per variant with BPF run-time statistics.
+    pub(super) profiles: Vec<(Traffic, Variant, Sample)>,
     pub(super) machine: Value,
 }
 
@@ -85,6 +87,7 @@ impl Report {
         setup: Setup,
         pipeline: Option<f64>,
         latencies: Vec<Latency>,
+        profiles: Vec<(Traffic, Variant, Sample)>,
     ) -> Self {
         let mut rows = Vec::new();
         for &traffic in traffics {
@@ -132,6 +135,7 @@ impl Report {
             setup,
             pipeline,
             latencies,
+            profiles,
             machine: machine(),
         }
     }
@@ -166,7 +170,8 @@ impl Report {
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
         let int = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let pct = |v: f64| format!("{:.1}%", v * 100.0);
-        for r in &self.rows {
+        // A profile-only run has no paired rounds: no rows to show.
+        for r in self.rows.iter().filter(|r| r.runs > 0) {
             let (ratio, iqr, range) = match r.ratio {
                 Some(s) => (
                     pct(s.median),
@@ -191,12 +196,47 @@ impl Report {
                 int(r.skipped),
             ));
         }
+        out.push_str(&self.profile_markdown());
         out.push_str(&self.latency_markdown());
         if let Some(p) = self.pipeline {
             out.push_str(&format!(
                 "\nUser-space pipeline (decode + correlate, one core): {:.1} M events/s.\n",
                 p / 1e6
             ));
+        }
+        out
+    }
+
+    /// Each BPF program's cost in the profile pass.
+    fn profile_markdown(&self) -> String {
+        if self.profiles.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "\nPer-program profile (one more flood per variant, with the kernel's BPF run-time \
+             statistics on — `bpf(BPF_ENABLE_STATS)` held by the bench, not the sysctl; not \
+             during the paired rounds above, since they cost every program two clock reads a \
+             run). ns/run is `run_time_ns / run_cnt` of `bpf_prog_info`; runs/pkt per packet \
+             forwarded to the sink; ns/pkt their product, the program's share of the CPU ns/pkt \
+             above. ns/run includes the statistics' own clock reads around each run: compare \
+             with the empty program's row (the floor variant), which does nothing. A program \
+             attached at several hooks is one program (one row):\n\n\
+             | flood | variant | program (hooks) | forwarded pkt/s | ns/run | runs/pkt | ns/pkt |\n\
+             |---|---|---|---:|---:|---:|---:|\n",
+        );
+        for (traffic, variant, s) in &self.profiles {
+            for p in &s.profile {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {:.0} | {:.0} | {:.3} | {:.1} |\n",
+                    traffic.word(),
+                    variant.word(),
+                    p.label,
+                    s.pps,
+                    p.ns_per_run,
+                    p.runs_per_pkt,
+                    p.ns_per_run * p.runs_per_pkt,
+                ));
+            }
         }
         out
     }
@@ -258,8 +298,19 @@ impl Report {
             .into_iter()
             .map(|(w, s)| (w.to_string(), s.json()))
             .collect();
+        let profile: Vec<Value> = self
+            .profiles
+            .iter()
+            .flat_map(|(t, v, s)| {
+                s.profile.iter().map(move |p| {
+                    json!({"flood": t.word(), "variant": v.word(), "program": p.label,
+                           "forwarded_pps": s.pps, "ns_per_run": p.ns_per_run,
+                           "runs_per_packet": p.runs_per_pkt})
+                })
+            })
+            .collect();
         json!({
-            "machine": self.machine, "flood_seconds": self.setup.secs,
+            "machine": self.machine, "profile": profile, "flood_seconds": self.setup.secs,
             "rounds": self.setup.reps, "load_average": self.setup.load,
             "pipeline_events_per_s": self.pipeline, "rows": rows, "runs": self.runs,
             "verdict_latency_s": latency,
