@@ -1,9 +1,10 @@
 //! Header parsing: for the TC programs only as much as the flow filter needs; for
 //! the tracepoint and kprobe programs, an IPv4 header at a kernel address.
 
+use crate::dhcparp::{fill_dhcp, is_dhcp_ports};
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
 use tracer_common::{
-    PacketInfo, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, PROTO_TCP,
+    PacketInfo, CLASS_DHCP, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, PROTO_TCP,
 };
 
 const ETH_HLEN: usize = 14;
@@ -136,6 +137,9 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
     if info.sport == DNS_PORT || info.dport == DNS_PORT {
         return None; // the DNS id and RCODE lie beyond: the careful path
     }
+    if info.proto == IPPROTO_UDP && is_dhcp_ports(info.sport, info.dport) {
+        return None; // so is the DHCP xid
+    }
     Some(Some((info, ETH_HLEN + 20)))
 }
 
@@ -217,6 +221,9 @@ pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)
             info.code = head[3] & 0x0f;
         }
     }
+    if info.proto == IPPROTO_UDP && is_dhcp_ports(info.sport, info.dport) {
+        fill_dhcp(ctx, &mut info, l4_off)?;
+    }
     Some((info, l4_off))
 }
 
@@ -252,6 +259,8 @@ pub fn read_ipv4(ip: u64, pkt: &mut PacketInfo) -> u8 {
                 CLASS_TCP
             } else if pkt.sport == 53 || pkt.dport == 53 {
                 CLASS_DNS
+            } else if is_dhcp_ports(pkt.sport, pkt.dport) {
+                CLASS_DHCP
             } else {
                 CLASS_UDP
             }
