@@ -21,8 +21,7 @@ use aya_ebpf::{
 use tracer_common::{
     req_key, Config, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked,
     CNT_RINGBUF_FULL, CNT_SKIPPED, DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PKT_ARP,
-    PKT_DHCP, PKT_IP, PROTO_ARP, PROTO_DHCP, PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST,
-    SNAP_LEN,
+    PKT_DHCP, PROTO_ARP, PROTO_DHCP, PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
 };
 
 use super::flow;
