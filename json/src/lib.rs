@@ -136,6 +136,19 @@ pub struct Flow {
     /// TCP: the flags of the answer last seen on the host (`SYN,ACK`, `RST,ACK`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_tcp_flags: Option<String>,
+    /// `--proto dhcp`: the transaction id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_xid: Option<u32>,
+    /// `--proto dhcp`: the message types seen, request first (`DISCOVER`,
+    /// `OFFER`, `REQUEST`, `ACK`, `NAK`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dhcp_messages: Vec<String>,
+    /// `--proto arp`: the address asked about (who-has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arp_target: Option<String>,
+    /// `--proto arp`: the operations seen, request first (`request`, `reply`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arp_ops: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -172,6 +172,17 @@ impl Guest {
         let cmd = format!("dns {server} {name} {count} {timeout_ms}");
         Ok(serde_json::from_value(self.command(&cmd)?)?)
     }
+
+    /// One DHCP transaction (DISCOVER, then REQUEST for the offer): the fake
+    /// guest's JSON answer (`xid`, `offered`, `server`, `ack`, `nak`).
+    pub fn dhcp(&mut self, timeout_ms: u64) -> Result<Value> {
+        self.command(&format!("dhcp {timeout_ms}"))
+    }
+
+    /// One ARP who-has for `target`: `answered`, and the `mac` of the first answer.
+    pub fn arp(&mut self, target: Ipv4Addr, timeout_ms: u64) -> Result<Value> {
+        self.command(&format!("arp {target} {timeout_ms}"))
+    }
 }
 
 impl Guest {

@@ -4,6 +4,7 @@
 //! vm-test`.
 
 pub mod counter;
+pub mod dhcp;
 pub mod guest;
 pub mod lab;
 pub mod packet;

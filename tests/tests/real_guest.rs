@@ -75,7 +75,7 @@ fn trace(
             Traffic::Dns { server, name } => {
                 Seen::Dns(guest.nslookup(server.parse::<Ipv4Addr>()?, name)?)
             }
-            Traffic::Tcp { .. } | Traffic::Udp { .. } => {
+            Traffic::Tcp { .. } | Traffic::Udp { .. } | Traffic::Dhcp | Traffic::Arp { .. } => {
                 anyhow::bail!("{name}: the real guest's scenarios are ping and DNS")
             }
         });
@@ -111,7 +111,7 @@ fn run(name: &str) {
     let (count, dns) = match sc.traffic {
         Traffic::Ping { .. } => (PINGS, false),
         Traffic::Dns { .. } => (1, true),
-        Traffic::Tcp { .. } | Traffic::Udp { .. } => {
+        Traffic::Tcp { .. } | Traffic::Udp { .. } | Traffic::Dhcp | Traffic::Arp { .. } => {
             panic!("{name}: the real guest's scenarios are ping and DNS")
         }
     };

@@ -36,6 +36,10 @@ fn run(name: &str) {
     if sc.host_resolver {
         lab.start_host_resolver().expect("host resolver");
     }
+    if let Some(options) = sc.dhcp_server {
+        lab.start_dhcp_server("vmbr0", options)
+            .expect("dhcp server");
+    }
     for cmd in sc.break_hv {
         lab.hv(cmd)
             .unwrap_or_else(|e| panic!("breaking the lab: {e}"));
@@ -50,7 +54,16 @@ fn run(name: &str) {
 
 fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
     let (to, count) = (sc.traffic.to_arg(), sc.traffic.requests().to_string());
-    let mut args = vec!["--vm-ip", "192.0.2.100", "--to", &to];
+    let mut args = match sc.traffic {
+        // The guest has no address yet: named by its port.
+        Traffic::Dhcp => vec!["--iface", "tap100i0", "--proto", "dhcp"],
+        Traffic::Arp { target } => {
+            let mut a = vec!["--vm-ip", "192.0.2.100", "--proto", "arp"];
+            a.extend(target.iter().flat_map(|t| ["--to", *t]));
+            a
+        }
+        _ => vec!["--vm-ip", "192.0.2.100", "--to", &to],
+    };
     args.extend(["--count", &count, "--timeout", "12", "--json"]);
     if let Some(port) = sc.iface {
         args.extend(["--iface", port]);
@@ -82,6 +95,14 @@ fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
             Traffic::Udp { dst, port } => {
                 let seen = lab.guest(0).udp(dst.parse()?, port, 3000)?;
                 eprintln!("guest: {seen:?}");
+            }
+            Traffic::Dhcp => {
+                // dnsmasq pings the address it offers for 3 s first.
+                eprintln!("guest: {}", lab.guest(0).dhcp(5000)?);
+            }
+            Traffic::Arp { .. } => {
+                let target = sc.traffic.dst().parse()?;
+                eprintln!("guest: {}", lab.guest(0).arp(target, 3000)?);
             }
         }
         Ok(())
@@ -162,6 +183,14 @@ scenario_tests!(
     bond_lacp_without_partner,
     vlan_device_down,
     vlan_uplink_down,
+    healthy_dhcp,
+    dhcp_server_not_listening,
+    dhcp_blocked_by_input,
+    dhcp_no_offer_for_mac,
+    arp_wrong_gateway,
+    arp_dropped_by_bridge_rule,
+    arp_reply_dropped,
+    healthy_arp,
 );
 
 /// Bridge VLAN filtering with the VM port in the wrong VLAN, where the kernel has

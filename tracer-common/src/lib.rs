@@ -85,6 +85,19 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
+/// DHCP (UDP 67/68), followed by transaction id (`PacketInfo::xid`).
+pub const PROTO_DHCP: u32 = 16;
+/// ARP who-has for `Config::dst_ip` and its answer (`PacketInfo::kind` ARP).
+pub const PROTO_ARP: u32 = 32;
+
+/// `PacketInfo::kind`: what the packet is beyond its IPv4 header fields.
+pub const PKT_IP: u8 = 0;
+/// An ARP packet: `saddr`/`daddr` are its sender/target protocol addresses,
+/// `proto` is 0, `op` its opcode, `id`/`seq` the address asked about.
+pub const PKT_ARP: u8 = 1;
+/// A DHCP message (BOOTP over UDP 67/68): `xid` its transaction id (also in
+/// `id`/`seq`, high/low half, the request key), `op` its message type.
+pub const PKT_DHCP: u8 = 2;
 
 /// What a hook saw. Values are stable: they travel in [`Event::kind`].
 #[repr(u8)]
@@ -175,6 +188,14 @@ pub struct PacketInfo {
     /// sender asks for (RFC 1191), 0 otherwise.
     pub next_hop_mtu: u16,
     pub _pad_flow2: u16,
+    /// `PKT_*`.
+    pub kind: u8,
+    /// ARP opcode (1 request, 2 reply), or the DHCP message type (option 53:
+    /// 1 DISCOVER, 2 OFFER, 3 REQUEST, 5 ACK, 6 NAK; 0 not found).
+    pub op: u8,
+    pub _pad: [u8; 2],
+    /// DHCP transaction id (0 otherwise).
+    pub xid: u32,
 }
 
 /// One record in the ring buffer.
@@ -309,12 +330,12 @@ pub const CNT_MAX: u32 = 8;
 
 // The kernel writes these bytes and user space reads them: sizes must never drift
 // silently, and there must be no implicit padding.
-const _: () = assert!(core::mem::size_of::<PacketInfo>() == 32);
-const _: () = assert!(core::mem::size_of::<Event>() == 72);
-const _: () = assert!(core::mem::size_of::<Tracked>() == 48);
-const _: () = assert!(core::mem::size_of::<NameEvent>() == 136);
+const _: () = assert!(core::mem::size_of::<PacketInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(core::mem::size_of::<Tracked>() == 56);
+const _: () = assert!(core::mem::size_of::<NameEvent>() == 144);
 const _: () = assert!(core::mem::size_of::<Config>() == 72);
-const _: () = assert!(core::mem::size_of::<PacketEvent>() == 72 + 8 + SNAP_LEN);
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 80 + 8 + SNAP_LEN);
 
 pub use watch::*;
 
@@ -328,6 +349,9 @@ mod watch {
     pub const CLASS_TCP: u8 = 3;
     pub const CLASS_UDP: u8 = 4;
     pub const CLASS_ARP: u8 = 5;
+    /// UDP between DHCP's ports (67/68): a guest asking for an address, or the
+    /// server's answer (attributed by MAC: the guest may have no address yet).
+    pub const CLASS_DHCP: u8 = 6;
 
     /// Which way the dropped packet was going relative to the VM (`DropKey::dir`).
     pub const WDIR_UNKNOWN: u8 = 0;
@@ -424,7 +448,7 @@ mod watch {
 
     const _: () = assert!(core::mem::size_of::<DropKey>() == 24);
     const _: () = assert!(core::mem::size_of::<DropCount>() == 32);
-    const _: () = assert!(core::mem::size_of::<DropSample>() == 64);
+    const _: () = assert!(core::mem::size_of::<DropSample>() == 72);
     const _: () = assert!(core::mem::size_of::<WatchConfig>() == 64);
 }
 

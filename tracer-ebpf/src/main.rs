@@ -5,6 +5,7 @@
 // The BPF atomic add (maps.rs) is written as inline assembly, as aya-ebpf does.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+mod dhcparp;
 mod maps;
 mod packet;
 mod programs;

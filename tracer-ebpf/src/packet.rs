@@ -1,9 +1,10 @@
 //! Header parsing: for the TC programs only as much as the flow filter needs; for
 //! the tracepoint and kprobe programs, an IPv4 header at a kernel address.
 
+use crate::dhcparp::{fill_dhcp, is_dhcp_ports};
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
 use tracer_common::{
-    PacketInfo, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, PROTO_TCP,
+    PacketInfo, CLASS_DHCP, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, PROTO_TCP,
 };
 
 const ETH_HLEN: usize = 14;
@@ -145,6 +146,9 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
             *((data + DIRECT_LEN) as *const [u8; DNS_HEAD_LEN])
         });
     }
+    if info.proto == IPPROTO_UDP && is_dhcp_ports(info.sport, info.dport) {
+        return None; // so is the DHCP xid
+    }
     Some(Some((info, ETH_HLEN + 20)))
 }
 
@@ -221,6 +225,9 @@ pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)
     if is_dns(&info) {
         fill_dns(&mut info, ctx.load(l4_off + 8).ok()?);
     }
+    if info.proto == IPPROTO_UDP && is_dhcp_ports(info.sport, info.dport) {
+        fill_dhcp(ctx, &mut info, l4_off)?;
+    }
     Some((info, l4_off))
 }
 
@@ -273,6 +280,8 @@ pub fn read_ipv4(ip: u64, pkt: &mut PacketInfo) -> u8 {
                 CLASS_TCP
             } else if pkt.sport == 53 || pkt.dport == 53 {
                 CLASS_DNS
+            } else if is_dhcp_ports(pkt.sport, pkt.dport) {
+                CLASS_DHCP
             } else {
                 CLASS_UDP
             }

@@ -41,7 +41,7 @@ pub struct Top {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Follow a guest's ping/DNS requests and their replies hop by hop (the default).
+    /// Follow a guest's ping/DNS/DHCP/ARP requests and their replies hop by hop (the default).
     Trace(Cli),
     /// Live drop points of every VM on this host; Prometheus exporter.
     Watch(WatchCli),
@@ -96,12 +96,12 @@ pub fn with_default_command(mut args: Vec<OsString>) -> Vec<OsString> {
 /// `pathtrace trace`: follow the guest's requests.
 #[derive(Debug, Clone, Parser)]
 #[command(
-    about = "Follow a KVM guest's ping/DNS packets through this hypervisor and say where they die",
+    about = "Follow a KVM guest's ping, DNS, DHCP or ARP packets through this hypervisor and say where they die",
     after_help = "Run it while the guest pings (or resolves) the destination; it needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).\nExit status: 0 every request got its reply, 1 a drop or missing reply was found, 2 usage or environment error.\n\nLive drop points of every VM on this host: pathtrace watch --help"
 )]
 pub struct Cli {
     /// The guest's IPv4 address.
-    #[arg(long = "vm-ip", value_name = "IP", required_unless_present = "vm")]
+    #[arg(long = "vm-ip", value_name = "IP", required_unless_present_any = ["vm", "iface"])]
     pub vm_ip_arg: Option<Ipv4Addr>,
     /// The VM by Proxmox VMID, VM or libvirt domain name, or MAC (its address and
     /// port are read from the hypervisor's configuration), instead of --vm-ip.
@@ -112,8 +112,10 @@ pub struct Cli {
     pub vm_ip: Ipv4Addr,
     /// The destination the guest is trying to reach; DEST:PORT is short for
     /// `--to DEST --port PORT` (and means `--proto tcp` unless `--proto udp`).
+    /// `--proto arp`: the address asked for (default: the guest's gateway);
+    /// `--proto dhcp`: not needed.
     #[arg(long = "to", value_name = "DEST[:PORT]", value_parser = dest_arg)]
-    pub to_arg: Dest,
+    pub to_arg: Option<Dest>,
     /// The destination's address (from --to).
     #[arg(skip = Ipv4Addr::UNSPECIFIED)]
     pub to: Ipv4Addr,
@@ -168,6 +170,11 @@ pub enum Proto {
     Tcp,
     /// A UDP service: requests and responses by 5-tuple.
     Udp,
+    /// DISCOVER/OFFER and REQUEST/ACK by transaction id (the guest may have no
+    /// address yet: --vm or --iface name it).
+    Dhcp,
+    /// The guest's who-has for --to (default: its gateway) and the answer.
+    Arp,
 }
 
 /// `--to DEST[:PORT]`.
@@ -197,8 +204,9 @@ impl Cli {
     /// Settle what the options say together: the destination, the protocol
     /// (a port alone means TCP) and its port. A contradiction is a usage error.
     pub fn settle(&mut self) -> anyhow::Result<()> {
-        self.to = self.to_arg.ip;
-        let port = match (self.to_arg.port, self.port) {
+        // DHCP and ARP may have no --to (dhcparp::resolve fills it in).
+        self.to = self.to_arg.map_or(Ipv4Addr::UNSPECIFIED, |d| d.ip);
+        let port = match (self.to_arg.and_then(|d| d.port), self.port) {
             (Some(a), Some(b)) if a != b => {
                 anyhow::bail!("--to gives port {a} but --port {b}")
             }
@@ -237,6 +245,8 @@ impl Proto {
             Proto::Any => tracer_common::PROTO_ICMP | tracer_common::PROTO_DNS,
             Proto::Tcp => tracer_common::PROTO_TCP,
             Proto::Udp => tracer_common::PROTO_UDP,
+            Proto::Dhcp => tracer_common::PROTO_DHCP,
+            Proto::Arp => tracer_common::PROTO_ARP,
         }
     }
 
@@ -247,6 +257,8 @@ impl Proto {
             Proto::Any => "any",
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Dhcp => "dhcp",
+            Proto::Arp => "arp",
         }
     }
 

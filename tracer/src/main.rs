@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod correlate;
 mod deep;
+mod dhcparp;
 mod dns;
 mod doctor;
 mod explain;

@@ -33,14 +33,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     let all = hostconfig::read_all(&ConfigDirs::under(&cli.config_root));
     // The host's tables, read once for the whole run.
     let host = Host::read()?;
-    let (vm_ip, nics) = doctor::resolve_vm(
-        &host,
-        cli.vm_ip_arg,
-        cli.vm.as_deref(),
-        &all,
-        &cli.config_root,
-    )?;
-    cli.vm_ip = vm_ip;
+    let nics = crate::dhcparp::resolve(&mut cli, &host, &all)?;
     let cli = &cli;
     let modes: &[Mode] = match cli.deep {
         true => &[Mode::Trace, Mode::Deep],
@@ -48,7 +41,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
     };
     preflight::check(modes)?;
     let start = std::time::Instant::now();
-    let topo = Topology::discover(&host, cli.vm_ip, cli.to, cli.iface.as_deref(), &nics)?;
+    let topo = discover(cli, &host, &nics)?;
     log::debug!(
         "topology {} found in {:.1} ms",
         topo.path_names().join(" → "),
@@ -153,6 +146,28 @@ pub fn run(cli: &Cli) -> Result<i32> {
         return Ok(1);
     }
     Ok(if tally.replied == tally.total() { 0 } else { 1 })
+}
+
+/// The path from the guest's port. A DHCP DISCOVER is broadcast: the host's
+/// part in it is its bridge (a server there, or the way to one beyond), so the
+/// path is the one to the bridge's own address.
+fn discover(cli: &Cli, host: &Host, nics: &[VmNic]) -> Result<Topology> {
+    let topo = Topology::discover(host, cli.vm_ip, cli.to, cli.iface.as_deref(), nics)?;
+    if cli.proto() != crate::cli::Proto::Dhcp {
+        return Ok(topo);
+    }
+    let bridge = topo.bridge.as_ref().map(|b| b.name.as_str());
+    let Some(server) = crate::dhcparp::bridge_address(host, bridge) else {
+        return Ok(topo);
+    };
+    let location = crate::topology::Location {
+        ports: topo.ports.iter().map(|p| p.name.clone()).collect(),
+        mac: topo.vm_mac.clone(),
+        evidence: topo.evidence.clone(),
+    };
+    let mut local = Topology::for_ports(host, cli.vm_ip, server, location)?;
+    local.dst = cli.to;
+    Ok(local)
 }
 
 /// The devices pathtrace hooks, named for the pcapng interface blocks.

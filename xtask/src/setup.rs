@@ -35,6 +35,8 @@ const PACKAGES: &[&str] = &[
     "man-db",
     "systemd",
     "tshark",
+    // The lab's DHCP server on the VM bridge (as libvirt and Proxmox SDN run it).
+    "dnsmasq-base",
 ];
 
 /// bpf-linker release that builds against the installed toolchain's LLVM.

@@ -9,6 +9,8 @@
 //!   tcp DST PORT TIMEOUT_MS DATA     (connect; then DATA bytes in one DF segment)
 //!   udp DST PORT TIMEOUT_MS          (one datagram, wait for the response)
 //!   syn DST PORT COUNT               (COUNT connection attempts back to back)
+//!   dhcp TIMEOUT_MS        (DISCOVER, and REQUEST for what is offered; one xid)
+//!   arp TARGET TIMEOUT_MS  (one who-has; the first answer is kept, as Linux does)
 //!   quit
 //!
 //! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80,
@@ -34,6 +36,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use pathtrace_tests::{
+    dhcp,
     packet::{self, Frame, IpOpts, Mac, BROADCAST},
     tcp::{self, Segment},
 };
@@ -114,6 +117,11 @@ enum Seen {
     },
     /// An ICMP error (type, code, the MTU a "fragmentation needed" names)
     /// quoting one of our TCP/UDP packets (its protocol and source port).
+    Dhcp(dhcp::Reply),
+    ArpReply {
+        ip: Ipv4Addr,
+        mac: Mac,
+    },
     IcmpError {
         kind: u8,
         code: u8,
@@ -208,6 +216,8 @@ impl Guest {
                         Some("tcp") => self.tcp(&words[1..]),
                         Some("udp") => self.udp(&words[1..]),
                         Some("syn") => self.syn_burst(&words[1..]),
+                        Some("dhcp") => self.dhcp(&words[1..]),
+                        Some("arp") => self.arp(&words[1..]),
                         _ => Err(anyhow::anyhow!("unknown command {line:?}")),
                     };
                     let out = answer.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
@@ -454,6 +464,87 @@ impl Guest {
         Ok(json!({"sport": sport, "answered": answered}))
     }
 
+    /// One DHCP transaction as a client without an address does it: DISCOVER
+    /// broadcast, then REQUEST (broadcast, same xid) for the first offer.
+    fn dhcp(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let timeout: u64 = w.first().context("dhcp TIMEOUT_MS")?.parse()?;
+        let xid = (u32::from(random_u16()) << 16) | u32::from(random_u16());
+        let offer = self.dhcp_exchange(dhcp::DISCOVER, xid, None, timeout)?;
+        let mut answer = None;
+        if let Some(o) = offer {
+            let req = (Some(o.yiaddr), o.server);
+            answer = self.dhcp_exchange(dhcp::REQUEST, xid, Some(req), timeout)?;
+        }
+        Ok(json!({
+            "xid": xid,
+            "offered": offer.map(|o| o.yiaddr.to_string()),
+            "server": offer.and_then(|o| o.server).map(|s| s.to_string()),
+            "ack": answer.is_some_and(|a| a.kind == dhcp::ACK),
+            "nak": answer.is_some_and(|a| a.kind == dhcp::NAK),
+        }))
+    }
+
+    /// Send one client message and wait for the server's answer to it.
+    fn dhcp_exchange(
+        &mut self,
+        kind: u8,
+        xid: u32,
+        request: Option<(Option<Ipv4Addr>, Option<Ipv4Addr>)>,
+        timeout: u64,
+    ) -> Result<Option<dhcp::Reply>> {
+        let (requested, server) = request.unwrap_or((None, None));
+        let msg = dhcp::client_message(kind, xid, self.mac, requested, server);
+        let any = Ipv4Addr::UNSPECIFIED;
+        let udp = packet::udp((any, 68), (Ipv4Addr::BROADCAST, 67), &msg);
+        let opts = IpOpts {
+            id: self.ip_id,
+            ..IpOpts::default()
+        };
+        self.ip_id = self.ip_id.wrapping_add(1);
+        let frame = packet::ipv4(
+            (self.mac, BROADCAST),
+            any,
+            Ipv4Addr::BROADCAST,
+            17,
+            opts,
+            &udp,
+        );
+        self.send(&frame)?;
+        let mut got = None;
+        self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
+            if let Seen::Dhcp(r) = s {
+                if r.xid == xid && got.is_none() {
+                    got = Some(*r);
+                }
+            }
+            got.is_some()
+        })?;
+        Ok(got)
+    }
+
+    /// One who-has for TARGET; the first answer is the one kept.
+    fn arp(&mut self, w: &[&str]) -> Result<serde_json::Value> {
+        let target: Ipv4Addr = w.first().context("arp TARGET TIMEOUT_MS")?.parse()?;
+        let timeout: u64 = w.get(1).unwrap_or(&"1000").parse()?;
+        self.send(&packet::arp(1, self.mac, self.ip, BROADCAST, target))?;
+        let mut first = None;
+        self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
+            if let Seen::ArpReply { ip, mac } = s {
+                if *ip == target && first.is_none() {
+                    first = Some(*mac);
+                }
+            }
+            first.is_some()
+        })?;
+        let mac = first.map(|m| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        });
+        Ok(json!({"target": target.to_string(), "answered": first.is_some(), "mac": mac}))
+    }
+
     fn send_ip(&mut self, dst: Ipv4Addr, proto: u8, opts: IpOpts, payload: &[u8]) -> Result<()> {
         self.ip_id = self.ip_id.wrapping_add(1);
         let mac = self.next_hop_mac(dst)?;
@@ -518,10 +609,23 @@ impl Guest {
                 if op == 2 && target_ip == self.ip && self.neighbour(sender_ip).is_none() {
                     self.neighbours.push((sender_ip, sender_mac));
                 }
+                if op == 2 && target_ip == self.ip {
+                    return Ok(Seen::ArpReply {
+                        ip: sender_ip,
+                        mac: sender_mac,
+                    });
+                }
                 if op == 1 && target_ip == self.ip {
                     self.send(&packet::arp(2, self.mac, self.ip, sender_mac, sender_ip))?;
                 }
                 Ok(Seen::Nothing)
+            }
+            // A DHCP server answers to the address it offers (or broadcast),
+            // not to ours.
+            Frame::Ipv4 {
+                proto: 17, payload, ..
+            } if payload.len() > 8 && payload[0..4] == [0, 67, 0, 68] => {
+                Ok(dhcp::parse(&payload[8..]).map_or(Seen::Nothing, Seen::Dhcp))
             }
             Frame::Ipv4 {
                 src_mac,

@@ -37,6 +37,7 @@ use anyhow::{bail, Context, Result};
 pub use crate::guest::{DnsResult, Guest, GuestSpec, PingOpts, PingResult};
 
 mod config;
+mod dhcp;
 mod faults;
 mod netns;
 mod remote;

@@ -45,6 +45,7 @@ const BASE: Scenario = Scenario {
     remote_mtu: None,
     second_guest: false,
     host_resolver: false,
+    dhcp_server: None,
     traffic: Traffic::ping("203.0.113.8"),
     iface: None,
     expect: REPLIED,
@@ -777,6 +778,118 @@ pub const CATALOGUE: &[Scenario] = &[
             ..dropped("request", "routing")
         },
         fix: "ip link set <nic>.<VLAN> up, and its routes back (Proxmox: ifreload -a)",
+        ..BASE
+    },
+    Scenario {
+        name: "healthy_dhcp",
+        symptom: "(none) the guest gets an address by DHCP",
+        cause: "healthy: dnsmasq on the bridge offers an address",
+        dhcp_server: Some(&[]),
+        traffic: Traffic::Dhcp,
+        fix: "-",
+        ..BASE
+    },
+    Scenario {
+        name: "dhcp_server_not_listening",
+        symptom: "the VM gets no address",
+        cause: "no DHCP server runs on the host (nothing bound to udp/67)",
+        traffic: Traffic::Dhcp,
+        // The kernel frees a broadcast no socket wants (in __udp4_lib_rcv
+        // on 6.18, without a specific reason).
+        expect: Expect {
+            rule: Some("nothing listens on udp/67"),
+            hint: Some("start the one that serves vmbr0"),
+            ..dropped("request", "input")
+        },
+        fix: "start the DHCP server of the bridge (libvirt: virsh net-start <net>; dnsmasq --interface=<bridge> --dhcp-range=...)",
+        ..BASE
+    },
+    Scenario {
+        name: "dhcp_blocked_by_input",
+        symptom: "the VM gets no address although the DHCP server runs",
+        cause: "a host INPUT rule drops udp/67",
+        dhcp_server: Some(&[]),
+        traffic: Traffic::Dhcp,
+        break_hv: &["iptables -A INPUT -i vmbr0 -p udp --dport 67 -j DROP"],
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("dport 67"),
+            ..dropped("request", "input")
+        },
+        fix: "delete the rule, or accept udp/67 on the bridge before it (iptables -I INPUT -i <bridge> -p udp --dport 67 -j ACCEPT)",
+        ..BASE
+    },
+    Scenario {
+        name: "dhcp_no_offer_for_mac",
+        symptom: "the VM gets no address; others on the bridge do",
+        cause: "the DHCP server serves only static hosts, and this MAC is not one of them",
+        dhcp_server: Some(&["--dhcp-range=192.0.2.0,static", "--dhcp-host=52:54:00:00:00:99,192.0.2.160"]),
+        traffic: Traffic::Dhcp,
+        expect: Expect {
+            stage: Some("input"),
+            rule: Some("sent no offer for 52:54:00:"),
+            hint: Some("dhcp-host"),
+            ..NO_REPLY
+        },
+        fix: "add the MAC to the server's static hosts (libvirt: <host mac=... ip=...> in the network's <dhcp>; dnsmasq: dhcp-host=MAC,IP) or give it a dynamic range",
+        ..BASE
+    },
+    Scenario {
+        name: "arp_wrong_gateway",
+        symptom: "the VM cannot even reach its gateway",
+        cause: "the guest's gateway is an address nothing on the bridge has",
+        traffic: Traffic::Arp { target: Some("192.0.2.254") },
+        expect: Expect {
+            stage: Some("bridge"),
+            rule: Some("no address 192.0.2.254 on vmbr0 (it has 192.0.2.1/24)"),
+            hint: Some("set the guest's gateway to 192.0.2.1"),
+            ..NO_REPLY
+        },
+        fix: "set the guest's gateway to the bridge's address (or add the address to the bridge)",
+        ..BASE
+    },
+    Scenario {
+        name: "arp_dropped_by_bridge_rule",
+        symptom: "the VM cannot even reach its gateway",
+        cause: "an nftables bridge-family rule drops the guest's ARP on its way to the host",
+        break_hv: &[
+            "nft add table bridge fa",
+            "nft add chain bridge fa input '{ type filter hook input priority -200; }'",
+            "nft add rule bridge fa input ether type arp drop",
+        ],
+        traffic: Traffic::Arp { target: None },
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("bridge fa input handle"),
+            ..dropped("request", "bridge")
+        },
+        fix: "nft delete rule bridge <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "arp_reply_dropped",
+        symptom: "the VM cannot even reach its gateway; the host sees its ARP",
+        cause: "an nftables bridge-family rule drops the host's ARP answer on its way to the guest",
+        break_hv: &[
+            "nft add table bridge fo",
+            "nft add chain bridge fo output '{ type filter hook output priority -200; }'",
+            "nft add rule bridge fo output ether type arp drop",
+        ],
+        traffic: Traffic::Arp { target: None },
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("bridge fo output handle"),
+            ..dropped("reply", "bridge")
+        },
+        fix: "nft delete rule bridge <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "healthy_arp",
+        symptom: "(none) the guest resolves its gateway",
+        cause: "healthy: the bridge answers for its address",
+        traffic: Traffic::Arp { target: None },
+        fix: "-",
         ..BASE
     },
 ];

@@ -34,7 +34,16 @@ pub enum Traffic {
     },
     /// One UDP datagram to `dst:port` (`--proto udp --port PORT`).
     Udp { dst: &'static str, port: u16 },
+    /// One DHCP transaction of a guest without an address (DISCOVER, then
+    /// REQUEST for the offer), traced with `--iface PORT --proto dhcp`.
+    Dhcp,
+    /// One ARP who-has for `target` (None: the guest's gateway, 192.0.2.1,
+    /// and pathtrace is given no `--to`), traced with `--proto arp`.
+    Arp { target: Option<&'static str> },
 }
+
+/// The fake guest's gateway: the lab bridge's address.
+pub const GATEWAY: &str = "192.0.2.1";
 
 impl Traffic {
     pub const fn ping(dst: &'static str) -> Self {
@@ -50,6 +59,8 @@ impl Traffic {
             Traffic::Ping { dst, .. } => dst,
             Traffic::Dns { server, .. } => server,
             Traffic::Tcp { dst, .. } | Traffic::Udp { dst, .. } => dst,
+            Traffic::Dhcp => "255.255.255.255",
+            Traffic::Arp { target } => target.unwrap_or(GATEWAY),
         }
     }
 
@@ -68,6 +79,8 @@ impl Traffic {
             Traffic::Dns { .. } => vec!["--proto".into(), "dns".into()],
             // `--to DST:PORT` says TCP (see `to_arg`).
             Traffic::Tcp { .. } => vec![],
+            // Built by the scenario test itself (no --to, --iface for DHCP).
+            Traffic::Dhcp | Traffic::Arp { .. } => vec![],
             Traffic::Udp { port, .. } => vec![
                 "--proto".into(),
                 "udp".into(),
@@ -133,6 +146,9 @@ pub struct Scenario {
     pub second_guest: bool,
     /// A DNS resolver on the host itself (192.0.2.1:53), as dnsmasq on a bridge.
     pub host_resolver: bool,
+    /// A DHCP server (dnsmasq) on the VM bridge, as libvirt and Proxmox SDN run
+    /// it, with these options (none: its default pool).
+    pub dhcp_server: Option<&'static [&'static str]>,
     pub traffic: Traffic,
     /// The VM's port, passed as `--iface`: where the host's tables have forgotten
     /// the VM, pathtrace refuses to guess its port (it says which ports could be it).

@@ -17,6 +17,7 @@ use pathtrace_tests::{
 };
 use serde_json::Value;
 
+mod dhcparp;
 mod identity;
 
 const HEALTHY: &str = "tap100i0";

@@ -20,12 +20,13 @@ use aya_ebpf::{
 };
 use tracer_common::{
     req_key, Config, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked,
-    CNT_RINGBUF_FULL, CNT_SKIPPED, DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR,
-    PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
+    CNT_RINGBUF_FULL, CNT_SKIPPED, DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PKT_ARP,
+    PKT_DHCP, PROTO_ARP, PROTO_DHCP, PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
 };
 
 use super::flow;
 use crate::{
+    dhcparp::{is_client_message, parse_arp, ARP_REPLY, ARP_REQUEST},
     maps::{
         armed, as_number, budget_left, config, count, emit, maybe_followed, maybe_tracked,
         note_followed, note_request, request_recent, requests_seen, take_slot, track, tracked,
@@ -71,7 +72,7 @@ pub fn pathtrace_tc_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn observe(ctx: &TcContext, dir: u8, port: bool) {
     let starts = port && dir == DIR_INGRESS;
-    let Some((mut pkt, l4_off)) = parse(ctx) else {
+    let Some((mut pkt, l4_off)) = parse(ctx).or_else(|| parse_arp_if_asked(ctx)) else {
         return;
     };
     if flow::wanted(pkt.proto, &config()) {
@@ -192,6 +193,17 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
                 || (pkt.sport == DNS_PORT && maybe_followed(pkt.id, 0))
         }
         p if flow::wanted(p, &cfg) => flow::concerns(pkt, starts, &cfg),
+        // Any address too: the guest may have none yet, and the server answers
+        // to the offered one or to broadcast. A client's message where it
+        // enters; otherwise only a followed transaction's.
+        IPPROTO_UDP if cfg.protos & PROTO_DHCP != 0 && pkt.kind == PKT_DHCP => {
+            (starts && is_client_message(pkt)) || maybe_followed(pkt.id, pkt.seq)
+        }
+        0 if cfg.protos & PROTO_ARP != 0 && pkt.kind == PKT_ARP => match pkt.op {
+            ARP_REQUEST => pkt.daddr == cfg.dst_ip && (starts || following()),
+            ARP_REPLY => pkt.saddr == cfg.dst_ip && requests_seen(),
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -199,6 +211,12 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
 /// The guest's own request to the destination, as it enters the host.
 #[inline(always)]
 fn is_guest_request(pkt: &PacketInfo, cfg: &Config) -> bool {
+    match pkt.kind {
+        // The guest may have no address yet: any client message on its port.
+        PKT_DHCP => return is_client_message(pkt),
+        PKT_ARP => return pkt.op == ARP_REQUEST && pkt.daddr == cfg.dst_ip,
+        _ => {}
+    }
     let what = match pkt.proto {
         IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO,
         IPPROTO_UDP if cfg.protos & PROTO_DNS != 0 => pkt.dport == DNS_PORT,
@@ -288,7 +306,11 @@ fn classify(
     }
     let want_icmp = cfg.protos & PROTO_ICMP != 0;
     let want_dns = cfg.protos & PROTO_DNS != 0;
-    let (role, flags) = if pkt.proto == IPPROTO_ICMP && want_icmp {
+    let (role, flags) = if pkt.kind == PKT_DHCP && cfg.protos & PROTO_DHCP != 0 {
+        classify_dhcp(pkt)?
+    } else if pkt.kind == PKT_ARP && cfg.protos & PROTO_ARP != 0 {
+        classify_arp(pkt, &cfg.dst_ip)?
+    } else if pkt.proto == IPPROTO_ICMP && want_icmp {
         classify_icmp(ctx, pkt, l4_off, &cfg.vm_ip, &cfg.dst_ip)?
     } else if pkt.proto == IPPROTO_UDP && want_dns {
         classify_dns(pkt, &cfg.vm_ip, &cfg.dst_ip)?
@@ -300,7 +322,14 @@ fn classify(
         return None;
     };
     let now = clock();
-    if role == ROLE_REQUEST {
+    // A broadcast DHCP message is flooded as clones (new skbs) by every bridge
+    // on its way (a Proxmox firewall bridge, then vmbr0): a clone of a followed
+    // transaction is the same request, followed on.
+    let flooded_copy = role == ROLE_REQUEST
+        && !starts
+        && pkt.kind == PKT_DHCP
+        && is_known_request(pkt.proto, pkt.id, pkt.seq);
+    if role == ROLE_REQUEST && !flooded_copy {
         // A request not yet followed: only its port's ingress starts following
         // it (a later hook seeing it untracked means it was skipped there, or
         // came before pathtrace), and only within the budget; a skipped one is
@@ -351,6 +380,9 @@ fn same_packet(was: &PacketInfo, now: &PacketInfo) -> bool {
         // reply's destination), never both; a request and its answer differ
         // in both.
         && (was.sport == now.sport || was.dport == now.dport)
+        // DHCP's messages of one transaction share the xid, an ARP request
+        // and its answer the address: their type tells them apart.
+        && was.op == now.op
 }
 
 /// One of the guest's requests has this id. Without a recent request there is
@@ -402,4 +434,36 @@ fn classify_dns(pkt: &PacketInfo, vm: &[u8; 4], dst: &[u8; 4]) -> Option<(u8, u8
         return Some((ROLE_REPLY, 0));
     }
     None
+}
+
+/// `--proto arp`, ahead of everything else only when asked: ARP is not IPv4.
+#[inline(always)]
+fn parse_arp_if_asked(ctx: &TcContext) -> Option<(PacketInfo, usize)> {
+    if config().protos & PROTO_ARP == 0 {
+        return None;
+    }
+    parse_arp(ctx)
+}
+
+/// A client's message is a request (only its port's ingress starts following
+/// it); a server's answers one when its transaction id is being followed.
+#[inline(always)]
+fn classify_dhcp(pkt: &PacketInfo) -> Option<(u8, u8)> {
+    if is_client_message(pkt) {
+        return Some((ROLE_REQUEST, 0));
+    }
+    is_known_request(pkt.proto, pkt.id, pkt.seq).then_some((ROLE_REPLY, 0))
+}
+
+/// A who-has for the destination is a request; the answer for it (keyed by
+/// the address asked about) a reply.
+#[inline(always)]
+fn classify_arp(pkt: &PacketInfo, dst: &[u8; 4]) -> Option<(u8, u8)> {
+    match pkt.op {
+        ARP_REQUEST if pkt.daddr == *dst => Some((ROLE_REQUEST, 0)),
+        ARP_REPLY if pkt.saddr == *dst && is_known_request(pkt.proto, pkt.id, pkt.seq) => {
+            Some((ROLE_REPLY, 0))
+        }
+        _ => None,
+    }
 }

@@ -10,6 +10,7 @@ use tracer_common::{Event, EventKind, DIR_EGRESS, FLAG_DEV_KNOWN, FLAG_HAS_DST, 
 
 use crate::topology::Role;
 
+mod dhcp;
 mod trace;
 
 pub use trace::*;
@@ -251,7 +252,9 @@ impl Correlator {
         let Some(i) = self.find(ev) else {
             return;
         };
-        if self.beyond_host(ev, &self.traces[i]) {
+        if self.beyond_host(ev, &self.traces[i])
+            || dhcp::local_copy_elsewhere(&self.traces[i], ev, &self.ctx)
+        {
             return;
         }
         let direction = if ev.role == ROLE_REPLY {
@@ -279,7 +282,9 @@ impl Correlator {
         let Some(i) = self.find(ev) else {
             return;
         };
-        if self.beyond_host(ev, &self.traces[i]) {
+        if self.beyond_host(ev, &self.traces[i])
+            || dhcp::local_copy_elsewhere(&self.traces[i], ev, &self.ctx)
+        {
             return;
         }
         let (inbound, bridged) = (self.ctx.inbound, self.ctx.bridged);
@@ -399,8 +404,7 @@ fn decide(t: &Trace, now: u64, reply_wait: u64) -> Option<Outcome> {
         // (and tells us why) or delivers it within `reply_wait`.
         return after(Some(t.last_ts), reply_wait).then_some(Outcome::Dropped);
     }
-    let sent = t.left_ts.or(t.local_ts);
-    after(sent, REPLY_WAIT_NS).then_some(Outcome::NoReply)
+    after(dhcp::handed_over(t), dhcp::request_wait(t)).then_some(Outcome::NoReply)
 }
 
 #[cfg(test)]

@@ -176,6 +176,12 @@ impl Explainer {
                 (Direction::Request, 6) => Some("established"),
                 _ => None,
             },
+            // ARP (`--proto arp`): `saddr`/`daddr` are its sender and target.
+            l3: if pkt.kind == tracer_common::PKT_ARP {
+                nft::L3::Arp
+            } else {
+                nft::L3::Ipv4
+            },
             ..Default::default()
         }
     }

@@ -1,9 +1,11 @@
 //! From a finished trace to the operator's answer: where it died, the kernel's
 //! reason, the rule or setting responsible, and the command that fixes it.
 
+mod arp;
 mod blame;
 mod bond;
 mod bridge;
+pub mod dhcp;
 mod firewall;
 pub mod fix;
 pub mod iptables;
@@ -106,6 +108,11 @@ impl Explainer {
         if self.is_service() {
             self.refine_service(t, &mut v);
         }
+        match t.request.kind {
+            tracer_common::PKT_DHCP => self.dhcp(t, &mut v),
+            tracer_common::PKT_ARP => self.arp(t, &mut v),
+            _ => {}
+        }
         if f.outcome != Outcome::Replied {
             v.doctor = self.findings.current(relevant(v.stage, v.direction));
         }
@@ -119,7 +126,7 @@ impl Explainer {
     fn replied(&self, t: &Trace, v: &mut Verdict) {
         v.ifname = t.port_ifindex.and_then(|i| self.name(i));
         v.rtt_ns = t.delivered_ts.map(|d| d.saturating_sub(t.first_ts()));
-        if t.request.proto == 17 && !self.is_service() {
+        if t.request.proto == 17 && !self.is_service() && t.request.kind == tracer_common::PKT_IP {
             let rcode = t.reply_hops.last().map_or(0, |h| h.pkt.code);
             v.dns_rcode = Some(crate::dns::rcode_name(rcode));
             if rcode != 0 {

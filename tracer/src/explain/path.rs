@@ -157,6 +157,11 @@ pub(super) fn nat_between(a: &PacketInfo, b: &PacketInfo) -> Option<Nat> {
 }
 
 pub(super) fn flow_of(p: &PacketInfo) -> Flow {
+    match p.kind {
+        tracer_common::PKT_DHCP => return super::dhcp::flow_of(p),
+        tracer_common::PKT_ARP => return super::arp::flow_of(p),
+        _ => {}
+    }
     let icmp = p.proto == 1;
     Flow {
         src: ip(p.saddr).to_string(),

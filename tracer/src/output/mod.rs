@@ -83,7 +83,16 @@ fn flow_label(v: &Verdict) -> String {
                 .map(|q| format!(" {q}"))
                 .unwrap_or_default()
         ),
-        _ => format!("{} {} → {}", v.proto, f.src, f.dst),
+        _ => match (f.dhcp_xid, &f.arp_target) {
+            (Some(xid), _) => format!(
+                "dhcp {} → {} xid {xid:#010x} {}",
+                f.src,
+                f.dst,
+                f.dhcp_messages.join("/")
+            ),
+            (_, Some(target)) => format!("arp who-has {target} ({})", f.arp_ops.join("/")),
+            _ => format!("{} {} → {}", v.proto, f.src, f.dst),
+        },
     }
 }
 
@@ -287,6 +296,28 @@ mod tests {
         Check::new(check, Status::Fail, "s")
             .evidence("evidence")
             .fix(fix)
+    }
+
+    #[test]
+    fn dhcp_and_arp_flows_are_labelled_in_their_terms() {
+        let mut v = verdict("", vec![]);
+        v.flow = Flow {
+            src: "0.0.0.0".into(),
+            dst: "255.255.255.255".into(),
+            dhcp_xid: Some(0xdead_beef),
+            dhcp_messages: vec!["DISCOVER".into(), "OFFER".into()],
+            ..Flow::default()
+        };
+        assert_eq!(
+            flow_label(&v),
+            "dhcp 0.0.0.0 → 255.255.255.255 xid 0xdeadbeef DISCOVER/OFFER"
+        );
+        v.flow = Flow {
+            arp_target: Some("192.0.2.1".into()),
+            arp_ops: vec!["request".into()],
+            ..Flow::default()
+        };
+        assert_eq!(flow_label(&v), "arp who-has 192.0.2.1 (request)");
     }
 
     fn verdict(hint: &str, doctor: Vec<Check>) -> Verdict {

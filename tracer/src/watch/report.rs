@@ -8,8 +8,8 @@ use std::{
 
 use serde::Serialize;
 use tracer_common::{
-    DropKey, PacketInfo, CLASS_ARP, CLASS_DNS, CLASS_ICMP, CLASS_TCP, CLASS_UDP, WDIR_FROM_VM,
-    WDIR_TO_VM, WFLAG_HAS_DST,
+    DropKey, PacketInfo, CLASS_ARP, CLASS_DHCP, CLASS_DNS, CLASS_ICMP, CLASS_TCP, CLASS_UDP,
+    WDIR_FROM_VM, WDIR_TO_VM, WFLAG_HAS_DST,
 };
 
 use super::inventory::{Inventory, VmPort};
@@ -233,7 +233,11 @@ fn describe(
     } else {
         Some(Role::Uplink)
     };
-    let dst_local = example.is_some_and(|p| inv.local_addrs.contains(&Ipv4Addr::from(p.daddr)));
+    // The limited broadcast (a DHCP DISCOVER's) is delivered to the host too.
+    let dst_local = example.is_some_and(|p| {
+        let dst = Ipv4Addr::from(p.daddr);
+        inv.local_addrs.contains(&dst) || dst.is_broadcast()
+    });
     let facts = DropFacts {
         reason: reason.as_deref(),
         function,
@@ -304,12 +308,13 @@ pub fn class_word(class: u8) -> &'static str {
         CLASS_TCP => "tcp",
         CLASS_UDP => "udp",
         CLASS_ARP => "arp",
+        CLASS_DHCP => "dhcp",
         _ => "other",
     }
 }
 
 fn example_of(class: u8, p: &PacketInfo) -> Example {
-    let ports = matches!(class, CLASS_TCP | CLASS_UDP | CLASS_DNS);
+    let ports = matches!(class, CLASS_TCP | CLASS_UDP | CLASS_DNS | CLASS_DHCP);
     Example {
         src: Ipv4Addr::from(p.saddr).to_string(),
         dst: Ipv4Addr::from(p.daddr).to_string(),
