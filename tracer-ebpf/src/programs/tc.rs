@@ -28,9 +28,9 @@ use super::flow;
 use crate::{
     dhcparp::{is_client_message, parse_arp, ARP_REPLY, ARP_REQUEST},
     maps::{
-        armed, as_number, budget_left, config, count, emit, maybe_followed, maybe_tracked,
-        note_followed, note_request, request_recent, requests_seen, take_slot, track, tracked,
-        untrack, EVENTS, REQ_IDS,
+        armed, as_number, budget_left, config, count, emit, following, maybe_followed,
+        maybe_tracked, note_followed, note_request, request_recent, requests_seen, take_slot,
+        track, tracked, untrack, EVENTS, REQ_IDS,
     },
     packet::{
         dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,

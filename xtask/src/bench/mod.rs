@@ -273,7 +273,7 @@ pub fn run(opts: &Options) -> Result<()> {
         root().join("bench/results")
     };
     std::fs::create_dir_all(&dir)?;
-    let stem = format!("{}-{}", machine_slug(), today());
+    let stem = unused_stem(&dir, &format!("{}-{}", machine_slug(), today()));
     std::fs::write(dir.join(format!("{stem}.md")), &table)?;
     std::fs::write(
         dir.join(format!("{stem}.json")),
@@ -281,6 +281,18 @@ pub fn run(opts: &Options) -> Result<()> {
     )?;
     eprintln!("bench: wrote {}/{stem}.{{md,json}}", dir.display());
     Ok(())
+}
+
+/// `base`, or `base-2`, `base-3`, ...: a second run on the same day keeps the
+/// first one's results (committed runs are named by machine and date).
+fn unused_stem(dir: &std::path::Path, base: &str) -> String {
+    (1..)
+        .map(|n| match n {
+            1 => base.to_string(),
+            n => format!("{base}-{n}"),
+        })
+        .find(|stem| !dir.join(format!("{stem}.md")).exists())
+        .expect("an unused name")
 }
 
 /// Rounds and seconds per run of a full bench: ten paired rounds of two floods
