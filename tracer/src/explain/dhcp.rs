@@ -58,32 +58,20 @@ pub(super) fn flow_of(p: &PacketInfo) -> Flow {
     }
 }
 
-/// Sockets bound to UDP `port` in `/proc/net/udp`'s text (this namespace's):
-/// their local addresses.
-pub fn udp_listeners(proc_net_udp: &str, port: u16) -> Vec<std::net::Ipv4Addr> {
-    proc_net_udp
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|local| {
-            let (addr, p) = local.split_once(':')?;
-            (u16::from_str_radix(p, 16).ok()? == port).then_some(())?;
-            // The kernel prints the address as a host-order u32 of network bytes.
-            let raw = u32::from_str_radix(addr, 16).ok()?;
-            Some(std::net::Ipv4Addr::from(raw.to_le_bytes()))
-        })
-        .collect()
-}
-
 /// The kernel's UDP receive path freed it: no socket took it (`__udp4_lib_rcv`,
 /// `__udp4_lib_mcast_deliver`, ... — the function names vary by kernel).
 fn freed_by_udp(location: Option<&str>) -> bool {
     location.is_some_and(|l| l.starts_with("__udp4_lib") || l.starts_with("udp"))
 }
 
+/// Read when the verdict is made: a server may have started or stopped since
+/// the host model was read.
 fn servers_here() -> Vec<std::net::Ipv4Addr> {
-    let text = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-    udp_listeners(&text, SERVER_PORT)
+    crate::host::udp_sockets()
+        .into_iter()
+        .filter(|&(_, port)| port == SERVER_PORT)
+        .map(|(addr, _)| addr)
+        .collect()
 }
 
 impl Explainer {
@@ -169,22 +157,6 @@ impl Explainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listeners_on_port_67() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
-            1: 00000000:0043 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0 0\n\
-            2: 010200C0:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0 0\n";
-        assert_eq!(
-            udp_listeners(text, 67),
-            vec![std::net::Ipv4Addr::UNSPECIFIED]
-        );
-        assert_eq!(
-            udp_listeners(text, 53),
-            vec!["192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()]
-        );
-        assert!(udp_listeners(text, 68).is_empty());
-    }
 
     #[test]
     fn udp_frees_are_recognised() {

@@ -41,6 +41,7 @@ use netlink_packet_route::{
 };
 
 pub use link::Link;
+pub use sysctls::udp_sockets;
 pub use tables::{Address, FdbEntry, Neighbour, Route, RouteEntry, RouteKind};
 
 use netlink::Rtnl;
