@@ -85,7 +85,7 @@ fn reply(c: &Culprit) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::explain::nft::{rule_texts, Ruleset, L3_FAMILIES};
+    use crate::explain::nft::{Ruleset, L3_FAMILIES};
 
     /// libvirt's own expected output for its default NAT network (virbr0,
     /// 192.168.122.0/24), loaded unchanged and listed by nft (see
@@ -118,13 +118,7 @@ mod tests {
     }
 
     fn with_text(mut c: Culprit) -> Culprit {
-        let key = (
-            c.family.clone(),
-            c.table.clone(),
-            c.chain.clone(),
-            c.handle.unwrap(),
-        );
-        c.text = rule_texts(text()).remove(&key);
+        c.take_text_from(text());
         c
     }
 

@@ -114,6 +114,20 @@ pub enum Manager {
 const IPTABLES_TABLES: &[&str] = &["filter", "nat", "mangle", "raw", "security"];
 
 impl Culprit {
+    /// Its rule's text from `listing` (`nft -a list ruleset`), when it names a
+    /// rule (a chain's policy has no text).
+    pub fn take_text_from(&mut self, listing: &str) {
+        if let Some(h) = self.handle {
+            let key = (
+                self.family.clone(),
+                self.table.clone(),
+                self.chain.clone(),
+                h,
+            );
+            self.text = rule_texts(listing).remove(&key);
+        }
+    }
+
     /// `inet filter forward handle 4: ip saddr 192.0.2.100 drop`, or
     /// `inet filter forward policy drop`; a rule reached through other chains
     /// ends with the way there: `(via vm-out → vm-map-out[tap100i0] → guest-100-out)`.
@@ -178,15 +192,7 @@ pub fn find_culprit_at(points: &[Point]) -> Option<Culprit> {
         .iter()
         .find_map(|p| ruleset.culprit(p.hook, p.families, p.view))?;
     ruleset.annotate(&mut culprit);
-    let text = run(&["-a", "list", "ruleset"]).unwrap_or_default();
-    if let Some(h) = culprit.handle {
-        culprit.text = rule_texts(&text).remove(&(
-            culprit.family.clone(),
-            culprit.table.clone(),
-            culprit.chain.clone(),
-            h,
-        ));
-    }
+    culprit.take_text_from(&run(&["-a", "list", "ruleset"]).unwrap_or_default());
     Some(culprit)
 }
 
@@ -241,15 +247,7 @@ pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
     let ruleset = Ruleset::parse(&serde_json::from_str(&json).ok()?);
     let mut found = ruleset.snat(pkt)?;
     ruleset.annotate(&mut found);
-    let text = run(&["-a", "list", "ruleset"]).unwrap_or_default();
-    if let Some(h) = found.handle {
-        found.text = rule_texts(&text).remove(&(
-            found.family.clone(),
-            found.table.clone(),
-            found.chain.clone(),
-            h,
-        ));
-    }
+    found.take_text_from(&run(&["-a", "list", "ruleset"]).unwrap_or_default());
     Some(found)
 }
 

@@ -99,13 +99,7 @@ fn pve_guest(saddr: &str) -> PacketView {
 }
 
 fn with_text(mut c: Culprit) -> Culprit {
-    let key = (
-        c.family.clone(),
-        c.table.clone(),
-        c.chain.clone(),
-        c.handle.unwrap(),
-    );
-    c.text = rule_texts(pve_text()).remove(&key);
+    c.take_text_from(pve_text());
     c
 }
 
