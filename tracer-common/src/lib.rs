@@ -151,14 +151,37 @@ pub const FLAG_DEV_KNOWN: u8 = 2;
 /// The reply is an ICMP error (e.g. time exceeded) quoting the guest's request.
 pub const FLAG_ICMP_ERROR: u8 = 4;
 
+/// `PacketInfo::family` and `Config::family`: which IP version the addresses are.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// An address as the wire format holds it: IPv6's 16 bytes, or IPv4's 4 in
+/// bytes 0..4 and the rest zero (`family` says which).
+pub type Addr = [u8; 16];
+
+/// An IPv4 address (its wire bytes) in an [`Addr`].
+#[inline(always)]
+pub const fn addr4(b: [u8; 4]) -> Addr {
+    let mut a = [0; 16];
+    a[0] = b[0];
+    a[1] = b[1];
+    a[2] = b[2];
+    a[3] = b[3];
+    a
+}
+
 /// The headers of one packet as the kernel programs parsed them. Addresses are kept
 /// in network byte order exactly as on the wire; ports and ids in host order.
+/// For IPv6, `proto` is the upper-layer protocol after the extension headers,
+/// `ttl` the hop limit, `ip_len` the payload length plus the 40-byte header,
+/// `icmp_type`/`code` the ICMPv6 ones and `next_hop_mtu` a Packet Too Big's MTU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketInfo {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    /// IP protocol number (1 ICMP, 17 UDP).
+    /// Read them with [`PacketInfo::src`] and [`PacketInfo::dst`].
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// IP protocol number (1 ICMP, 17 UDP, 58 ICMPv6).
     pub proto: u8,
     pub ttl: u8,
     /// ICMP type, or 0 for UDP.
@@ -193,9 +216,80 @@ pub struct PacketInfo {
     /// ARP opcode (1 request, 2 reply), or the DHCP message type (option 53:
     /// 1 DISCOVER, 2 OFFER, 3 REQUEST, 5 ACK, 6 NAK; 0 not found).
     pub op: u8,
-    pub _pad: [u8; 2],
+    /// `FAMILY_V4` or `FAMILY_V6` (0, as in a zeroed record: IPv4).
+    pub family: u8,
+    pub _pad: u8,
     /// DHCP transaction id (0 otherwise).
     pub xid: u32,
+}
+
+impl PacketInfo {
+    pub fn is_v6(&self) -> bool {
+        self.family == FAMILY_V6
+    }
+
+    /// The source address, whatever the family.
+    pub fn src(&self) -> core::net::IpAddr {
+        self.addr(&self.saddr)
+    }
+
+    /// The destination address, whatever the family.
+    pub fn dst(&self) -> core::net::IpAddr {
+        self.addr(&self.daddr)
+    }
+
+    fn addr(&self, b: &Addr) -> core::net::IpAddr {
+        if self.is_v6() {
+            core::net::IpAddr::V6(core::net::Ipv6Addr::from(*b))
+        } else {
+            core::net::IpAddr::V4(core::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }
+    }
+
+    /// The source as IPv4 (its first four bytes): for what reads IPv4 only.
+    pub fn src_v4(&self) -> core::net::Ipv4Addr {
+        let b = &self.saddr;
+        core::net::Ipv4Addr::new(b[0], b[1], b[2], b[3])
+    }
+
+    /// The destination as IPv4 (its first four bytes).
+    pub fn dst_v4(&self) -> core::net::Ipv4Addr {
+        let b = &self.daddr;
+        core::net::Ipv4Addr::new(b[0], b[1], b[2], b[3])
+    }
+
+    /// Both addresses and the family they imply (both must be of one family;
+    /// a mixed pair is taken as the source's).
+    pub fn set_addrs(&mut self, src: core::net::IpAddr, dst: core::net::IpAddr) {
+        self.family = match src {
+            core::net::IpAddr::V4(_) => FAMILY_V4,
+            core::net::IpAddr::V6(_) => FAMILY_V6,
+        };
+        self.saddr = addr_bytes(src);
+        self.daddr = addr_bytes(dst);
+    }
+
+    /// The same packet with these addresses (tests, fixtures).
+    pub fn with_addrs(mut self, src: core::net::IpAddr, dst: core::net::IpAddr) -> Self {
+        self.set_addrs(src, dst);
+        self
+    }
+}
+
+/// An address in the wire format's 16 bytes.
+pub fn addr_bytes(ip: core::net::IpAddr) -> Addr {
+    match ip {
+        core::net::IpAddr::V4(a) => addr4(a.octets()),
+        core::net::IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The family byte of an address.
+pub fn family_of(ip: core::net::IpAddr) -> u8 {
+    match ip {
+        core::net::IpAddr::V4(_) => FAMILY_V4,
+        core::net::IpAddr::V6(_) => FAMILY_V6,
+    }
 }
 
 /// One record in the ring buffer.
@@ -276,10 +370,10 @@ pub struct Tracked {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Config {
-    /// The guest's IPv4 address, network order bytes.
-    pub vm_ip: [u8; 4],
+    /// The guest's address, network order bytes (an [`Addr`]: IPv4 in 0..4).
+    pub vm_ip: Addr,
     /// The destination the operator asked about, network order bytes.
-    pub dst_ip: [u8; 4],
+    pub dst_ip: Addr,
     /// `PROTO_*` bits to follow.
     pub protos: u32,
     /// Offset of `skb_drop_reason reason` in the `skb:kfree_skb` record.
@@ -312,7 +406,9 @@ pub struct Config {
     pub _pad: u32,
     /// `--proto tcp|udp`: the service's port (host order), 0 otherwise.
     pub dst_port: u16,
-    pub _pad_port: [u8; 6],
+    /// `FAMILY_V4` or `FAMILY_V6`: what `vm_ip` and `dst_ip` are.
+    pub family: u8,
+    pub _pad_port: [u8; 5],
 }
 
 /// Counters the kernel keeps about itself (index into the per-CPU `COUNTERS` array).
@@ -330,12 +426,12 @@ pub const CNT_MAX: u32 = 8;
 
 // The kernel writes these bytes and user space reads them: sizes must never drift
 // silently, and there must be no implicit padding.
-const _: () = assert!(core::mem::size_of::<PacketInfo>() == 40);
-const _: () = assert!(core::mem::size_of::<Event>() == 80);
-const _: () = assert!(core::mem::size_of::<Tracked>() == 56);
-const _: () = assert!(core::mem::size_of::<NameEvent>() == 144);
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
-const _: () = assert!(core::mem::size_of::<PacketEvent>() == 80 + 8 + SNAP_LEN);
+const _: () = assert!(core::mem::size_of::<PacketInfo>() == 64);
+const _: () = assert!(core::mem::size_of::<Event>() == 104);
+const _: () = assert!(core::mem::size_of::<Tracked>() == 80);
+const _: () = assert!(core::mem::size_of::<NameEvent>() == 168);
+const _: () = assert!(core::mem::size_of::<Config>() == 96);
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 104 + 8 + SNAP_LEN);
 
 pub use watch::*;
 
@@ -440,7 +536,8 @@ mod watch {
         u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
     }
 
-    /// Key of `VM_ADDRS`: an IPv4 address as its wire bytes.
+    /// Key of `VM_ADDRS`: an IPv4 address as its wire bytes (the first four
+    /// of an [`super::Addr`]).
     #[inline(always)]
     pub const fn addr_key(addr: [u8; 4]) -> u32 {
         u32::from_le_bytes(addr)
@@ -448,17 +545,19 @@ mod watch {
 
     const _: () = assert!(core::mem::size_of::<DropKey>() == 24);
     const _: () = assert!(core::mem::size_of::<DropCount>() == 32);
-    const _: () = assert!(core::mem::size_of::<DropSample>() == 72);
+    const _: () = assert!(core::mem::size_of::<DropSample>() == 96);
     const _: () = assert!(core::mem::size_of::<WatchConfig>() == 64);
 }
 
 /// Key of the `REQ_IDS` map: which requests of the guest are being followed, so
 /// that replies (possibly after NAT) can be recognised by id. ICMP echoes carry
 /// their sequence number too: a ping keeps one id for all its echoes, and only
-/// the replies to the echoes being followed are wanted (DNS: `seq` is 0).
+/// the replies to the echoes being followed are wanted (DNS: `seq` is 0). The
+/// family keeps an IPv4 and an IPv6 request with the same id apart (addresses
+/// cannot be part of it: NAT rewrites them).
 #[inline(always)]
-pub const fn req_key(proto: u8, id: u16, seq: u16) -> u64 {
-    ((proto as u64) << 32) | ((id as u64) << 16) | seq as u64
+pub const fn req_key(family: u8, proto: u8, id: u16, seq: u16) -> u64 {
+    ((family as u64) << 40) | ((proto as u64) << 32) | ((id as u64) << 16) | seq as u64
 }
 
 /// Slots of the trace mode's `STATE` array (u64 each): what lets the hooks off

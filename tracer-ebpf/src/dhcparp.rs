@@ -3,7 +3,7 @@
 //! one of them (a compare of the read-only config otherwise).
 
 use aya_ebpf::programs::TcContext;
-use tracer_common::{PacketInfo, PKT_ARP, PKT_DHCP};
+use tracer_common::{addr4, PacketInfo, FAMILY_V4, PKT_ARP, PKT_DHCP};
 
 pub const DHCP_SERVER_PORT: u16 = 67;
 pub const DHCP_CLIENT_PORT: u16 = 68;
@@ -86,8 +86,9 @@ pub fn parse_arp(ctx: &TcContext) -> Option<(PacketInfo, usize)> {
     let tpa = [a[24], a[25], a[26], a[27]];
     let asked = if op == ARP_REPLY { spa } else { tpa };
     let info = PacketInfo {
-        saddr: spa,
-        daddr: tpa,
+        saddr: addr4(spa),
+        daddr: addr4(tpa),
+        family: FAMILY_V4,
         kind: PKT_ARP,
         op,
         id: u16::from_be_bytes([asked[0], asked[1]]),

@@ -15,8 +15,8 @@ use tracer_common::{
 /// Filter and kernel offsets, written by user space at load time.
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<Config> = Global::new(Config {
-    vm_ip: [0; 4],
-    dst_ip: [0; 4],
+    vm_ip: [0; 16],
+    dst_ip: [0; 16],
     protos: 0,
     kfree_reason_off: 0,
     kfree_location_off: 0,
@@ -32,7 +32,8 @@ pub static CONFIG: Global<Config> = Global::new(Config {
     max_follow: 0,
     _pad: 0,
     dst_port: 0,
-    _pad_port: [0; 6],
+    family: 0,
+    _pad_port: [0; 5],
 });
 
 /// Events for user space. Sized by user space at load time.
@@ -53,7 +54,7 @@ pub static STATE: Array<u64> = Array::with_max_entries(tracer_common::state::LEN
 /// How long after the last request replies to it are still looked for.
 const REPLY_WINDOW_NS: u64 = 30_000_000_000;
 
-/// Requests being followed (`req_key(proto, id, seq)`), so replies are known by
+/// Requests being followed (`req_key(family, proto, id, seq)`), so replies are known by
 /// id even after NAT rewrote their addresses. Value: time first seen.
 #[map]
 pub static REQ_IDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(capacity::REQ_IDS, 0);
@@ -151,9 +152,28 @@ pub static VM_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::VM_
 #[map]
 pub static VM_MACS: HashMap<u64, u32> = HashMap::with_max_entries(capacity::VM_MACS, 0);
 
+/// The configuration, read in place. `Global::load` copies all of it (a
+/// volatile read) at every call, onto a stack of 512 bytes; here only the
+/// pointer is laundered through a volatile read, so the compiler cannot fold
+/// the fields to their zero initial values, and each field read is one load
+/// from the frozen global.
 #[inline(always)]
-pub fn config() -> Config {
-    CONFIG.load()
+pub fn config() -> &'static Config {
+    let at = &CONFIG as *const Global<Config> as *const Config;
+    // SAFETY: `Global` is `repr(transparent)` over the value, which the loader
+    // initialises and never changes while the programs run.
+    unsafe { &*core::ptr::read_volatile(&at) }
+}
+
+/// Two addresses of the wire format are equal. Written out word by word: the
+/// BPF target has no `memcmp`, and an IPv4 address usually differs in the
+/// first word already. Both sides are fields of 4-aligned structs.
+#[inline(always)]
+pub fn same_addr(a: &tracer_common::Addr, b: &tracer_common::Addr) -> bool {
+    let w = |x: &tracer_common::Addr, i: usize| {
+        u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]])
+    };
+    w(a, 0) == w(b, 0) && w(a, 4) == w(b, 4) && w(a, 8) == w(b, 8) && w(a, 12) == w(b, 12)
 }
 
 #[inline(always)]

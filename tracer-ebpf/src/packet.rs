@@ -4,7 +4,8 @@
 use crate::dhcparp::{fill_dhcp, is_dhcp_ports};
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
 use tracer_common::{
-    PacketInfo, CLASS_DHCP, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP, PROTO_TCP,
+    addr4, PacketInfo, CLASS_DHCP, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP,
+    FAMILY_V4, PROTO_TCP,
 };
 
 const ETH_HLEN: usize = 14;
@@ -156,8 +157,9 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
 #[inline(always)]
 fn ip_info(ip: &Ipv4Hdr) -> PacketInfo {
     PacketInfo {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
+        saddr: addr4(ip.saddr),
+        daddr: addr4(ip.daddr),
+        family: FAMILY_V4,
         proto: ip.proto,
         ttl: ip.ttl,
         ip_len: be16(ip.tot_len),
@@ -259,8 +261,9 @@ pub fn read_ipv4(ip: u64, pkt: &mut PacketInfo) -> u8 {
     if h[0] >> 4 != 4 {
         return CLASS_OTHER;
     }
-    pkt.saddr = [h[12], h[13], h[14], h[15]];
-    pkt.daddr = [h[16], h[17], h[18], h[19]];
+    pkt.saddr = addr4([h[12], h[13], h[14], h[15]]);
+    pkt.daddr = addr4([h[16], h[17], h[18], h[19]]);
+    pkt.family = FAMILY_V4;
     pkt.proto = h[9];
     pkt.ttl = h[8];
     pkt.ip_len = u16::from_be_bytes([h[2], h[3]]);

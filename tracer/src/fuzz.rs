@@ -152,8 +152,8 @@ fn event() -> impl Strategy<Value = Event> {
             reason: u32::from(b[1]),
             netns: netns % 3,
             pkt: PacketInfo {
-                saddr: [192, 0, 2, b[2] % 3],
-                daddr: [203, 0, 113, b[3] % 3],
+                saddr: tracer_common::addr4([192, 0, 2, b[2] % 3]),
+                daddr: tracer_common::addr4([203, 0, 113, b[3] % 3]),
                 proto: [1, 17][usize::from(b[4] % 2)],
                 icmp_type: b[5] % 12,
                 id: u16::from(b[6] % 4),

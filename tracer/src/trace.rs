@@ -239,8 +239,8 @@ fn banner(cli: &Cli, topo: &Topology) -> String {
 fn build_config(cli: &Cli, btf: &KernelBtf) -> Result<Config> {
     let offsets = btf.offsets().context("reading struct offsets from BTF")?;
     Ok(Config {
-        vm_ip: cli.vm_ip.octets(),
-        dst_ip: cli.to.octets(),
+        vm_ip: tracer_common::addr4(cli.vm_ip.octets()),
+        dst_ip: tracer_common::addr4(cli.to.octets()),
         protos: cli.proto().mask(),
         kfree_reason_off: tracefs::kfree_reason_offset()?,
         kfree_location_off: tracefs::field_offset("skb", "kfree_skb", "location")?,
@@ -256,7 +256,8 @@ fn build_config(cli: &Cli, btf: &KernelBtf) -> Result<Config> {
         max_follow: crate::budget::max_follow(cli.count),
         _pad: 0,
         dst_port: cli.port.unwrap_or(0),
-        _pad_port: [0; 6],
+        family: tracer_common::FAMILY_V4,
+        _pad_port: [0; 5],
     })
 }
 
@@ -534,8 +535,8 @@ mod pipeline_bench {
     /// reply consumed by the guest's port.
     fn replied_ping(n: u64, t0: u64) -> Vec<Vec<u8>> {
         let req = PacketInfo {
-            saddr: [192, 0, 2, 100],
-            daddr: [203, 0, 113, 8],
+            saddr: tracer_common::addr4([192, 0, 2, 100]),
+            daddr: tracer_common::addr4([203, 0, 113, 8]),
             proto: 1,
             icmp_type: 8,
             id: (n >> 16) as u16,
@@ -544,7 +545,7 @@ mod pipeline_bench {
         };
         let rep = PacketInfo {
             saddr: req.daddr,
-            daddr: [198, 51, 100, 2],
+            daddr: tracer_common::addr4([198, 51, 100, 2]),
             icmp_type: 0,
             ..req
         };

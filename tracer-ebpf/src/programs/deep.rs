@@ -63,7 +63,7 @@ fn hop(ctx: &ProbeContext, skb: Option<u64>) -> u32 {
         pkt: t.pkt,
         ..Event::default()
     };
-    read_device(skb, &cfg, &mut event);
+    read_device(skb, cfg, &mut event);
     if cfg.skb_head_off != 0 && cfg.skb_nh_off != 0 {
         let head = read_u64(skb + cfg.skb_head_off as u64);
         let nh = unsafe { bpf_probe_read_kernel((skb + cfg.skb_nh_off as u64) as *const u16) }

@@ -15,7 +15,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{following, maybe_followed, request_recent, requests_seen, REQ_IDS},
+    maps::{config, following, maybe_followed, request_recent, requests_seen, same_addr, REQ_IDS},
     packet::{parse_ip_at, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -51,9 +51,9 @@ pub fn key(pkt: &mut PacketInfo, cfg: &Config) {
 /// port). From the service: only to a guest port followed recently.
 #[inline(always)]
 pub fn concerns(pkt: &PacketInfo, starts: bool, cfg: &Config) -> bool {
-    if pkt.dport == cfg.dst_port && pkt.daddr == cfg.dst_ip {
-        (starts && pkt.saddr == cfg.vm_ip) || following()
-    } else if pkt.sport == cfg.dst_port && pkt.saddr == cfg.dst_ip {
+    if pkt.dport == cfg.dst_port && same_addr(&pkt.daddr, &cfg.dst_ip) {
+        (starts && same_addr(&pkt.saddr, &cfg.vm_ip)) || following()
+    } else if pkt.sport == cfg.dst_port && same_addr(&pkt.saddr, &cfg.dst_ip) {
         requests_seen() && maybe_followed(pkt.id, pkt.seq)
     } else {
         false
@@ -69,12 +69,16 @@ pub fn is_new_request(pkt: &PacketInfo, cfg: &Config) -> bool {
         IPPROTO_TCP => pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         _ => true,
     };
-    opens && pkt.saddr == cfg.vm_ip && pkt.daddr == cfg.dst_ip && pkt.dport == cfg.dst_port
+    opens
+        && same_addr(&pkt.saddr, &cfg.vm_ip)
+        && same_addr(&pkt.daddr, &cfg.dst_ip)
+        && pkt.dport == cfg.dst_port
 }
 
 #[inline(always)]
 fn known(proto: u8, id: u16, seq: u16) -> bool {
-    request_recent() && unsafe { REQ_IDS.get(req_key(proto, id, seq)).is_some() }
+    let family = config().family;
+    request_recent() && unsafe { REQ_IDS.get(req_key(family, proto, id, seq)).is_some() }
 }
 
 /// Request or reply of the traced service flow, as (role, flags).
@@ -84,13 +88,15 @@ pub fn classify(pkt: &PacketInfo, cfg: &Config) -> Option<(u8, u8)> {
         return Some((ROLE_REQUEST, 0));
     }
     let (proto, id, seq) = (pkt.proto, pkt.id, pkt.seq);
-    let to_service = pkt.saddr == cfg.vm_ip && pkt.daddr == cfg.dst_ip && pkt.dport == cfg.dst_port;
+    let to_service = same_addr(&pkt.saddr, &cfg.vm_ip)
+        && same_addr(&pkt.daddr, &cfg.dst_ip)
+        && pkt.dport == cfg.dst_port;
     // A data segment of a followed connection: the path-MTU black hole shows
     // on these, not on the handshake.
     if to_service && proto == IPPROTO_TCP && pkt.payload_len > 0 && known(proto, id, seq) {
         return Some((ROLE_REQUEST, 0));
     }
-    let from_service = pkt.saddr == cfg.dst_ip && pkt.sport == cfg.dst_port;
+    let from_service = same_addr(&pkt.saddr, &cfg.dst_ip) && pkt.sport == cfg.dst_port;
     if from_service && known(proto, id, seq) {
         return Some((ROLE_REPLY, 0));
     }
@@ -108,7 +114,7 @@ pub fn classify_error(
 ) -> Option<(u8, u8)> {
     let (inner, _) = parse_ip_at(ctx, l4_off + 8)?;
     let ours = wanted(inner.proto, cfg)
-        && inner.daddr == cfg.dst_ip
+        && same_addr(&inner.daddr, &cfg.dst_ip)
         && inner.dport == cfg.dst_port
         && known(inner.proto, inner.dport, inner.sport);
     if !ours {

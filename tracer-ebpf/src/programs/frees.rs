@@ -86,7 +86,7 @@ fn freed(kind: EventKind, skb: u64, location: u64, reason: u32) {
         pkt: t.pkt,
         ..Event::default()
     };
-    read_device(skb, &cfg, &mut event);
+    read_device(skb, cfg, &mut event);
     untrack(skb);
     emit(&event);
 }

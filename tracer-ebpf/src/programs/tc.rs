@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    req_key, Config, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked,
+    req_key, Addr, Config, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked,
     CNT_RINGBUF_FULL, CNT_SKIPPED, DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PKT_ARP,
     PKT_DHCP, PROTO_ARP, PROTO_DHCP, PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
 };
@@ -29,8 +29,8 @@ use crate::{
     dhcparp::{is_client_message, parse_arp, ARP_REPLY, ARP_REQUEST},
     maps::{
         armed, as_number, budget_left, config, count, emit, following, maybe_followed,
-        maybe_tracked, note_followed, note_request, request_recent, requests_seen, take_slot,
-        track, tracked, untrack, EVENTS, REQ_IDS,
+        maybe_tracked, note_followed, note_request, request_recent, requests_seen, same_addr,
+        take_slot, track, tracked, untrack, EVENTS, REQ_IDS,
     },
     packet::{
         dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,
@@ -75,8 +75,8 @@ fn observe(ctx: &TcContext, dir: u8, port: bool) {
     let Some((mut pkt, l4_off)) = parse(ctx).or_else(|| parse_arp_if_asked(ctx)) else {
         return;
     };
-    if flow::wanted(pkt.proto, &config()) {
-        flow::key(&mut pkt, &config());
+    if flow::wanted(pkt.proto, config()) {
+        flow::key(&mut pkt, config());
     }
     // While armed, every packet of the host crossing the bridge and the uplink
     // comes here: most must cost no more than the header parse above, a few
@@ -158,10 +158,15 @@ fn emit_packet(ctx: &TcContext, head: &Event) {
 #[inline(always)]
 fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
     let cfg = config();
+    // One trace follows one family: the other's packets are never its own
+    // (ARP and DHCP are IPv4's).
+    if pkt.family != cfg.family {
+        return false;
+    }
     match pkt.proto {
         // An ICMP error may answer a TCP/UDP service flow.
         IPPROTO_ICMP
-            if flow::any_wanted(&cfg)
+            if flow::any_wanted(cfg)
                 && (pkt.icmp_type == ICMP_DEST_UNREACH || pkt.icmp_type == ICMP_TIME_EXCEEDED) =>
         {
             true
@@ -171,14 +176,17 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
             // else an echo is ours only as a followed packet seen again (maybe
             // after NAT), which its skb's hint slot tells at once.
             ICMP_ECHO => {
-                pkt.daddr == cfg.dst_ip
-                    && ((starts && pkt.saddr == cfg.vm_ip) || maybe_tracked(as_number(skb_ptr)))
+                same_addr(&pkt.daddr, &cfg.dst_ip)
+                    && ((starts && same_addr(&pkt.saddr, &cfg.vm_ip))
+                        || maybe_tracked(as_number(skb_ptr)))
             }
             // Replies are only looked for once a request was seen, and only
             // those to a followed echo: a reply to one of a flood's skipped echoes
             // costs two array loads here.
             ICMP_ECHOREPLY => {
-                pkt.saddr == cfg.dst_ip && requests_seen() && maybe_followed(pkt.id, pkt.seq)
+                same_addr(&pkt.saddr, &cfg.dst_ip)
+                    && requests_seen()
+                    && maybe_followed(pkt.id, pkt.seq)
             }
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => true,
             _ => false,
@@ -189,10 +197,11 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
         // with a followed query's id.
         IPPROTO_UDP if cfg.protos & PROTO_DNS != 0 => {
             (pkt.dport == DNS_PORT
-                && ((starts && pkt.saddr == cfg.vm_ip) || maybe_tracked(as_number(skb_ptr))))
+                && ((starts && same_addr(&pkt.saddr, &cfg.vm_ip))
+                    || maybe_tracked(as_number(skb_ptr))))
                 || (pkt.sport == DNS_PORT && maybe_followed(pkt.id, 0))
         }
-        p if flow::wanted(p, &cfg) => flow::concerns(pkt, starts, &cfg),
+        p if flow::wanted(p, cfg) => flow::concerns(pkt, starts, cfg),
         // Any address too: the guest may have none yet, and the server answers
         // to the offered one or to broadcast. A client's message where it
         // enters; otherwise only a followed transaction's.
@@ -200,8 +209,8 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
             (starts && is_client_message(pkt)) || maybe_followed(pkt.id, pkt.seq)
         }
         0 if cfg.protos & PROTO_ARP != 0 && pkt.kind == PKT_ARP => match pkt.op {
-            ARP_REQUEST => pkt.daddr == cfg.dst_ip && (starts || following()),
-            ARP_REPLY => pkt.saddr == cfg.dst_ip && requests_seen(),
+            ARP_REQUEST => same_addr(&pkt.daddr, &cfg.dst_ip) && (starts || following()),
+            ARP_REPLY => same_addr(&pkt.saddr, &cfg.dst_ip) && requests_seen(),
             _ => false,
         },
         _ => false,
@@ -214,7 +223,7 @@ fn is_guest_request(pkt: &PacketInfo, cfg: &Config) -> bool {
     match pkt.kind {
         // The guest may have no address yet: any client message on its port.
         PKT_DHCP => return is_client_message(pkt),
-        PKT_ARP => return pkt.op == ARP_REQUEST && pkt.daddr == cfg.dst_ip,
+        PKT_ARP => return pkt.op == ARP_REQUEST && same_addr(&pkt.daddr, &cfg.dst_ip),
         _ => {}
     }
     let what = match pkt.proto {
@@ -223,7 +232,7 @@ fn is_guest_request(pkt: &PacketInfo, cfg: &Config) -> bool {
         p if flow::wanted(p, cfg) => return flow::is_new_request(pkt, cfg),
         _ => false,
     };
-    what && pkt.saddr == cfg.vm_ip && pkt.daddr == cfg.dst_ip
+    what && same_addr(&pkt.saddr, &cfg.vm_ip) && same_addr(&pkt.daddr, &cfg.dst_ip)
 }
 
 /// The DNS question of a new request, once, so the verdict can name the query.
@@ -279,7 +288,7 @@ fn classify(
     let cfg = config();
     // A flood of the guest's requests with the budget spent: counted, and no
     // lookup at all.
-    if starts && is_guest_request(pkt, &cfg) && !budget_left(cfg.max_follow) {
+    if starts && is_guest_request(pkt, cfg) && !budget_left(cfg.max_follow) {
         count(CNT_SKIPPED);
         return None;
     }
@@ -295,7 +304,7 @@ fn classify(
             return Some((t.role, t.flags, false, clock()));
         }
         if same_packet(&t.pkt, pkt) {
-            if flow::wanted(pkt.proto, &cfg) {
+            if flow::wanted(pkt.proto, cfg) {
                 // The flow's key as first seen: MASQUERADE may have changed
                 // the guest's port (`sport`/`dport` show it as it is here).
                 pkt.seq = t.pkt.seq;
@@ -314,10 +323,10 @@ fn classify(
         classify_icmp(ctx, pkt, l4_off, &cfg.vm_ip, &cfg.dst_ip)?
     } else if pkt.proto == IPPROTO_UDP && want_dns {
         classify_dns(pkt, &cfg.vm_ip, &cfg.dst_ip)?
-    } else if pkt.proto == IPPROTO_ICMP && flow::any_wanted(&cfg) {
-        flow::classify_error(ctx, pkt, l4_off, &cfg)?
-    } else if flow::wanted(pkt.proto, &cfg) {
-        flow::classify(pkt, &cfg)?
+    } else if pkt.proto == IPPROTO_ICMP && flow::any_wanted(cfg) {
+        flow::classify_error(ctx, pkt, l4_off, cfg)?
+    } else if flow::wanted(pkt.proto, cfg) {
+        flow::classify(pkt, cfg)?
     } else {
         return None;
     };
@@ -341,7 +350,7 @@ fn classify(
             count(CNT_SKIPPED);
             return None;
         }
-        let _ = REQ_IDS.insert(req_key(pkt.proto, pkt.id, pkt.seq), now, 0);
+        let _ = REQ_IDS.insert(req_key(pkt.family, pkt.proto, pkt.id, pkt.seq), now, 0);
         note_followed(pkt.id, pkt.seq, now);
         note_request(now);
     }
@@ -389,7 +398,8 @@ fn same_packet(was: &PacketInfo, now: &PacketInfo) -> bool {
 /// nothing to answer, and no lookup is done.
 #[inline(always)]
 fn is_known_request(proto: u8, id: u16, seq: u16) -> bool {
-    request_recent() && unsafe { REQ_IDS.get(req_key(proto, id, seq)).is_some() }
+    let family = config().family;
+    request_recent() && unsafe { REQ_IDS.get(req_key(family, proto, id, seq)).is_some() }
 }
 
 #[inline(always)]
@@ -397,12 +407,16 @@ fn classify_icmp(
     ctx: &TcContext,
     pkt: &mut PacketInfo,
     l4_off: usize,
-    vm: &[u8; 4],
-    dst: &[u8; 4],
+    vm: &Addr,
+    dst: &Addr,
 ) -> Option<(u8, u8)> {
     match pkt.icmp_type {
-        ICMP_ECHO if pkt.saddr == *vm && pkt.daddr == *dst => Some((ROLE_REQUEST, 0)),
-        ICMP_ECHOREPLY if pkt.saddr == *dst && is_known_request(IPPROTO_ICMP, pkt.id, pkt.seq) => {
+        ICMP_ECHO if same_addr(&pkt.saddr, vm) && same_addr(&pkt.daddr, dst) => {
+            Some((ROLE_REQUEST, 0))
+        }
+        ICMP_ECHOREPLY
+            if same_addr(&pkt.saddr, dst) && is_known_request(IPPROTO_ICMP, pkt.id, pkt.seq) =>
+        {
             Some((ROLE_REPLY, 0))
         }
         ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => {
@@ -411,7 +425,7 @@ fn classify_icmp(
             let (inner, _) = parse_ip_at(ctx, l4_off + 8)?;
             let ours = inner.proto == IPPROTO_ICMP
                 && inner.icmp_type == ICMP_ECHO
-                && inner.daddr == *dst
+                && same_addr(&inner.daddr, dst)
                 && is_known_request(IPPROTO_ICMP, inner.id, inner.seq);
             if !ours {
                 return None;
@@ -426,11 +440,14 @@ fn classify_icmp(
 }
 
 #[inline(always)]
-fn classify_dns(pkt: &PacketInfo, vm: &[u8; 4], dst: &[u8; 4]) -> Option<(u8, u8)> {
-    if pkt.dport == DNS_PORT && pkt.saddr == *vm && pkt.daddr == *dst {
+fn classify_dns(pkt: &PacketInfo, vm: &Addr, dst: &Addr) -> Option<(u8, u8)> {
+    if pkt.dport == DNS_PORT && same_addr(&pkt.saddr, vm) && same_addr(&pkt.daddr, dst) {
         return Some((ROLE_REQUEST, 0));
     }
-    if pkt.sport == DNS_PORT && pkt.saddr == *dst && is_known_request(IPPROTO_UDP, pkt.id, 0) {
+    if pkt.sport == DNS_PORT
+        && same_addr(&pkt.saddr, dst)
+        && is_known_request(IPPROTO_UDP, pkt.id, 0)
+    {
         return Some((ROLE_REPLY, 0));
     }
     None
@@ -458,10 +475,10 @@ fn classify_dhcp(pkt: &PacketInfo) -> Option<(u8, u8)> {
 /// A who-has for the destination is a request; the answer for it (keyed by
 /// the address asked about) a reply.
 #[inline(always)]
-fn classify_arp(pkt: &PacketInfo, dst: &[u8; 4]) -> Option<(u8, u8)> {
+fn classify_arp(pkt: &PacketInfo, dst: &Addr) -> Option<(u8, u8)> {
     match pkt.op {
-        ARP_REQUEST if pkt.daddr == *dst => Some((ROLE_REQUEST, 0)),
-        ARP_REPLY if pkt.saddr == *dst && is_known_request(pkt.proto, pkt.id, pkt.seq) => {
+        ARP_REQUEST if same_addr(&pkt.daddr, dst) => Some((ROLE_REQUEST, 0)),
+        ARP_REPLY if same_addr(&pkt.saddr, dst) && is_known_request(pkt.proto, pkt.id, pkt.seq) => {
             Some((ROLE_REPLY, 0))
         }
         _ => None,

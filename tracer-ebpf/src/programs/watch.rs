@@ -197,12 +197,18 @@ fn vm_port_of_addr(addr: [u8; 4]) -> Option<u32> {
     unsafe { VM_ADDRS.get(addr_key(addr)) }.copied()
 }
 
+/// The first four bytes of an address: all of an IPv4 one (watch reads IPv4 only).
+#[inline(always)]
+fn v4(a: &tracer_common::Addr) -> [u8; 4] {
+    [a[0], a[1], a[2], a[3]]
+}
+
 #[inline(always)]
 fn by_addr(pkt: &PacketInfo) -> Option<(u32, u8, u8)> {
-    if let Some(port) = vm_port_of_addr(pkt.saddr) {
+    if let Some(port) = vm_port_of_addr(v4(&pkt.saddr)) {
         return Some((port, WDIR_FROM_VM, 0));
     }
-    vm_port_of_addr(pkt.daddr).map(|port| (port, WDIR_TO_VM, 0))
+    vm_port_of_addr(v4(&pkt.daddr)).map(|port| (port, WDIR_TO_VM, 0))
 }
 
 /// After NAT the packet's addresses are the host's; the conntrack entry still

@@ -69,8 +69,8 @@ mod tests {
     fn msg(op: u8, src: [u8; 4], dst: [u8; 4]) -> PacketInfo {
         let xid: u32 = 0xdead_beef;
         PacketInfo {
-            saddr: src,
-            daddr: dst,
+            saddr: tracer_common::addr4(src),
+            daddr: tracer_common::addr4(dst),
             proto: 17,
             kind: PKT_DHCP,
             op,

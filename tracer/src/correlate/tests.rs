@@ -20,8 +20,8 @@ fn ctx() -> PathCtx {
 
 fn pkt(src: [u8; 4], dst: [u8; 4], icmp_type: u8, seq: u16) -> PacketInfo {
     PacketInfo {
-        saddr: src,
-        daddr: dst,
+        saddr: tracer_common::addr4(src),
+        daddr: tracer_common::addr4(dst),
         proto: 1,
         icmp_type,
         id: 7,
@@ -343,8 +343,8 @@ fn seg(src: [u8; 4], dst: [u8; 4], flags: u8, payload: u16) -> PacketInfo {
         (8080, 40000)
     };
     PacketInfo {
-        saddr: src,
-        daddr: dst,
+        saddr: tracer_common::addr4(src),
+        daddr: tracer_common::addr4(dst),
         proto: 6,
         sport,
         dport,
@@ -391,8 +391,8 @@ fn an_icmp_error_by_a_reused_address_goes_to_the_connection_s_newest_segment() {
         seg(VM, DST, TCP_PSH | TCP_ACK, 1400),
     ));
     let icmp = PacketInfo {
-        saddr: [192, 0, 2, 1],
-        daddr: VM,
+        saddr: tracer_common::addr4([192, 0, 2, 1]),
+        daddr: tracer_common::addr4(VM),
         proto: 1,
         icmp_type: 3,
         code: 4,

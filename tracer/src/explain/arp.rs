@@ -21,9 +21,9 @@ fn op_name(op: u8) -> String {
 
 pub(super) fn flow_of(p: &PacketInfo) -> Flow {
     Flow {
-        src: super::ip(p.saddr).to_string(),
-        dst: super::ip(p.daddr).to_string(),
-        arp_target: Some(super::ip(p.daddr).to_string()),
+        src: p.src().to_string(),
+        dst: p.dst().to_string(),
+        arp_target: Some(p.dst().to_string()),
         ..Flow::default()
     }
 }
@@ -45,7 +45,7 @@ impl Explainer {
         }
         v.flow.arp_ops = ops;
         if v.verdict == Outcome::NoReply && t.local_ts.is_some() {
-            self.arp_unanswered(super::ip(t.request.daddr), v);
+            self.arp_unanswered(t.request.dst_v4(), v);
         }
     }
 
@@ -120,8 +120,8 @@ mod tests {
     #[test]
     fn arp_flow() {
         let p = PacketInfo {
-            saddr: [192, 0, 2, 100],
-            daddr: [192, 0, 2, 254],
+            saddr: tracer_common::addr4([192, 0, 2, 100]),
+            daddr: tracer_common::addr4([192, 0, 2, 254]),
             kind: tracer_common::PKT_ARP,
             op: 1,
             ..PacketInfo::default()

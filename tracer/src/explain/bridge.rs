@@ -145,8 +145,8 @@ impl Explainer {
         };
         v.hint = Some(format!(
             "the request left {bridge} by {by} into the LAN as {} → {} (bridged: this host routes none of the guest's traffic, its gateway is a router on the LAN) and nothing came back within {} s. What this host can tell about the router {gw} (its own next hop to {}): {facts}. The problem is beyond this host: the router (its filters, its route back to {}, its ARP for the guest), or the destination",
-            ip(t.request.saddr),
-            ip(out.pkt.daddr),
+            t.request.src(),
+            out.pkt.dst(),
             crate::correlate::REPLY_WAIT_NS / 1_000_000_000,
             self.topo.dst,
             self.vm_net(),

@@ -51,8 +51,8 @@ fn messages(t: &Trace) -> Vec<String> {
 
 pub(super) fn flow_of(p: &PacketInfo) -> Flow {
     Flow {
-        src: super::ip(p.saddr).to_string(),
-        dst: super::ip(p.daddr).to_string(),
+        src: p.src().to_string(),
+        dst: p.dst().to_string(),
         dhcp_xid: Some(p.xid),
         ..Flow::default()
     }
@@ -90,7 +90,7 @@ impl Explainer {
                     "the DHCP server {} refused the guest's request (NAK): the address it asked for is not one the server gives {mac} (a lease from another network, or a changed static entry); the guest should start over with DISCOVER",
                     t.reply_hops
                         .last()
-                        .map_or_else(String::new, |h| super::ip(h.pkt.saddr).to_string())
+                        .map_or_else(String::new, |h| h.pkt.src().to_string())
                 ));
             }
             // The server is this host's unless the guest's bridge leads to a

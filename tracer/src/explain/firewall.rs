@@ -146,15 +146,15 @@ impl Explainer {
             // After PREROUTING, conntrack has turned the reply back to the guest.
             pkt = t.reply_hops.last().map_or(pkt, |h| h.pkt);
             if stage != Stage::Prerouting {
-                pkt.daddr = self.topo.vm_ip.octets();
+                pkt.daddr = tracer_common::addr_bytes(self.topo.vm_ip.into());
             }
         } else {
             pkt.saddr = t.request.saddr;
         }
         let l4 = pkt.proto == 17 || pkt.proto == 6;
         nft::PacketView {
-            saddr: Some(ip(pkt.saddr)),
-            daddr: Some(ip(pkt.daddr)),
+            saddr: Some(pkt.src_v4()),
+            daddr: Some(pkt.dst_v4()),
             proto: pkt.proto,
             icmp_type: (pkt.proto == 1).then_some(pkt.icmp_type),
             sport: l4.then_some(pkt.sport),

@@ -66,10 +66,6 @@ struct Blame {
     ifname: Option<String>,
 }
 
-fn ip(b: [u8; 4]) -> Ipv4Addr {
-    Ipv4Addr::from(b)
-}
-
 impl Explainer {
     pub fn verdict(&self, f: &Finished) -> Verdict {
         let t = &f.trace;
@@ -147,7 +143,7 @@ impl Explainer {
                 "the guest got an ICMP error (type {}, code {}) from {} instead of an echo reply",
                 h.icmp_type,
                 h.code,
-                ip(h.saddr)
+                h.src()
             ));
         }
     }
@@ -276,7 +272,7 @@ impl Explainer {
                 self.uplink_name()
             ));
         }
-        let (asked, sent_to) = (ip(t.request.daddr), ip(out.pkt.daddr));
+        let (asked, sent_to) = (t.request.dst_v4(), out.pkt.dst_v4());
         if asked != sent_to {
             // DNAT sent it elsewhere: that target did not answer.
             v.rule = nft::find_dnat_rule(sent_to)
@@ -306,12 +302,12 @@ impl Explainer {
     /// The request left with the guest's own address although that address is not
     /// one of the uplink's: nothing translated it, so replies cannot find their way.
     fn missing_snat(&self, out: &Hop) -> bool {
-        let src = ip(out.pkt.saddr);
+        let src = out.pkt.src_v4();
         src == self.topo.vm_ip && !self.topo.uplink_addrs.contains(&src)
     }
 
     fn remote_hint(&self, out: &Hop) -> String {
-        let (uplink, src) = (self.uplink_name(), ip(out.pkt.saddr));
+        let (uplink, src) = (self.uplink_name(), out.pkt.src());
         if self.missing_snat(out) {
             return format!(
                 "the request left {uplink} with the guest's own source {src}: no MASQUERADE/SNAT \
@@ -322,7 +318,7 @@ impl Explainer {
         format!(
             "the request left {uplink} as {src} → {} and nothing came back within {} s: the \
              problem is beyond this host (upstream router, the destination, or its firewall)",
-            ip(out.pkt.daddr),
+            out.pkt.dst(),
             crate::correlate::REPLY_WAIT_NS / 1_000_000_000
         )
     }

@@ -142,15 +142,15 @@ pub(super) fn nat_between(a: &PacketInfo, b: &PacketInfo) -> Option<Nat> {
     if a.saddr != b.saddr {
         return Some(Nat {
             kind: "snat".into(),
-            from: ip(a.saddr).to_string(),
-            to: ip(b.saddr).to_string(),
+            from: a.src().to_string(),
+            to: b.src().to_string(),
         });
     }
     if a.daddr != b.daddr {
         return Some(Nat {
             kind: "dnat".into(),
-            from: ip(a.daddr).to_string(),
-            to: ip(b.daddr).to_string(),
+            from: a.dst().to_string(),
+            to: b.dst().to_string(),
         });
     }
     None
@@ -164,8 +164,8 @@ pub(super) fn flow_of(p: &PacketInfo) -> Flow {
     }
     let icmp = p.proto == 1;
     Flow {
-        src: ip(p.saddr).to_string(),
-        dst: ip(p.daddr).to_string(),
+        src: p.src().to_string(),
+        dst: p.dst().to_string(),
         icmp_id: icmp.then_some(p.id),
         icmp_seq: icmp.then_some(p.seq),
         dns_id: (!icmp).then_some(p.id),
@@ -183,8 +183,8 @@ mod tests {
             ifindex: 0,
             ts_ns: 0,
             pkt: PacketInfo {
-                saddr: s,
-                daddr: d,
+                saddr: tracer_common::addr4(s),
+                daddr: tracer_common::addr4(d),
                 proto: 1,
                 ..Default::default()
             },

@@ -43,8 +43,8 @@ pub(super) fn service_flow(t: &Trace) -> Flow {
     let p = &t.request;
     let tcp = p.proto == IPPROTO_TCP;
     Flow {
-        src: ip(p.saddr).to_string(),
-        dst: ip(p.daddr).to_string(),
+        src: p.src().to_string(),
+        dst: p.dst().to_string(),
         sport: Some(p.sport),
         dport: Some(p.dport),
         tcp_flags: tcp.then(|| flags_text(p.tcp_flags)),
@@ -87,7 +87,7 @@ impl Explainer {
     /// What the generic explanation says, made specific to a service: a
     /// connection refused, by this host or by the destination.
     pub(super) fn refine_service(&self, t: &Trace, v: &mut Verdict) {
-        let (dst, port) = (ip(t.request.daddr), t.request.dport);
+        let (dst, port) = (t.request.dst(), t.request.dport);
         match v.verdict {
             Outcome::Replied if reset(t) => {
                 v.hint = Some(format!(
@@ -131,7 +131,7 @@ impl Explainer {
             .iter()
             .find(|h| is_frag_needed(&h.pkt) && h.ifindex == uplink && !h.egress)?;
         let rule = v.rule.as_deref().filter(|r| rule_like(r))?;
-        let (router, mtu) = (ip(icmp.pkt.saddr), icmp.pkt.next_hop_mtu);
+        let (router, mtu) = (icmp.pkt.src(), icmp.pkt.next_hop_mtu);
         let asks = match mtu {
             0 => "a smaller MTU".to_string(),
             m => format!("MTU {m}"),
@@ -144,7 +144,7 @@ impl Explainer {
         Some(format!(
             "{BLACK_HOLE}: router {router} beyond {up} cannot forward the guest's {seg}-byte segment to {dst} (DF set) and answers 'fragmentation needed' asking for {asks}, but rule \"{rule}\" drops that ICMP on its way through this host, {NEVER_LEARNS}; let it through: {remove}{accept}; or clamp the guest's TCP MSS to the path: {clamp}",
             up = self.uplink_name(),
-            dst = ip(t.request.daddr),
+            dst = t.request.dst(),
             accept = fixes.accept,
             clamp = fixes.clamp,
         ))
@@ -221,8 +221,8 @@ mod tests {
     #[test]
     fn the_flow_names_ports_flags_and_the_answer() {
         let syn = PacketInfo {
-            saddr: [192, 0, 2, 100],
-            daddr: [203, 0, 113, 8],
+            saddr: tracer_common::addr4([192, 0, 2, 100]),
+            daddr: tracer_common::addr4([203, 0, 113, 8]),
             proto: IPPROTO_TCP,
             sport: 40000,
             dport: 8080,

@@ -191,7 +191,7 @@ impl Identities {
         if key.dir != WDIR_FROM_VM || key.flags & WFLAG_VIA_CT != 0 {
             return false;
         }
-        let src = Ipv4Addr::from(pkt.saddr);
+        let src = pkt.src_v4();
         if !guest_address(src) || inv.local_addrs.contains(&src) {
             return false;
         }
@@ -486,8 +486,8 @@ mod tests {
         now.local_addrs.insert(ip(1));
         ids.apply(&mut now);
         let pkt = |src: Ipv4Addr| PacketInfo {
-            saddr: src.octets(),
-            daddr: [203, 0, 113, 8],
+            saddr: tracer_common::addr4(src.octets()),
+            daddr: tracer_common::addr4([203, 0, 113, 8]),
             ..PacketInfo::default()
         };
         // Not the VM's own source: replies to it, NATed traffic, DHCP, the host.

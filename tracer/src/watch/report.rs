@@ -235,7 +235,7 @@ fn describe(
     };
     // The limited broadcast (a DHCP DISCOVER's) is delivered to the host too.
     let dst_local = example.is_some_and(|p| {
-        let dst = Ipv4Addr::from(p.daddr);
+        let dst = p.dst_v4();
         inv.local_addrs.contains(&dst) || dst.is_broadcast()
     });
     let facts = DropFacts {
@@ -298,7 +298,7 @@ fn same_lan(p: &PacketInfo, port: &VmPort, inv: &Inventory) -> bool {
         .filter(|q| q.bridge == port.bridge)
         .flat_map(|q| q.ips.iter().copied())
         .collect();
-    on_bridge.contains(&Ipv4Addr::from(p.saddr)) && on_bridge.contains(&Ipv4Addr::from(p.daddr))
+    on_bridge.contains(&p.src_v4()) && on_bridge.contains(&p.dst_v4())
 }
 
 pub fn class_word(class: u8) -> &'static str {
@@ -316,8 +316,8 @@ pub fn class_word(class: u8) -> &'static str {
 fn example_of(class: u8, p: &PacketInfo) -> Example {
     let ports = matches!(class, CLASS_TCP | CLASS_UDP | CLASS_DNS | CLASS_DHCP);
     Example {
-        src: Ipv4Addr::from(p.saddr).to_string(),
-        dst: Ipv4Addr::from(p.daddr).to_string(),
+        src: p.src_v4().to_string(),
+        dst: p.dst_v4().to_string(),
         proto: class_word(class),
         sport: ports.then_some(p.sport),
         dport: ports.then_some(p.dport),
@@ -374,7 +374,7 @@ pub fn fuzz_entry(keys: &[FuzzKey], elapsed: f64) {
         r.sample(
             key,
             PacketInfo {
-                saddr: [192, 0, 2, (packets % 4) as u8],
+                saddr: tracer_common::addr4([192, 0, 2, (packets % 4) as u8]),
                 ..Default::default()
             },
         );
@@ -504,8 +504,8 @@ mod tests {
         r.sample(
             k,
             PacketInfo {
-                saddr: [192, 0, 2, 100],
-                daddr: [192, 0, 2, 1],
+                saddr: tracer_common::addr4([192, 0, 2, 100]),
+                daddr: tracer_common::addr4([192, 0, 2, 1]),
                 proto: 1,
                 icmp_type: 8,
                 ..Default::default()

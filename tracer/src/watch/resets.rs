@@ -5,14 +5,20 @@
 //! drop point is found as trace mode finds it: the drop point's example packet
 //! replayed against the rule sets at the drop's hook, once per drop point.
 
-use std::{cell::RefCell, collections::HashMap, net::Ipv4Addr};
+use std::{cell::RefCell, collections::HashMap};
 
 use tracer_common::{PacketInfo, TCP_SYN};
 
 use crate::explain::{iptables, nft};
 
 /// What a replay is keyed by: the hook, the example's addresses and ports.
-type Key = (&'static str, [u8; 4], [u8; 4], u16, u16);
+type Key = (
+    &'static str,
+    tracer_common::Addr,
+    tracer_common::Addr,
+    u16,
+    u16,
+);
 
 /// The REJECT-with-reset rules found so far, by drop point's example.
 #[derive(Default)]
@@ -35,8 +41,8 @@ impl Resets {
 
 fn replay(hook: &str, pkt: &PacketInfo, iif: &str) -> Option<String> {
     let view = nft::PacketView {
-        saddr: Some(Ipv4Addr::from(pkt.saddr)),
-        daddr: Some(Ipv4Addr::from(pkt.daddr)),
+        saddr: Some(pkt.src_v4()),
+        daddr: Some(pkt.dst_v4()),
         proto: 6,
         sport: Some(pkt.sport),
         dport: Some(pkt.dport),
