@@ -153,8 +153,8 @@ impl Explainer {
         }
         let l4 = pkt.proto == 17 || pkt.proto == 6;
         nft::PacketView {
-            saddr: Some(ip(pkt.saddr)),
-            daddr: Some(ip(pkt.daddr)),
+            saddr: Some(ip(pkt.saddr).into()),
+            daddr: Some(ip(pkt.daddr).into()),
             proto: pkt.proto,
             icmp_type: (pkt.proto == 1).then_some(pkt.icmp_type),
             sport: l4.then_some(pkt.sport),

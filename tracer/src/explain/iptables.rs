@@ -2,13 +2,14 @@
 //!
 //! Legacy iptables (still the default on many hypervisors) drops through
 //! `nf_hook_slow`, and the kernel says nothing about the rule. We replay the packet
-//! against `iptables-legacy-save`: the hook's built-in chains in table priority
-//! order, rules in order, following jumps. Matches we understand decide; others
-//! "may match". (iptables-nft rules live in the nftables ruleset: see `nft`.)
+//! against `iptables-legacy-save` (`ip6tables-legacy-save` for IPv6): the hook's
+//! built-in chains in table priority order, rules in order, following jumps.
+//! Matches we understand decide; others "may match". (iptables-nft and
+//! ip6tables-nft rules live in the nftables ruleset: see `nft`.)
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use super::nft::PacketView;
+use super::nft::{PacketView, L3};
 
 /// A rule or policy found responsible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,21 +54,33 @@ pub struct Rules {
 const TABLE_ORDER: &[&str] = &["raw", "mangle", "nat", "filter", "security"];
 
 pub fn find_culprit(hook: &str, pkt: &PacketView) -> Option<Culprit> {
-    legacy_rules()?.culprit(hook, pkt)
+    legacy_rules(pkt.l3)?.culprit(hook, pkt)
 }
 
 /// The legacy nat POSTROUTING rule (MASQUERADE/SNAT) a packet meets, if any.
 pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
-    let rules = legacy_rules()?;
+    let rules = legacy_rules(pkt.l3)?;
     let chain = rules.chain("nat", "POSTROUTING")?;
     rules.walk_snat(chain, pkt, 0)
 }
 
-/// The legacy tables as read once for this run (see `host::firewall`).
-fn legacy_rules() -> Option<Rules> {
-    Some(Rules::parse(
-        crate::host::firewall::rules().legacy.as_deref()?,
-    ))
+/// The legacy tables of the packet's family as read once for this run (see
+/// `host::firewall`).
+fn legacy_rules(l3: L3) -> Option<Rules> {
+    let fw = crate::host::firewall::rules();
+    let save = match l3 {
+        L3::Ipv6 => fw.legacy6.as_deref()?,
+        _ => fw.legacy.as_deref()?,
+    };
+    Some(Rules::parse(save))
+}
+
+/// The tool that prints the legacy rules of the packet's family, for people.
+pub fn legacy_tool(pkt: &PacketView) -> &'static str {
+    match pkt.l3 {
+        L3::Ipv6 => "ip6tables-legacy",
+        _ => "iptables-legacy",
+    }
 }
 
 /// The legacy nat rule that translates destinations to `to`.
@@ -295,6 +308,7 @@ fn eval(opt: &str, value: &str, pkt: &PacketView) -> Option<bool> {
             "icmp" => pkt.proto == 1,
             "tcp" => pkt.proto == 6,
             "udp" => pkt.proto == 17,
+            "ipv6-icmp" | "icmpv6" | "icmp6" => pkt.proto == 58,
             "all" => true,
             n => n.parse::<u8>().ok()? == pkt.proto,
         }),
@@ -302,7 +316,7 @@ fn eval(opt: &str, value: &str, pkt: &PacketView) -> Option<bool> {
         "-o" | "--out-interface" => iface_is(pkt.oifname.as_deref()?, value),
         "--dport" | "--destination-port" => port_in(pkt.dport?, value),
         "--sport" | "--source-port" => port_in(pkt.sport?, value),
-        "--icmp-type" => {
+        "--icmp-type" if pkt.proto == 1 => {
             let t = pkt.icmp_type?;
             Some(match value {
                 "8" | "echo-request" => t == 8,
@@ -310,6 +324,8 @@ fn eval(opt: &str, value: &str, pkt: &PacketView) -> Option<bool> {
                 _ => return None,
             })
         }
+        "--icmpv6-type" if pkt.proto == 58 => icmpv6_type_is(pkt.icmp_type?, value),
+        "--icmp-type" | "--icmpv6-type" => Some(false),
         "--ctstate" | "--state" => {
             let state = pkt.ct_state?.to_uppercase();
             Some(value.split(',').any(|s| s == state))
@@ -320,11 +336,37 @@ fn eval(opt: &str, value: &str, pkt: &PacketView) -> Option<bool> {
     }
 }
 
-fn addr_in(addr: Ipv4Addr, value: &str) -> Option<bool> {
-    let (net, len) = value.split_once('/').unwrap_or((value, "32"));
-    let net: Ipv4Addr = net.parse().ok()?;
+/// ip6tables-save prints ICMPv6 types as numbers (`--icmpv6-type 135`, a
+/// code after a slash); a rule written by hand may name them.
+fn icmpv6_type_is(t: u8, value: &str) -> Option<bool> {
+    let (ty, code) = match value.split_once('/') {
+        Some((ty, code)) => (ty, Some(code)),
+        None => (value, None),
+    };
+    let want = match ty {
+        "echo-request" => 128,
+        "echo-reply" => 129,
+        "router-solicitation" => 133,
+        "router-advertisement" => 134,
+        "neighbour-solicitation" | "neighbor-solicitation" => 135,
+        "neighbour-advertisement" | "neighbor-advertisement" => 136,
+        "packet-too-big" => 2,
+        n => n.parse::<u8>().ok()?,
+    };
+    match (t == want, code) {
+        (false, _) => Some(false),
+        (true, None) => Some(true),
+        // A code is not evaluated (the view has none).
+        (true, Some(_)) => None,
+    }
+}
+
+fn addr_in(addr: IpAddr, value: &str) -> Option<bool> {
+    let full = if addr.is_ipv4() { "32" } else { "128" };
+    let (net, len) = value.split_once('/').unwrap_or((value, full));
+    let net: IpAddr = net.parse().ok()?;
     let len: u8 = len.parse().ok()?;
-    Some(crate::topology::network(addr, len) == crate::topology::network(net, len))
+    Some(super::nft_match::in_prefix(addr, net, len))
 }
 
 fn iface_is(name: &str, pattern: &str) -> Option<bool> {
@@ -410,6 +452,14 @@ mod tests {
         assert_eq!(
             addr_in("192.0.2.100".parse().unwrap(), "192.0.2.0/25"),
             Some(true)
+        );
+        assert_eq!(
+            addr_in("2001:db8:1::100".parse().unwrap(), "2001:db8:1::/64"),
+            Some(true)
+        );
+        assert_eq!(
+            addr_in("2001:db8:1::100".parse().unwrap(), "192.0.2.0/24"),
+            Some(false)
         );
     }
 }

@@ -35,8 +35,8 @@ impl Resets {
 
 fn replay(hook: &str, pkt: &PacketInfo, iif: &str) -> Option<String> {
     let view = nft::PacketView {
-        saddr: Some(Ipv4Addr::from(pkt.saddr)),
-        daddr: Some(Ipv4Addr::from(pkt.daddr)),
+        saddr: Some(Ipv4Addr::from(pkt.saddr).into()),
+        daddr: Some(Ipv4Addr::from(pkt.daddr).into()),
         proto: 6,
         sport: Some(pkt.sport),
         dport: Some(pkt.dport),
