@@ -463,3 +463,47 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tests6 {
+    use super::*;
+
+    /// `ip6tables-legacy-save` (v1.8.9) of rules written in a scratch namespace.
+    const SAVE6: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+-A INPUT -s 2001:db8:1::/64 -i vmbr0 -p udp -m udp --dport 53 -j REJECT --reject-with icmp6-port-unreachable\n\
+-A FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP\n\
+-A FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT\nCOMMIT\n";
+
+    fn view6(icmp_type: Option<u8>, dport: Option<u16>) -> PacketView {
+        PacketView {
+            saddr: Some("2001:db8:1::100".parse().unwrap()),
+            daddr: Some("2001:db8:1::1".parse().unwrap()),
+            proto: if icmp_type.is_some() { 58 } else { 17 },
+            icmp_type,
+            sport: dport.map(|_| 40000),
+            dport,
+            iifname: Some("vmbr0".into()),
+            oifname: Some("eth0".into()),
+            l3: L3::Ipv6,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn icmpv6_types_protocols_and_prefixes() {
+        let r = Rules::parse(SAVE6);
+        let c = r.culprit("forward", &view6(Some(135), None)).unwrap();
+        assert_eq!((c.number, c.certain), (Some(1), true));
+        assert_eq!(r.culprit("forward", &view6(Some(128), None)), None);
+        let c = r.culprit("forward", &view6(Some(129), None)).unwrap();
+        assert_eq!(
+            c.describe("ip6tables-legacy"),
+            "ip6tables-legacy filter FORWARD policy DROP"
+        );
+        let c = r.culprit("input", &view6(None, Some(53))).unwrap();
+        assert_eq!((c.number, c.target.as_str()), (Some(1), "REJECT"));
+        assert_eq!(icmpv6_type_is(135, "neighbour-solicitation"), Some(true));
+        assert_eq!(icmpv6_type_is(136, "135/0"), Some(false));
+        assert_eq!(icmpv6_type_is(135, "135/0"), None);
+    }
+}

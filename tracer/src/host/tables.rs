@@ -84,7 +84,10 @@ impl Address {
     /// Usable as a source: not tentative, not failed duplicate address
     /// detection.
     pub fn usable(&self) -> bool {
-        !self.flags.iter().any(|f| f == "tentative" || f == "dadfailed")
+        !self
+            .flags
+            .iter()
+            .any(|f| f == "tentative" || f == "dadfailed")
     }
 
     pub fn v4(&self) -> Option<(Ipv4Addr, u8)> {
@@ -369,4 +372,48 @@ fn proto_word(p: RouteProtocol) -> Option<String> {
         }
         .to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dst: &str, prefix: u8, metric: u32, proto: &str) -> RouteEntry {
+        RouteEntry {
+            dst: dst.parse().unwrap(),
+            prefix,
+            metric,
+            route: Route {
+                kind: RouteKind::Unicast,
+                oif: Some(3),
+                gateway: None,
+                prefsrc: None,
+                gateway6: None,
+                prefsrc6: None,
+                proto: Some(proto.into()),
+            },
+        }
+    }
+
+    /// The longest prefix of the destination's family wins; a saved host of
+    /// both families answers each from its own routes.
+    #[test]
+    fn longest_match_keeps_the_families_apart() {
+        let routes = [
+            entry("0.0.0.0", 0, 0, "static"),
+            entry("::", 0, 1024, "ra"),
+            entry("2001:db8:1::", 64, 256, "kernel"),
+            entry("2001:db8::", 32, 100, "static"),
+        ];
+        let at = |ip: &str| longest_match(&routes, ip.parse().unwrap()).map(|r| r.dst.to_string());
+        assert_eq!(at("2001:db8:1::100").as_deref(), Some("2001:db8:1::"));
+        assert_eq!(at("2001:db8:2::1").as_deref(), Some("2001:db8::"));
+        assert_eq!(at("2001:4860::8888").as_deref(), Some("::"));
+        assert_eq!(at("203.0.113.8").as_deref(), Some("0.0.0.0"));
+        assert!(in_prefix6(
+            "fe80::1".parse().unwrap(),
+            "fe80::".parse().unwrap(),
+            10
+        ));
+    }
 }
