@@ -122,6 +122,7 @@ mod tests {
             index: vmbr0,
             addr: "192.0.2.100".parse().unwrap(),
             prefix: 24,
+            flags: Vec::new(),
         });
         let c = check(&run(&fx), "duplicate_ip").clone();
         assert_eq!(c["status"], "fail", "{c}");

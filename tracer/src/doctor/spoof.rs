@@ -53,16 +53,16 @@ impl Guest {
     fn arp(&self) -> PacketView {
         PacketView {
             l3: L3::Arp,
-            saddr: Some(self.ip),
-            daddr: self.gateway,
+            saddr: Some(self.ip.into()),
+            daddr: self.gateway.map(Into::into),
             ..self.on_port()
         }
     }
 
     fn ping(&self) -> PacketView {
         PacketView {
-            saddr: Some(self.ip),
-            daddr: Some(self.dst),
+            saddr: Some(self.ip.into()),
+            daddr: Some(self.dst.into()),
             proto: 1,
             icmp_type: Some(8),
             // The first packet of a flow: nothing can have accepted it as
@@ -164,7 +164,7 @@ fn failed(c: &Culprit, view: &PacketView, what: &str, g: &Guest, root: &Path) ->
         L3::Arp => {
             "; without an answer the guest cannot resolve its gateway and sends no IP packet at all"
         }
-        L3::Ipv4 => "",
+        L3::Ipv4 | L3::Ipv6 => "",
     };
     let fix =
         pve_hint(c, view, what, root).unwrap_or_else(|| match crate::explain::fix::delete(c) {

@@ -153,8 +153,8 @@ impl Explainer {
         }
         let l4 = pkt.proto == 17 || pkt.proto == 6;
         nft::PacketView {
-            saddr: Some(pkt.src_v4()),
-            daddr: Some(pkt.dst_v4()),
+            saddr: Some(pkt.src()),
+            daddr: Some(pkt.dst()),
             proto: pkt.proto,
             icmp_type: (pkt.proto == 1).then_some(pkt.icmp_type),
             sport: l4.then_some(pkt.sport),

@@ -30,6 +30,7 @@ pub fn delete(c: &Culprit) -> Option<String> {
 /// policy drops them; `guest` is the guest's address or subnet.
 pub fn allow(c: &Culprit, reply: bool, guest: &str) -> String {
     let (f, t, ch) = (&c.family, &c.table, &c.chain);
+    let ip = if is_v6(guest) { "ip6" } else { "ip" };
     match (c.manager, reply) {
         (Manager::IptablesNft, false) => format!(
             "{}{} -I {ch} -s {guest} -j ACCEPT",
@@ -41,7 +42,7 @@ pub fn allow(c: &Culprit, reply: bool, guest: &str) -> String {
             iptables_nft(f),
             table_arg(t)
         ),
-        (Manager::Nft, false) => format!("nft insert rule {f} {t} {ch} ip saddr {guest} accept"),
+        (Manager::Nft, false) => format!("nft insert rule {f} {t} {ch} {ip} saddr {guest} accept"),
         (Manager::Nft, true) => {
             format!("nft insert rule {f} {t} {ch} ct state established,related accept")
         }
@@ -99,7 +100,11 @@ pub fn pass_frag_needed(rule: &str, mtu: u16) -> PassFragNeeded {
 
 /// Remove legacy iptables rule `c`, or (policy) let the guest's packets through.
 pub fn legacy(c: &iptables::Culprit, reply: bool, guest: &str) -> String {
-    let tool = "iptables-legacy";
+    let tool = if is_v6(guest) {
+        "ip6tables-legacy"
+    } else {
+        "iptables-legacy"
+    };
     let (t, ch) = (&c.table, &c.chain);
     match (c.number, reply) {
         (Some(n), _) => format!("{tool} -t {t} -D {ch} {n}"),
@@ -177,6 +182,11 @@ fn legacy_nat_in_use() -> bool {
     crate::host::firewall::rules()
         .legacy_table("nat")
         .is_some_and(|t| t.contains("\n-A "))
+}
+
+/// An IPv6 address or prefix (the guest's), by its colons.
+fn is_v6(guest: &str) -> bool {
+    guest.contains(':')
 }
 
 /// The command for iptables-nft in `family`: `iptables` when that is the

@@ -2,13 +2,14 @@
 //!
 //! Legacy iptables (still the default on many hypervisors) drops through
 //! `nf_hook_slow`, and the kernel says nothing about the rule. We replay the packet
-//! against `iptables-legacy-save`: the hook's built-in chains in table priority
-//! order, rules in order, following jumps. Matches we understand decide; others
-//! "may match". (iptables-nft rules live in the nftables ruleset: see `nft`.)
+//! against `iptables-legacy-save` (`ip6tables-legacy-save` for IPv6): the hook's
+//! built-in chains in table priority order, rules in order, following jumps.
+//! Matches we understand decide; others "may match". (iptables-nft and
+//! ip6tables-nft rules live in the nftables ruleset: see `nft`.)
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use super::nft::PacketView;
+use super::nft::{PacketView, L3};
 
 /// A rule or policy found responsible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,21 +54,33 @@ pub struct Rules {
 const TABLE_ORDER: &[&str] = &["raw", "mangle", "nat", "filter", "security"];
 
 pub fn find_culprit(hook: &str, pkt: &PacketView) -> Option<Culprit> {
-    legacy_rules()?.culprit(hook, pkt)
+    legacy_rules(pkt.l3)?.culprit(hook, pkt)
 }
 
 /// The legacy nat POSTROUTING rule (MASQUERADE/SNAT) a packet meets, if any.
 pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
-    let rules = legacy_rules()?;
+    let rules = legacy_rules(pkt.l3)?;
     let chain = rules.chain("nat", "POSTROUTING")?;
     rules.walk_snat(chain, pkt, 0)
 }
 
-/// The legacy tables as read once for this run (see `host::firewall`).
-fn legacy_rules() -> Option<Rules> {
-    Some(Rules::parse(
-        crate::host::firewall::rules().legacy.as_deref()?,
-    ))
+/// The legacy tables of the packet's family as read once for this run (see
+/// `host::firewall`).
+fn legacy_rules(l3: L3) -> Option<Rules> {
+    let fw = crate::host::firewall::rules();
+    let save = match l3 {
+        L3::Ipv6 => fw.legacy6.as_deref()?,
+        _ => fw.legacy.as_deref()?,
+    };
+    Some(Rules::parse(save))
+}
+
+/// The tool that prints the legacy rules of the packet's family, for people.
+pub fn legacy_tool(pkt: &PacketView) -> &'static str {
+    match pkt.l3 {
+        L3::Ipv6 => "ip6tables-legacy",
+        _ => "iptables-legacy",
+    }
 }
 
 /// The legacy nat rule that translates destinations to `to`.
@@ -295,6 +308,7 @@ fn eval(opt: &str, value: &str, pkt: &PacketView) -> Option<bool> {
             "icmp" => pkt.proto == 1,
             "tcp" => pkt.proto == 6,
             "udp" => pkt.proto == 17,
+            "ipv6-icmp" | "icmpv6" | "icmp6" => pkt.proto == 58,
             "all" => true,
             n => n.parse::<u8>().ok()? == pkt.proto,
         }),
@@ -302,7 +316,7 @@ fn eval(opt: &str, value: &str, pkt: &PacketView) -> Option<bool> {
         "-o" | "--out-interface" => iface_is(pkt.oifname.as_deref()?, value),
         "--dport" | "--destination-port" => port_in(pkt.dport?, value),
         "--sport" | "--source-port" => port_in(pkt.sport?, value),
-        "--icmp-type" => {
+        "--icmp-type" if pkt.proto == 1 => {
             let t = pkt.icmp_type?;
             Some(match value {
                 "8" | "echo-request" => t == 8,
@@ -310,6 +324,8 @@ fn eval(opt: &str, value: &str, pkt: &PacketView) -> Option<bool> {
                 _ => return None,
             })
         }
+        "--icmpv6-type" if pkt.proto == 58 => icmpv6_type_is(pkt.icmp_type?, value),
+        "--icmp-type" | "--icmpv6-type" => Some(false),
         "--ctstate" | "--state" => {
             let state = pkt.ct_state?.to_uppercase();
             Some(value.split(',').any(|s| s == state))
@@ -320,11 +336,37 @@ fn eval(opt: &str, value: &str, pkt: &PacketView) -> Option<bool> {
     }
 }
 
-fn addr_in(addr: Ipv4Addr, value: &str) -> Option<bool> {
-    let (net, len) = value.split_once('/').unwrap_or((value, "32"));
-    let net: Ipv4Addr = net.parse().ok()?;
+/// ip6tables-save prints ICMPv6 types as numbers (`--icmpv6-type 135`, a
+/// code after a slash); a rule written by hand may name them.
+fn icmpv6_type_is(t: u8, value: &str) -> Option<bool> {
+    let (ty, code) = match value.split_once('/') {
+        Some((ty, code)) => (ty, Some(code)),
+        None => (value, None),
+    };
+    let want = match ty {
+        "echo-request" => 128,
+        "echo-reply" => 129,
+        "router-solicitation" => 133,
+        "router-advertisement" => 134,
+        "neighbour-solicitation" | "neighbor-solicitation" => 135,
+        "neighbour-advertisement" | "neighbor-advertisement" => 136,
+        "packet-too-big" => 2,
+        n => n.parse::<u8>().ok()?,
+    };
+    match (t == want, code) {
+        (false, _) => Some(false),
+        (true, None) => Some(true),
+        // A code is not evaluated (the view has none).
+        (true, Some(_)) => None,
+    }
+}
+
+fn addr_in(addr: IpAddr, value: &str) -> Option<bool> {
+    let full = if addr.is_ipv4() { "32" } else { "128" };
+    let (net, len) = value.split_once('/').unwrap_or((value, full));
+    let net: IpAddr = net.parse().ok()?;
     let len: u8 = len.parse().ok()?;
-    Some(crate::topology::network(addr, len) == crate::topology::network(net, len))
+    Some(super::nft_match::in_prefix(addr, net, len))
 }
 
 fn iface_is(name: &str, pattern: &str) -> Option<bool> {
@@ -411,5 +453,57 @@ mod tests {
             addr_in("192.0.2.100".parse().unwrap(), "192.0.2.0/25"),
             Some(true)
         );
+        assert_eq!(
+            addr_in("2001:db8:1::100".parse().unwrap(), "2001:db8:1::/64"),
+            Some(true)
+        );
+        assert_eq!(
+            addr_in("2001:db8:1::100".parse().unwrap(), "192.0.2.0/24"),
+            Some(false)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests6 {
+    use super::*;
+
+    /// `ip6tables-legacy-save` (v1.8.9) of rules written in a scratch namespace.
+    const SAVE6: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+-A INPUT -s 2001:db8:1::/64 -i vmbr0 -p udp -m udp --dport 53 -j REJECT --reject-with icmp6-port-unreachable\n\
+-A FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP\n\
+-A FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT\nCOMMIT\n";
+
+    fn view6(icmp_type: Option<u8>, dport: Option<u16>) -> PacketView {
+        PacketView {
+            saddr: Some("2001:db8:1::100".parse().unwrap()),
+            daddr: Some("2001:db8:1::1".parse().unwrap()),
+            proto: if icmp_type.is_some() { 58 } else { 17 },
+            icmp_type,
+            sport: dport.map(|_| 40000),
+            dport,
+            iifname: Some("vmbr0".into()),
+            oifname: Some("eth0".into()),
+            l3: L3::Ipv6,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn icmpv6_types_protocols_and_prefixes() {
+        let r = Rules::parse(SAVE6);
+        let c = r.culprit("forward", &view6(Some(135), None)).unwrap();
+        assert_eq!((c.number, c.certain), (Some(1), true));
+        assert_eq!(r.culprit("forward", &view6(Some(128), None)), None);
+        let c = r.culprit("forward", &view6(Some(129), None)).unwrap();
+        assert_eq!(
+            c.describe("ip6tables-legacy"),
+            "ip6tables-legacy filter FORWARD policy DROP"
+        );
+        let c = r.culprit("input", &view6(None, Some(53))).unwrap();
+        assert_eq!((c.number, c.target.as_str()), (Some(1), "REJECT"));
+        assert_eq!(icmpv6_type_is(135, "neighbour-solicitation"), Some(true));
+        assert_eq!(icmpv6_type_is(136, "135/0"), Some(false));
+        assert_eq!(icmpv6_type_is(135, "135/0"), None);
     }
 }

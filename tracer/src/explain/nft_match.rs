@@ -9,7 +9,7 @@
 //! `udp` port on ICMP, an `ip` field on ARP) is a certain no whatever the
 //! operator: nft adds an implicit protocol check before every payload match.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use serde_json::Value;
 
@@ -31,7 +31,7 @@ pub enum Key {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Atom {
-    Addr(Ipv4Addr),
+    Addr(IpAddr),
     /// A number with the names nft may print for it.
     Num(u64, &'static [(&'static str, u64)]),
     Str(String),
@@ -67,6 +67,29 @@ const ICMP_TYPES: &[(&str, u64)] = &[
     ("info-reply", 16),
     ("address-mask-request", 17),
     ("address-mask-reply", 18),
+];
+
+/// nft's names for ICMPv6 types.
+const ICMPV6_TYPES: &[(&str, u64)] = &[
+    ("destination-unreachable", 1),
+    ("packet-too-big", 2),
+    ("time-exceeded", 3),
+    ("parameter-problem", 4),
+    ("echo-request", 128),
+    ("echo-reply", 129),
+    ("mld-listener-query", 130),
+    ("mld-listener-report", 131),
+    ("mld-listener-done", 132),
+    ("mld-listener-reduction", 132),
+    ("nd-router-solicit", 133),
+    ("nd-router-advert", 134),
+    ("nd-neighbor-solicit", 135),
+    ("nd-neighbor-advert", 136),
+    ("nd-redirect", 137),
+    ("router-renumbering", 138),
+    ("ind-neighbor-solicit", 141),
+    ("ind-neighbor-advert", 142),
+    ("mld2-listener-report", 143),
 ];
 
 /// `ether type` and `meta protocol` values.
@@ -132,6 +155,7 @@ fn known<T>(v: Option<T>, f: impl FnOnce(T) -> Atom) -> Key {
 
 fn payload_key(proto: &str, field: &str, pkt: &PacketView) -> Key {
     let ipv4 = pkt.l3 == L3::Ipv4;
+    let ipv6 = pkt.l3 == L3::Ipv6;
     let l4 = |p: u8, v: Option<u16>| {
         if !l4_ok(proto, p) {
             return Key::Absent;
@@ -143,7 +167,14 @@ fn payload_key(proto: &str, field: &str, pkt: &PacketView) -> Key {
         ("ip", "saddr") => known(pkt.saddr, Atom::Addr),
         ("ip", "daddr") => known(pkt.daddr, Atom::Addr),
         ("ip", "protocol") => Key::Known(Atom::Num(pkt.proto.into(), PROTOS)),
-        ("ip6" | "icmpv6", _) => Key::Absent,
+        ("ip6", _) if !ipv6 => Key::Absent,
+        ("ip6", "saddr") => known(pkt.saddr, Atom::Addr),
+        ("ip6", "daddr") => known(pkt.daddr, Atom::Addr),
+        // The view's protocol is the upper layer's: right for a packet
+        // without extension headers, which is what the doctor replays.
+        ("ip6", "nexthdr") => Key::Known(Atom::Num(pkt.proto.into(), PROTOS)),
+        ("icmpv6", _) if !ipv6 || pkt.proto != 58 => Key::Absent,
+        ("icmpv6", "type") => known(pkt.icmp_type, |t| Atom::Num(t.into(), ICMPV6_TYPES)),
         ("icmp", _) if !ipv4 || pkt.proto != 1 => Key::Absent,
         ("icmp", "type") => known(pkt.icmp_type, |t| Atom::Num(t.into(), ICMP_TYPES)),
         ("tcp" | "udp" | "th" | "sctp", "sport") => l4(pkt.proto, pkt.sport),
@@ -163,10 +194,11 @@ fn payload_key(proto: &str, field: &str, pkt: &PacketView) -> Key {
 fn meta_key(key: &str, pkt: &PacketView) -> Key {
     let name = |n: &Option<String>| known(n.clone(), Atom::Str);
     match key {
-        "l4proto" if pkt.l3 == L3::Ipv4 => Key::Known(Atom::Num(pkt.proto.into(), PROTOS)),
+        "l4proto" if pkt.l3 != L3::Arp => Key::Known(Atom::Num(pkt.proto.into(), PROTOS)),
         "l4proto" => Key::Absent,
         "protocol" => Key::Known(Atom::Num(pkt.l3.ether_type(), ETHER_TYPES)),
         "nfproto" if pkt.l3 == L3::Ipv4 => Key::Known(Atom::Str("ipv4".into())),
+        "nfproto" if pkt.l3 == L3::Ipv6 => Key::Known(Atom::Str("ipv6".into())),
         // `iif`/`oif` compare the device's index, which nft -j prints as its
         // name (libvirt writes `iif "virbr0"`).
         "iifname" | "iif" => name(&pkt.iifname),
@@ -179,15 +211,14 @@ fn meta_key(key: &str, pkt: &PacketView) -> Key {
 /// A guest's request to a unicast address is no broadcast or multicast frame;
 /// whether it is `host` or `other` depends on MACs we do not follow.
 fn pkttype(pkt: &PacketView) -> Key {
-    let Some(d) = pkt.daddr.filter(|_| pkt.l3 == L3::Ipv4) else {
+    let Some(d) = pkt.daddr.filter(|_| pkt.l3 != L3::Arp) else {
         return Key::Unknown;
     };
-    let kind = if d.is_broadcast() {
-        "broadcast"
-    } else if d.is_multicast() {
-        "multicast"
-    } else {
-        "unicast"
+    let kind = match d {
+        IpAddr::V4(d) if d.is_broadcast() => "broadcast",
+        // IPv6 has no broadcast: neighbour solicitations go to multicast.
+        d if d.is_multicast() => "multicast",
+        _ => "unicast",
     };
     Key::Known(Atom::Str(kind.into()))
 }
@@ -281,13 +312,11 @@ pub fn element(atom: &Atom, v: &Value) -> Option<bool> {
     }
 }
 
-fn addr_element(addr: Ipv4Addr, v: &Value) -> Option<bool> {
-    let parse = |s: &str| -> Option<Option<Ipv4Addr>> {
-        match s.parse::<IpAddr>().ok()? {
-            IpAddr::V4(a) => Some(Some(a)),
-            // An IPv6 element never holds an IPv4 address.
-            IpAddr::V6(_) => Some(None),
-        }
+fn addr_element(addr: IpAddr, v: &Value) -> Option<bool> {
+    // An element of the other family never holds the address.
+    let parse = |s: &str| -> Option<Option<IpAddr>> {
+        let a = s.parse::<IpAddr>().ok()?;
+        Some((a.is_ipv4() == addr.is_ipv4()).then_some(a))
     };
     if let Some(s) = v.as_str() {
         return parse(s).map(|a| a == Some(addr));
@@ -296,8 +325,8 @@ fn addr_element(addr: Ipv4Addr, v: &Value) -> Option<bool> {
         let Some(net) = parse(p["addr"].as_str()?)? else {
             return Some(false);
         };
-        let len = p["len"].as_u64()?.min(32) as u8;
-        return Some(crate::topology::network(addr, len) == crate::topology::network(net, len));
+        let len = p["len"].as_u64()?.min(128) as u8;
+        return Some(in_prefix(addr, net, len));
     }
     if let Some(r) = v.get("range").and_then(Value::as_array) {
         let (Some(lo), Some(hi)) = (parse(r.first()?.as_str()?)?, parse(r.get(1)?.as_str()?)?)
@@ -307,6 +336,19 @@ fn addr_element(addr: Ipv4Addr, v: &Value) -> Option<bool> {
         return Some(lo <= addr && addr <= hi);
     }
     None
+}
+
+/// `addr` lies in `net/len` (both of one family).
+pub fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
+    use crate::topology::network;
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let len = len.min(32);
+            network(a, len) == network(n, len)
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => crate::host::in_prefix6(a, n, len),
+        _ => false,
+    }
 }
 
 fn number(v: &Value, names: &[(&str, u64)]) -> Option<u64> {
@@ -413,7 +455,7 @@ mod tests {
 
     #[test]
     fn addresses_prefixes_ranges_and_ipv6_elements() {
-        let a: Ipv4Addr = "192.0.2.10".parse().unwrap();
+        let a: IpAddr = "192.0.2.10".parse().unwrap();
         assert_eq!(addr_element(a, &json!("192.0.2.10")), Some(true));
         assert_eq!(
             addr_element(a, &json!({"prefix": {"addr": "192.0.2.0", "len": 28}})),

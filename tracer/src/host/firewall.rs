@@ -1,7 +1,8 @@
 //! The host's rule sets, read once per run: `nft -j list ruleset` (what the
 //! replay walks), `nft -a list ruleset` (the rules' own text, for people) and
-//! `iptables-legacy-save` (legacy tables; iptables-nft rules are in the nft rule
-//! set). A verdict made while the ring buffer is drained must not spawn a
+//! `iptables-legacy-save` and `ip6tables-legacy-save` (legacy tables;
+//! iptables-nft and ip6tables-nft rules are in the nft rule set, as tables of
+//! the `ip` and `ip6` families). A verdict made while the ring buffer is drained must not spawn a
 //! process, so every reader of a rule set asks here, and the trace reads it
 //! before it attaches.
 
@@ -19,6 +20,9 @@ pub struct Firewall {
     pub nft_text: Option<String>,
     /// `iptables-legacy-save` (every table); None without the legacy tools.
     pub legacy: Option<String>,
+    /// `ip6tables-legacy-save` (every table); None without the legacy tools.
+    #[serde(default)]
+    pub legacy6: Option<String>,
     /// `iptables` is the nf_tables variant here (it names the fixing commands).
     #[serde(default)]
     pub iptables_nft: bool,
@@ -30,6 +34,7 @@ impl Firewall {
             nft_json: run_optional("nft", &["-j", "list", "ruleset"]),
             nft_text: run_optional("nft", &["-a", "list", "ruleset"]),
             legacy: run_optional("iptables-legacy-save", &[]),
+            legacy6: run_optional("ip6tables-legacy-save", &[]),
             iptables_nft: iptables_is_nft(),
         }
     }
@@ -46,24 +51,33 @@ impl Firewall {
     /// One table of `iptables-legacy-save`, as `iptables-legacy-save -t TABLE`
     /// prints it (`*nat` … `COMMIT`); "" when the table is not loaded.
     pub fn legacy_table(&self, table: &str) -> Option<String> {
-        let save = self.legacy.as_deref()?;
-        let head = format!("*{table}");
-        let mut inside = false;
-        let mut out = String::new();
-        for line in save.lines() {
-            if line == head {
-                inside = true;
-            }
-            if inside {
-                out.push_str(line);
-                out.push('\n');
-                if line == "COMMIT" {
-                    break;
-                }
+        one_table(self.legacy.as_deref()?, table)
+    }
+
+    /// The same of `ip6tables-legacy-save`.
+    pub fn legacy6_table(&self, table: &str) -> Option<String> {
+        one_table(self.legacy6.as_deref()?, table)
+    }
+}
+
+/// One table (`*TABLE` … `COMMIT`) of an iptables-save output.
+fn one_table(save: &str, table: &str) -> Option<String> {
+    let head = format!("*{table}");
+    let mut inside = false;
+    let mut out = String::new();
+    for line in save.lines() {
+        if line == head {
+            inside = true;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+            if line == "COMMIT" {
+                break;
             }
         }
-        Some(out)
     }
+    Some(out)
 }
 
 static SNAPSHOT: OnceLock<Firewall> = OnceLock::new();

@@ -72,6 +72,11 @@ impl Host {
                         index: i,
                         addr: a["local"].as_str()?.parse().ok()?,
                         prefix: a["prefixlen"].as_u64()? as u8,
+                        flags: ["tentative", "dadfailed", "deprecated", "optimistic"]
+                            .into_iter()
+                            .filter(|f| a[*f].as_bool() == Some(true))
+                            .map(str::to_string)
+                            .collect(),
                     })
                 })
             })
@@ -88,6 +93,8 @@ impl Host {
                         .and_then(Value::as_str)
                         .unwrap_or("NONE")
                         .to_string(),
+                    proxy: n.get("proxy").is_some(),
+                    router: n.get("router").is_some(),
                 })
             })
             .collect();

@@ -25,7 +25,7 @@ pub mod vlan;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Context, Result};
@@ -35,14 +35,14 @@ use serde::{Deserialize, Serialize};
 use netlink_packet_route::{
     address::AddressMessage,
     link::{LinkAttribute, LinkMessage},
-    neighbour::NeighbourMessage,
+    neighbour::{NeighbourFlags, NeighbourMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage},
     AddressFamily, RouteNetlinkMessage,
 };
 
 pub use link::Link;
 pub use sysctls::udp_sockets;
-pub use tables::{Address, FdbEntry, Neighbour, Route, RouteEntry, RouteKind};
+pub use tables::{in_prefix6, Address, FdbEntry, Neighbour, Route, RouteEntry, RouteKind};
 
 use netlink::Rtnl;
 
@@ -53,11 +53,12 @@ pub struct Host {
     pub addrs: Vec<Address>,
     pub neighbours: Vec<Neighbour>,
     pub fdb: Vec<FdbEntry>,
-    /// The main table's IPv4 routes (what a saved host answers lookups from).
+    /// The main table's IPv4 and IPv6 routes (what a saved host answers
+    /// lookups from).
     #[serde(default)]
     pub routes: Vec<RouteEntry>,
     /// The sysctls pathtrace reads, by path under /proc/sys
-    /// (`net/ipv4/conf/vmbr0/rp_filter`).
+    /// (`net/ipv4/conf/vmbr0/rp_filter`, `net/ipv6/conf/eth0/accept_ra`).
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
     /// Local UDP sockets (address, port), from /proc/net/udp.
@@ -74,7 +75,7 @@ pub struct Host {
 pub const MAX_CHAIN: usize = 4;
 
 impl Host {
-    /// Read every table once (four netlink dumps, no process spawned).
+    /// Read every table once (netlink dumps, no process spawned).
     pub fn read() -> Result<Self> {
         let mut nl = Rtnl::open()?;
         let links = nl
@@ -106,21 +107,31 @@ impl Host {
                     .filter(|n| n.state != "NOARP"),
             );
         }
+        // Proxy entries (`ip -6 neigh show proxy`) are a table of their own,
+        // dumped only when asked for with NTF_PROXY.
+        neighbours.extend(
+            proxy_dump(&mut nl)?
+                .iter()
+                .filter_map(Neighbour::from_message),
+        );
         let fdb = neigh_dump(&mut nl, AddressFamily::Bridge)?
             .iter()
             .filter_map(FdbEntry::from_message)
             .collect();
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        let routes = nl
-            .dump(RouteNetlinkMessage::GetRoute(msg))
-            .context("listing routes over netlink")?
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => RouteEntry::from_message(r),
-                _ => None,
-            })
-            .collect();
+        let mut routes = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family;
+            routes.extend(
+                nl.dump(RouteNetlinkMessage::GetRoute(msg))
+                    .with_context(|| format!("listing {family:?} routes over netlink"))?
+                    .iter()
+                    .filter_map(|m| match m {
+                        RouteNetlinkMessage::NewRoute(r) => RouteEntry::from_message(r),
+                        _ => None,
+                    }),
+            );
+        }
         let mut host = Host {
             links,
             addrs,
@@ -256,6 +267,35 @@ impl Host {
             .collect()
     }
 
+    /// The IPv6 addresses of `dev` (link-local ones included), with their
+    /// prefix lengths and states.
+    pub fn inet6_addrs(&self, dev: &str) -> Vec<&Address> {
+        let Some(index) = self.index_of(dev) else {
+            return Vec::new();
+        };
+        self.addrs
+            .iter()
+            .filter(|a| a.index == index && a.v6().is_some())
+            .collect()
+    }
+
+    /// The global IPv6 addresses the neighbour table holds for `mac` (what
+    /// the host learned of a guest's addresses), without duplicates.
+    pub fn ip6s_of_mac(&self, mac: &str) -> Vec<Ipv6Addr> {
+        let mut out: Vec<Ipv6Addr> = self
+            .neighbours
+            .iter()
+            .filter(|n| !n.proxy && n.mac.as_deref() == Some(mac))
+            .filter_map(|n| match n.ip {
+                IpAddr::V6(ip) if !is_link_local6(ip) && !ip.is_multicast() => Some(ip),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Interfaces that carry an IPv4 address (a bridge with one routes for its LAN).
     pub fn addressed_devices(&self) -> HashSet<String> {
         self.addrs
@@ -313,18 +353,33 @@ impl Host {
     /// saved host answers from its tables). None when it refuses (no route,
     /// forwarding off for an input lookup).
     pub fn route_get(&self, dst: Ipv4Addr, from: Option<(Ipv4Addr, &str)>) -> Option<Route> {
+        self.route_lookup(dst.into(), from.map(|(src, iif)| (src.into(), iif)))
+    }
+
+    /// `ip -6 route get DST [from SRC iif IIF]`, as [`Host::route_get`].
+    pub fn route_get6(&self, dst: Ipv6Addr, from: Option<(Ipv6Addr, &str)>) -> Option<Route> {
+        self.route_lookup(dst.into(), from.map(|(src, iif)| (src.into(), iif)))
+    }
+
+    /// The route lookup of either family (`src` of the destination's).
+    pub fn route_lookup(&self, dst: IpAddr, from: Option<(IpAddr, &str)>) -> Option<Route> {
         if !self.live {
             return self.saved_route_get(dst, from);
         }
+        let (family, len, addr) = match dst {
+            IpAddr::V4(d) => (AddressFamily::Inet, 32, RouteAddress::Inet(d)),
+            IpAddr::V6(d) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(d)),
+        };
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.destination_prefix_length = 32;
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        msg.header.address_family = family;
+        msg.header.destination_prefix_length = len;
+        msg.attributes.push(RouteAttribute::Destination(addr));
         if let Some((src, iif)) = from {
-            msg.header.source_prefix_length = 32;
-            msg.attributes
-                .push(RouteAttribute::Source(RouteAddress::Inet(src)));
+            msg.header.source_prefix_length = len;
+            msg.attributes.push(RouteAttribute::Source(match src {
+                IpAddr::V4(s) => RouteAddress::Inet(s),
+                IpAddr::V6(s) => RouteAddress::Inet6(s),
+            }));
             msg.attributes
                 .push(RouteAttribute::Iif(self.index_of(iif)?));
         }
@@ -345,28 +400,59 @@ impl Host {
     /// A saved host's answer: its own addresses are local (via `lo`), an input
     /// lookup is refused where forwarding is off, else the main table's longest
     /// match.
-    fn saved_route_get(&self, dst: Ipv4Addr, from: Option<(Ipv4Addr, &str)>) -> Option<Route> {
+    fn saved_route_get(&self, dst: IpAddr, from: Option<(IpAddr, &str)>) -> Option<Route> {
         if let Some((_, iif)) = from {
-            let forwarding = self.sysctl(&format!("net/ipv4/conf/{iif}/forwarding"));
-            if forwarding.as_deref() == Some("0") {
+            if !self.forwards_from(dst, iif) {
                 return None;
             }
         }
-        if self.addrs.iter().any(|a| a.addr == IpAddr::V4(dst)) {
+        if self.addrs.iter().any(|a| a.addr == dst) {
+            let (prefsrc, prefsrc6) = match dst {
+                IpAddr::V4(d) => (Some(d), None),
+                IpAddr::V6(d) => (None, Some(d)),
+            };
             return Some(Route {
                 kind: RouteKind::Local,
                 oif: self.links.iter().find(|l| l.name == "lo").map(|l| l.index),
                 gateway: None,
-                prefsrc: Some(dst),
+                prefsrc,
+                gateway6: None,
+                prefsrc6,
+                proto: None,
             });
         }
         tables::longest_match(&self.routes, dst).map(|r| r.route.clone())
+    }
+
+    /// The kernel forwards a packet of `dst`'s family that arrived on `iif`.
+    /// IPv4: `net.ipv4.conf.IIF.forwarding`. IPv6 (measured on 6.18): only
+    /// `net.ipv6.conf.all.forwarding`, or the arrival device's
+    /// `force_forwarding` (6.17+); a device's own `forwarding` switches its
+    /// router behaviour (RAs, the NA router flag), not forwarding.
+    pub fn forwards_from(&self, dst: IpAddr, iif: &str) -> bool {
+        let on = |p: String| self.sysctl(&p).as_deref() == Some("1");
+        match dst {
+            IpAddr::V4(_) => {
+                self.sysctl(&format!("net/ipv4/conf/{iif}/forwarding"))
+                    .as_deref()
+                    != Some("0")
+            }
+            IpAddr::V6(_) => {
+                self.sysctl("net/ipv6/conf/all/forwarding").as_deref() != Some("0")
+                    || on(format!("net/ipv6/conf/{iif}/force_forwarding"))
+            }
+        }
     }
 
     /// The device a route leaves by, by name.
     pub fn route_dev(&self, r: &Route) -> Option<&str> {
         self.name_of(r.oif?)
     }
+}
+
+/// fe80::/10, an address valid on one link only.
+pub fn is_link_local6(ip: Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// One interface as it is now (its state at the moment of a verdict), read on
@@ -383,18 +469,29 @@ pub fn link_now(name: &str) -> Option<Link> {
     })
 }
 
-fn neigh_dump(nl: &mut Rtnl, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+/// The IPv6 proxy neighbour entries (NTF_PROXY dump).
+fn proxy_dump(nl: &mut Rtnl) -> Result<Vec<NeighbourMessage>> {
     let mut msg = NeighbourMessage::default();
-    msg.header.family = family;
+    msg.header.family = AddressFamily::Inet6;
+    msg.header.flags = NeighbourFlags::Proxy;
+    neigh_messages(nl, msg).context("listing proxy neighbours over netlink")
+}
+
+fn neigh_messages(nl: &mut Rtnl, msg: NeighbourMessage) -> Result<Vec<NeighbourMessage>> {
     Ok(nl
-        .dump(RouteNetlinkMessage::GetNeighbour(msg))
-        .with_context(|| format!("listing {family:?} neighbours over netlink"))?
+        .dump(RouteNetlinkMessage::GetNeighbour(msg))?
         .into_iter()
         .filter_map(|m| match m {
             RouteNetlinkMessage::NewNeighbour(n) => Some(n),
             _ => None,
         })
         .collect())
+}
+
+fn neigh_dump(nl: &mut Rtnl, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family;
+    neigh_messages(nl, msg).with_context(|| format!("listing {family:?} neighbours over netlink"))
 }
 
 #[cfg(test)]
@@ -466,7 +563,7 @@ mod tests {
             let mut v: Vec<_> = h
                 .neighbours
                 .iter()
-                .filter(|n| n.state != "NONE")
+                .filter(|n| n.state != "NONE" && !n.proxy)
                 .map(|n| (n.index, n.ip, n.mac.clone()))
                 .collect();
             v.sort();

@@ -7,16 +7,33 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use super::Host;
 
 /// Global settings.
-const GLOBAL: &[&str] = &["net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables"];
+const GLOBAL: &[&str] = &[
+    "net/ipv4/ip_forward",
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+];
 /// Per interface (and `all`, `default`) under net/ipv4/conf.
 const CONF: &[&str] = &["forwarding", "rp_filter", "arp_ignore", "proxy_arp"];
+/// Per interface (and `all`, `default`) under net/ipv6/conf. `force_forwarding`
+/// exists from 6.17 on (absent: not read).
+const CONF6: &[&str] = &[
+    "forwarding",
+    "force_forwarding",
+    "accept_ra",
+    "proxy_ndp",
+    "disable_ipv6",
+    "mtu",
+];
 
 pub fn read(host: &Host) -> BTreeMap<String, String> {
     let devices = ["all", "default"]
         .into_iter()
         .chain(host.links.iter().map(|l| l.name.as_str()));
     let per_device: Vec<String> = devices
-        .flat_map(|d| CONF.iter().map(move |k| format!("net/ipv4/conf/{d}/{k}")))
+        .flat_map(|d| {
+            let v4 = CONF.iter().map(move |k| format!("net/ipv4/conf/{d}/{k}"));
+            v4.chain(CONF6.iter().map(move |k| format!("net/ipv6/conf/{d}/{k}")))
+        })
         .collect();
     GLOBAL
         .iter()

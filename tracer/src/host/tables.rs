@@ -1,14 +1,16 @@
 //! Addresses, neighbours, the bridges' FDB and route lookups as the kernel
 //! gives them (RTM_NEWADDR, RTM_NEWNEIGH, RTM_NEWROUTE), typed.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_route::{
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressFlags, AddressMessage},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType, RouteVia,
+    },
     AddressFamily,
 };
 
@@ -22,7 +24,21 @@ pub struct Address {
     pub index: u32,
     pub addr: IpAddr,
     pub prefix: u8,
+    /// The states iproute2 prints that make an IPv6 address unusable or
+    /// on its way out: `tentative` (duplicate address detection still
+    /// running), `dadfailed` (another node has it), `deprecated`,
+    /// `optimistic`; empty for a usable address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
+
+/// The address flags worth telling an operator about, by iproute2's words.
+const ADDR_FLAGS: &[(AddressFlags, &str)] = &[
+    (AddressFlags::Tentative, "tentative"),
+    (AddressFlags::Dadfailed, "dadfailed"),
+    (AddressFlags::Deprecated, "deprecated"),
+    (AddressFlags::Optimistic, "optimistic"),
+];
 
 impl Address {
     pub fn from_message(m: &AddressMessage) -> Option<Self> {
@@ -36,11 +52,42 @@ impl Address {
             AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         });
+        // IFA_FLAGS carries all 32 bits; the header's byte the low 8 (older
+        // kernels send only that).
+        let flags = m
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                AddressAttribute::Flags(f) => Some(*f),
+                _ => None,
+            })
+            .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(m.header.flags.bits())));
         Some(Address {
             index: m.header.index,
             addr: local.or(address)?,
             prefix: m.header.prefix_len,
+            flags: ADDR_FLAGS
+                .iter()
+                .filter(|(f, _)| flags.contains(*f))
+                .map(|(_, w)| w.to_string())
+                .collect(),
         })
+    }
+
+    pub fn v6(&self) -> Option<(Ipv6Addr, u8)> {
+        match self.addr {
+            IpAddr::V6(a) => Some((a, self.prefix)),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    /// Usable as a source: not tentative, not failed duplicate address
+    /// detection.
+    pub fn usable(&self) -> bool {
+        !self
+            .flags
+            .iter()
+            .any(|f| f == "tentative" || f == "dadfailed")
     }
 
     pub fn v4(&self) -> Option<(Ipv4Addr, u8)> {
@@ -60,6 +107,13 @@ pub struct Neighbour {
     pub mac: Option<String>,
     /// iproute2's word: `REACHABLE`, `STALE`, `FAILED`, `INCOMPLETE`, ...
     pub state: String,
+    /// A proxy entry (`ip -6 neigh add proxy ADDR dev DEV`): this host answers
+    /// neighbour solicitations for `ip` on the device (with `proxy_ndp=1`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy: bool,
+    /// The neighbour said it is a router (NDP's IsRouter flag).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub router: bool,
 }
 
 impl Neighbour {
@@ -74,6 +128,8 @@ impl Neighbour {
             ip,
             mac: lladdr(m),
             state: neigh_word(m.header.state),
+            proxy: m.header.flags.contains(NeighbourFlags::Proxy),
+            router: m.header.flags.contains(NeighbourFlags::Router),
         })
     }
 
@@ -153,8 +209,29 @@ pub struct Route {
     pub kind: RouteKind,
     /// The device it leaves by, by index.
     pub oif: Option<u32>,
+    /// An IPv4 next hop.
     pub gateway: Option<Ipv4Addr>,
     pub prefsrc: Option<Ipv4Addr>,
+    /// An IPv6 next hop (usually the router's link-local address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
+    /// The IPv6 source address the kernel would pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefsrc6: Option<Ipv6Addr>,
+    /// Who installed it, in iproute2's words (`kernel`, `boot`, `static`,
+    /// `ra` — learned from a router advertisement —, `dhcp`, ...); None when
+    /// unspecified (a lookup's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+}
+
+impl Route {
+    /// The next hop, whichever the family.
+    pub fn next_hop(&self) -> Option<IpAddr> {
+        self.gateway
+            .map(IpAddr::V4)
+            .or(self.gateway6.map(IpAddr::V6))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,11 +246,11 @@ pub enum RouteKind {
     Other,
 }
 
-/// One IPv4 route of the main table, as saved with the host (a saved host
-/// answers route lookups from these).
+/// One route of the main table (IPv4 or IPv6), as saved with the host (a saved
+/// host answers route lookups from these).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteEntry {
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub prefix: u8,
     pub metric: u32,
     pub route: Route,
@@ -186,14 +263,19 @@ impl RouteEntry {
             || m.attributes
                 .iter()
                 .any(|a| matches!(a, RouteAttribute::Table(t) if *t == u32::from(RouteHeader::RT_TABLE_MAIN)));
-        if m.header.address_family != AddressFamily::Inet || !main {
+        let mut dst = match m.header.address_family {
+            AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => return None,
+        };
+        if !main {
             return None;
         }
-        let mut dst = Ipv4Addr::UNSPECIFIED;
         let mut metric = 0;
         for a in &m.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = IpAddr::V4(*d),
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = IpAddr::V6(*d),
                 RouteAttribute::Priority(p) => metric = *p,
                 _ => {}
             }
@@ -206,19 +288,34 @@ impl RouteEntry {
         })
     }
 
-    fn covers(&self, ip: Ipv4Addr) -> bool {
-        let mask = match self.prefix {
-            0 => 0,
-            n => u32::MAX << (32 - u32::from(n.min(32))),
-        };
-        u32::from(ip) & mask == u32::from(self.dst) & mask
+    fn covers(&self, ip: IpAddr) -> bool {
+        match (self.dst, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = match self.prefix {
+                    0 => 0,
+                    n => u32::MAX << (32 - u32::from(n.min(32))),
+                };
+                u32::from(ip) & mask == u32::from(net) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => in_prefix6(ip, net, self.prefix),
+            _ => false,
+        }
     }
+}
+
+/// `ip` lies in `net/len`.
+pub fn in_prefix6(ip: Ipv6Addr, net: Ipv6Addr, len: u8) -> bool {
+    let mask = match len {
+        0 => 0,
+        n => u128::MAX << (128 - u32::from(n.min(128))),
+    };
+    u128::from(ip) & mask == u128::from(net) & mask
 }
 
 /// The longest-prefix match in `routes` (lowest metric among equals): how a
 /// saved host answers `ip route get` (its main table; policy rules are not
 /// saved).
-pub fn longest_match(routes: &[RouteEntry], ip: Ipv4Addr) -> Option<&RouteEntry> {
+pub fn longest_match(routes: &[RouteEntry], ip: IpAddr) -> Option<&RouteEntry> {
     routes
         .iter()
         .filter(|r| r.covers(ip))
@@ -227,10 +324,6 @@ pub fn longest_match(routes: &[RouteEntry], ip: Ipv4Addr) -> Option<&RouteEntry>
 
 impl Route {
     pub fn from_message(m: &RouteMessage) -> Self {
-        let v4 = |a: &RouteAddress| match a {
-            RouteAddress::Inet(ip) => Some(*ip),
-            _ => None,
-        };
         let mut r = Route {
             kind: match m.header.kind {
                 RouteType::Unicast => RouteKind::Unicast,
@@ -244,15 +337,83 @@ impl Route {
             oif: None,
             gateway: None,
             prefsrc: None,
+            gateway6: None,
+            prefsrc6: None,
+            proto: proto_word(m.header.protocol),
         };
         for a in &m.attributes {
             match a {
                 RouteAttribute::Oif(i) => r.oif = Some(*i),
-                RouteAttribute::Gateway(g) => r.gateway = v4(g),
-                RouteAttribute::PrefSource(s) => r.prefsrc = v4(s),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => r.gateway6 = Some(*g),
+                // An IPv4 route through an IPv6 next hop (RFC 5549) names it by RTA_VIA.
+                RouteAttribute::Via(RouteVia::Inet6(g)) => r.gateway6 = Some(*g),
+                RouteAttribute::PrefSource(RouteAddress::Inet(s)) => r.prefsrc = Some(*s),
+                RouteAttribute::PrefSource(RouteAddress::Inet6(s)) => r.prefsrc6 = Some(*s),
                 _ => {}
             }
         }
         r
+    }
+}
+
+/// iproute2's word for who installed a route (`ip route` prints `proto ra`).
+fn proto_word(p: RouteProtocol) -> Option<String> {
+    Some(
+        match p {
+            RouteProtocol::Unspec => return None,
+            RouteProtocol::IcmpRedirect => "redirect",
+            RouteProtocol::Kernel => "kernel",
+            RouteProtocol::Boot => "boot",
+            RouteProtocol::Static => "static",
+            RouteProtocol::Ra => "ra",
+            RouteProtocol::Dhcp => "dhcp",
+            other => return Some(u8::from(other).to_string()),
+        }
+        .to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dst: &str, prefix: u8, metric: u32, proto: &str) -> RouteEntry {
+        RouteEntry {
+            dst: dst.parse().unwrap(),
+            prefix,
+            metric,
+            route: Route {
+                kind: RouteKind::Unicast,
+                oif: Some(3),
+                gateway: None,
+                prefsrc: None,
+                gateway6: None,
+                prefsrc6: None,
+                proto: Some(proto.into()),
+            },
+        }
+    }
+
+    /// The longest prefix of the destination's family wins; a saved host of
+    /// both families answers each from its own routes.
+    #[test]
+    fn longest_match_keeps_the_families_apart() {
+        let routes = [
+            entry("0.0.0.0", 0, 0, "static"),
+            entry("::", 0, 1024, "ra"),
+            entry("2001:db8:1::", 64, 256, "kernel"),
+            entry("2001:db8::", 32, 100, "static"),
+        ];
+        let at = |ip: &str| longest_match(&routes, ip.parse().unwrap()).map(|r| r.dst.to_string());
+        assert_eq!(at("2001:db8:1::100").as_deref(), Some("2001:db8:1::"));
+        assert_eq!(at("2001:db8:2::1").as_deref(), Some("2001:db8::"));
+        assert_eq!(at("2001:4860::8888").as_deref(), Some("::"));
+        assert_eq!(at("203.0.113.8").as_deref(), Some("0.0.0.0"));
+        assert!(in_prefix6(
+            "fe80::1".parse().unwrap(),
+            "fe80::".parse().unwrap(),
+            10
+        ));
     }
 }

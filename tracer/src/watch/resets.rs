@@ -41,8 +41,8 @@ impl Resets {
 
 fn replay(hook: &str, pkt: &PacketInfo, iif: &str) -> Option<String> {
     let view = nft::PacketView {
-        saddr: Some(pkt.src_v4()),
-        daddr: Some(pkt.dst_v4()),
+        saddr: Some(pkt.src()),
+        daddr: Some(pkt.dst()),
         proto: 6,
         sport: Some(pkt.sport),
         dport: Some(pkt.dport),

@@ -32,8 +32,8 @@ pub(super) fn view(t: &Topology, reply: bool, proto: u8, dport: Option<u16>) -> 
     };
     let icmp_type = (proto == 1).then_some(if reply { 0 } else { 8 });
     nft::PacketView {
-        saddr: Some(saddr),
-        daddr: Some(daddr),
+        saddr: Some(saddr.into()),
+        daddr: Some(daddr.into()),
         proto,
         icmp_type,
         sport: dport.map(|p| if reply { p } else { 40000 }),

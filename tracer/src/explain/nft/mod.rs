@@ -12,7 +12,10 @@
 //! match and drops or rejects is the answer, with the chains that led to it; if
 //! none, a base chain with policy drop is.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use serde_json::Value;
 
@@ -24,9 +27,12 @@ use walk::*;
 /// The packet as it was at the hook, with what is known about its devices.
 #[derive(Debug, Clone, Default)]
 pub struct PacketView {
-    pub saddr: Option<Ipv4Addr>,
-    pub daddr: Option<Ipv4Addr>,
+    /// Of the family `l3` says (IPv4 for IPv4 and ARP, IPv6 for IPv6).
+    pub saddr: Option<IpAddr>,
+    pub daddr: Option<IpAddr>,
+    /// The upper-layer protocol (for IPv6 the last next header: 58 ICMPv6).
     pub proto: u8,
+    /// The ICMP type, or the ICMPv6 type for IPv6.
     pub icmp_type: Option<u8>,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
@@ -34,8 +40,9 @@ pub struct PacketView {
     pub oifname: Option<String>,
     /// Conntrack state as the firewall sees it (`new`, `established`), when known.
     pub ct_state: Option<&'static str>,
-    /// What the frame carries (IPv4 for every traced packet; ARP for the guest's
-    /// address resolution, with `saddr`/`daddr` its sender and target address).
+    /// What the frame carries (IPv4 or IPv6 for a traced packet; ARP for the
+    /// guest's address resolution, with `saddr`/`daddr` its sender and target
+    /// address).
     pub l3: L3,
     /// The sender's MAC (the guest's, for its requests), when known.
     pub ether_saddr: Option<[u8; 6]>,
@@ -48,6 +55,7 @@ pub enum L3 {
     #[default]
     Ipv4,
     Arp,
+    Ipv6,
 }
 
 impl L3 {
@@ -55,6 +63,7 @@ impl L3 {
         match self {
             L3::Ipv4 => 0x0800,
             L3::Arp => 0x0806,
+            L3::Ipv6 => 0x86dd,
         }
     }
 }
@@ -152,6 +161,18 @@ impl Culprit {
 
 /// Families whose IPv4 hooks see the guest's routed packets.
 pub const L3_FAMILIES: &[&str] = &["ip", "inet"];
+/// Families whose IPv6 hooks see them.
+pub const L3_FAMILIES6: &[&str] = &["ip6", "inet"];
+
+impl PacketView {
+    /// The nft families whose IP hooks see this packet.
+    pub fn families(&self) -> &'static [&'static str] {
+        match self.l3 {
+            L3::Ipv6 => L3_FAMILIES6,
+            _ => L3_FAMILIES,
+        }
+    }
+}
 /// The bridge family's hooks, in the order a frame meets them.
 pub const BRIDGE_HOOKS: &[&str] = &["prerouting", "input", "forward", "output", "postrouting"];
 
@@ -177,7 +198,7 @@ pub fn find_culprit(hook: &str, in_bridge: bool, pkt: &PacketView) -> Option<Cul
         }));
     }
     points.push(Point {
-        families: L3_FAMILIES,
+        families: pkt.families(),
         hook,
         view: pkt,
     });
@@ -434,7 +455,7 @@ impl Ruleset {
             .chains
             .iter()
             .filter(|c| c.hook.as_deref() == Some("postrouting"))
-            .filter(|c| L3_FAMILIES.contains(&c.family.as_str()))
+            .filter(|c| pkt.families().contains(&c.family.as_str()))
             .collect();
         base.sort_by_key(|c| c.prio);
         base.into_iter().find_map(|c| self.walk_snat(c, pkt, 0))

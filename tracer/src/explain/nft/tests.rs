@@ -258,3 +258,52 @@ fn a_walk_through_a_wide_jump_graph_stays_bounded() {
     assert_eq!(c.describe(), "inet t forward policy drop");
     assert!(!c.certain);
 }
+
+/// `nft -j list ruleset` of a rule set written with nft 1.0.6 in a scratch
+/// namespace: NDP dropped, the guests' echo requests accepted, DNS to one
+/// server dropped, strict reverse-path filtering.
+const RULESET6: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "filter", "handle": 1}}, {"chain": {"family": "inet", "table": "filter", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 3, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "2001:db8:1::", "len": 64}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "echo-request"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "nexthdr"}}, "right": "udp"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "2001:db8:ffff::53"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "filter", "chain": "forward", "handle": 6, "expr": [{"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": false}}, {"drop": null}]}}]}"#;
+
+fn guest6(proto: u8, icmp_type: Option<u8>, dport: Option<u16>) -> PacketView {
+    PacketView {
+        saddr: Some("2001:db8:1::100".parse().unwrap()),
+        daddr: Some("2001:db8:ffff::53".parse().unwrap()),
+        proto,
+        icmp_type,
+        sport: dport.map(|_| 40000),
+        dport,
+        iifname: Some("vmbr0".into()),
+        oifname: Some("eth0".into()),
+        l3: L3::Ipv6,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn ipv6_packets_meet_ip6_and_inet_chains() {
+    let rs = Ruleset::parse(&serde_json::from_str(RULESET6).unwrap());
+    let ns = guest6(58, Some(135), None);
+    assert_eq!(ns.families(), L3_FAMILIES6);
+    let c = rs.culprit("forward", ns.families(), &ns).unwrap();
+    assert_eq!((c.handle, c.certain), (Some(3), true));
+    // An echo request from the guests' prefix is accepted before the
+    // `fib` rule, which cannot be evaluated.
+    let echo = guest6(58, Some(128), None);
+    assert_eq!(rs.culprit("forward", echo.families(), &echo), None);
+    // DNS to the one server: certainly dropped by handle 5.
+    let dns = guest6(17, None, Some(53));
+    let c = rs.culprit("forward", dns.families(), &dns).unwrap();
+    assert_eq!((c.handle, c.certain), (Some(5), true));
+    // The echo reply is no request: only the fib rule may drop it.
+    let mut reply = guest6(58, Some(129), None);
+    std::mem::swap(&mut reply.saddr, &mut reply.daddr);
+    let c = rs.culprit("forward", reply.families(), &reply).unwrap();
+    assert_eq!((c.handle, c.certain), (Some(6), false));
+    // The same rule set never drops IPv4 by its ip6/icmpv6 matches.
+    let mut v4 = guest_icmp();
+    v4.icmp_type = Some(8);
+    assert_eq!(
+        rs.culprit("forward", L3_FAMILIES, &v4).map(|c| c.handle),
+        Some(Some(6))
+    );
+}
