@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
@@ -20,16 +20,36 @@ pub struct GuestSpec {
     pub prefix: u8,
     pub gateway: Ipv4Addr,
     pub mac: String,
+    /// The guest's IPv6 address besides its IPv4 one (dual stack), if any.
+    pub v6: Option<GuestV6>,
+}
+
+/// A guest's static IPv6 address and gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestV6 {
+    pub ip: Ipv6Addr,
+    pub prefix: u8,
+    pub gateway: Ipv6Addr,
 }
 
 impl GuestSpec {
-    /// Guest number `n` on the lab's VM LAN: tap{100+n}i0, 192.0.2.{100+n}.
+    /// Guest number `n` on the lab's VM LAN: tap{100+n}i0, 192.0.2.{100+n} and
+    /// 2001:db8:1::{100+n} (the same digits, read as hex: 2001:db8:1::100 for
+    /// guest 0), gateways 192.0.2.1 and 2001:db8:1::1.
     pub fn nth(n: u8) -> Self {
+        let v6: Ipv6Addr = format!("2001:db8:1::{}", 100 + u32::from(n))
+            .parse()
+            .expect("a valid address");
         Self {
             tap: format!("tap{}i0", 100 + u32::from(n)),
             ip: Ipv4Addr::new(192, 0, 2, 100 + n),
             prefix: 24,
             gateway: Ipv4Addr::new(192, 0, 2, 1),
+            v6: Some(GuestV6 {
+                ip: v6,
+                prefix: 64,
+                gateway: Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1),
+            }),
             mac: format!(
                 "52:54:00:{:02x}:{:02x}:{:02x}",
                 std::process::id() as u8,
@@ -70,6 +90,21 @@ pub struct PingResult {
     pub received: u32,
     pub id: u16,
     pub seqs_replied: Vec<u16>,
+    /// ICMPv6 errors quoting the echo requests (IPv6 pings only).
+    #[serde(default)]
+    pub errors: Vec<IcmpError>,
+}
+
+/// An ICMPv6 error the guest received: type (1 unreachable, 2 Packet Too
+/// Big, 3 time exceeded, 4 parameter problem), code, the MTU a Packet Too Big
+/// names, and its sender.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IcmpError {
+    #[serde(rename = "type")]
+    pub kind: u8,
+    pub code: u8,
+    pub mtu: u32,
+    pub from: IpAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +113,9 @@ pub struct DnsResult {
     pub answered: u32,
     pub ids: Vec<u16>,
     pub rcode: Option<u8>,
+    /// The A/AAAA addresses of the last answer.
+    #[serde(default)]
+    pub addrs: Vec<IpAddr>,
 }
 
 /// What the guest saw of a TCP connection attempt (`result`: `synack`,
@@ -111,12 +149,17 @@ impl Guest {
     /// Start the guest inside the namespace at `netns` (a /run/netns path); returns
     /// once it has resolved its gateway.
     pub fn start(bin: &Path, netns: &Path, spec: GuestSpec) -> Result<Self> {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", netns.display()))
             .arg(bin)
             .args(["guest", "--tap", &spec.tap])
             .args(["--ip", &format!("{}/{}", spec.ip, spec.prefix)])
-            .args(["--gw", &spec.gateway.to_string(), "--mac", &spec.mac])
+            .args(["--gw", &spec.gateway.to_string(), "--mac", &spec.mac]);
+        if let Some(v6) = spec.v6 {
+            cmd.args(["--ip6", &format!("{}/{}", v6.ip, v6.prefix)])
+                .args(["--gw6", &v6.gateway.to_string()]);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -154,7 +197,10 @@ impl Guest {
         Ok(answer)
     }
 
-    pub fn ping(&mut self, dst: Ipv4Addr, o: PingOpts) -> Result<PingResult> {
+    /// Echo requests to `dst` (IPv4 or IPv6; for IPv6 `ttl` is the hop limit
+    /// and `df` means nothing: routers never fragment IPv6).
+    pub fn ping(&mut self, dst: impl Into<IpAddr>, o: PingOpts) -> Result<PingResult> {
+        let dst = dst.into();
         let cmd = format!(
             "ping {dst} {} {} {} {} {} {}",
             o.count, o.interval_ms, o.timeout_ms, o.size, o.ttl, o.df as u8
@@ -162,15 +208,35 @@ impl Guest {
         Ok(serde_json::from_value(self.command(&cmd)?)?)
     }
 
+    /// `count` A queries for `name` to `server` (IPv4 or IPv6).
     pub fn dns(
         &mut self,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         name: &str,
         count: u32,
         timeout_ms: u64,
     ) -> Result<DnsResult> {
-        let cmd = format!("dns {server} {name} {count} {timeout_ms}");
+        self.dns_type(server, name, count, timeout_ms, "A")
+    }
+
+    /// `count` queries of type `qtype` ("A" or "AAAA") for `name` to `server`.
+    pub fn dns_type(
+        &mut self,
+        server: impl Into<IpAddr>,
+        name: &str,
+        count: u32,
+        timeout_ms: u64,
+        qtype: &str,
+    ) -> Result<DnsResult> {
+        let server = server.into();
+        let cmd = format!("dns {server} {name} {count} {timeout_ms} {qtype}");
         Ok(serde_json::from_value(self.command(&cmd)?)?)
+    }
+
+    /// Forget every ARP and NDP entry (`ip neigh flush all` in the guest): the
+    /// next packet to each next hop asks for it again.
+    pub fn flush_neighbours(&mut self) -> Result<()> {
+        self.command("neigh-flush").map(drop)
     }
 
     /// One DHCP transaction (DISCOVER, then REQUEST for the offer): the fake

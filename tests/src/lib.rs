@@ -8,6 +8,7 @@ pub mod dhcp;
 pub mod guest;
 pub mod lab;
 pub mod packet;
+pub mod packet6;
 pub mod realguest;
 pub mod scenarios;
 pub mod tcp;

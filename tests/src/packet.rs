@@ -1,6 +1,9 @@
-//! Just enough Ethernet/ARP/IPv4/ICMP/UDP/DNS to play a guest on a TAP device.
+//! Just enough Ethernet/ARP/IPv4/ICMP/UDP/DNS to play a guest on a TAP device
+//! (IPv6 in packet6.rs).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::packet6;
 
 pub type Mac = [u8; 6];
 pub const BROADCAST: Mac = [0xff; 6];
@@ -19,7 +22,7 @@ pub fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn eth(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn eth(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + payload.len());
     f.extend_from_slice(&dst);
     f.extend_from_slice(&src);
@@ -115,8 +118,17 @@ pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), data: &[u8]) -> Vec<u8> {
     u
 }
 
+/// DNS record types the lab asks for.
+pub const DNS_A: u16 = 1;
+pub const DNS_AAAA: u16 = 28;
+
 /// A standard recursive query for `name`, type A.
 pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    dns_query_type(id, name, DNS_A)
+}
+
+/// A standard recursive query for `name` of record type `qtype`.
+pub fn dns_query_type(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut q = Vec::new();
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -128,7 +140,9 @@ pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
         q.push(label.len().min(63) as u8);
         q.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
     }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
     q
 }
 
@@ -150,8 +164,16 @@ pub fn dns_qname(msg: &[u8]) -> Option<String> {
     Some(labels.join("."))
 }
 
-/// An answer to `query`: one A record `addr`, or NXDOMAIN when `addr` is None.
-pub fn dns_answer(query: &[u8], addr: Option<Ipv4Addr>) -> Option<Vec<u8>> {
+/// The record type a query asks for.
+pub fn dns_qtype(msg: &[u8]) -> Option<u16> {
+    let name = dns_qname(msg)?;
+    let at = 12 + if name.is_empty() { 1 } else { name.len() + 2 };
+    Some(u16::from_be_bytes(msg.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// An answer to `query`: one A (IPv4 `addr`) or AAAA (IPv6 `addr`) record, or
+/// NXDOMAIN when `addr` is None.
+pub fn dns_answer(query: &[u8], addr: Option<IpAddr>) -> Option<Vec<u8>> {
     let name = dns_qname(query)?;
     // Encoded name: a length byte per label plus the root byte; then type + class.
     let encoded = if name.is_empty() { 1 } else { name.len() + 2 };
@@ -172,11 +194,72 @@ pub fn dns_answer(query: &[u8], addr: Option<Ipv4Addr>) -> Option<Vec<u8>> {
         0,
     ]);
     r.extend_from_slice(question);
-    if let Some(a) = addr {
-        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-        r.extend_from_slice(&a.octets());
+    match addr {
+        Some(IpAddr::V4(a)) => {
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            r.extend_from_slice(&a.octets());
+        }
+        Some(IpAddr::V6(a)) => {
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16]);
+            r.extend_from_slice(&a.octets());
+        }
+        None => {}
     }
     Some(r)
+}
+
+/// The A and AAAA addresses in a DNS response's answer section.
+pub fn dns_addresses(msg: &[u8]) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let (Some(qd), Some(an)) = (msg.get(4..6), msg.get(6..8)) else {
+        return out;
+    };
+    let (qd, an) = (
+        u16::from_be_bytes([qd[0], qd[1]]),
+        u16::from_be_bytes([an[0], an[1]]),
+    );
+    let mut at = 12;
+    for _ in 0..qd {
+        let Some(end) = skip_name(msg, at) else {
+            return out;
+        };
+        at = end + 4;
+    }
+    for _ in 0..an {
+        let Some(end) = skip_name(msg, at) else {
+            return out;
+        };
+        let Some(rr) = msg.get(end..end + 10) else {
+            return out;
+        };
+        let kind = u16::from_be_bytes([rr[0], rr[1]]);
+        let len = usize::from(u16::from_be_bytes([rr[8], rr[9]]));
+        let Some(data) = msg.get(end + 10..end + 10 + len) else {
+            return out;
+        };
+        match (kind, len) {
+            (DNS_A, 4) => out.push(IpAddr::V4(ip_at(data, 0))),
+            (DNS_AAAA, 16) => {
+                let b: [u8; 16] = data.try_into().unwrap_or_default();
+                out.push(IpAddr::V6(Ipv6Addr::from(b)));
+            }
+            _ => {}
+        }
+        at = end + 10 + len;
+    }
+    out
+}
+
+/// The offset after a (possibly compressed) name starting at `at`.
+fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *msg.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            l if l & 0xc0 == 0xc0 => return Some(at + 2),
+            l => at += 1 + usize::from(l),
+        }
+    }
 }
 
 /// What the guest cares about in a received frame.
@@ -194,6 +277,17 @@ pub enum Frame {
         dst: Ipv4Addr,
         proto: u8,
         ttl: u8,
+        payload: Vec<u8>,
+    },
+    /// `proto` is the upper-layer protocol after any extension headers,
+    /// `payload` its message.
+    Ipv6 {
+        src_mac: Mac,
+        dst_mac: Mac,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        proto: u8,
+        hop_limit: u8,
         payload: Vec<u8>,
     },
     Other,
@@ -225,6 +319,24 @@ pub fn parse(f: &[u8]) -> Frame {
                 proto: body[9],
                 ttl: body[8],
                 payload: body[ihl..total].to_vec(),
+            }
+        }
+        packet6::ETH_P_IPV6 if body.len() >= 40 && body[0] >> 4 == 6 => {
+            let total = (40 + usize::from(u16::from_be_bytes([body[4], body[5]]))).min(body.len());
+            let Some((proto, at)) = packet6::upper_layer(&body[..total]) else {
+                return Frame::Other;
+            };
+            let addr = |i: usize| {
+                Ipv6Addr::from(<[u8; 16]>::try_from(&body[i..i + 16]).unwrap_or_default())
+            };
+            Frame::Ipv6 {
+                src_mac,
+                dst_mac: f[0..6].try_into().unwrap_or_default(),
+                src: addr(8),
+                dst: addr(24),
+                proto,
+                hop_limit: body[7],
+                payload: body[at..total].to_vec(),
             }
         }
         _ => Frame::Other,
@@ -317,12 +429,20 @@ mod tests {
     fn dns_query_and_answers() {
         let q = dns_query(0xbeef, "example.com");
         assert_eq!(dns_qname(&q).as_deref(), Some("example.com"));
-        let a = dns_answer(&q, Some(Ipv4Addr::new(203, 0, 113, 80))).unwrap();
+        let a = dns_answer(&q, Some(Ipv4Addr::new(203, 0, 113, 80).into())).unwrap();
         assert_eq!(&a[0..2], &[0xbe, 0xef]);
         assert_eq!(a[3] & 0x0f, 0, "NOERROR");
         assert_eq!(&a[a.len() - 4..], &[203, 0, 113, 80]);
+        assert_eq!(dns_addresses(&a), [IpAddr::from([203, 0, 113, 80])]);
+        assert_eq!(dns_qtype(&q), Some(DNS_A));
         let nx = dns_answer(&dns_query(1, "nothing.invalid"), None).unwrap();
         assert_eq!(nx[3] & 0x0f, 3, "NXDOMAIN");
+        assert!(dns_addresses(&nx).is_empty());
+        let q6 = dns_query_type(7, "www.example.com", DNS_AAAA);
+        assert_eq!(dns_qtype(&q6), Some(DNS_AAAA));
+        let v6: Ipv6Addr = "2001:db8:ffff::8".parse().unwrap();
+        let a6 = dns_answer(&q6, Some(v6.into())).unwrap();
+        assert_eq!(dns_addresses(&a6), [IpAddr::V6(v6)]);
         assert_eq!(dns_qname(&[0; 5]), None, "truncated");
     }
 
@@ -331,8 +451,10 @@ mod tests {
         fn decoders_never_panic(frame in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
             let _ = parse(&frame);
             let _ = dns_qname(&frame);
-            let _ = dns_answer(&frame, Some(Ipv4Addr::new(203, 0, 113, 80)));
+            let _ = dns_answer(&frame, Some(Ipv4Addr::new(203, 0, 113, 80).into()));
             let _ = dns_answer(&frame, None);
+            let _ = dns_addresses(&frame);
+            let _ = dns_qtype(&frame);
         }
     }
 

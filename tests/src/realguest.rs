@@ -15,7 +15,7 @@
 //!                PTGUEST done ID rc=N
 //! ```
 //!
-//! The fake guest (tests/src/bin/fake-guest.rs) stands for a VM in most tests;
+//! The fake guest (tests/src/bin/fake-guest/) stands for a VM in most tests;
 //! this one checks that a real kernel's ARP, ICMP and DNS give the same verdicts.
 
 use std::{

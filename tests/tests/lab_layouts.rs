@@ -183,7 +183,10 @@ fn check_configs(lab: &Lab) {
                 "{conf}"
             );
             assert!(
-                conf.contains("ipconfig0: ip=192.0.2.100/24,gw=192.0.2.1\n"),
+                conf.contains(
+                    "ipconfig0: ip=192.0.2.100/24,gw=192.0.2.1,\
+                     ip6=2001:db8:1::100/64,gw6=2001:db8:1::1\n"
+                ),
                 "{conf}"
             );
         }
@@ -204,6 +207,11 @@ fn check_configs(lab: &Lab) {
                 net.contains(&format!(
                     "<host mac='{mac}' name='guest0' ip='192.0.2.100'/>"
                 )),
+                "{net}"
+            );
+            assert!(
+                net.contains("<ip family='ipv6' address='2001:db8:1::1' prefix='64'>")
+                    && net.contains("<host name='guest0' ip='2001:db8:1::100'/>"),
                 "{net}"
             );
         }

@@ -46,7 +46,7 @@ fn trace(lab: &mut Lab, extra: &[&str]) -> TraceRun {
             timeout_ms: 1500,
             ..PingOpts::default()
         };
-        lab.guest(0).ping(DEST.parse()?, opts)?;
+        lab.guest(0).ping(DEST.parse::<std::net::IpAddr>()?, opts)?;
         Ok(())
     })
     .expect("pathtrace runs");

@@ -12,7 +12,11 @@
 //! `cargo xtask vm-test --kernel 6.12 --test real_rulesets`.
 //! Needs root and eBPF.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use pathtrace_tests::{
     lab::{GuestSpec, Lab, LabOptions, PingOpts},
@@ -46,6 +50,7 @@ fn nic(port: &str, ip: &str, mac: &str) -> GuestSpec {
         prefix: 24,
         gateway: Ipv4Addr::new(192, 0, 2, 1),
         mac: mac.into(),
+        v6: None,
     }
 }
 
@@ -76,7 +81,7 @@ fn lab_with_proxmox_firewall(guests: Vec<GuestSpec>) -> Option<Lab> {
     };
     for i in 0..n {
         lab.guest(i)
-            .ping(DEST.parse().unwrap(), one)
+            .ping(DEST.parse::<IpAddr>().unwrap(), one)
             .expect("guest pings before the firewall");
     }
     if let Err(e) = lab.nft(BRIDGE_FIREWALL_PROBE) {
@@ -154,7 +159,7 @@ fn trace(lab: &mut Lab, guest: usize, vm_ip: &str) -> TraceRun {
             timeout_ms: 1500,
             ..PingOpts::default()
         };
-        lab.guest(guest).ping(DEST.parse()?, opts)?;
+        lab.guest(guest).ping(DEST.parse::<IpAddr>()?, opts)?;
         Ok(())
     })
     .expect("pathtrace runs");

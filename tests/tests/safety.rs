@@ -34,7 +34,7 @@ fn pings(lab: &mut Lab, count: u32) -> u32 {
         ..PingOpts::default()
     };
     lab.guest(0)
-        .ping("203.0.113.8".parse().unwrap(), opts)
+        .ping("203.0.113.8".parse::<std::net::IpAddr>().unwrap(), opts)
         .unwrap()
         .received
 }
@@ -131,7 +131,9 @@ fn ring_buffer_overflow_is_counted_and_reported() {
         };
         // SAFETY: kill(2) on our own child (pathtrace, exec'd by nsenter).
         unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-        let sent = lab.guest(0).ping("203.0.113.8".parse()?, opts);
+        let sent = lab
+            .guest(0)
+            .ping("203.0.113.8".parse::<std::net::IpAddr>()?, opts);
         unsafe { libc::kill(pid as i32, libc::SIGCONT) };
         sent?;
         Ok(())

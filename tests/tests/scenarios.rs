@@ -83,10 +83,11 @@ fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
                     timeout_ms: 5000,
                     ..PingOpts::default()
                 };
-                lab.guest(0).ping(dst.parse()?, opts)?;
+                lab.guest(0).ping(dst.parse::<std::net::IpAddr>()?, opts)?;
             }
             Traffic::Dns { server, name } => {
-                lab.guest(0).dns(server.parse()?, name, 1, 3000)?;
+                lab.guest(0)
+                    .dns(server.parse::<std::net::IpAddr>()?, name, 1, 3000)?;
             }
             Traffic::Tcp { dst, port, data } => {
                 let seen = lab.guest(0).tcp(dst.parse()?, port, 3000, data)?;

@@ -62,7 +62,7 @@ fn show(lab: &mut Lab, title: &str, fault: Option<Fault>) -> Result<()> {
     if let Some(f) = fault {
         lab.break_path(f)?;
     }
-    let dst = DEST.parse()?;
+    let dst: std::net::IpAddr = DEST.parse()?;
     let args = [
         "--vm-ip",
         "192.0.2.100",

@@ -38,13 +38,22 @@ impl Lab {
                     write!(
                         vms[idx].1,
                         "net{net}: virtio={},bridge={},firewall=1\n\
-                         ipconfig{net}: ip={}/{},gw={}\n",
+                         ipconfig{net}: ip={}/{},gw={}",
                         s.mac.to_uppercase(),
                         self.bridge(),
                         s.ip,
                         s.prefix,
                         s.gateway
                     )?;
+                    // cloud-init's IPv6 keys, as Proxmox writes them.
+                    if let Some(v6) = s.v6 {
+                        write!(
+                            vms[idx].1,
+                            ",ip6={}/{},gw6={}",
+                            v6.ip, v6.prefix, v6.gateway
+                        )?;
+                    }
+                    vms[idx].1.push('\n');
                 }
                 for (vmid, conf) in vms {
                     write_file(&dir.join(format!("{vmid}.conf")), &conf)?;
@@ -54,7 +63,7 @@ impl Lab {
             Layout::Libvirt => {
                 let qemu = root.join("run/libvirt/qemu");
                 recreate_dir(&qemu)?;
-                let mut hosts = String::new();
+                let (mut hosts, mut hosts6) = (String::new(), String::new());
                 for s in &specs {
                     let (vmid, _) = parse_port(&s.tap).unwrap_or((100, 0));
                     let name = guest_name(vmid);
@@ -81,6 +90,10 @@ impl Lab {
                             "      <host mac='{}' name='{name}' ip='{}'/>",
                             s.mac, s.ip
                         )?;
+                        // DHCPv6 hosts are matched by name (or DUID), not MAC.
+                        if let Some(v6) = s.v6 {
+                            writeln!(hosts6, "      <host name='{name}' ip='{}'/>", v6.ip)?;
+                        }
                     }
                 }
                 let net = root.join("run/libvirt/network");
@@ -92,7 +105,10 @@ impl Lab {
                          <bridge name='{br}' stp='on' delay='0'/>\n  \
                          <ip address='192.0.2.1' netmask='255.255.255.0'>\n    <dhcp>\n      \
                          <range start='192.0.2.2' end='192.0.2.254'/>\n{hosts}    </dhcp>\n  \
-                         </ip>\n</network>\n",
+                         </ip>\n  \
+                         <ip family='ipv6' address='{GATEWAY6}' prefix='64'>\n    <dhcp>\n      \
+                         <range start='2001:db8:1::1000' end='2001:db8:1::1fff'/>\n{hosts6}    \
+                         </dhcp>\n  </ip>\n</network>\n",
                         br = self.bridge()
                     ),
                 )

@@ -21,7 +21,23 @@
 //!             the router on vmbr0); its port toward the LAN may be a bond of
 //!             eno1 and eno2 or a VLAN device eno1.N instead ([`Uplink`])
 //!
-//! Only RFC 5737 addresses; nothing outside the lab's own namespaces is changed.
+//! IPv6 (v6.rs), dual stack beside the IPv4 above, documentation prefix only:
+//!   guest n:  2001:db8:1::(100+n)/64 (2001:db8:1::100 for guest 0), gateway
+//!             2001:db8:1::1 on the VM bridge (vmbr0 / virbr0)
+//!   uplink:   eth0 2001:db8:2::2/64, default via the provider's router isp0
+//!             2001:db8:2::1/64; the inet namespace routes 2001:db8:1::/64 via
+//!             2001:db8:2::2 (a routed /64, as hosting providers do: no NAT66);
+//!             net.ipv6.conf.all.forwarding=1 in the hv namespace only
+//!   internet: 2001:db8:ffff::8 and 2001:db8:ffff::53 on the inet namespace's lo;
+//!             the DNS responder also listens on [2001:db8:ffff::53]:53 and
+//!             answers AAAA with 2001:db8:ffff::8 (A with 203.0.113.80)
+//!   Bridged:  the LAN router lan0 2001:db8:1::1/64 is the gateway, the host
+//!             holds 2001:db8:1::2/64 on vmbr0, forwarding off
+//!   No router advertisements (static addressing) and no duplicate address
+//!   detection (accept_dad=0, nodad) anywhere in the lab.
+//!
+//! Only RFC 5737 and RFC 3849 addresses; nothing outside the lab's own
+//! namespaces is changed.
 //! Everything is removed on drop, and `up` first removes leftovers of killed runs.
 
 use std::{
@@ -34,18 +50,20 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-pub use crate::guest::{DnsResult, Guest, GuestSpec, PingOpts, PingResult};
+pub use crate::guest::{DnsResult, Guest, GuestSpec, GuestV6, IcmpError, PingOpts, PingResult};
 
 mod config;
 mod dhcp;
 mod faults;
 mod netns;
 mod remote;
+mod v6;
 
 pub use faults::Fault;
 pub use netns::{cleanup_stale_netns, remove_netns};
 use netns::{in_netns, sh, spawn_in};
 pub use remote::REMOTE_HOST;
+pub use v6::{BRIDGED_HOST6, GATEWAY6, INET6_DNS, INET6_HOST, ISP6, UPLINK6};
 
 const PREFIX: &str = "ptlab";
 /// Config directories are `{temp}/ptlab-{pid}-{n}`.
@@ -245,6 +263,8 @@ impl Lab {
         let inet = lab.inet.clone();
         let dns = lab.spawn_dns_server(&inet, "203.0.113.53:53")?;
         lab.helpers.push(dns);
+        let dns6 = lab.spawn_dns_server(&inet, &format!("[{INET6_DNS}]:53"))?;
+        lab.helpers.push(dns6);
         let services = lab.spawn_ready(
             &inet,
             &["services", "--tcp", SERVICE_TCP, "--udp", SERVICE_UDP],
@@ -260,6 +280,8 @@ impl Lab {
     fn build(&mut self) -> Result<()> {
         let (hv, inet) = (self.hv.clone(), self.inet.clone());
         sh(&format!("ip netns add {hv} && ip netns add {inet}"))?;
+        v6::no_dad(&hv)?;
+        v6::no_dad(&inet)?;
         self.hv("ip link set lo up")?;
         self.inet("ip link set lo up")?;
         if self.layout == Layout::Bridged {
@@ -285,6 +307,7 @@ impl Lab {
             "ip addr add 198.51.100.1/24 dev {isp} && ip link set {isp} up && \
              ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo"
         ))?;
+        self.build_v6_routed(&up, &isp)?;
         self.masquerade()?;
         if self.layout == Layout::Proxmox {
             // With br_netfilter, the bridged pass through fwbr creates and confirms
@@ -332,6 +355,7 @@ impl Lab {
              ip addr add 192.0.2.1/24 dev {lan_dev} && ip link set {lan_dev} up && \
              ip addr add 203.0.113.8/32 dev lo && ip addr add 203.0.113.53/32 dev lo"
         ))?;
+        self.build_v6_bridged(&lan_dev)?;
         // A bond needs its MII monitor (and 802.3ad its aggregator selection)
         // before it passes frames: one reply within 10 s.
         self.hv("ping -q -c 1 -w 10 192.0.2.1 >/dev/null")?;

@@ -70,7 +70,8 @@ fn mounts_tracefs_and_bpffs_when_missing() {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     let run = trace_cmd_while(&mut lab, cmd, Duration::from_secs(30), |lab| {
-        lab.guest(0).ping(DEST.parse()?, PingOpts::default())?;
+        lab.guest(0)
+            .ping(DEST.parse::<std::net::IpAddr>()?, PingOpts::default())?;
         Ok(())
     })
     .unwrap();
@@ -112,7 +113,7 @@ fn deep_mode_shows_kernel_functions_or_refuses_clearly() {
             count: 1,
             ..PingOpts::default()
         };
-        lab.guest(0).ping(DEST.parse()?, opts)?;
+        lab.guest(0).ping(DEST.parse::<std::net::IpAddr>()?, opts)?;
         Ok(())
     })
     .expect("pathtrace runs");
@@ -181,7 +182,7 @@ fn a_trace_spawns_a_handful_of_processes() {
             timeout_ms: 1500,
             ..PingOpts::default()
         };
-        lab.guest(0).ping(DEST.parse()?, opts)?;
+        lab.guest(0).ping(DEST.parse::<std::net::IpAddr>()?, opts)?;
         Ok(())
     })
     .expect("pathtrace runs under strace");

@@ -48,7 +48,7 @@ fn trace_pings_as(lab: &mut Lab, count: u32, json: bool) -> TraceRun {
             timeout_ms: 1500,
             ..PingOpts::default()
         };
-        lab.guest(0).ping(DEST.parse()?, opts)?;
+        lab.guest(0).ping(DEST.parse::<std::net::IpAddr>()?, opts)?;
         Ok(())
     })
     .expect("pathtrace runs");
@@ -145,7 +145,7 @@ fn a_flooding_guest_is_followed_within_the_budget_and_the_rest_counted() {
             timeout_ms: 1500,
             ..PingOpts::default()
         };
-        lab.guest(0).ping(DEST.parse()?, opts)?;
+        lab.guest(0).ping(DEST.parse::<std::net::IpAddr>()?, opts)?;
         Ok(())
     })
     .expect("pathtrace runs");
@@ -388,7 +388,9 @@ fn aged_out_fdb_entry_is_a_guess_said_in_the_banner() {
         count: 1,
         ..PingOpts::default()
     };
-    lab.guest(0).ping(DEST.parse().unwrap(), ping).unwrap();
+    lab.guest(0)
+        .ping(DEST.parse::<std::net::IpAddr>().unwrap(), ping)
+        .unwrap();
     let mac = lab.guest_spec(0).mac.clone();
     lab.hv(&format!("bridge fdb del {mac} dev tap100i0 master"))
         .unwrap();
@@ -440,9 +442,12 @@ fn dns_query_through_nat_is_replied_by_transaction_id() {
         "--json",
     ];
     let run = trace_while(&mut lab, &args, Duration::from_secs(30), |lab| {
-        let r = lab
-            .guest(0)
-            .dns("203.0.113.53".parse()?, "example.com", 2, 1000)?;
+        let r = lab.guest(0).dns(
+            "203.0.113.53".parse::<std::net::IpAddr>()?,
+            "example.com",
+            2,
+            1000,
+        )?;
         assert_eq!(r.answered, 2, "the lab's resolver answers");
         Ok(())
     })
@@ -475,8 +480,10 @@ fn guest_pinging_the_host_with_input_drop_is_an_input_drop() {
         "--json",
     ];
     let run = trace_while(&mut lab, &args, Duration::from_secs(20), |lab| {
-        lab.guest(0)
-            .ping("192.0.2.1".parse()?, PingOpts::default())?;
+        lab.guest(0).ping(
+            "192.0.2.1".parse::<std::net::IpAddr>()?,
+            PingOpts::default(),
+        )?;
         Ok(())
     })
     .unwrap();
@@ -520,7 +527,7 @@ fn a_trace_started_before_the_vm_attaches_no_stale_finding() {
             timeout_ms: 1500,
             ..PingOpts::default()
         };
-        lab.guest(0).ping(DEST.parse()?, big)?;
+        lab.guest(0).ping(DEST.parse::<std::net::IpAddr>()?, big)?;
         Ok(())
     })
     .expect("pathtrace runs");

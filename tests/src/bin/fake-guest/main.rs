@@ -1,11 +1,15 @@
 //! A fake KVM guest on a real TAP device, and a tiny DNS responder for the lab.
 //!
-//! `fake-guest guest --tap TAP --ip IP/LEN --gw GW --mac MAC` holds the TAP open (so
-//! its bridge port has carrier, as with a running VM), answers ARP and ping, and on
-//! stdin commands sends ICMP echo requests or DNS queries, answering each command
-//! with one JSON line on stdout:
-//!   ping DST COUNT INTERVAL_MS TIMEOUT_MS SIZE TTL DF
-//!   dns SERVER NAME COUNT TIMEOUT_MS
+//! `fake-guest guest --tap TAP --ip IP/LEN --gw GW --mac MAC [--ip6 IP/LEN --gw6 GW]`
+//! holds the TAP open (so its bridge port has carrier, as with a running VM),
+//! answers ARP, neighbour solicitation (v6.rs) and ping, and on stdin commands
+//! sends ICMP echo requests or DNS queries, answering each command with one JSON
+//! line on stdout:
+//!   ping DST COUNT INTERVAL_MS TIMEOUT_MS SIZE TTL DF   (DST IPv4 or IPv6; TTL is
+//!                          the hop limit and DF is ignored for IPv6; ICMPv6 errors
+//!                          quoting the echo requests are listed in `errors`)
+//!   dns SERVER NAME COUNT TIMEOUT_MS [A|AAAA]   (SERVER IPv4 or IPv6)
+//!   neigh-flush            (forget every ARP and NDP entry, as `ip neigh flush all`)
 //!   tcp DST PORT TIMEOUT_MS DATA     (connect; then DATA bytes in one DF segment)
 //!   udp DST PORT TIMEOUT_MS          (one datagram, wait for the response)
 //!   syn DST PORT COUNT               (COUNT connection attempts back to back)
@@ -13,8 +17,8 @@
 //!   arp TARGET TIMEOUT_MS  (one who-has; the first answer is kept, as Linux does)
 //!   quit
 //!
-//! `fake-guest dns-server --listen IP:PORT` answers A queries with 203.0.113.80,
-//! names ending in `.invalid` with NXDOMAIN, and names starting with `slow.` after
+//! `fake-guest dns-server --listen IP:PORT` (IPv4 or IPv6) answers A queries with
+//! 203.0.113.80 and AAAA queries with 2001:db8:ffff::8, names ending in `.invalid` with NXDOMAIN, and names starting with `slow.` after
 //! a second; it stops after an hour at most.
 //!
 //! `fake-guest services --tcp IP:PORT --udp IP:PORT` (in the internet namespace)
@@ -26,9 +30,11 @@
 //! to port P) as fast as the kernel takes them, in batches, for S seconds or N
 //! packets, whichever comes first, and prints `{"sent":N,"secs":F}`.
 
+mod v6;
+
 use std::{
     io::BufRead,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::mpsc,
     time::{Duration, Instant},
@@ -41,6 +47,7 @@ use pathtrace_tests::{
     tcp::{self, Segment},
 };
 use serde_json::json;
+use v6::V6;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -98,6 +105,8 @@ struct Guest {
     /// ARP cache: on-link neighbours (the gateway among them).
     neighbours: Vec<(Ipv4Addr, Mac)>,
     ip_id: u16,
+    /// The IPv6 side, when the guest has an IPv6 address too.
+    v6: Option<V6>,
 }
 
 /// What a received frame meant to the command being run.
@@ -109,6 +118,7 @@ enum Seen {
     Dns {
         id: u16,
         rcode: u8,
+        addrs: Vec<IpAddr>,
     },
     Tcp(Segment),
     Udp {
@@ -129,6 +139,16 @@ enum Seen {
         proto: u8,
         sport: u16,
     },
+    /// An ICMPv6 error from `from` quoting one of our packets: its protocol,
+    /// and its echo identifier or source port.
+    Icmp6Error {
+        kind: u8,
+        code: u8,
+        mtu: u32,
+        from: Ipv6Addr,
+        proto: u8,
+        id: u16,
+    },
     Nothing,
 }
 
@@ -136,20 +156,28 @@ impl Guest {
     fn start(args: &[String]) -> Result<Self> {
         let tap = open_tap(flag(args, "--tap")?)?;
         let (ip, len) = flag(args, "--ip")?.split_once('/').context("--ip IP/LEN")?;
+        let mac = parse_mac(flag(args, "--mac")?)?;
         let mut g = Guest {
             tap,
-            mac: parse_mac(flag(args, "--mac")?)?,
+            mac,
             ip: ip.parse()?,
             prefix: len.parse()?,
             gw: flag(args, "--gw")?.parse()?,
             neighbours: Vec::new(),
             ip_id: 1,
+            v6: V6::from_args(args, mac)?,
         };
         // Announce ourselves, then resolve the gateway: the first frames after the
         // tap gets carrier may be dropped while the bridge port is not forwarding.
         g.send(&packet::arp(1, g.mac, g.ip, BROADCAST, g.ip))?;
         g.resolve(g.gw, Duration::from_secs(5))
             .with_context(|| format!("gateway {} did not answer ARP within 5 s", g.gw))?;
+        let ip6 = g.v6.as_ref().map(|v| (v.ip, v.gw));
+        if let Some((_, gw6)) = ip6 {
+            g.resolve6(gw6, Duration::from_secs(5)).with_context(|| {
+                format!("gateway {gw6} did not answer neighbour solicitation within 5 s")
+            })?;
+        }
         let mac = g
             .mac
             .iter()
@@ -158,7 +186,8 @@ impl Guest {
             .join(":");
         println!(
             "{}",
-            json!({"ready": true, "mac": mac, "ip": g.ip.to_string()})
+            json!({"ready": true, "mac": mac, "ip": g.ip.to_string(),
+                   "ip6": ip6.map(|(a, _)| a.to_string())})
         );
         Ok(g)
     }
@@ -218,6 +247,7 @@ impl Guest {
                         Some("syn") => self.syn_burst(&words[1..]),
                         Some("dhcp") => self.dhcp(&words[1..]),
                         Some("arp") => self.arp(&words[1..]),
+                        Some("neigh-flush") => Ok(self.forget_neighbours()),
                         _ => Err(anyhow::anyhow!("unknown command {line:?}")),
                     };
                     let out = answer.unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
@@ -239,74 +269,106 @@ impl Guest {
                 .parse()
                 .context("number")
         };
-        let dst: Ipv4Addr = w.first().context("ping DST ...")?.parse()?;
+        let dst: IpAddr = w.first().context("ping DST ...")?.parse()?;
         let (count, interval, timeout) = (num(1)? as u16, num(2)?, num(3)?);
         let (size, ttl, df) = (num(4)? as usize, num(5)? as u8, num(6)? != 0);
         let id = random_u16();
-        let mut replied = Vec::new();
+        let (mut replied, mut errors) = (Vec::new(), Vec::new());
         for seq in 1..=count {
-            let payload = packet::icmp_echo(8, id, seq, &vec![0x61; size]);
-            self.send_ip(
-                dst,
-                1,
-                IpOpts {
-                    ttl,
-                    df,
-                    id: self.ip_id,
-                },
-                &payload,
-            )?;
+            let data = vec![0x61; size];
+            match dst {
+                IpAddr::V4(dst) => {
+                    let payload = packet::icmp_echo(8, id, seq, &data);
+                    let opts = IpOpts {
+                        ttl,
+                        df,
+                        id: self.ip_id,
+                    };
+                    self.send_ip(dst, 1, opts, &payload)?;
+                }
+                IpAddr::V6(dst) => self.send_echo6(dst, (id, seq), ttl, &data)?,
+            }
             let until = Instant::now()
                 + Duration::from_millis(if seq == count { timeout } else { interval });
             self.pump_until(until, |s| {
-                if let Seen::EchoReply { id: rid, seq: rseq } = s {
-                    if *rid == id && !replied.contains(rseq) {
-                        replied.push(*rseq);
+                match s {
+                    Seen::EchoReply { id: rid, seq: rseq }
+                        if *rid == id && !replied.contains(rseq) =>
+                    {
+                        replied.push(*rseq)
                     }
+                    Seen::Icmp6Error {
+                        kind,
+                        code,
+                        mtu,
+                        from,
+                        proto: 58,
+                        id: q,
+                    } if *q == id => errors.push(json!({
+                        "type": kind, "code": code, "mtu": mtu, "from": from.to_string()
+                    })),
+                    _ => {}
                 }
                 seq == count && replied.len() == count as usize
             })?;
         }
-        Ok(json!({"sent": count, "received": replied.len(), "id": id, "seqs_replied": replied}))
+        Ok(json!({"sent": count, "received": replied.len(), "id": id,
+                  "seqs_replied": replied, "errors": errors}))
     }
 
     fn dns(&mut self, w: &[&str]) -> Result<serde_json::Value> {
-        let server: Ipv4Addr = w
+        let server: IpAddr = w
             .first()
-            .context("dns SERVER NAME COUNT TIMEOUT_MS")?
+            .context("dns SERVER NAME COUNT TIMEOUT_MS [A|AAAA]")?
             .parse()?;
         let name = *w.get(1).context("dns SERVER NAME ...")?;
         let count: u16 = w.get(2).unwrap_or(&"1").parse()?;
         let timeout: u64 = w.get(3).unwrap_or(&"1000").parse()?;
+        let qtype = match w.get(4).copied().unwrap_or("A") {
+            "A" => packet::DNS_A,
+            "AAAA" => packet::DNS_AAAA,
+            other => bail!("unknown query type {other} (A or AAAA)"),
+        };
         let (mut ids, mut answered, mut rcode) = (Vec::new(), 0, None);
+        let mut addrs: Vec<String> = Vec::new();
         for _ in 0..count {
             let id = random_u16();
             ids.push(id);
             let sport = 20000 + random_u16() % 30000;
-            let q = packet::dns_query(id, name);
-            let udp = packet::udp((self.ip, sport), (server, 53), &q);
-            self.send_ip(
-                server,
-                17,
-                IpOpts {
-                    id: self.ip_id,
-                    ..IpOpts::default()
-                },
-                &udp,
-            )?;
+            let q = packet::dns_query_type(id, name, qtype);
+            match server {
+                IpAddr::V4(server) => {
+                    let udp = packet::udp((self.ip, sport), (server, 53), &q);
+                    let opts = IpOpts {
+                        id: self.ip_id,
+                        ..IpOpts::default()
+                    };
+                    self.send_ip(server, 17, opts, &udp)?;
+                }
+                IpAddr::V6(server) => self.send_udp6(server, (sport, 53), &q)?,
+            }
             let mut got = false;
             self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
-                if let Seen::Dns { id: rid, rcode: rc } = s {
+                if let Seen::Dns {
+                    id: rid,
+                    rcode: rc,
+                    addrs: a,
+                } = s
+                {
                     if *rid == id {
                         got = true;
                         rcode = Some(*rc);
+                        addrs = a.iter().map(IpAddr::to_string).collect();
                     }
                 }
                 got
             })?;
             answered += usize::from(got);
         }
-        Ok(json!({"sent": count, "answered": answered, "ids": ids, "rcode": rcode}))
+        Ok(
+            json!({"sent": count, "answered": answered, "ids": ids, "rcode": rcode,
+                  "addrs": addrs}),
+        )
     }
 
     /// Open a TCP connection to DST:PORT (SYN; an answer within TIMEOUT_MS);
@@ -522,6 +584,18 @@ impl Guest {
         Ok(got)
     }
 
+    /// Forget every neighbour, ARP and NDP (as `ip neigh flush all` in a guest,
+    /// or entries that went stale and are probed again): the next packet to
+    /// each next hop asks for it anew.
+    fn forget_neighbours(&mut self) -> serde_json::Value {
+        let n = self.neighbours.len();
+        self.neighbours.clear();
+        if let Some(v6) = self.v6.as_mut() {
+            v6.forget_neighbours();
+        }
+        json!({"flushed_arp": n})
+    }
+
     /// One who-has for TARGET; the first answer is the one kept.
     fn arp(&mut self, w: &[&str]) -> Result<serde_json::Value> {
         let target: Ipv4Addr = w.first().context("arp TARGET TIMEOUT_MS")?.parse()?;
@@ -635,6 +709,17 @@ impl Guest {
                 payload,
                 ..
             } if dst == self.ip => self.handle_ip(src_mac, src, proto, &payload),
+            Frame::Ipv6 {
+                src_mac,
+                src,
+                dst,
+                proto,
+                hop_limit,
+                payload,
+                ..
+            } if self.v6.is_some() => {
+                self.handle_v6(src_mac, (src, dst), (proto, hop_limit), &payload)
+            }
             _ => Ok(Seen::Nothing),
         }
     }
@@ -679,6 +764,7 @@ impl Guest {
             17 if p.len() >= 12 && u16::from_be_bytes([p[0], p[1]]) == 53 => Ok(Seen::Dns {
                 id: u16::from_be_bytes([p[8], p[9]]),
                 rcode: p[11] & 0x0f,
+                addrs: packet::dns_addresses(&p[8..]),
             }),
             17 if p.len() >= 8 => Ok(Seen::Udp {
                 sport: u16::from_be_bytes([p[0], p[1]]),
@@ -748,7 +834,7 @@ fn open_tap(name: &str) -> Result<OwnedFd> {
 }
 
 fn dns_server(args: &[String]) -> Result<()> {
-    let listen: SocketAddrV4 = flag(args, "--listen")?.parse()?;
+    let listen: SocketAddr = flag(args, "--listen")?.parse()?;
     let sock = UdpSocket::bind(listen).with_context(|| format!("binding {listen}"))?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
     println!("{}", json!({"ready": true, "listen": listen.to_string()}));
@@ -767,7 +853,12 @@ fn dns_server(args: &[String]) -> Result<()> {
                     // (well inside the 2 s pathtrace waits for a reply).
                     std::thread::sleep(Duration::from_millis(1000));
                 }
-                Some(Ipv4Addr::new(203, 0, 113, 80))
+                Some(match packet::dns_qtype(query) {
+                    Some(packet::DNS_AAAA) => {
+                        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 8))
+                    }
+                    _ => IpAddr::V4(Ipv4Addr::new(203, 0, 113, 80)),
+                })
             }
             None => continue,
         };
