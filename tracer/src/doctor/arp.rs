@@ -60,7 +60,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.try_into().ok()
 }
 
-fn format_mac(m: &[u8]) -> String {
+pub fn format_mac(m: &[u8]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
