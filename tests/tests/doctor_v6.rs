@@ -109,6 +109,19 @@ impl V6Lab {
         panic!("the guest cannot reach the internet over both families");
     }
 
+    /// The guest takes an address of the uplink's prefix (routed to it by a
+    /// host route on vmbr0) and talks from it, so the host learns it.
+    fn guest_in_uplink_prefix(&self) {
+        let g = &self.guest;
+        sh(&format!(
+            "ip -n {g} addr add 2001:db8:2::100/128 dev eth0 nodad"
+        ));
+        self.hv("ip -6 route add 2001:db8:2::100/128 dev vmbr0");
+        sh(&format!(
+            "ip netns exec {g} ping -6 -c1 -W1 -I 2001:db8:2::100 2001:db8:1::1"
+        ));
+    }
+
     fn hv(&self, cmd: &str) -> String {
         sh(&format!("ip netns exec {} sh -c '{cmd}'", self.hv))
     }
@@ -288,14 +301,7 @@ fn healthy_dual_stack_passes_every_ipv6_check_then_each_fault_is_found() {
 #[test]
 fn a_guest_in_the_uplinks_prefix_needs_proxy_ndp() {
     let lab = V6Lab::up();
-    let g = &lab.guest;
-    sh(&format!(
-        "ip -n {g} addr add 2001:db8:2::100/128 dev eth0 nodad"
-    ));
-    lab.hv("ip -6 route add 2001:db8:2::100/128 dev vmbr0");
-    sh(&format!(
-        "ip netns exec {g} ping -6 -c1 -W1 -I 2001:db8:2::100 2001:db8:1::1"
-    ));
+    lab.guest_in_uplink_prefix();
     let c = failing(&v6_checks(&lab.doctor(&["--passive"])), "proxy_ndp").clone();
     assert_eq!(
         c["fix"],
@@ -378,14 +384,7 @@ fn write_doctor_v6_fixtures() {
         lab.hv(repair);
     }
     // A guest address in the uplink's prefix: proxy NDP missing, then set up.
-    let g = &lab.guest;
-    sh(&format!(
-        "ip -n {g} addr add 2001:db8:2::100/128 dev eth0 nodad"
-    ));
-    lab.hv("ip -6 route add 2001:db8:2::100/128 dev vmbr0");
-    sh(&format!(
-        "ip netns exec {g} ping -6 -c1 -W1 -I 2001:db8:2::100 2001:db8:1::1"
-    ));
+    lab.guest_in_uplink_prefix();
     save(&lab, "proxy-ndp-missing");
     lab.hv("sysctl -qw net.ipv6.conf.eth0.proxy_ndp=1 && ip -6 neigh add proxy 2001:db8:2::100 dev eth0");
     save(&lab, "proxy-ndp");

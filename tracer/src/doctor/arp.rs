@@ -151,7 +151,8 @@ fn send(sock: &OwnedFd, ifindex: u32, frame: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn recv(sock: &OwnedFd, wait: Duration) -> Result<Option<Vec<u8>>> {
+/// One datagram from `sock` within `wait` (None when nothing came).
+pub(super) fn recv(sock: &OwnedFd, wait: Duration) -> Result<Option<Vec<u8>>> {
     let mut pfd = libc::pollfd {
         fd: sock.as_raw_fd(),
         events: libc::POLLIN,

@@ -49,7 +49,7 @@ pub fn who_has(
             next_send = Instant::now() + wait / 2;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Some(buf) = recv(&sock, left.min(Duration::from_millis(100)))? {
+        if let Some(buf) = super::arp::recv(&sock, left.min(Duration::from_millis(100)))? {
             if let Some(mac) = advertised(&buf, target) {
                 answers.insert(mac);
             }
@@ -221,27 +221,6 @@ fn send(sock: &OwnedFd, ifindex: u32, msg: &[u8], to: Ipv6Addr) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn recv(sock: &OwnedFd, wait: Duration) -> Result<Option<Vec<u8>>> {
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let ready = unsafe { libc::poll(&mut pfd, 1, wait.as_millis() as i32) };
-    if ready <= 0 {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; 1600];
-    // SAFETY: buf is valid for its length.
-    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Ok(None);
-    }
-    buf.truncate(n as usize);
-    Ok(Some(buf))
 }
 
 #[cfg(test)]
