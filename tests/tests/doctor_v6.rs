@@ -1,211 +1,110 @@
-//! `pathtrace doctor`'s IPv6 checks on a small dual-stack hypervisor in
-//! network namespaces: healthy, then each fault found by the right check with
-//! the right fixing command. The guest is a namespace with the kernel's own
-//! IPv6 stack (neighbour discovery, echo), behind a veth port on vmbr0; the
-//! "internet" routes the guests' /64 to the host (a routed prefix, no NAT66).
-//! Documentation addresses only. Needs root (CI runs it as root).
-//!
-//!   guest: eth0 192.0.2.100/24, 2001:db8:1::100/64 (MAC 52:54:00:12:34:56)
-//!     ═veth═ vport100 ── vmbr0 192.0.2.1/24, 2001:db8:1::1/64 ┐ hv
-//!                        eth0 198.51.100.2/24, 2001:db8:2::2/64 ┘ MASQUERADE (IPv4)
-//!     ═veth═ isp0 198.51.100.1/24, 2001:db8:2::1/64; 2001:db8:ffff::53 on lo: inet
+//! `pathtrace doctor`'s IPv6 checks on the dual-stack lab: healthy in each
+//! layout (every IPv6 check passes), then each IPv6 fault found by the right
+//! check with the right fixing command; a guest address in the uplink's prefix
+//! (proxy NDP) and a SLAAC-shaped one (router advertisements). Faults are
+//! planted here with `ip`/`sysctl`/`nft` in the lab's hv namespace. Needs root
+//! (CI runs it as root).
 
-use std::{
-    process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use pathtrace_tests::{
+    lab::{GuestSpec, GuestV6, Lab, LabOptions, Layout, PingOpts, INET6_HOST},
+    tracerun::{fake_guest_bin, run_in_hv, TraceRun},
 };
-
-use pathtrace_tests::{lab::remove_netns, tracerun::pathtrace_bin};
 use serde_json::Value;
 
-const VM4: &str = "192.0.2.100";
-const VM6: &str = "2001:db8:1::100";
-const DEST4: &str = "203.0.113.8";
-const MAC: &str = "52:54:00:12:34:56";
-static NEXT: AtomicU32 = AtomicU32::new(0);
+const DEST: &str = "203.0.113.8";
+const VM: &str = "192.0.2.100";
+/// The IPv6 checks' names (docs/json.md).
+const V6: &[&str] = &[
+    "mtu6",
+    "ip6_forward",
+    "accept_ra",
+    "route6",
+    "gateway6",
+    "proxy_ndp",
+    "firewall6",
+    "ra_service",
+];
 
-/// The three namespaces, removed on drop.
-struct V6Lab {
-    guest: String,
-    hv: String,
-    inet: String,
+fn lab_with(layout: Layout, v6: Option<GuestV6>) -> Lab {
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.layout = layout;
+    if v6.is_some() {
+        opts.guests[0].v6 = v6;
+    }
+    let mut lab = Lab::up(opts).expect("lab up");
+    // The IPv4 checks of a libvirt host want its resolver running.
+    lab.start_host_resolver().expect("host resolver");
+    learn(&mut lab);
+    lab
 }
 
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The guest talks over both families, as a running VM does: the host learns
+/// its addresses (neighbour entries) and MAC (FDB). Whether its IPv6 ping is
+/// answered is the test's business.
+fn learn(lab: &mut Lab) -> u32 {
+    let once = PingOpts {
+        count: 1,
+        ..PingOpts::default()
+    };
+    lab.guest(0)
+        .ping(DEST.parse::<Ipv4Addr>().unwrap(), once)
+        .expect("guest pings");
+    lab.guest(0)
+        .ping(INET6_HOST, once)
+        .expect("guest pings over IPv6")
+        .received
 }
 
-impl V6Lab {
-    fn up() -> V6Lab {
-        pathtrace_tests::lab::cleanup_stale_netns("pt6d");
-        let n = format!(
-            "pt6d{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let lab = V6Lab {
-            guest: format!("{n}g"),
-            hv: format!("{n}h"),
-            inet: format!("{n}i"),
-        };
-        for ns in [&lab.guest, &lab.hv, &lab.inet] {
-            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
-        }
-        let (g, h, i) = (&lab.guest, &lab.hv, &lab.inet);
-        sh(&format!(
-            "ip -n {h} link add vmbr0 type bridge stp_state 0 forward_delay 0 && \
-             ip link add eth0 netns {g} address {MAC} type veth peer name vport100 netns {h} && \
-             ip -n {h} link set vport100 master vmbr0 && \
-             ip link add eth0 netns {h} type veth peer name isp0 netns {i} && \
-             for l in vmbr0 vport100 eth0; do ip -n {h} link set $l up; done && \
-             ip -n {g} link set eth0 up && ip -n {i} link set isp0 up && \
-             ip -n {h} addr add 192.0.2.1/24 dev vmbr0 && \
-             ip -n {h} addr add 2001:db8:1::1/64 dev vmbr0 nodad && \
-             ip -n {h} addr add 198.51.100.2/24 dev eth0 && \
-             ip -n {h} addr add 2001:db8:2::2/64 dev eth0 nodad && \
-             ip -n {i} addr add 198.51.100.1/24 dev isp0 && \
-             ip -n {i} addr add 2001:db8:2::1/64 dev isp0 nodad && \
-             ip -n {i} addr add {DEST4}/32 dev lo && \
-             ip -n {i} addr add 2001:db8:ffff::53/128 dev lo && \
-             ip -n {g} addr add {VM4}/24 dev eth0 && \
-             ip -n {g} addr add {VM6}/64 dev eth0 nodad && \
-             ip -n {g} route add default via 192.0.2.1 && \
-             ip -n {g} -6 route add default via 2001:db8:1::1 && \
-             ip -n {h} route add default via 198.51.100.1 && \
-             ip -n {h} -6 route add default via 2001:db8:2::1 && \
-             ip -n {i} -6 route add 2001:db8:1::/64 via 2001:db8:2::2 && \
-             ip netns exec {h} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && \
-             ip netns exec {h} iptables-legacy -t nat -A POSTROUTING -s 192.0.2.0/24 -o eth0 -j MASQUERADE"
-        ));
-        lab.learn();
-        lab
-    }
-
-    /// The guest talks over both families, as any running VM does: the host
-    /// learns its addresses (neighbour entries) and its MAC (FDB).
-    fn learn(&self) {
-        let g = &self.guest;
-        for _ in 0..20 {
-            let ok = Command::new("sh")
-                .args([
-                    "-c",
-                    &format!(
-                        "ip netns exec {g} ping -c1 -W1 {DEST4} && ip netns exec {g} ping -6 -c1 -W1 2001:db8:ffff::53"
-                    ),
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        panic!("the guest cannot reach the internet over both families");
-    }
-
-    /// The guest takes an address of the uplink's prefix (routed to it by a
-    /// host route on vmbr0) and talks from it, so the host learns it.
-    fn guest_in_uplink_prefix(&self) {
-        let g = &self.guest;
-        sh(&format!(
-            "ip -n {g} addr add 2001:db8:2::100/128 dev eth0 nodad"
-        ));
-        self.hv("ip -6 route add 2001:db8:2::100/128 dev vmbr0");
-        sh(&format!(
-            "ip netns exec {g} ping -6 -c1 -W1 -I 2001:db8:2::100 2001:db8:1::1"
-        ));
-    }
-
-    fn hv(&self, cmd: &str) -> String {
-        sh(&format!("ip netns exec {} sh -c '{cmd}'", self.hv))
-    }
-
-    fn doctor(&self, extra: &[&str]) -> Output {
-        self.doctor_env(extra, None)
-    }
-
-    fn doctor_env(&self, extra: &[&str], save: Option<&std::path::Path>) -> Output {
-        let empty = std::env::temp_dir().join(format!("pathtrace-v6-empty-{}", std::process::id()));
-        std::fs::create_dir_all(&empty).unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.hv])
-            .arg(pathtrace_bin())
-            .args([
-                "doctor",
-                "--vm-ip",
-                VM4,
-                "--to",
-                DEST4,
-                "--json",
-                "--config-root",
-            ])
-            .arg(&empty)
-            .args(extra);
-        if let Some(path) = save {
-            cmd.env("PATHTRACE_SAVE_DOCTOR_FIXTURE", path);
-        }
-        cmd.output().expect("doctor runs")
-    }
-}
-
-impl Drop for V6Lab {
-    fn drop(&mut self) {
-        for ns in [&self.guest, &self.hv, &self.inet] {
-            remove_netns(ns);
-        }
-    }
-}
-
-fn checks(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] == "check")
-        .collect()
-}
-
-fn v6_checks(out: &Output) -> Vec<Value> {
-    const V6: &[&str] = &[
-        "mtu6",
-        "ip6_forward",
-        "accept_ra",
-        "route6",
-        "gateway6",
-        "proxy_ndp",
-        "firewall6",
-        "ra_service",
+fn doctor(lab: &Lab, extra: &[&str]) -> TraceRun {
+    let root = lab.config_root();
+    let mut args = vec![
+        "doctor",
+        "--vm-ip",
+        VM,
+        "--to",
+        DEST,
+        "--json",
+        "--config-root",
+        root.to_str().unwrap(),
     ];
-    checks(out)
+    args.extend_from_slice(extra);
+    run_in_hv(lab, &args).expect("doctor runs")
+}
+
+fn v6_checks(run: &TraceRun) -> Vec<Value> {
+    run.json()
         .into_iter()
-        .filter(|c| V6.contains(&c["check"].as_str().unwrap_or_default()))
+        .filter(|v| v["type"] == "check" && V6.contains(&v["check"].as_str().unwrap_or_default()))
         .collect()
 }
 
 /// The one check named `name` that did not pass.
-fn failing<'a>(cs: &'a [Value], name: &str) -> &'a Value {
+fn failing(run: &TraceRun, name: &str) -> Value {
+    let cs = v6_checks(run);
     cs.iter()
         .find(|c| c["check"] == name && c["status"] != "pass")
         .unwrap_or_else(|| panic!("no failing {name} in {cs:#?}"))
+        .clone()
 }
 
 fn text(v: &Value) -> &str {
     v.as_str().unwrap_or_default()
 }
 
-#[test]
-fn healthy_dual_stack_passes_every_ipv6_check_then_each_fault_is_found() {
-    let lab = V6Lab::up();
-    // Healthy, probing actively: with the router's entry flushed, the router
-    // answers the doctor's own neighbour solicitation.
-    lab.hv("ip -6 neigh flush dev eth0");
-    let out = lab.doctor(&[]);
-    let cs = v6_checks(&out);
+/// Healthy: every IPv6 check there is for the layout passes; the gateway is
+/// found by the doctor's own neighbour solicitation (its entry flushed).
+fn healthy(layout: Layout) {
+    let mut lab = lab_with(layout, None);
+    assert_eq!(
+        learn(&mut lab),
+        1,
+        "{layout:?}: the guest's IPv6 ping is answered"
+    );
+    lab.hv("ip -6 neigh flush dev eth0").unwrap();
+    let run = doctor(&lab, &[]);
+    let cs = v6_checks(&run);
     let names: Vec<&str> = cs.iter().map(|c| text(&c["check"])).collect();
     for want in [
         "mtu6",
@@ -215,136 +114,272 @@ fn healthy_dual_stack_passes_every_ipv6_check_then_each_fault_is_found() {
         "gateway6",
         "firewall6",
     ] {
-        assert!(names.contains(&want), "{want} missing: {names:?}");
+        assert!(
+            names.contains(&want),
+            "{layout:?}: {want} missing: {names:?}"
+        );
     }
     let bad: Vec<&Value> = cs.iter().filter(|c| c["status"] != "pass").collect();
-    assert!(bad.is_empty(), "healthy: {bad:#?}");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(bad.is_empty(), "{layout:?} healthy: {bad:#?}");
+    assert_eq!(run.code, 0, "{layout:?}: {}", run.stdout);
     let gw = cs.iter().find(|c| c["check"] == "gateway6").unwrap();
     assert!(
         text(&gw["evidence"]).contains("answered a neighbour solicitation"),
         "{gw}"
     );
+}
+
+#[test]
+fn healthy_plain() {
+    healthy(Layout::Plain);
+}
+
+#[test]
+fn healthy_proxmox() {
+    healthy(Layout::Proxmox);
+}
+
+#[test]
+fn healthy_libvirt() {
+    healthy(Layout::Libvirt);
+}
+
+#[test]
+fn ipv6_faults_are_found_with_their_fix() {
+    let lab = lab_with(Layout::Plain, None);
+    let br = lab.bridge();
 
     // Forwarding off for the whole host.
-    lab.hv("sysctl -qw net.ipv6.conf.all.forwarding=0");
-    let out = lab.doctor(&["--passive"]);
-    let c = failing(&v6_checks(&out), "ip6_forward").clone();
+    lab.hv("sysctl -qw net.ipv6.conf.all.forwarding=0").unwrap();
+    let run = doctor(&lab, &["--passive"]);
+    let c = failing(&run, "ip6_forward");
     assert_eq!(c["status"], "fail", "{c}");
     assert!(
         text(&c["fix"]).starts_with("sysctl -w net.ipv6.conf.all.forwarding=1"),
         "{c}"
     );
-    assert_eq!(out.status.code(), Some(1));
-    lab.hv("sysctl -qw net.ipv6.conf.all.forwarding=1");
+    assert_eq!(run.code, 1);
+    lab.hv("sysctl -qw net.ipv6.conf.all.forwarding=1").unwrap();
 
-    // Forwarding off on the VM bridge alone: still forwarded, but the host
-    // stops being the guests' router there.
-    lab.hv("sysctl -qw net.ipv6.conf.vmbr0.forwarding=0");
-    let c = failing(&v6_checks(&lab.doctor(&["--passive"])), "ip6_forward").clone();
-    assert_eq!(c["subject"], "net.ipv6.conf.vmbr0.forwarding", "{c}");
+    // Forwarding off on the VM bridge alone: still forwarded (measured), but
+    // the host stops being the guests' router there.
+    lab.hv(&format!("sysctl -qw net.ipv6.conf.{br}.forwarding=0"))
+        .unwrap();
+    let c = failing(&doctor(&lab, &["--passive"]), "ip6_forward");
     assert_eq!(
-        c["fix"], "sysctl -w net.ipv6.conf.vmbr0.forwarding=1",
+        c["subject"],
+        format!("net.ipv6.conf.{br}.forwarding"),
         "{c}"
     );
-    lab.hv("sysctl -qw net.ipv6.conf.vmbr0.forwarding=1");
+    assert_eq!(
+        c["fix"],
+        format!("sysctl -w net.ipv6.conf.{br}.forwarding=1"),
+        "{c}"
+    );
+    lab.hv(&format!("sysctl -qw net.ipv6.conf.{br}.forwarding=1"))
+        .unwrap();
 
-    // An nft inet rule dropping neighbour discovery.
-    lab.hv("nft add table inet filter && nft add chain inet filter input \"{ type filter hook input priority 0; }\" && nft add rule inet filter input icmpv6 type \"{ nd-neighbor-solicit, nd-neighbor-advert }\" drop");
-    let c = failing(&v6_checks(&lab.doctor(&["--passive"])), "firewall6").clone();
+    // An nft inet rule dropping neighbour solicitations and advertisements:
+    // the guest's IPv6 dies, and the replay names the rule.
+    lab.hv("nft add table inet v6test && nft add chain inet v6test input \"{ type filter hook input priority 0; }\" && nft add rule inet v6test input icmpv6 type \"{ nd-neighbor-solicit, nd-neighbor-advert }\" drop").unwrap();
+    let c = failing(&doctor(&lab, &["--passive"]), "firewall6");
     assert_eq!(c["status"], "fail", "{c}");
     assert!(
         text(&c["evidence"]).contains("neighbour solicitation"),
         "{c}"
     );
     assert!(
-        text(&c["fix"]).starts_with("nft delete rule inet filter input handle"),
+        text(&c["fix"]).starts_with("nft delete rule inet v6test input handle"),
         "{c}"
     );
-    lab.hv("nft delete table inet filter");
+    lab.hv("nft delete table inet v6test").unwrap();
 
     // No IPv6 default route.
-    lab.hv("ip -6 route del default");
-    let c = failing(&v6_checks(&lab.doctor(&["--passive"])), "route6").clone();
-    assert_eq!(c["status"], "fail", "{c}");
+    lab.hv("ip -6 route del default").unwrap();
+    let c = failing(&doctor(&lab, &["--passive"]), "route6");
     assert!(text(&c["evidence"]).contains("no IPv6 route"), "{c}");
     assert!(
         text(&c["fix"]).contains("ip -6 route add default via"),
         "{c}"
     );
 
-    // A default route from a router advertisement, through a router that is not
-    // there, while forwarding makes the uplink ignore advertisements.
-    lab.hv("ip -6 route add default via fe80::1 dev eth0 proto ra");
-    let cs = v6_checks(&lab.doctor(&[]));
-    let c = failing(&cs, "accept_ra");
+    // A default route learned from a router advertisement, through a router
+    // that is not there, while forwarding makes the uplink ignore
+    // advertisements.
+    lab.hv("ip -6 route add default via fe80::1 dev eth0 proto ra")
+        .unwrap();
+    let run = doctor(&lab, &[]);
+    let c = failing(&run, "accept_ra");
     assert_eq!(
-        c["fix"].as_str().unwrap().split(" (").next(),
+        text(&c["fix"]).split(" (").next(),
         Some("sysctl -w net.ipv6.conf.eth0.accept_ra=2"),
         "{c}"
     );
-    let c = failing(&cs, "gateway6");
+    let c = failing(&run, "gateway6");
     assert!(
         text(&c["evidence"]).contains("did not answer a neighbour solicitation"),
         "{c}"
     );
-    lab.hv("ip -6 route del default && ip -6 route add default via 2001:db8:2::1");
 }
 
-/// A guest address in the uplink's own prefix (the provider routes nothing to
-/// the host: it asks for the guest on the uplink) needs proxy NDP.
+/// A guest address inside the uplink's on-link prefix: the provider's router
+/// asks for it on the uplink, and only proxy NDP answers.
 #[test]
 fn a_guest_in_the_uplinks_prefix_needs_proxy_ndp() {
-    let lab = V6Lab::up();
-    lab.guest_in_uplink_prefix();
-    let c = failing(&v6_checks(&lab.doctor(&["--passive"])), "proxy_ndp").clone();
+    let addr: Ipv6Addr = "2001:db8:2::100".parse().unwrap();
+    let v6 = GuestV6 {
+        ip: addr,
+        prefix: 128,
+        gateway: "2001:db8:1::1".parse().unwrap(),
+    };
+    let mut lab = lab_with(Layout::Plain, Some(v6));
+    let br = lab.bridge();
+    lab.hv(&format!("ip -6 route add {addr}/128 dev {br}"))
+        .unwrap();
+    assert_eq!(learn(&mut lab), 0, "no reply without proxy NDP");
+    let c = failing(&doctor(&lab, &["--passive"]), "proxy_ndp");
     assert_eq!(
         c["fix"],
-        "sysctl -w net.ipv6.conf.eth0.proxy_ndp=1 && ip -6 neigh add proxy 2001:db8:2::100 dev eth0",
+        format!(
+            "sysctl -w net.ipv6.conf.eth0.proxy_ndp=1 && ip -6 neigh add proxy {addr} dev eth0"
+        ),
         "{c}"
     );
-    lab.hv("sysctl -qw net.ipv6.conf.eth0.proxy_ndp=1 && ip -6 neigh add proxy 2001:db8:2::100 dev eth0");
-    let cs = v6_checks(&lab.doctor(&["--passive"]));
-    let c = cs.iter().find(|c| c["check"] == "proxy_ndp").unwrap();
+    lab.hv(&format!(
+        "sysctl -qw net.ipv6.conf.eth0.proxy_ndp=1 && ip -6 neigh add proxy {addr} dev eth0"
+    ))
+    .unwrap();
+    let run = doctor(&lab, &["--passive"]);
+    let c = v6_checks(&run)
+        .into_iter()
+        .find(|c| c["check"] == "proxy_ndp")
+        .unwrap();
     assert_eq!(c["status"], "pass", "{c}");
-    // The provider's router now reaches the guest through the host.
-    sh(&format!(
-        "ip netns exec {} ping -6 -c1 -W2 2001:db8:2::100",
-        lab.inet
-    ));
+    // The router still resolving the address from before the fix gives up
+    // first, then asks again on the next reply; the host answers for a proxied
+    // address after up to proxy_delay (0.8 s).
+    let once = PingOpts {
+        count: 1,
+        timeout_ms: 2000,
+        ..PingOpts::default()
+    };
+    let answered = (0..4)
+        .map(|_| {
+            lab.guest(0)
+                .ping(INET6_HOST, once)
+                .unwrap()
+                .received
+        })
+        .find(|r| *r > 0)
+        .unwrap_or(0);
+    assert!(answered > 0, "the fix works: the guest's ping is answered");
+}
+
+/// A SLAAC-shaped guest address (made from its MAC) needs router
+/// advertisements on its bridge: none, then dnsmasq's.
+#[test]
+fn a_slaac_guest_needs_router_advertisements() {
+    let (lab, slaac) = slaac_lab();
+    let c = failing(&doctor(&lab, &["--passive"]), "ra_service");
+    assert!(
+        text(&c["evidence"]).contains(&IpAddr::V6(slaac).to_string()),
+        "{c}"
+    );
+    assert!(text(&c["fix"]).contains("enable-ra"), "{c}");
+    start_dnsmasq_ra(&lab);
+    let run = doctor(&lab, &["--passive"]);
+    let c = v6_checks(&run)
+        .into_iter()
+        .find(|c| c["check"] == "ra_service")
+        .unwrap();
+    assert_eq!(c["status"], "pass", "{c}");
+    assert!(text(&c["evidence"]).contains("dnsmasq"), "{c}");
+}
+
+/// The plain lab with guest 0 at the address SLAAC makes from its MAC
+/// (modified EUI-64 in the guests' /64).
+fn slaac_lab() -> (Lab, Ipv6Addr) {
+    let mac: Vec<u8> = GuestSpec::nth(0)
+        .mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let mut octets = [0u8; 16];
+    octets[..8].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0]);
+    octets[8..].copy_from_slice(&[
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]);
+    let slaac = Ipv6Addr::from(octets);
+    let v6 = GuestV6 {
+        ip: slaac,
+        prefix: 64,
+        gateway: "2001:db8:1::1".parse().unwrap(),
+    };
+    (lab_with(Layout::Plain, Some(v6)), slaac)
+}
+
+/// dnsmasq sending router advertisements (only) on the VM bridge, in the hv
+/// namespace (killed with it).
+fn start_dnsmasq_ra(lab: &Lab) {
+    let br = lab.bridge();
+    lab.hv(&format!(
+        "dnsmasq --conf-file=/dev/null --port=0 --bind-interfaces --interface={br} --enable-ra --dhcp-range=::,constructor:{br},ra-only --pid-file=/dev/null"
+    ))
+    .unwrap();
 }
 
 /// Writes the IPv6 checks' unit-test fixtures (tracer/src/doctor/testdata/v6-*):
-/// passive doctor runs over this lab, healthy and with each fault, each saving
-/// the host model it read and the checks it answered. Run it after changing
-/// what the host model holds:
+/// passive doctor runs over the plain lab, healthy and with each fault, each
+/// saving the host model it read and the checks it answered. Run it after
+/// changing what the host model holds:
 /// `cargo test --release -p pathtrace-tests --test doctor_v6 -- --ignored write_doctor_v6_fixtures`
 #[test]
 #[ignore = "writes fixtures into the source tree"]
 fn write_doctor_v6_fixtures() {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer/src/doctor/testdata");
-    let save = |lab: &V6Lab, name: &str| {
+    let empty = std::env::temp_dir().join(format!("pathtrace-v6-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let save = |lab: &Lab, name: &str| {
         let path = dir.join(format!("v6-{name}.json"));
-        let out = lab.doctor_env(&["--passive"], Some(&path));
+        let args = [
+            "doctor",
+            "--vm-ip",
+            VM,
+            "--to",
+            DEST,
+            "--json",
+            "--passive",
+            "--config-root",
+            empty.to_str().unwrap(),
+        ];
+        let out = lab
+            .command_in_hv(&pathtrace_tests::tracerun::pathtrace_bin(), &args)
+            .env("PATHTRACE_SAVE_DOCTOR_FIXTURE", &path)
+            .output()
+            .unwrap();
         assert!(
             path.exists(),
             "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let bad: Vec<String> = v6_checks(&out)
-            .iter()
-            .filter(|c| c["status"] != "pass")
-            .map(|c| format!("{} {}", c["status"], c["check"]))
-            .collect();
-        eprintln!("v6-{name}: {bad:?}");
+        eprintln!(
+            "v6-{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.contains("\"pass\""))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
     };
-    let lab = V6Lab::up();
+    let lab = lab_with(Layout::Plain, None);
     save(&lab, "healthy");
     let faults: &[(&str, &str, &str)] = &[
         (
@@ -359,8 +394,8 @@ fn write_doctor_v6_fixtures() {
         ),
         (
             "nft-drops-ndp",
-            "nft add table inet filter && nft add chain inet filter input \"{ type filter hook input priority 0; }\" && nft add rule inet filter input icmpv6 type \"{ nd-neighbor-solicit, nd-neighbor-advert }\" drop",
-            "nft delete table inet filter",
+            "nft add table inet v6test && nft add chain inet v6test input \"{ type filter hook input priority 0; }\" && nft add rule inet v6test input icmpv6 type \"{ nd-neighbor-solicit, nd-neighbor-advert }\" drop",
+            "nft delete table inet v6test",
         ),
         (
             "ip6tables-legacy-forward-drop",
@@ -377,35 +412,37 @@ fn write_doctor_v6_fixtures() {
             "ip -6 route del default && ip -6 route add default via fe80::1 dev eth0 proto ra",
             "ip -6 route del default && ip -6 route add default via 2001:db8:2::1",
         ),
+        // Too small for IPv6: the kernel drops IPv6 from the port and the
+        // bridge, and what the host knew of the guest's addresses with it.
+        ("mtu-too-small", "ip link set tap100i0 mtu 1200", "true"),
     ];
     for (name, break_it, repair) in faults {
-        lab.hv(break_it);
+        lab.hv(break_it).unwrap();
         save(&lab, name);
-        lab.hv(repair);
+        lab.hv(repair).unwrap();
     }
-    // A guest address in the uplink's prefix: proxy NDP missing, then set up.
-    lab.guest_in_uplink_prefix();
+    drop(lab);
+    let addr: Ipv6Addr = "2001:db8:2::100".parse().unwrap();
+    let mut lab = lab_with(
+        Layout::Plain,
+        Some(GuestV6 {
+            ip: addr,
+            prefix: 128,
+            gateway: "2001:db8:1::1".parse().unwrap(),
+        }),
+    );
+    lab.hv(&format!("ip -6 route add {addr}/128 dev vmbr0"))
+        .unwrap();
+    learn(&mut lab);
     save(&lab, "proxy-ndp-missing");
-    lab.hv("sysctl -qw net.ipv6.conf.eth0.proxy_ndp=1 && ip -6 neigh add proxy 2001:db8:2::100 dev eth0");
+    lab.hv(&format!(
+        "sysctl -qw net.ipv6.conf.eth0.proxy_ndp=1 && ip -6 neigh add proxy {addr} dev eth0"
+    ))
+    .unwrap();
     save(&lab, "proxy-ndp");
     drop(lab);
-
-    // A SLAAC-shaped guest address: no router advertisements, then dnsmasq's.
-    let lab = V6Lab::up();
-    let slaac = "2001:db8:1::5054:ff:fe12:3456";
-    sh(&format!(
-        "ip -n {} addr add {slaac}/64 dev eth0 nodad",
-        lab.guest
-    ));
-    sh(&format!(
-        "ip netns exec {} ping -6 -c1 -W1 -I {slaac} 2001:db8:1::1",
-        lab.guest
-    ));
+    let (lab, _) = slaac_lab();
     save(&lab, "slaac-no-ra");
-    lab.hv("dnsmasq --conf-file=/dev/null --port=0 --bind-interfaces --interface=vmbr0 --enable-ra --dhcp-range=::,constructor:vmbr0,ra-only --pid-file=/dev/null");
+    start_dnsmasq_ra(&lab);
     save(&lab, "slaac-dnsmasq-ra");
-    // An interface too small for IPv6 (the kernel drops IPv6 from the bridge,
-    // and what the host knew of the guest's addresses with it).
-    lab.hv("ip link set vport100 mtu 1200");
-    save(&lab, "mtu-too-small");
 }

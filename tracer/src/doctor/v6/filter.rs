@@ -227,12 +227,17 @@ pub(super) fn firewall6(p: &Path6, host: &Host) -> Vec<Check> {
         }
     }
     let mut out: Vec<Check> = Vec::new();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: Vec<(String, bool, bool)> = Vec::new();
     for r in &replays {
-        // One finding per rule: the same rule eats solicitations and
-        // advertisements alike.
-        if let Some((rule, c)) = verdict(p, r).filter(|(rule, _)| !seen.contains(rule)) {
-            seen.push(rule);
+        // One finding per rule and kind of packet: the same rule eats
+        // solicitations and advertisements alike, a policy requests and
+        // replies with different fixes.
+        let Some((rule, c)) = verdict(p, r) else {
+            continue;
+        };
+        let key = (rule, r.reply, r.ndp);
+        if !seen.contains(&key) {
+            seen.push(key);
             out.push(c);
         }
     }
