@@ -57,8 +57,8 @@ fn learn(lab: &mut Lab) -> u32 {
         .received
 }
 
-fn doctor(lab: &Lab, extra: &[&str]) -> TraceRun {
-    let root = lab.config_root();
+/// `doctor` about guest 0, reading the hypervisor configuration under `root`.
+fn doctor_args<'a>(root: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "doctor",
         "--vm-ip",
@@ -67,10 +67,15 @@ fn doctor(lab: &Lab, extra: &[&str]) -> TraceRun {
         DEST,
         "--json",
         "--config-root",
-        root.to_str().unwrap(),
+        root,
     ];
     args.extend_from_slice(extra);
-    run_in_hv(lab, &args).expect("doctor runs")
+    args
+}
+
+fn doctor(lab: &Lab, extra: &[&str]) -> TraceRun {
+    let root = lab.config_root();
+    run_in_hv(lab, &doctor_args(root.to_str().unwrap(), extra)).expect("doctor runs")
 }
 
 fn v6_checks(run: &TraceRun) -> Vec<Value> {
@@ -264,12 +269,7 @@ fn a_guest_in_the_uplinks_prefix_needs_proxy_ndp() {
         ..PingOpts::default()
     };
     let answered = (0..4)
-        .map(|_| {
-            lab.guest(0)
-                .ping(INET6_HOST, once)
-                .unwrap()
-                .received
-        })
+        .map(|_| lab.guest(0).ping(INET6_HOST, once).unwrap().received)
         .find(|r| *r > 0)
         .unwrap_or(0);
     assert!(answered > 0, "the fix works: the guest's ping is answered");
@@ -326,11 +326,13 @@ fn slaac_lab() -> (Lab, Ipv6Addr) {
 }
 
 /// dnsmasq sending router advertisements (only) on the VM bridge, in the hv
-/// namespace (killed with it).
+/// namespace (killed with it). `--pid-file` without a value: no pid file
+/// (dnsmasq unlinks and re-creates it — `--pid-file=/dev/null` replaces
+/// /dev/null with a plain file).
 fn start_dnsmasq_ra(lab: &Lab) {
     let br = lab.bridge();
     lab.hv(&format!(
-        "dnsmasq --conf-file=/dev/null --port=0 --bind-interfaces --interface={br} --enable-ra --dhcp-range=::,constructor:{br},ra-only --pid-file=/dev/null"
+        "dnsmasq --conf-file=/dev/null --pid-file --port=0 --bind-interfaces --interface={br} --enable-ra --dhcp-range=::,constructor:{br},ra-only"
     ))
     .unwrap();
 }
@@ -349,17 +351,7 @@ fn write_doctor_v6_fixtures() {
     std::fs::create_dir_all(&empty).unwrap();
     let save = |lab: &Lab, name: &str| {
         let path = dir.join(format!("v6-{name}.json"));
-        let args = [
-            "doctor",
-            "--vm-ip",
-            VM,
-            "--to",
-            DEST,
-            "--json",
-            "--passive",
-            "--config-root",
-            empty.to_str().unwrap(),
-        ];
+        let args = doctor_args(empty.to_str().unwrap(), &["--passive"]);
         let out = lab
             .command_in_hv(&pathtrace_tests::tracerun::pathtrace_bin(), &args)
             .env("PATHTRACE_SAVE_DOCTOR_FIXTURE", &path)

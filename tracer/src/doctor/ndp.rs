@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+
+use super::arp::{bind, send_to};
 
 const NEIGHBOR_SOLICIT: u8 = 135;
 const NEIGHBOR_ADVERT: u8 = 136;
@@ -128,21 +130,8 @@ fn open(ifindex: u32, source: Ipv6Addr) -> Result<OwnedFd> {
     // Our own solicitation must not come back as input.
     setsockopt(&sock, libc::IPV6_MULTICAST_LOOP, 0)?;
     set_filter(&sock)?;
-    let addr = sockaddr(source, ifindex);
-    // SAFETY: addr is a valid sockaddr_in6 of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            &addr as *const libc::sockaddr_in6 as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in6>() as u32,
-        )
-    };
-    if rc < 0 {
-        bail!(
-            "binding an ICMPv6 socket to {source}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    bind(&sock, &sockaddr(source, ifindex))
+        .with_context(|| format!("binding an ICMPv6 socket to {source}"))?;
     Ok(sock)
 }
 
@@ -202,25 +191,7 @@ fn sockaddr(ip: Ipv6Addr, ifindex: u32) -> libc::sockaddr_in6 {
 }
 
 fn send(sock: &OwnedFd, ifindex: u32, msg: &[u8], to: Ipv6Addr) -> Result<()> {
-    let addr = sockaddr(to, ifindex);
-    // SAFETY: msg and addr are valid for the lengths passed.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            &addr as *const libc::sockaddr_in6 as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in6>() as u32,
-        )
-    };
-    if n < 0 {
-        bail!(
-            "sending a neighbour solicitation: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    send_to(sock, msg, &sockaddr(to, ifindex)).context("sending a neighbour solicitation")
 }
 
 #[cfg(test)]
