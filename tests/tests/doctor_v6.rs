@@ -438,3 +438,42 @@ fn write_doctor_v6_fixtures() {
     start_dnsmasq_ra(&lab);
     save(&lab, "slaac-dnsmasq-ra");
 }
+
+/// `--snapshot`/`--diff` see IPv6 configuration: a proxy entry, an IPv6
+/// sysctl, an ip6tables-legacy rule and an IPv6 route, each in its own file.
+#[test]
+fn snapshot_then_diff_shows_ipv6_changes() {
+    let lab = lab_with(Layout::Plain, None);
+    let dir = std::env::temp_dir().join(format!("ptsnap6-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let saved = run_in_hv(&lab, &["doctor", "--snapshot", d]).unwrap();
+    assert_eq!(saved.code, 0, "{}", saved.stderr);
+    let same = run_in_hv(&lab, &["doctor", "--diff", d, "--json"]).unwrap();
+    assert_eq!(same.code, 0, "unchanged host: {}", same.stdout);
+    lab.hv("ip -6 neigh add proxy 2001:db8:2::100 dev eth0 && \
+         sysctl -qw net.ipv6.conf.eth0.accept_ra=2 && \
+         ip6tables-legacy -A FORWARD -p ipv6-icmp -j DROP && \
+         ip -6 route add 2001:db8:2::100/128 dev vmbr0")
+        .unwrap();
+    let changed = run_in_hv(&lab, &["doctor", "--diff", d, "--json"]).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(changed.code, 1);
+    let files: Vec<String> = changed
+        .json()
+        .iter()
+        .filter(|v| v["type"] == "diff")
+        .map(|v| format!("{} {}", v["file"], v["added"]))
+        .collect();
+    for (file, words) in [
+        ("neighbour-proxies.txt", "proxy 2001:db8:2::100"),
+        ("sysctls6.txt", "net.ipv6.conf.eth0.accept_ra = 2"),
+        ("ip6tables-legacy.txt", "-p ipv6-icmp -j DROP"),
+        ("routes6.txt", "2001:db8:2::100"),
+    ] {
+        assert!(
+            files.iter().any(|f| f.contains(file) && f.contains(words)),
+            "{file}: {words} in {files:#?}"
+        );
+    }
+}
