@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 const ETH_P_ARP: u16 = 0x0806;
 
@@ -60,7 +60,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.try_into().ok()
 }
 
-fn format_mac(m: &[u8]) -> String {
+pub fn format_mac(m: &[u8]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -103,22 +103,43 @@ fn open(ifindex: u32) -> Result<OwnedFd> {
     }
     // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let addr = link_addr(ifindex);
-    // SAFETY: addr is a valid sockaddr_ll of the size passed.
+    bind(&sock, &link_addr(ifindex)).context("binding a packet socket")?;
+    Ok(sock)
+}
+
+/// bind(2) to `addr`, a `sockaddr_*` of the socket's family.
+pub(super) fn bind<A>(sock: &OwnedFd, addr: &A) -> std::io::Result<()> {
+    // SAFETY: addr is a valid socket address of the size passed.
     let rc = unsafe {
         libc::bind(
             sock.as_raw_fd(),
-            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            (addr as *const A).cast(),
+            std::mem::size_of::<A>() as u32,
         )
     };
-    if rc < 0 {
-        bail!(
-            "binding a packet socket: {}",
-            std::io::Error::last_os_error()
-        );
+    match rc < 0 {
+        true => Err(std::io::Error::last_os_error()),
+        false => Ok(()),
     }
-    Ok(sock)
+}
+
+/// sendto(2) of `buf` to `addr`, a `sockaddr_*` of the socket's family.
+pub(super) fn send_to<A>(sock: &OwnedFd, buf: &[u8], addr: &A) -> std::io::Result<()> {
+    // SAFETY: buf and addr are valid for the lengths passed.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (addr as *const A).cast(),
+            std::mem::size_of::<A>() as u32,
+        )
+    };
+    match n < 0 {
+        true => Err(std::io::Error::last_os_error()),
+        false => Ok(()),
+    }
 }
 
 fn link_addr(ifindex: u32) -> libc::sockaddr_ll {
@@ -133,25 +154,11 @@ fn link_addr(ifindex: u32) -> libc::sockaddr_ll {
 }
 
 fn send(sock: &OwnedFd, ifindex: u32, frame: &[u8]) -> Result<()> {
-    let addr = link_addr(ifindex);
-    // SAFETY: frame and addr are valid for the lengths passed.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if n < 0 {
-        bail!("sending ARP: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    send_to(sock, frame, &link_addr(ifindex)).context("sending ARP")
 }
 
-fn recv(sock: &OwnedFd, wait: Duration) -> Result<Option<Vec<u8>>> {
+/// One datagram from `sock` within `wait` (None when nothing came).
+pub(super) fn recv(sock: &OwnedFd, wait: Duration) -> Result<Option<Vec<u8>>> {
     let mut pfd = libc::pollfd {
         fd: sock.as_raw_fd(),
         events: libc::POLLIN,

@@ -13,6 +13,7 @@ const VOLATILE: &[&str] = &[
     "stp_state",
     "bridge_uplink",
     "gateway",
+    "gateway6",
     "lan_gateway",
     "firewall_bridge_arp",
 ];

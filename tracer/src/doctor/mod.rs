@@ -11,11 +11,13 @@ pub mod findings;
 pub mod firewall_bridge;
 mod fixture;
 mod l2;
+pub mod ndp;
 pub mod snapshot;
 pub mod spoof;
+mod v6;
 mod vlan;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, bail, Result};
 
@@ -35,6 +37,12 @@ pub struct Subject {
     /// The operator named the destination (else: the internet, by the default route).
     pub dst_given: bool,
     pub dns: Option<Ipv4Addr>,
+    /// The guest's IPv6 addresses as given (those the host learned for its
+    /// MAC are added by the IPv6 checks).
+    pub vm_ip6: Vec<Ipv6Addr>,
+    /// The IPv6 destination and resolver, when given.
+    pub dst6: Option<Ipv6Addr>,
+    pub dns6: Option<Ipv6Addr>,
     /// The path, when the VM's port could be found.
     pub topo: Result<Topology, String>,
     /// The VM's NICs in the hypervisor's configuration (may be empty).
@@ -144,6 +152,9 @@ pub fn examine_host(
         dst,
         dst_given: q.to.is_some(),
         dns: q.dns,
+        vm_ip6: Vec::new(),
+        dst6: None,
+        dns6: None,
         topo,
         nics,
         found_by,

@@ -53,11 +53,6 @@ impl Firewall {
     pub fn legacy_table(&self, table: &str) -> Option<String> {
         one_table(self.legacy.as_deref()?, table)
     }
-
-    /// The same of `ip6tables-legacy-save`.
-    pub fn legacy6_table(&self, table: &str) -> Option<String> {
-        one_table(self.legacy6.as_deref()?, table)
-    }
 }
 
 /// One table (`*TABLE` … `COMMIT`) of an iptables-save output.

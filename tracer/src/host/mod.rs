@@ -13,6 +13,7 @@
 //! fixture tests work. A saved host answers route lookups from its main table.
 
 pub mod bond;
+pub mod daemons;
 pub mod firewall;
 #[cfg(test)]
 mod iproute2;
@@ -64,6 +65,9 @@ pub struct Host {
     /// Local UDP sockets (address, port), from /proc/net/udp.
     #[serde(default)]
     pub udp: Vec<(Ipv4Addr, u16)>,
+    /// radvd, dnsmasq and ndppd processes of this network namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub daemons: Vec<daemons::Daemon>,
     /// Read from the running kernel (route lookups ask it); false for a saved
     /// or hand-made host.
     #[serde(skip)]
@@ -143,6 +147,7 @@ impl Host {
         };
         host.sysctls = sysctls::read(&host);
         host.udp = sysctls::udp_sockets();
+        host.daemons = daemons::read();
         Ok(host)
     }
 

@@ -225,15 +225,6 @@ pub struct Route {
     pub proto: Option<String>,
 }
 
-impl Route {
-    /// The next hop, whichever the family.
-    pub fn next_hop(&self) -> Option<IpAddr> {
-        self.gateway
-            .map(IpAddr::V4)
-            .or(self.gateway6.map(IpAddr::V6))
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteKind {

@@ -17,6 +17,7 @@ mod routing;
 mod services;
 
 use links::*;
+pub use nat_filter::filter_culprit;
 use nat_filter::*;
 use routing::*;
 use services::*;
@@ -59,6 +60,7 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     out.push(br_netfilter(s, topo));
     out.push(dns(s, topo));
     out.push(duplicate_ip(topo, host, passive));
+    out.extend(super::v6::checks(s, topo, passive));
     out
 }
 
@@ -78,6 +80,7 @@ pub fn volatile(s: &Subject, now: &Host) -> Vec<Check> {
     if let (Some(gw), Some(_)) = (topo.gateway, &topo.uplink) {
         out.push(gateway(topo, gw, now, true));
     }
+    out.extend(super::v6::volatile(s, topo, now));
     out
 }
 

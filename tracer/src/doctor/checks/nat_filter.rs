@@ -149,17 +149,8 @@ pub(super) fn filter_verdict(
     reply: bool,
     what: &str,
 ) -> Option<Check> {
-    let guest = t.vm_ip.to_string();
-    let (desc, certain, fix) = if let Some(c) = nft::find_culprit(hook, false, pkt) {
-        let cmd = fix::delete(&c).unwrap_or_else(|| fix::allow(&c, reply, &guest));
-        (c.describe(), c.certain, cmd)
-    } else if let Some(c) = iptables::find_culprit(hook, pkt) {
-        let cmd = fix::legacy(&c, reply, &guest);
-        (c.describe("iptables-legacy"), c.certain, cmd)
-    } else {
-        return None;
-    };
-    let (status, verb) = match certain {
+    let found = filter_culprit(hook, pkt, reply, &t.vm_ip.to_string())?;
+    let (status, verb) = match found.certain {
         true => (Status::Fail, "drops"),
         false => (
             Status::Warn,
@@ -168,9 +159,47 @@ pub(super) fn filter_verdict(
     };
     Some(
         Check::new("firewall", status, format!("{hook} hook"))
-            .evidence(format!("{desc} {verb} {what}"))
-            .fix(fix),
+            .evidence(format!("{} {verb} {what}", found.desc))
+            .fix(found.fix),
     )
+}
+
+/// The rule or policy that drops a replayed packet.
+pub struct Found {
+    /// The rule (or chain policy), as people read it.
+    pub desc: String,
+    /// Every match before it could be evaluated.
+    pub certain: bool,
+    /// Delete the rule, or (for a policy) let the guest's packets through.
+    pub fix: String,
+    /// A chain's policy, not a rule.
+    pub policy: bool,
+}
+
+/// Which nftables or legacy iptables rule (of the packet's family) drops `pkt`
+/// at `hook`; `guest` (its address) names what a policy fix lets through.
+pub fn filter_culprit(
+    hook: &str,
+    pkt: &nft::PacketView,
+    reply: bool,
+    guest: &str,
+) -> Option<Found> {
+    if let Some(c) = nft::find_culprit(hook, false, pkt) {
+        let fix = fix::delete(&c).unwrap_or_else(|| fix::allow(&c, reply, guest));
+        return Some(Found {
+            desc: c.describe(),
+            certain: c.certain,
+            fix,
+            policy: c.handle.is_none(),
+        });
+    }
+    let c = iptables::find_culprit(hook, pkt)?;
+    Some(Found {
+        desc: c.describe(iptables::legacy_tool(pkt)),
+        certain: c.certain,
+        fix: fix::legacy(&c, reply, guest),
+        policy: c.number.is_none(),
+    })
 }
 
 pub(super) fn br_netfilter(s: &Subject, t: &Topology) -> Check {

@@ -137,6 +137,19 @@ pub(super) fn normalise_routes(text: &str) -> Result<String> {
     Ok(sorted(lines))
 }
 
+/// `proxy ADDR: {"dev": ...}`: each proxy entry is configuration (an entry has
+/// no link-layer address or state to filter on).
+pub(super) fn normalise_proxies(text: &str) -> Result<String> {
+    let lines = records(text)?
+        .into_iter()
+        .map(|mut o| {
+            let dst = take(&mut o, "dst").unwrap_or_default();
+            keyed(format!("proxy {dst}"), o)
+        })
+        .collect();
+    Ok(sorted(lines))
+}
+
 /// `priority N: {...}`; the priority carries the order, so sorting loses nothing.
 pub(super) fn normalise_rules(text: &str) -> Result<String> {
     let lines = records(text)?

@@ -55,6 +55,8 @@ pub enum Origin {
     Command(&'static [&'static str]),
     /// The forwarding and filtering sysctls under /proc/sys/net.
     Sysctls,
+    /// The IPv6 per-interface sysctls under /proc/sys/net/ipv6/conf.
+    Sysctls6,
 }
 
 pub const SOURCES: &[Source] = &[
@@ -128,6 +130,44 @@ pub const SOURCES: &[Source] = &[
         file: "sysctls.txt",
         what: "forwarding, rp_filter, proxy_arp, arp_ignore and br_netfilter sysctls",
         origin: Origin::Sysctls,
+        normalise: normalise_sysctls,
+    },
+    // IPv6, in files of their own: a snapshot taken before pathtrace read them
+    // shows them as unavailable rather than as added lines of the files above.
+    Source {
+        file: "routes6.txt",
+        what: "IPv6 routes of all tables (ip -6 route show table all)",
+        origin: Origin::Command(&["ip", "-6", "-j", "route", "show", "table", "all"]),
+        normalise: normalise_routes,
+    },
+    Source {
+        file: "rules6.txt",
+        what: "IPv6 policy routing rules (ip -6 rule)",
+        origin: Origin::Command(&["ip", "-6", "-j", "rule"]),
+        normalise: normalise_rules,
+    },
+    Source {
+        file: "neighbour-proxies.txt",
+        what: "IPv6 proxy neighbour entries (ip -6 neigh show proxy)",
+        origin: Origin::Command(&["ip", "-6", "-j", "neigh", "show", "proxy"]),
+        normalise: normalise_proxies,
+    },
+    Source {
+        file: "ip6tables-legacy.txt",
+        what: "legacy ip6tables rules (ip6tables-legacy-save)",
+        origin: Origin::Command(&["ip6tables-legacy-save"]),
+        normalise: normalise_iptables,
+    },
+    Source {
+        file: "ip6tables-nft.txt",
+        what: "ip6tables-nft rules (ip6tables-nft-save)",
+        origin: Origin::Command(&["ip6tables-nft-save"]),
+        normalise: normalise_iptables,
+    },
+    Source {
+        file: "sysctls6.txt",
+        what: "IPv6 forwarding, accept_ra, proxy_ndp, disable_ipv6 and mtu sysctls",
+        origin: Origin::Sysctls6,
         normalise: normalise_sysctls,
     },
 ];
@@ -207,6 +247,7 @@ fn capture_source(source: &Source) -> Option<String> {
     let raw = match source.origin {
         Origin::Command(argv) => run(argv)?,
         Origin::Sysctls => read_sysctls(Path::new(PROC_SYS_NET)),
+        Origin::Sysctls6 => read_sysctls6(Path::new(PROC_SYS_NET)),
     };
     // Output we cannot parse is as useless as no output: record it as absent.
     (source.normalise)(&raw).ok()
