@@ -14,6 +14,15 @@ use pathtrace_tests::lab::{
     Fault6, Lab, LabOptions, Layout, PingOpts, PingResult, V6Setup, BRIDGED_HOST6, GATEWAY6,
     INET6_DNS, INET6_HOST, ISP6, NDP_PROXY_GATEWAY, REMOTE_HOST6,
 };
+use pathtrace_tests::packet6::link_local;
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let b: Vec<u8> = s
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    b.try_into().unwrap()
+}
 
 /// `FAKE_GUEST_BIN` as the other end-to-end tests, else the binary cargo built
 /// for this very test run.
@@ -147,6 +156,34 @@ fn healthy(layout: Layout) {
         .ping(std::net::Ipv4Addr::new(203, 0, 113, 8), PingOpts::default())
         .unwrap();
     assert_eq!(v4.received, 1, "{layout:?}: IPv4 beside IPv6");
+
+    // The host reaches the guest: the kernel solicits the guest's global and
+    // link-local (EUI-64 of its MAC) addresses, the guest answers both and
+    // the echo requests.
+    let mac = lab.guest_spec(0).mac.clone();
+    let ll = link_local(parse_mac(&mac));
+    let dev = match layout {
+        Layout::Bridged => "vmbr0",
+        _ => lab.bridge(),
+    };
+    lab.hv(&format!(
+        "ping -6 -c 1 -W 2 {guest6} >/dev/null && ping -6 -c 1 -W 2 {ll}%{dev} >/dev/null"
+    ))
+    .unwrap_or_else(|e| panic!("{layout:?}: the host pings the guest: {e:#}"));
+
+    // ICMPv6 errors come back to the guest and are reported.
+    let hop1 = PingOpts {
+        ttl: 1,
+        ..PingOpts::default()
+    };
+    let errors = |r: PingResult| r.errors.iter().map(|e| e.kind).collect::<Vec<_>>();
+    let r = lab.guest(0).ping(INET6_HOST, hop1).unwrap();
+    // Bridged: the router holds the destination itself, nothing is forwarded.
+    let want: &[u8] = if layout == Layout::Bridged { &[] } else { &[3] };
+    assert_eq!(errors(r), want, "{layout:?}: time exceeded from the host");
+    let nowhere: Ipv6Addr = "2001:db8:ffff::99".parse().unwrap();
+    let r = lab.guest(0).ping(nowhere, PingOpts::default()).unwrap();
+    assert_eq!(errors(r), [1], "{layout:?}: unreachable {nowhere}");
     eprintln!("{layout:?}: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
