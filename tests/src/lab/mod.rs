@@ -326,13 +326,19 @@ impl Lab {
             // and MASQUERADE never applies. Proxmox's admin guide (Masquerading)
             // says to put the fwbr pass in its own conntrack zone:
             // `iptables -t raw -I PREROUTING -i fwbr+ -j CT --zone 1`; here in nft.
-            self.nft(
-                "add table ip pve_conntrack\n\
-                 add chain ip pve_conntrack prerouting { type filter hook prerouting priority raw; policy accept; }\n\
-                 add rule ip pve_conntrack prerouting iifname \"fwbr*\" ct zone set 1\n",
-            )?;
+            self.fwbr_conntrack_zone("ip")?;
         }
         self.write_configs()
+    }
+
+    /// Proxmox: the firewall bridges' pass in conntrack zone 1, for `family`
+    /// (`ip`, or `ip6` where NAT66 applies).
+    fn fwbr_conntrack_zone(&self, family: &str) -> Result<()> {
+        self.nft(&format!(
+            "add table {family} pve_conntrack\n\
+             add chain {family} pve_conntrack prerouting {{ type filter hook prerouting priority raw; policy accept; }}\n\
+             add rule {family} pve_conntrack prerouting iifname \"fwbr*\" ct zone set 1\n"
+        ))
     }
 
     /// [`Layout::Bridged`]: vmbr0 holds the host's own address and bridges the

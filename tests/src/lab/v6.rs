@@ -110,11 +110,7 @@ impl Lab {
                 self.hv(&format!("ip -6 addr add {NAT66_GATEWAY}/64 dev {br} nodad"))?;
                 if self.layout == Layout::Proxmox {
                     // The fwbr pass in its own conntrack zone, as for IPv4 (see build).
-                    self.nft(
-                        "add table ip6 pve_conntrack\n\
-                         add chain ip6 pve_conntrack prerouting { type filter hook prerouting priority raw; policy accept; }\n\
-                         add rule ip6 pve_conntrack prerouting iifname \"fwbr*\" ct zone set 1\n",
-                    )?;
+                    self.fwbr_conntrack_zone("ip6")?;
                 }
                 self.masquerade6()
             }
