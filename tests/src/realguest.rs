@@ -20,7 +20,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     process::{ChildStdin, Command, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
@@ -75,6 +75,16 @@ ip link set lo up
 ip link set "$dev" up
 ip addr add "$(arg ip)" dev "$dev"
 ip route add default via "$gw"
+# IPv6 when given, static like the fake guest's: no router advertisements, no
+# duplicate address detection (the address is usable at once; busybox ip knows
+# no `nodad`).
+ip6=$(arg ip6)
+if [ -n "$ip6" ]; then
+  echo 0 > /proc/sys/net/ipv6/conf/"$dev"/accept_ra
+  echo 0 > /proc/sys/net/ipv6/conf/"$dev"/accept_dad
+  ip -6 addr add "$ip6" dev "$dev" || echo "PTGUEST error ip6 address"
+  ip -6 route add default via "$(arg gw6)" dev "$dev" || echo "PTGUEST error ip6 route"
+fi
 # Resolve the gateway before the tests send: the first frame after the TAP gets
 # its carrier can be dropped by the bridge while the port becomes forwarding.
 gwok=0
@@ -213,7 +223,8 @@ impl RealGuest {
     }
 
     /// `count` pings to `dst`, one a second; returns busybox's statistics.
-    pub fn ping(&mut self, dst: Ipv4Addr, count: u32) -> Result<PingStats> {
+    /// `count` busybox pings to `dst` (IPv4 or IPv6).
+    pub fn ping(&mut self, dst: IpAddr, count: u32) -> Result<PingStats> {
         let deadline = count + 3;
         let out = self.run(
             &format!("ping -c {count} -W 2 -w {deadline} {dst}"),
@@ -223,11 +234,12 @@ impl RealGuest {
             .with_context(|| format!("no statistics from ping: {:?}", out.lines))
     }
 
-    /// One A query for `name` to `server` with busybox nslookup (it retries on its
-    /// own until its timeout).
-    pub fn nslookup(&mut self, server: Ipv4Addr, name: &str) -> Result<Output> {
+    /// One A query (AAAA when `server` is IPv6) for `name` to `server` with
+    /// busybox nslookup (it retries on its own until its timeout).
+    pub fn nslookup(&mut self, server: IpAddr, name: &str) -> Result<Output> {
+        let qtype = if server.is_ipv6() { "aaaa" } else { "a" };
         self.run(
-            &format!("nslookup -type=a {name} {server}"),
+            &format!("nslookup -type={qtype} {name} {server}"),
             Duration::from_secs(12),
         )
     }
@@ -298,8 +310,16 @@ fn qemu_command(lab: &Lab, spec: &GuestSpec, kernel: &Kernel, initrd: &Path) -> 
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 quiet loglevel=1 panic=-1 pathtrace.ip={}/{} pathtrace.gw={}",
-            spec.ip, spec.prefix, spec.gateway
+            "console=ttyS0 quiet loglevel=1 panic=-1 pathtrace.ip={}/{} pathtrace.gw={}{}",
+            spec.ip,
+            spec.prefix,
+            spec.gateway,
+            spec.v6
+                .map(|v| format!(
+                    " pathtrace.ip6={}/{} pathtrace.gw6={}",
+                    v.ip, v.prefix, v.gateway
+                ))
+                .unwrap_or_default()
         ));
     cmd
 }

@@ -7,7 +7,7 @@
 //! the kernel is fetched once into target/vm-kernels/. 4–15 s per test.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -73,7 +73,7 @@ fn trace(
                 Seen::Ping(guest.ping(dst.parse()?, PINGS)?)
             }
             Traffic::Dns { server, name } => {
-                Seen::Dns(guest.nslookup(server.parse::<Ipv4Addr>()?, name)?)
+                Seen::Dns(guest.nslookup(server.parse::<IpAddr>()?, name)?)
             }
             Traffic::Tcp { .. } | Traffic::Udp { .. } | Traffic::Dhcp | Traffic::Arp { .. } => {
                 anyhow::bail!("{name}: the real guest's scenarios are ping and DNS")
@@ -106,7 +106,11 @@ fn run(name: &str) {
         lab.hv(cmd)
             .unwrap_or_else(|e| panic!("breaking the lab: {e}"));
     }
-    let vm_ip = guest.spec.ip.to_string();
+    // The guest by its address of the traffic's family.
+    let vm_ip = match guest.spec.v6 {
+        Some(v6) if sc.traffic.is_v6() => v6.ip.to_string(),
+        _ => guest.spec.ip.to_string(),
+    };
     // nslookup retransmits on its own; the first query is the one checked.
     let (count, dns) = match sc.traffic {
         Traffic::Ping { .. } => (PINGS, false),
@@ -160,6 +164,25 @@ fn guest_agrees(name: &str, verdict: &str, seen: Seen) {
 #[test]
 fn healthy_ping() {
     run("healthy_ping");
+}
+
+/// The real kernel's IPv6 in the lab, no pathtrace: its neighbour discovery
+/// resolves the gateway, ICMPv6 echo and an AAAA query over IPv6 are answered.
+#[test]
+fn real_guest_speaks_ipv6() {
+    let name = "real_guest_speaks_ipv6";
+    let (_lab, mut guest) = lab_with_guest(name, Layout::Plain);
+    let inet6: IpAddr = "2001:db8:ffff::8".parse().unwrap();
+    let stats = guest.ping(inet6, PINGS).expect("ping6");
+    assert_eq!(stats.received, PINGS, "{name}: {}", guest.console_tail());
+    let dns = guest
+        .nslookup("2001:db8:ffff::53".parse().unwrap(), "www.example.com")
+        .expect("nslookup");
+    assert!(
+        dns.rc == 0 && dns.lines.iter().any(|l| l.contains("2001:db8:ffff::8")),
+        "{name}: {:?}",
+        dns.lines
+    );
 }
 
 #[test]

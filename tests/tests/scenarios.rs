@@ -18,6 +18,7 @@ fn run(name: &str) {
     opts.layout = sc.layout;
     opts.vlan = sc.vlan;
     opts.uplink = sc.uplink;
+    opts.v6 = sc.v6;
     if sc.second_guest {
         opts.guests.push(GuestSpec::nth(1));
     }
@@ -48,12 +49,20 @@ fn run(name: &str) {
         lab.inet(cmd)
             .unwrap_or_else(|e| panic!("breaking the LAN: {e}"));
     }
+    if sc.guest_resolves_again {
+        lab.guest(0).flush_neighbours().expect("guest forgets");
+    }
     let v = trace(&mut lab, sc);
     sc.check(&v);
 }
 
 fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
     let (to, count) = (sc.traffic.to_arg(), sc.traffic.requests().to_string());
+    // The guest as pathtrace is told of it: by its address of the traffic's family.
+    let vm_ip = match lab.guest_spec(0).v6 {
+        Some(v6) if sc.traffic.is_v6() => v6.ip.to_string(),
+        _ => "192.0.2.100".to_string(),
+    };
     let mut args = match sc.traffic {
         // The guest has no address yet: named by its port.
         Traffic::Dhcp => vec!["--iface", "tap100i0", "--proto", "dhcp"],
@@ -62,7 +71,7 @@ fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
             a.extend(target.iter().flat_map(|t| ["--to", *t]));
             a
         }
-        _ => vec!["--vm-ip", "192.0.2.100", "--to", &to],
+        _ => vec!["--vm-ip", &vm_ip, "--to", &to],
     };
     args.extend(["--count", &count, "--timeout", "12", "--json"]);
     if let Some(port) = sc.iface {
@@ -86,8 +95,9 @@ fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
                 lab.guest(0).ping(dst.parse::<std::net::IpAddr>()?, opts)?;
             }
             Traffic::Dns { server, name } => {
-                lab.guest(0)
-                    .dns(server.parse::<std::net::IpAddr>()?, name, 1, 3000)?;
+                let qtype = if sc.traffic.is_v6() { "AAAA" } else { "A" };
+                let server = server.parse::<std::net::IpAddr>()?;
+                lab.guest(0).dns_type(server, name, 1, 3000, qtype)?;
             }
             Traffic::Tcp { dst, port, data } => {
                 let seen = lab.guest(0).tcp(dst.parse()?, port, 3000, data)?;

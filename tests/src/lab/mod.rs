@@ -55,15 +55,20 @@ pub use crate::guest::{DnsResult, Guest, GuestSpec, GuestV6, IcmpError, PingOpts
 mod config;
 mod dhcp;
 mod faults;
+mod faults6;
 mod netns;
 mod remote;
 mod v6;
 
 pub use faults::Fault;
+pub use faults6::Fault6;
 pub use netns::{cleanup_stale_netns, remove_netns};
 use netns::{in_netns, sh, spawn_in};
 pub use remote::REMOTE_HOST;
-pub use v6::{BRIDGED_HOST6, GATEWAY6, INET6_DNS, INET6_HOST, ISP6, UPLINK6};
+pub use v6::{
+    V6Setup, BRIDGED_HOST6, GATEWAY6, INET6_DNS, INET6_HOST, ISP6, NAT66_NET, NDP_PROXY_GATEWAY,
+    REMOTE_HOST6, UPLINK6,
+};
 
 const PREFIX: &str = "ptlab";
 /// Config directories are `{temp}/ptlab-{pid}-{n}`.
@@ -195,6 +200,9 @@ pub struct LabOptions {
     /// Bridged layout: vmbr0's port toward the LAN. Routed layouts:
     /// [`Uplink::Vlan`] puts the host's uplink address on eth0.VID.
     pub uplink: Uplink,
+    /// How the provider delivers the guests' IPv6 (routed layouts); a guest's
+    /// IPv6 address takes the setup's prefix (see [`V6Setup::place`]).
+    pub v6: V6Setup,
 }
 
 impl LabOptions {
@@ -207,6 +215,7 @@ impl LabOptions {
             fwbr_answers_arp: false,
             vlan: None,
             uplink: Uplink::Nic,
+            v6: V6Setup::Routed,
         }
     }
 }
@@ -220,6 +229,7 @@ pub struct Lab {
     fwbr_answers_arp: bool,
     vlan: Option<u16>,
     uplink: Uplink,
+    v6_setup: V6Setup,
     config_root: PathBuf,
     guest_bin: PathBuf,
     guests: Vec<Guest>,
@@ -247,6 +257,7 @@ impl Lab {
             fwbr_answers_arp: opts.fwbr_answers_arp,
             vlan: opts.vlan,
             uplink: opts.uplink,
+            v6_setup: opts.v6,
             config_root: std::env::temp_dir().join(format!("{CONFIG_PREFIX}{pid}-{n}")),
             guest_bin: opts.guest_bin,
             guests: Vec::new(),
@@ -315,13 +326,19 @@ impl Lab {
             // and MASQUERADE never applies. Proxmox's admin guide (Masquerading)
             // says to put the fwbr pass in its own conntrack zone:
             // `iptables -t raw -I PREROUTING -i fwbr+ -j CT --zone 1`; here in nft.
-            self.nft(
-                "add table ip pve_conntrack\n\
-                 add chain ip pve_conntrack prerouting { type filter hook prerouting priority raw; policy accept; }\n\
-                 add rule ip pve_conntrack prerouting iifname \"fwbr*\" ct zone set 1\n",
-            )?;
+            self.fwbr_conntrack_zone("ip")?;
         }
         self.write_configs()
+    }
+
+    /// Proxmox: the firewall bridges' pass in conntrack zone 1, for `family`
+    /// (`ip`, or `ip6` where NAT66 applies).
+    fn fwbr_conntrack_zone(&self, family: &str) -> Result<()> {
+        self.nft(&format!(
+            "add table {family} pve_conntrack\n\
+             add chain {family} pve_conntrack prerouting {{ type filter hook prerouting priority raw; policy accept; }}\n\
+             add rule {family} pve_conntrack prerouting iifname \"fwbr*\" ct zone set 1\n"
+        ))
     }
 
     /// [`Layout::Bridged`]: vmbr0 holds the host's own address and bridges the
@@ -539,6 +556,7 @@ impl Lab {
 
     fn create_port(&self, mut spec: GuestSpec) -> Result<GuestSpec> {
         spec.tap = self.layout.port_name(&spec.tap);
+        spec.v6 = spec.v6.map(|v6| self.v6_setup.place(v6));
         let t = &spec.tap;
         match self.layout {
             Layout::Plain | Layout::Libvirt | Layout::Bridged => {
@@ -572,6 +590,7 @@ impl Lab {
                 ))?;
             }
         };
+        self.wire_guest6(&spec)?;
         Ok(spec)
     }
 

@@ -6,6 +6,9 @@
 //!
 //!   inet namespace: far0 203.0.113.65/30 ══ MTU mtu ══ wan0 203.0.113.66/30
 //!   far namespace:  203.0.113.80 on lo, TCP/UDP services on it (as the inet's)
+//!   IPv6 (v6.rs):   far0 2001:db8:3::1/64 ══ wan0 2001:db8:3::2/64, the far
+//!                   host 2001:db8:fffe::80 on far's lo; the provider's router
+//!                   gives Packet Too Big for what exceeds the link
 
 use anyhow::Result;
 
@@ -29,6 +32,7 @@ impl Lab {
         let far = format!("{}-far", self.hv.trim_end_matches("-hv"));
         sh(&format!("ip netns add {far}"))?;
         self.far = Some(far.clone());
+        super::v6::no_dad(&far)?;
         let inet = self.inet.clone();
         sh(&format!(
             "ip link add far0 netns {inet} mtu {mtu} type veth peer name wan0 netns {far} mtu {mtu}"
@@ -47,6 +51,7 @@ impl Lab {
                  ip route add default via 203.0.113.65"
             ),
         )?;
+        self.add_remote_network6(&far)?;
         let (tcp, udp) = (format!("{REMOTE_HOST}:8080"), format!("{REMOTE_HOST}:5001"));
         let services = self.spawn_ready(
             &far,

@@ -1,7 +1,7 @@
 //! The catalogue itself: every scenario with its fault, traffic and expected
 //! verdict (the types and the checks are in the parent module).
 
-use super::{Expect, Layout, Scenario, Traffic, Uplink};
+use super::{Expect, Layout, Scenario, Traffic, Uplink, V6Setup};
 
 const fn dropped(direction: &'static str, stage: &'static str) -> Expect {
     Expect {
@@ -39,6 +39,8 @@ const BASE: Scenario = Scenario {
     layout: Layout::Plain,
     vlan: None,
     uplink: Uplink::Nic,
+    v6: V6Setup::Routed,
+    guest_resolves_again: false,
     break_hv: &[],
     break_lan: &[],
     during_hv: "",

@@ -4,7 +4,7 @@
 //! is generated from here (`cargo xtask docs`) and checked against it, so the two
 //! cannot drift.
 
-use crate::lab::{Layout, Uplink};
+use crate::lab::{Layout, Uplink, V6Setup};
 
 mod catalogue;
 
@@ -19,7 +19,7 @@ pub enum Traffic {
         size: usize,
         ttl: u8,
     },
-    /// One DNS query for `name` to `server`.
+    /// One DNS query for `name` to `server`: type A over IPv4, AAAA over IPv6.
     Dns {
         server: &'static str,
         name: &'static str,
@@ -46,6 +46,11 @@ pub enum Traffic {
 pub const GATEWAY: &str = "192.0.2.1";
 
 impl Traffic {
+    /// Whether the guest talks IPv6 (pathtrace is then given its IPv6 address).
+    pub fn is_v6(&self) -> bool {
+        self.dst().contains(':')
+    }
+
     pub const fn ping(dst: &'static str) -> Self {
         Traffic::Ping {
             dst,
@@ -131,6 +136,13 @@ pub struct Scenario {
     /// Bridged layout: vmbr0's port toward the LAN (a bond, a VLAN device).
     /// Skipped, saying so, on kernels without bonding or 802.1Q devices.
     pub uplink: Uplink,
+    /// How the guests get IPv6 (see `LabOptions::v6`): the provider routes
+    /// their /64, or NAT66, or proxy NDP on the uplink.
+    pub v6: V6Setup,
+    /// After breaking, the guest forgets its neighbours (its entries went
+    /// stale and are probed again, as a Linux guest's do within a minute):
+    /// its next packet solicits its next hop anew.
+    pub guest_resolves_again: bool,
     /// Shell commands run in the hypervisor namespace to break the path.
     pub break_hv: &'static [&'static str],
     /// Shell commands run in the internet namespace (bridged mode: the LAN and
