@@ -287,17 +287,20 @@ static TRACK_SCRATCH: PerCpuArray<Tracked> = PerCpuArray::with_max_entries(1, 0)
 /// Start following a packet.
 #[inline(always)]
 pub fn track(skb: u64, pkt: &PacketInfo, role: u8, flags: u8, now: u64) {
-    let Some(entry) = TRACK_SCRATCH.get_ptr_mut(0) else {
+    let Some(slot) = TRACK_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's own slot, written whole before it is read.
-    let entry = unsafe { &mut *entry };
-    entry.pkt = *pkt;
-    entry.role = role;
-    entry.flags = flags;
-    entry._pad = [0; 6];
-    entry.first_ts = now;
-    if TRACKED.insert(skb, &*entry, 0).is_err() {
+    let entry: &Tracked = unsafe {
+        (*slot).pkt = *pkt;
+        (*slot).role = role;
+        (*slot).flags = flags;
+        (*slot)._pad = [0; 6];
+        (*slot).first_ts = now;
+        &*slot
+    };
+    // By reference: the value is copied from the map slot, not the stack.
+    if TRACKED.insert(skb, entry, 0).is_err() {
         count(tracer_common::CNT_TRACK_FULL);
     } else {
         hint_add(skb, 1);

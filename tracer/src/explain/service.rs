@@ -165,7 +165,7 @@ impl Explainer {
         // the guest's connection.
         let view = nft::PacketView {
             saddr: None,
-            daddr: Some(self.topo.vm_ip.into()),
+            daddr: Some(self.topo.vm_ip),
             proto: 1,
             icmp_type: Some(ICMP_DEST_UNREACH),
             oifname: Some(self.topo.inbound().name.clone()),
