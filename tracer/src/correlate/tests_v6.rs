@@ -8,20 +8,7 @@ use super::*;
 
 use tracer_common::{PacketInfo, DIR_INGRESS, FLAG_ICMP_ERROR, ROLE_REQUEST};
 
-const TAP: u32 = 4;
-const BR: u32 = 3;
-const UP: u32 = 2;
-
-fn ctx() -> PathCtx {
-    PathCtx {
-        roles: HashMap::from([(TAP, Role::Port), (BR, Role::Bridge), (UP, Role::Uplink)]),
-        netns: 4026532000,
-        inbound: BR,
-        bridged: false,
-        lan: false,
-        reply_hold_ns: 0,
-    }
-}
+use super::tests::{ctx, tc, BR, TAP, UP};
 
 const VM: &str = "2001:db8:1::100";
 const DST: &str = "2001:db8:ffff::53";
@@ -36,19 +23,6 @@ fn icmp6(src: &str, dst: &str, icmp_type: u8, seq: u16) -> PacketInfo {
         ..Default::default()
     }
     .with_addrs(src.parse().unwrap(), dst.parse().unwrap())
-}
-
-fn tc(skb: u64, ts: u64, ifindex: u32, dir: u8, role: u8, p: PacketInfo) -> Event {
-    Event {
-        ts_ns: ts,
-        skb,
-        kind: EventKind::Tc as u8,
-        dir,
-        role,
-        ifindex,
-        pkt: p,
-        ..Default::default()
-    }
 }
 
 /// The guest's echo request `seq` crossing its port, the bridge and the uplink

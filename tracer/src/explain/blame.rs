@@ -118,6 +118,10 @@ impl Explainer {
             d.pkt.ip_len, inbound.name
         );
         let fate = self.frag_needed_fate(t);
+        let (answer, icmp) = match self.topo.is_v6() {
+            true => ("Packet Too Big", "ICMPv6 Packet-Too-Big"),
+            false => ("fragmentation needed", "ICMP fragmentation-needed"),
+        };
         let delivered = match (&fate, t.port_ifindex.and_then(|p| self.name(p))) {
             (service::FragNeeded::Delivered, Some(port)) => format!(
                 "; that ICMP reached the guest's port {port}, so a guest doing path-MTU discovery adapts — if its connections still stall, the guest's own firewall drops ICMP"
@@ -127,9 +131,9 @@ impl Explainer {
         if let service::FragNeeded::Eaten(rule, fix) = fate {
             return Blame {
                 stage,
-                rule: Some(format!("{mtus}; ICMP fragmentation-needed dropped by {rule}")),
+                rule: Some(format!("{mtus}; {icmp} dropped by {rule}")),
                 hint: format!(
-                    "{}: {what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answers 'fragmentation needed', but rule \"{rule}\" drops that ICMP before it reaches the guest, {}; let it through: {fix} (or make the MTUs agree: ip link set {up} mtu {in_mtu})",
+                    "{}: {what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answers '{answer}', but rule \"{rule}\" drops that ICMP before it reaches the guest, {}; let it through: {fix} (or make the MTUs agree: ip link set {up} mtu {in_mtu})",
                     service::BLACK_HOLE,
                     d.pkt.ip_len,
                     inbound.name,
@@ -142,7 +146,7 @@ impl Explainer {
             stage,
             rule: Some(mtus),
             hint: format!(
-                "{what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answered 'fragmentation needed'{delivered} — make the MTUs agree: ip link set {up} mtu {in_mtu}, or lower the guest's MTU to {up_mtu}",
+                "{what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answered '{answer}'{delivered} — make the MTUs agree: ip link set {up} mtu {in_mtu}, or lower the guest's MTU to {up_mtu}",
                 d.pkt.ip_len, inbound.name
             ),
             ifname: Some(up),

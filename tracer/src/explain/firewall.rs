@@ -37,7 +37,8 @@ impl Explainer {
             (
                 None,
                 format!(
-                    "a firewall rule in the {hook} hook drops {what}, but no matching nftables or iptables rule was found; list the rule sets with counters: nft list ruleset; iptables-legacy -L -v -n"
+                    "a firewall rule in the {hook} hook drops {what}, but no matching nftables or iptables rule was found; list the rule sets with counters: nft list ruleset; {} -L -v -n",
+                    iptables::legacy_tool(&view)
                 ),
             )
         });
@@ -268,7 +269,7 @@ pub(super) fn replay_points<'a>(
         },
     };
     let ip = nft::Point {
-        families: nft::L3_FAMILIES,
+        families: view.families(),
         hook,
         view,
     };
