@@ -54,6 +54,20 @@ impl TraceRun {
     }
 }
 
+/// A verdict's observed (not inferred) hops of one direction: (stage, ifname).
+pub fn observed_hops(v: &Value, dir: &str) -> Vec<(String, String)> {
+    v["path"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["direction"] == dir && h["inferred"] != true)
+        .map(|h| {
+            let s = |k: &str| h[k].as_str().unwrap_or_default().to_string();
+            (s("stage"), s("ifname"))
+        })
+        .collect()
+}
+
 /// pathtrace's programs loaded in the kernel right now (`bpftool prog show`).
 /// `cargo xtask test` runs tests one at a time, so outside a run any is a leftover.
 pub fn loaded_programs() -> Vec<String> {

@@ -9,7 +9,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use pathtrace_tests::{
     lab::{Lab, LabOptions, Layout, PingOpts, BRIDGED_UPLINK},
-    tracerun::{fake_guest_bin, run_in_hv, trace_while, TraceRun},
+    tracerun::{fake_guest_bin, observed_hops as hops, run_in_hv, trace_while, TraceRun},
 };
 use serde_json::Value;
 
@@ -49,21 +49,6 @@ fn trace(lab: &mut Lab, count: u32, timeout: &str) -> TraceRun {
     eprintln!("--- stdout\n{}--- stderr\n{}", run.stdout, run.stderr);
     run
 }
-
-/// The observed (not inferred) hops of one direction: (stage, ifname).
-fn hops(v: &Value, dir: &str) -> Vec<(String, String)> {
-    v["path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["direction"] == dir && h["inferred"] != true)
-        .map(|h| {
-            let s = |k: &str| h[k].as_str().unwrap_or_default().to_string();
-            (s("stage"), s("ifname"))
-        })
-        .collect()
-}
-
 #[test]
 fn healthy_path_shows_the_physical_port_both_ways() {
     let mut lab = lab();

@@ -71,7 +71,7 @@ pub fn is_client_message(pkt: &PacketInfo) -> bool {
 /// `saddr`/`daddr`, the opcode in `op`, and the address asked about (the
 /// target of a request, the sender of a reply) as the request key.
 #[inline(always)]
-pub fn parse_arp(ctx: &TcContext) -> Option<(PacketInfo, usize)> {
+pub fn parse_arp(ctx: &TcContext, info: &mut PacketInfo) -> Option<usize> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     if ethertype != ETH_P_ARP {
         return None;
@@ -85,7 +85,7 @@ pub fn parse_arp(ctx: &TcContext) -> Option<(PacketInfo, usize)> {
     let spa = [a[14], a[15], a[16], a[17]];
     let tpa = [a[24], a[25], a[26], a[27]];
     let asked = if op == ARP_REPLY { spa } else { tpa };
-    let info = PacketInfo {
+    *info = PacketInfo {
         saddr: addr4(spa),
         daddr: addr4(tpa),
         family: FAMILY_V4,
@@ -95,5 +95,5 @@ pub fn parse_arp(ctx: &TcContext) -> Option<(PacketInfo, usize)> {
         seq: u16::from_be_bytes([asked[2], asked[3]]),
         ..PacketInfo::default()
     };
-    Some((info, 14))
+    Some(14)
 }

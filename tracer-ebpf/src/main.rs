@@ -6,8 +6,10 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod dhcparp;
+mod icmp;
 mod maps;
 mod packet;
+mod packet6;
 mod programs;
 
 #[cfg(not(test))]

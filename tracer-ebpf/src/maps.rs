@@ -9,7 +9,7 @@ use aya_ebpf::{
 use tracer_common::{
     capacity,
     state::{DISARMED, FINISHED, INFLIGHT, LAST_REQUEST, STARTED},
-    Config, DropCount, DropKey, Event, Tracked, WatchConfig, CNT_MAX,
+    Config, DropCount, DropKey, Event, PacketInfo, Tracked, WatchConfig, CNT_MAX,
 };
 
 /// Filter and kernel offsets, written by user space at load time.
@@ -279,9 +279,27 @@ fn hint_add(skb: u64, delta: u64) {
     }
 }
 
+/// Where a tracking entry is put together before it is inserted: a map value
+/// may be the value of an insert, and this one costs no stack (see `track`).
+#[map]
+static TRACK_SCRATCH: PerCpuArray<Tracked> = PerCpuArray::with_max_entries(1, 0);
+
 /// Start following a packet.
 #[inline(always)]
-pub fn track(skb: u64, entry: &Tracked) {
+pub fn track(skb: u64, pkt: &PacketInfo, role: u8, flags: u8, now: u64) {
+    let Some(slot) = TRACK_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own slot, written whole before it is read.
+    let entry: &Tracked = unsafe {
+        (*slot).pkt = *pkt;
+        (*slot).role = role;
+        (*slot).flags = flags;
+        (*slot)._pad = [0; 6];
+        (*slot).first_ts = now;
+        &*slot
+    };
+    // By reference: the value is copied from the map slot, not the stack.
     if TRACKED.insert(skb, entry, 0).is_err() {
         count(tracer_common::CNT_TRACK_FULL);
     } else {
@@ -319,13 +337,14 @@ pub fn maybe_tracked(skb: u64) -> bool {
 }
 
 /// The tracking entry of `skb`, without a lookup while nothing is followed or
-/// no followed packet shares its hint slot.
+/// no followed packet shares its hint slot. In place in the map (a copy would
+/// cost 80 bytes of BPF stack).
 #[inline(always)]
-pub fn tracked(skb: u64) -> Option<Tracked> {
+pub fn tracked(skb: u64) -> Option<&'static Tracked> {
     if !maybe_tracked(skb) {
         return None;
     }
-    unsafe { TRACKED.get(skb) }.copied()
+    unsafe { TRACKED.get(skb) }
 }
 
 #[inline(always)]

@@ -1,15 +1,17 @@
 //! Header parsing: for the TC programs only as much as the flow filter needs; for
-//! the tracepoint and kprobe programs, an IPv4 header at a kernel address.
+//! the tracepoint and kprobe programs, an IP header at a kernel address. IPv6's
+//! own parts are in `packet6`; what both share (the L4 head, TCP, DNS) is here.
 
 use crate::dhcparp::{fill_dhcp, is_dhcp_ports};
 use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
 use tracer_common::{
     addr4, PacketInfo, CLASS_DHCP, CLASS_DNS, CLASS_ICMP, CLASS_OTHER, CLASS_TCP, CLASS_UDP,
-    FAMILY_V4, PROTO_TCP,
+    FAMILY_V4, FAMILY_V6, PROTO_TCP,
 };
 
-const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPPROTO_ICMP: u8 = 1;
@@ -43,19 +45,19 @@ struct Ipv4Hdr {
 /// header. A DNS transaction id follows a UDP header, loaded separately.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct L4Head {
-    b: [u8; 8],
+pub struct L4Head {
+    pub b: [u8; 8],
 }
 
 #[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
+pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Offset of the IPv4 header in the frame, skipping up to two VLAN tags; None when
-/// the frame is not IPv4.
+/// Offset of the IP header in the frame and its ethertype, skipping up to two
+/// VLAN tags; None when the frame is neither IPv4 nor IPv6.
 #[inline(always)]
-fn ipv4_offset(ctx: &TcContext) -> Option<usize> {
+fn ip_offset(ctx: &TcContext) -> Option<(usize, u16)> {
     let mut off = 12;
     let mut proto = u16::from_be(ctx.load::<u16>(off).ok()?);
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
@@ -66,22 +68,47 @@ fn ipv4_offset(ctx: &TcContext) -> Option<usize> {
             proto = u16::from_be(ctx.load::<u16>(off).ok()?);
         }
     }
-    if proto != ETH_P_IP {
+    if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return None;
     }
-    Some(off + 2)
+    Some((off + 2, proto))
 }
 
 /// Parse the IPv4 + ICMP/UDP headers of the packet. Also returns the offset of the
-/// L4 header so an ICMP error's quoted packet can be read.
+/// L4 header so an ICMP error's quoted packet can be read. The headers are
+/// written into `info` (in place: copies of it cost the BPF stack).
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<(PacketInfo, usize)> {
-    if let Some(done) = parse_direct(ctx) {
+pub fn parse(ctx: &TcContext, info: &mut PacketInfo) -> Option<usize> {
+    if let Some(done) = parse_direct(ctx, info) {
         return done;
     }
     // Devices without an Ethernet header (e.g. tun in L3 mode) are out of scope here.
-    let ip_off = ipv4_offset(ctx)?;
-    parse_ip_at(ctx, ip_off)
+    let (ip_off, ethertype) = ip_offset(ctx)?;
+    if ethertype == ETH_P_IPV6 {
+        if crate::maps::config().family != FAMILY_V6 {
+            return None;
+        }
+        return crate::packet6::parse_ip6_at(ctx, ip_off, info);
+    }
+    parse_ip_at(ctx, ip_off, info)
+}
+
+/// The packet an ICMP error quotes (after its 8-byte header at `l4_off`), of
+/// the error's own family.
+#[inline(always)]
+pub fn parse_quoted(
+    ctx: &TcContext,
+    err: &PacketInfo,
+    l4_off: usize,
+    inner: &mut PacketInfo,
+) -> Option<()> {
+    let at = l4_off + 8;
+    if err.family == FAMILY_V6 {
+        crate::packet6::parse_quoted6(ctx, at, inner)?;
+    } else {
+        parse_ip_at(ctx, at, inner)?;
+    }
+    Some(())
 }
 
 /// Bytes the fast path reads: Ethernet, an IPv4 header without options, and the
@@ -93,7 +120,7 @@ const DIRECT_LEN: usize = ETH_HLEN + 20 + 8;
 /// path. `Some(result)` is final; `None` means "take the careful path" (headers
 /// not in the linear data, VLAN tags, IP options).
 #[inline(always)]
-fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
+fn parse_direct(ctx: &TcContext, info: &mut PacketInfo) -> Option<Option<usize>> {
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + DIRECT_LEN > end {
         return None;
@@ -105,6 +132,11 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
         return None;
     }
     if ethertype != ETH_P_IP {
+        // IPv6 only costs anything while an IPv6 trace runs: IPv4 packets never
+        // reach this branch, and an IPv4 trace leaves IPv6 packets alone.
+        if ethertype == ETH_P_IPV6 && crate::maps::config().family == FAMILY_V6 {
+            return crate::packet6::parse_direct6(data, end, info);
+        }
         return Some(None);
     }
     let ip = unsafe { &*((data + ETH_HLEN) as *const Ipv4Hdr) };
@@ -125,17 +157,17 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
         return Some(None);
     }
     let l4 = unsafe { &*((data + ETH_HLEN + 20) as *const L4Head) };
-    let mut info = ip_info(ip);
-    fill_l4(&mut info, l4);
+    *info = ip_info(ip);
+    fill_l4(info, l4);
     if ip.proto == IPPROTO_TCP {
         // Data offset and flags lie past the first 8 bytes.
         if data + ETH_HLEN + 20 + 14 > end {
             return None;
         }
         let b = unsafe { *((data + ETH_HLEN + 20 + 12) as *const [u8; 2]) };
-        fill_tcp(&mut info, 20, b);
+        fill_tcp(info, 20, b);
     }
-    if is_dns(&info) {
+    if is_dns(info) {
         // The DNS id and RCODE follow the UDP header. Read them here too when the
         // linear data holds them: a flood to or from port 53 crosses every hook,
         // and the careful path costs it four helper calls a packet.
@@ -143,14 +175,14 @@ fn parse_direct(ctx: &TcContext) -> Option<Option<(PacketInfo, usize)>> {
             return None;
         }
         // SAFETY: within the bound just checked.
-        fill_dns(&mut info, unsafe {
+        fill_dns(info, unsafe {
             *((data + DIRECT_LEN) as *const [u8; DNS_HEAD_LEN])
         });
     }
     if info.proto == IPPROTO_UDP && is_dhcp_ports(info.sport, info.dport) {
         return None; // so is the DHCP xid
     }
-    Some(Some((info, ETH_HLEN + 20)))
+    Some(Some(ETH_HLEN + 20))
 }
 
 /// The fields of an IPv4 header pathtrace reports.
@@ -191,7 +223,7 @@ fn fill_l4(info: &mut PacketInfo, l4: &L4Head) {
 /// TCP flags and payload length from the TCP header's bytes 12 and 13 (data
 /// offset, flags); `ihl` is the IP header's length.
 #[inline(always)]
-fn fill_tcp(info: &mut PacketInfo, ihl: u16, b: [u8; 2]) {
+pub fn fill_tcp(info: &mut PacketInfo, ihl: u16, b: [u8; 2]) {
     info.tcp_flags = b[1];
     let hdrs = ihl + u16::from(b[0] >> 4) * 4;
     info.payload_len = info.ip_len.saturating_sub(hdrs);
@@ -204,7 +236,7 @@ pub const fn dns_question_offset(l4_off: usize) -> usize {
 }
 
 #[inline(always)]
-pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)> {
+pub fn parse_ip_at(ctx: &TcContext, ip_off: usize, info: &mut PacketInfo) -> Option<usize> {
     let ip: Ipv4Hdr = ctx.load(ip_off).ok()?;
     let l4_known = ip.proto == IPPROTO_ICMP || ip.proto == IPPROTO_UDP || ip.proto == IPPROTO_TCP;
     if ip.ver_ihl >> 4 != 4 || !l4_known {
@@ -215,38 +247,52 @@ pub fn parse_ip_at(ctx: &TcContext, ip_off: usize) -> Option<(PacketInfo, usize)
         return None;
     }
     let l4_off = ip_off + ihl;
-    let mut info = ip_info(&ip);
+    *info = ip_info(&ip);
     let l4: L4Head = ctx.load(l4_off).ok()?;
-    fill_l4(&mut info, &l4);
+    fill_l4(info, &l4);
     if info.proto == IPPROTO_TCP {
         // Absent from the 8 bytes an ICMP error may quote: then left 0.
         if let Ok(b) = ctx.load::<[u8; 2]>(l4_off + 12) {
-            fill_tcp(&mut info, ihl as u16, b);
+            fill_tcp(info, ihl as u16, b);
         }
     }
-    if is_dns(&info) {
-        fill_dns(&mut info, ctx.load(l4_off + 8).ok()?);
+    if is_dns(info) {
+        fill_dns(info, ctx.load(l4_off + 8).ok()?);
     }
     if info.proto == IPPROTO_UDP && is_dhcp_ports(info.sport, info.dport) {
-        fill_dhcp(ctx, &mut info, l4_off)?;
+        fill_dhcp(ctx, info, l4_off)?;
     }
-    Some((info, l4_off))
+    Some(l4_off)
 }
 
 /// The DNS header's bytes pathtrace reads: the id and the flags.
-const DNS_HEAD_LEN: usize = 4;
+pub const DNS_HEAD_LEN: usize = 4;
 
 #[inline(always)]
-fn is_dns(info: &PacketInfo) -> bool {
+pub fn is_dns(info: &PacketInfo) -> bool {
     info.proto == IPPROTO_UDP && (info.sport == DNS_PORT || info.dport == DNS_PORT)
 }
 
 /// DNS header: id, then flags whose low 4 bits are the RCODE (of a response).
 #[inline(always)]
-fn fill_dns(info: &mut PacketInfo, head: [u8; DNS_HEAD_LEN]) {
+pub fn fill_dns(info: &mut PacketInfo, head: [u8; DNS_HEAD_LEN]) {
     info.id = u16::from_be_bytes([head[0], head[1]]);
     if info.sport == DNS_PORT {
         info.code = head[3] & 0x0f;
+    }
+}
+
+/// The IP packet at kernel address `ip`, whichever its version (deep mode's
+/// kprobes: the header as it is at that function).
+#[inline(always)]
+pub fn read_ip(ip: u64, pkt: &mut PacketInfo) {
+    let Ok(first) = (unsafe { bpf_probe_read_kernel(ip as *const u8) }) else {
+        return;
+    };
+    if first >> 4 == 6 {
+        crate::packet6::read_ipv6(ip, pkt);
+    } else {
+        read_ipv4(ip, pkt);
     }
 }
 

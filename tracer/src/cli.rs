@@ -100,25 +100,26 @@ pub fn with_default_command(mut args: Vec<OsString>) -> Vec<OsString> {
     after_help = "Run it while the guest pings (or resolves) the destination; it needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).\nExit status: 0 every request got its reply, 1 a drop or missing reply was found, 2 usage or environment error.\n\nLive drop points of every VM on this host: pathtrace watch --help"
 )]
 pub struct Cli {
-    /// The guest's IPv4 address.
+    /// The guest's address, IPv4 or IPv6.
     #[arg(long = "vm-ip", value_name = "IP", required_unless_present_any = ["vm", "iface"])]
-    pub vm_ip_arg: Option<Ipv4Addr>,
+    pub vm_ip_arg: Option<IpAddr>,
     /// The VM by Proxmox VMID, VM or libvirt domain name, or MAC (its address and
     /// port are read from the hypervisor's configuration), instead of --vm-ip.
     #[arg(long, value_name = "ID|NAME|MAC")]
     pub vm: Option<String>,
     /// The guest's address: --vm-ip, or the one --vm resolves to.
-    #[arg(skip = Ipv4Addr::UNSPECIFIED)]
-    pub vm_ip: Ipv4Addr,
-    /// The destination the guest is trying to reach; DEST:PORT is short for
+    #[arg(skip = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub vm_ip: IpAddr,
+    /// The destination the guest is trying to reach (IPv4 or IPv6, of the
+    /// guest's family); DEST:PORT ([DEST]:PORT for IPv6) is short for
     /// `--to DEST --port PORT` (and means `--proto tcp` unless `--proto udp`).
     /// `--proto arp`: the address asked for (default: the guest's gateway);
     /// `--proto dhcp`: not needed.
     #[arg(long = "to", value_name = "DEST[:PORT]", value_parser = dest_arg)]
     pub to_arg: Option<Dest>,
     /// The destination's address (from --to).
-    #[arg(skip = Ipv4Addr::UNSPECIFIED)]
-    pub to: Ipv4Addr,
+    #[arg(skip = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub to: IpAddr,
     /// Which of the guest's packets to follow: ping, DNS, or a TCP/UDP service
     /// on --port.
     #[arg(long, value_enum)]
@@ -180,23 +181,23 @@ pub enum Proto {
 /// `--to DEST[:PORT]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dest {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: Option<u16>,
 }
 
+/// `ADDRESS`, `IPV4:PORT` or `[IPV6]:PORT`.
 fn dest_arg(s: &str) -> Result<Dest, String> {
     if let Ok(ip) = s.parse() {
         return Ok(Dest { ip, port: None });
     }
-    let bad = || format!("{s:?} is not an IPv4 address or ADDRESS:PORT");
-    let (ip, port) = s.split_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if port == 0 {
+    let bad = || format!("{s:?} is not an IP address, IPV4:PORT or [IPV6]:PORT");
+    let at = s.parse::<SocketAddr>().map_err(|_| bad())?;
+    if at.port() == 0 {
         return Err(bad());
     }
     Ok(Dest {
-        ip: ip.parse().map_err(|_| bad())?,
-        port: Some(port),
+        ip: at.ip(),
+        port: Some(at.port()),
     })
 }
 
@@ -205,7 +206,16 @@ impl Cli {
     /// (a port alone means TCP) and its port. A contradiction is a usage error.
     pub fn settle(&mut self) -> anyhow::Result<()> {
         // DHCP and ARP may have no --to (dhcparp::resolve fills it in).
-        self.to = self.to_arg.map_or(Ipv4Addr::UNSPECIFIED, |d| d.ip);
+        self.to = self
+            .to_arg
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |d| d.ip);
+        let v6 = |ip: Option<IpAddr>| ip.map(|a| a.is_ipv6());
+        let (vm6, to6) = (v6(self.vm_ip_arg), v6(self.to_arg.map(|d| d.ip)));
+        if let (Some(a), Some(b)) = (vm6, to6) {
+            if a != b {
+                anyhow::bail!("--vm-ip and --to must be of one family (both IPv4 or both IPv6)");
+            }
+        }
         let port = match (self.to_arg.and_then(|d| d.port), self.port) {
             (Some(a), Some(b)) if a != b => {
                 anyhow::bail!("--to gives port {a} but --port {b}")
@@ -218,6 +228,12 @@ impl Cli {
             None => Proto::Icmp,
         });
         self.proto = Some(proto);
+        if matches!(proto, Proto::Dhcp | Proto::Arp) && (vm6 == Some(true) || to6 == Some(true)) {
+            anyhow::bail!(
+                "--proto {} is IPv4's (DHCPv6 and neighbour discovery are not traced)",
+                proto.word()
+            );
+        }
         match (proto.has_port(), port) {
             (true, None) => anyhow::bail!(
                 "--proto {} needs the service's port: --port N or --to DEST:PORT",
@@ -483,6 +499,56 @@ mod tests {
             "192.0.2.100",
             "--to",
             "203.0.113.8:x"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn ipv6_addresses_and_bracketed_ports() {
+        let cli = |args: &[&str]| match top(args).unwrap().command {
+            Command::Trace(mut c) => c.settle().map(|_| c),
+            _ => unreachable!(),
+        };
+        let c = cli(&[
+            "p",
+            "--vm-ip",
+            "2001:db8:1::100",
+            "--to",
+            "2001:db8:ffff::53",
+        ])
+        .unwrap();
+        assert_eq!(c.to, "2001:db8:ffff::53".parse::<IpAddr>().unwrap());
+        assert_eq!((c.port, c.proto()), (None, Proto::Icmp));
+        let c = cli(&[
+            "p",
+            "--vm-ip",
+            "2001:db8:1::100",
+            "--to",
+            "[2001:db8::1]:53",
+            "--proto",
+            "udp",
+        ])
+        .unwrap();
+        assert_eq!((c.to.to_string(), c.port), ("2001:db8::1".into(), Some(53)));
+        // One family per trace; DHCP and ARP are IPv4's.
+        assert!(cli(&["p", "--vm-ip", "2001:db8:1::100", "--to", "203.0.113.8"]).is_err());
+        assert!(cli(&[
+            "p",
+            "--vm-ip",
+            "2001:db8:1::100",
+            "--proto",
+            "arp",
+            "--to",
+            "2001:db8:1::1"
+        ])
+        .is_err());
+        // An unbracketed IPv6 address with a port is ambiguous: refused.
+        assert!(top(&[
+            "p",
+            "--vm-ip",
+            "2001:db8:1::100",
+            "--to",
+            "2001:db8::1:53:x"
         ])
         .is_err());
     }

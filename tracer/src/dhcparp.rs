@@ -1,7 +1,7 @@
 //! `--proto dhcp|arp`: who the guest is when it may have no address yet, and
 //! what it asks about when `--to` is not given.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{bail, Result};
 
@@ -28,8 +28,18 @@ pub fn resolve(cli: &mut Cli, host: &Host, all: &[VmNic]) -> Result<Vec<VmNic>> 
         bail!("give --vm-ip IP or --vm ID|NAME|MAC");
     }
     let resolved = match (cli.vm_ip_arg, cli.vm.as_deref()) {
-        (None, None) => Ok((Ipv4Addr::UNSPECIFIED, Vec::new())),
-        (ip, vm) => doctor::resolve_vm(host, ip, vm, all, &cli.config_root),
+        (None, None) => Ok((Ipv4Addr::UNSPECIFIED.into(), Vec::new())),
+        (Some(IpAddr::V6(ip)), vm) => Ok((IpAddr::V6(ip), configured(all, vm))),
+        (None, Some(vm)) if cli.to_arg.is_some_and(|d| d.ip.is_ipv6()) => {
+            resolve_vm6(host, all, vm)
+        }
+        (ip, vm) => {
+            let ip = ip.map(|ip| match ip {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => unreachable!("IPv6 handled above"),
+            });
+            doctor::resolve_vm(host, ip, vm, all, &cli.config_root).map(|(ip, n)| (ip.into(), n))
+        }
     };
     let (ip, nics) = match resolved {
         Ok(found) => found,
@@ -40,18 +50,41 @@ pub fn resolve(cli: &mut Cli, host: &Host, all: &[VmNic]) -> Result<Vec<VmNic>> 
             if !l2 || nics.is_empty() {
                 return Err(e);
             }
-            (Ipv4Addr::UNSPECIFIED, nics)
+            (Ipv4Addr::UNSPECIFIED.into(), nics)
         }
     };
     cli.vm_ip = ip;
+    let ip4 = match ip {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    };
     cli.to = match (proto, cli.to_arg) {
         (_, Some(to)) => to.ip,
-        (Proto::Dhcp, None) => BROADCAST,
-        _ => gateway_of(host, &nics, ip).ok_or_else(|| {
+        (Proto::Dhcp, None) => BROADCAST.into(),
+        _ => gateway_of(host, &nics, ip4).map(IpAddr::V4).ok_or_else(|| {
             anyhow::anyhow!("no gateway known for this guest (its bridge has no IPv4 address): give --to ADDR, the address it asks for")
         })?,
     };
     Ok(nics)
+}
+
+/// `--vm` with an IPv6 `--to`: the VM's global IPv6 address as the host's
+/// neighbour table knows it for the VM's MAC (configurations name IPv4 only).
+fn resolve_vm6(host: &Host, all: &[VmNic], vm: &str) -> Result<(IpAddr, Vec<VmNic>)> {
+    let nics = configured(all, Some(vm));
+    if nics.is_empty() {
+        bail!("no VM \"{vm}\" in this host's Proxmox or libvirt configuration (by VMID, name or MAC); give its --vm-ip instead");
+    }
+    let ip = nics
+        .iter()
+        .find_map(|n| host.ip6s_of_mac(&n.mac.to_lowercase()).first().copied());
+    match ip {
+        Some(ip) => Ok((IpAddr::V6(ip), nics)),
+        None => bail!(
+            "no IPv6 address of VM \"{vm}\" is known (no neighbour entry for its MAC {}): give --vm-ip",
+            nics[0].mac
+        ),
+    }
 }
 
 fn configured(all: &[VmNic], vm: Option<&str>) -> Vec<VmNic> {

@@ -37,11 +37,18 @@ const MAX_PACKETS: usize = 100_000;
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// Which request (and which way) a packet belongs to: protocol, id, ICMP seq.
 type FlowKey = (u8, u8, u16, u16);
 
 fn key(role: u8, proto: u8, id: u16, seq: u16) -> FlowKey {
+    // ICMPv6 is ICMP here: a verdict names an echo by id and sequence alone.
+    let proto = if proto == IPPROTO_ICMPV6 {
+        IPPROTO_ICMP
+    } else {
+        proto
+    };
     // A DNS exchange is one id; the seq field means nothing there.
     let seq = if proto == IPPROTO_UDP { 0 } else { seq };
     (role, proto, id, seq)

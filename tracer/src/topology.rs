@@ -5,11 +5,13 @@
 //!
 //! Read from the host model ([`crate::host::Host`]: the kernel's own tables, in
 //! the network namespace pathtrace runs in). Nothing here assumes names or
-//! addresses: every fact comes from those tables.
+//! addresses: every fact comes from those tables. Addresses are of either
+//! family: an IPv6 guest is found by the host's NDP entries as an IPv4 one by
+//! its ARP entries.
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::MetadataExt,
 };
 
@@ -53,9 +55,9 @@ pub struct ChainHop {
 
 #[derive(Debug, Clone)]
 pub struct Topology {
-    pub vm_ip: Ipv4Addr,
+    pub vm_ip: IpAddr,
     pub vm_mac: Option<String>,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// How the port was found: known, named, configured, or guessed (then the
     /// operator is told so).
     pub evidence: Evidence,
@@ -72,7 +74,9 @@ pub struct Topology {
     /// The interface the route to `dst` leaves by; None when `dst` is local or
     /// unroutable, or reached through the guest's own bridge.
     pub uplink: Option<Iface>,
-    pub gateway: Option<Ipv4Addr>,
+    /// The next hop of the route to `dst` (for IPv6 often the router's
+    /// link-local address).
+    pub gateway: Option<IpAddr>,
     /// The route lookup failed outright (no route to `dst`).
     pub unroutable: bool,
     /// `dst` is an address of this host (the guest talks to the hypervisor itself).
@@ -80,10 +84,11 @@ pub struct Topology {
     /// `dst` is on the guest's own bridge (another guest): its packets are bridged,
     /// not routed.
     pub bridged: bool,
-    /// The VM LAN as configured on the bridge (or port), e.g. 192.0.2.0/24.
-    pub vm_subnet: Option<(Ipv4Addr, u8)>,
-    /// IPv4 addresses of the uplink.
-    pub uplink_addrs: Vec<Ipv4Addr>,
+    /// The VM LAN as configured on the bridge (or port), e.g. 192.0.2.0/24
+    /// (of the guest's family).
+    pub vm_subnet: Option<(IpAddr, u8)>,
+    /// Addresses of the uplink, of the guest's family.
+    pub uplink_addrs: Vec<IpAddr>,
     /// Inode of the network namespace everything above lives in.
     pub netns_inum: u32,
     /// Every interface of this namespace by index (names drop locations).
@@ -107,8 +112,8 @@ impl Topology {
     /// (the guest has not talked yet).
     pub fn discover(
         host: &Host,
-        vm_ip: Ipv4Addr,
-        dst: Ipv4Addr,
+        vm_ip: IpAddr,
+        dst: IpAddr,
         iface: Option<&str>,
         nics: &[VmNic],
     ) -> Result<Self> {
@@ -123,12 +128,7 @@ impl Topology {
     }
 
     /// The path from the given VM port(s).
-    pub fn for_ports(
-        host: &Host,
-        vm_ip: Ipv4Addr,
-        dst: Ipv4Addr,
-        location: Location,
-    ) -> Result<Self> {
+    pub fn for_ports(host: &Host, vm_ip: IpAddr, dst: IpAddr, location: Location) -> Result<Self> {
         let Location {
             ports: port_names,
             mac: vm_mac,
@@ -184,14 +184,32 @@ impl Topology {
 
     fn apply_route(&mut self, host: &Host, route: &Route) {
         self.dst_local = route.kind == RouteKind::Local;
-        self.gateway = route.gateway;
+        self.gateway = route.next_hop();
         let dev = host.route_dev(route).unwrap_or_default();
         let inbound = self.inbound().name.clone();
         self.bridged = !self.dst_local && self.bridge.is_some() && dev == inbound;
         if !self.dst_local && dev != inbound && !dev.is_empty() {
             self.uplink = iface_by_name(host, dev);
-            self.uplink_addrs = host.inet_addrs(dev).into_iter().map(|(a, _)| a).collect();
+            self.uplink_addrs = addrs_of(host, dev, self.vm_ip)
+                .into_iter()
+                .map(|(a, _)| a)
+                .collect();
         }
+    }
+
+    /// The guest's IPv4 address (unspecified for an IPv6 guest): for what
+    /// knows IPv4 only (the doctor's IPv4 checks).
+    pub fn vm_ip4(&self) -> Ipv4Addr {
+        v4_or_unspecified(self.vm_ip)
+    }
+
+    /// The destination as IPv4 (unspecified for an IPv6 one).
+    pub fn dst4(&self) -> Ipv4Addr {
+        v4_or_unspecified(self.dst)
+    }
+
+    pub fn is_v6(&self) -> bool {
+        self.vm_ip.is_ipv6()
     }
 
     /// Where the guest's packets enter the host's IP stack: its bridge, or its port
@@ -369,7 +387,7 @@ fn iface_by_name(host: &Host, name: &str) -> Option<Iface> {
 /// The bridge whose own subnet holds `vm_ip`, and every port below it: where the
 /// VM must be when the host's tables have forgotten it (a port that lost carrier
 /// takes the bridge's neighbour entries with it).
-pub fn subnet_ports(host: &Host, vm_ip: Ipv4Addr) -> Option<(String, Vec<String>)> {
+pub fn subnet_ports(host: &Host, vm_ip: IpAddr) -> Option<(String, Vec<String>)> {
     let (bridge, _) = locate::subnet_bridge(host, vm_ip)?;
     let ports = host.leaf_ports(&bridge, None, 0);
     Some((bridge, ports))
@@ -381,8 +399,8 @@ pub fn subnet_ports(host: &Host, vm_ip: Ipv4Addr) -> Option<(String, Vec<String>
 /// firewall bridges, on which port there. If an FDB entry aged out, every port
 /// below that bridge is a candidate. None when no neighbour entry knows the IP.
 type Found = (Vec<String>, Option<String>);
-fn find_vm_ports(host: &Host, vm_ip: Ipv4Addr) -> Result<Option<Found>> {
-    let Some(entry) = host.neighbours_of(vm_ip.into()).find(|n| n.resolved()) else {
+fn find_vm_ports(host: &Host, vm_ip: IpAddr) -> Result<Option<Found>> {
+    let Some(entry) = host.neighbours_of(vm_ip).find(|n| n.resolved()) else {
         return Ok(None);
     };
     let dev = host.name_of(entry.index).unwrap_or_default().to_string();
@@ -471,28 +489,61 @@ fn chain_of(
 
 /// The route the host would use to forward the guest's packet to `dst`; falls back
 /// to a plain lookup when the forwarding lookup is refused (e.g. forwarding off).
-fn route_to(host: &Host, dst: Ipv4Addr, vm_ip: Ipv4Addr, inbound: &str) -> Option<Route> {
+fn route_to(host: &Host, dst: IpAddr, vm_ip: IpAddr, inbound: &str) -> Option<Route> {
     [Some((vm_ip, inbound)), None].into_iter().find_map(|from| {
-        host.route_get(dst, from)
+        host.route_lookup(dst, from)
             .filter(|r| r.kind != RouteKind::Refused)
     })
 }
 
+/// The addresses of `dev` of `like`'s family, with their prefix lengths.
+fn addrs_of(host: &Host, dev: &str, like: IpAddr) -> Vec<(IpAddr, u8)> {
+    let Some(index) = host.index_of(dev) else {
+        return Vec::new();
+    };
+    host.addrs
+        .iter()
+        .filter(|a| a.index == index && a.addr.is_ipv6() == like.is_ipv6())
+        .map(|a| (a.addr, a.prefix))
+        .collect()
+}
+
 /// The configured subnet on `dev` that contains `ip`, as (network, prefix length).
-fn subnet_of(host: &Host, dev: &str, ip: Ipv4Addr) -> Option<(Ipv4Addr, u8)> {
-    host.inet_addrs(dev)
+fn subnet_of(host: &Host, dev: &str, ip: IpAddr) -> Option<(IpAddr, u8)> {
+    addrs_of(host, dev, ip)
         .into_iter()
-        .map(|(a, len)| (network(a, len), len))
-        .find(|(net, len)| network(ip, *len) == *net)
+        .map(|(a, len)| (net_of(a, len), len))
+        .find(|(net, len)| net_of(ip, *len) == *net)
 }
 
 pub fn network(ip: Ipv4Addr, len: u8) -> Ipv4Addr {
     let mask = if len == 0 {
         0
     } else {
-        u32::MAX << (32 - len as u32)
+        u32::MAX << (32 - len.min(32) as u32)
     };
     Ipv4Addr::from(u32::from(ip) & mask)
+}
+
+/// The network of `ip`/`len`, of either family.
+pub fn net_of(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => IpAddr::V4(network(a, len)),
+        IpAddr::V6(a) => {
+            let mask = match len {
+                0 => 0,
+                n => u128::MAX << (128 - u32::from(n.min(128))),
+            };
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
+    }
+}
+
+fn v4_or_unspecified(ip: IpAddr) -> Ipv4Addr {
+    match ip {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    }
 }
 
 pub(crate) fn current_netns_inum() -> Result<u32> {
@@ -510,6 +561,10 @@ mod tests {
         assert_eq!(network(ip, 24), Ipv4Addr::new(192, 0, 2, 0));
         assert_eq!(network(ip, 0), Ipv4Addr::new(0, 0, 0, 0));
         assert_eq!(network(ip, 32), ip);
+        let ip6: IpAddr = "2001:db8:1::100".parse().unwrap();
+        assert_eq!(net_of(ip6, 64), "2001:db8:1::".parse::<IpAddr>().unwrap());
+        assert_eq!(net_of(ip6, 0), "::".parse::<IpAddr>().unwrap());
+        assert_eq!(net_of(ip6, 128), ip6);
     }
 
     /// Proxmox with the firewall on: tap105i0 in fwbr105i0, joined to vmbr0 by
@@ -590,6 +645,50 @@ mod tests {
             [("bond0", "bond0.20"), ("eno1", "bond0"), ("eno2", "bond0")]
         );
         assert!(lowers_of(&host, &[out("vmbr1.30")]).is_empty());
+    }
+
+    /// An IPv6 guest is found by the host's NDP entry and the bridge's FDB, as
+    /// an IPv4 one by ARP; its subnet is the bridge's global /64, never the
+    /// link-local one every bridge has.
+    #[test]
+    fn finds_an_ipv6_guest_by_its_neighbour_entry() {
+        use serde_json::json;
+        let links = json!([
+            {"ifindex":3,"ifname":"vmbr0","linkinfo":{"info_kind":"bridge"}},
+            {"ifindex":4,"ifname":"tap100i0","master":"vmbr0","linkinfo":{"info_kind":"tun"}},
+            {"ifindex":5,"ifname":"tap101i0","master":"vmbr0","linkinfo":{"info_kind":"tun"}}
+        ]);
+        let addrs = json!([{"ifname":"vmbr0","addr_info":[
+            {"local":"fe80::1","prefixlen":64},
+            {"local":"192.0.2.1","prefixlen":24},
+            {"local":"2001:db8:1::1","prefixlen":64}]}]);
+        let neigh = json!([
+            {"dst":"2001:db8:1::100","dev":"vmbr0","lladdr":"52:54:00:00:01:00","state":["REACHABLE"]},
+            {"dst":"192.0.2.101","dev":"vmbr0","lladdr":"52:54:00:00:01:01","state":["REACHABLE"]}
+        ]);
+        let fdb = json!([
+            {"mac":"52:54:00:00:01:00","ifname":"tap100i0","master":"vmbr0","state":""},
+            {"mac":"52:54:00:00:01:01","ifname":"tap101i0","master":"vmbr0","state":""}
+        ]);
+        let host = Host::from_iproute2(&links, &addrs, &neigh, &fdb);
+        let vm: IpAddr = "2001:db8:1::100".parse().unwrap();
+        let found = find_vm_ports(&host, vm).unwrap().unwrap();
+        assert_eq!(
+            found,
+            (
+                vec!["tap100i0".to_string()],
+                Some("52:54:00:00:01:00".into())
+            )
+        );
+        let (bridge, subnet) = locate::subnet_bridge(&host, vm).unwrap();
+        assert_eq!(bridge, "vmbr0");
+        assert_eq!(subnet, ("2001:db8:1::".parse().unwrap(), 64));
+        assert_eq!(
+            subnet_of(&host, "vmbr0", vm),
+            Some(("2001:db8:1::".parse().unwrap(), 64))
+        );
+        // An address the host knows nothing of, in no bridge's subnet.
+        assert!(locate::subnet_bridge(&host, "2001:db8:9::1".parse().unwrap()).is_none());
     }
 
     #[test]

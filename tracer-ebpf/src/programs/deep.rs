@@ -69,7 +69,7 @@ fn hop(ctx: &ProbeContext, skb: Option<u64>) -> u32 {
         let nh = unsafe { bpf_probe_read_kernel((skb + cfg.skb_nh_off as u64) as *const u16) }
             .unwrap_or(HEADER_UNSET);
         if head != 0 && nh != HEADER_UNSET {
-            crate::packet::read_ipv4(head + nh as u64, &mut event.pkt);
+            crate::packet::read_ip(head + nh as u64, &mut event.pkt);
         }
     }
     emit(&event);

@@ -16,7 +16,7 @@ use tracer_common::{
 
 use crate::{
     maps::{config, following, maybe_followed, request_recent, requests_seen, same_addr, REQ_IDS},
-    packet::{parse_ip_at, IPPROTO_TCP, IPPROTO_UDP},
+    packet::{parse_quoted, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 /// `--proto tcp|udp` asks for this IP protocol.
@@ -112,7 +112,8 @@ pub fn classify_error(
     l4_off: usize,
     cfg: &Config,
 ) -> Option<(u8, u8)> {
-    let (inner, _) = parse_ip_at(ctx, l4_off + 8)?;
+    let mut inner = PacketInfo::default();
+    parse_quoted(ctx, pkt, l4_off, &mut inner)?;
     let ours = wanted(inner.proto, cfg)
         && same_addr(&inner.daddr, &cfg.dst_ip)
         && inner.dport == cfg.dst_port

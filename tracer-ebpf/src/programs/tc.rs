@@ -19,23 +19,22 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    req_key, Addr, Config, Event, EventKind, NameEvent, PacketEvent, PacketInfo, Tracked,
-    CNT_RINGBUF_FULL, CNT_SKIPPED, DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PKT_ARP,
-    PKT_DHCP, PROTO_ARP, PROTO_DHCP, PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
+    req_key, Addr, Config, Event, EventKind, NameEvent, PacketEvent, PacketInfo, CNT_RINGBUF_FULL,
+    CNT_SKIPPED, DIR_EGRESS, DIR_INGRESS, DNS_NAME_LEN, FLAG_ICMP_ERROR, PKT_ARP, PKT_DHCP,
+    PROTO_ARP, PROTO_DHCP, PROTO_DNS, PROTO_ICMP, ROLE_REPLY, ROLE_REQUEST, SNAP_LEN,
 };
 
 use super::flow;
 use crate::{
     dhcparp::{is_client_message, parse_arp, ARP_REPLY, ARP_REQUEST},
+    icmp::{self, is_icmp},
     maps::{
-        armed, as_number, budget_left, config, count, emit, following, maybe_followed,
-        maybe_tracked, note_followed, note_request, request_recent, requests_seen, same_addr,
-        take_slot, track, tracked, untrack, EVENTS, REQ_IDS,
+        armed, as_number, budget_left, config, count, following, maybe_followed, maybe_tracked,
+        note_followed, note_request, request_recent, requests_seen, same_addr, take_slot, track,
+        tracked, untrack, EVENTS, REQ_IDS,
     },
-    packet::{
-        dns_question_offset, parse, parse_ip_at, DNS_PORT, ICMP_DEST_UNREACH, ICMP_ECHO,
-        ICMP_ECHOREPLY, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_UDP,
-    },
+    packet::{dns_question_offset, parse, parse_quoted, DNS_PORT, IPPROTO_ICMP, IPPROTO_UDP},
+    packet6::IPPROTO_ICMPV6,
 };
 
 #[classifier]
@@ -72,7 +71,8 @@ pub fn pathtrace_tc_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn observe(ctx: &TcContext, dir: u8, port: bool) {
     let starts = port && dir == DIR_INGRESS;
-    let Some((mut pkt, l4_off)) = parse(ctx).or_else(|| parse_arp_if_asked(ctx)) else {
+    let mut pkt = PacketInfo::default();
+    let Some(l4_off) = parse(ctx, &mut pkt).or_else(|| parse_arp_if_asked(ctx, &mut pkt)) else {
         return;
     };
     if flow::wanted(pkt.proto, config()) {
@@ -92,29 +92,39 @@ fn observe(ctx: &TcContext, dir: u8, port: bool) {
     // The clock is read only for a packet that is followed: a flood's packets
     // that pass the filter above (skipped requests, an id like a followed one's)
     // never pay for it.
-    let Some((role, flags, new, now)) = classify(ctx, &mut pkt, l4_off, skb, starts) else {
+    let Some((role, flags, new, now)) = classify(ctx, &mut pkt, l4_off, starts) else {
         return;
     };
-    let event = Event {
-        ts_ns: now,
-        skb,
-        kind: EventKind::Tc as u8,
-        dir,
-        role,
-        flags,
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
-        pkt,
-        ..Event::default()
+    // Written in place in the ring buffer, not built on the stack (the TC
+    // programs and `classify` share 512 bytes of it).
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(CNT_RINGBUF_FULL);
+        return;
     };
-    emit(&event);
+    // SAFETY: the entry is ours until submitted; every field is written here.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.ts_ns = now;
+    event.skb = skb;
+    event.location = 0;
+    event.kind = EventKind::Tc as u8;
+    event.dir = dir;
+    event.role = role;
+    event.flags = flags;
+    event.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    event.reason = 0;
+    event.netns = 0;
+    event.pkt = pkt;
+    // The events below come after this one in the ring (reserved later), even
+    // though this one is submitted last.
     if new && role == ROLE_REQUEST && pkt.proto == IPPROTO_UDP && pkt.dport == DNS_PORT {
-        emit_dns_name(ctx, &event, l4_off);
+        emit_dns_name(ctx, event, l4_off);
     }
     // Only with --pcap: followed packets are few, so the copy stays cheap, and
     // without it this is one compare of a read-only global.
     if config().capture != 0 {
-        emit_packet(ctx, &event);
+        emit_packet(ctx, event);
     }
+    entry.submit(crate::maps::wakeup_flags());
 }
 
 /// `--pcap`: the followed packet's first bytes as they are at this hook.
@@ -165,17 +175,16 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
     }
     match pkt.proto {
         // An ICMP error may answer a TCP/UDP service flow.
-        IPPROTO_ICMP
-            if flow::any_wanted(cfg)
-                && (pkt.icmp_type == ICMP_DEST_UNREACH || pkt.icmp_type == ICMP_TIME_EXCEEDED) =>
+        IPPROTO_ICMP | IPPROTO_ICMPV6
+            if flow::any_wanted(cfg) && icmp::kind(pkt) == icmp::ERROR =>
         {
             true
         }
-        IPPROTO_ICMP if cfg.protos & PROTO_ICMP != 0 => match pkt.icmp_type {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if cfg.protos & PROTO_ICMP != 0 => match icmp::kind(pkt) {
             // The guest's echo starts being followed where it enters; anywhere
             // else an echo is ours only as a followed packet seen again (maybe
             // after NAT), which its skb's hint slot tells at once.
-            ICMP_ECHO => {
+            icmp::ECHO => {
                 same_addr(&pkt.daddr, &cfg.dst_ip)
                     && ((starts && same_addr(&pkt.saddr, &cfg.vm_ip))
                         || maybe_tracked(as_number(skb_ptr)))
@@ -183,12 +192,12 @@ fn may_concern_flow(pkt: &PacketInfo, starts: bool, skb_ptr: u64) -> bool {
             // Replies are only looked for once a request was seen, and only
             // those to a followed echo: a reply to one of a flood's skipped echoes
             // costs two array loads here.
-            ICMP_ECHOREPLY => {
+            icmp::REPLY => {
                 same_addr(&pkt.saddr, &cfg.dst_ip)
                     && requests_seen()
                     && maybe_followed(pkt.id, pkt.seq)
             }
-            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => true,
+            icmp::ERROR => true,
             _ => false,
         },
         // Any address: a DNAT may change the resolver's. A query of the guest
@@ -227,7 +236,7 @@ fn is_guest_request(pkt: &PacketInfo, cfg: &Config) -> bool {
         _ => {}
     }
     let what = match pkt.proto {
-        IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => icmp::kind(pkt) == icmp::ECHO,
         IPPROTO_UDP if cfg.protos & PROTO_DNS != 0 => pkt.dport == DNS_PORT,
         p if flow::wanted(p, cfg) => return flow::is_new_request(pkt, cfg),
         _ => false,
@@ -277,14 +286,18 @@ fn load_upto(ctx: &TcContext, off: usize, dst: &mut [u8; DNS_NAME_LEN]) {
 
 /// Decide whether this packet belongs to the traced flow; start tracking it if so.
 /// Returns (role, flags, newly tracked, the time it was seen).
-#[inline(always)]
+///
+/// Not inlined: a BPF subprogram with its own stack frame (the tracking entry,
+/// an ICMP error's quoted packet), apart from the parse's and the event's;
+/// reached only by packets that may be the flow's.
+#[inline(never)]
 fn classify(
     ctx: &TcContext,
     pkt: &mut PacketInfo,
     l4_off: usize,
-    skb: u64,
     starts: bool,
 ) -> Option<(u8, u8, bool, u64)> {
+    let skb = as_number(ctx.skb.skb as u64);
     let cfg = config();
     // A flood of the guest's requests with the budget spent: counted, and no
     // lookup at all.
@@ -319,11 +332,11 @@ fn classify(
         classify_dhcp(pkt)?
     } else if pkt.kind == PKT_ARP && cfg.protos & PROTO_ARP != 0 {
         classify_arp(pkt, &cfg.dst_ip)?
-    } else if pkt.proto == IPPROTO_ICMP && want_icmp {
+    } else if is_icmp(pkt.proto) && want_icmp {
         classify_icmp(ctx, pkt, l4_off, &cfg.vm_ip, &cfg.dst_ip)?
     } else if pkt.proto == IPPROTO_UDP && want_dns {
         classify_dns(pkt, &cfg.vm_ip, &cfg.dst_ip)?
-    } else if pkt.proto == IPPROTO_ICMP && flow::any_wanted(cfg) {
+    } else if is_icmp(pkt.proto) && flow::any_wanted(cfg) {
         flow::classify_error(ctx, pkt, l4_off, cfg)?
     } else if flow::wanted(pkt.proto, cfg) {
         flow::classify(pkt, cfg)?
@@ -354,16 +367,7 @@ fn classify(
         note_followed(pkt.id, pkt.seq, now);
         note_request(now);
     }
-    track(
-        skb,
-        &Tracked {
-            pkt: *pkt,
-            role,
-            flags,
-            _pad: [0; 6],
-            first_ts: now,
-        },
-    );
+    track(skb, pkt, role, flags, now);
     Some((role, flags, true, now))
 }
 
@@ -410,23 +414,23 @@ fn classify_icmp(
     vm: &Addr,
     dst: &Addr,
 ) -> Option<(u8, u8)> {
-    match pkt.icmp_type {
-        ICMP_ECHO if same_addr(&pkt.saddr, vm) && same_addr(&pkt.daddr, dst) => {
+    match icmp::kind(pkt) {
+        icmp::ECHO if same_addr(&pkt.saddr, vm) && same_addr(&pkt.daddr, dst) => {
             Some((ROLE_REQUEST, 0))
         }
-        ICMP_ECHOREPLY
-            if same_addr(&pkt.saddr, dst) && is_known_request(IPPROTO_ICMP, pkt.id, pkt.seq) =>
+        icmp::REPLY
+            if same_addr(&pkt.saddr, dst) && is_known_request(pkt.proto, pkt.id, pkt.seq) =>
         {
             Some((ROLE_REPLY, 0))
         }
-        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED => {
+        icmp::ERROR => {
             // An error quoting one of the guest's requests (its IP header follows the
             // 8-byte ICMP header) is the answer to that request.
-            let (inner, _) = parse_ip_at(ctx, l4_off + 8)?;
-            let ours = inner.proto == IPPROTO_ICMP
-                && inner.icmp_type == ICMP_ECHO
+            let mut inner = PacketInfo::default();
+            parse_quoted(ctx, pkt, l4_off, &mut inner)?;
+            let ours = icmp::kind(&inner) == icmp::ECHO
                 && same_addr(&inner.daddr, dst)
-                && is_known_request(IPPROTO_ICMP, inner.id, inner.seq);
+                && is_known_request(inner.proto, inner.id, inner.seq);
             if !ours {
                 return None;
             }
@@ -455,11 +459,11 @@ fn classify_dns(pkt: &PacketInfo, vm: &Addr, dst: &Addr) -> Option<(u8, u8)> {
 
 /// `--proto arp`, ahead of everything else only when asked: ARP is not IPv4.
 #[inline(always)]
-fn parse_arp_if_asked(ctx: &TcContext) -> Option<(PacketInfo, usize)> {
+fn parse_arp_if_asked(ctx: &TcContext, info: &mut PacketInfo) -> Option<usize> {
     if config().protos & PROTO_ARP == 0 {
         return None;
     }
-    parse_arp(ctx)
+    parse_arp(ctx, info)
 }
 
 /// A client's message is a request (only its port's ingress starts following

@@ -409,3 +409,5 @@ fn decide(t: &Trace, now: u64, reply_wait: u64) -> Option<Outcome> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v6;

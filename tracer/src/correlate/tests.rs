@@ -2,12 +2,12 @@ use super::*;
 
 use tracer_common::{PacketInfo, DIR_INGRESS, ROLE_REQUEST};
 
-const TAP: u32 = 4;
-const BR: u32 = 3;
-const UP: u32 = 2;
+pub(super) const TAP: u32 = 4;
+pub(super) const BR: u32 = 3;
+pub(super) const UP: u32 = 2;
 const NS: u32 = 4026532000;
 
-fn ctx() -> PathCtx {
+pub(super) fn ctx() -> PathCtx {
     PathCtx {
         roles: HashMap::from([(TAP, Role::Port), (BR, Role::Bridge), (UP, Role::Uplink)]),
         netns: NS,
@@ -34,7 +34,7 @@ const VM: [u8; 4] = [192, 0, 2, 100];
 const WAN: [u8; 4] = [198, 51, 100, 2];
 const DST: [u8; 4] = [203, 0, 113, 8];
 
-fn tc(skb: u64, ts: u64, ifindex: u32, dir: u8, role: u8, p: PacketInfo) -> Event {
+pub(super) fn tc(skb: u64, ts: u64, ifindex: u32, dir: u8, role: u8, p: PacketInfo) -> Event {
     Event {
         ts_ns: ts,
         skb,

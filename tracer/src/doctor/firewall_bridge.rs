@@ -19,7 +19,7 @@ pub fn check(t: &Topology, host: &Host) -> Vec<Check> {
         .filter(|h| h.is_bridge)
         .map(|h| {
             let dev = &h.iface.name;
-            let answered = knows(host, dev, t.vm_ip);
+            let answered = knows(host, dev, t.vm_ip4());
             judge(dev, effective_arp_ignore(host, dev), answered, t)
         })
         .collect()

@@ -3,7 +3,10 @@
 //! router — member, carrier, STP state — and the router answering ARP through
 //! the bridge. Nothing here runs for routed layouts.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use super::{arp, Check, Status};
 use crate::{
@@ -104,14 +107,15 @@ fn lan_gateway(lan: &Lan, bridge: &Iface, host: &Host, passive: bool) -> Check {
     let (gw, br) = (lan.gateway, bridge.name.as_str());
     let subject = format!("{gw} via {br}");
     let state = host
-        .neighbours_of(gw.into())
+        .neighbours_of(gw)
         .find(|n| Some(n.index) == host.index_of(br))
         .map_or("none".to_string(), |n| n.state.clone());
     let fix = format!(
         "check the router {gw} and the LAN behind {br}'s physical port (its switch port, VLAN, cabling): ip neigh show dev {br}; bridge fdb show br {br}"
     );
-    if !passive {
-        if let Some(answer) = probe(gw, bridge, host) {
+    // An ARP probe: IPv4 routers only.
+    if let (false, IpAddr::V4(gw4)) = (passive, gw) {
+        if let Some(answer) = probe(gw4, bridge, host) {
             return match answer {
                 Ok(macs) if macs.is_empty() => Check::new("lan_gateway", Status::Fail, subject)
                     .evidence(format!(
@@ -168,7 +172,7 @@ fn probe(gw: Ipv4Addr, bridge: &Iface, host: &Host) -> Option<anyhow::Result<Vec
 /// The router answered: from which MACs, learned on which ports (read now:
 /// the answer itself taught the bridge). An answer learned on a guest's TAP
 /// means a guest claims the router's address.
-fn answered(gw: Ipv4Addr, br: &str, macs: &[String], fix: &str) -> Check {
+fn answered(gw: IpAddr, br: &str, macs: &[String], fix: &str) -> Check {
     let subject = format!("{gw} via {br}");
     let now = Host::read().ok();
     let mut seen = Vec::new();
@@ -235,15 +239,15 @@ mod tests {
         };
         let mut t = Topology::for_ports(
             h,
-            Ipv4Addr::new(192, 0, 2, 100),
-            Ipv4Addr::new(203, 0, 113, 8),
+            Ipv4Addr::new(192, 0, 2, 100).into(),
+            Ipv4Addr::new(203, 0, 113, 8).into(),
             location,
         )
         .unwrap();
         t.lan = Some(crate::topology::bridged::lan_of(
             h,
             "vmbr0",
-            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(192, 0, 2, 1).into(),
             &["tap100i0".into()],
         ));
         t

@@ -137,15 +137,17 @@ pub fn examine_host(
     }
     let located = match &q.iface {
         Some(i) => Ok(Location::named(i)),
-        None => topology::locate_vm(&host, vm_ip, &nics)
-            .or_else(|e| topology::bridged::first_packet_location(&host, vm_ip, dst).ok_or(e))
+        None => topology::locate_vm(&host, vm_ip.into(), &nics)
+            .or_else(|e| {
+                topology::bridged::first_packet_location(&host, vm_ip.into(), dst.into()).ok_or(e)
+            })
             .or_else(|e| candidate_ports(&host, vm_ip).ok_or(e)),
     };
     let found_by = located
         .as_ref()
         .map_or_else(|_| String::new(), |l| l.evidence.found_by());
     let topo = located
-        .and_then(|l| Topology::for_ports(&host, vm_ip, dst, l))
+        .and_then(|l| Topology::for_ports(&host, vm_ip.into(), dst.into(), l))
         .map_err(|e| format!("{e:#}"));
     Ok(Subject {
         vm_ip,
@@ -168,7 +170,7 @@ pub fn examine_host(
 /// from the tables), else the only port there is. A guess, and its `vm_port`
 /// check says so; trace mode refuses to guess (it would follow another VM).
 fn candidate_ports(host: &Host, vm_ip: Ipv4Addr) -> Option<Location> {
-    let c = topology::candidates(host, vm_ip)?;
+    let c = topology::candidates(host, vm_ip.into())?;
     let blocked: Vec<String> = c.blocked().iter().map(|(p, _)| p.to_string()).collect();
     let head = format!("no neighbour entry, FDB entry or configuration knows {vm_ip}");
     let (ports, why) = match c.ports.as_slice() {

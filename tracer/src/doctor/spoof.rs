@@ -43,10 +43,10 @@ impl Guest {
         let port = t.ports.first()?.name.clone();
         Some(Self {
             port,
-            ip: t.vm_ip,
+            ip: t.vm_ip4(),
             mac: t.vm_mac.as_deref().and_then(parse_mac),
             gateway: bridge_address(t, host),
-            dst: t.dst,
+            dst: t.dst4(),
         })
     }
 

@@ -32,6 +32,15 @@ impl Explainer {
             }
             "IP_RPFILTER" => self.blame_rp_filter(d, stage, what),
             "PKT_TOO_BIG" => self.blame_mtu(t, d, stage, what),
+            "IP_INHDR" if stage == Stage::Forward && d.pkt.is_v6() => Blame {
+                stage,
+                rule: Some(format!("IPv6 hop limit {} set by the guest", d.pkt.ttl)),
+                hint: format!(
+                    "{what} arrived with hop limit {} and expires at this host, which routes it (one hop); the guest gets ICMPv6 time exceeded — expected for traceroute, otherwise fix the guest's hop limit (sysctl net.ipv6.conf.all.hop_limit=64 inside the guest)",
+                    d.pkt.ttl
+                ),
+                ifname: None,
+            },
             "IP_INHDR" if stage == Stage::Forward => Blame {
                 stage,
                 rule: Some(format!("IP TTL {} set by the guest", d.pkt.ttl)),
@@ -65,6 +74,17 @@ impl Explainer {
 
     pub(super) fn blame_rp_filter(&self, d: &Drop, stage: Stage, what: &str) -> Blame {
         let iif = self.inbound_name(d.direction);
+        if self.topo.is_v6() {
+            // IPv6 has no rp_filter sysctl: a firewall rule does it.
+            return Blame {
+                stage,
+                rule: Some(format!("reverse-path filter on {iif}")),
+                hint: format!(
+                    "reverse-path filtering on {iif} rejects {what} (its source is not routed back via {iif}): an nft `fib saddr . iif oif missing drop` or ip6tables `rpfilter` rule; add the route back to the source, or exempt it"
+                ),
+                ifname: None,
+            };
+        }
         let value = read_sysctl(&format!("net/ipv4/conf/{iif}/rp_filter"));
         let all = read_sysctl("net/ipv4/conf/all/rp_filter");
         Blame {
@@ -98,6 +118,10 @@ impl Explainer {
             d.pkt.ip_len, inbound.name
         );
         let fate = self.frag_needed_fate(t);
+        let (answer, icmp) = match self.topo.is_v6() {
+            true => ("Packet Too Big", "ICMPv6 Packet-Too-Big"),
+            false => ("fragmentation needed", "ICMP fragmentation-needed"),
+        };
         let delivered = match (&fate, t.port_ifindex.and_then(|p| self.name(p))) {
             (service::FragNeeded::Delivered, Some(port)) => format!(
                 "; that ICMP reached the guest's port {port}, so a guest doing path-MTU discovery adapts — if its connections still stall, the guest's own firewall drops ICMP"
@@ -107,9 +131,9 @@ impl Explainer {
         if let service::FragNeeded::Eaten(rule, fix) = fate {
             return Blame {
                 stage,
-                rule: Some(format!("{mtus}; ICMP fragmentation-needed dropped by {rule}")),
+                rule: Some(format!("{mtus}; {icmp} dropped by {rule}")),
                 hint: format!(
-                    "{}: {what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answers 'fragmentation needed', but rule \"{rule}\" drops that ICMP before it reaches the guest, {}; let it through: {fix} (or make the MTUs agree: ip link set {up} mtu {in_mtu})",
+                    "{}: {what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answers '{answer}', but rule \"{rule}\" drops that ICMP before it reaches the guest, {}; let it through: {fix} (or make the MTUs agree: ip link set {up} mtu {in_mtu})",
                     service::BLACK_HOLE,
                     d.pkt.ip_len,
                     inbound.name,
@@ -122,7 +146,7 @@ impl Explainer {
             stage,
             rule: Some(mtus),
             hint: format!(
-                "{what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answered 'fragmentation needed'{delivered} — make the MTUs agree: ip link set {up} mtu {in_mtu}, or lower the guest's MTU to {up_mtu}",
+                "{what} is {} bytes{df}, more than {up}'s MTU {up_mtu} (the guest's side, {}, has MTU {in_mtu}); the host answered '{answer}'{delivered} — make the MTUs agree: ip link set {up} mtu {in_mtu}, or lower the guest's MTU to {up_mtu}",
                 d.pkt.ip_len, inbound.name
             ),
             ifname: Some(up),
@@ -178,9 +202,25 @@ impl Explainer {
 
     pub(super) fn blame_routing(&self, stage: Stage, what: &str, reason: &str) -> Blame {
         let iif = self.inbound_name(Direction::Request);
-        let global = read_sysctl("net/ipv4/ip_forward");
-        let per_if = read_sysctl(&format!("net/ipv4/conf/{iif}/forwarding"));
-        let (rule, hint) = if global.as_deref() == Some("0") {
+        let v6 = self.topo.is_v6();
+        let global = match v6 {
+            // IPv6 forwarding is decided by `all` (a device's own setting
+            // only makes it behave as a host toward its link).
+            true => read_sysctl("net/ipv6/conf/all/forwarding"),
+            false => read_sysctl("net/ipv4/ip_forward"),
+        };
+        let per_if = match v6 {
+            true => None,
+            false => read_sysctl(&format!("net/ipv4/conf/{iif}/forwarding")),
+        };
+        let (rule, hint) = if v6 && global.as_deref() == Some("0") {
+            (
+                "sysctl net.ipv6.conf.all.forwarding=0".to_string(),
+                format!(
+                    "IPv6 forwarding is off on this host, so it drops {what} instead of routing it; turn it on: sysctl -w net.ipv6.conf.all.forwarding=1 (and persist it in /etc/sysctl.d/; with forwarding on, an uplink that takes its default route from router advertisements needs accept_ra=2)"
+                ),
+            )
+        } else if global.as_deref() == Some("0") {
             (
                 "sysctl net.ipv4.ip_forward=0".to_string(),
                 format!(

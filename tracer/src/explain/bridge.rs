@@ -196,11 +196,9 @@ fn no_target_at_all(bridge: &str, what: &str, out_ports: &[String]) -> Blame {
 /// The host's view of the router `gw` on `bridge`, in words: its neighbour
 /// entry (ARP answered or not) and the port its MAC was learned on (another
 /// port than the request left by is said).
-fn router_facts(now: &Host, bridge: &str, gw: Ipv4Addr, left_by: &str) -> String {
+fn router_facts(now: &Host, bridge: &str, gw: IpAddr, left_by: &str) -> String {
     let index = now.index_of(bridge);
-    let entry = now
-        .neighbours_of(gw.into())
-        .find(|n| Some(n.index) == index);
+    let entry = now.neighbours_of(gw).find(|n| Some(n.index) == index);
     let mut facts = vec![match entry {
         Some(n) if !n.resolved() => format!(
             "it did not answer the host's own ARP on {bridge} (neighbour entry {})",
@@ -248,7 +246,7 @@ mod tests {
 
     #[test]
     fn what_the_host_knows_of_the_router() {
-        let gw = Ipv4Addr::new(192, 0, 2, 1);
+        let gw = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
         let f = router_facts(&host("eno1", "REACHABLE"), "vmbr0", gw, "eno1");
         assert!(f.contains("it answers ARP"), "{f}");
         assert!(f.contains("vmbr0 learned its MAC on eno1"), "{f}");

@@ -37,7 +37,8 @@ impl Explainer {
             (
                 None,
                 format!(
-                    "a firewall rule in the {hook} hook drops {what}, but no matching nftables or iptables rule was found; list the rule sets with counters: nft list ruleset; iptables-legacy -L -v -n"
+                    "a firewall rule in the {hook} hook drops {what}, but no matching nftables or iptables rule was found; list the rule sets with counters: nft list ruleset; {} -L -v -n",
+                    iptables::legacy_tool(&view)
                 ),
             )
         });
@@ -100,7 +101,8 @@ impl Explainer {
         what: &str,
     ) -> Option<(Option<String>, String)> {
         let c = iptables::find_culprit(hook, view)?;
-        let tool = "iptables-legacy";
+        // ip6tables-legacy for an IPv6 packet (its own rule set).
+        let tool = iptables::legacy_tool(view);
         let cmd = fix::legacy(&c, false, &self.vm_net());
         let hint = match c.number {
             Some(n) => format!(
@@ -146,7 +148,7 @@ impl Explainer {
             // After PREROUTING, conntrack has turned the reply back to the guest.
             pkt = t.reply_hops.last().map_or(pkt, |h| h.pkt);
             if stage != Stage::Prerouting {
-                pkt.daddr = tracer_common::addr_bytes(self.topo.vm_ip.into());
+                pkt.daddr = tracer_common::addr_bytes(self.topo.vm_ip);
             }
         } else {
             pkt.saddr = t.request.saddr;
@@ -156,7 +158,7 @@ impl Explainer {
             saddr: Some(pkt.src()),
             daddr: Some(pkt.dst()),
             proto: pkt.proto,
-            icmp_type: (pkt.proto == 1).then_some(pkt.icmp_type),
+            icmp_type: (pkt.proto == 1 || pkt.proto == 58).then_some(pkt.icmp_type),
             sport: l4.then_some(pkt.sport),
             dport: l4.then_some(pkt.dport),
             iifname: Some(iif),
@@ -179,6 +181,8 @@ impl Explainer {
             // ARP (`--proto arp`): `saddr`/`daddr` are its sender and target.
             l3: if pkt.kind == tracer_common::PKT_ARP {
                 nft::L3::Arp
+            } else if pkt.is_v6() {
+                nft::L3::Ipv6
             } else {
                 nft::L3::Ipv4
             },
@@ -265,7 +269,7 @@ pub(super) fn replay_points<'a>(
         },
     };
     let ip = nft::Point {
-        families: nft::L3_FAMILIES,
+        families: view.families(),
         hook,
         view,
     };

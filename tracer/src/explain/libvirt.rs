@@ -14,8 +14,6 @@
 //! - `guest_cross`: guests of one bridge talk to each other;
 //! - `guest_nat` (postrouting): masquerade of the network to anywhere else.
 
-use std::net::Ipv4Addr;
-
 use super::nft::{Culprit, PacketView};
 
 const TABLE: &str = "libvirt_network";
@@ -26,7 +24,7 @@ pub fn hint(
     c: &Culprit,
     pkt: &PacketView,
     what: &str,
-    subnet: Option<(Ipv4Addr, u8)>,
+    subnet: Option<(std::net::IpAddr, u8)>,
 ) -> Option<String> {
     if c.table != TABLE || !matches!(c.family.as_str(), "ip" | "ip6") {
         return None;
@@ -96,7 +94,10 @@ mod tests {
     fn text() -> &'static str {
         crate::testdata::generated("libvirt/ruleset-6.18.txt")
     }
-    const NET: Option<(Ipv4Addr, u8)> = Some((Ipv4Addr::new(192, 168, 122, 0), 24));
+    const NET: Option<(std::net::IpAddr, u8)> = Some((
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 122, 0)),
+        24,
+    ));
 
     fn rs() -> Ruleset {
         Ruleset::parse(&serde_json::from_str(json()).unwrap())

@@ -22,7 +22,7 @@ mod vlan;
 /// Proxmox's nftables firewall in its own terms, for the doctor's checks too.
 pub use pve_firewall::hint as pve_hint;
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{collections::HashMap, net::IpAddr};
 
 use tracer_common::PacketInfo;
 
@@ -134,10 +134,7 @@ impl Explainer {
                 ));
             }
         }
-        if t.reply_hops
-            .iter()
-            .any(|h| h.pkt.proto == 1 && (h.pkt.icmp_type == 3 || h.pkt.icmp_type == 11))
-        {
+        if t.reply_hops.iter().any(|h| is_icmp_error(&h.pkt)) {
             let h = &t.reply_hops[0].pkt;
             v.hint = Some(format!(
                 "the guest got an ICMP error (type {}, code {}) from {} instead of an echo reply",
@@ -207,8 +204,12 @@ impl Explainer {
             v.stage = Some(Stage::Input);
             v.ifname = self.topo.bridge.as_ref().map(|b| b.name.clone());
             v.hint = Some(format!(
-                "the host itself received the request for {} but sent no reply (check `sysctl net.ipv4.icmp_echo_ignore_all` and the OUTPUT chain)",
-                self.topo.dst
+                "the host itself received the request for {} but sent no reply (check `sysctl {}` and the OUTPUT chain)",
+                self.topo.dst,
+                match self.topo.is_v6() {
+                    true => "net.ipv6.icmp.echo_ignore_all",
+                    false => "net.ipv4.icmp_echo_ignore_all",
+                }
             ));
         } else {
             let last = t.req_hops.last();
@@ -285,6 +286,14 @@ impl Explainer {
         }
     }
 
+    /// How this family resolves neighbours, for people.
+    fn resolution_word(&self) -> &'static str {
+        match self.topo.is_v6() {
+            true => "neighbour solicitations (NDP)",
+            false => "ARP",
+        }
+    }
+
     fn uplink_name(&self) -> String {
         self.topo
             .uplink
@@ -301,9 +310,11 @@ impl Explainer {
 
     /// The request left with the guest's own address although that address is not
     /// one of the uplink's: nothing translated it, so replies cannot find their way.
+    /// IPv4 only: an IPv6 guest routed with its own (global) address needs
+    /// no translation.
     fn missing_snat(&self, out: &Hop) -> bool {
-        let src = out.pkt.src_v4();
-        src == self.topo.vm_ip && !self.topo.uplink_addrs.contains(&src)
+        let src = out.pkt.src();
+        !self.topo.is_v6() && src == self.topo.vm_ip && !self.topo.uplink_addrs.contains(&src)
     }
 
     fn remote_hint(&self, out: &Hop) -> String {
@@ -321,6 +332,16 @@ impl Explainer {
             out.pkt.dst(),
             crate::correlate::REPLY_WAIT_NS / 1_000_000_000
         )
+    }
+}
+
+/// An ICMP destination unreachable or time exceeded, or their ICMPv6
+/// counterparts (and Packet Too Big).
+fn is_icmp_error(p: &PacketInfo) -> bool {
+    match p.proto {
+        1 => p.icmp_type == 3 || p.icmp_type == 11,
+        58 => matches!(p.icmp_type, 1..=3),
+        _ => false,
     }
 }
 

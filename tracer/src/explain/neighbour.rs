@@ -30,7 +30,8 @@ impl Explainer {
             stage,
             rule: Some(format!("neighbour {hop} on {dev}: unresolved")),
             hint: format!(
-                "the next hop {hop} did not answer ARP on {dev}, so the host could not send {what} ({reason}); check the next hop and the route: ip neigh show dev {dev}; ip route get {}",
+                "the next hop {hop} did not answer {} on {dev}, so the host could not send {what} ({reason}); check the next hop and the route: ip neigh show dev {dev}; ip route get {}",
+                self.resolution_word(),
                 self.topo.dst
             ),
             ifname: None,
@@ -44,15 +45,17 @@ impl Explainer {
             .name(d.ifindex)
             .unwrap_or_else(|| self.topo.inbound().name.clone());
         let vm = self.topo.vm_ip;
+        let word = self.resolution_word();
         let cause = self.why_guest_unresolved(&dev).unwrap_or_else(|| {
             format!(
-                "the guest did not answer, though the host sees nothing in the way; check that it still has the address {vm} and that its firewall lets ARP through: ip neigh show {vm} dev {dev}; bridge link show"
+                "the guest did not answer, though the host sees nothing in the way; check that it still has the address {vm} and that its firewall lets {word} through: ip neigh show {vm} dev {dev}; bridge link show"
             )
         });
         // QUEUE_PURGE: the entry the packet waited on was deleted (flushed when
         // the bridge lost carrier, or by hand) before resolution ended.
         let how = match reason {
             "QUEUE_PURGE" => "its neighbour entry, which the packet waited on, was flushed",
+            _ if self.topo.is_v6() => "its neighbour solicitations got no answer",
             _ => "its ARP requests got no answer",
         };
         Blame {

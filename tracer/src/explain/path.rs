@@ -162,7 +162,8 @@ pub(super) fn flow_of(p: &PacketInfo) -> Flow {
         tracer_common::PKT_ARP => return super::arp::flow_of(p),
         _ => {}
     }
-    let icmp = p.proto == 1;
+    // ICMP or ICMPv6: an echo's id and sequence either way.
+    let icmp = p.proto == 1 || p.proto == 58;
     Flow {
         src: p.src().to_string(),
         dst: p.dst().to_string(),

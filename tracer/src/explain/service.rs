@@ -163,13 +163,19 @@ impl Explainer {
         // The host sends it from its own stack: OUTPUT, then POSTROUTING, out
         // of the bridge the guest's packet came in by, as an error related to
         // the guest's connection.
+        let v6 = self.topo.is_v6();
         let view = nft::PacketView {
             saddr: None,
-            daddr: Some(self.topo.vm_ip.into()),
-            proto: 1,
-            icmp_type: Some(ICMP_DEST_UNREACH),
+            daddr: Some(self.topo.vm_ip),
+            proto: if v6 { IPPROTO_ICMPV6 } else { 1 },
+            icmp_type: Some(if v6 {
+                ICMPV6_PKT_TOOBIG
+            } else {
+                ICMP_DEST_UNREACH
+            }),
             oifname: Some(self.topo.inbound().name.clone()),
             ct_state: Some("related"),
+            l3: if v6 { nft::L3::Ipv6 } else { nft::L3::Ipv4 },
             ..Default::default()
         };
         for hook in ["output", "postrouting"] {
@@ -180,17 +186,21 @@ impl Explainer {
             }
             if let Some(c) = iptables::find_culprit(hook, &view) {
                 let fix = fix::legacy(&c, false, &self.vm_net());
-                return FragNeeded::Eaten(c.describe("iptables-legacy"), fix);
+                return FragNeeded::Eaten(c.describe(iptables::legacy_tool(&view)), fix);
             }
         }
         FragNeeded::Unseen
     }
 }
 
-/// An ICMP "fragmentation needed".
+/// An ICMP "fragmentation needed", or ICMPv6's Packet Too Big.
 fn is_frag_needed(p: &PacketInfo) -> bool {
-    p.proto == 1 && p.icmp_type == ICMP_DEST_UNREACH && p.code == ICMP_FRAG_NEEDED
+    (p.proto == 1 && p.icmp_type == ICMP_DEST_UNREACH && p.code == ICMP_FRAG_NEEDED)
+        || (p.proto == IPPROTO_ICMPV6 && p.icmp_type == ICMPV6_PKT_TOOBIG)
 }
+
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
 
 /// The command of the generic hint that removes the rule it names.
 fn removal(v: &Verdict) -> Option<&str> {

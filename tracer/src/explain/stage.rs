@@ -45,8 +45,10 @@ fn by_reason(reason: &str, f: &DropFacts) -> Option<Stage> {
     let stage = match reason {
         "NETFILTER_DROP" => netfilter_stage(f),
         r if r.starts_with("NEIGH_") => Stage::Neighbor,
-        // TTL expiry: ip_forward decrements the TTL.
-        "IP_INHDR" if f.function == Some("ip_forward") => Stage::Forward,
+        // TTL (hop limit) expiry: ip_forward / ip6_forward decrement it.
+        "IP_INHDR" if matches!(f.function, Some("ip_forward" | "ip6_forward")) => Stage::Forward,
+        "IPV6DISABLED" => Stage::Routing,
+        r if r.starts_with("IPV6_NDISC") => Stage::Neighbor,
         "IP_INADDRERRORS" | "IP_INNOROUTES" | "IP_OUTNOROUTES" | "IP_RPFILTER"
         | "IP_INVALID_SOURCE" | "IP_LOCAL_SOURCE" | "IP_INVALID_DEST" | "IP_LOCALNET"
         | "IP_INHDR" | "XFRM_POLICY" => Stage::Routing,
@@ -127,6 +129,18 @@ fn by_function(func: &str) -> Option<Stage> {
         ("udp", Stage::Input),
         ("ip_finish_output", Stage::Neighbor),
         ("ip_output", Stage::Postrouting),
+        // IPv6's own functions.
+        ("ndisc_", Stage::Neighbor),
+        ("ip6_forward", Stage::Forward),
+        ("ip6_route", Stage::Routing),
+        ("ip6_pkt_", Stage::Routing),
+        ("ipv6_rcv", Stage::Routing),
+        ("ip6_rcv", Stage::Routing),
+        ("ip6_input", Stage::Input),
+        ("ip6_protocol_deliver", Stage::Input),
+        ("icmpv6_rcv", Stage::Input),
+        ("ip6_finish_output", Stage::Neighbor),
+        ("ip6_output", Stage::Postrouting),
         ("dev_queue_xmit", Stage::Egress),
         ("__dev_queue_xmit", Stage::Egress),
         ("sch_", Stage::Egress),
@@ -154,6 +168,19 @@ mod tests {
             dst_local: false,
             bridged: false,
         }
+    }
+
+    #[test]
+    fn ipv6_functions_name_their_stage() {
+        let f = |func| drop_stage(&facts("NOT_SPECIFIED", func));
+        assert_eq!(f("ip6_forward"), Stage::Forward);
+        assert_eq!(f("ip6_pkt_drop"), Stage::Routing);
+        assert_eq!(f("icmpv6_rcv"), Stage::Input);
+        assert_eq!(f("ndisc_send_skb"), Stage::Neighbor);
+        assert_eq!(
+            drop_stage(&facts("IP_INHDR", "ip6_forward")),
+            Stage::Forward
+        );
     }
 
     #[test]

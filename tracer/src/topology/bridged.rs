@@ -9,7 +9,7 @@
 //! router), the host's neighbour entry for that router (its MAC) and the
 //! bridge's FDB (the port that MAC was learned on).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::{iface_by_name, locate::subnet_bridge, route_to, Evidence, Iface, Location};
 use crate::host::{
@@ -22,7 +22,7 @@ use crate::host::{
 pub struct Lan {
     /// The router beyond the bridge's LAN port (the host's next hop to the
     /// destination, on the guest's bridge).
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
     /// Its MAC, from the host's neighbour table, when the host knows it.
     pub gateway_mac: Option<String>,
     /// The bridge port(s) frames to the router leave by: the port the FDB
@@ -57,7 +57,7 @@ impl Lan {
 /// Bridged mode for a path whose route to the destination leaves by `bridge`
 /// itself through `gateway`: the LAN port(s) of that bridge, excluding the VM's
 /// own `vm_ports`.
-pub fn lan_of(host: &Host, bridge: &str, gateway: Ipv4Addr, vm_ports: &[String]) -> Lan {
+pub fn lan_of(host: &Host, bridge: &str, gateway: IpAddr, vm_ports: &[String]) -> Lan {
     let gateway_mac = neighbour_mac(host, gateway, bridge);
     let learned = gateway_mac
         .as_deref()
@@ -90,7 +90,7 @@ pub fn lan_of(host: &Host, bridge: &str, gateway: Ipv4Addr, vm_ports: &[String])
 /// the guest's address. Every port of that bridge but the one toward the
 /// router is a candidate; the one its first request arrives on is the VM's.
 /// None when the VM's subnet is not bridged to a LAN router.
-pub fn first_packet_location(host: &Host, vm_ip: Ipv4Addr, dst: Ipv4Addr) -> Option<Location> {
+pub fn first_packet_location(host: &Host, vm_ip: IpAddr, dst: IpAddr) -> Option<Location> {
     let (bridge, _) = subnet_bridge(host, vm_ip)?;
     let gateway = lan_gateway(host, dst, vm_ip, &bridge)?;
     let lan = lan_of(host, &bridge, gateway, &[]);
@@ -127,19 +127,19 @@ pub fn first_packet_location(host: &Host, vm_ip: Ipv4Addr, dst: Ipv4Addr) -> Opt
 
 /// The router on `bridge` the host's own route to `dst` goes through, if the
 /// route leaves by `bridge` (the host's way to the LAN is the guests' bridge).
-pub fn lan_gateway(host: &Host, dst: Ipv4Addr, vm_ip: Ipv4Addr, bridge: &str) -> Option<Ipv4Addr> {
+pub fn lan_gateway(host: &Host, dst: IpAddr, vm_ip: IpAddr, bridge: &str) -> Option<IpAddr> {
     let route = route_to(host, dst, vm_ip, bridge)?;
     if route.kind == RouteKind::Local || host.route_dev(&route) != Some(bridge) {
         return None;
     }
-    route.gateway
+    route.next_hop()
 }
 
 /// The MAC the host's neighbour table holds for `ip` on `dev`, unless the entry
 /// failed.
-pub fn neighbour_mac(host: &Host, ip: Ipv4Addr, dev: &str) -> Option<String> {
+pub fn neighbour_mac(host: &Host, ip: IpAddr, dev: &str) -> Option<String> {
     let index = host.index_of(dev)?;
-    host.neighbours_of(ip.into())
+    host.neighbours_of(ip)
         .filter(|n| n.index == index && n.resolved())
         .find_map(|n| n.mac.clone())
 }
@@ -403,7 +403,7 @@ mod tests {
             name: "eno1".into(),
         };
         let lan = Lan {
-            gateway: Ipv4Addr::new(192, 0, 2, 1),
+            gateway: IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
             gateway_mac: None,
             ports: vec![eno1.clone()],
             by_fdb: true,

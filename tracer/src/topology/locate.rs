@@ -4,11 +4,11 @@
 //! would trace another VM whose port happens to be down): it names the ports that
 //! could be it and the `--iface` to trace one.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::{anyhow, Result};
 
-use super::{find_vm_ports, network};
+use super::{find_vm_ports, net_of};
 use crate::{host::Host, hostconfig::VmNic};
 
 /// How the VM's port was found.
@@ -42,7 +42,7 @@ impl Evidence {
 
     /// What the banner must add when the port is not known from the host's own
     /// tables or the operator: the operator reads the verdicts with it in mind.
-    pub fn caveat(&self, vm_ip: Ipv4Addr, ports: &[String]) -> Option<String> {
+    pub fn caveat(&self, vm_ip: IpAddr, ports: &[String]) -> Option<String> {
         match self {
             Evidence::Tables | Evidence::Iface => None,
             Evidence::Config(c) => Some(format!(
@@ -78,7 +78,7 @@ impl Location {
 /// from the VM's configuration (`nics`: this VM's NICs), if its device exists; else
 /// every port of the bridge the neighbour entry is on (a guess, said as such).
 /// When nothing knows the VM: an error naming the candidate ports.
-pub fn locate_vm(host: &Host, vm_ip: Ipv4Addr, nics: &[VmNic]) -> Result<Location> {
+pub fn locate_vm(host: &Host, vm_ip: IpAddr, nics: &[VmNic]) -> Result<Location> {
     let configured = nics
         .iter()
         .find(|n| n.port.as_ref().is_some_and(|p| host.has_link(p)));
@@ -120,7 +120,7 @@ pub fn locate_vm(host: &Host, vm_ip: Ipv4Addr, nics: &[VmNic]) -> Result<Locatio
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidates {
     pub bridge: String,
-    pub subnet: (Ipv4Addr, u8),
+    pub subnet: (IpAddr, u8),
     pub ports: Vec<(String, Option<String>)>,
 }
 
@@ -143,7 +143,7 @@ impl Candidates {
 
 /// The candidates for a VM the host's tables do not know: the ports below the
 /// bridge whose own subnet holds `vm_ip`.
-pub fn candidates(host: &Host, vm_ip: Ipv4Addr) -> Option<Candidates> {
+pub fn candidates(host: &Host, vm_ip: IpAddr) -> Option<Candidates> {
     let (bridge, subnet) = subnet_bridge(host, vm_ip)?;
     let ports = host
         .leaf_ports(&bridge, None, 0)
@@ -161,12 +161,16 @@ pub fn candidates(host: &Host, vm_ip: Ipv4Addr) -> Option<Candidates> {
 }
 
 /// The bridge with an address whose subnet holds `vm_ip`, and that subnet.
-pub fn subnet_bridge(host: &Host, vm_ip: Ipv4Addr) -> Option<(String, (Ipv4Addr, u8))> {
+pub fn subnet_bridge(host: &Host, vm_ip: IpAddr) -> Option<(String, (IpAddr, u8))> {
     host.addrs.iter().find_map(|a| {
         let link = host.link_at(a.index).filter(|l| l.is_bridge())?;
-        let (local, len) = a.v4()?;
-        (network(local, len) == network(vm_ip, len))
-            .then(|| (link.name.clone(), (network(local, len), len)))
+        let (local, len) = (a.addr, a.prefix);
+        // Of the guest's family; never a link-local IPv6 /64, which every
+        // bridge has and which says nothing about where the guest lives.
+        let link_local = matches!(local, IpAddr::V6(a) if crate::host::is_link_local6(a));
+        let usable = local.is_ipv6() == vm_ip.is_ipv6() && !link_local;
+        (usable && net_of(local, len) == net_of(vm_ip, len))
+            .then(|| (link.name.clone(), (net_of(local, len), len)))
     })
 }
 
@@ -188,7 +192,7 @@ fn blocked_because(host: &Host, port: &str) -> Option<String> {
 
 /// The one line an operator gets for a VM nothing on this host knows: what was
 /// looked at, the ports that could be it, and how to trace one.
-fn unknown_vm(host: &Host, vm_ip: Ipv4Addr, nics: &[VmNic]) -> String {
+fn unknown_vm(host: &Host, vm_ip: IpAddr, nics: &[VmNic]) -> String {
     let config = match nics.iter().find_map(|n| Some((n, n.port.as_deref()?))) {
         Some((n, port)) => format!(
             "{} configuration {} names port {port}, which does not exist: is the VM running?",
@@ -240,7 +244,7 @@ mod tests {
     fn candidates(ports: &[(&str, Option<&str>)]) -> Candidates {
         Candidates {
             bridge: "vmbr0".into(),
-            subnet: (Ipv4Addr::new(192, 0, 2, 0), 24),
+            subnet: (IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 0)), 24),
             ports: ports
                 .iter()
                 .map(|(p, w)| (p.to_string(), w.map(str::to_string)))
@@ -297,7 +301,7 @@ mod tests {
     #[test]
     fn only_guesses_carry_a_caveat() {
         let ports = ["tap100i0".to_string()];
-        let ip = Ipv4Addr::new(192, 0, 2, 100);
+        let ip = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 100));
         assert_eq!(Evidence::Tables.caveat(ip, &ports), None);
         assert_eq!(Evidence::Iface.caveat(ip, &ports), None);
         let c = Evidence::Config("proxmox-qemu configuration /etc/pve/qemu-server/100.conf".into())

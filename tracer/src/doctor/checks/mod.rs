@@ -3,6 +3,8 @@
 //! Each reads the running host (this network namespace) and returns a verdict
 //! with evidence and, when something is wrong, the fixing command.
 
+use std::net::IpAddr;
+
 use super::{arp, Check, Status, Subject};
 use crate::{
     explain::{fix, iptables, nft},
@@ -50,7 +52,7 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     }
     out.push(rp_filter(topo, host));
     out.push(route(s, topo));
-    if let (Some(gw), Some(_)) = (topo.gateway, &topo.uplink) {
+    if let (Some(IpAddr::V4(gw)), Some(_)) = (topo.gateway, &topo.uplink) {
         out.push(gateway(topo, gw, host, passive));
     }
     if routed {
@@ -77,7 +79,7 @@ pub fn volatile(s: &Subject, now: &Host) -> Vec<Check> {
     out.extend(super::l2::checks(topo, now, true));
     out.extend(super::bond::check(topo, now));
     out.extend(super::firewall_bridge::check(topo, now));
-    if let (Some(gw), Some(_)) = (topo.gateway, &topo.uplink) {
+    if let (Some(IpAddr::V4(gw)), Some(_)) = (topo.gateway, &topo.uplink) {
         out.push(gateway(topo, gw, now, true));
     }
     out.extend(super::v6::volatile(s, topo, now));
@@ -183,7 +185,7 @@ fn expected_bridge(s: &Subject, host: &Host, port: &str) -> Option<String> {
         .and_then(|n| host.name_of(n.index))
         .filter(|dev| host.is_bridge(dev))
         .map(str::to_string);
-    seen.or_else(|| topology::subnet_ports(host, s.vm_ip).map(|(b, _)| b))
+    seen.or_else(|| topology::subnet_ports(host, s.vm_ip.into()).map(|(b, _)| b))
 }
 
 fn membership(s: &Subject, t: &Topology, host: &Host) -> Vec<Check> {
@@ -239,7 +241,7 @@ fn membership(s: &Subject, t: &Topology, host: &Host) -> Vec<Check> {
 
 /// A bridge-less port that carries the VM's address (routed setups).
 fn routed_port(t: &Topology, port: &str, host: &Host) -> bool {
-    route_dev(host, t.vm_ip).as_deref() == Some(port)
+    route_dev(host, t.vm_ip4()).as_deref() == Some(port)
 }
 
 #[cfg(test)]

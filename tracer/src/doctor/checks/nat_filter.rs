@@ -32,8 +32,8 @@ pub(super) fn view(t: &Topology, reply: bool, proto: u8, dport: Option<u16>) -> 
     };
     let icmp_type = (proto == 1).then_some(if reply { 0 } else { 8 });
     nft::PacketView {
-        saddr: Some(saddr.into()),
-        daddr: Some(daddr.into()),
+        saddr: Some(saddr),
+        daddr: Some(daddr),
         proto,
         icmp_type,
         sport: dport.map(|p| if reply { p } else { 40000 }),
@@ -62,7 +62,7 @@ pub(super) fn nat(t: &Topology, host: &Host) -> Check {
         .unwrap_or_else(|| t.vm_ip.to_string());
     let on_uplink_lan = t.uplink_addrs.iter().any(|a| {
         t.vm_subnet
-            .is_some_and(|(_, l)| topology::network(*a, l) == topology::network(t.vm_ip, l))
+            .is_some_and(|(_, l)| topology::net_of(*a, l) == topology::net_of(t.vm_ip, l))
     });
     let behind_fwbr = t.chain.iter().any(|h| h.is_bridge);
     let br_nf = host.sysctl("net/bridge/bridge-nf-call-iptables").as_deref() == Some("1");
@@ -79,7 +79,7 @@ pub(super) fn nat(t: &Topology, host: &Host) -> Check {
         Some((rule, false)) => Check::new("nat", Status::Warn, subject).evidence(format!(
             "{rule} may translate it (it has matches pathtrace cannot evaluate)"
         )),
-        None if needs_nat(t.vm_ip) && !on_uplink_lan => Check::new("nat", Status::Fail, subject)
+        None if needs_nat(t.vm_ip4()) && !on_uplink_lan => Check::new("nat", Status::Fail, subject)
             .evidence(format!(
                 "no MASQUERADE/SNAT rule (nftables or iptables-legacy) applies, and {} is not routable on the internet: replies can never come back",
                 t.vm_ip

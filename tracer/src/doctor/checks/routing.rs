@@ -54,9 +54,9 @@ pub(super) fn route_dev(host: &Host, ip: Ipv4Addr) -> Option<String> {
 /// Reverse-path filtering: a packet from `src` arriving on `dev` passes strict
 /// mode only if the route back to `src` leaves by `dev`.
 pub(super) fn rp_filter(t: &Topology, host: &Host) -> Check {
-    let mut arrivals = vec![(t.inbound().name.clone(), t.vm_ip)];
+    let mut arrivals = vec![(t.inbound().name.clone(), t.vm_ip4())];
     if let Some(up) = &t.uplink {
-        arrivals.push((up.name.clone(), t.dst));
+        arrivals.push((up.name.clone(), t.dst4()));
     }
     let mut seen = Vec::new();
     for (dev, src) in arrivals {
@@ -151,8 +151,11 @@ pub(super) fn gateway(t: &Topology, gw: Ipv4Addr, host: &Host, passive: bool) ->
             .and_then(arp::parse_mac);
         let src = t
             .uplink_addrs
-            .first()
-            .copied()
+            .iter()
+            .find_map(|a| match a {
+                std::net::IpAddr::V4(a) => Some(*a),
+                std::net::IpAddr::V6(_) => None,
+            })
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
         let index = t.uplink.as_ref().map_or(0, |u| u.index);
         if let Some(mac) = own_mac {

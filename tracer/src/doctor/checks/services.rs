@@ -44,7 +44,7 @@ pub(super) fn dns(s: &Subject, t: &Topology) -> Check {
                 .fix("start the resolver (dnsmasq, unbound, systemd-resolved) on that address, or give the guest another one");
         }
         let mut dns_topo = t.clone();
-        dns_topo.dst = r;
+        dns_topo.dst = r.into();
         dns_topo.dst_local = true;
         if let Some(c) = filter_verdict(
             &dns_topo,
@@ -81,7 +81,7 @@ pub(super) fn host_addresses(host: &Host) -> Vec<Ipv4Addr> {
 /// and on the bridge exactly one MAC may answer ARP for it.
 pub(super) fn duplicate_ip(t: &Topology, host: &Host, passive: bool) -> Check {
     let subject = t.vm_ip.to_string();
-    if host_addresses(host).contains(&t.vm_ip) {
+    if host_addresses(host).contains(&t.vm_ip4()) {
         return Check::new("duplicate_ip", Status::Fail, subject)
             .evidence(format!("this host itself has the address {}", t.vm_ip))
             .fix(format!(
@@ -117,7 +117,7 @@ pub(super) fn duplicate_ip(t: &Topology, host: &Host, passive: bool) -> Check {
         bridge.index,
         own_mac,
         sender,
-        t.vm_ip,
+        t.vm_ip4(),
         Duration::from_millis(600),
     ) {
         Ok(a) => a,
