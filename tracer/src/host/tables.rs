@@ -314,6 +314,13 @@ pub fn longest_match(routes: &[RouteEntry], ip: IpAddr) -> Option<&RouteEntry> {
 }
 
 impl Route {
+    /// The next hop, whichever the family.
+    pub fn next_hop(&self) -> Option<IpAddr> {
+        self.gateway
+            .map(IpAddr::V4)
+            .or(self.gateway6.map(IpAddr::V6))
+    }
+
     pub fn from_message(m: &RouteMessage) -> Self {
         let mut r = Route {
             kind: match m.header.kind {
