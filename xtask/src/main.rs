@@ -81,8 +81,12 @@ enum Task {
         exec: Option<String>,
         /// Only the core scenarios (the CI set): healthy ping, nft forward drop,
         /// ip_forward off, MASQUERADE missing, DNS reply dropped, host INPUT drop.
-        #[arg(long, conflicts_with_all = ["exec", "filter", "test"])]
+        #[arg(long, conflicts_with_all = ["exec", "filter", "test", "l2_core"])]
         core: bool,
+        /// Only the layer-2 core scenarios (CI runs them on 6.12): VLAN-aware
+        /// bridge, VLAN devices and bonds, which the CI kernel lacks.
+        #[arg(long, conflicts_with_all = ["exec", "filter", "test"])]
+        l2_core: bool,
         /// Arguments for the test binary (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
@@ -136,13 +140,16 @@ fn main() {
             timeout,
             exec,
             core,
+            l2_core,
             mut filter,
         } => setup::run().and_then(|_| {
-            if core {
-                filter = vmtest::CORE_SCENARIOS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
+            let set = match (core, l2_core) {
+                (true, _) => Some(vmtest::CORE_SCENARIOS),
+                (_, true) => Some(vmtest::L2_CORE_SCENARIOS),
+                _ => None,
+            };
+            if let Some(set) = set {
+                filter = set.iter().map(|s| s.to_string()).collect();
                 filter.push("--exact".into());
             }
             vmtest::run(&vmtest::Options {

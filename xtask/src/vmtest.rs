@@ -65,6 +65,18 @@ pub const CORE_SCENARIOS: &[&str] = &[
     "ping_host_input_drop",
 ];
 
+/// The layer-2 scenarios (issue 15): bridge VLAN filtering, VLAN devices and
+/// bonds, which the development/CI kernel lacks; CI runs these on 6.12
+/// (`--l2-core`).
+pub const L2_CORE_SCENARIOS: &[&str] = &[
+    "vlan_tap_without_pvid",
+    "vlan_trunk_lacks_vid",
+    "vlan_device_down",
+    "vlan_uplink_down",
+    "bond_every_slave_down",
+    "bond_lacp_without_partner",
+];
+
 pub struct Options {
     /// Kernel series, e.g. "6.1" or "6.12".
     pub kernel: String,
