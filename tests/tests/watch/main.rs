@@ -19,6 +19,7 @@ use serde_json::Value;
 
 mod dhcparp;
 mod identity;
+mod vlan;
 
 const HEALTHY: &str = "tap100i0";
 const BROKEN: &str = "tap101i0";
