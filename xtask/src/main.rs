@@ -49,6 +49,15 @@ enum Task {
         /// Only the per-program BPF profile (results under target/bench-profile/).
         #[arg(long)]
         profile_only: bool,
+        /// Run the bench inside Debian's kernel of this series under QEMU (TCG),
+        /// as vm-test does: measures `--deep`, which needs kprobes (results
+        /// under bench/results/, named `-tcg`).
+        #[arg(long, conflicts_with = "smoke")]
+        vm: Option<String>,
+        /// The half of `--vm` that runs in the VM: no set-up, no build, results
+        /// into this directory.
+        #[arg(long, hide = true)]
+        vm_out: Option<std::path::PathBuf>,
     },
     /// Regenerate docs/troubleshooting.md from the scenario catalogue.
     Docs,
@@ -105,14 +114,26 @@ fn main() {
             flood,
             rounds,
             profile_only,
-        } => setup::run().and_then(|_| build()).and_then(|_| {
-            bench::run(&bench::Options {
+            vm,
+            vm_out,
+        } => {
+            let opts = bench::Options {
                 smoke,
                 flood,
                 rounds,
                 profile_only,
-            })
-        }),
+                out_dir: vm_out.clone(),
+            };
+            match (vm, vm_out) {
+                (_, Some(_)) => bench::run(&opts),
+                (Some(kernel), None) => setup::run()
+                    .and_then(|_| build())
+                    .and_then(|_| bench::vm::run(&kernel, &opts)),
+                (None, None) => setup::run()
+                    .and_then(|_| build())
+                    .and_then(|_| bench::run(&opts)),
+            }
+        }
         Task::Docs => docs(),
         Task::Deb => setup::run()
             .and_then(|_| build())
@@ -130,6 +151,7 @@ fn main() {
                     flood: None,
                     rounds: None,
                     profile_only: false,
+                    out_dir: None,
                 }),
                 false => Ok(()),
             }),
@@ -159,6 +181,7 @@ fn main() {
                 timeout: std::time::Duration::from_secs(timeout),
                 filter,
                 exec,
+                out_dir: None,
             })
         }),
     };
