@@ -10,12 +10,8 @@ use pathtrace_tests::lab::Uplink;
 
 /// The `vlan` label of every series of `port` in a scrape (sorted, deduplicated).
 fn vlan_labels(body: &str, port: &str) -> BTreeSet<String> {
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let metrics = prometheus_parse::Scrape::parse(lines).expect("exposition format parses");
-    metrics
-        .samples
+    samples_of(body, port)
         .iter()
-        .filter(|s| s.labels.get("port") == Some(port))
         .map(|s| s.labels.get("vlan").unwrap_or("(none)").to_string())
         .collect()
 }
@@ -26,14 +22,7 @@ fn bridged(vlan: Option<u16>, uplink: Uplink) -> Option<Lab> {
     opts.layout = Layout::Bridged;
     opts.vlan = vlan;
     opts.uplink = uplink;
-    match Lab::up(opts) {
-        Ok(lab) => Some(lab),
-        Err(e) if format!("{e:#}").contains("this kernel has no") => {
-            eprintln!("skipped: {e:#}");
-            None
-        }
-        Err(e) => panic!("lab up: {e:#}"),
-    }
+    Lab::up_unless_unsupported(opts)
 }
 
 /// Watch `lab` (no configuration: only the host can tell the VLAN), break it
@@ -41,17 +30,7 @@ fn bridged(vlan: Option<u16>, uplink: Uplink) -> Option<Lab> {
 /// in the JSON and on every Prometheus series of the VM.
 fn vlan_of_dropping_vm(mut lab: Lab, vid: u16, break_hv: &str, metrics_port: u16) {
     let tap = lab.port(0).to_string();
-    let empty = lab.config_root().join("empty");
-    let metrics = metrics_port.to_string();
-    let args = [
-        "--interval",
-        "0.5",
-        "--prometheus",
-        &metrics,
-        "--config-root",
-        empty.to_str().unwrap(),
-    ];
-    let mut watch = WatchRun::start(&lab, &args).unwrap();
+    let mut watch = watch_with_metrics(&lab, metrics_port, &lab.config_root().join("empty"));
     let first = watch.wait_snapshots(1, WAIT).unwrap();
     let v = vm(&first, &tap).unwrap_or_else(|| panic!("{tap} not watched: {first}"));
     assert_eq!(v["vlan"], vid, "{v}");
@@ -124,16 +103,7 @@ fn vlan_from_the_proxmox_tag() {
     assert_ne!(text, tagged, "no net0 in {text}");
     std::fs::write(&conf, tagged).unwrap();
     let (tagged_tap, plain_tap) = (lab.port(0).to_string(), lab.port(1).to_string());
-    let root = lab.config_root().display().to_string();
-    let args = [
-        "--interval",
-        "0.5",
-        "--prometheus",
-        "19472",
-        "--config-root",
-        &root,
-    ];
-    let mut watch = WatchRun::start(&lab, &args).unwrap();
+    let mut watch = watch_with_metrics(&lab, 19472, &lab.config_root());
     let snap = watch.wait_snapshots(2, WAIT).unwrap();
     let (t, p) = (
         vm(&snap, &tagged_tap).unwrap(),
