@@ -23,14 +23,7 @@ fn lab(uplink: Uplink) -> Option<Lab> {
     let mut opts = LabOptions::new(fake_guest_bin());
     opts.layout = Layout::Bridged;
     opts.uplink = uplink;
-    match Lab::up(opts) {
-        Ok(lab) => Some(lab),
-        Err(e) if format!("{e:#}").contains("this kernel has no") => {
-            eprintln!("skipped: {e:#}");
-            None
-        }
-        Err(e) => panic!("lab up: {e:#}"),
-    }
+    Lab::up_unless_unsupported(opts)
 }
 
 /// What the kernel says of the bond, for the log (and the parsers' fixtures).
@@ -220,13 +213,8 @@ fn vlan_uplink_down_doctor_on_every_layout() {
         let mut opts = LabOptions::new(fake_guest_bin());
         opts.layout = layout;
         opts.uplink = Uplink::Vlan(20);
-        let lab = match Lab::up(opts) {
-            Ok(lab) => lab,
-            Err(e) if format!("{e:#}").contains("this kernel has no") => {
-                eprintln!("skipped: {e:#}");
-                return;
-            }
-            Err(e) => panic!("lab up ({layout:?}): {e:#}"),
+        let Some(lab) = Lab::up_unless_unsupported(opts) else {
+            return;
         };
         let route = check(&doctor(&lab), "route", &format!("route to {DEST}"));
         assert_eq!(route["status"], "pass", "{layout:?}: {route}");

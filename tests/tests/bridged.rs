@@ -179,14 +179,7 @@ fn vlan_lab() -> Option<Lab> {
     let mut opts = LabOptions::new(fake_guest_bin());
     opts.layout = Layout::Bridged;
     opts.vlan = Some(20);
-    match Lab::up(opts) {
-        Ok(lab) => Some(lab),
-        Err(e) if format!("{e:#}").contains("no bridge VLAN filtering") => {
-            eprintln!("skipped: {e:#}");
-            None
-        }
-        Err(e) => panic!("lab up: {e:#}"),
-    }
+    Lab::up_unless_unsupported(opts)
 }
 
 fn vlan_table(lab: &Lab) -> String {

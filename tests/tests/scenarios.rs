@@ -22,14 +22,9 @@ fn run(name: &str) {
     if sc.second_guest {
         opts.guests.push(GuestSpec::nth(1));
     }
-    let mut lab = match Lab::up(opts) {
-        Ok(lab) => lab,
-        // Kernels without bridge VLAN filtering, bonding or VLAN devices.
-        Err(e) if format!("{e:#}").contains("this kernel has no") => {
-            eprintln!("skipped {name}: {e:#}");
-            return;
-        }
-        Err(e) => panic!("lab: {e:#}"),
+    // Kernels without bridge VLAN filtering, bonding or VLAN devices skip.
+    let Some(mut lab) = Lab::up_unless_unsupported(opts) else {
+        return;
     };
     if let Some(mtu) = sc.remote_mtu {
         lab.add_remote_network(mtu).expect("the far network");

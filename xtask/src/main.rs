@@ -49,6 +49,15 @@ enum Task {
         /// Only the per-program BPF profile (results under target/bench-profile/).
         #[arg(long)]
         profile_only: bool,
+        /// Run the bench inside Debian's kernel of this series under QEMU (TCG),
+        /// as vm-test does: measures `--deep`, which needs kprobes (results
+        /// under bench/results/, named `-tcg`).
+        #[arg(long, conflicts_with = "smoke")]
+        vm: Option<String>,
+        /// The half of `--vm` that runs in the VM: no set-up, no build, results
+        /// into this directory.
+        #[arg(long, hide = true)]
+        vm_out: Option<std::path::PathBuf>,
     },
     /// Regenerate docs/troubleshooting.md from the scenario catalogue.
     Docs,
@@ -81,8 +90,12 @@ enum Task {
         exec: Option<String>,
         /// Only the core scenarios (the CI set): healthy ping, nft forward drop,
         /// ip_forward off, MASQUERADE missing, DNS reply dropped, host INPUT drop.
-        #[arg(long, conflicts_with_all = ["exec", "filter", "test"])]
+        #[arg(long, conflicts_with_all = ["exec", "filter", "test", "l2_core"])]
         core: bool,
+        /// Only the layer-2 core scenarios (CI runs them on 6.12): VLAN-aware
+        /// bridge, VLAN devices and bonds, which the CI kernel lacks.
+        #[arg(long, conflicts_with_all = ["exec", "filter", "test"])]
+        l2_core: bool,
         /// Arguments for the test binary (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         filter: Vec<String>,
@@ -101,14 +114,26 @@ fn main() {
             flood,
             rounds,
             profile_only,
-        } => setup::run().and_then(|_| build()).and_then(|_| {
-            bench::run(&bench::Options {
+            vm,
+            vm_out,
+        } => {
+            let opts = bench::Options {
                 smoke,
                 flood,
                 rounds,
                 profile_only,
-            })
-        }),
+                out_dir: vm_out.clone(),
+            };
+            match (vm, vm_out) {
+                (_, Some(_)) => bench::run(&opts),
+                (Some(kernel), None) => setup::run()
+                    .and_then(|_| build())
+                    .and_then(|_| bench::vm::run(&kernel, &opts)),
+                (None, None) => setup::run()
+                    .and_then(|_| build())
+                    .and_then(|_| bench::run(&opts)),
+            }
+        }
         Task::Docs => docs(),
         Task::Deb => setup::run()
             .and_then(|_| build())
@@ -126,6 +151,7 @@ fn main() {
                     flood: None,
                     rounds: None,
                     profile_only: false,
+                    out_dir: None,
                 }),
                 false => Ok(()),
             }),
@@ -136,13 +162,16 @@ fn main() {
             timeout,
             exec,
             core,
+            l2_core,
             mut filter,
         } => setup::run().and_then(|_| {
-            if core {
-                filter = vmtest::CORE_SCENARIOS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
+            let set = match (core, l2_core) {
+                (true, _) => Some(vmtest::CORE_SCENARIOS),
+                (_, true) => Some(vmtest::L2_CORE_SCENARIOS),
+                _ => None,
+            };
+            if let Some(set) = set {
+                filter = set.iter().map(|s| s.to_string()).collect();
                 filter.push("--exact".into());
             }
             vmtest::run(&vmtest::Options {
@@ -152,6 +181,7 @@ fn main() {
                 timeout: std::time::Duration::from_secs(timeout),
                 filter,
                 exec,
+                out_dir: None,
             })
         }),
     };

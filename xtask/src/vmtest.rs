@@ -65,6 +65,18 @@ pub const CORE_SCENARIOS: &[&str] = &[
     "ping_host_input_drop",
 ];
 
+/// The layer-2 scenarios (issue 15): bridge VLAN filtering, VLAN devices and
+/// bonds, which the development/CI kernel lacks; CI runs these on 6.12
+/// (`--l2-core`).
+pub const L2_CORE_SCENARIOS: &[&str] = &[
+    "vlan_tap_without_pvid",
+    "vlan_trunk_lacks_vid",
+    "vlan_device_down",
+    "vlan_uplink_down",
+    "bond_every_slave_down",
+    "bond_lacp_without_partner",
+];
+
 pub struct Options {
     /// Kernel series, e.g. "6.1" or "6.12".
     pub kernel: String,
@@ -79,7 +91,13 @@ pub struct Options {
     /// A shell command to run in the VM instead of the tests (to look at how the
     /// kernel behaves, e.g. build a lab by hand).
     pub exec: Option<String>,
+    /// A host directory the VM may write to (everything else is read-only): it
+    /// appears in the VM as [`VM_OUT`], e.g. for the bench's results.
+    pub out_dir: Option<PathBuf>,
 }
+
+/// Where [`Options::out_dir`] is mounted in the VM.
+pub const VM_OUT: &str = "/run/pathtrace-out";
 
 /// What a VM run came back with.
 pub struct VmResult {
@@ -215,8 +233,16 @@ fn boot_and_test(
     std::fs::write(&stage2, stage2_script(opts, test_bin))?;
 
     let sock = work.join("virtiofs.sock");
-    let _fsd = start_virtiofsd(virtiofsd, &sock)?;
-    let mut qemu = Reaped(start_qemu(opts, kernel, &initrd, &sock, &stage2)?);
+    let _fsd = start_virtiofsd(virtiofsd, &sock, Path::new("/"), true)?;
+    let out = match &opts.out_dir {
+        Some(dir) => {
+            let out_sock = work.join("virtiofs-out.sock");
+            Some((start_virtiofsd(virtiofsd, &out_sock, dir, false)?, out_sock))
+        }
+        None => None,
+    };
+    let out_sock = out.as_ref().map(|(_, s)| s.as_path());
+    let mut qemu = Reaped(start_qemu(opts, kernel, &initrd, &sock, out_sock, &stage2)?);
     let started = Instant::now();
 
     // Read the console on a thread so the time limit holds even when it is silent.
@@ -327,14 +353,27 @@ impl TestEvent {
     }
 }
 
-fn start_virtiofsd(bin: &Path, sock: &Path) -> Result<Reaped> {
-    let child = die_with_parent(&mut Command::new(bin))
+/// Share `dir`: the whole host root read-only (the guest runs the host's tools
+/// and the freshly built binaries at their own paths), or an output directory.
+fn start_virtiofsd(bin: &Path, sock: &Path, dir: &Path, readonly: bool) -> Result<Reaped> {
+    let mut cmd = Command::new(bin);
+    die_with_parent(&mut cmd)
         .arg("--socket-path")
         .arg(sock)
-        // The whole host root, read-only: the guest runs the host's tools and the
-        // freshly built binaries at their own paths.
-        .args(["--shared-dir", "/", "--readonly", "--sandbox", "none"])
-        .args(["--cache", "auto", "--log-level", "error"])
+        .arg("--shared-dir")
+        .arg(dir)
+        .args([
+            "--sandbox",
+            "none",
+            "--cache",
+            "auto",
+            "--log-level",
+            "error",
+        ]);
+    if readonly {
+        cmd.arg("--readonly");
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .spawn()
         .context("starting virtiofsd")?;
@@ -354,6 +393,7 @@ fn start_qemu(
     kernel: &Kernel,
     initrd: &Path,
     sock: &Path,
+    out_sock: Option<&Path>,
     stage2: &Path,
 ) -> Result<Child> {
     let mem = opts.memory_mib;
@@ -368,7 +408,8 @@ fn start_qemu(
         "xtask: booting {} under QEMU (TCG, {mem} MiB, 2 CPUs)",
         kernel.release
     );
-    die_with_parent(&mut Command::new("nice"))
+    let mut cmd = Command::new("nice");
+    die_with_parent(&mut cmd)
         .args(["-n", "10", "qemu-system-x86_64"])
         // Nested KVM hangs on these machines; TCG is slow but works.
         .args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
@@ -395,8 +436,13 @@ fn start_qemu(
         .arg(kernel.vmlinuz())
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", &append])
-        .stdin(Stdio::null())
+        .args(["-append", &append]);
+    if let Some(out) = out_sock {
+        cmd.arg("-chardev")
+            .arg(format!("socket,id=vfsout,path={}", out.display()))
+            .args(["-device", "vhost-user-fs-pci,chardev=vfsout,tag=hostout"]);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .context("starting qemu-system-x86_64")
@@ -422,6 +468,9 @@ if mount -t virtiofs -o ro hostroot $R; then
   mkdir -p /keep && mount --bind $R$keep /keep
   for d in tmp run var/tmp; do mount -t tmpfs tmpfs $R/$d; done
   mkdir -p $R$keep && mount --bind /keep $R$keep
+  # A writable host directory (VM_OUT), when the run has one (Options::out_dir).
+  mkdir -p $R/run/pathtrace-out
+  mount -t virtiofs hostout $R/run/pathtrace-out 2>/dev/null || rmdir $R/run/pathtrace-out
   # The kernel runs modprobe from its own root (this initramfs), the tests from
   # the host's: the same path in both, each finding the unpacked kernel's modules.
   mkdir -p /run

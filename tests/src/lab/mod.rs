@@ -244,6 +244,20 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// [`Lab::up`], or None with the reason printed where the kernel lacks what
+    /// the options ask for (bridge VLAN filtering, bonding, 802.1Q devices: the
+    /// development kernel); any other failure panics.
+    pub fn up_unless_unsupported(opts: LabOptions) -> Option<Self> {
+        match Self::up(opts) {
+            Ok(lab) => Some(lab),
+            Err(e) if format!("{e:#}").contains("this kernel has no") => {
+                eprintln!("skipped: {e:#}");
+                None
+            }
+            Err(e) => panic!("lab up: {e:#}"),
+        }
+    }
+
     pub fn up(opts: LabOptions) -> Result<Self> {
         Self::cleanup_stale();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);

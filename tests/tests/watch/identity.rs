@@ -7,12 +7,8 @@ use super::*;
 /// Every series of VM port `port` in a scrape, as `metric{label="value",...}` with
 /// the labels sorted: what Prometheus identifies a series by.
 fn series_of(body: &str, port: &str) -> BTreeSet<String> {
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let metrics = prometheus_parse::Scrape::parse(lines).expect("exposition format parses");
-    metrics
-        .samples
+    samples_of(body, port)
         .iter()
-        .filter(|s| s.labels.get("port") == Some(port))
         .map(|s| {
             let mut labels: Vec<String> =
                 s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
@@ -75,17 +71,7 @@ fn identity_survives_ageing_and_a_tap_flap(layout: Layout, config: bool, metrics
         true => lab.config_root(),
         false => lab.config_root().join("empty"),
     };
-    let config_root = config_root.display().to_string();
-    let metrics = metrics_port.to_string();
-    let args = [
-        "--interval",
-        "0.5",
-        "--prometheus",
-        &metrics,
-        "--config-root",
-        &config_root,
-    ];
-    let mut watch = WatchRun::start(&lab, &args).unwrap();
+    let mut watch = watch_with_metrics(&lab, metrics_port, &config_root);
     lab.nft(&format!(
         "add table inet pt_watch\n\
          add chain inet pt_watch forward {{ type filter hook forward priority filter; policy accept; }}\n\

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 mod dhcparp;
 mod identity;
+mod vlan;
 
 const HEALTHY: &str = "tap100i0";
 const BROKEN: &str = "tap101i0";
@@ -130,6 +131,33 @@ fn drops_show_on_the_broken_vm_only_with_stage_and_reason() {
 }
 
 /// GET /metrics over a real TCP connection inside the lab's namespace.
+/// `pathtrace watch --json` every 0.5 s with its Prometheus endpoint on
+/// `metrics_port`, reading the hypervisor's configuration under `config_root`.
+fn watch_with_metrics(lab: &Lab, metrics_port: u16, config_root: &std::path::Path) -> WatchRun {
+    let metrics = metrics_port.to_string();
+    let root = config_root.display().to_string();
+    let args = [
+        "--interval",
+        "0.5",
+        "--prometheus",
+        &metrics,
+        "--config-root",
+        &root,
+    ];
+    WatchRun::start(lab, &args).unwrap()
+}
+
+/// Every sample of VM port `port` in a scrape.
+fn samples_of(body: &str, port: &str) -> Vec<prometheus_parse::Sample> {
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let metrics = prometheus_parse::Scrape::parse(lines).expect("exposition format parses");
+    metrics
+        .samples
+        .into_iter()
+        .filter(|s| s.labels.get("port") == Some(port))
+        .collect()
+}
+
 fn scrape(lab: &Lab, port: u16) -> String {
     let script = format!(
         "exec 3<>/dev/tcp/127.0.0.1/{port} && \

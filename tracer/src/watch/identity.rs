@@ -1,5 +1,5 @@
-//! A VM's identity as watch reports it — its MACs, IPv4 addresses, VMID and name —
-//! kept for as long as its port exists.
+//! A VM's identity as watch reports it — its MACs, IPv4 addresses, VMID, name and
+//! VLAN — kept for as long as its port exists.
 //!
 //! The host's tables forget a quiet guest: its bridge FDB entry ages out (300 s by
 //! default), a port that loses carrier has its entries flushed, a bridge without a
@@ -13,9 +13,11 @@
 //! - the hypervisor's configuration (Proxmox `netN:` MAC and cloud-init
 //!   `ipconfigN`, libvirt domain XML, static DHCP hosts and dnsmasq leases), read
 //!   at start and again whenever a new port appears;
-//! - the source address of the VM's own dropped packets (tied to it by its MAC).
+//! - the source address of the VM's own dropped packets (tied to it by its MAC);
+//! - its port's VLAN (`vlan`: the bridge's VLAN table, the VLAN device under the
+//!   bridge), else the configuration's tag.
 //!
-//! The rule: each field (MACs, addresses, VMID, name) is fixed at the first moment
+//! The rule: each field (MACs, addresses, VMID, name, VLAN) is fixed at the first moment
 //! it is known non-empty and never changes while the port exists — same ifindex, or
 //! back under the same name within the run (a tap flap, a VM reboot). A field still
 //! empty fills once, when something first knows it. A port back under its old name
@@ -37,6 +39,7 @@ pub struct Identity {
     pub ips: Vec<Ipv4Addr>,
     pub vmid: Option<String>,
     pub vm_name: Option<String>,
+    pub vlan: Option<u16>,
 }
 
 impl Identity {
@@ -53,6 +56,9 @@ impl Identity {
         }
         if self.vm_name.is_none() {
             self.vm_name.clone_from(&seen.vm_name);
+        }
+        if self.vlan.is_none() {
+            self.vlan = seen.vlan;
         }
     }
 
@@ -71,6 +77,7 @@ impl Identity {
         port.ips.clone_from(&self.ips);
         port.vmid.clone_from(&self.vmid);
         port.vm_name.clone_from(&self.vm_name);
+        port.vlan = self.vlan;
     }
 }
 
@@ -225,6 +232,7 @@ fn observe(port: &VmPort, nics: &[VmNic], neigh: &HashMap<[u8; 6], Vec<Ipv4Addr>
     let mut seen = Identity {
         macs: port.macs.clone(),
         ips: port.ips.clone(),
+        vlan: port.vlan,
         ..Identity::default()
     };
     let Some(nic) = configured_nic(port, nics) else {
@@ -243,6 +251,8 @@ fn observe(port: &VmPort, nics: &[VmNic], neigh: &HashMap<[u8; 6], Vec<Ipv4Addr>
     seen.ips.sort();
     seen.vmid = Some(nic.vm_id.clone());
     seen.vm_name.clone_from(&nic.vm_name);
+    // The host's own VLAN table wins: the configuration may not be applied yet.
+    seen.vlan = port.vlan.or(nic.vlan);
     seen
 }
 
@@ -292,6 +302,7 @@ mod tests {
             ips: ips.to_vec(),
             vmid: None,
             vm_name: None,
+            vlan: None,
         }
     }
 
@@ -465,6 +476,37 @@ mod tests {
         let q = &now.ports[&11];
         assert_eq!(q.vm_name.as_deref(), Some("db01"));
         assert_eq!(q.ips, [ip(6)]);
+    }
+
+    /// The host's VLAN (PVID, VLAN device) first, the configured tag when the
+    /// host knows none; then fixed, as every label is while the port exists.
+    #[test]
+    fn vlan_from_the_host_else_the_configuration_then_fixed() {
+        let tagged = |vlan| VmNic {
+            vlan,
+            ..nic("105", "web01", "bc:24:11:00:01:05", "tap105i0", &[])
+        };
+        let mut ids = Identities::with_nics(vec![tagged(Some(20))]);
+        let mut now = inv(vec![port(10, "tap105i0", &[MAC], &[])], &[]);
+        ids.apply(&mut now);
+        assert_eq!(now.ports[&10].vlan, Some(20), "the configuration's tag");
+        let host_says = || {
+            let mut i = inv(vec![port(10, "tap105i0", &[MAC], &[])], &[]);
+            i.ports.get_mut(&10).unwrap().vlan = Some(30);
+            i
+        };
+        let mut later = host_says();
+        ids.apply(&mut later);
+        assert_eq!(later.ports[&10].vlan, Some(20), "fixed once known");
+
+        let mut ids = Identities::with_nics(vec![tagged(Some(20))]);
+        let mut first = host_says();
+        ids.apply(&mut first);
+        assert_eq!(first.ports[&10].vlan, Some(30), "the host wins");
+        let mut untagged = Identities::with_nics(vec![tagged(None)]);
+        let mut plain = inv(vec![port(10, "tap105i0", &[MAC], &[])], &[]);
+        untagged.apply(&mut plain);
+        assert_eq!(plain.ports[&10].vlan, None);
     }
 
     #[test]

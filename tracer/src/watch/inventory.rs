@@ -32,6 +32,9 @@ pub struct VmPort {
     pub vmid: Option<String>,
     /// The VM's name in that configuration.
     pub vm_name: Option<String>,
+    /// The VLAN of the guest's untagged frames (`vlan`), as the host or, failing
+    /// that, the configuration's tag says (filled by `identity`).
+    pub vlan: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -54,7 +57,14 @@ pub struct Inventory {
 impl Inventory {
     /// Read the running host: one read of its tables, whatever the number of VMs.
     pub fn discover() -> Result<Self> {
-        Ok(Self::from_host(&Host::read()?))
+        let host = Host::read()?;
+        let mut inv = Self::from_host(&host);
+        // Without the VLAN table the configuration's tag is still known.
+        let table = super::vlan::table(&host).unwrap_or_default();
+        for port in inv.ports.values_mut() {
+            port.vlan = super::vlan::of_port(&host, &table, &port.name);
+        }
+        Ok(inv)
     }
 
     /// The VMs the host model knows.
@@ -157,6 +167,7 @@ fn vm_ports(host: &Host) -> Vec<VmPort> {
                 ips: Vec::new(),
                 vmid: None,
                 vm_name: None,
+                vlan: None,
             })
         })
         .collect()

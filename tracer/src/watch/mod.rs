@@ -14,6 +14,7 @@ mod prometheus;
 pub mod report;
 mod resets;
 pub mod tui;
+mod vlan;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -96,6 +97,7 @@ struct PortEvent<'a> {
     macs: Vec<String>,
     vmid: Option<&'a str>,
     vm_name: Option<&'a str>,
+    vlan: Option<u16>,
     ts: f64,
 }
 
@@ -343,6 +345,7 @@ fn announce_ports(view: &View, old: &BTreeMap<u32, VmPort>, new: &BTreeMap<u32, 
                     macs: p.macs.iter().map(inventory::format_mac).collect(),
                     vmid: p.vmid.as_deref(),
                     vm_name: p.vm_name.as_deref(),
+                    vlan: p.vlan,
                     ts: unix_now(),
                 });
                 if let Ok(line) = line {

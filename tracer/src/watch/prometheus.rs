@@ -2,7 +2,7 @@
 //! served at `/metrics` by a minimal HTTP/1.1 responder (one request per
 //! connection; scrapers need nothing more).
 //!
-//! A VM's labels (`vm_ip`, `vmid`, `vm_name`) come from its identity, which stays
+//! A VM's labels (`vm_ip`, `vmid`, `vm_name`, `vlan`) come from its identity, which stays
 //! fixed while its port exists (see `identity`): a quiet guest's series keep their
 //! labels when the host's tables forget it.
 
@@ -15,7 +15,7 @@ use tokio::{
     sync::Mutex,
 };
 
-use super::report::Snapshot;
+use super::report::{Snapshot, VmReport};
 
 /// The latest rendered page, shared between the watch loop and the server.
 pub type Page = Arc<Mutex<String>>;
@@ -174,6 +174,12 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// `vlan="20"`; empty when untagged or unknown, as the other optional labels
+/// (Prometheus treats an empty label as absent).
+fn vlan_label(vm: &VmReport) -> String {
+    vm.vlan.map(|v| v.to_string()).unwrap_or_default()
+}
+
 fn labels(pairs: &[(&str, &str)]) -> String {
     let inner: Vec<String> = pairs
         .iter()
@@ -211,6 +217,7 @@ pub fn render(s: &Snapshot) -> String {
     let mut resets = String::new();
     for vm in &s.vms {
         let ip = vm.vm_ips.join(",");
+        let vlan = vlan_label(vm);
         for d in &vm.drops {
             let l = labels(&[
                 ("vm_ip", &ip),
@@ -218,6 +225,7 @@ pub fn render(s: &Snapshot) -> String {
                 ("vm_name", vm.vm_name.as_deref().unwrap_or("")),
                 ("port", &vm.port),
                 ("bridge", &vm.bridge),
+                ("vlan", &vlan),
                 ("stage", d.stage),
                 ("reason", d.reason.as_deref().unwrap_or("")),
                 ("location", d.location.as_deref().unwrap_or("")),
@@ -260,6 +268,7 @@ pub fn render(s: &Snapshot) -> String {
             ("vm_name", vm.vm_name.as_deref().unwrap_or("")),
             ("port", &vm.port),
             ("bridge", &vm.bridge),
+            ("vlan", &vlan_label(vm)),
         ]);
         let _ = writeln!(out, "pathtrace_vm_info{l} 1");
     }
@@ -318,7 +327,7 @@ pub fn render(s: &Snapshot) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::report::{DropPoint, SelfStats, VmReport};
+    use super::super::report::{DropPoint, SelfStats};
     use super::*;
 
     fn sample() -> Snapshot {
@@ -334,6 +343,7 @@ mod tests {
                 macs: vec![],
                 vmid: Some("100".into()),
                 vm_name: Some("web01".into()),
+                vlan: Some(20),
                 drops_total: 3,
                 drops_per_s: 1.0,
                 drops: vec![DropPoint {
@@ -365,7 +375,7 @@ mod tests {
     fn renders_the_exposition_format() {
         let text = render(&sample());
         assert!(text.contains(
-            "pathtrace_drops_total{vm_ip=\"192.0.2.100\",vmid=\"100\",vm_name=\"web01\",port=\"tap100i0\",bridge=\"vmbr0\",stage=\"forward\",reason=\"NETFILTER_DROP\",location=\"nft_do_chain+0x3e8\",ifname=\"vm\\\"br0\",direction=\"from_vm\",proto=\"icmp\"} 3\n"
+            "pathtrace_drops_total{vm_ip=\"192.0.2.100\",vmid=\"100\",vm_name=\"web01\",port=\"tap100i0\",bridge=\"vmbr0\",vlan=\"20\",stage=\"forward\",reason=\"NETFILTER_DROP\",location=\"nft_do_chain+0x3e8\",ifname=\"vm\\\"br0\",direction=\"from_vm\",proto=\"icmp\"} 3\n"
         ), "{text}");
         assert!(text.contains("# TYPE pathtrace_drops_total counter\n"));
         assert!(text.contains("pathtrace_programs_attached 1\n"));
@@ -433,6 +443,7 @@ mod tests {
             "vm_name",
             "port",
             "bridge",
+            "vlan",
             "stage",
             "reason",
             "location",

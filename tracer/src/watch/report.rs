@@ -91,6 +91,9 @@ pub struct VmReport {
     pub vmid: Option<String>,
     /// The VM's name in that configuration.
     pub vm_name: Option<String>,
+    /// The VLAN of the guest's untagged frames, when known (the port's PVID on a
+    /// VLAN-aware bridge, the VLAN device under its bridge, the configured tag).
+    pub vlan: Option<u16>,
     pub drops_total: u64,
     pub drops_per_s: f64,
     /// Busiest first.
@@ -195,6 +198,7 @@ fn empty_report(p: &VmPort) -> VmReport {
         macs: p.macs.iter().map(super::inventory::format_mac).collect(),
         vmid: p.vmid.clone(),
         vm_name: p.vm_name.clone(),
+        vlan: p.vlan,
         drops_total: 0,
         drops_per_s: 0.0,
         drops: Vec::new(),
@@ -354,6 +358,7 @@ pub fn fuzz_entry(keys: &[FuzzKey], elapsed: f64) {
                 ips: vec![Ipv4Addr::new(192, 0, 2, i as u8)],
                 vmid: None,
                 vm_name: None,
+                vlan: None,
             },
         );
     }
@@ -433,6 +438,7 @@ mod tests {
                     ips: vec![Ipv4Addr::new(192, 0, 2, ip)],
                     vmid: None,
                     vm_name: None,
+                    vlan: None,
                 },
             );
         }

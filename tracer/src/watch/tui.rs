@@ -309,6 +309,7 @@ mod tests {
             macs: vec![],
             vmid: None,
             vm_name: None,
+            vlan: None,
             drops_total: total,
             drops_per_s: per_s,
             drops: vec![],
