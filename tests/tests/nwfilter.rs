@@ -1,0 +1,156 @@
+//! libvirt's `clean-traffic` network filter, instantiated by libvirt itself on
+//! the lab's port (see `lab/nwfilter.rs`: libvirtd in the hypervisor namespace
+//! and a private mount namespace, the filters Debian packages, unchanged): a
+//! guest sending from another address than its filter's `IP` parameter, or
+//! from another MAC than its NIC's, is dropped in the bridge family's
+//! prerouting hook (ebtables-nft's `bridge nat` table). The trace names the
+//! rule, what the filter allows against what the guest sends, and the fix in
+//! libvirt's terms; the doctor's `spoof_filter` check says the same. An honest
+//! guest passes. Needs root, eBPF and libvirt (installed by `cargo xtask setup`).
+
+use std::time::Duration;
+
+use pathtrace_tests::{
+    lab::{libvirt_missing, Filterref, GuestSpec, Lab, LabOptions, Layout, PingOpts},
+    tracerun::{fake_guest_bin, run_in_hv, trace_while, TraceRun},
+};
+use serde_json::Value;
+
+const DEST: &str = "203.0.113.8";
+
+/// The libvirt lab with guest 0 (vnet0), having pinged once before the
+/// filter (the host's neighbour and bridge tables know it, it knows its
+/// gateway's MAC), then `clean-traffic` instantiated by libvirt on its port
+/// as `nic` describes the NIC (its domain's MAC and the filter's IP). None,
+/// with the reason printed, when libvirt is not installed.
+fn lab_with_clean_traffic(guest: GuestSpec, nic: impl FnOnce(&mut Filterref)) -> Option<Lab> {
+    if let Some(why) = libvirt_missing() {
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.layout = Layout::Libvirt;
+    opts.guests = vec![guest];
+    let mut lab = Lab::up(opts).expect("lab up");
+    lab.guest(0)
+        .ping(
+            DEST.parse::<std::net::IpAddr>().unwrap(),
+            PingOpts::default(),
+        )
+        .expect("guest pings before its filter");
+    let mut f = Filterref::of(lab.guest_spec(0), "clean-traffic");
+    nic(&mut f);
+    let state = lab
+        .libvirt_nwfilter(f)
+        .expect("libvirt instantiates clean-traffic");
+    eprintln!(
+        "--- libvirt's binding\n{}--- rules\n{}",
+        std::fs::read_to_string(&state).unwrap_or_default(),
+        lab.hv("nft -a list table bridge nat").unwrap_or_default()
+    );
+    Some(lab)
+}
+
+fn trace(lab: &mut Lab, vm_ip: &str) -> TraceRun {
+    let root = lab.config_root().display().to_string();
+    let args = [
+        "--vm-ip",
+        vm_ip,
+        "--to",
+        DEST,
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+        "--json",
+        "--config-root",
+        &root,
+    ];
+    let run = trace_while(lab, &args, Duration::from_secs(25), |lab| {
+        let opts = PingOpts {
+            count: 2,
+            interval_ms: 300,
+            timeout_ms: 1500,
+            ..PingOpts::default()
+        };
+        lab.guest(0).ping(DEST.parse::<std::net::IpAddr>()?, opts)?;
+        Ok(())
+    })
+    .expect("pathtrace runs");
+    eprintln!("--- stdout\n{}--- stderr\n{}", run.stdout, run.stderr);
+    run
+}
+
+fn doctor(lab: &Lab, vm_ip: &str) -> TraceRun {
+    let root = lab.config_root().display().to_string();
+    let run = run_in_hv(
+        lab,
+        &[
+            "doctor",
+            "--vm-ip",
+            vm_ip,
+            "--to",
+            DEST,
+            "--passive",
+            "--json",
+            "--config-root",
+            &root,
+        ],
+    )
+    .expect("doctor runs");
+    eprintln!("--- doctor\n{}{}", run.stdout, run.stderr);
+    run
+}
+
+fn spoof_check(run: &TraceRun) -> Value {
+    run.json()
+        .into_iter()
+        .find(|v| v["type"] == "check" && v["check"] == "spoof_filter")
+        .unwrap_or_else(|| panic!("a spoof_filter check:\n{}", run.stdout))
+}
+
+fn text(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_string()
+}
+
+/// The guest as its domain and filter describe it: replies come back.
+#[test]
+fn clean_traffic_passes_the_configured_guest() {
+    let Some(mut lab) = lab_with_clean_traffic(GuestSpec::nth(0), |_| {}) else {
+        return;
+    };
+    let vm = lab.guest_spec(0).ip.to_string();
+    let run = trace(&mut lab, &vm);
+    assert_eq!(run.code, 0);
+    assert_eq!(run.verdicts()[0]["verdict"], "replied");
+    let c = spoof_check(&doctor(&lab, &vm));
+    assert_eq!(c["status"], "pass", "{c}");
+}
+
+/// The guest sends from 192.0.2.101; its filter's IP parameter is 192.0.2.100.
+#[test]
+fn clean_traffic_drops_a_spoofed_source() {
+    let mut guest = GuestSpec::nth(0);
+    guest.ip = "192.0.2.101".parse().unwrap();
+    let Some(mut lab) = lab_with_clean_traffic(guest, |f| f.ip = "192.0.2.100".parse().unwrap())
+    else {
+        return;
+    };
+    let run = trace(&mut lab, "192.0.2.101");
+    let _ = spoof_check(&doctor(&lab, "192.0.2.101"));
+    assert_eq!(run.code, 1);
+}
+
+/// The guest changed its MAC: its domain gives the NIC 52:54:00:00:00:aa.
+#[test]
+fn clean_traffic_drops_a_changed_mac() {
+    let Some(mut lab) =
+        lab_with_clean_traffic(GuestSpec::nth(0), |f| f.mac = "52:54:00:00:00:aa".into())
+    else {
+        return;
+    };
+    let vm = lab.guest_spec(0).ip.to_string();
+    let run = trace(&mut lab, &vm);
+    let _ = spoof_check(&doctor(&lab, &vm));
+    assert_eq!(run.code, 1);
+}
