@@ -127,7 +127,46 @@ fn clean_traffic_passes_the_configured_guest() {
     assert_eq!(c["status"], "pass", "{c}");
 }
 
-/// The guest sends from 192.0.2.101; its filter's IP parameter is 192.0.2.100.
+/// The verdict of `run`: dropped at the bridge on vnet0 by `chain` of
+/// libvirt's rules for vnet0 (reached from PREROUTING through libvirt-I-vnet0),
+/// with the hint naming the binding.
+fn assert_dropped_by(run: &TraceRun, chain: &str) -> String {
+    assert_eq!(run.code, 1);
+    let v = &run.verdicts()[0];
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["direction"], "request");
+    assert_eq!(v["stage"], "bridge");
+    assert_eq!(v["ifname"], "vnet0");
+    assert_eq!(v["reason"], "NETFILTER_DROP");
+    let rule = text(v, "rule");
+    assert!(
+        rule.starts_with(&format!("bridge nat {chain} handle ")),
+        "{rule}"
+    );
+    assert!(
+        rule.ends_with(&format!(
+            ": counter drop (via PREROUTING → libvirt-I-vnet0 → {chain})"
+        )),
+        "{rule}"
+    );
+    let hint = text(v, "hint");
+    assert!(
+        hint.starts_with("libvirt's nwfilter clean-traffic on vnet0 (domain guest0; "),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("run/libvirt/nwfilter-binding/vnet0.xml)"),
+        "{hint}"
+    );
+    assert!(
+        hint.ends_with("an ebtables or nft edit is undone"),
+        "{hint}"
+    );
+    hint
+}
+
+/// The guest sends from 192.0.2.101; its filter's IP parameter is 192.0.2.100:
+/// no-ip-spoofing drops its packets, and its ARP too (the doctor says so).
 #[test]
 fn clean_traffic_drops_a_spoofed_source() {
     let mut guest = GuestSpec::nth(0);
@@ -137,11 +176,52 @@ fn clean_traffic_drops_a_spoofed_source() {
         return;
     };
     let run = trace(&mut lab, "192.0.2.101");
-    let _ = spoof_check(&doctor(&lab, "192.0.2.101"));
-    assert_eq!(run.code, 1);
+    let hint = assert_dropped_by(&run, "I-vnet0-ipv4-ip");
+    assert!(
+        hint.contains(
+            "lets vnet0 send IPv4 only from 192.0.2.100, its IP parameter (no-ip-spoofing), \
+             and the guest's request comes from 192.0.2.101: I-vnet0-ipv4-ip drops it"
+        ),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("Make the guest send from 192.0.2.100"),
+        "{hint}"
+    );
+    assert!(
+        hint.contains(
+            "virsh edit guest0: <filterref filter='clean-traffic'><parameter name='IP' \
+             value='192.0.2.101'/></filterref>"
+        ),
+        "{hint}"
+    );
+
+    let c = spoof_check(&doctor(&lab, "192.0.2.101"));
+    assert_eq!(c["status"], "fail");
+    assert_eq!(c["subject"], "vnet0");
+    let evidence = text(&c, "evidence");
+    assert!(
+        evidence.starts_with("bridge nat I-vnet0-arp-ip handle "),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains(
+            "drops the guest's ARP for its gateway 192.0.2.1 from 192.0.2.101 \
+             (52:54:00:"
+        ),
+        "{evidence}"
+    );
+    let fix = text(&c, "fix");
+    assert!(
+        fix.contains(
+            "lets vnet0 send ARP only from 192.0.2.100, its IP parameter (no-arp-ip-spoofing)"
+        ),
+        "{fix}"
+    );
 }
 
-/// The guest changed its MAC: its domain gives the NIC 52:54:00:00:00:aa.
+/// The guest changed its MAC: its domain gives the NIC 52:54:00:00:00:aa, the
+/// guest sends from its own. no-mac-spoofing drops everything it sends.
 #[test]
 fn clean_traffic_drops_a_changed_mac() {
     let Some(mut lab) =
@@ -149,8 +229,32 @@ fn clean_traffic_drops_a_changed_mac() {
     else {
         return;
     };
-    let vm = lab.guest_spec(0).ip.to_string();
+    let (vm, mac) = (
+        lab.guest_spec(0).ip.to_string(),
+        lab.guest_spec(0).mac.clone(),
+    );
     let run = trace(&mut lab, &vm);
-    let _ = spoof_check(&doctor(&lab, &vm));
-    assert_eq!(run.code, 1);
+    let hint = assert_dropped_by(&run, "I-vnet0-mac");
+    assert!(
+        hint.contains(&format!(
+            "lets vnet0 send only from MAC 52:54:00:00:00:aa (no-mac-spoofing: the NIC's \
+             <mac address='52:54:00:00:00:aa'/>), and the guest's request comes from {mac}: \
+             I-vnet0-mac drops its frames"
+        )),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("ip link set dev eth0 address 52:54:00:00:00:aa"),
+        "{hint}"
+    );
+    assert!(hint.contains(&format!("<mac address='{mac}'/>")), "{hint}");
+
+    let c = spoof_check(&doctor(&lab, &vm));
+    assert_eq!(c["status"], "fail");
+    let evidence = text(&c, "evidence");
+    assert!(
+        evidence.starts_with("bridge nat I-vnet0-mac handle "),
+        "{evidence}"
+    );
+    assert!(text(&c, "fix").contains("no-mac-spoofing"), "{c}");
 }

@@ -73,6 +73,7 @@ impl Explainer {
         let pkt = points.first().map(|p| p.view)?;
         if let Some(hint) = pve_firewall::hint(&c, pkt, what, &self.config_root)
             .or_else(|| libvirt::hint(&c, pkt, what, self.topo.vm_subnet))
+            .or_else(|| nwfilter::hint(&c, pkt, what, &self.config_root))
         {
             return Some((Some(c.describe()), hint));
         }
