@@ -257,4 +257,25 @@ fn clean_traffic_drops_a_changed_mac() {
         "{evidence}"
     );
     assert!(text(&c, "fix").contains("no-mac-spoofing"), "{c}");
+
+    // A host that knew the guest before it changed its MAC: its neighbour
+    // entry holds the NIC's MAC, and the bridge never learned the new one
+    // (the filter drops the frames before the bridge learns). The frame, as
+    // the host knows the guest, would pass: the trace replays it without
+    // assuming the MAC and names the MAC rule.
+    lab.hv(&format!(
+        "ip neigh replace {vm} lladdr 52:54:00:00:00:aa dev virbr0 nud stale && \
+         bridge fdb del {mac} dev vnet0 master"
+    ))
+    .unwrap();
+    let run = trace(&mut lab, &vm);
+    let hint = assert_dropped_by(&run, "I-vnet0-mac");
+    assert!(
+        hint.contains(
+            "lets vnet0 send only from MAC 52:54:00:00:00:aa (no-mac-spoofing: the NIC's \
+             <mac address='52:54:00:00:00:aa'/>), and the guest's request comes from \
+             another MAC: I-vnet0-mac drops its frames"
+        ),
+        "{hint}"
+    );
 }

@@ -72,6 +72,8 @@ pub fn hint(c: &Culprit, pkt: &PacketView, what: &str, config_root: &Path) -> Op
             let allowed = b.as_ref().and_then(|b| b.mac.clone());
             let allowed = allowed.as_deref().unwrap_or("the NIC's MAC");
             let sent = pkt.ether_saddr.map(mac_text);
+            // Unknown: the frame did not pass as coming from the MAC the host
+            // knows the guest by.
             let sent_words = sent.as_deref().unwrap_or("another MAC");
             let field = if part == "mac" {
                 "frames"
