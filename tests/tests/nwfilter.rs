@@ -8,11 +8,9 @@
 //! libvirt's terms; the doctor's `spoof_filter` check says the same. An honest
 //! guest passes. Needs root, eBPF and libvirt (installed by `cargo xtask setup`).
 
-use std::time::Duration;
-
 use pathtrace_tests::{
     lab::{libvirt_missing, Filterref, GuestSpec, Lab, LabOptions, Layout, PingOpts},
-    tracerun::{fake_guest_bin, run_in_hv, trace_while, TraceRun},
+    tracerun::{doctor_with_config, fake_guest_bin, trace_pings_with_config, TraceRun},
 };
 use serde_json::Value;
 
@@ -52,61 +50,15 @@ fn lab_with_clean_traffic(guest: GuestSpec, nic: impl FnOnce(&mut Filterref)) ->
 }
 
 fn trace(lab: &mut Lab, vm_ip: &str) -> TraceRun {
-    let root = lab.config_root().display().to_string();
-    let args = [
-        "--vm-ip",
-        vm_ip,
-        "--to",
-        DEST,
-        "--count",
-        "1",
-        "--timeout",
-        "10",
-        "--json",
-        "--config-root",
-        &root,
-    ];
-    let run = trace_while(lab, &args, Duration::from_secs(25), |lab| {
-        let opts = PingOpts {
-            count: 2,
-            interval_ms: 300,
-            timeout_ms: 1500,
-            ..PingOpts::default()
-        };
-        lab.guest(0).ping(DEST.parse::<std::net::IpAddr>()?, opts)?;
-        Ok(())
-    })
-    .expect("pathtrace runs");
-    eprintln!("--- stdout\n{}--- stderr\n{}", run.stdout, run.stderr);
-    run
+    trace_pings_with_config(lab, 0, vm_ip, DEST)
 }
 
 fn doctor(lab: &Lab, vm_ip: &str) -> TraceRun {
-    let root = lab.config_root().display().to_string();
-    let run = run_in_hv(
-        lab,
-        &[
-            "doctor",
-            "--vm-ip",
-            vm_ip,
-            "--to",
-            DEST,
-            "--passive",
-            "--json",
-            "--config-root",
-            &root,
-        ],
-    )
-    .expect("doctor runs");
-    eprintln!("--- doctor\n{}{}", run.stdout, run.stderr);
-    run
+    doctor_with_config(lab, vm_ip, DEST)
 }
 
 fn spoof_check(run: &TraceRun) -> Value {
-    run.json()
-        .into_iter()
-        .find(|v| v["type"] == "check" && v["check"] == "spoof_filter")
-        .unwrap_or_else(|| panic!("a spoof_filter check:\n{}", run.stdout))
+    run.check("spoof_filter")
 }
 
 fn text(v: &Value, key: &str) -> String {

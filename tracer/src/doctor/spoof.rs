@@ -89,7 +89,7 @@ impl Guest {
 
     fn source_words(&self) -> String {
         match self.mac {
-            Some(m) => format!("{} ({})", self.ip, mac_text(m)),
+            Some(m) => format!("{} ({})", self.ip, crate::host::mac_text(&m)),
             None => self.ip.to_string(),
         }
     }
@@ -194,13 +194,6 @@ fn bridge_address(t: &Topology, host: &Host) -> Option<Ipv4Addr> {
         .into_iter()
         .find(|(a, _)| topology::network(*a, len) == net)
         .map(|(a, _)| a)
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ pub fn hint(c: &Culprit, pkt: &PacketView, what: &str, config_root: &Path) -> Op
         "mac" | "arp-mac" => {
             let allowed = b.as_ref().and_then(|b| b.mac.clone());
             let allowed = allowed.as_deref().unwrap_or("the NIC's MAC");
-            let sent = pkt.ether_saddr.map(mac_text);
+            let sent = pkt.ether_saddr.map(|m| crate::host::mac_text(&m));
             // Unknown: the frame did not pass as coming from the MAC the host
             // knows the guest by.
             let sent_words = sent.as_deref().unwrap_or("another MAC");
@@ -239,13 +239,6 @@ fn xml_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[cfg(test)]
