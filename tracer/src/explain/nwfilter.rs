@@ -255,12 +255,17 @@ mod tests {
         <parameter name='MAC' value='52:54:00:aa:00:56'/>\n    </filterref>\n  \
         </filterbinding>\n</filterbindingstatus>\n";
 
+    /// Written once: tests run in parallel and read it.
     fn root() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("pt-nwfilter-{}", std::process::id()));
-        let state = dir.join("run/libvirt/nwfilter-binding");
-        std::fs::create_dir_all(&state).unwrap();
-        std::fs::write(state.join("vnet0.xml"), STATE).unwrap();
-        dir
+        static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        ROOT.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("pt-nwfilter-{}", std::process::id()));
+            let state = dir.join("run/libvirt/nwfilter-binding");
+            std::fs::create_dir_all(&state).unwrap();
+            std::fs::write(state.join("vnet0.xml"), STATE).unwrap();
+            dir
+        })
+        .clone()
     }
 
     fn culprit(chain: &str) -> Culprit {
@@ -301,6 +306,33 @@ mod tests {
         assert_eq!(b.mac.as_deref(), Some("52:54:00:aa:00:56"));
         assert_eq!(b.ips, ["192.0.2.100".parse::<Ipv4Addr>().unwrap()]);
         assert_eq!(binding(&root(), "vnet1"), None);
+    }
+
+    /// Without libvirt's state file, the running domain's XML: the NIC whose
+    /// target is the port, its MAC and its `<filterref>`.
+    #[test]
+    fn the_domain_xml_stands_in_for_the_binding() {
+        let dir = std::env::temp_dir().join(format!("pt-nwfilter-dom-{}", std::process::id()));
+        let qemu = dir.join("run/libvirt/qemu");
+        std::fs::create_dir_all(&qemu).unwrap();
+        let xml = "<domstatus><domain type='kvm'><name>web</name><devices>\
+            <interface type='network'><mac address='52:54:00:AA:00:01'/><target dev='vnet1'/>\
+            </interface><interface type='network'><mac address='52:54:00:AA:00:02'/>\
+            <target dev='vnet2'/><filterref filter='clean-traffic'>\
+            <parameter name='IP' value='192.0.2.7'/><parameter name='IP' value='192.0.2.8'/>\
+            </filterref></interface></devices></domain></domstatus>";
+        std::fs::write(qemu.join("web.xml"), xml).unwrap();
+        let b = binding(&dir, "vnet2").unwrap();
+        assert_eq!(
+            (b.owner.as_str(), b.filter.as_str()),
+            ("web", "clean-traffic")
+        );
+        assert_eq!(b.mac.as_deref(), Some("52:54:00:aa:00:02"));
+        assert_eq!(b.ips.len(), 2);
+        assert_eq!(b.source, qemu.join("web.xml"));
+        // A NIC without a filter has no binding.
+        assert_eq!(binding(&dir, "vnet1"), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
