@@ -52,6 +52,69 @@ impl TraceRun {
     pub fn summary(&self) -> Option<Value> {
         self.json().into_iter().find(|v| v["type"] == "summary")
     }
+
+    /// The doctor check `name` among the JSON lines (a trace prints the checks
+    /// that explain what it saw, the doctor all of them); panics without it.
+    pub fn check(&self, name: &str) -> Value {
+        self.json()
+            .into_iter()
+            .find(|v| v["type"] == "check" && v["check"] == name)
+            .unwrap_or_else(|| panic!("a {name} check:\n{}", self.stdout))
+    }
+}
+
+/// `pathtrace doctor --passive` for `vm_ip` toward `dst` with the lab's
+/// config root, printed for the test's log.
+pub fn doctor_with_config(lab: &Lab, vm_ip: &str, dst: &str) -> TraceRun {
+    let root = lab.config_root().display().to_string();
+    let args = [
+        "doctor",
+        "--vm-ip",
+        vm_ip,
+        "--to",
+        dst,
+        "--passive",
+        "--json",
+        "--config-root",
+        &root,
+    ];
+    let run = run_in_hv(lab, &args).expect("doctor runs");
+    eprintln!("--- doctor\n{}{}", run.stdout, run.stderr);
+    run
+}
+
+/// Trace guest `guest` (as `vm_ip`) pinging `dst` twice, one request followed
+/// for up to 10 s, with the hypervisor's configuration under the lab's config
+/// root (generated firewalls are explained from it); printed for the test's log.
+pub fn trace_pings_with_config(lab: &mut Lab, guest: usize, vm_ip: &str, dst: &str) -> TraceRun {
+    let root = lab.config_root().display().to_string();
+    let args = [
+        "--vm-ip",
+        vm_ip,
+        "--to",
+        dst,
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+        "--json",
+        "--config-root",
+        &root,
+    ];
+    let run = trace_while(lab, &args, Duration::from_secs(25), |lab| {
+        let opts = crate::lab::PingOpts {
+            count: 2,
+            interval_ms: 300,
+            timeout_ms: 1500,
+            ..Default::default()
+        };
+        lab.guest(guest)
+            .ping(dst.parse::<std::net::IpAddr>()?, opts)?;
+        Ok(())
+    })
+    .expect("pathtrace runs");
+    eprintln!("--- stdout\n{}--- stderr\n{}", run.stdout, run.stderr);
+    run
 }
 
 /// A verdict's observed (not inferred) hops of one direction: (stage, ifname).

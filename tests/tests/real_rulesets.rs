@@ -20,7 +20,9 @@ use std::{
 
 use pathtrace_tests::{
     lab::{GuestSpec, Lab, LabOptions, PingOpts},
-    tracerun::{fake_guest_bin, run_in_hv, trace_while, TraceRun},
+    tracerun::{
+        doctor_with_config, fake_guest_bin, trace_pings_with_config, trace_while, TraceRun,
+    },
 };
 use serde_json::Value;
 
@@ -137,34 +139,7 @@ fn load_proxmox_firewall(lab: &Lab) -> anyhow::Result<()> {
 }
 
 fn trace(lab: &mut Lab, guest: usize, vm_ip: &str) -> TraceRun {
-    let args = [
-        "--vm-ip",
-        vm_ip,
-        "--to",
-        DEST,
-        "--count",
-        "1",
-        "--timeout",
-        "10",
-        "--json",
-        "--config-root",
-    ];
-    let root = lab.config_root().display().to_string();
-    let mut args: Vec<&str> = args.to_vec();
-    args.push(&root);
-    let run = trace_while(lab, &args, Duration::from_secs(25), |lab| {
-        let opts = PingOpts {
-            count: 2,
-            interval_ms: 300,
-            timeout_ms: 1500,
-            ..PingOpts::default()
-        };
-        lab.guest(guest).ping(DEST.parse::<IpAddr>()?, opts)?;
-        Ok(())
-    })
-    .expect("pathtrace runs");
-    eprintln!("--- stdout\n{}--- stderr\n{}", run.stdout, run.stderr);
-    run
+    trace_pings_with_config(lab, guest, vm_ip, DEST)
 }
 
 fn one_verdict(run: &TraceRun) -> Value {
@@ -247,10 +222,7 @@ fn proxmox_nft_ip_filter_drop() {
 
 /// The `spoof_filter` check among `run`'s JSON lines.
 fn spoof_check(run: &TraceRun) -> Value {
-    run.json()
-        .into_iter()
-        .find(|v| v["type"] == "check" && v["check"] == "spoof_filter")
-        .unwrap_or_else(|| panic!("a spoof_filter check:\n{}", run.stdout))
+    run.check("spoof_filter")
 }
 
 /// The IP filter drops ARP from 192.0.2.11 too (handle 234): a guest that has
@@ -312,22 +284,7 @@ fn proxmox_nft_ip_filter_drops_the_guests_arp() {
     );
     assert!(fix.contains("/etc/pve/firewall/100.fw"), "{fix}");
 
-    let doctor = run_in_hv(
-        &lab,
-        &[
-            "doctor",
-            "--vm-ip",
-            "192.0.2.11",
-            "--to",
-            DEST,
-            "--passive",
-            "--json",
-            "--config-root",
-            &root,
-        ],
-    )
-    .expect("doctor runs");
-    eprintln!("--- doctor\n{}", doctor.stdout);
+    let doctor = doctor_with_config(&lab, "192.0.2.11", DEST);
     let c = spoof_check(&doctor);
     assert_eq!(c["status"], "fail");
     assert!(text(&c, "evidence").contains("arp saddr ip != @v4-guest-100/ipfilter-net3 drop"));
@@ -340,23 +297,7 @@ fn proxmox_nft_spoof_filter_passes_the_configured_guest() {
     let Some(lab) = lab_with_proxmox_firewall(vec![net3("192.0.2.10")]) else {
         return;
     };
-    let root = lab.config_root().display().to_string();
-    let doctor = run_in_hv(
-        &lab,
-        &[
-            "doctor",
-            "--vm-ip",
-            "192.0.2.10",
-            "--to",
-            DEST,
-            "--passive",
-            "--json",
-            "--config-root",
-            &root,
-        ],
-    )
-    .expect("doctor runs");
-    eprintln!("--- doctor\n{}", doctor.stdout);
+    let doctor = doctor_with_config(&lab, "192.0.2.10", DEST);
     let c = spoof_check(&doctor);
     assert_eq!(c["status"], "pass", "{c}");
 }

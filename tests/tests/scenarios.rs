@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pathtrace_tests::{
     guest::GuestSpec,
-    lab::{Lab, LabOptions, PingOpts},
+    lab::{Filterref, Lab, LabOptions, PingOpts},
     scenarios::{self, Scenario, Traffic},
     tracerun::{fake_guest_bin, trace_while},
 };
@@ -47,6 +47,12 @@ fn run(name: &str) {
     if sc.guest_resolves_again {
         lab.guest(0).flush_neighbours().expect("guest forgets");
     }
+    if let Some(nw) = sc.nwfilter {
+        let mut f = Filterref::of(lab.guest_spec(0), nw.filter);
+        f.ip = nw.ip.parse().expect("the filter's IP");
+        lab.libvirt_nwfilter(f)
+            .unwrap_or_else(|e| panic!("libvirt's nwfilter: {e:#}"));
+    }
     let v = trace(&mut lab, sc);
     sc.check(&v);
 }
@@ -69,6 +75,11 @@ fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
         _ => vec!["--vm-ip", &vm_ip, "--to", &to],
     };
     args.extend(["--count", &count, "--timeout", "12", "--json"]);
+    // libvirt's state for the filter binding is under the lab's config root.
+    let root = lab.config_root().display().to_string();
+    if sc.nwfilter.is_some() {
+        args.extend(["--config-root", &root]);
+    }
     if let Some(port) = sc.iface {
         args.extend(["--iface", port]);
     }
@@ -197,6 +208,7 @@ scenario_tests!(
     arp_dropped_by_bridge_rule,
     arp_reply_dropped,
     healthy_arp,
+    libvirt_clean_traffic_spoofed_source,
 );
 
 /// Bridge VLAN filtering with the VM port in the wrong VLAN, where the kernel has

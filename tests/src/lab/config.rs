@@ -67,17 +67,20 @@ impl Lab {
                 for s in &specs {
                     let (vmid, _) = parse_port(&s.tap).unwrap_or((100, 0));
                     let name = guest_name(vmid);
+                    // A NIC with a filter: the MAC its domain gives it (the guest
+                    // may send from another) and its <filterref>.
+                    let filter = self.filterref(&s.tap);
                     let xml = format!(
                         "<domain type='kvm' id='{id}'>\n  <name>{name}</name>\n  \
                          <uuid>{uuid}</uuid>\n  <devices>\n    <interface type='network'>\n      \
                          <mac address='{mac}'/>\n      \
                          <source network='default' bridge='{br}'/>\n      \
-                         <target dev='{tap}'/>\n      <model type='virtio'/>\n    \
+                         <target dev='{tap}'/>\n      <model type='virtio'/>\n{filterref}    \
                          </interface>\n  </devices>\n</domain>\n",
                         id = vmid.saturating_sub(99),
-                        uuid =
-                            format_args!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), vmid),
-                        mac = s.mac,
+                        uuid = self.domain_uuid(&s.tap),
+                        mac = filter.map_or(&s.mac, |f| &f.mac),
+                        filterref = filter.map(Filterref::xml).unwrap_or_default(),
                         br = self.bridge(),
                         tap = s.tap,
                     );
@@ -85,11 +88,8 @@ impl Lab {
                     // libvirt refuses two DHCP hosts with one address: the duplicate
                     // is a guest configured statically, unknown to the network.
                     if vmid != DUPLICATE_VMID {
-                        writeln!(
-                            hosts,
-                            "      <host mac='{}' name='{name}' ip='{}'/>",
-                            s.mac, s.ip
-                        )?;
+                        let (mac, ip) = filter.map_or((&s.mac, s.ip), |f| (&f.mac, f.ip));
+                        writeln!(hosts, "      <host mac='{mac}' name='{name}' ip='{ip}'/>")?;
                         // DHCPv6 hosts are matched by name (or DUID), not MAC.
                         if let Some(v6) = s.v6 {
                             writeln!(hosts6, "      <host name='{name}' ip='{}'/>", v6.ip)?;

@@ -57,6 +57,7 @@ mod dhcp;
 mod faults;
 mod faults6;
 mod netns;
+mod nwfilter;
 mod remote;
 mod v6;
 
@@ -64,6 +65,7 @@ pub use faults::Fault;
 pub use faults6::Fault6;
 pub use netns::{cleanup_stale_netns, remove_netns};
 use netns::{in_netns, sh, spawn_in};
+pub use nwfilter::{libvirt_missing, Filterref};
 pub use remote::REMOTE_HOST;
 pub use v6::{
     V6Setup, BRIDGED_HOST6, GATEWAY6, INET6_DNS, INET6_HOST, ISP6, NAT66_NET, NDP_PROXY_GATEWAY,
@@ -241,6 +243,8 @@ pub struct Lab {
     /// rp_filter of all and of the bridge before [`Fault::RpFilterStrict`].
     saved_rp_filter: Option<(String, String)>,
     helpers: Vec<Child>,
+    /// libvirt nwfilters instantiated on ports ([`Lab::libvirt_nwfilter`]).
+    filterrefs: Vec<Filterref>,
 }
 
 impl Lab {
@@ -280,6 +284,7 @@ impl Lab {
             resolver: None,
             saved_rp_filter: None,
             helpers: Vec::new(),
+            filterrefs: Vec::new(),
         };
         // From here on, Drop removes whatever was created, even if a step fails.
         std::fs::create_dir_all(&lab.config_root)

@@ -1,7 +1,7 @@
 //! The catalogue itself: every scenario with its fault, traffic and expected
 //! verdict (the types and the checks are in the parent module).
 
-use super::{Expect, Layout, Scenario, Traffic, Uplink, V6Setup};
+use super::{Expect, Layout, Nwfilter, Scenario, Traffic, Uplink, V6Setup};
 
 const fn dropped(direction: &'static str, stage: &'static str) -> Expect {
     Expect {
@@ -50,6 +50,7 @@ const BASE: Scenario = Scenario {
     dhcp_server: None,
     traffic: Traffic::ping("203.0.113.8"),
     iface: None,
+    nwfilter: None,
     expect: REPLIED,
     fix: "",
 };
@@ -866,6 +867,24 @@ pub const CATALOGUE: &[Scenario] = &[
             ..dropped("request", "bridge")
         },
         fix: "nft delete rule bridge <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "libvirt_clean_traffic_spoofed_source",
+        symptom: "a libvirt VM cannot reach anything after its address was changed inside the guest",
+        cause: "the NIC's `<filterref filter='clean-traffic'>` has another IP parameter (192.0.2.200) than the address the guest sends from: libvirt's no-ip-spoofing rules (ebtables, table bridge nat, chain I-vnet0-ipv4-ip) drop its packets, and its ARP too",
+        layout: Layout::Libvirt,
+        nwfilter: Some(Nwfilter {
+            filter: "clean-traffic",
+            ip: "192.0.2.200",
+        }),
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("bridge nat I-vnet0-ipv4-ip handle"),
+            hint: Some("lets vnet0 send IPv4 only from 192.0.2.200, its IP parameter (no-ip-spoofing)"),
+            ..dropped("request", "bridge")
+        },
+        fix: "make the guest send from its filter's IP, or set `<parameter name='IP' value='ADDRESS'/>` in the NIC's `<filterref>` (virsh edit DOMAIN) and restart the domain",
         ..BASE
     },
     Scenario {

@@ -165,9 +165,21 @@ pub struct Scenario {
     /// The VM's port, passed as `--iface`: where the host's tables have forgotten
     /// the VM, pathtrace refuses to guess its port (it says which ports could be it).
     pub iface: Option<&'static str>,
+    /// The libvirt layout: this network filter instantiated by libvirt itself
+    /// on the guest's port (see `Lab::libvirt_nwfilter`), as its domain's
+    /// `<filterref>` describes it.
+    pub nwfilter: Option<Nwfilter>,
     pub expect: Expect,
     /// The fix an operator applies (documentation; pathtrace's hint says it too).
     pub fix: &'static str,
+}
+
+/// A NIC's `<filterref filter=...><parameter name='IP' value=.../>`, its MAC
+/// the guest's own.
+#[derive(Debug, Clone, Copy)]
+pub struct Nwfilter {
+    pub filter: &'static str,
+    pub ip: &'static str,
 }
 
 pub fn find(name: &str) -> &'static Scenario {

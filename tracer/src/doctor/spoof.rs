@@ -17,7 +17,7 @@ use super::{arp::parse_mac, Check, Status};
 use crate::{
     explain::{
         nft::{self, Culprit, PacketView, Ruleset, L3},
-        pve_hint,
+        nwfilter, pve_hint,
     },
     host::Host,
     topology::{self, Topology},
@@ -89,7 +89,7 @@ impl Guest {
 
     fn source_words(&self) -> String {
         match self.mac {
-            Some(m) => format!("{} ({})", self.ip, mac_text(m)),
+            Some(m) => format!("{} ({})", self.ip, crate::host::mac_text(&m)),
             None => self.ip.to_string(),
         }
     }
@@ -131,7 +131,7 @@ pub fn judge(rs: &Ruleset, text: &str, guest: &Guest, config_root: &Path) -> Opt
         // Whatever drops the ARP leaves the guest mute; an IP packet's drop is
         // this check's only when the rule looks at who sent it (a policy or a
         // port rule is the trace's and the firewall check's to say).
-        if view.l3 == L3::Arp || judges_sender(&c) {
+        if view.l3 == L3::Arp || judges_sender(&c, &guest.port) {
             return Some(failed(&c, view, what, guest, config_root));
         }
     }
@@ -147,9 +147,11 @@ pub fn judge(rs: &Ruleset, text: &str, guest: &Guest, config_root: &Path) -> Opt
 }
 
 /// The rule matches on the sender's address or MAC (`ip saddr`, `ether
-/// saddr`, `arp saddr ip`): an anti-spoofing rule.
-fn judges_sender(c: &Culprit) -> bool {
-    c.text.as_deref().is_some_and(|t| t.contains("saddr"))
+/// saddr`, `arp saddr ip`), or closes one of libvirt's anti-spoofing chains
+/// for `port` (whose drop rule matches nothing: the rules before it return
+/// for the allowed sender): an anti-spoofing rule.
+fn judges_sender(c: &Culprit, port: &str) -> bool {
+    c.text.as_deref().is_some_and(|t| t.contains("saddr")) || nwfilter::judges_sender(c, port)
 }
 
 fn failed(c: &Culprit, view: &PacketView, what: &str, g: &Guest, root: &Path) -> Check {
@@ -166,8 +168,9 @@ fn failed(c: &Culprit, view: &PacketView, what: &str, g: &Guest, root: &Path) ->
         }
         L3::Ipv4 | L3::Ipv6 => "",
     };
-    let fix =
-        pve_hint(c, view, what, root).unwrap_or_else(|| match crate::explain::fix::delete(c) {
+    let fix = pve_hint(c, view, what, root)
+        .or_else(|| nwfilter::hint(c, view, what, root))
+        .unwrap_or_else(|| match crate::explain::fix::delete(c) {
             Some(cmd) => format!("remove or narrow the rule: {cmd}"),
             None => format!(
                 "the chain {} {} {} has policy drop: accept the guest's frames on {} before it",
@@ -191,13 +194,6 @@ fn bridge_address(t: &Topology, host: &Host) -> Option<Ipv4Addr> {
         .into_iter()
         .find(|(a, _)| topology::network(*a, len) == net)
         .map(|(a, _)| a)
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[cfg(test)]

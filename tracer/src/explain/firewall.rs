@@ -33,6 +33,21 @@ impl Explainer {
             self.legacy_blame(hook, &view, what)
                 .or_else(|| self.nft_blame(&points, d, what))
         };
+        // The host's tables (or the VM's configuration) may know the guest by
+        // a MAC it no longer sends from: then no bridge rule drops the frame as
+        // replayed, yet the kernel dropped it. Replay without assuming the MAC:
+        // a rule on the sender's MAC that may drop it is the answer.
+        let found = found.or_else(|| {
+            if stage != Stage::Bridge || ingress.ether_saddr.is_none() {
+                return None;
+            }
+            let [ingress, egress] = [&ingress, &egress].map(|v| nft::PacketView {
+                ether_saddr: None,
+                ..v.clone()
+            });
+            let points = replay_points(stage, d.direction, hook, &view, &ingress, &egress);
+            self.nft_blame(&points, d, what)
+        });
         let (rule, mut hint) = found.unwrap_or_else(|| {
             (
                 None,
@@ -73,6 +88,7 @@ impl Explainer {
         let pkt = points.first().map(|p| p.view)?;
         if let Some(hint) = pve_firewall::hint(&c, pkt, what, &self.config_root)
             .or_else(|| libvirt::hint(&c, pkt, what, self.topo.vm_subnet))
+            .or_else(|| nwfilter::hint(&c, pkt, what, &self.config_root))
         {
             return Some((Some(c.describe()), hint));
         }

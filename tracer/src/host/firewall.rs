@@ -26,16 +26,27 @@ pub struct Firewall {
     /// `iptables` is the nf_tables variant here (it names the fixing commands).
     #[serde(default)]
     pub iptables_nft: bool,
+    /// `ebtables-nft-save`, read only when a bridge-family table holds xtables
+    /// matches (ebtables-nft's, e.g. libvirt's nwfilter rules): what they test.
+    #[serde(default)]
+    pub ebtables: Option<String>,
 }
 
 impl Firewall {
     pub fn read() -> Self {
+        let nft_json = run_optional("nft", &["-j", "list", "ruleset"]);
+        let ebtables = nft_json
+            .as_deref()
+            .is_some_and(bridge_xt)
+            .then(|| run_optional("ebtables-nft-save", &[]))
+            .flatten();
         Self {
-            nft_json: run_optional("nft", &["-j", "list", "ruleset"]),
+            nft_json,
             nft_text: run_optional("nft", &["-a", "list", "ruleset"]),
             legacy: run_optional("iptables-legacy-save", &[]),
             legacy6: run_optional("ip6tables-legacy-save", &[]),
             iptables_nft: iptables_is_nft(),
+            ebtables,
         }
     }
 
@@ -73,6 +84,20 @@ fn one_table(save: &str, table: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// The nft rule set (`nft -j`) has a bridge-family rule with an xtables match.
+fn bridge_xt(json: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return false;
+    };
+    v["nftables"].as_array().into_iter().flatten().any(|item| {
+        let r = &item["rule"];
+        r["family"] == "bridge"
+            && r["expr"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|x| x["xt"]["type"] == "match"))
+    })
 }
 
 static SNAPSHOT: OnceLock<Firewall> = OnceLock::new();

@@ -41,7 +41,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
 };
 
-pub use link::Link;
+pub use link::{mac_text, Link};
 pub use sysctls::udp_sockets;
 pub use tables::{in_prefix6, Address, FdbEntry, Neighbour, Route, RouteEntry, RouteKind};
 

@@ -207,8 +207,7 @@ pub fn find_culprit(hook: &str, in_bridge: bool, pkt: &PacketView) -> Option<Cul
 
 /// The first culprit found at `points`, tried in order, with its rule text.
 pub fn find_culprit_at(points: &[Point]) -> Option<Culprit> {
-    let json = run(&["-j", "list", "ruleset"])?;
-    let ruleset = Ruleset::parse(&serde_json::from_str(&json).ok()?);
+    let ruleset = ruleset()?;
     let mut culprit = points
         .iter()
         .find_map(|p| ruleset.culprit(p.hook, p.families, p.view))?;
@@ -264,18 +263,19 @@ pub fn find_dnat_rule(to: Ipv4Addr) -> Option<String> {
 /// The source-NAT rule (`masquerade` or `snat`) a packet meets at postrouting,
 /// described like a culprit (verdict `masquerade`/`snat`).
 pub fn find_snat(pkt: &PacketView) -> Option<Culprit> {
-    let json = run(&["-j", "list", "ruleset"])?;
-    let ruleset = Ruleset::parse(&serde_json::from_str(&json).ok()?);
+    let ruleset = ruleset()?;
     let mut found = ruleset.snat(pkt)?;
     ruleset.annotate(&mut found);
     found.take_text_from(&run(&["-a", "list", "ruleset"]).unwrap_or_default());
     Some(found)
 }
 
-/// The host's nftables ruleset (None without nft or root).
+/// The host's nftables ruleset (None without nft or root), with ebtables-nft's
+/// text of its bridge-family rules.
 pub fn ruleset() -> Option<Ruleset> {
     let json = run(&["-j", "list", "ruleset"])?;
-    Some(Ruleset::parse(&serde_json::from_str(&json).ok()?))
+    let ebtables = crate::host::firewall::rules().ebtables.as_deref();
+    Some(Ruleset::parse(&serde_json::from_str(&json).ok()?).with_ebtables(ebtables))
 }
 
 /// The host's rule set as `nft -a list ruleset` prints it (rule texts by handle).
@@ -307,6 +307,9 @@ pub struct Ruleset {
     /// Elements of named sets and maps by (family, table, name); a map's
     /// elements are `[key, value]` pairs.
     sets: HashMap<(String, String, String), Vec<Value>>,
+    /// The bridge family's rules as ebtables-nft prints them, by (table,
+    /// chain, handle): what their `xt` matches test (see [`Ruleset::with_ebtables`]).
+    ebtables: HashMap<(String, String, u64), String>,
 }
 
 /// The named sets of one table, for `@name` references in its rules.
@@ -357,6 +360,37 @@ impl Ruleset {
             }
         }
         rs
+    }
+
+    /// Attach `ebtables-nft-save`'s text of the bridge family's tables, so the
+    /// walk can evaluate their `xt` matches (rule N of a chain there is rule N
+    /// of the nft chain).
+    pub fn with_ebtables(mut self, save: Option<&str>) -> Self {
+        let Some(save) = save else {
+            return self;
+        };
+        let rules = super::ebtables::parse_save(save);
+        for c in self.chains.iter().filter(|c| c.family == "bridge") {
+            let Some(lines) = rules.get(&(c.table.clone(), c.name.clone())) else {
+                continue;
+            };
+            for ((handle, _), line) in c.rules.iter().zip(lines) {
+                self.ebtables
+                    .insert((c.table.clone(), c.name.clone(), *handle), line.clone());
+            }
+        }
+        self
+    }
+
+    /// An `xt` match of rule `handle` in `chain`: evaluated from ebtables-nft's
+    /// text of the rule where it is known, else "cannot tell" (nft does not
+    /// show what the match tests).
+    fn xt_match(&self, chain: &Chain, handle: u64, xt: &Value, pkt: &PacketView) -> Option<bool> {
+        let line = self
+            .ebtables
+            .get(&(chain.table.clone(), chain.name.clone(), handle))
+            .filter(|_| chain.family == "bridge")?;
+        super::ebtables::eval_match(xt["name"].as_str()?, line, pkt)
     }
 
     fn sets_of<'a>(&'a self, chain: &'a Chain) -> TableSets<'a> {

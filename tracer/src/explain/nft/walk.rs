@@ -106,6 +106,16 @@ impl Walk<'_> {
                 }
                 continue;
             }
+            // An xtables match (iptables-nft, ebtables-nft) is a match too, not
+            // a statement that always passes.
+            if let Some(xt) = e.get("xt").filter(|x| x["type"] == "match") {
+                match self.rs.xt_match(chain, handle, xt, self.pkt) {
+                    Some(true) => {}
+                    Some(false) => return None,
+                    None => definite = false,
+                }
+                continue;
+            }
             let (verdict, entry) = match self.statement(e, &sets) {
                 Stmt::NoOp => continue,
                 // A verdict map may have sent the packet elsewhere.
