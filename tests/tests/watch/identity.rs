@@ -122,7 +122,12 @@ fn identity_survives_ageing_and_a_tap_flap(layout: Layout, config: bool, metrics
             fdb_ports(lab, &br, &mac).is_empty()
         });
     }
+    // Both families: a dual-stack guest the host still knows by its IPv6
+    // address is probed (unicast NS) and answers, and the bridges relearn it.
     lab.hv(&format!("ip neigh flush to {ip}")).unwrap();
+    if let Some(v6) = &spec.v6 {
+        lab.hv(&format!("ip -6 neigh flush to {}", v6.ip)).unwrap();
+    }
     lab.hv(&format!(
         "ip link set {tap} down && sleep 0.5 && ip link set {tap} up"
     ))
