@@ -477,3 +477,21 @@ fn snapshot_then_diff_shows_ipv6_changes() {
         );
     }
 }
+
+/// A guest the host has not heard over IPv6 yet: Proxmox's configuration
+/// (cloud-init's `ip6=`) names its address, and the IPv6 checks run on it.
+#[test]
+fn ipv6_address_from_the_proxmox_configuration() {
+    let lab = lab_with(Layout::Proxmox, None);
+    lab.hv(&format!("ip -6 neigh flush dev {}", lab.bridge()))
+        .unwrap();
+    let run = doctor(&lab, &["--passive"]);
+    let cs = v6_checks(&run);
+    let back = cs
+        .iter()
+        .find(|c| c["subject"] == "IPv6 route to the guest 2001:db8:1::100")
+        .unwrap_or_else(|| panic!("no route back to the configured address: {cs:#?}"));
+    assert_eq!(back["status"], "pass", "{back}");
+    let bad: Vec<&Value> = cs.iter().filter(|c| c["status"] == "fail").collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
