@@ -133,7 +133,7 @@ pub(super) fn route6(p: &Path6, host: &Host) -> Vec<Check> {
             p.dst, p.inbound
         )),
         Some(r) => {
-            let via = r.gateway6.map(|g| format!(" via {g}")).unwrap_or_default();
+            let via = r.next_hop().map(|g| format!(" via {g}")).unwrap_or_default();
             let proto = r
                 .proto
                 .as_deref()
