@@ -8,7 +8,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use pathtrace_tests::{
-    lab::{Fault6, GuestSpec, GuestV6, Lab, LabOptions, Layout, PingOpts, V6Setup, INET6_HOST},
+    lab::{
+        Fault6, GuestSpec, GuestV6, Lab, LabOptions, Layout, PingOpts, V6Setup, INET6_DNS,
+        INET6_HOST,
+    },
     tracerun::{fake_guest_bin, run_in_hv, TraceRun},
 };
 use serde_json::Value;
@@ -528,4 +531,57 @@ fn ipv6_address_from_the_proxmox_configuration() {
     assert_eq!(back["status"], "pass", "{back}");
     let bad: Vec<&Value> = cs.iter().filter(|c| c["status"] == "fail").collect();
     assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// `doctor --vm-ip IPV6 --to IPV6 --dns IPV6`: the VM found by its IPv6
+/// address, the port and bridge checks and the IPv6 ones (none of IPv4's), the
+/// summary naming the IPv6 addresses; the resolver given is the one the DNS
+/// replay asks, so a rule dropping its replies is found.
+#[test]
+fn vm_named_by_its_ipv6_address() {
+    let mut lab = lab_with(Layout::Plain, None);
+    let vm6 = GuestSpec::nth(0).v6.unwrap().ip.to_string();
+    let (host6, dns6) = (INET6_HOST.to_string(), INET6_DNS.to_string());
+    let root = lab.config_root();
+    let args = [
+        "doctor",
+        "--vm-ip",
+        &vm6,
+        "--to",
+        &host6,
+        "--dns",
+        &dns6,
+        "--json",
+        "--config-root",
+        root.to_str().unwrap(),
+    ];
+    let run = run_in_hv(&lab, &args).unwrap();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.json();
+    let summary = lines.iter().find(|v| v["type"] == "doctor").unwrap();
+    assert_eq!(summary["vm_ip"], vm6.as_str(), "{summary}");
+    assert_eq!(summary["dst"], host6.as_str(), "{summary}");
+    let names: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["type"] == "check")
+        .map(|v| text(&v["check"]))
+        .collect();
+    for want in [
+        "vm_port",
+        "bridge_member",
+        "route6",
+        "gateway6",
+        "firewall6",
+    ] {
+        assert!(names.contains(&want), "{want}: {names:?}");
+    }
+    for not in ["ip_forward", "nat", "route", "duplicate_ip"] {
+        assert!(!names.contains(&not), "{not}: {names:?}");
+    }
+    lab.break_path6(Fault6::DnsReplyDropped).unwrap();
+    let run = run_in_hv(&lab, &args).unwrap();
+    let c = failing(&run, "firewall6");
+    assert!(text(&c["evidence"]).contains("DNS answer"), "{c}");
+    assert!(text(&c["fix"]).starts_with("nft delete rule"), "{c}");
+    lab.repair6(Fault6::DnsReplyDropped).unwrap();
 }
