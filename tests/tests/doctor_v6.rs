@@ -8,7 +8,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use pathtrace_tests::{
-    lab::{GuestSpec, GuestV6, Lab, LabOptions, Layout, PingOpts, INET6_HOST},
+    lab::{
+        Fault6, GuestSpec, GuestV6, Lab, LabOptions, Layout, PingOpts, V6Setup, INET6_DNS,
+        INET6_HOST,
+    },
     tracerun::{fake_guest_bin, run_in_hv, TraceRun},
 };
 use serde_json::Value;
@@ -149,46 +152,91 @@ fn healthy_libvirt() {
     healthy(Layout::Libvirt);
 }
 
+/// What doctor must say for an IPv6 fault: the check, its status, the start
+/// of its fix.
+struct Finding {
+    fault: Fault6,
+    check: &'static str,
+    status: &'static str,
+    fix: &'static str,
+}
+
+const FINDINGS: &[Finding] = &[
+    Finding {
+        fault: Fault6::ForwardingOff,
+        check: "ip6_forward",
+        status: "fail",
+        fix: "sysctl -w net.ipv6.conf.all.forwarding=1",
+    },
+    // Forwarding on per interface, as for IPv4: IPv6 forwards nothing.
+    Finding {
+        fault: Fault6::ForwardingOnlyPerInterface,
+        check: "ip6_forward",
+        status: "fail",
+        fix: "sysctl -w net.ipv6.conf.all.forwarding=1",
+    },
+    // Still forwarded; the static guest keeps its route: a warning.
+    Finding {
+        fault: Fault6::BridgeForwardingOff,
+        check: "ip6_forward",
+        status: "warn",
+        fix: "sysctl -w net.ipv6.conf.vmbr0.forwarding=1",
+    },
+    Finding {
+        fault: Fault6::NoDefaultRoute,
+        check: "route6",
+        status: "fail",
+        fix: "ip -6 route add default via",
+    },
+    Finding {
+        fault: Fault6::UplinkRouterSilent,
+        check: "gateway6",
+        status: "fail",
+        fix: "check that the router 2001:db8:2::1 is up",
+    },
+    Finding {
+        fault: Fault6::Ip6tablesForwardDrop,
+        check: "firewall6",
+        status: "fail",
+        fix: "ip6tables-legacy -t filter -D FORWARD 1",
+    },
+    Finding {
+        fault: Fault6::NftInetForwardDrop,
+        check: "firewall6",
+        status: "fail",
+        fix: "nft delete rule inet",
+    },
+    Finding {
+        fault: Fault6::NftIp6ForwardDrop,
+        check: "firewall6",
+        status: "fail",
+        fix: "nft delete rule ip6",
+    },
+];
+
+/// Each of v6lab's IPv6 faults that the doctor can see from the host's
+/// tables (DnsReplyDropped drops replies from one resolver, which the doctor
+/// replays only once `--dns` takes an IPv6 address), found by the right check with its fix (probing actively), and gone
+/// once repaired.
 #[test]
 fn ipv6_faults_are_found_with_their_fix() {
-    let lab = lab_with(Layout::Plain, None);
-    let br = lab.bridge();
-
-    // Forwarding off for the whole host.
-    lab.hv("sysctl -qw net.ipv6.conf.all.forwarding=0").unwrap();
-    let run = doctor(&lab, &["--passive"]);
-    let c = failing(&run, "ip6_forward");
-    assert_eq!(c["status"], "fail", "{c}");
-    assert!(
-        text(&c["fix"]).starts_with("sysctl -w net.ipv6.conf.all.forwarding=1"),
-        "{c}"
-    );
-    assert_eq!(run.code, 1);
-    lab.hv("sysctl -qw net.ipv6.conf.all.forwarding=1").unwrap();
-
-    // Forwarding off on the VM bridge alone: still forwarded (measured), but
-    // the host stops being the guests' router there.
-    lab.hv(&format!("sysctl -qw net.ipv6.conf.{br}.forwarding=0"))
-        .unwrap();
-    let c = failing(&doctor(&lab, &["--passive"]), "ip6_forward");
-    assert_eq!(
-        c["subject"],
-        format!("net.ipv6.conf.{br}.forwarding"),
-        "{c}"
-    );
-    assert_eq!(
-        c["fix"],
-        format!("sysctl -w net.ipv6.conf.{br}.forwarding=1"),
-        "{c}"
-    );
-    lab.hv(&format!("sysctl -qw net.ipv6.conf.{br}.forwarding=1"))
-        .unwrap();
-
-    // An nft inet rule dropping neighbour solicitations and advertisements:
-    // the guest's IPv6 dies, and the replay names the rule.
+    let mut lab = lab_with(Layout::Plain, None);
+    for f in FINDINGS {
+        lab.break_path6(f.fault).unwrap();
+        let run = doctor(&lab, &[]);
+        let c = failing(&run, f.check);
+        assert_eq!(c["status"], f.status, "{:?}: {c}", f.fault);
+        assert!(text(&c["fix"]).starts_with(f.fix), "{:?}: {c}", f.fault);
+        assert_eq!(run.code, i32::from(f.status == "fail"), "{:?}", f.fault);
+        lab.repair6(f.fault).unwrap();
+        learn(&mut lab);
+        let again = v6_checks(&doctor(&lab, &["--passive"]));
+        let left: Vec<&Value> = again.iter().filter(|c| c["status"] != "pass").collect();
+        assert!(left.is_empty(), "{:?} repaired: {left:#?}", f.fault);
+    }
+    // Not among the lab's faults: an nft rule dropping neighbour discovery.
     lab.hv("nft add table inet v6test && nft add chain inet v6test input \"{ type filter hook input priority 0; }\" && nft add rule inet v6test input icmpv6 type \"{ nd-neighbor-solicit, nd-neighbor-advert }\" drop").unwrap();
     let c = failing(&doctor(&lab, &["--passive"]), "firewall6");
-    assert_eq!(c["status"], "fail", "{c}");
     assert!(
         text(&c["evidence"]).contains("neighbour solicitation"),
         "{c}"
@@ -198,81 +246,60 @@ fn ipv6_faults_are_found_with_their_fix() {
         "{c}"
     );
     lab.hv("nft delete table inet v6test").unwrap();
-
-    // No IPv6 default route.
-    lab.hv("ip -6 route del default").unwrap();
-    let c = failing(&doctor(&lab, &["--passive"]), "route6");
-    assert!(text(&c["evidence"]).contains("no IPv6 route"), "{c}");
-    assert!(
-        text(&c["fix"]).contains("ip -6 route add default via"),
-        "{c}"
-    );
-
-    // A default route learned from a router advertisement, through a router
-    // that is not there, while forwarding makes the uplink ignore
-    // advertisements.
-    lab.hv("ip -6 route add default via fe80::1 dev eth0 proto ra")
+    // Nor is a default route from an advertisement that forwarding makes the
+    // uplink ignore.
+    lab.hv("ip -6 route del default && ip -6 route add default via fe80::1 dev eth0 proto ra")
         .unwrap();
-    let run = doctor(&lab, &[]);
-    let c = failing(&run, "accept_ra");
+    let c = failing(&doctor(&lab, &["--passive"]), "accept_ra");
     assert_eq!(
         text(&c["fix"]).split(" (").next(),
         Some("sysctl -w net.ipv6.conf.eth0.accept_ra=2"),
         "{c}"
     );
-    let c = failing(&run, "gateway6");
-    assert!(
-        text(&c["evidence"]).contains("did not answer a neighbour solicitation"),
-        "{c}"
-    );
 }
 
-/// A guest address inside the uplink's on-link prefix: the provider's router
-/// asks for it on the uplink, and only proxy NDP answers.
+/// The provider treats the uplink's prefix as on-link and the guest takes an
+/// address from it (v6lab's NDP-proxy setup): healthy, proxy_ndp passes; each
+/// way of breaking the proxy fails it with the fix.
 #[test]
-fn a_guest_in_the_uplinks_prefix_needs_proxy_ndp() {
-    let addr: Ipv6Addr = "2001:db8:2::100".parse().unwrap();
-    let v6 = GuestV6 {
-        ip: addr,
-        prefix: 128,
-        gateway: "2001:db8:1::1".parse().unwrap(),
-    };
-    let mut lab = lab_with(Layout::Plain, Some(v6));
-    let br = lab.bridge();
-    lab.hv(&format!("ip -6 route add {addr}/128 dev {br}"))
-        .unwrap();
-    assert_eq!(learn(&mut lab), 0, "no reply without proxy NDP");
-    let c = failing(&doctor(&lab, &["--passive"]), "proxy_ndp");
-    assert_eq!(
-        c["fix"],
-        format!(
-            "sysctl -w net.ipv6.conf.eth0.proxy_ndp=1 && ip -6 neigh add proxy {addr} dev eth0"
-        ),
-        "{c}"
-    );
-    lab.hv(&format!(
-        "sysctl -qw net.ipv6.conf.eth0.proxy_ndp=1 && ip -6 neigh add proxy {addr} dev eth0"
-    ))
-    .unwrap();
+fn ndp_proxy_setup_and_its_faults() {
+    let mut opts = LabOptions::new(fake_guest_bin());
+    opts.v6 = V6Setup::NdpProxy;
+    let mut lab = Lab::up(opts).expect("lab up");
+    lab.start_host_resolver().expect("host resolver");
+    assert_eq!(learn(&mut lab), 1, "the NDP-proxy lab works");
     let run = doctor(&lab, &["--passive"]);
-    let c = v6_checks(&run)
+    let bad: Vec<Value> = v6_checks(&run)
         .into_iter()
-        .find(|c| c["check"] == "proxy_ndp")
-        .unwrap();
-    assert_eq!(c["status"], "pass", "{c}");
-    // The router still resolving the address from before the fix gives up
-    // first, then asks again on the next reply; the host answers for a proxied
-    // address after up to proxy_delay (0.8 s).
-    let once = PingOpts {
-        count: 1,
-        timeout_ms: 2000,
-        ..PingOpts::default()
-    };
-    let answered = (0..4)
-        .map(|_| lab.guest(0).ping(INET6_HOST, once).unwrap().received)
-        .find(|r| *r > 0)
-        .unwrap_or(0);
-    assert!(answered > 0, "the fix works: the guest's ping is answered");
+        .filter(|c| c["status"] != "pass")
+        .collect();
+    assert!(bad.is_empty(), "healthy: {bad:#?}");
+    assert!(
+        v6_checks(&run).iter().any(|c| c["check"] == "proxy_ndp"),
+        "no proxy_ndp check"
+    );
+    let guest = V6Setup::NdpProxy
+        .place(GuestSpec::nth(0).v6.expect("nth has IPv6"))
+        .ip;
+    for (fault, fix) in [
+        (
+            Fault6::NdpProxyEntryMissing,
+            format!("ip -6 neigh add proxy {guest} dev eth0"),
+        ),
+        (
+            Fault6::ProxyNdpOff,
+            "sysctl -w net.ipv6.conf.eth0.proxy_ndp=1".to_string(),
+        ),
+        (
+            Fault6::UplinkForwardingOff,
+            "sysctl -w net.ipv6.conf.eth0.forwarding=1".to_string(),
+        ),
+    ] {
+        lab.break_path6(fault).unwrap();
+        let c = failing(&doctor(&lab, &["--passive"]), "proxy_ndp");
+        assert_eq!(c["fix"], fix, "{fault:?}: {c}");
+        lab.repair6(fault).unwrap();
+    }
 }
 
 /// A SLAAC-shaped guest address (made from its MAC) needs router
@@ -294,6 +321,16 @@ fn a_slaac_guest_needs_router_advertisements() {
         .unwrap();
     assert_eq!(c["status"], "pass", "{c}");
     assert!(text(&c["evidence"]).contains("dnsmasq"), "{c}");
+    // The bridge's own forwarding off now costs this guest its route: its
+    // router is learned from the advertisements.
+    lab.hv(&format!(
+        "sysctl -qw net.ipv6.conf.{}.forwarding=0",
+        lab.bridge()
+    ))
+    .unwrap();
+    let c = failing(&doctor(&lab, &["--passive"]), "ip6_forward");
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(text(&c["evidence"]).contains("is SLAAC"), "{c}");
 }
 
 /// The plain lab with guest 0 at the address SLAAC makes from its MAC
@@ -476,4 +513,75 @@ fn snapshot_then_diff_shows_ipv6_changes() {
             "{file}: {words} in {files:#?}"
         );
     }
+}
+
+/// A guest the host has not heard over IPv6 yet: Proxmox's configuration
+/// (cloud-init's `ip6=`) names its address, and the IPv6 checks run on it.
+#[test]
+fn ipv6_address_from_the_proxmox_configuration() {
+    let lab = lab_with(Layout::Proxmox, None);
+    lab.hv(&format!("ip -6 neigh flush dev {}", lab.bridge()))
+        .unwrap();
+    let run = doctor(&lab, &["--passive"]);
+    let cs = v6_checks(&run);
+    let back = cs
+        .iter()
+        .find(|c| c["subject"] == "IPv6 route to the guest 2001:db8:1::100")
+        .unwrap_or_else(|| panic!("no route back to the configured address: {cs:#?}"));
+    assert_eq!(back["status"], "pass", "{back}");
+    let bad: Vec<&Value> = cs.iter().filter(|c| c["status"] == "fail").collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// `doctor --vm-ip IPV6 --to IPV6 --dns IPV6`: the VM found by its IPv6
+/// address, the port and bridge checks and the IPv6 ones (none of IPv4's), the
+/// summary naming the IPv6 addresses; the resolver given is the one the DNS
+/// replay asks, so a rule dropping its replies is found.
+#[test]
+fn vm_named_by_its_ipv6_address() {
+    let mut lab = lab_with(Layout::Plain, None);
+    let vm6 = GuestSpec::nth(0).v6.unwrap().ip.to_string();
+    let (host6, dns6) = (INET6_HOST.to_string(), INET6_DNS.to_string());
+    let root = lab.config_root();
+    let args = [
+        "doctor",
+        "--vm-ip",
+        &vm6,
+        "--to",
+        &host6,
+        "--dns",
+        &dns6,
+        "--json",
+        "--config-root",
+        root.to_str().unwrap(),
+    ];
+    let run = run_in_hv(&lab, &args).unwrap();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let lines = run.json();
+    let summary = lines.iter().find(|v| v["type"] == "doctor").unwrap();
+    assert_eq!(summary["vm_ip"], vm6.as_str(), "{summary}");
+    assert_eq!(summary["dst"], host6.as_str(), "{summary}");
+    let names: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["type"] == "check")
+        .map(|v| text(&v["check"]))
+        .collect();
+    for want in [
+        "vm_port",
+        "bridge_member",
+        "route6",
+        "gateway6",
+        "firewall6",
+    ] {
+        assert!(names.contains(&want), "{want}: {names:?}");
+    }
+    for not in ["ip_forward", "nat", "route", "duplicate_ip"] {
+        assert!(!names.contains(&not), "{not}: {names:?}");
+    }
+    lab.break_path6(Fault6::DnsReplyDropped).unwrap();
+    let run = run_in_hv(&lab, &args).unwrap();
+    let c = failing(&run, "firewall6");
+    assert!(text(&c["evidence"]).contains("DNS answer"), "{c}");
+    assert!(text(&c["fix"]).starts_with("nft delete rule"), "{c}");
+    lab.repair6(Fault6::DnsReplyDropped).unwrap();
 }

@@ -324,9 +324,10 @@ pub struct WatchCli {
     group(clap::ArgGroup::new("subject").args(["vm_ip", "vm", "snapshot", "diff"]).required(true))
 )]
 pub struct DoctorCli {
-    /// The guest's IPv4 address.
+    /// The guest's address, IPv4 or IPv6 (an IPv6 one: the IPv6 checks, with
+    /// the port and bridge checks).
     #[arg(long, value_name = "IP")]
-    pub vm_ip: Option<Ipv4Addr>,
+    pub vm_ip: Option<IpAddr>,
     /// The VM by Proxmox VMID, VM or libvirt domain name, or MAC (read from the
     /// hypervisor's configuration: works before the guest has sent anything).
     #[arg(long, value_name = "ID|NAME|MAC")]
@@ -334,10 +335,10 @@ pub struct DoctorCli {
     /// The destination the guest should reach (default: the internet, by the
     /// default route; only route lookups are made for it, nothing is sent).
     #[arg(long = "to", value_name = "DEST")]
-    pub to: Option<Ipv4Addr>,
+    pub to: Option<IpAddr>,
     /// The resolver the guest uses, when it is not this host's own.
     #[arg(long, value_name = "IP")]
-    pub dns: Option<Ipv4Addr>,
+    pub dns: Option<IpAddr>,
     /// The VM's port (tap/vnet), when it cannot be found otherwise.
     #[arg(long, value_name = "DEV")]
     pub iface: Option<String>,

@@ -211,6 +211,7 @@ fn static_checks(
         vm_ip6: Vec::new(),
         dst6: None,
         dns6: None,
+        ipv6: false,
         topo: Ok(topo.clone()),
         nics,
         found_by: topo.evidence.found_by(),

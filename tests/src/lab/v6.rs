@@ -162,7 +162,7 @@ impl Lab {
 
     fn inet_hosts6(&self) -> Result<()> {
         self.inet(&format!(
-            "ip -6 addr add {INET6_HOST}/128 dev lo && ip -6 addr add {INET6_DNS}/128 dev lo"
+            "ip -6 addr add {INET6_HOST}/128 dev lo nodad && ip -6 addr add {INET6_DNS}/128 dev lo nodad"
         ))
         .map(drop)
     }
@@ -197,7 +197,7 @@ impl Lab {
         in_netns(
             far,
             &format!(
-                "ip -6 addr add {REMOTE_HOST6}/128 dev lo && \
+                "ip -6 addr add {REMOTE_HOST6}/128 dev lo nodad && \
                  ip -6 addr add {FAR_WAN6}/64 dev wan0 nodad && \
                  ip -6 route add default via {FAR_ROUTER6} dev wan0"
             ),

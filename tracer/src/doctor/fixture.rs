@@ -152,6 +152,7 @@ mod tests {
             firewall: true,
             vlan: None,
             ips: vec!["192.0.2.100".parse().unwrap()],
+            ips6: Vec::new(),
             config: "/etc/pve/qemu-server/100.conf".into(),
         };
         firewall::give_this_thread(fx.firewall.clone());

@@ -14,10 +14,10 @@ mod l2;
 pub mod ndp;
 pub mod snapshot;
 pub mod spoof;
-mod v6;
+pub mod v6;
 mod vlan;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, bail, Result};
 
@@ -43,6 +43,9 @@ pub struct Subject {
     /// The IPv6 destination and resolver, when given.
     pub dst6: Option<Ipv6Addr>,
     pub dns6: Option<Ipv6Addr>,
+    /// The VM was named by its IPv6 address: the port and bridge checks and
+    /// the IPv6 ones run, not IPv4's (`vm_ip` is then unspecified).
+    pub ipv6: bool,
     /// The path, when the VM's port could be found.
     pub topo: Result<Topology, String>,
     /// The VM's NICs in the hypervisor's configuration (may be empty).
@@ -91,10 +94,10 @@ pub fn run(cli: &DoctorCli) -> Result<i32> {
 /// What the operator asked the doctor about.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Question {
-    pub vm_ip: Option<Ipv4Addr>,
+    pub vm_ip: Option<IpAddr>,
     pub vm: Option<String>,
-    pub to: Option<Ipv4Addr>,
-    pub dns: Option<Ipv4Addr>,
+    pub to: Option<IpAddr>,
+    pub dns: Option<IpAddr>,
     pub iface: Option<String>,
 }
 
@@ -130,11 +133,15 @@ pub fn examine_host(
     all: &[VmNic],
     config_root: &std::path::Path,
 ) -> Result<Subject> {
-    let (vm_ip, nics) = resolve_vm(&host, q.vm_ip, q.vm.as_deref(), all, config_root)?;
-    let dst = q.to.unwrap_or(INTERNET);
     if let Some(i) = q.iface.as_deref().filter(|i| !host.has_link(i)) {
         bail!("interface {i} does not exist (--iface)");
     }
+    if let Some(IpAddr::V6(vm6)) = q.vm_ip {
+        return examine_v6(host, q, vm6, all, config_root);
+    }
+    let v4_ip = q.vm_ip.and_then(as_v4);
+    let (vm_ip, nics) = resolve_vm(&host, v4_ip, q.vm.as_deref(), all, config_root)?;
+    let dst = q.to.and_then(as_v4).unwrap_or(INTERNET);
     let located = match &q.iface {
         Some(i) => Ok(Location::named(i)),
         None => topology::locate_vm(&host, vm_ip.into(), &nics)
@@ -153,16 +160,98 @@ pub fn examine_host(
         vm_ip,
         dst,
         dst_given: q.to.is_some(),
-        dns: q.dns,
+        dns: q.dns.and_then(as_v4),
         vm_ip6: Vec::new(),
-        dst6: None,
-        dns6: None,
+        dst6: q.to.and_then(as_v6),
+        dns6: q.dns.and_then(as_v6),
+        ipv6: false,
         topo,
         nics,
         found_by,
         host,
         config_root: config_root.to_path_buf(),
     })
+}
+
+fn as_v4(a: IpAddr) -> Option<Ipv4Addr> {
+    match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn as_v6(a: IpAddr) -> Option<Ipv6Addr> {
+    match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// The VM named by its IPv6 address: found by its neighbour entry and the FDB
+/// (or its configuration's `ip6=`, or `--iface`), its path toward the IPv6
+/// destination.
+fn examine_v6(
+    host: Host,
+    q: &Question,
+    vm6: Ipv6Addr,
+    all: &[VmNic],
+    config_root: &std::path::Path,
+) -> Result<Subject> {
+    let nics: Vec<VmNic> = match q.vm.as_deref() {
+        Some(query) => hostconfig::find(all, query).into_iter().cloned().collect(),
+        None => all
+            .iter()
+            .filter(|n| n.ips6.contains(&vm6))
+            .cloned()
+            .collect(),
+    };
+    let dst6 = q.to.and_then(as_v6);
+    let dst = IpAddr::V6(dst6.unwrap_or(v6::INTERNET6));
+    let located = match &q.iface {
+        Some(i) => Ok(Location::named(i)),
+        None => topology::locate_vm(&host, vm6.into(), &nics)
+            .or_else(|e| topology::bridged::first_packet_location(&host, vm6.into(), dst).ok_or(e)),
+    };
+    let found_by = located
+        .as_ref()
+        .map_or_else(|_| String::new(), |l| l.evidence.found_by());
+    let topo = located
+        .and_then(|l| Topology::for_ports(&host, vm6.into(), dst, l))
+        .map_err(|e| format!("{e:#}"));
+    Ok(Subject {
+        vm_ip: Ipv4Addr::UNSPECIFIED,
+        dst: INTERNET,
+        dst_given: q.to.is_some(),
+        dns: None,
+        vm_ip6: vec![vm6],
+        dst6,
+        dns6: q.dns.and_then(as_v6),
+        ipv6: true,
+        topo,
+        nics,
+        found_by,
+        host,
+        config_root: config_root.to_path_buf(),
+    })
+}
+
+impl Subject {
+    /// The VM's address as the operator named it.
+    pub fn vm_label(&self) -> String {
+        match (self.ipv6, self.vm_ip6.first()) {
+            (true, Some(ip)) => ip.to_string(),
+            _ => self.vm_ip.to_string(),
+        }
+    }
+
+    /// The destination as checked (IPv6's stand-in for the internet when the
+    /// VM was named by IPv6 and no destination given).
+    fn dst_label(&self) -> String {
+        match self.ipv6 {
+            true => self.dst6.unwrap_or(v6::INTERNET6).to_string(),
+            false => self.dst.to_string(),
+        }
+    }
 }
 
 /// Where the doctor looks when nothing on the host knows the VM: the ports below
@@ -235,7 +324,7 @@ fn print(s: &Subject, checks: &[Check], json: bool) {
             println!("{}", serde_json::to_string(c).unwrap_or_default());
         }
         let summary = serde_json::json!({
-            "type": "doctor", "vm_ip": s.vm_ip.to_string(), "dst": s.dst.to_string(),
+            "type": "doctor", "vm_ip": s.vm_label(), "dst": s.dst_label(),
             "path": s.topo.as_ref().map(|t| t.path_names()).unwrap_or_default(),
             "pass": pass, "warn": warn, "fail": fail,
         });
@@ -247,11 +336,11 @@ fn print(s: &Subject, checks: &[Check], json: bool) {
         Err(_) => "(VM port not found)".into(),
     };
     let to = if s.dst_given {
-        s.dst.to_string()
+        s.dst_label()
     } else {
         "the internet (default route)".into()
     };
-    println!("pathtrace doctor: VM {} to {to} via {path}", s.vm_ip);
+    println!("pathtrace doctor: VM {} to {to} via {path}", s.vm_label());
     print_checks(checks);
     println!("{pass} passed, {warn} warnings, {fail} failed");
 }

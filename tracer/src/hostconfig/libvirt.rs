@@ -169,6 +169,8 @@ pub(super) fn libvirt_nic(
         firewall: false,
         vlan: libvirt_vlan(iface),
         ips,
+        // libvirt's IPv6 DHCP hosts are keyed by DUID or name, not by MAC.
+        ips6: Vec::new(),
         config: path.to_path_buf(),
     })
 }

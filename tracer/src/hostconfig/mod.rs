@@ -12,7 +12,7 @@
 use std::{
     fs,
     io::Read,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -55,6 +55,9 @@ pub struct VmNic {
     /// Statically known addresses: Proxmox qemu `ipconfigN` (cloud-init), lxc `ip=`;
     /// libvirt network `<dhcp><host>`; current dnsmasq leases.
     pub ips: Vec<Ipv4Addr>,
+    /// Statically known IPv6 addresses: Proxmox qemu `ipconfigN` `ip6=`
+    /// (cloud-init), lxc `ip6=` (not `auto`/`dhcp`: those say nothing).
+    pub ips6: Vec<Ipv6Addr>,
     /// The file this NIC was read from, so a report can say where a claim came from.
     pub config: PathBuf,
 }
@@ -195,6 +198,12 @@ fn normalize_mac(s: &str) -> Option<String> {
 
 /// "192.0.2.5/24" or "192.0.2.5" → the address; "dhcp", "manual", IPv6 → None.
 fn ipv4_of_cidr(s: &str) -> Option<Ipv4Addr> {
+    let addr = s.trim().split('/').next()?;
+    addr.trim().parse().ok()
+}
+
+/// `2001:db8::5/64` → 2001:db8::5; `auto`, `dhcp`, `manual` → None.
+fn ipv6_of_cidr(s: &str) -> Option<Ipv6Addr> {
     let addr = s.trim().split('/').next()?;
     addr.trim().parse().ok()
 }

@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -119,6 +119,10 @@ pub(super) fn proxmox_nics(kind: ProxmoxKind, vmid: &str, text: &str, path: &Pat
         .iter()
         .filter_map(|(k, v)| Some((key_index(k, "ipconfig")?, cloud_init_ip(v)?)))
         .collect();
+    let cloud_init6: HashMap<u32, Ipv6Addr> = entries
+        .iter()
+        .filter_map(|(k, v)| Some((key_index(k, "ipconfig")?, cloud_init_ip6(v)?)))
+        .collect();
     // BTreeMap: net10 after net2, and a repeated key keeps its last value.
     let mut nics = BTreeMap::new();
     for (key, value) in &entries {
@@ -132,6 +136,9 @@ pub(super) fn proxmox_nics(kind: ProxmoxKind, vmid: &str, text: &str, path: &Pat
         if let Some(ip) = cloud_init.get(&n) {
             push_unique(&mut nic.ips, *ip);
         }
+        if let Some(ip) = cloud_init6.get(&n).filter(|ip| !nic.ips6.contains(ip)) {
+            nic.ips6.push(*ip);
+        }
         nics.insert(n, nic);
     }
     nics.into_values().collect()
@@ -143,6 +150,15 @@ pub(super) fn cloud_init_ip(value: &str) -> Option<Ipv4Addr> {
         .into_iter()
         .find(|(k, _)| k == "ip")
         .and_then(|(_, v)| ipv4_of_cidr(v))
+}
+
+/// `ip6=2001:db8::5/64,gw6=2001:db8::1` → 2001:db8::5; `ip6=auto` or `dhcp`
+/// says nothing.
+pub(super) fn cloud_init_ip6(value: &str) -> Option<Ipv6Addr> {
+    proxmox_options(value)
+        .into_iter()
+        .find(|(k, _)| k == "ip6")
+        .and_then(|(_, v)| ipv6_of_cidr(v))
 }
 
 /// One `netN:` value. qemu: `virtio=MAC,bridge=..,firewall=1,tag=20` (the model is the
@@ -166,6 +182,7 @@ pub(super) fn proxmox_nic(
     if let Some(ip) = get("ip").and_then(ipv4_of_cidr) {
         ips.push(ip);
     }
+    let ips6 = get("ip6").and_then(ipv6_of_cidr).into_iter().collect();
     Some(VmNic {
         source: kind.source(),
         vm_id: vmid.to_string(),
@@ -178,6 +195,7 @@ pub(super) fn proxmox_nic(
         firewall: get("firewall").is_some_and(proxmox_bool),
         vlan: get("tag").and_then(|t| t.parse().ok()),
         ips,
+        ips6,
         config: path.to_path_buf(),
     })
 }

@@ -47,8 +47,8 @@ const QEMU_105: &str = "\
 #web server%3A frontend
 boot: order=scsi0;net0
 cores: 2
-ipconfig0: ip=192.0.2.5/24,gw=192.0.2.1
-ipconfig1:ip=dhcp
+ipconfig0: ip=192.0.2.5/24,gw=192.0.2.1,ip6=2001:db8:1::5/64,gw6=2001:db8:1::1
+ipconfig1:ip=dhcp,ip6=auto
 memory: 2048
 name: web01
 net0: virtio=BC:24:11:AA:BB:CC,bridge=vmbr0,firewall=1
@@ -72,8 +72,8 @@ arch: amd64
 cores: 1
 hostname: dns01
 memory: 512
-net0: name=eth0,bridge=vmbr0,firewall=1,gw=192.0.2.1,hwaddr=BC:24:11:12:34:56,ip=192.0.2.7/24,type=veth
-net1: name=eth1,bridge=vmbr1,hwaddr=BC:24:11:12:34:57,ip=dhcp,tag=30,type=veth
+net0: name=eth0,bridge=vmbr0,firewall=1,gw=192.0.2.1,hwaddr=BC:24:11:12:34:56,ip=192.0.2.7/24,ip6=2001:db8:1::7/64,type=veth
+net1: name=eth1,bridge=vmbr1,hwaddr=BC:24:11:12:34:57,ip=dhcp,ip6=auto,tag=30,type=veth
 ostype: debian
 rootfs: local-lvm:vm-200-disk-0,size=8G
 unprivileged: 1
@@ -249,6 +249,7 @@ fn proxmox_qemu_current_nics_only() {
             firewall: true,
             vlan: None,
             ips: vec![ip("192.0.2.5")],
+            ips6: vec!["2001:db8:1::5".parse().unwrap()],
             config: root.0.join("etc/pve/qemu-server/105.conf"),
         }
     );
@@ -259,6 +260,7 @@ fn proxmox_qemu_current_nics_only() {
     assert_eq!(net1.vlan, Some(20));
     assert!(!net1.firewall);
     assert!(net1.ips.is_empty(), "ip=dhcp is unknown: {:?}", net1.ips);
+    assert!(net1.ips6.is_empty(), "ip6=auto is unknown: {:?}", net1.ips6);
 }
 
 #[test]
@@ -273,10 +275,15 @@ fn proxmox_lxc() {
     assert_eq!(net0.bridge.as_deref(), Some("vmbr0"));
     assert!(net0.firewall);
     assert_eq!(net0.ips, vec![ip("192.0.2.7")]);
+    assert_eq!(
+        net0.ips6,
+        vec!["2001:db8:1::7".parse::<std::net::Ipv6Addr>().unwrap()]
+    );
     let net1 = one(&nics, "200", "net1");
     assert_eq!(net1.port.as_deref(), Some("veth200i1"));
     assert_eq!(net1.vlan, Some(30));
     assert!(net1.ips.is_empty());
+    assert!(net1.ips6.is_empty());
 }
 
 #[test]
@@ -329,6 +336,7 @@ fn libvirt_running_preferred_over_persistent() {
             firewall: false,
             vlan: None,
             ips: vec![ip("192.168.122.45")],
+            ips6: Vec::new(),
             config: root.0.join("run/libvirt/qemu/app.xml"),
         }
     );

@@ -331,6 +331,7 @@ mod tests {
             firewall: true,
             vlan: None,
             ips: ips.to_vec(),
+            ips6: Vec::new(),
             config: PathBuf::from(format!("/etc/pve/qemu-server/{vmid}.conf")),
         }
     }

@@ -44,6 +44,13 @@ pub fn all(s: &Subject, passive: bool) -> Vec<Check> {
     out.extend(super::bond::check(topo, host));
     out.extend(super::vlan::check(s, topo, host));
     out.extend(super::firewall_bridge::check(topo, host));
+    if s.ipv6 {
+        // Named by its IPv6 address: IPv4's checks would be about an address
+        // the question did not name.
+        out.push(mtu(topo));
+        out.extend(super::v6::checks(s, topo, passive));
+        return out;
+    }
     out.extend(super::spoof::check(topo, host, &s.config_root));
     out.push(mtu(topo));
     let routed = topo.uplink.is_some() && !topo.bridged && !topo.dst_local;
@@ -89,12 +96,15 @@ pub fn volatile(s: &Subject, now: &Host) -> Vec<Check> {
 fn vm_port(s: &Subject, t: &Topology) -> Check {
     let ports: Vec<&str> = t.ports.iter().map(|p| p.name.as_str()).collect();
     let mac = t.vm_mac.as_deref().unwrap_or("MAC unknown");
-    let mut c = Check::new("vm_port", Status::Pass, ports.join(", "))
-        .evidence(format!("{} ({mac}) found by {}", s.vm_ip, s.found_by));
+    let mut c = Check::new("vm_port", Status::Pass, ports.join(", ")).evidence(format!(
+        "{} ({mac}) found by {}",
+        s.vm_label(),
+        s.found_by
+    ));
     if let Evidence::FirstPacket(why) = &t.evidence {
         // Bridged mode: no table knows the guest; with one candidate that is
         // its port, with several the first request will tell (trace mode).
-        c.evidence = format!("{} ({mac}): {why}", s.vm_ip);
+        c.evidence = format!("{} ({mac}): {why}", s.vm_label());
         if ports.len() > 1 {
             c.status = Status::Warn;
             c.fix = Some(
@@ -106,7 +116,7 @@ fn vm_port(s: &Subject, t: &Topology) -> Check {
         // Said, not silent: every check below is about a port nothing proved is
         // the VM's.
         c.status = Status::Warn;
-        c.evidence = format!("{} ({mac}): {why}", s.vm_ip);
+        c.evidence = format!("{} ({mac}): {why}", s.vm_label());
         c.fix = Some(match ports.as_slice() {
             [one] => format!(
                 "make sure {one} is the VM's port (its MAC: bridge fdb show dev {one}; the VM's configuration), then name it: --iface {one}"
@@ -119,7 +129,7 @@ fn vm_port(s: &Subject, t: &Topology) -> Check {
 
 /// The VM's port could not be found: say why, and point at the likely cause.
 fn port_missing(s: &Subject, why: &str, host: &Host) -> Check {
-    let mut c = Check::new("vm_port", Status::Fail, s.vm_ip.to_string()).evidence(why);
+    let mut c = Check::new("vm_port", Status::Fail, s.vm_label()).evidence(why);
     if let Some(nic) = s
         .nics
         .iter()
@@ -139,7 +149,7 @@ fn port_missing(s: &Subject, why: &str, host: &Host) -> Check {
         c.subject = port.clone();
         c.evidence = format!(
             "{port} is a VM port in no bridge, so the host no longer knows where {} is",
-            s.vm_ip
+            s.vm_label()
         );
         c.fix = Some(format!("ip link set dev {port} master {bridge}"));
     } else if !orphans.is_empty() {

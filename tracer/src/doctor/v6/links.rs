@@ -95,6 +95,19 @@ pub(super) fn ra_service(p: &Path6, host: &Host) -> Option<Check> {
     )
 }
 
+/// Why the guest depends on router advertisements, if it does: its address is
+/// made from its MAC (SLAAC), or a daemon advertises on its bridge.
+pub(super) fn relies_on_ra(p: &Path6, host: &Host) -> Option<String> {
+    let mac = p.vm_mac.as_deref().unwrap_or_default();
+    if let Some(ip) = p.vm_ips.iter().find(|ip| slaac_shaped(**ip, mac)) {
+        return Some(format!("{ip} is SLAAC, made from its MAC"));
+    }
+    host.daemons
+        .iter()
+        .find(|d| advertises_on(d, &p.inbound))
+        .map(|d| format!("{} advertises on {}", d.name, p.inbound))
+}
+
 /// The daemon sends router advertisements on `dev`: radvd with an `interface
 /// DEV` block; dnsmasq with enable-ra serving DEV (or every interface).
 fn advertises_on(d: &crate::host::daemons::Daemon, dev: &str) -> bool {

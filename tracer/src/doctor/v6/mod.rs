@@ -67,16 +67,27 @@ impl Path6 {
         self.uplink.is_some() && !self.bridged && !self.dst_local
     }
 
-    /// Work out the path, with the guest's IPv6 addresses given or learned by
-    /// the host for its MAC (none: the guest has no IPv6 the host knows of).
+    /// Work out the path, with the guest's IPv6 addresses given, configured or
+    /// learned by the host for its MAC (none: the guest has no IPv6 the host
+    /// knows of).
     pub fn of(s: &Subject, t: &Topology, given: &[Ipv6Addr]) -> Path6 {
         let host = &s.host;
         let mut vm_ips: Vec<Ipv6Addr> = given.to_vec();
-        if let Some(mac) = &t.vm_mac {
-            for ip in host.ip6s_of_mac(mac) {
-                if !vm_ips.contains(&ip) {
-                    vm_ips.push(ip);
-                }
+        // The hypervisor's configuration of this port's NIC (cloud-init's
+        // ip6=), then what the host learned for its MAC.
+        let ports: Vec<&str> = t.ports.iter().map(|p| p.name.as_str()).collect();
+        let configured = s
+            .nics
+            .iter()
+            .filter(|n| {
+                t.vm_mac.as_deref() == Some(n.mac.as_str())
+                    || n.port.as_deref().is_some_and(|p| ports.contains(&p))
+            })
+            .flat_map(|n| n.ips6.iter().copied());
+        let learned = t.vm_mac.iter().flat_map(|mac| host.ip6s_of_mac(mac));
+        for ip in configured.chain(learned) {
+            if !vm_ips.contains(&ip) {
+                vm_ips.push(ip);
             }
         }
         let dst = s.dst6.unwrap_or(INTERNET6);

@@ -56,13 +56,20 @@ pub(super) fn ip6_forward(p: &Path6, host: &Host) -> Vec<Check> {
     }
     if sysctl6(host, &p.inbound, "forwarding").as_deref() == Some("0") {
         let dev = &p.inbound;
+        // Only a default route learned from an advertisement goes with the
+        // router flag (RFC 4861 §7.2.5; Linux removes RA routes only): certain
+        // harm when the guest lives on advertisements, possible otherwise.
+        let (status, who) = match super::links::relies_on_ra(p, host) {
+            Some(why) => (Status::Fail, format!("the guest does ({why}), so it drops its default route")),
+            None => (Status::Warn, "a guest that learned it as its router from an advertisement drops its default route (one with a static route does not)".to_string()),
+        };
         return vec![Check::new(
             "ip6_forward",
-            Status::Fail,
+            status,
             format!("net.ipv6.conf.{dev}.forwarding"),
         )
         .evidence(format!(
-            "forwarding is off on {dev}, the guests' side: the host still forwards (all.forwarding=1), but acts as a host there — it answers the guests' neighbour solicitations without the router flag, so a guest that learned it as its router from an advertisement drops its default route"
+            "forwarding is off on {dev}, the guests' side: the host still forwards (all.forwarding=1), but acts as a host there — it answers the guests' neighbour solicitations without the router flag, and {who}"
         ))
         .fix(format!("sysctl -w net.ipv6.conf.{dev}.forwarding=1"))];
     }
@@ -126,7 +133,7 @@ pub(super) fn route6(p: &Path6, host: &Host) -> Vec<Check> {
             p.dst, p.inbound
         )),
         Some(r) => {
-            let via = r.gateway6.map(|g| format!(" via {g}")).unwrap_or_default();
+            let via = r.next_hop().map(|g| format!(" via {g}")).unwrap_or_default();
             let proto = r
                 .proto
                 .as_deref()
