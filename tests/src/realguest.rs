@@ -91,6 +91,12 @@ gwok=0
 for i in 1 2 3 4 5; do
   if ping -c 1 -W 2 "$gw" >/dev/null 2>&1; then gwok=1; break; fi
 done
+# The IPv6 gateway too: the host then knows the guest's address (neighbour entry).
+if [ -n "$ip6" ]; then
+  for i in 1 2 3; do
+    if ping -c 1 -W 2 "$(arg gw6)" >/dev/null 2>&1; then break; fi
+  done
+fi
 echo
 echo "PTGUEST ready dev=$dev gateway=$gwok"
 while read -r id secs cmd; do

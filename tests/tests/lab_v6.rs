@@ -253,7 +253,7 @@ fn aaaa_answered(lab: &mut Lab) -> u32 {
 fn snapshot(lab: &Lab) -> String {
     let state = "ip -6 -o addr show | sed 's/\\\\.*//'; ip -6 route show; \
                  ip -6 neigh show proxy; ip -o link show | awk '{print $2, $5}'; \
-                 sysctl -a 2>/dev/null | grep -E 'ipv6.conf.*(forwarding|proxy_ndp|disable_ipv6) '; \
+                 sysctl net.ipv6.conf 2>/dev/null | grep -E 'ipv6.conf.*(forwarding|proxy_ndp|disable_ipv6) '; \
                  nft list ruleset; ip6tables-legacy -w -S";
     // Sorted: a table made again comes after the others, the same rule set.
     let sorted = |text: String| {

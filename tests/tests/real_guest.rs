@@ -191,6 +191,26 @@ fn nft_forward_drop() {
 }
 
 #[test]
+fn healthy_ping_v6() {
+    run("healthy_ping_v6");
+}
+
+#[test]
+fn healthy_dns_v6() {
+    run("healthy_dns_v6");
+}
+
+#[test]
+fn nft_forward_drop_v6() {
+    run("nft_forward_drop_v6");
+}
+
+#[test]
+fn dns_reply_dropped_v6() {
+    run("dns_reply_dropped_v6");
+}
+
+#[test]
 fn healthy_dns() {
     run("healthy_dns");
 }

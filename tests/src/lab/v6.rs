@@ -76,6 +76,24 @@ impl V6Setup {
     }
 }
 
+/// Wait (at most 3 s) until namespace `ns` has no tentative IPv6 address. Even
+/// without DAD an address is tentative until the kernel's address work runs,
+/// shortly after `ip addr add` returns; binding to it before fails
+/// (EADDRNOTAVAIL), as the lab's DNS responder did on a loaded machine.
+pub(super) fn wait_addresses_usable(ns: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let tentative = in_netns(ns, "ip -6 addr show tentative")?;
+        if tentative.trim().is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("IPv6 addresses still tentative in {ns} after 3 s: {tentative}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// No duplicate address detection in namespace `ns`, for interfaces made from
 /// now on (`default`) and through `all` (the kernel skips DAD when both are 0).
 pub(super) fn no_dad(ns: &str) -> Result<()> {
@@ -104,6 +122,12 @@ impl Lab {
              ip -6 route add {GUEST_NET6} via {UPLINK6} dev {isp}"
         ))?;
         self.inet_hosts6()?;
+        self.build_v6_setup(br, up)?;
+        self.addresses_usable6()
+    }
+
+    /// What [`V6Setup::Nat66`] and [`V6Setup::NdpProxy`] add to the routed host.
+    fn build_v6_setup(&self, br: &str, up: &str) -> Result<()> {
         match self.v6_setup {
             V6Setup::Routed => Ok(()),
             V6Setup::Nat66 => {
@@ -157,7 +181,8 @@ impl Lab {
              sysctl -qw net.ipv6.conf.all.forwarding=0"
         ))?;
         self.inet(&format!("ip -6 addr add {GATEWAY6}/64 dev {lan_dev} nodad"))?;
-        self.inet_hosts6()
+        self.inet_hosts6()?;
+        self.addresses_usable6()
     }
 
     fn inet_hosts6(&self) -> Result<()> {
@@ -165,6 +190,12 @@ impl Lab {
             "ip -6 addr add {INET6_HOST}/128 dev lo nodad && ip -6 addr add {INET6_DNS}/128 dev lo nodad"
         ))
         .map(drop)
+    }
+
+    /// Every IPv6 address of both namespaces usable (none tentative).
+    fn addresses_usable6(&self) -> Result<()> {
+        wait_addresses_usable(&self.hv)?;
+        wait_addresses_usable(&self.inet)
     }
 }
 
@@ -201,8 +232,8 @@ impl Lab {
                  ip -6 addr add {FAR_WAN6}/64 dev wan0 nodad && \
                  ip -6 route add default via {FAR_ROUTER6} dev wan0"
             ),
-        )
-        .map(drop)
+        )?;
+        wait_addresses_usable(far)
     }
 
     /// The far network's link MTU (both ends).

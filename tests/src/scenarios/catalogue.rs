@@ -58,6 +58,10 @@ const BASE: Scenario = Scenario {
 const NFT_FILTER: &str = "nft add table inet f";
 const NFT_FORWARD: &str = "nft add chain inet f forward '{ type filter hook forward priority 0; }'";
 
+/// The lab's IPv6 internet host and DNS server (`lab::INET6_HOST`, `INET6_DNS`).
+const INET6_HOST: &str = "2001:db8:ffff::8";
+const INET6_DNS: &str = "2001:db8:ffff::53";
+
 /// The lab's services in the internet namespace (`lab::SERVICE_TCP`, `SERVICE_UDP`).
 const TCP_SERVICE: Traffic = Traffic::Tcp {
     dst: "203.0.113.8",
@@ -911,6 +915,171 @@ pub const CATALOGUE: &[Scenario] = &[
         cause: "healthy: the bridge answers for its address",
         traffic: Traffic::Arp { target: None },
         fix: "-",
+        ..BASE
+    },
+    // IPv6 (issue 16): the dual-stack guest 2001:db8:1::100 (gateway 2001:db8:1::1
+    // on vmbr0) in the /64 the provider routes to the host; see lab/mod.rs.
+    Scenario {
+        name: "healthy_ping_v6",
+        symptom: "(none) the guest pings the internet over IPv6",
+        cause: "healthy path",
+        traffic: Traffic::ping(INET6_HOST),
+        fix: "-",
+        ..BASE
+    },
+    Scenario {
+        name: "healthy_dns_v6",
+        symptom: "(none) the guest resolves a name (AAAA) over IPv6",
+        cause: "healthy path",
+        traffic: Traffic::Dns { server: INET6_DNS, name: "www.example.com" },
+        expect: Expect { dns_rcode: Some("NOERROR"), ..REPLIED },
+        fix: "-",
+        ..BASE
+    },
+    Scenario {
+        name: "nft_forward_drop_v6",
+        symptom: "one VM cannot reach anything outside over IPv6",
+        cause: "an nftables rule in the forward chain drops the guest's IPv6",
+        break_hv: &[
+            NFT_FILTER,
+            NFT_FORWARD,
+            "nft add rule inet f forward ip6 saddr 2001:db8:1::100 drop",
+        ],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("inet f forward handle"),
+            hint: Some("nft delete rule inet f forward handle"),
+            ..dropped("request", "forward")
+        },
+        fix: "nft delete rule <family> <table> <chain> handle <n>",
+        ..BASE
+    },
+    Scenario {
+        name: "ip6tables_legacy_forward_policy_drop",
+        symptom: "no VM reaches the internet over IPv6; IPv4 works",
+        cause: "legacy ip6tables FORWARD policy DROP (iptables has ACCEPT)",
+        break_hv: &["ip6tables-legacy -P FORWARD DROP"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("ip6tables-legacy filter FORWARD policy DROP"),
+            hint: Some("ip6tables-legacy -t filter -I FORWARD -s 2001:db8:1::/64 -j ACCEPT"),
+            ..dropped("request", "forward")
+        },
+        fix: "ip6tables -I FORWARD -s <VM prefix> -j ACCEPT (plus ESTABLISHED,RELATED for replies)",
+        ..BASE
+    },
+    Scenario {
+        name: "ipv6_forwarding_off",
+        symptom: "VMs reach the host over IPv6 but nothing beyond",
+        cause: "net.ipv6.conf.all.forwarding=0",
+        break_hv: &["sysctl -qw net.ipv6.conf.all.forwarding=0"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            reason: Some("IP_INADDRERRORS"),
+            rule: Some("net.ipv6.conf.all.forwarding=0"),
+            hint: Some("sysctl -w net.ipv6.conf.all.forwarding=1"),
+            ..dropped("request", "routing")
+        },
+        fix: "sysctl -w net.ipv6.conf.all.forwarding=1 (persist in /etc/sysctl.d/)",
+        ..BASE
+    },
+    Scenario {
+        name: "ipv6_forwarding_per_interface_only",
+        symptom: "VMs reach the host over IPv6 but nothing beyond, though forwarding is on for vmbr0 and eth0",
+        cause: "net.ipv6.conf.all.forwarding=0 with forwarding=1 per interface: for IPv6 only `all` decides (unlike IPv4)",
+        break_hv: &[
+            "sysctl -qw net.ipv6.conf.all.forwarding=0",
+            "sysctl -qw net.ipv6.conf.vmbr0.forwarding=1 net.ipv6.conf.eth0.forwarding=1",
+        ],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            reason: Some("IP_INADDRERRORS"),
+            rule: Some("net.ipv6.conf.all.forwarding=0"),
+            hint: Some("sysctl -w net.ipv6.conf.all.forwarding=1"),
+            ..dropped("request", "routing")
+        },
+        fix: "sysctl -w net.ipv6.conf.all.forwarding=1",
+        ..BASE
+    },
+    Scenario {
+        name: "no_route_v6",
+        symptom: "VMs reach nothing beyond the host over IPv6",
+        cause: "the host has no IPv6 default route",
+        break_hv: &["ip -6 route del default"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            reason: Some("IP_INNOROUTES"),
+            rule: Some("no route to 2001:db8:ffff::8"),
+            ..dropped("request", "routing")
+        },
+        fix: "ip -6 route add default via <gateway> dev <uplink>",
+        ..BASE
+    },
+    Scenario {
+        name: "gateway_neighbour_failure_v6",
+        symptom: "VMs and the host reach nothing outside over IPv6",
+        cause: "the IPv6 next hop does not answer neighbour solicitation (wrong gateway, upstream down)",
+        break_hv: &["ip -6 route replace default via 2001:db8:2::99 dev eth0"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            rule: Some("neighbour 2001:db8:2::99 on eth0"),
+            ..dropped("request", "neighbor")
+        },
+        fix: "fix the gateway address or the link to it",
+        ..BASE
+    },
+    Scenario {
+        name: "ping_host_input_drop_v6",
+        symptom: "the VM cannot ping its gateway (the host) over IPv6",
+        cause: "the host's input chain drops ICMPv6 echo",
+        break_hv: &[
+            NFT_FILTER,
+            "nft add chain inet f input '{ type filter hook input priority 0; }'",
+            "nft add rule inet f input icmpv6 type echo-request drop",
+        ],
+        traffic: Traffic::ping("2001:db8:1::1"),
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("icmpv6 type echo-request drop"),
+            hint: Some("nft delete rule inet f input handle"),
+            ..dropped("request", "input")
+        },
+        fix: "accept ICMPv6 echo-request from the VM bridge in input",
+        ..BASE
+    },
+    Scenario {
+        name: "uplink_mtu_too_small_v6",
+        symptom: "small IPv6 pings work, large transfers hang",
+        cause: "uplink MTU smaller than the guest's packets (IPv6 routers never fragment: the host sends Packet Too Big)",
+        break_hv: &["ip link set eth0 mtu 1280"],
+        traffic: Traffic::Ping { dst: INET6_HOST, size: 1400, ttl: 64 },
+        expect: Expect {
+            reason: Some("PKT_TOO_BIG"),
+            rule: Some("MTU eth0 1280"),
+            ..dropped("request", "egress")
+        },
+        fix: "make the MTUs agree (uplink up, or the guest's down); let ICMPv6 Packet Too Big through",
+        ..BASE
+    },
+    Scenario {
+        name: "dns_reply_dropped_v6",
+        symptom: "DNS over IPv6 times out in the VM, queries do leave",
+        cause: "a forward rule drops the DNS responses",
+        break_hv: &[
+            NFT_FILTER,
+            NFT_FORWARD,
+            "nft add rule inet f forward udp sport 53 drop",
+        ],
+        traffic: Traffic::Dns { server: INET6_DNS, name: "www.example.com" },
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("udp sport 53 drop"),
+            hint: Some("nft delete rule inet f forward handle"),
+            ..dropped("reply", "forward")
+        },
+        fix: "allow replies: ct state established,related accept",
         ..BASE
     },
 ];
