@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use serde::Serialize;
@@ -194,7 +194,7 @@ fn empty_report(p: &VmPort) -> VmReport {
         port: p.name.clone(),
         ifindex: p.ifindex,
         bridge: p.bridge.clone(),
-        vm_ips: p.ips.iter().map(Ipv4Addr::to_string).collect(),
+        vm_ips: p.ips.iter().map(IpAddr::to_string).collect(),
         macs: p.macs.iter().map(super::inventory::format_mac).collect(),
         vmid: p.vmid.clone(),
         vm_name: p.vm_name.clone(),
@@ -239,8 +239,8 @@ fn describe(
     };
     // The limited broadcast (a DHCP DISCOVER's) is delivered to the host too.
     let dst_local = example.is_some_and(|p| {
-        let dst = p.dst_v4();
-        inv.local_addrs.contains(&dst) || dst.is_broadcast()
+        let dst = p.dst();
+        inv.local_addrs.contains(&dst) || matches!(dst, IpAddr::V4(v4) if v4.is_broadcast())
     });
     let facts = DropFacts {
         reason: reason.as_deref(),
@@ -296,13 +296,13 @@ fn hook_of(stage: crate::correlate::Stage) -> &'static str {
 
 /// Source and destination are both guests on the same bridge as this port.
 fn same_lan(p: &PacketInfo, port: &VmPort, inv: &Inventory) -> bool {
-    let on_bridge: HashSet<Ipv4Addr> = inv
+    let on_bridge: HashSet<IpAddr> = inv
         .ports
         .values()
         .filter(|q| q.bridge == port.bridge)
         .flat_map(|q| q.ips.iter().copied())
         .collect();
-    on_bridge.contains(&p.src_v4()) && on_bridge.contains(&p.dst_v4())
+    on_bridge.contains(&p.src()) && on_bridge.contains(&p.dst())
 }
 
 pub fn class_word(class: u8) -> &'static str {
@@ -320,8 +320,8 @@ pub fn class_word(class: u8) -> &'static str {
 fn example_of(class: u8, p: &PacketInfo) -> Example {
     let ports = matches!(class, CLASS_TCP | CLASS_UDP | CLASS_DNS | CLASS_DHCP);
     Example {
-        src: p.src_v4().to_string(),
-        dst: p.dst_v4().to_string(),
+        src: p.src().to_string(),
+        dst: p.dst().to_string(),
         proto: class_word(class),
         sport: ports.then_some(p.sport),
         dport: ports.then_some(p.dport),
@@ -355,7 +355,7 @@ pub fn fuzz_entry(keys: &[FuzzKey], elapsed: f64) {
                 name: format!("tap{i}"),
                 bridge: "br".into(),
                 macs: vec![],
-                ips: vec![Ipv4Addr::new(192, 0, 2, i as u8)],
+                ips: vec![IpAddr::from([192, 0, 2, i as u8])],
                 vmid: None,
                 vm_name: None,
                 vlan: None,
@@ -435,7 +435,7 @@ mod tests {
                     name: name.into(),
                     bridge: "vmbr0".into(),
                     macs: vec![[0x52, 0x54, 0, 0, 0, ip]],
-                    ips: vec![Ipv4Addr::new(192, 0, 2, ip)],
+                    ips: vec![IpAddr::from([192, 0, 2, ip])],
                     vmid: None,
                     vm_name: None,
                     vlan: None,
@@ -445,7 +445,7 @@ mod tests {
         inv.bridges.insert(3);
         inv.names.insert(3, "vmbr0".into());
         inv.names.insert(4, "eth0".into());
-        inv.local_addrs.insert(Ipv4Addr::new(192, 0, 2, 1));
+        inv.local_addrs.insert(IpAddr::from([192, 0, 2, 1]));
         inv
     }
 
