@@ -19,6 +19,7 @@ use serde_json::Value;
 
 mod dhcparp;
 mod identity;
+mod v6;
 mod vlan;
 
 const HEALTHY: &str = "tap100i0";
@@ -474,7 +475,8 @@ fn plain_lines_when_piped_and_duration_ends_it() {
         .find(|l| l.contains(BROKEN))
         .unwrap_or_else(|| panic!("no line for {BROKEN}: {text}"));
     assert!(
-        line.contains("(192.0.2.101): forward NETFILTER_DROP at nft_do_chain"),
+        // The dual-stack guest's addresses, IPv4 first.
+        line.contains("(192.0.2.101,2001:db8:1::101): forward NETFILTER_DROP at nft_do_chain"),
         "{line}"
     );
     assert!(!text.contains(HEALTHY), "{text}");
