@@ -10,7 +10,7 @@ use pathtrace_tests::{
 };
 use serde_json::Value;
 
-use super::{find_drop, scrape, total_drops, WAIT};
+use super::{find_drop, scrape, total_drops, watched, with_metrics, WAIT};
 
 /// Fault6 breaks guest 0: tap100i0, 2001:db8:1::100.
 const BROKEN: &str = "tap100i0";
@@ -87,11 +87,7 @@ fn broken(
 fn ipv6_drops_show_on_the_vm_with_its_ipv6_address() {
     let mut lab = lab();
     let port = 19467;
-    let mut watch = WatchRun::start(
-        &lab,
-        &["--interval", "0.5", "--prometheus", &port.to_string()],
-    )
-    .unwrap();
+    let mut watch = with_metrics(&lab, port);
     // Healthy first: both guests reach the internet host over IPv6, and the
     // host's neighbour table learns their IPv6 addresses.
     assert_eq!(ping6(&mut lab, 0, 2), 2, "guest 0 healthy");
@@ -233,12 +229,6 @@ fn narrowed_by_an_ipv6_address() {
     let mut watch =
         WatchRun::start(&lab, &["--interval", "0.5", "--vm-ip", "2001:db8:1::101"]).unwrap();
     let snap = watch.wait_snapshots(2, WAIT).unwrap();
-    let ports: Vec<&str> = snap["vms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v["port"].as_str())
-        .collect();
-    assert_eq!(ports, [OTHER], "{snap}");
+    assert_eq!(watched(&snap), [OTHER], "{snap}");
     assert_eq!(watch.stop().unwrap(), 0);
 }

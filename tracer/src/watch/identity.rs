@@ -250,9 +250,10 @@ fn observe(port: &VmPort, nics: &[VmNic], neigh: &HashMap<[u8; 6], Vec<IpAddr>>)
             seen.macs.push(mac);
         }
     }
-    let configured = nic.ips.iter().map(|i| IpAddr::V4(*i));
+    let v4 = nic.ips.iter().map(|i| IpAddr::V4(*i));
+    let configured = v4.chain(nic.ips6.iter().map(|i| IpAddr::V6(*i)));
     for ip in configured.chain(ips_of(neigh, &seen.macs)) {
-        if !seen.ips.contains(&ip) {
+        if guest_address(ip) && !seen.ips.contains(&ip) {
             seen.ips.push(ip);
         }
     }
@@ -470,8 +471,11 @@ mod tests {
 
     #[test]
     fn configuration_names_the_vm_and_its_address() {
+        let mut web = nic("105", "web01", "BC:24:11:00:01:05", "tap105i0", &[ip4(5)]);
+        // cloud-init's ip6= (a link-local one would name no VM: left out).
+        web.ips6 = vec!["2001:db8:1::5".parse().unwrap(), "fe80::5".parse().unwrap()];
         let nics = vec![
-            nic("105", "web01", "BC:24:11:00:01:05", "tap105i0", &[ip4(5)]),
+            web,
             nic("106", "db01", "bc:24:11:00:09:09", "tap106i0", &[]),
         ];
         let mut ids = Identities::with_nics(nics);
@@ -486,7 +490,7 @@ mod tests {
         ids.apply(&mut now);
         let p = &now.ports[&10];
         assert_eq!(p.macs, [MAC]);
-        assert_eq!(p.ips, [ip(5)]);
+        assert_eq!(p.ips, [ip(5), ip6(5)]);
         assert_eq!(p.vmid.as_deref(), Some("105"));
         assert_eq!(p.vm_name.as_deref(), Some("web01"));
         // No config names vnet3, but its MAC is db01's.
