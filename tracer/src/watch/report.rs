@@ -502,6 +502,55 @@ mod tests {
         assert_eq!(vms[1].drops_total, 11);
     }
 
+    /// An IPv6 drop: its example in RFC 5952 form, the host's own IPv6
+    /// address making it an input drop, guests' IPv6 addresses a bridged one.
+    #[test]
+    fn ipv6_examples_and_stages() {
+        let mut inv = inventory();
+        let host6: IpAddr = "2001:db8:1::1".parse().unwrap();
+        inv.local_addrs.insert(host6);
+        for (i, last) in [(7, 0x100), (8, 0x101)] {
+            let v6 = IpAddr::from([0x2001, 0xdb8, 1, 0, 0, 0, 0, last]);
+            inv.ports.get_mut(&i).unwrap().ips.push(v6);
+        }
+        let echo = |dst: &str| {
+            let mut p = PacketInfo {
+                proto: 58,
+                icmp_type: 128,
+                ..Default::default()
+            };
+            p.set_addrs("2001:db8:1::100".parse().unwrap(), dst.parse().unwrap());
+            p
+        };
+        let mut r = Reporter::default();
+        let to_host = key(7, 3, 6, 0x1000, WFLAG_HAS_DST);
+        let to_guest = key(7, 3, 6, 0x2000, 0);
+        r.sample(to_host, echo("2001:db8:1::1"));
+        r.sample(to_guest, echo("2001:db8:1::101"));
+        let one = Totals {
+            packets: 1,
+            bytes: 104,
+        };
+        let counts = HashMap::from([(to_host, one), (to_guest, one)]);
+        let vms = r.report(&counts, &inv, &FakeNames, 1.0);
+        assert_eq!(vms[0].vm_ips, ["192.0.2.100", "2001:db8:1::100"]);
+        let by_dst = |dst: &str| {
+            vms[0]
+                .drops
+                .iter()
+                .find(|d| d.example.as_ref().unwrap().dst == dst)
+                .unwrap()
+        };
+        let host = by_dst("2001:db8:1::1");
+        assert_eq!(host.stage, "input");
+        let ex = host.example.as_ref().unwrap();
+        assert_eq!(
+            (ex.src.as_str(), ex.icmp_type),
+            ("2001:db8:1::100", Some(128))
+        );
+        assert_eq!(by_dst("2001:db8:1::101").stage, "bridge", "guest to guest");
+    }
+
     #[test]
     fn input_and_nat_and_examples() {
         let inv = inventory();
