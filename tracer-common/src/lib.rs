@@ -27,6 +27,7 @@ pub mod capacity {
     /// Watch's VM ports, guest addresses and guest MACs.
     pub const VM_PORTS: u32 = 4096;
     pub const VM_ADDRS: u32 = 16384;
+    pub const VM_ADDRS6: u32 = 16384;
     pub const VM_MACS: u32 = 16384;
 }
 
@@ -66,6 +67,7 @@ pub mod names {
     pub const SAMPLES: &str = "SAMPLES";
     pub const VM_PORTS: &str = "VM_PORTS";
     pub const VM_ADDRS: &str = "VM_ADDRS";
+    pub const VM_ADDRS6: &str = "VM_ADDRS6";
     pub const VM_MACS: &str = "VM_MACS";
 }
 

@@ -148,6 +148,12 @@ pub static VM_PORTS: HashMap<u32, u8> = HashMap::with_max_entries(capacity::VM_P
 #[map]
 pub static VM_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::VM_ADDRS, 0);
 
+/// Watch mode: VM IPv6 addresses (their 16 wire bytes) → their port's ifindex.
+/// A map of its own rather than one 16-byte key for both families: an IPv4
+/// drop (most drops) keeps hashing a 4-byte key and never builds a wider one.
+#[map]
+pub static VM_ADDRS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(capacity::VM_ADDRS6, 0);
+
 /// Watch mode: VM MAC addresses (`mac_key`) → their port's ifindex.
 #[map]
 pub static VM_MACS: HashMap<u64, u32> = HashMap::with_max_entries(capacity::VM_MACS, 0);

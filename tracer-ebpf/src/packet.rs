@@ -320,14 +320,25 @@ pub fn read_ipv4(ip: u64, pkt: &mut PacketInfo) -> u8 {
         1 => {
             pkt.icmp_type = b[0];
             pkt.code = b[1];
-            CLASS_ICMP
         }
         6 | 17 => {
             pkt.sport = u16::from_be_bytes([b[0], b[1]]);
             pkt.dport = u16::from_be_bytes([b[2], b[3]]);
-            if pkt.proto == 6 {
-                CLASS_TCP
-            } else if pkt.sport == 53 || pkt.dport == 53 {
+        }
+        _ => {}
+    }
+    class_of(pkt)
+}
+
+/// The `CLASS_*` of a packet `read_ipv4`/`read_ipv6` filled in (watch mode
+/// counts drops per class).
+#[inline(always)]
+pub fn class_of(pkt: &PacketInfo) -> u8 {
+    match pkt.proto {
+        IPPROTO_ICMP | crate::packet6::IPPROTO_ICMPV6 => CLASS_ICMP,
+        IPPROTO_TCP => CLASS_TCP,
+        IPPROTO_UDP => {
+            if pkt.sport == DNS_PORT || pkt.dport == DNS_PORT {
                 CLASS_DNS
             } else if is_dhcp_ports(pkt.sport, pkt.dport) {
                 CLASS_DHCP

@@ -291,9 +291,10 @@ impl Proto {
     after_help = "Keys in the live view: q quit, s change sort (rate/total/VM), / filter by text, Esc clear the filter.\nWith --json, one snapshot object per interval on stdout. Exit status 0 on a clean stop, 2 on a usage or environment error."
 )]
 pub struct WatchCli {
-    /// Only these VMs (repeatable). Default: every VM port on every bridge.
+    /// Only these VMs, by an IPv4 or IPv6 address (repeatable). Default: every
+    /// VM port on every bridge.
     #[arg(long = "vm-ip", value_name = "IP")]
-    pub vm_ips: Vec<Ipv4Addr>,
+    pub vm_ips: Vec<IpAddr>,
     /// One JSON snapshot per interval on stdout instead of the live view.
     #[arg(long)]
     pub json: bool,
@@ -561,11 +562,12 @@ mod tests {
             "--vm-ip",
             "192.0.2.100",
             "--vm-ip",
-            "192.0.2.101",
+            "2001:db8:1::101",
             "--json",
         ])
         .unwrap();
         assert_eq!(w.vm_ips.len(), 2);
+        assert!(w.vm_ips[1].is_ipv6());
         assert!(w.json);
         assert!(WatchCli::try_parse_from(["pathtrace watch", "--interval", "0"]).is_err());
     }

@@ -57,6 +57,14 @@ fn guest_bridges(lab: &Lab) -> Vec<String> {
 /// labels, the JSON its addresses; new drops count on the same series. `config`:
 /// watch reads the lab's hypervisor configuration (else an empty root, so only
 /// what watch learned from the tables can keep the identity).
+/// A dual-stack guest's `vm_ips`: its IPv4 address, then its IPv6 one (the
+/// host's neighbour table knows both).
+fn guest_ips(spec: &GuestSpec) -> Value {
+    let mut ips = vec![spec.ip.to_string()];
+    ips.extend(spec.v6.map(|v6| v6.ip.to_string()));
+    serde_json::json!(ips)
+}
+
 fn identity_survives_ageing_and_a_tap_flap(layout: Layout, config: bool, metrics_port: u16) {
     let mut opts = LabOptions::new(fake_guest_bin());
     opts.layout = layout;
@@ -94,7 +102,7 @@ fn identity_survives_ageing_and_a_tap_flap(layout: Layout, config: bool, metrics
     };
     let before = watch.wait_for(WAIT, |v| dropped(v, 3).is_some()).unwrap();
     let vm_before = vm(&before, &tap).unwrap().clone();
-    assert_eq!(vm_before["vm_ips"], serde_json::json!([ip]), "{vm_before}");
+    assert_eq!(vm_before["vm_ips"], guest_ips(&spec), "{vm_before}");
     assert_eq!(vm_before["macs"], serde_json::json!([mac]), "{vm_before}");
     if config && layout == Layout::Proxmox {
         // The lab's /etc/pve/qemu-server/100.conf names VM 100 "guest0".
@@ -217,7 +225,7 @@ fn a_firewalled_vm_is_found_through_the_vm_bridges_fdb() {
     let v = vm(&snap, &tap).unwrap_or_else(|| panic!("{tap} not watched: {snap}"));
     assert_eq!(v["bridge"], fwbr.as_str(), "{v}");
     assert_eq!(v["macs"], serde_json::json!([spec.mac]), "{v}");
-    assert_eq!(v["vm_ips"], serde_json::json!([spec.ip.to_string()]), "{v}");
+    assert_eq!(v["vm_ips"], guest_ips(&spec), "{v}");
     assert_eq!(v["vmid"], Value::Null, "{v}");
     assert_eq!(watch.stop().unwrap(), 0, "{}", watch.stderr());
 }

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 mod dhcparp;
 mod identity;
+mod v6;
 mod vlan;
 
 const HEALTHY: &str = "tap100i0";
@@ -130,6 +131,25 @@ fn drops_show_on_the_broken_vm_only_with_stage_and_reason() {
     assert_eq!(watch.stop().unwrap(), 0, "{}", watch.stderr());
 }
 
+/// The VM ports a snapshot reports.
+fn watched(snap: &Value) -> Vec<&str> {
+    snap["vms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["port"].as_str())
+        .collect()
+}
+
+/// Watch at a half-second interval, serving metrics on `port`.
+fn with_metrics(lab: &Lab, port: u16) -> WatchRun {
+    WatchRun::start(
+        lab,
+        &["--interval", "0.5", "--prometheus", &port.to_string()],
+    )
+    .unwrap()
+}
+
 /// GET /metrics over a real TCP connection inside the lab's namespace.
 /// `pathtrace watch --json` every 0.5 s with its Prometheus endpoint on
 /// `metrics_port`, reading the hypervisor's configuration under `config_root`.
@@ -177,11 +197,7 @@ fn scrape(lab: &Lab, port: u16) -> String {
 fn prometheus_scrape_carries_the_same_numbers() {
     let mut lab = two_guests();
     let port = 19464;
-    let mut watch = WatchRun::start(
-        &lab,
-        &["--interval", "0.5", "--prometheus", &port.to_string()],
-    )
-    .unwrap();
+    let mut watch = with_metrics(&lab, port);
     assert!(watch.stderr().contains("http://127.0.0.1:19464/metrics"));
     break_vm(&mut lab, &watch, FORWARD_DROP, "forward", 3);
     // Traffic has stopped; let the counters settle, then compare.
@@ -277,13 +293,7 @@ fn narrowed_to_one_vm_ignores_the_others() {
     lab.nft(FORWARD_DROP).unwrap();
     assert_eq!(ping(&mut lab, 1, 3), 0);
     let snap = watch.wait_snapshots(3, WAIT).unwrap();
-    let ports: Vec<&str> = snap["vms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v["port"].as_str())
-        .collect();
-    assert_eq!(ports, [HEALTHY], "{snap}");
+    assert_eq!(watched(&snap), [HEALTHY], "{snap}");
     assert_eq!(total_drops(&snap, HEALTHY), 0);
     assert_eq!(watch.stop().unwrap(), 0);
 }
@@ -474,7 +484,8 @@ fn plain_lines_when_piped_and_duration_ends_it() {
         .find(|l| l.contains(BROKEN))
         .unwrap_or_else(|| panic!("no line for {BROKEN}: {text}"));
     assert!(
-        line.contains("(192.0.2.101): forward NETFILTER_DROP at nft_do_chain"),
+        // The dual-stack guest's addresses, IPv4 first.
+        line.contains("(192.0.2.101,2001:db8:1::101): forward NETFILTER_DROP at nft_do_chain"),
         "{line}"
     );
     assert!(!text.contains(HEALTHY), "{text}");
@@ -538,11 +549,7 @@ const TCP_RESET: &str = "add table inet pt_watch\n\
 fn tcp_resets_the_host_sends_are_counted_per_vm() {
     let mut lab = two_guests();
     let port = 19465;
-    let mut watch = WatchRun::start(
-        &lab,
-        &["--interval", "0.5", "--prometheus", &port.to_string()],
-    )
-    .unwrap();
+    let mut watch = with_metrics(&lab, port);
     lab.nft(TCP_RESET).unwrap();
     let dst = Ipv4Addr::new(203, 0, 113, 8);
     for _ in 0..3 {

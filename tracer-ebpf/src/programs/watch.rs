@@ -2,9 +2,10 @@
 //!
 //! Only `skb:kfree_skb` is used, so packets that are not dropped cost nothing at
 //! all: no program runs for them. A drop is attributed to a VM port by, in order,
-//! the packet's IPv4 addresses, the conntrack entry's original addresses (traffic
-//! after SNAT/MASQUERADE or DNAT), its Ethernet addresses, and finally the device it
-//! was dropped on. Counts go to a per-CPU hash; a sample crosses to user space only
+//! the packet's IP addresses (IPv4 or IPv6), the conntrack entry's original
+//! addresses (traffic after SNAT/MASQUERADE or DNAT, NAT66 too), its Ethernet
+//! addresses, and finally the device it was dropped on. IPv4 is tested first and
+//! costs what it did before IPv6 was counted: its own 4-byte-key map. Counts go to a per-CPU hash; a sample crosses to user space only
 //! for a new drop point and then at most once a second per CPU.
 
 use aya_ebpf::{
@@ -13,17 +14,20 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    addr_key, mac_key, DropCount, DropKey, DropSample, PacketInfo, WatchConfig, CLASS_ARP,
-    CLASS_OTHER, CNT_DROPS_MAP_FULL, CNT_SAMPLES_LOST, CNT_UNATTRIBUTED, WDIR_FROM_VM, WDIR_TO_VM,
-    WDIR_UNKNOWN, WFLAG_HAS_DST, WFLAG_VIA_CT,
+    addr_key, mac_key, Addr, DropCount, DropKey, DropSample, PacketInfo, WatchConfig, CLASS_ARP,
+    CLASS_OTHER, CNT_DROPS_MAP_FULL, CNT_SAMPLES_LOST, CNT_UNATTRIBUTED, FAMILY_V6, WDIR_FROM_VM,
+    WDIR_TO_VM, WDIR_UNKNOWN, WFLAG_HAS_DST, WFLAG_VIA_CT,
 };
 
 use super::frees::read_field;
-use crate::maps::{count, DROPS, SAMPLES, VM_ADDRS, VM_MACS, VM_PORTS, WATCH_CONFIG, WATCH_NET};
+use crate::maps::{
+    count, DROPS, SAMPLES, VM_ADDRS, VM_ADDRS6, VM_MACS, VM_PORTS, WATCH_CONFIG, WATCH_NET,
+};
 
 const SKBADDR_OFF: usize = 8;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = crate::packet::ETH_P_IPV6;
 /// `skb->network_header`/`mac_header` value meaning "not set".
 const HEADER_UNSET: u16 = 0xffff;
 /// Low bits of `skb->_nfct` carry `enum ip_conntrack_info`.
@@ -77,6 +81,15 @@ fn on_drop(skb: u64, location: u64, reason: u32) -> Option<()> {
         if nh != HEADER_UNSET {
             class = crate::packet::read_ipv4(head + nh as u64, &mut pkt);
             found = by_addr(&pkt).or_else(|| by_conntrack(skb, &cfg));
+        }
+    } else if l3proto == ETH_P_IPV6 && head != 0 {
+        let nh = read::<u16>(skb + cfg.skb_network_header_off as u64);
+        if nh != HEADER_UNSET {
+            crate::packet6::read_ipv6(head + nh as u64, &mut pkt);
+            if pkt.family == FAMILY_V6 {
+                class = crate::packet::class_of(&pkt);
+                found = by_addr6(&pkt).or_else(|| by_conntrack6(skb, &cfg));
+            }
         }
     } else if l3proto == ETH_P_ARP {
         class = CLASS_ARP;
@@ -197,7 +210,7 @@ fn vm_port_of_addr(addr: [u8; 4]) -> Option<u32> {
     unsafe { VM_ADDRS.get(addr_key(addr)) }.copied()
 }
 
-/// The first four bytes of an address: all of an IPv4 one (watch reads IPv4 only).
+/// The first four bytes of an address: all of an IPv4 one.
 #[inline(always)]
 fn v4(a: &tracer_common::Addr) -> [u8; 4] {
     [a[0], a[1], a[2], a[3]]
@@ -211,11 +224,52 @@ fn by_addr(pkt: &PacketInfo) -> Option<(u32, u8, u8)> {
     vm_port_of_addr(v4(&pkt.daddr)).map(|port| (port, WDIR_TO_VM, 0))
 }
 
+#[inline(always)]
+fn vm_port_of_addr6(addr: &Addr) -> Option<u32> {
+    unsafe { VM_ADDRS6.get(addr) }.copied()
+}
+
+#[inline(always)]
+fn by_addr6(pkt: &PacketInfo) -> Option<(u32, u8, u8)> {
+    if let Some(port) = vm_port_of_addr6(&pkt.saddr) {
+        return Some((port, WDIR_FROM_VM, 0));
+    }
+    vm_port_of_addr6(&pkt.daddr).map(|port| (port, WDIR_TO_VM, 0))
+}
+
 /// After NAT the packet's addresses are the host's; the conntrack entry still
 /// holds the VM's: the original source (VM opened it, e.g. MASQUERADE) or the
 /// reply source (the VM is behind a DNAT).
 #[inline(always)]
 fn by_conntrack(skb: u64, cfg: &WatchConfig) -> Option<(u32, u8, u8)> {
+    let (ct, reply_dir) = conntrack_of(skb, cfg)?;
+    let orig_src = read::<[u8; 4]>(ct + cfg.ct_orig_src_off as u64);
+    if let Some(port) = vm_port_of_addr(orig_src) {
+        return Some(via_ct(port, reply_dir, true));
+    }
+    let reply_src = read::<[u8; 4]>(ct + cfg.ct_reply_src_off as u64);
+    let port = vm_port_of_addr(reply_src)?;
+    Some(via_ct(port, reply_dir, false))
+}
+
+/// The same for IPv6 (NAT66): the tuple's address is a `union nf_inet_addr`
+/// at the same offset, all 16 bytes of it used.
+#[inline(always)]
+fn by_conntrack6(skb: u64, cfg: &WatchConfig) -> Option<(u32, u8, u8)> {
+    let (ct, reply_dir) = conntrack_of(skb, cfg)?;
+    let orig_src = read::<Addr>(ct + cfg.ct_orig_src_off as u64);
+    if let Some(port) = vm_port_of_addr6(&orig_src) {
+        return Some(via_ct(port, reply_dir, true));
+    }
+    let reply_src = read::<Addr>(ct + cfg.ct_reply_src_off as u64);
+    let port = vm_port_of_addr6(&reply_src)?;
+    Some(via_ct(port, reply_dir, false))
+}
+
+/// The skb's conntrack entry and whether the packet travels in its reply
+/// direction.
+#[inline(always)]
+fn conntrack_of(skb: u64, cfg: &WatchConfig) -> Option<(u64, bool)> {
     if cfg.skb_nfct_off == 0 || cfg.ct_orig_src_off == 0 {
         return None;
     }
@@ -224,16 +278,20 @@ fn by_conntrack(skb: u64, cfg: &WatchConfig) -> Option<(u32, u8, u8)> {
     if ct == 0 {
         return None;
     }
-    let reply_dir = (nfct & NFCT_INFO_MASK) >= IP_CT_ESTABLISHED_REPLY;
-    let orig_src = read::<[u8; 4]>(ct + cfg.ct_orig_src_off as u64);
-    if let Some(port) = vm_port_of_addr(orig_src) {
-        let dir = if reply_dir { WDIR_TO_VM } else { WDIR_FROM_VM };
-        return Some((port, dir, WFLAG_VIA_CT));
-    }
-    let reply_src = read::<[u8; 4]>(ct + cfg.ct_reply_src_off as u64);
-    let port = vm_port_of_addr(reply_src)?;
-    let dir = if reply_dir { WDIR_FROM_VM } else { WDIR_TO_VM };
-    Some((port, dir, WFLAG_VIA_CT))
+    Some((ct, (nfct & NFCT_INFO_MASK) >= IP_CT_ESTABLISHED_REPLY))
+}
+
+/// The VM opened the connection (`vm_opened`: it is the original source) or
+/// sits behind a DNAT (the reply source); the packet's way follows from that
+/// and the direction it travels in.
+#[inline(always)]
+fn via_ct(port: u32, reply_dir: bool, vm_opened: bool) -> (u32, u8, u8) {
+    let dir = if reply_dir == vm_opened {
+        WDIR_TO_VM
+    } else {
+        WDIR_FROM_VM
+    };
+    (port, dir, WFLAG_VIA_CT)
 }
 
 /// Bridged frames: the VM's MAC as source or destination.

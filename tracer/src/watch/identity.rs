@@ -1,5 +1,5 @@
-//! A VM's identity as watch reports it — its MACs, IPv4 addresses, VMID, name and
-//! VLAN — kept for as long as its port exists.
+//! A VM's identity as watch reports it — its MACs, IPv4 and IPv6 addresses, VMID,
+//! name and VLAN — kept for as long as its port exists.
 //!
 //! The host's tables forget a quiet guest: its bridge FDB entry ages out (300 s by
 //! default), a port that loses carrier has its entries flushed, a bridge without a
@@ -18,25 +18,28 @@
 //!   bridge), else the configuration's tag.
 //!
 //! The rule: each field (MACs, addresses, VMID, name, VLAN) is fixed at the first moment
-//! it is known non-empty and never changes while the port exists — same ifindex, or
+//! it is known non-empty and never changes while the port exists (the addresses
+//! of each family apart: a dual-stack guest's IPv6 address is often learned after
+//! its IPv4 one, when it first speaks IPv6) — same ifindex, or
 //! back under the same name within the run (a tap flap, a VM reboot). A field still
 //! empty fills once, when something first knows it. A port back under its old name
 //! with other MACs or another VMID is another VM and starts afresh.
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use tracer_common::{DropKey, PacketInfo, WDIR_FROM_VM, WFLAG_VIA_CT};
 
-use super::inventory::{ips_of, parse_mac, Inventory, VmPort};
+use super::inventory::{guest_address, ips_of, parse_mac, Inventory, VmPort};
 use crate::hostconfig::{self, ConfigDirs, VmNic};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub macs: Vec<[u8; 6]>,
-    pub ips: Vec<Ipv4Addr>,
+    /// IPv4 ones first.
+    pub ips: Vec<IpAddr>,
     pub vmid: Option<String>,
     pub vm_name: Option<String>,
     pub vlan: Option<u16>,
@@ -48,9 +51,13 @@ impl Identity {
         if self.macs.is_empty() {
             self.macs.clone_from(&seen.macs);
         }
-        if self.ips.is_empty() {
-            self.ips.clone_from(&seen.ips);
+        for v6 in [false, true] {
+            if !self.ips.iter().any(|i| i.is_ipv6() == v6) {
+                let more = seen.ips.iter().filter(|i| i.is_ipv6() == v6);
+                self.ips.extend(more);
+            }
         }
+        self.ips.sort();
         if self.vmid.is_none() {
             self.vmid.clone_from(&seen.vmid);
         }
@@ -188,7 +195,8 @@ impl Identities {
     }
 
     /// A dropped packet the kernel tied to a VM by its source MAC tells the VM's
-    /// address: fill it in when nothing else knew it. Returns whether it did.
+    /// address: fill it in when nothing else knew one of its family. Returns
+    /// whether it did.
     pub fn learn_from_drop(
         &mut self,
         inv: &mut Inventory,
@@ -198,7 +206,7 @@ impl Identities {
         if key.dir != WDIR_FROM_VM || key.flags & WFLAG_VIA_CT != 0 {
             return false;
         }
-        let src = pkt.src_v4();
+        let src = pkt.src();
         if !guest_address(src) || inv.local_addrs.contains(&src) {
             return false;
         }
@@ -208,7 +216,12 @@ impl Identities {
         let Some(known) = self.known.get_mut(&port.name) else {
             return false;
         };
-        if !known.identity.ips.is_empty() {
+        if known
+            .identity
+            .ips
+            .iter()
+            .any(|i| i.is_ipv6() == src.is_ipv6())
+        {
             return false;
         }
         known.identity.settle(&Identity {
@@ -220,15 +233,9 @@ impl Identities {
     }
 }
 
-/// An address a guest's NIC can hold: not unspecified (DHCP), broadcast, multicast
-/// or loopback.
-fn guest_address(ip: Ipv4Addr) -> bool {
-    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
-}
-
 /// What is known about `port` now: the tables' MACs and addresses (already on the
 /// port), and its NIC in the hypervisor's configuration.
-fn observe(port: &VmPort, nics: &[VmNic], neigh: &HashMap<[u8; 6], Vec<Ipv4Addr>>) -> Identity {
+fn observe(port: &VmPort, nics: &[VmNic], neigh: &HashMap<[u8; 6], Vec<IpAddr>>) -> Identity {
     let mut seen = Identity {
         macs: port.macs.clone(),
         ips: port.ips.clone(),
@@ -243,9 +250,11 @@ fn observe(port: &VmPort, nics: &[VmNic], neigh: &HashMap<[u8; 6], Vec<Ipv4Addr>
             seen.macs.push(mac);
         }
     }
-    for ip in nic.ips.iter().chain(&ips_of(neigh, &seen.macs)) {
-        if !seen.ips.contains(ip) {
-            seen.ips.push(*ip);
+    let v4 = nic.ips.iter().map(|i| IpAddr::V4(*i));
+    let configured = v4.chain(nic.ips6.iter().map(|i| IpAddr::V6(*i)));
+    for ip in configured.chain(ips_of(neigh, &seen.macs)) {
+        if guest_address(ip) && !seen.ips.contains(&ip) {
+            seen.ips.push(ip);
         }
     }
     seen.ips.sort();
@@ -280,7 +289,7 @@ fn configured_nic<'a>(port: &VmPort, nics: &'a [VmNic]) -> Option<&'a VmNic> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::{net::Ipv4Addr, path::PathBuf};
 
     use tracer_common::{CLASS_ICMP, WDIR_TO_VM};
 
@@ -289,11 +298,19 @@ mod tests {
     const MAC: [u8; 6] = [0xbc, 0x24, 0x11, 0, 1, 5];
     const OTHER_MAC: [u8; 6] = [0xbc, 0x24, 0x11, 0, 9, 9];
 
-    fn ip(last: u8) -> Ipv4Addr {
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    fn ip6(last: u16) -> IpAddr {
+        IpAddr::from([0x2001, 0xdb8, 1, 0, 0, 0, 0, last])
+    }
+
+    fn ip4(last: u8) -> Ipv4Addr {
         Ipv4Addr::new(192, 0, 2, last)
     }
 
-    fn port(ifindex: u32, name: &str, macs: &[[u8; 6]], ips: &[Ipv4Addr]) -> VmPort {
+    fn port(ifindex: u32, name: &str, macs: &[[u8; 6]], ips: &[IpAddr]) -> VmPort {
         VmPort {
             ifindex,
             name: name.into(),
@@ -307,7 +324,7 @@ mod tests {
     }
 
     /// An inventory as the tables say now, with a neighbour table.
-    fn inv(ports: Vec<VmPort>, neigh: &[([u8; 6], Ipv4Addr)]) -> Inventory {
+    fn inv(ports: Vec<VmPort>, neigh: &[([u8; 6], IpAddr)]) -> Inventory {
         let mut inv = Inventory::default();
         for p in ports {
             inv.ports.insert(p.ifindex, p);
@@ -454,8 +471,11 @@ mod tests {
 
     #[test]
     fn configuration_names_the_vm_and_its_address() {
+        let mut web = nic("105", "web01", "BC:24:11:00:01:05", "tap105i0", &[ip4(5)]);
+        // cloud-init's ip6= (a link-local one would name no VM: left out).
+        web.ips6 = vec!["2001:db8:1::5".parse().unwrap(), "fe80::5".parse().unwrap()];
         let nics = vec![
-            nic("105", "web01", "BC:24:11:00:01:05", "tap105i0", &[ip(5)]),
+            web,
             nic("106", "db01", "bc:24:11:00:09:09", "tap106i0", &[]),
         ];
         let mut ids = Identities::with_nics(nics);
@@ -470,7 +490,7 @@ mod tests {
         ids.apply(&mut now);
         let p = &now.ports[&10];
         assert_eq!(p.macs, [MAC]);
-        assert_eq!(p.ips, [ip(5)]);
+        assert_eq!(p.ips, [ip(5), ip6(5)]);
         assert_eq!(p.vmid.as_deref(), Some("105"));
         assert_eq!(p.vm_name.as_deref(), Some("web01"));
         // No config names vnet3, but its MAC is db01's.
@@ -528,10 +548,15 @@ mod tests {
         let mut now = inv(vec![port(7, "tap100i0", &[MAC], &[])], &[]);
         now.local_addrs.insert(ip(1));
         ids.apply(&mut now);
-        let pkt = |src: Ipv4Addr| PacketInfo {
-            saddr: tracer_common::addr4(src.octets()),
-            daddr: tracer_common::addr4([203, 0, 113, 8]),
-            ..PacketInfo::default()
+        let pkt = |src: IpAddr| {
+            let mut p = PacketInfo::default();
+            let dst = if src.is_ipv6() {
+                ip6(0xffff)
+            } else {
+                IpAddr::from([203, 0, 113, 8])
+            };
+            p.set_addrs(src, dst);
+            p
         };
         // Not the VM's own source: replies to it, NATed traffic, DHCP, the host.
         assert!(!ids.learn_from_drop(&mut now, &drop_key(7, WDIR_TO_VM, 0), &pkt(ip(100))));
@@ -540,7 +565,7 @@ mod tests {
             &drop_key(7, WDIR_FROM_VM, WFLAG_VIA_CT),
             &pkt(ip(100))
         ));
-        let zero = Ipv4Addr::UNSPECIFIED;
+        let zero = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         assert!(!ids.learn_from_drop(&mut now, &drop_key(7, WDIR_FROM_VM, 0), &pkt(zero)));
         assert!(!ids.learn_from_drop(&mut now, &drop_key(7, WDIR_FROM_VM, 0), &pkt(ip(1))));
         assert!(!ids.learn_from_drop(&mut now, &drop_key(99, WDIR_FROM_VM, 0), &pkt(ip(100))));
@@ -551,6 +576,29 @@ mod tests {
         let mut later = inv(vec![port(7, "tap100i0", &[], &[])], &[]);
         ids.apply(&mut later);
         assert_eq!(later.ports[&7].ips, [ip(100)]);
+        // Its first IPv6 packet gives its IPv6 address, once; link-local never.
+        let link_local: IpAddr = "fe80::5054:ff:fe00:100".parse().unwrap();
+        let v6 = drop_key(7, WDIR_FROM_VM, 0);
+        assert!(!ids.learn_from_drop(&mut later, &v6, &pkt(link_local)));
+        assert!(ids.learn_from_drop(&mut later, &v6, &pkt(ip6(0x100))));
+        assert!(!ids.learn_from_drop(&mut later, &v6, &pkt(ip6(0x101))));
+        assert_eq!(later.ports[&7].ips, [ip(100), ip6(0x100)]);
+    }
+
+    /// A dual-stack guest's IPv6 address reaches the neighbour table after its
+    /// IPv4 one (it speaks IPv6 later): it joins the identity, the IPv4 one stays.
+    #[test]
+    fn each_family_fills_once() {
+        let mut ids = Identities::with_nics(Vec::new());
+        let mut first = inv(vec![port(7, "tap100i0", &[MAC], &[ip(100)])], &[]);
+        ids.apply(&mut first);
+        let neigh = [(MAC, ip(100)), (MAC, ip6(0x100)), (MAC, ip(99))];
+        let mut later = inv(vec![port(7, "tap100i0", &[MAC], &[])], &neigh);
+        ids.apply(&mut later);
+        assert_eq!(later.ports[&7].ips, [ip(100), ip6(0x100)]);
+        let mut more = inv(vec![port(7, "tap100i0", &[MAC], &[])], &[(MAC, ip6(0x200))]);
+        ids.apply(&mut more);
+        assert_eq!(more.ports[&7].ips, [ip(100), ip6(0x100)]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Which VMs this host has right now: every VM port on every bridge, with the MACs
-//! the bridges learned behind it and the IPv4 addresses the host's neighbour table
-//! maps to those MACs. Re-read whenever the kernel reports a change (`changes`),
+//! the bridges learned behind it and the addresses (IPv4 and IPv6, link-local
+//! left out) the host's neighbour table maps to those MACs. Re-read whenever the kernel reports a change (`changes`),
 //! so VMs that start, stop or migrate are picked up and dropped while watch runs. This is what the tables say *now*;
 //! `identity` keeps what they said once, when they forget a quiet guest.
 //!
@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use anyhow::Result;
@@ -25,8 +25,9 @@ pub struct VmPort {
     pub bridge: String,
     /// MACs the bridges learned behind this port (the guest's NICs).
     pub macs: Vec<[u8; 6]>,
-    /// IPv4 addresses the host's neighbour table maps to those MACs.
-    pub ips: Vec<Ipv4Addr>,
+    /// Addresses the host's neighbour table maps to those MACs, IPv4 ones
+    /// first (sorted).
+    pub ips: Vec<IpAddr>,
     /// Proxmox VMID or libvirt domain, when the hypervisor's configuration names
     /// this port (filled by `identity`).
     pub vmid: Option<String>,
@@ -48,10 +49,10 @@ pub struct Inventory {
     /// Interface indexes of bridge ports that are not VM ports: the plumbing
     /// between bridges (Proxmox's fwln/fwpr), uplinks in bridged mode.
     pub bridge_ports: HashSet<u32>,
-    /// The host's own IPv4 addresses (a drop of a packet to one is at `input`).
-    pub local_addrs: HashSet<Ipv4Addr>,
-    /// The neighbour table: IPv4 addresses by MAC (usable entries only).
-    pub neigh: HashMap<[u8; 6], Vec<Ipv4Addr>>,
+    /// The host's own addresses (a drop of a packet to one is at `input`).
+    pub local_addrs: HashSet<IpAddr>,
+    /// The neighbour table: guest-usable addresses by MAC (usable entries only).
+    pub neigh: HashMap<[u8; 6], Vec<IpAddr>>,
 }
 
 impl Inventory {
@@ -81,7 +82,7 @@ impl Inventory {
                 .filter(|l| l.is_bridge())
                 .map(|l| l.index)
                 .collect(),
-            local_addrs: host.addrs.iter().filter_map(|a| Some(a.v4()?.0)).collect(),
+            local_addrs: host.addrs.iter().map(|a| a.addr).collect(),
             neigh: neighbours(host),
             ..Self::default()
         };
@@ -111,7 +112,7 @@ impl Inventory {
     }
 
     /// Keep only the ports carrying one of `only` (none given: keep all).
-    pub fn narrow(&mut self, only: &[Ipv4Addr]) {
+    pub fn narrow(&mut self, only: &[IpAddr]) {
         if !only.is_empty() {
             self.ports
                 .retain(|_, p| p.ips.iter().any(|ip| only.contains(ip)));
@@ -120,8 +121,8 @@ impl Inventory {
 }
 
 /// The addresses the neighbour table maps to any of `macs`, sorted.
-pub fn ips_of(neigh: &HashMap<[u8; 6], Vec<Ipv4Addr>>, macs: &[[u8; 6]]) -> Vec<Ipv4Addr> {
-    let mut ips: Vec<Ipv4Addr> = macs
+pub fn ips_of(neigh: &HashMap<[u8; 6], Vec<IpAddr>>, macs: &[[u8; 6]]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = macs
         .iter()
         .filter_map(|m| neigh.get(m))
         .flatten()
@@ -252,14 +253,30 @@ fn ports_below(host: &Host, vm_ports: &HashMap<String, u32>) -> HashMap<String, 
     below
 }
 
-/// Usable neighbour entries: IPv4 addresses by MAC.
-fn neighbours(host: &Host) -> HashMap<[u8; 6], Vec<Ipv4Addr>> {
-    let mut out: HashMap<[u8; 6], Vec<Ipv4Addr>> = HashMap::new();
+/// An address a guest's NIC holds and others reach it by: not unspecified
+/// (DHCP), broadcast, multicast or loopback, and for IPv6 not link-local (every
+/// NIC has one, derived from its MAC: it names no VM a MAC would not, and it
+/// is not what anyone alerts on).
+pub fn guest_address(ip: IpAddr) -> bool {
+    let common = !(ip.is_unspecified() || ip.is_multicast() || ip.is_loopback());
+    common
+        && match ip {
+            IpAddr::V4(v4) => !v4.is_broadcast(),
+            IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+        }
+}
+
+/// Usable neighbour entries: guest addresses (IPv4 and IPv6) by MAC.
+fn neighbours(host: &Host) -> HashMap<[u8; 6], Vec<IpAddr>> {
+    let mut out: HashMap<[u8; 6], Vec<IpAddr>> = HashMap::new();
     for n in host.neighbours.iter().filter(|n| n.resolved()) {
-        let (Some(mac), std::net::IpAddr::V4(ip)) = (n.mac.as_deref().and_then(parse_mac), n.ip)
-        else {
+        let Some(mac) = n.mac.as_deref().and_then(parse_mac) else {
             continue;
         };
+        let ip = n.ip;
+        if !guest_address(ip) {
+            continue;
+        }
         let ips = out.entry(mac).or_default();
         if !ips.contains(&ip) {
             ips.push(ip);
@@ -273,6 +290,10 @@ mod tests {
     use super::*;
 
     use serde_json::Value;
+
+    fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::from([a, b, c, d])
+    }
 
     fn json(s: &str) -> Value {
         serde_json::from_str(s).unwrap()
@@ -312,7 +333,9 @@ mod tests {
             {"dst":"192.0.2.105","dev":"vmbr0","lladdr":"bc:24:11:00:01:05","state":["REACHABLE"]},
             {"dst":"192.0.2.106","dev":"vmbr0","lladdr":"bc:24:11:00:01:06","state":["STALE"]},
             {"dst":"192.0.2.107","dev":"vmbr0","lladdr":"bc:24:11:00:01:06","state":["FAILED"]},
-            {"dst":"192.0.2.254","dev":"vmbr0","lladdr":"00:11:22:33:44:55","state":["REACHABLE"]}
+            {"dst":"192.0.2.254","dev":"vmbr0","lladdr":"00:11:22:33:44:55","state":["REACHABLE"]},
+            {"dst":"2001:db8:1::105","dev":"vmbr0","lladdr":"bc:24:11:00:01:05","state":["STALE"]},
+            {"dst":"fe80::be24:11ff:fe00:105","dev":"vmbr0","lladdr":"bc:24:11:00:01:05","state":["REACHABLE"]}
             ]"#,
         );
         let addrs =
@@ -327,7 +350,7 @@ mod tests {
         assert_eq!(names, ["tap105i0", "tap106i0", "veth200i0"]);
         assert_eq!(inv.ports[&10].bridge, "fwbr105i0");
         assert!(inv.bridges.contains(&3) && inv.bridges.contains(&11));
-        assert!(inv.local_addrs.contains(&Ipv4Addr::new(192, 0, 2, 1)));
+        assert!(inv.local_addrs.contains(&ip4(192, 0, 2, 1)));
     }
 
     #[test]
@@ -337,10 +360,12 @@ mod tests {
             inv.ports[&10].macs,
             [parse_mac("bc:24:11:00:01:05").unwrap()]
         );
-        assert_eq!(inv.ports[&10].ips, [Ipv4Addr::new(192, 0, 2, 105)]);
+        // Its IPv6 address too, IPv4 first; never the link-local one.
+        let v6: IpAddr = "2001:db8:1::105".parse().unwrap();
+        assert_eq!(inv.ports[&10].ips, [ip4(192, 0, 2, 105), v6]);
         // Multicast and failed entries are ignored.
         assert_eq!(inv.ports[&14].macs.len(), 1);
-        assert_eq!(inv.ports[&14].ips, [Ipv4Addr::new(192, 0, 2, 106)]);
+        assert_eq!(inv.ports[&14].ips, [ip4(192, 0, 2, 106)]);
         assert!(inv.ports[&15].ips.is_empty());
     }
 
@@ -357,7 +382,7 @@ mod tests {
         let mut inv = Inventory::from_json(&links, &fdb, &neigh, &json("[]"));
         inv.narrow(&[]);
         assert_eq!(inv.ports.len(), 2, "no --vm-ip: every port");
-        inv.narrow(&[Ipv4Addr::new(192, 0, 2, 106)]);
+        inv.narrow(&[ip4(192, 0, 2, 106)]);
         assert_eq!(inv.ports.keys().copied().collect::<Vec<_>>(), [14]);
     }
 
@@ -392,7 +417,7 @@ mod tests {
         let inv = Inventory::from_json(&links, &fdb, &neigh, &json("[]"));
         let tap = &inv.ports[&10];
         assert_eq!(tap.macs, [parse_mac("bc:24:11:00:01:05").unwrap()]);
-        assert_eq!(tap.ips, [Ipv4Addr::new(192, 0, 2, 105)]);
+        assert_eq!(tap.ips, [ip4(192, 0, 2, 105)]);
         // Two taps below fwbr106i0: the MAC on fwpr106p0 could be either one's.
         assert!(inv.ports[&23].macs.is_empty() && inv.ports[&24].macs.is_empty());
     }

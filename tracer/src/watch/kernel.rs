@@ -1,7 +1,10 @@
 //! Watch mode's side of the kernel: load and attach the drop counter, keep its
 //! VM maps in step with the inventory, and read its counters and samples.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, RingBuf};
@@ -26,8 +29,9 @@ pub struct WatchKernel {
     samples: RingBuf<MapData>,
     ports: BpfHashMap<MapData, u32, u8>,
     addrs: BpfHashMap<MapData, u32, u32>,
+    addrs6: BpfHashMap<MapData, [u8; 16], u32>,
     macs: BpfHashMap<MapData, u64, u32>,
-    /// What we put in the three maps above, to remove exactly what went away.
+    /// What we put in the four maps above, to remove exactly what went away.
     installed: Installed,
 }
 
@@ -35,6 +39,7 @@ pub struct WatchKernel {
 struct Installed {
     ports: HashSet<u32>,
     addrs: HashMap<u32, u32>,
+    addrs6: HashMap<[u8; 16], u32>,
     macs: HashMap<u64, u32>,
 }
 
@@ -46,6 +51,7 @@ impl WatchKernel {
         let samples = RingBuf::try_from(probes.take_map(names::SAMPLES)?)?;
         let ports = BpfHashMap::try_from(probes.take_map(names::VM_PORTS)?)?;
         let addrs = BpfHashMap::try_from(probes.take_map(names::VM_ADDRS)?)?;
+        let addrs6 = BpfHashMap::try_from(probes.take_map(names::VM_ADDRS6)?)?;
         let macs = BpfHashMap::try_from(probes.take_map(names::VM_MACS)?)?;
         Ok(Self {
             probes,
@@ -53,6 +59,7 @@ impl WatchKernel {
             samples,
             ports,
             addrs,
+            addrs6,
             macs,
             installed: Installed::default(),
         })
@@ -68,7 +75,10 @@ impl WatchKernel {
         for p in inv.ports.values() {
             want.ports.insert(p.ifindex);
             for ip in &p.ips {
-                want.addrs.insert(addr_key(ip.octets()), p.ifindex);
+                match ip {
+                    IpAddr::V4(v4) => want.addrs.insert(addr_key(v4.octets()), p.ifindex),
+                    IpAddr::V6(v6) => want.addrs6.insert(v6.octets(), p.ifindex),
+                };
             }
             for mac in &p.macs {
                 want.macs.insert(mac_key(*mac), p.ifindex);
@@ -81,35 +91,25 @@ impl WatchKernel {
         for i in want.ports.difference(&self.installed.ports) {
             self.ports.insert(i, 1, 0).context("updating VM_PORTS")?;
         }
-        for (k, v) in &want.addrs {
-            if self.installed.addrs.get(k) != Some(v) {
-                self.addrs.insert(k, v, 0).context("updating VM_ADDRS")?;
-            }
-        }
-        for (k, v) in &want.macs {
-            if self.installed.macs.get(k) != Some(v) {
-                self.macs.insert(k, v, 0).context("updating VM_MACS")?;
-            }
-        }
+        add(
+            &mut self.addrs,
+            &self.installed.addrs,
+            &want.addrs,
+            "VM_ADDRS",
+        )?;
+        add(
+            &mut self.addrs6,
+            &self.installed.addrs6,
+            &want.addrs6,
+            "VM_ADDRS6",
+        )?;
+        add(&mut self.macs, &self.installed.macs, &want.macs, "VM_MACS")?;
         for i in self.installed.ports.difference(&want.ports) {
             let _ = self.ports.remove(i);
         }
-        for k in self
-            .installed
-            .addrs
-            .keys()
-            .filter(|k| !want.addrs.contains_key(k))
-        {
-            let _ = self.addrs.remove(k);
-        }
-        for k in self
-            .installed
-            .macs
-            .keys()
-            .filter(|k| !want.macs.contains_key(k))
-        {
-            let _ = self.macs.remove(k);
-        }
+        remove(&mut self.addrs, &self.installed.addrs, &want.addrs);
+        remove(&mut self.addrs6, &self.installed.addrs6, &want.addrs6);
+        remove(&mut self.macs, &self.installed.macs, &want.macs);
         self.installed = want;
         Ok(())
     }
@@ -159,6 +159,33 @@ impl WatchKernel {
             self.probes.counter(CNT_DROPS_MAP_FULL),
             self.probes.counter(CNT_UNATTRIBUTED),
         )
+    }
+}
+
+/// Put into `map` the entries of `want` it lacks or holds otherwise.
+fn add<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut BpfHashMap<MapData, K, u32>,
+    installed: &HashMap<K, u32>,
+    want: &HashMap<K, u32>,
+    name: &str,
+) -> Result<()> {
+    for (k, v) in want {
+        if installed.get(k) != Some(v) {
+            map.insert(k, v, 0)
+                .with_context(|| format!("updating {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Take out of `map` what was installed and is no longer wanted.
+fn remove<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut BpfHashMap<MapData, K, u32>,
+    installed: &HashMap<K, u32>,
+    want: &HashMap<K, u32>,
+) {
+    for k in installed.keys().filter(|k| !want.contains_key(k)) {
+        let _ = map.remove(k);
     }
 }
 

@@ -2,9 +2,12 @@
 //! served at `/metrics` by a minimal HTTP/1.1 responder (one request per
 //! connection; scrapers need nothing more).
 //!
-//! A VM's labels (`vm_ip`, `vmid`, `vm_name`, `vlan`) come from its identity, which stays
-//! fixed while its port exists (see `identity`): a quiet guest's series keep their
-//! labels when the host's tables forget it.
+//! A VM's labels (`vm_ip`, `vm_ip6`, `vmid`, `vm_name`, `vlan`) come from its
+//! identity, which stays fixed while its port exists (see `identity`): a quiet
+//! guest's series keep their labels when the host's tables forget it. `vm_ip`
+//! holds the IPv4 addresses as it always has and `vm_ip6` the IPv6 ones, so a
+//! series grouped by `vm_ip` does not change when a dual-stack guest's IPv6
+//! address is learned.
 
 use std::{fmt::Write, net::SocketAddr, sync::Arc};
 
@@ -193,6 +196,16 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// The `vm_ip` and `vm_ip6` label values: a VM's IPv4 and its IPv6 addresses,
+/// each comma-joined.
+fn addresses(vm_ips: &[String]) -> (String, String) {
+    let (v6, v4): (Vec<&str>, Vec<&str>) = vm_ips
+        .iter()
+        .map(String::as_str)
+        .partition(|a| a.contains(':'));
+    (v4.join(","), v6.join(","))
+}
+
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     family(
@@ -216,11 +229,12 @@ pub fn render(s: &Snapshot) -> String {
     let mut bytes = String::new();
     let mut resets = String::new();
     for vm in &s.vms {
-        let ip = vm.vm_ips.join(",");
+        let (ip, ip6) = addresses(&vm.vm_ips);
         let vlan = vlan_label(vm);
         for d in &vm.drops {
             let l = labels(&[
                 ("vm_ip", &ip),
+                ("vm_ip6", &ip6),
                 ("vmid", vm.vmid.as_deref().unwrap_or("")),
                 ("vm_name", vm.vm_name.as_deref().unwrap_or("")),
                 ("port", &vm.port),
@@ -261,9 +275,10 @@ pub fn render(s: &Snapshot) -> String {
         "A watched VM port (1), with the guest addresses and the VM behind it.",
     );
     for vm in &s.vms {
-        let ip = vm.vm_ips.join(",");
+        let (ip, ip6) = addresses(&vm.vm_ips);
         let l = labels(&[
             ("vm_ip", &ip),
+            ("vm_ip6", &ip6),
             ("vmid", vm.vmid.as_deref().unwrap_or("")),
             ("vm_name", vm.vm_name.as_deref().unwrap_or("")),
             ("port", &vm.port),
@@ -339,7 +354,7 @@ mod tests {
                 port: "tap100i0".into(),
                 ifindex: 7,
                 bridge: "vmbr0".into(),
-                vm_ips: vec!["192.0.2.100".into()],
+                vm_ips: vec!["192.0.2.100".into(), "2001:db8:1::100".into()],
                 macs: vec![],
                 vmid: Some("100".into()),
                 vm_name: Some("web01".into()),
@@ -375,7 +390,7 @@ mod tests {
     fn renders_the_exposition_format() {
         let text = render(&sample());
         assert!(text.contains(
-            "pathtrace_drops_total{vm_ip=\"192.0.2.100\",vmid=\"100\",vm_name=\"web01\",port=\"tap100i0\",bridge=\"vmbr0\",vlan=\"20\",stage=\"forward\",reason=\"NETFILTER_DROP\",location=\"nft_do_chain+0x3e8\",ifname=\"vm\\\"br0\",direction=\"from_vm\",proto=\"icmp\"} 3\n"
+            "pathtrace_drops_total{vm_ip=\"192.0.2.100\",vm_ip6=\"2001:db8:1::100\",vmid=\"100\",vm_name=\"web01\",port=\"tap100i0\",bridge=\"vmbr0\",vlan=\"20\",stage=\"forward\",reason=\"NETFILTER_DROP\",location=\"nft_do_chain+0x3e8\",ifname=\"vm\\\"br0\",direction=\"from_vm\",proto=\"icmp\"} 3\n"
         ), "{text}");
         assert!(text.contains("# TYPE pathtrace_drops_total counter\n"));
         assert!(text.contains("pathtrace_programs_attached 1\n"));
@@ -439,6 +454,7 @@ mod tests {
         }
         for label in [
             "vm_ip",
+            "vm_ip6",
             "vmid",
             "vm_name",
             "port",

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use serde::Serialize;
@@ -194,7 +194,7 @@ fn empty_report(p: &VmPort) -> VmReport {
         port: p.name.clone(),
         ifindex: p.ifindex,
         bridge: p.bridge.clone(),
-        vm_ips: p.ips.iter().map(Ipv4Addr::to_string).collect(),
+        vm_ips: p.ips.iter().map(IpAddr::to_string).collect(),
         macs: p.macs.iter().map(super::inventory::format_mac).collect(),
         vmid: p.vmid.clone(),
         vm_name: p.vm_name.clone(),
@@ -239,8 +239,8 @@ fn describe(
     };
     // The limited broadcast (a DHCP DISCOVER's) is delivered to the host too.
     let dst_local = example.is_some_and(|p| {
-        let dst = p.dst_v4();
-        inv.local_addrs.contains(&dst) || dst.is_broadcast()
+        let dst = p.dst();
+        inv.local_addrs.contains(&dst) || matches!(dst, IpAddr::V4(v4) if v4.is_broadcast())
     });
     let facts = DropFacts {
         reason: reason.as_deref(),
@@ -296,13 +296,13 @@ fn hook_of(stage: crate::correlate::Stage) -> &'static str {
 
 /// Source and destination are both guests on the same bridge as this port.
 fn same_lan(p: &PacketInfo, port: &VmPort, inv: &Inventory) -> bool {
-    let on_bridge: HashSet<Ipv4Addr> = inv
+    let on_bridge: HashSet<IpAddr> = inv
         .ports
         .values()
         .filter(|q| q.bridge == port.bridge)
         .flat_map(|q| q.ips.iter().copied())
         .collect();
-    on_bridge.contains(&p.src_v4()) && on_bridge.contains(&p.dst_v4())
+    on_bridge.contains(&p.src()) && on_bridge.contains(&p.dst())
 }
 
 pub fn class_word(class: u8) -> &'static str {
@@ -320,8 +320,8 @@ pub fn class_word(class: u8) -> &'static str {
 fn example_of(class: u8, p: &PacketInfo) -> Example {
     let ports = matches!(class, CLASS_TCP | CLASS_UDP | CLASS_DNS | CLASS_DHCP);
     Example {
-        src: p.src_v4().to_string(),
-        dst: p.dst_v4().to_string(),
+        src: p.src().to_string(),
+        dst: p.dst().to_string(),
         proto: class_word(class),
         sport: ports.then_some(p.sport),
         dport: ports.then_some(p.dport),
@@ -355,7 +355,7 @@ pub fn fuzz_entry(keys: &[FuzzKey], elapsed: f64) {
                 name: format!("tap{i}"),
                 bridge: "br".into(),
                 macs: vec![],
-                ips: vec![Ipv4Addr::new(192, 0, 2, i as u8)],
+                ips: vec![IpAddr::from([192, 0, 2, i as u8])],
                 vmid: None,
                 vm_name: None,
                 vlan: None,
@@ -435,7 +435,7 @@ mod tests {
                     name: name.into(),
                     bridge: "vmbr0".into(),
                     macs: vec![[0x52, 0x54, 0, 0, 0, ip]],
-                    ips: vec![Ipv4Addr::new(192, 0, 2, ip)],
+                    ips: vec![IpAddr::from([192, 0, 2, ip])],
                     vmid: None,
                     vm_name: None,
                     vlan: None,
@@ -445,7 +445,7 @@ mod tests {
         inv.bridges.insert(3);
         inv.names.insert(3, "vmbr0".into());
         inv.names.insert(4, "eth0".into());
-        inv.local_addrs.insert(Ipv4Addr::new(192, 0, 2, 1));
+        inv.local_addrs.insert(IpAddr::from([192, 0, 2, 1]));
         inv
     }
 
@@ -500,6 +500,55 @@ mod tests {
         assert_eq!((d[0].stage, d[0].total, d[0].per_s), ("forward", 10, 3.0));
         assert_eq!(d[1].stage, "prerouting", "no route yet at a netfilter drop");
         assert_eq!(vms[1].drops_total, 11);
+    }
+
+    /// An IPv6 drop: its example in RFC 5952 form, the host's own IPv6
+    /// address making it an input drop, guests' IPv6 addresses a bridged one.
+    #[test]
+    fn ipv6_examples_and_stages() {
+        let mut inv = inventory();
+        let host6: IpAddr = "2001:db8:1::1".parse().unwrap();
+        inv.local_addrs.insert(host6);
+        for (i, last) in [(7, 0x100), (8, 0x101)] {
+            let v6 = IpAddr::from([0x2001, 0xdb8, 1, 0, 0, 0, 0, last]);
+            inv.ports.get_mut(&i).unwrap().ips.push(v6);
+        }
+        let echo = |dst: &str| {
+            let mut p = PacketInfo {
+                proto: 58,
+                icmp_type: 128,
+                ..Default::default()
+            };
+            p.set_addrs("2001:db8:1::100".parse().unwrap(), dst.parse().unwrap());
+            p
+        };
+        let mut r = Reporter::default();
+        let to_host = key(7, 3, 6, 0x1000, WFLAG_HAS_DST);
+        let to_guest = key(7, 3, 6, 0x2000, 0);
+        r.sample(to_host, echo("2001:db8:1::1"));
+        r.sample(to_guest, echo("2001:db8:1::101"));
+        let one = Totals {
+            packets: 1,
+            bytes: 104,
+        };
+        let counts = HashMap::from([(to_host, one), (to_guest, one)]);
+        let vms = r.report(&counts, &inv, &FakeNames, 1.0);
+        assert_eq!(vms[0].vm_ips, ["192.0.2.100", "2001:db8:1::100"]);
+        let by_dst = |dst: &str| {
+            vms[0]
+                .drops
+                .iter()
+                .find(|d| d.example.as_ref().unwrap().dst == dst)
+                .unwrap()
+        };
+        let host = by_dst("2001:db8:1::1");
+        assert_eq!(host.stage, "input");
+        let ex = host.example.as_ref().unwrap();
+        assert_eq!(
+            (ex.src.as_str(), ex.icmp_type),
+            ("2001:db8:1::100", Some(128))
+        );
+        assert_eq!(by_dst("2001:db8:1::101").stage, "bridge", "guest to guest");
     }
 
     #[test]
