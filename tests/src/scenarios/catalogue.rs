@@ -1012,6 +1012,7 @@ pub const CATALOGUE: &[Scenario] = &[
         expect: Expect {
             reason: Some("IP_INNOROUTES"),
             rule: Some("no route to 2001:db8:ffff::8"),
+            hint: Some("ip -6 route add default via"),
             ..dropped("request", "routing")
         },
         fix: "ip -6 route add default via <gateway> dev <uplink>",
@@ -1058,6 +1059,7 @@ pub const CATALOGUE: &[Scenario] = &[
         expect: Expect {
             reason: Some("PKT_TOO_BIG"),
             rule: Some("MTU eth0 1280"),
+            hint: Some("the host answered 'Packet Too Big'"),
             ..dropped("request", "egress")
         },
         fix: "make the MTUs agree (uplink up, or the guest's down); let ICMPv6 Packet Too Big through",
