@@ -224,6 +224,7 @@ scenario_tests!(
     gateway_neighbour_failure_v6,
     ping_host_input_drop_v6,
     uplink_mtu_too_small_v6,
+    remote_packet_too_big_v6,
     dns_reply_dropped_v6,
 );
 

@@ -1066,6 +1066,19 @@ pub const CATALOGUE: &[Scenario] = &[
         ..BASE
     },
     Scenario {
+        name: "remote_packet_too_big_v6",
+        symptom: "large IPv6 pings to one far network fail, small ones and other destinations work",
+        cause: "a router beyond the host has a 1280-byte link on the way: it answers Packet Too Big (IPv6 routers never fragment)",
+        remote_mtu: Some(1280),
+        traffic: Traffic::Ping { dst: "2001:db8:fffe::80", size: 1400, ttl: 64 },
+        expect: Expect {
+            hint: Some("Packet Too Big, MTU 1280 from 2001:db8:2::1: the path beyond this host carries at most 1280 bytes; the guest must lower its packet size/MTU"),
+            ..REPLIED
+        },
+        fix: "lower the guest's MTU (or packet size) to the path's; let ICMPv6 Packet Too Big through to the guest",
+        ..BASE
+    },
+    Scenario {
         name: "dns_reply_dropped_v6",
         symptom: "DNS over IPv6 times out in the VM, queries do leave",
         cause: "a forward rule drops the DNS responses",

@@ -136,14 +136,8 @@ impl Explainer {
                 ));
             }
         }
-        if t.reply_hops.iter().any(|h| is_icmp_error(&h.pkt)) {
-            let h = &t.reply_hops[0].pkt;
-            v.hint = Some(format!(
-                "the guest got an ICMP error (type {}, code {}) from {} instead of an echo reply",
-                h.icmp_type,
-                h.code,
-                h.src()
-            ));
+        if let Some(h) = t.reply_hops.iter().map(|h| &h.pkt).find(|p| is_icmp_error(p)) {
+            v.hint = Some(icmp_error_hint(h));
         }
     }
 
@@ -339,6 +333,35 @@ impl Explainer {
 
 /// An ICMP destination unreachable or time exceeded, or their ICMPv6
 /// counterparts (and Packet Too Big).
+/// What the ICMP error the guest got instead of its reply says. A router's
+/// "too big" (IPv6 Packet Too Big, IPv4 fragmentation needed) names the
+/// path's MTU: the guest must send smaller packets.
+fn icmp_error_hint(h: &PacketInfo) -> String {
+    let too_big = match (h.proto, h.icmp_type, h.code) {
+        (58, 2, _) => Some("Packet Too Big"),
+        (1, 3, 4) => Some("fragmentation needed"),
+        _ => None,
+    };
+    let mtu = h.next_hop_mtu;
+    match too_big {
+        Some(what) if mtu > 0 => format!(
+            "{what}, MTU {mtu} from {}: the path beyond this host carries at most {mtu} bytes; the guest must lower its packet size/MTU (ip link set dev IFACE mtu {mtu} in the guest, or smaller pings)",
+            h.src()
+        ),
+        Some(what) => format!(
+            "{what} from {}: the path beyond this host carries smaller packets than the guest sends; the guest must lower its packet size/MTU",
+            h.src()
+        ),
+        None => format!(
+            "the guest got an {} error (type {}, code {}) from {} instead of an echo reply",
+            if h.proto == 58 { "ICMPv6" } else { "ICMP" },
+            h.icmp_type,
+            h.code,
+            h.src()
+        ),
+    }
+}
+
 fn is_icmp_error(p: &PacketInfo) -> bool {
     match p.proto {
         1 => p.icmp_type == 3 || p.icmp_type == 11,
