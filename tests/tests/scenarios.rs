@@ -225,6 +225,7 @@ scenario_tests!(
     ping_host_input_drop_v6,
     uplink_mtu_too_small_v6,
     remote_packet_too_big_v6,
+    nat66_missing,
     dns_reply_dropped_v6,
 );
 

@@ -1079,6 +1079,21 @@ pub const CATALOGUE: &[Scenario] = &[
         ..BASE
     },
     Scenario {
+        name: "nat66_missing",
+        symptom: "VMs reach nothing outside over IPv6; the host can",
+        cause: "guests in a prefix the provider does not route (2001:db8:99::/64 plays a ULA) and no NAT66 masquerade for it",
+        v6: V6Setup::Nat66,
+        break_hv: &["nft delete table ip6 nat"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            stage: Some("remote"),
+            hint: Some("nft add rule ip6 nat postrouting oifname \"eth0\" ip6 saddr 2001:db8:99::/64 masquerade"),
+            ..NO_REPLY
+        },
+        fix: "nft add rule ip6 nat postrouting oifname <uplink> ip6 saddr <VM prefix> masquerade (or have the prefix routed to the host)",
+        ..BASE
+    },
+    Scenario {
         name: "dns_reply_dropped_v6",
         symptom: "DNS over IPv6 times out in the VM, queries do leave",
         cause: "a forward rule drops the DNS responses",

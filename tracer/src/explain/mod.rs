@@ -11,6 +11,7 @@ mod firewall;
 pub mod fix;
 pub mod iptables;
 mod libvirt;
+mod nat66;
 mod neighbour;
 pub mod nft;
 mod nft_match;
@@ -262,7 +263,10 @@ impl Explainer {
         v.stage = Some(Stage::Remote);
         v.ifname = self.name(out.ifindex);
         v.hint = Some(self.remote_hint(out));
-        if self.missing_snat(out) {
+        let nat66_certain = self
+            .untranslated6(out.pkt.src(), &self.uplink_name())
+            .is_some_and(|u| u.certain);
+        if self.missing_snat(out) || nat66_certain {
             v.rule = Some(format!(
                 "no SNAT/MASQUERADE for {} on {}",
                 self.vm_net(),
@@ -300,6 +304,7 @@ impl Explainer {
     fn vm_net(&self) -> String {
         match self.topo.vm_subnet {
             Some((net, len)) => format!("{net}/{len}"),
+            None if self.topo.is_v6() => format!("{}/128", self.topo.vm_ip),
             None => format!("{}/32", self.topo.vm_ip),
         }
     }
@@ -322,6 +327,9 @@ impl Explainer {
                 fix::add_masquerade(&self.vm_net(), &uplink)
             );
         }
+        if let Some(u) = self.untranslated6(src, &uplink) {
+            return self.nat66_hint(&u, &uplink, src);
+        }
         format!(
             "the request left {uplink} as {src} → {} and nothing came back within {} s: the \
              problem is beyond this host (upstream router, the destination, or its firewall)",
@@ -329,10 +337,21 @@ impl Explainer {
             crate::correlate::REPLY_WAIT_NS / 1_000_000_000
         )
     }
+
+    /// An IPv6 guest source that left untranslated, off the uplink's link.
+    fn nat66_hint(&self, u: &nat66::Untranslated, uplink: &str, src: IpAddr) -> String {
+        let (prefix, fix) = (&u.prefix, nat66::add_masquerade6(&u.prefix, uplink));
+        if u.certain {
+            return format!(
+                "the request left {uplink} with the guest's own unique-local source {src}, which no one beyond this host routes back: no ip6 nat masquerade/snat rule translated it (NAT66), so the reply cannot come back; add one: {fix}"
+            );
+        }
+        format!(
+            "the request left {uplink} with the guest's own source {src} and nothing came back: no ip6 nat masquerade/snat rule translated it and {prefix} is not on {uplink}'s link, so replies reach this host only if the provider routes {prefix} to it; if it does not (a prefix of the host's own choosing), add NAT66: {fix}, or have the provider route {prefix} to this host"
+        )
+    }
 }
 
-/// An ICMP destination unreachable or time exceeded, or their ICMPv6
-/// counterparts (and Packet Too Big).
 /// What the ICMP error the guest got instead of its reply says. A router's
 /// "too big" (IPv6 Packet Too Big, IPv4 fragmentation needed) names the
 /// path's MTU: the guest must send smaller packets.
@@ -362,6 +381,8 @@ fn icmp_error_hint(h: &PacketInfo) -> String {
     }
 }
 
+/// An ICMP destination unreachable or time exceeded, or their ICMPv6
+/// counterparts (and Packet Too Big).
 fn is_icmp_error(p: &PacketInfo) -> bool {
     match p.proto {
         1 => p.icmp_type == 3 || p.icmp_type == 11,
