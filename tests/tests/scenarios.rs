@@ -226,6 +226,8 @@ scenario_tests!(
     uplink_mtu_too_small_v6,
     remote_packet_too_big_v6,
     nat66_missing,
+    ndp_proxy_entry_missing,
+    proxy_ndp_off,
     dns_reply_dropped_v6,
 );
 

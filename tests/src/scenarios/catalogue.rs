@@ -1094,6 +1094,36 @@ pub const CATALOGUE: &[Scenario] = &[
         ..BASE
     },
     Scenario {
+        name: "ndp_proxy_entry_missing",
+        symptom: "a VM with an address from the host's own IPv6 /64 reaches nothing outside over IPv6",
+        cause: "the provider treats the /64 as on-link; the host has no proxy NDP entry for the guest, so nobody answers the router's neighbour solicitations",
+        v6: V6Setup::NdpProxy,
+        break_hv: &["ip -6 neigh del proxy 2001:db8:2::100 dev eth0"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            rule: Some("proxy NDP for 2001:db8:2::100 on eth0"),
+            hint: Some("ip -6 neigh add proxy 2001:db8:2::100 dev eth0"),
+            ..NO_REPLY
+        },
+        fix: "sysctl -w net.ipv6.conf.<uplink>.proxy_ndp=1; ip -6 neigh add proxy <VM address> dev <uplink>",
+        ..BASE
+    },
+    Scenario {
+        name: "proxy_ndp_off",
+        symptom: "VMs with addresses from the host's own IPv6 /64 reach nothing outside over IPv6",
+        cause: "net.ipv6.conf.eth0.proxy_ndp=0: the host's proxy entries answer nothing",
+        v6: V6Setup::NdpProxy,
+        break_hv: &["sysctl -qw net.ipv6.conf.eth0.proxy_ndp=0"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            rule: Some("proxy NDP for 2001:db8:2::100 on eth0"),
+            hint: Some("sysctl -w net.ipv6.conf.eth0.proxy_ndp=1"),
+            ..NO_REPLY
+        },
+        fix: "sysctl -w net.ipv6.conf.<uplink>.proxy_ndp=1 (persist in /etc/sysctl.d/)",
+        ..BASE
+    },
+    Scenario {
         name: "dns_reply_dropped_v6",
         symptom: "DNS over IPv6 times out in the VM, queries do leave",
         cause: "a forward rule drops the DNS responses",

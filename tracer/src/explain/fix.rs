@@ -72,8 +72,14 @@ pub fn pass_frag_needed(rule: &str, mtu: u16, v6: bool) -> PassFragNeeded {
     };
     // The ICMP message that carries the MTU: ICMPv6 Packet Too Big for IPv6.
     let (icmp_nft, icmp_legacy) = match v6 {
-        true => ("icmpv6 type packet-too-big", "-p icmpv6 --icmpv6-type packet-too-big"),
-        false => ("icmp type destination-unreachable", "-p icmp --icmp-type fragmentation-needed"),
+        true => (
+            "icmpv6 type packet-too-big",
+            "-p icmpv6 --icmpv6-type packet-too-big",
+        ),
+        false => (
+            "icmp type destination-unreachable",
+            "-p icmp --icmp-type fragmentation-needed",
+        ),
     };
     let words: Vec<&str> = rule.split_whitespace().take(3).collect();
     match words.as_slice() {

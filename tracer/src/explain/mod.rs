@@ -58,6 +58,9 @@ pub trait Findings {
     fn current(&self, names: Option<&[&str]>) -> Vec<Check>;
     /// Every check.
     fn all_now(&self) -> Vec<Check>;
+    /// The doctor's `proxy_ndp` check for guest `vm` behind `uplink`, as it
+    /// holds now (None: `vm` is not in the uplink's on-link prefix).
+    fn proxy_ndp(&self, vm: std::net::Ipv6Addr, uplink: &str) -> Option<Check>;
 }
 
 /// What we say about one drop: stage, responsible rule/setting, and the fix.
@@ -113,7 +116,13 @@ impl Explainer {
             _ => {}
         }
         if f.outcome != Outcome::Replied {
-            v.doctor = self.findings.current(relevant(v.stage, v.direction));
+            // Findings the verdict attached itself (proxy_ndp) stay first.
+            let attached = std::mem::take(&mut v.doctor);
+            let rest = self.findings.current(relevant(v.stage, v.direction));
+            v.doctor = attached
+                .into_iter()
+                .chain(rest.into_iter().filter(|c| c.check != "proxy_ndp"))
+                .collect();
         }
         v
     }
@@ -137,7 +146,12 @@ impl Explainer {
                 ));
             }
         }
-        if let Some(h) = t.reply_hops.iter().map(|h| &h.pkt).find(|p| is_icmp_error(p)) {
+        if let Some(h) = t
+            .reply_hops
+            .iter()
+            .map(|h| &h.pkt)
+            .find(|p| is_icmp_error(p))
+        {
             v.hint = Some(icmp_error_hint(h));
         }
     }
@@ -263,6 +277,12 @@ impl Explainer {
         v.stage = Some(Stage::Remote);
         v.ifname = self.name(out.ifindex);
         v.hint = Some(self.remote_hint(out));
+        // The guest is a neighbour on the uplink nobody answers for: the
+        // doctor's finding says why, as IPv4 verdicts carry theirs.
+        if let Some(c) = self.unanswered_ndp(out.pkt.src()) {
+            v.rule = Some(c.subject.clone());
+            v.doctor.push(c);
+        }
         let nat66_certain = self
             .untranslated6(out.pkt.src(), &self.uplink_name())
             .is_some_and(|u| u.certain);
@@ -329,6 +349,14 @@ impl Explainer {
         }
         if let Some(u) = self.untranslated6(src, &uplink) {
             return self.nat66_hint(&u, &uplink, src);
+        }
+        if let Some(c) = self.unanswered_ndp(src) {
+            return format!(
+                "the request left {uplink} as {src} → {} and nothing came back: {} (fix: {})",
+                out.pkt.dst(),
+                c.evidence,
+                c.fix.as_deref().unwrap_or("-")
+            );
         }
         format!(
             "the request left {uplink} as {src} → {} and nothing came back within {} s: the \

@@ -41,6 +41,22 @@ impl Explainer {
             certain: is_unique_local(src),
         })
     }
+
+    /// The guest's own source `src` lies in the uplink's on-link prefix and
+    /// the host does not answer the provider's solicitations for it: the
+    /// doctor's failed `proxy_ndp` check.
+    pub(super) fn unanswered_ndp(&self, src: IpAddr) -> Option<crate::output::Check> {
+        let IpAddr::V6(vm) = src else {
+            return None;
+        };
+        if src != self.topo.vm_ip {
+            return None;
+        }
+        let up = self.topo.uplink.as_ref()?;
+        self.findings
+            .proxy_ndp(vm, &up.name)
+            .filter(|c| c.status == crate::output::Status::Fail)
+    }
 }
 
 fn is_unique_local(ip: Ipv6Addr) -> bool {
