@@ -224,6 +224,10 @@ scenario_tests!(
     gateway_neighbour_failure_v6,
     ping_host_input_drop_v6,
     uplink_mtu_too_small_v6,
+    remote_packet_too_big_v6,
+    nat66_missing,
+    ndp_proxy_entry_missing,
+    proxy_ndp_off,
     dns_reply_dropped_v6,
 );
 

@@ -24,6 +24,7 @@ use crate::{
 
 pub mod bridged;
 pub mod down;
+mod guest_route;
 mod locate;
 pub use locate::{candidates, describe_candidates, locate_vm, Evidence, Location};
 
@@ -121,8 +122,12 @@ impl Topology {
             Some(name) => Location::named(name),
             // Bridged mode: the host never talks to the guest, so only its
             // first request can say which port is the VM's.
-            None => locate_vm(host, vm_ip, nics)
-                .or_else(|e| bridged::first_packet_location(host, vm_ip, dst).ok_or(e))?,
+            // Routed/proxy-NDP: a host route to the bridge names where it lives.
+            None => locate_vm(host, vm_ip, nics).or_else(|e| {
+                bridged::first_packet_location(host, vm_ip, dst)
+                    .or_else(|| guest_route::host_route_location(host, vm_ip))
+                    .ok_or(e)
+            })?,
         };
         Self::for_ports(host, vm_ip, dst, location)
     }

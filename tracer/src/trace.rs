@@ -233,6 +233,10 @@ impl crate::explain::Findings for NoChecks {
     fn all_now(&self) -> Vec<crate::output::Check> {
         Vec::new()
     }
+
+    fn proxy_ndp(&self, vm: std::net::Ipv6Addr, uplink: &str) -> Option<crate::output::Check> {
+        doctor::findings::proxy_ndp_now(vm, uplink)
+    }
 }
 
 fn banner(cli: &Cli, topo: &Topology) -> String {

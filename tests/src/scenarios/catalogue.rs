@@ -1012,6 +1012,7 @@ pub const CATALOGUE: &[Scenario] = &[
         expect: Expect {
             reason: Some("IP_INNOROUTES"),
             rule: Some("no route to 2001:db8:ffff::8"),
+            hint: Some("ip -6 route add default via"),
             ..dropped("request", "routing")
         },
         fix: "ip -6 route add default via <gateway> dev <uplink>",
@@ -1058,9 +1059,68 @@ pub const CATALOGUE: &[Scenario] = &[
         expect: Expect {
             reason: Some("PKT_TOO_BIG"),
             rule: Some("MTU eth0 1280"),
+            hint: Some("the host answered 'Packet Too Big'"),
             ..dropped("request", "egress")
         },
         fix: "make the MTUs agree (uplink up, or the guest's down); let ICMPv6 Packet Too Big through",
+        ..BASE
+    },
+    Scenario {
+        name: "remote_packet_too_big_v6",
+        symptom: "large IPv6 pings to one far network fail, small ones and other destinations work",
+        cause: "a router beyond the host has a 1280-byte link on the way: it answers Packet Too Big (IPv6 routers never fragment)",
+        remote_mtu: Some(1280),
+        traffic: Traffic::Ping { dst: "2001:db8:fffe::80", size: 1400, ttl: 64 },
+        expect: Expect {
+            hint: Some("Packet Too Big, MTU 1280 from 2001:db8:2::1: the path beyond this host carries at most 1280 bytes; the guest must lower its packet size/MTU"),
+            ..REPLIED
+        },
+        fix: "lower the guest's MTU (or packet size) to the path's; let ICMPv6 Packet Too Big through to the guest",
+        ..BASE
+    },
+    Scenario {
+        name: "nat66_missing",
+        symptom: "VMs reach nothing outside over IPv6; the host can",
+        cause: "guests in a prefix the provider does not route (2001:db8:99::/64 plays a ULA) and no NAT66 masquerade for it",
+        v6: V6Setup::Nat66,
+        break_hv: &["nft delete table ip6 nat"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            stage: Some("remote"),
+            hint: Some("nft add rule ip6 nat postrouting oifname \"eth0\" ip6 saddr 2001:db8:99::/64 masquerade"),
+            ..NO_REPLY
+        },
+        fix: "nft add rule ip6 nat postrouting oifname <uplink> ip6 saddr <VM prefix> masquerade (or have the prefix routed to the host)",
+        ..BASE
+    },
+    Scenario {
+        name: "ndp_proxy_entry_missing",
+        symptom: "a VM with an address from the host's own IPv6 /64 reaches nothing outside over IPv6",
+        cause: "the provider treats the /64 as on-link; the host has no proxy NDP entry for the guest, so nobody answers the router's neighbour solicitations",
+        v6: V6Setup::NdpProxy,
+        break_hv: &["ip -6 neigh del proxy 2001:db8:2::100 dev eth0"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            rule: Some("proxy NDP for 2001:db8:2::100 on eth0"),
+            hint: Some("ip -6 neigh add proxy 2001:db8:2::100 dev eth0"),
+            ..NO_REPLY
+        },
+        fix: "sysctl -w net.ipv6.conf.<uplink>.proxy_ndp=1; ip -6 neigh add proxy <VM address> dev <uplink>",
+        ..BASE
+    },
+    Scenario {
+        name: "proxy_ndp_off",
+        symptom: "VMs with addresses from the host's own IPv6 /64 reach nothing outside over IPv6",
+        cause: "net.ipv6.conf.eth0.proxy_ndp=0: the host's proxy entries answer nothing",
+        v6: V6Setup::NdpProxy,
+        break_hv: &["sysctl -qw net.ipv6.conf.eth0.proxy_ndp=0"],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            rule: Some("proxy NDP for 2001:db8:2::100 on eth0"),
+            hint: Some("sysctl -w net.ipv6.conf.eth0.proxy_ndp=1"),
+            ..NO_REPLY
+        },
+        fix: "sysctl -w net.ipv6.conf.<uplink>.proxy_ndp=1 (persist in /etc/sysctl.d/)",
         ..BASE
     },
     Scenario {

@@ -59,6 +59,16 @@ impl explain::Findings for Findings {
     fn all_now(&self) -> Vec<Check> {
         merge(&self.at_start, self.volatile_now())
     }
+
+    fn proxy_ndp(&self, vm: std::net::Ipv6Addr, uplink: &str) -> Option<Check> {
+        proxy_ndp_now(vm, uplink)
+    }
+}
+
+/// The `proxy_ndp` check over the host as it is now (proxy entries and
+/// sysctls change while a trace runs).
+pub fn proxy_ndp_now(vm: std::net::Ipv6Addr, uplink: &str) -> Option<Check> {
+    super::v6::proxy_ndp_on(&Host::read().ok()?, vm, uplink)
 }
 
 /// The start-time checks with every volatile one replaced by `fresh` (when

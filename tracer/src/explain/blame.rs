@@ -254,10 +254,11 @@ impl Explainer {
             )
         } else {
             let dst = self.topo.dst;
+            let ip = if v6 { "ip -6" } else { "ip" };
             (
                 format!("no route to {dst}"),
                 format!(
-                    "the host has no route for {what} to {dst} ({reason}); add one (e.g. a default route: ip route add default via GATEWAY dev UPLINK), then check: ip route get {dst} from {} iif {iif}",
+                    "the host has no route for {what} to {dst} ({reason}); add one (e.g. a default route: {ip} route add default via GATEWAY dev UPLINK), then check: {ip} route get {dst} from {} iif {iif}",
                     self.topo.vm_ip
                 ),
             )

@@ -63,20 +63,30 @@ pub struct PassFragNeeded {
 /// CHAIN rule N: ...`), `mtu` the one the router asks for (0 unknown). The MSS
 /// is set to fit that MTU: `rt mtu` clamps to this host's own route MTU only,
 /// which a smaller MTU beyond it does not lower.
-pub fn pass_frag_needed(rule: &str, mtu: u16) -> PassFragNeeded {
-    // An IPv4 and a TCP header without options.
+pub fn pass_frag_needed(rule: &str, mtu: u16, v6: bool) -> PassFragNeeded {
+    // An IP header (20 bytes for IPv4, 40 for IPv6) and a TCP header without options.
+    let headers = if v6 { 60 } else { 40 };
     let mss = match mtu {
         0 => "rt mtu".to_string(),
-        m => m.saturating_sub(40).to_string(),
+        m => m.saturating_sub(headers).to_string(),
+    };
+    // The ICMP message that carries the MTU: ICMPv6 Packet Too Big for IPv6.
+    let (icmp_nft, icmp_legacy) = match v6 {
+        true => (
+            "icmpv6 type packet-too-big",
+            "-p icmpv6 --icmpv6-type packet-too-big",
+        ),
+        false => (
+            "icmp type destination-unreachable",
+            "-p icmp --icmp-type fragmentation-needed",
+        ),
     };
     let words: Vec<&str> = rule.split_whitespace().take(3).collect();
     match words.as_slice() {
-        ["iptables-legacy", table, chain] => PassFragNeeded {
-            accept: format!(
-                "iptables-legacy -t {table} -I {chain} -p icmp --icmp-type fragmentation-needed -j ACCEPT"
-            ),
+        [tool @ ("iptables-legacy" | "ip6tables-legacy"), table, chain] => PassFragNeeded {
+            accept: format!("{tool} -t {table} -I {chain} {icmp_legacy} -j ACCEPT"),
             clamp: format!(
-                "iptables-legacy -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS {}",
+                "{tool} -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS {}",
                 match mtu {
                     0 => "--clamp-mss-to-pmtu".to_string(),
                     _ => format!("--set-mss {mss}"),
@@ -85,14 +95,14 @@ pub fn pass_frag_needed(rule: &str, mtu: u16) -> PassFragNeeded {
         },
         [family, table, chain] => PassFragNeeded {
             accept: format!(
-                "nft insert rule {family} {table} {chain} icmp type destination-unreachable accept (or ct state related accept)"
+                "nft insert rule {family} {table} {chain} {icmp_nft} accept (or ct state related accept)"
             ),
             clamp: format!(
                 "nft add rule {family} {table} {chain} tcp flags syn tcp option maxseg size set {mss}"
             ),
         },
         _ => PassFragNeeded {
-            accept: "accept icmp type destination-unreachable (ct state related) before that rule".into(),
+            accept: format!("accept {icmp_nft} (ct state related) before that rule"),
             clamp: format!("nft add rule inet filter forward tcp flags syn tcp option maxseg size set {mss}"),
         },
     }
@@ -221,6 +231,7 @@ mod tests {
         let f = pass_frag_needed(
             "inet f forward handle 2: icmp type destination-unreachable drop",
             1280,
+            false,
         );
         assert!(f.accept.starts_with(
             "nft insert rule inet f forward icmp type destination-unreachable accept"
@@ -229,12 +240,31 @@ mod tests {
             f.clamp,
             "nft add rule inet f forward tcp flags syn tcp option maxseg size set 1240"
         );
-        let f = pass_frag_needed("iptables-legacy filter FORWARD rule 1: -p icmp -j DROP", 0);
+        let f = pass_frag_needed(
+            "iptables-legacy filter FORWARD rule 1: -p icmp -j DROP",
+            0,
+            false,
+        );
         assert_eq!(
             f.accept,
             "iptables-legacy -t filter -I FORWARD -p icmp --icmp-type fragmentation-needed -j ACCEPT"
         );
         assert!(f.clamp.ends_with("-j TCPMSS --clamp-mss-to-pmtu"));
+    }
+
+    #[test]
+    fn an_ipv6_black_hole_is_passed_as_packet_too_big() {
+        let f = pass_frag_needed("inet f forward handle 2: icmpv6 drop", 1280, true);
+        assert!(f
+            .accept
+            .starts_with("nft insert rule inet f forward icmpv6 type packet-too-big accept"));
+        // 40 bytes of IPv6 header and 20 of TCP.
+        assert!(f.clamp.ends_with("maxseg size set 1220"), "{}", f.clamp);
+        let f = pass_frag_needed("ip6tables-legacy filter FORWARD policy DROP", 0, true);
+        assert_eq!(
+            f.accept,
+            "ip6tables-legacy -t filter -I FORWARD -p icmpv6 --icmpv6-type packet-too-big -j ACCEPT"
+        );
     }
 
     /// `nft -j list ruleset` after `iptables-nft -A FORWARD -s 192.0.2.100 -j

@@ -11,6 +11,7 @@ mod firewall;
 pub mod fix;
 pub mod iptables;
 mod libvirt;
+mod nat66;
 mod neighbour;
 pub mod nft;
 mod nft_match;
@@ -57,6 +58,9 @@ pub trait Findings {
     fn current(&self, names: Option<&[&str]>) -> Vec<Check>;
     /// Every check.
     fn all_now(&self) -> Vec<Check>;
+    /// The doctor's `proxy_ndp` check for guest `vm` behind `uplink`, as it
+    /// holds now (None: `vm` is not in the uplink's on-link prefix).
+    fn proxy_ndp(&self, vm: std::net::Ipv6Addr, uplink: &str) -> Option<Check>;
 }
 
 /// What we say about one drop: stage, responsible rule/setting, and the fix.
@@ -112,7 +116,13 @@ impl Explainer {
             _ => {}
         }
         if f.outcome != Outcome::Replied {
-            v.doctor = self.findings.current(relevant(v.stage, v.direction));
+            // Findings the verdict attached itself (proxy_ndp) stay first.
+            let attached = std::mem::take(&mut v.doctor);
+            let rest = self.findings.current(relevant(v.stage, v.direction));
+            v.doctor = attached
+                .into_iter()
+                .chain(rest.into_iter().filter(|c| c.check != "proxy_ndp"))
+                .collect();
         }
         v
     }
@@ -136,14 +146,13 @@ impl Explainer {
                 ));
             }
         }
-        if t.reply_hops.iter().any(|h| is_icmp_error(&h.pkt)) {
-            let h = &t.reply_hops[0].pkt;
-            v.hint = Some(format!(
-                "the guest got an ICMP error (type {}, code {}) from {} instead of an echo reply",
-                h.icmp_type,
-                h.code,
-                h.src()
-            ));
+        if let Some(h) = t
+            .reply_hops
+            .iter()
+            .map(|h| &h.pkt)
+            .find(|p| is_icmp_error(p))
+        {
+            v.hint = Some(icmp_error_hint(h));
         }
     }
 
@@ -268,7 +277,16 @@ impl Explainer {
         v.stage = Some(Stage::Remote);
         v.ifname = self.name(out.ifindex);
         v.hint = Some(self.remote_hint(out));
-        if self.missing_snat(out) {
+        // The guest is a neighbour on the uplink nobody answers for: the
+        // doctor's finding says why, as IPv4 verdicts carry theirs.
+        if let Some(c) = self.unanswered_ndp(out.pkt.src()) {
+            v.rule = Some(c.subject.clone());
+            v.doctor.push(c);
+        }
+        let nat66_certain = self
+            .untranslated6(out.pkt.src(), &self.uplink_name())
+            .is_some_and(|u| u.certain);
+        if self.missing_snat(out) || nat66_certain {
             v.rule = Some(format!(
                 "no SNAT/MASQUERADE for {} on {}",
                 self.vm_net(),
@@ -306,6 +324,7 @@ impl Explainer {
     fn vm_net(&self) -> String {
         match self.topo.vm_subnet {
             Some((net, len)) => format!("{net}/{len}"),
+            None if self.topo.is_v6() => format!("{}/128", self.topo.vm_ip),
             None => format!("{}/32", self.topo.vm_ip),
         }
     }
@@ -328,12 +347,65 @@ impl Explainer {
                 fix::add_masquerade(&self.vm_net(), &uplink)
             );
         }
+        if let Some(u) = self.untranslated6(src, &uplink) {
+            return self.nat66_hint(&u, &uplink, src);
+        }
+        if let Some(c) = self.unanswered_ndp(src) {
+            return format!(
+                "the request left {uplink} as {src} → {} and nothing came back: {} (fix: {})",
+                out.pkt.dst(),
+                c.evidence,
+                c.fix.as_deref().unwrap_or("-")
+            );
+        }
         format!(
             "the request left {uplink} as {src} → {} and nothing came back within {} s: the \
              problem is beyond this host (upstream router, the destination, or its firewall)",
             out.pkt.dst(),
             crate::correlate::REPLY_WAIT_NS / 1_000_000_000
         )
+    }
+
+    /// An IPv6 guest source that left untranslated, off the uplink's link.
+    fn nat66_hint(&self, u: &nat66::Untranslated, uplink: &str, src: IpAddr) -> String {
+        let (prefix, fix) = (&u.prefix, nat66::add_masquerade6(&u.prefix, uplink));
+        if u.certain {
+            return format!(
+                "the request left {uplink} with the guest's own unique-local source {src}, which no one beyond this host routes back: no ip6 nat masquerade/snat rule translated it (NAT66), so the reply cannot come back; add one: {fix}"
+            );
+        }
+        format!(
+            "the request left {uplink} with the guest's own source {src} and nothing came back: no ip6 nat masquerade/snat rule translated it and {prefix} is not on {uplink}'s link, so replies reach this host only if the provider routes {prefix} to it; if it does not (a prefix of the host's own choosing), add NAT66: {fix}, or have the provider route {prefix} to this host"
+        )
+    }
+}
+
+/// What the ICMP error the guest got instead of its reply says. A router's
+/// "too big" (IPv6 Packet Too Big, IPv4 fragmentation needed) names the
+/// path's MTU: the guest must send smaller packets.
+fn icmp_error_hint(h: &PacketInfo) -> String {
+    let too_big = match (h.proto, h.icmp_type, h.code) {
+        (58, 2, _) => Some("Packet Too Big"),
+        (1, 3, 4) => Some("fragmentation needed"),
+        _ => None,
+    };
+    let mtu = h.next_hop_mtu;
+    match too_big {
+        Some(what) if mtu > 0 => format!(
+            "{what}, MTU {mtu} from {}: the path beyond this host carries at most {mtu} bytes; the guest must lower its packet size/MTU (ip link set dev IFACE mtu {mtu} in the guest, or smaller pings)",
+            h.src()
+        ),
+        Some(what) => format!(
+            "{what} from {}: the path beyond this host carries smaller packets than the guest sends; the guest must lower its packet size/MTU",
+            h.src()
+        ),
+        None => format!(
+            "the guest got an {} error (type {}, code {}) from {} instead of an echo reply",
+            if h.proto == 58 { "ICMPv6" } else { "ICMP" },
+            h.icmp_type,
+            h.code,
+            h.src()
+        ),
     }
 }
 

@@ -140,9 +140,15 @@ impl Explainer {
         let remove = removal(v)
             .map(|cmd| format!("{cmd}, or "))
             .unwrap_or_default();
-        let fixes = fix::pass_frag_needed(rule, mtu);
+        let v6 = self.topo.is_v6();
+        let fixes = fix::pass_frag_needed(rule, mtu, v6);
+        // IPv6 has no DF bit: no router fragments, each answers Packet Too Big.
+        let (df, answer) = match v6 {
+            true => ("", "Packet Too Big"),
+            false => (" (DF set)", "fragmentation needed"),
+        };
         Some(format!(
-            "{BLACK_HOLE}: router {router} beyond {up} cannot forward the guest's {seg}-byte segment to {dst} (DF set) and answers 'fragmentation needed' asking for {asks}, but rule \"{rule}\" drops that ICMP on its way through this host, {NEVER_LEARNS}; let it through: {remove}{accept}; or clamp the guest's TCP MSS to the path: {clamp}",
+            "{BLACK_HOLE}: router {router} beyond {up} cannot forward the guest's {seg}-byte segment to {dst}{df} and answers '{answer}' asking for {asks}, but rule \"{rule}\" drops that ICMP on its way through this host, {NEVER_LEARNS}; let it through: {remove}{accept}; or clamp the guest's TCP MSS to the path: {clamp}",
             up = self.uplink_name(),
             dst = t.request.dst(),
             accept = fixes.accept,

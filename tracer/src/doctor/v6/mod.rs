@@ -19,6 +19,7 @@ use crate::{
 mod filter;
 mod links;
 mod routing;
+pub use routing::proxy_ndp_on;
 
 /// Stands for "the internet" when no IPv6 destination is given (a public
 /// resolver's address, as 8.8.8.8 for IPv4): only looked up, never sent to.

@@ -266,6 +266,12 @@ pub(super) fn proxy_ndp(p: &Path6, host: &Host) -> Vec<Check> {
 
 fn proxy_ndp_for(p: &Path6, vm: Ipv6Addr, host: &Host) -> Option<Check> {
     let up = p.uplink.as_deref().filter(|_| p.routed())?;
+    proxy_ndp_on(host, vm, up)
+}
+
+/// The `proxy_ndp` check for guest `vm` behind uplink `up` (None when `vm`
+/// is not in `up`'s on-link prefix): shared with trace verdicts.
+pub fn proxy_ndp_on(host: &Host, vm: Ipv6Addr, up: &str) -> Option<Check> {
     let prefix = host
         .inet6_addrs(up)
         .iter()
