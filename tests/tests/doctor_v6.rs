@@ -12,23 +12,13 @@ use pathtrace_tests::{
         Fault6, GuestSpec, GuestV6, Lab, LabOptions, Layout, PingOpts, V6Setup, INET6_DNS,
         INET6_HOST,
     },
+    scenarios::IPV6_CHECKS,
     tracerun::{fake_guest_bin, run_in_hv, TraceRun},
 };
 use serde_json::Value;
 
 const DEST: &str = "203.0.113.8";
 const VM: &str = "192.0.2.100";
-/// The IPv6 checks' names (docs/json.md).
-const V6: &[&str] = &[
-    "mtu6",
-    "ip6_forward",
-    "accept_ra",
-    "route6",
-    "gateway6",
-    "proxy_ndp",
-    "firewall6",
-    "ra_service",
-];
 
 fn lab_with(layout: Layout, v6: Option<GuestV6>) -> Lab {
     let mut opts = LabOptions::new(fake_guest_bin());
@@ -84,7 +74,9 @@ fn doctor(lab: &Lab, extra: &[&str]) -> TraceRun {
 fn v6_checks(run: &TraceRun) -> Vec<Value> {
     run.json()
         .into_iter()
-        .filter(|v| v["type"] == "check" && V6.contains(&v["check"].as_str().unwrap_or_default()))
+        .filter(|v| {
+            v["type"] == "check" && IPV6_CHECKS.contains(&v["check"].as_str().unwrap_or_default())
+        })
         .collect()
 }
 

@@ -1,6 +1,10 @@
 //! Trace mode: attach, follow the guest's requests, print a verdict per request.
 
-use std::{collections::HashSet, net::IpAddr, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -197,21 +201,30 @@ fn static_checks(
     nics: Vec<VmNic>,
     host: Host,
 ) -> Box<dyn crate::explain::Findings> {
-    // The doctor's checks are IPv4's (its IPv6 ones come with the doctor's
-    // IPv6 subject): an IPv6 trace attaches none rather than IPv4 ones about
-    // an address the guest does not use.
-    let (IpAddr::V4(vm_ip), IpAddr::V4(dst)) = (cli.vm_ip, cli.to) else {
-        return Box::new(NoChecks);
+    // An IPv6 trace asks the doctor's IPv6 questions (its subject named by the
+    // guest's IPv6 address): IPv4's checks would be about an address the guest
+    // does not use. The verdict attaches those of the trace's family only.
+    let v6 = |a: IpAddr| match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    };
+    let v4 = |a: IpAddr| match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    };
+    let (vm_ip6, ipv6) = match v6(cli.vm_ip) {
+        Some(ip) => (vec![ip], true),
+        None => (Vec::new(), false),
     };
     let subject = doctor::Subject {
-        vm_ip,
-        dst,
+        vm_ip: v4(cli.vm_ip).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        dst: v4(cli.to).unwrap_or(Ipv4Addr::UNSPECIFIED),
         dst_given: true,
         dns: None,
-        vm_ip6: Vec::new(),
-        dst6: None,
+        vm_ip6,
+        dst6: v6(cli.to),
         dns6: None,
-        ipv6: false,
+        ipv6,
         topo: Ok(topo.clone()),
         nics,
         found_by: topo.evidence.found_by(),
@@ -220,23 +233,6 @@ fn static_checks(
     };
     let at_start = doctor::checks::all(&subject, true);
     Box::new(Findings::new(subject, at_start))
-}
-
-/// No doctor findings (an IPv6 trace, for now).
-struct NoChecks;
-
-impl crate::explain::Findings for NoChecks {
-    fn current(&self, _: Option<&[&str]>) -> Vec<crate::output::Check> {
-        Vec::new()
-    }
-
-    fn all_now(&self) -> Vec<crate::output::Check> {
-        Vec::new()
-    }
-
-    fn proxy_ndp(&self, vm: std::net::Ipv6Addr, uplink: &str) -> Option<crate::output::Check> {
-        doctor::findings::proxy_ndp_now(vm, uplink)
-    }
 }
 
 fn banner(cli: &Cli, topo: &Topology) -> String {

@@ -12,6 +12,7 @@ const fn dropped(direction: &'static str, stage: &'static str) -> Expect {
         rule: None,
         hint: None,
         dns_rcode: None,
+        doctor: &[],
     }
 }
 
@@ -23,6 +24,7 @@ const REPLIED: Expect = Expect {
     rule: None,
     hint: None,
     dns_rcode: None,
+    doctor: &[],
 };
 
 const NO_REPLY: Expect = Expect {
@@ -273,6 +275,7 @@ pub const CATALOGUE: &[Scenario] = &[
         cause: "net.ipv4.ip_forward=0",
         break_hv: &["sysctl -qw net.ipv4.ip_forward=0"],
         expect: Expect {
+            doctor: &["ip_forward"],
             reason: Some("IP_INADDRERRORS"),
             rule: Some("sysctl net.ipv4.ip_forward=0"),
             hint: Some("sysctl -w net.ipv4.ip_forward=1"),
@@ -287,6 +290,7 @@ pub const CATALOGUE: &[Scenario] = &[
         cause: "the host has no route (default route missing)",
         break_hv: &["ip route del default"],
         expect: Expect {
+            doctor: &["route"],
             reason: Some("IP_INNOROUTES"),
             rule: Some("no route to 203.0.113.8"),
             ..dropped("request", "routing")
@@ -317,6 +321,7 @@ pub const CATALOGUE: &[Scenario] = &[
         cause: "the next hop does not answer ARP (wrong gateway, cable, upstream down)",
         break_hv: &["ip route replace default via 198.51.100.99 dev eth0"],
         expect: Expect {
+            doctor: &["gateway"],
             reason: Some("NEIGH_FAILED"),
             rule: Some("neighbour 198.51.100.99 on eth0"),
             ..dropped("request", "neighbor")
@@ -947,6 +952,7 @@ pub const CATALOGUE: &[Scenario] = &[
         ],
         traffic: Traffic::ping(INET6_HOST),
         expect: Expect {
+            doctor: &["firewall6"],
             reason: Some("NETFILTER_DROP"),
             rule: Some("inet f forward handle"),
             hint: Some("nft delete rule inet f forward handle"),
@@ -977,6 +983,7 @@ pub const CATALOGUE: &[Scenario] = &[
         break_hv: &["sysctl -qw net.ipv6.conf.all.forwarding=0"],
         traffic: Traffic::ping(INET6_HOST),
         expect: Expect {
+            doctor: &["ip6_forward"],
             reason: Some("IP_INADDRERRORS"),
             rule: Some("net.ipv6.conf.all.forwarding=0"),
             hint: Some("sysctl -w net.ipv6.conf.all.forwarding=1"),
@@ -995,6 +1002,7 @@ pub const CATALOGUE: &[Scenario] = &[
         ],
         traffic: Traffic::ping(INET6_HOST),
         expect: Expect {
+            doctor: &["ip6_forward"],
             reason: Some("IP_INADDRERRORS"),
             rule: Some("net.ipv6.conf.all.forwarding=0"),
             hint: Some("sysctl -w net.ipv6.conf.all.forwarding=1"),
@@ -1010,6 +1018,7 @@ pub const CATALOGUE: &[Scenario] = &[
         break_hv: &["ip -6 route del default"],
         traffic: Traffic::ping(INET6_HOST),
         expect: Expect {
+            doctor: &["route6"],
             reason: Some("IP_INNOROUTES"),
             rule: Some("no route to 2001:db8:ffff::8"),
             hint: Some("ip -6 route add default via"),
@@ -1025,6 +1034,7 @@ pub const CATALOGUE: &[Scenario] = &[
         break_hv: &["ip -6 route replace default via 2001:db8:2::99 dev eth0"],
         traffic: Traffic::ping(INET6_HOST),
         expect: Expect {
+            doctor: &["gateway6"],
             rule: Some("neighbour 2001:db8:2::99 on eth0"),
             ..dropped("request", "neighbor")
         },
@@ -1057,6 +1067,7 @@ pub const CATALOGUE: &[Scenario] = &[
         break_hv: &["ip link set eth0 mtu 1280"],
         traffic: Traffic::Ping { dst: INET6_HOST, size: 1400, ttl: 64 },
         expect: Expect {
+            doctor: &["mtu"],
             reason: Some("PKT_TOO_BIG"),
             rule: Some("MTU eth0 1280"),
             hint: Some("the host answered 'Packet Too Big'"),
@@ -1101,6 +1112,7 @@ pub const CATALOGUE: &[Scenario] = &[
         break_hv: &["ip -6 neigh del proxy 2001:db8:2::100 dev eth0"],
         traffic: Traffic::ping(INET6_HOST),
         expect: Expect {
+            doctor: &["proxy_ndp"],
             rule: Some("proxy NDP for 2001:db8:2::100 on eth0"),
             hint: Some("ip -6 neigh add proxy 2001:db8:2::100 dev eth0"),
             ..NO_REPLY
@@ -1116,6 +1128,7 @@ pub const CATALOGUE: &[Scenario] = &[
         break_hv: &["sysctl -qw net.ipv6.conf.eth0.proxy_ndp=0"],
         traffic: Traffic::ping(INET6_HOST),
         expect: Expect {
+            doctor: &["proxy_ndp"],
             rule: Some("proxy NDP for 2001:db8:2::100 on eth0"),
             hint: Some("sysctl -w net.ipv6.conf.eth0.proxy_ndp=1"),
             ..NO_REPLY

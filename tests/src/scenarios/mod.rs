@@ -117,6 +117,9 @@ pub struct Expect {
     /// Text the `hint` must contain.
     pub hint: Option<&'static str>,
     pub dns_rcode: Option<&'static str>,
+    /// Doctor checks the verdict's `doctor` must carry, failed or warning, as
+    /// they held when the verdict was made.
+    pub doctor: &'static [&'static str],
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -224,7 +227,56 @@ impl Scenario {
                 );
             }
         }
+        check_doctor(name, e, &typed);
     }
+}
+
+/// Checks about IPv6 only (docs/json.md), and about IPv4 only: a verdict
+/// carries those of its own family (the port and bridge ones bear on both).
+pub const IPV6_CHECKS: &[&str] = &[
+    "mtu6",
+    "ip6_forward",
+    "accept_ra",
+    "route6",
+    "gateway6",
+    "proxy_ndp",
+    "firewall6",
+    "ra_service",
+];
+const IPV4_CHECKS: &[&str] = &[
+    "ip_forward",
+    "rp_filter",
+    "route",
+    "gateway",
+    "nat",
+    "firewall",
+    "dns",
+    "duplicate_ip",
+    "spoof_filter",
+    "firewall_bridge_arp",
+    "br_netfilter",
+];
+
+/// The verdict's `doctor` carries the expected checks, and none of the other
+/// family's.
+fn check_doctor(name: &str, e: &Expect, v: &pathtrace_json::Verdict) {
+    let got: Vec<&str> = v.doctor.iter().map(|c| c.check.as_str()).collect();
+    for want in e.doctor {
+        assert!(
+            got.contains(want),
+            "{name}: doctor {got:?} should have {want}"
+        );
+    }
+    let v6 = v.vm_ip.parse::<std::net::Ipv6Addr>().is_ok();
+    let foreign = match v6 {
+        true => IPV4_CHECKS,
+        false => IPV6_CHECKS,
+    };
+    let wrong: Vec<&&str> = got.iter().filter(|c| foreign.contains(c)).collect();
+    assert!(
+        wrong.is_empty(),
+        "{name}: doctor {got:?}: {wrong:?} are the other family's"
+    );
 }
 
 /// What pathtrace shows for a scenario, as a table cell.
@@ -235,6 +287,10 @@ fn shows(e: &Expect) -> String {
     parts.extend(e.reason.map(|r| format!("`{r}`")));
     parts.extend(e.dns_rcode.map(|r| format!("rcode `{r}`")));
     parts.extend(e.rule.map(|r| format!("rule “{r}…”")));
+    if !e.doctor.is_empty() {
+        let names: Vec<String> = e.doctor.iter().map(|c| format!("`{c}`")).collect();
+        parts.push(format!("with check {}", names.join(", ")));
+    }
     parts.join(" ")
 }
 

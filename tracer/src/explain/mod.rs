@@ -18,6 +18,7 @@ mod nft_match;
 pub mod nwfilter;
 mod path;
 mod pve_firewall;
+mod relevant;
 mod service;
 pub mod stage;
 mod vlan;
@@ -118,7 +119,8 @@ impl Explainer {
         if f.outcome != Outcome::Replied {
             // Findings the verdict attached itself (proxy_ndp) stay first.
             let attached = std::mem::take(&mut v.doctor);
-            let rest = self.findings.current(relevant(v.stage, v.direction));
+            let names = relevant::checks(v.stage, v.direction, self.topo.vm_ip.is_ipv6());
+            let rest = self.findings.current(Some(&names));
             v.doctor = attached
                 .into_iter()
                 .chain(rest.into_iter().filter(|c| c.check != "proxy_ndp"))
@@ -416,43 +418,5 @@ fn is_icmp_error(p: &PacketInfo) -> bool {
         1 => p.icmp_type == 3 || p.icmp_type == 11,
         58 => matches!(p.icmp_type, 1..=3),
         _ => false,
-    }
-}
-
-/// The doctor checks that can explain a packet dying at `stage` (all of them
-/// when the stage is unknown).
-fn relevant(stage: Option<Stage>, direction: Option<Direction>) -> Option<&'static [&'static str]> {
-    let stage = stage?;
-    Some(match (stage, direction) {
-        // The guest's own MAC could not be resolved: its port and bridges.
-        (Stage::Neighbor, Some(Direction::Reply)) => &["link_up", "stp_state", "bridge_member"],
-        _ => relevant_to_stage(stage),
-    })
-}
-
-fn relevant_to_stage(stage: Stage) -> &'static [&'static str] {
-    match stage {
-        Stage::Tap | Stage::Bridge => &[
-            "vm_port",
-            "bridge_member",
-            "link_up",
-            "stp_state",
-            "bridge_uplink",
-            "vlan",
-            "mtu",
-            "duplicate_ip",
-            "br_netfilter",
-            "spoof_filter",
-        ],
-        // A guest routing through a firewall bridge skips the hops and the
-        // rules meant for the VM bridge (firewall_bridge_arp).
-        Stage::Prerouting | Stage::Routing => {
-            &["ip_forward", "rp_filter", "route", "firewall_bridge_arp"]
-        }
-        Stage::Forward | Stage::Input => &["firewall", "ip_forward", "dns", "firewall_bridge_arp"],
-        Stage::Postrouting => &["nat", "firewall", "firewall_bridge_arp"],
-        Stage::Neighbor => &["gateway"],
-        Stage::Egress => &["mtu", "link_up"],
-        Stage::Remote => &["nat", "gateway", "lan_gateway", "route", "firewall", "mtu"],
     }
 }
