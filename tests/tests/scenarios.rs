@@ -229,6 +229,8 @@ scenario_tests!(
     ndp_proxy_entry_missing,
     proxy_ndp_off,
     dns_reply_dropped_v6,
+    nft_fib_rpf_v6,
+    nft_fib_rpf,
 );
 
 /// Bridge VLAN filtering with the VM port in the wrong VLAN, where the kernel has

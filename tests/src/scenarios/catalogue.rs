@@ -58,6 +58,9 @@ const BASE: Scenario = Scenario {
 };
 
 const NFT_FILTER: &str = "nft add table inet f";
+/// A prerouting chain before conntrack, where reverse-path filters sit.
+const NFT_RPF_CHAIN: &str =
+    "nft add chain inet f rpf '{ type filter hook prerouting priority -300; }'";
 const NFT_FORWARD: &str = "nft add chain inet f forward '{ type filter hook forward priority 0; }'";
 
 /// The lab's IPv6 internet host and DNS server (`lab::INET6_HOST`, `INET6_DNS`).
@@ -1134,6 +1137,45 @@ pub const CATALOGUE: &[Scenario] = &[
             ..NO_REPLY
         },
         fix: "sysctl -w net.ipv6.conf.<uplink>.proxy_ndp=1 (persist in /etc/sysctl.d/)",
+        ..BASE
+    },
+    Scenario {
+        name: "nft_fib_rpf_v6",
+        symptom: "one VM reaches nothing over IPv6; the others do",
+        cause: "a reverse-path filter (nft `fib saddr . iif oif missing drop`, as firewalld's IPv6_rpfilter) and a stale route that sends the guest's address out by the uplink",
+        break_hv: &[
+            "ip -6 route add 2001:db8:1::100/128 via 2001:db8:2::1 dev eth0",
+            NFT_FILTER,
+            NFT_RPF_CHAIN,
+            "nft add rule inet f rpf meta nfproto ipv6 fib saddr . iif oif missing drop",
+        ],
+        traffic: Traffic::ping(INET6_HOST),
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("fib saddr . iif oif missing drop"),
+            hint: Some("routes 2001:db8:1::100 back by eth0 (route 2001:db8:1::100/128 via 2001:db8:2::1 dev eth0), not by vmbr0"),
+            ..dropped("request", "prerouting")
+        },
+        fix: "ip -6 route del <the stale route to the guest> (or exempt the VM bridge before the fib rule)",
+        ..BASE
+    },
+    Scenario {
+        name: "nft_fib_rpf",
+        symptom: "one VM's traffic vanishes on the host; rp_filter is off",
+        cause: "a reverse-path filter written as an nft rule (`fib saddr . iif oif missing drop`) and a route that sends the guest's address out by the uplink",
+        break_hv: &[
+            "ip route add 192.0.2.100/32 via 198.51.100.1 dev eth0",
+            NFT_FILTER,
+            NFT_RPF_CHAIN,
+            "nft add rule inet f rpf meta nfproto ipv4 fib saddr . iif oif missing drop",
+        ],
+        expect: Expect {
+            reason: Some("NETFILTER_DROP"),
+            rule: Some("fib saddr . iif oif missing drop"),
+            hint: Some("ip route del 192.0.2.100/32 via 198.51.100.1 dev eth0"),
+            ..dropped("request", "prerouting")
+        },
+        fix: "ip route del <the stale route to the guest> (or exempt the VM bridge before the fib rule)",
         ..BASE
     },
     Scenario {

@@ -86,6 +86,15 @@ impl Explainer {
         let c = nft::find_culprit_at(points)?;
         // A generated rule set is fixed where it is generated from.
         let pkt = points.first().map(|p| p.view)?;
+        // A reverse-path filter's fault is the route back, said with the
+        // packet as the rule's own family saw it.
+        let ip_view = points
+            .iter()
+            .find(|p| p.families.contains(&c.family.as_str()))
+            .map_or(pkt, |p| p.view);
+        if let Some(hint) = rpf::hint(&c, ip_view, what) {
+            return Some((Some(c.describe()), hint));
+        }
         if let Some(hint) = pve_firewall::hint(&c, pkt, what, &self.config_root)
             .or_else(|| libvirt::hint(&c, pkt, what, self.topo.vm_subnet))
             .or_else(|| nwfilter::hint(&c, pkt, what, &self.config_root))
@@ -170,7 +179,12 @@ impl Explainer {
             pkt.saddr = t.request.saddr;
         }
         let l4 = pkt.proto == 17 || pkt.proto == 6;
+        let input_side = matches!(
+            stage,
+            Stage::Bridge | Stage::Prerouting | Stage::Forward | Stage::Input
+        );
         nft::PacketView {
+            route_back: input_side.then(|| self.route_back(pkt.src())).flatten(),
             saddr: Some(pkt.src()),
             daddr: Some(pkt.dst()),
             proto: pkt.proto,
@@ -203,6 +217,17 @@ impl Explainer {
                 nft::L3::Ipv4
             },
             ..Default::default()
+        }
+    }
+
+    /// Where the host routes `src` back to now, as a reverse-path filter's
+    /// `fib saddr` lookup finds it (None: the device is not known by name).
+    fn route_back(&self, src: IpAddr) -> Option<nft::RouteBack> {
+        match crate::host::route_now(src) {
+            Some(r) if r.kind != crate::host::RouteKind::Refused => {
+                r.oif.and_then(|i| self.name(i)).map(nft::RouteBack::Via)
+            }
+            _ => Some(nft::RouteBack::Missing),
         }
     }
 

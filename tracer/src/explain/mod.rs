@@ -19,6 +19,7 @@ pub mod nwfilter;
 mod path;
 mod pve_firewall;
 mod relevant;
+mod rpf;
 mod service;
 pub mod stage;
 mod vlan;

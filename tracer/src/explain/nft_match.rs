@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use super::nft::{PacketView, L3};
+use super::nft::{PacketView, RouteBack, L3};
 
 /// A named set's elements, looked up by the match's `@name`.
 pub trait Sets {
@@ -105,6 +105,14 @@ const NO_NAMES: &[(&str, u64)] = &[];
 /// Evaluate one `match`: Some(result) when known, None when it cannot be told.
 pub fn eval_match(m: &Value, pkt: &PacketView, sets: &dyn Sets) -> Option<bool> {
     let op = m["op"].as_str().unwrap_or("==");
+    if let Some(fib) = m["left"].get("fib") {
+        let hit = fib_match(fib, &m["right"], pkt)?;
+        return match op {
+            "==" => Some(hit),
+            "!=" => Some(!hit),
+            _ => None,
+        };
+    }
     let atom = match key_of(&m["left"], pkt) {
         Key::Absent => return Some(false),
         Key::Unknown => return None,
@@ -147,6 +155,36 @@ pub fn key_of(left: &Value, pkt: &PacketView) -> Key {
         return Key::Known(Atom::Concat(atoms));
     }
     Key::Unknown
+}
+
+/// `fib saddr [. iif] oif|oifname` against `missing`/`exists` (nft -j: false
+/// and true) or a device name: the kernel looks the source up as a
+/// destination; with `iif` only a route back by the device the packet came in
+/// by counts. Other lookups (`fib daddr type local`, marks) cannot be told.
+fn fib_match(fib: &Value, right: &Value, pkt: &PacketView) -> Option<bool> {
+    let flags: Vec<&str> = match &fib["flags"] {
+        Value::String(f) => vec![f.as_str()],
+        Value::Array(fs) => fs.iter().filter_map(Value::as_str).collect(),
+        _ => return None,
+    };
+    let by_iif = match flags.as_slice() {
+        ["saddr"] => false,
+        ["saddr", "iif"] | ["iif", "saddr"] => true,
+        _ => return None,
+    };
+    if !matches!(fib["result"].as_str(), Some("oif" | "oifname")) {
+        return None;
+    }
+    let oif = match pkt.route_back.as_ref()? {
+        RouteBack::Via(dev) if by_iif && Some(dev) != pkt.iifname.as_ref() => None,
+        RouteBack::Via(dev) => Some(dev.as_str()),
+        RouteBack::Missing => None,
+    };
+    match right {
+        Value::Bool(exists) => Some(oif.is_some() == *exists),
+        Value::String(dev) => Some(oif == Some(dev.as_str())),
+        _ => None,
+    }
 }
 
 fn known<T>(v: Option<T>, f: impl FnOnce(T) -> Atom) -> Key {
@@ -387,6 +425,28 @@ mod tests {
         fn elements(&self, _: &str) -> Option<&[Value]> {
             None
         }
+    }
+
+    #[test]
+    fn fib_matches_need_the_lookup_they_name() {
+        let sets = NoSets;
+        let fib = |flags: Value, result: &str, right: Value| json!({"op": "==", "left": {"fib": {"result": result, "flags": flags}}, "right": right});
+        let mut pkt = icmp();
+        pkt.route_back = Some(RouteBack::Via("eth0".into()));
+        // Without `iif` any route back counts; a device name compares with it.
+        let m = fib(json!("saddr"), "oif", Value::Bool(false));
+        assert_eq!(eval_match(&m, &pkt, &sets), Some(false));
+        let m = fib(json!(["saddr"]), "oifname", Value::from("eth0"));
+        assert_eq!(eval_match(&m, &pkt, &sets), Some(true));
+        let m = fib(json!(["saddr", "iif"]), "oif", Value::Bool(true));
+        assert_eq!(eval_match(&m, &pkt, &sets), Some(false));
+        // Lookups it cannot answer stay unknown: a local-address test, or no
+        // route looked up at all.
+        let m = fib(json!(["daddr"]), "type", Value::from("local"));
+        assert_eq!(eval_match(&m, &pkt, &sets), None);
+        pkt.route_back = None;
+        let m = fib(json!(["saddr", "iif"]), "oif", Value::Bool(false));
+        assert_eq!(eval_match(&m, &pkt, &sets), None);
     }
 
     fn icmp() -> PacketView {

@@ -371,35 +371,17 @@ impl Host {
         if !self.live {
             return self.saved_route_get(dst, from);
         }
-        let (family, len, addr) = match dst {
-            IpAddr::V4(d) => (AddressFamily::Inet, 32, RouteAddress::Inet(d)),
-            IpAddr::V6(d) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(d)),
+        let from = match from {
+            Some((src, iif)) => Some((src, self.index_of(iif)?)),
+            None => None,
         };
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = family;
-        msg.header.destination_prefix_length = len;
-        msg.attributes.push(RouteAttribute::Destination(addr));
-        if let Some((src, iif)) = from {
-            msg.header.source_prefix_length = len;
-            msg.attributes.push(RouteAttribute::Source(match src {
-                IpAddr::V4(s) => RouteAddress::Inet(s),
-                IpAddr::V6(s) => RouteAddress::Inet6(s),
-            }));
-            msg.attributes
-                .push(RouteAttribute::Iif(self.index_of(iif)?));
-        }
-        let answer = Rtnl::open()
-            .and_then(|mut nl| nl.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST));
-        match answer {
-            Ok(msgs) => msgs.iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => Some(Route::from_message(r)),
-                _ => None,
-            }),
-            Err(e) => {
-                log::debug!("route get {dst}: {e:#}");
-                None
-            }
-        }
+        kernel_route_get(dst, from)
+    }
+
+    /// The main table's route for `dst` (longest match, lowest metric): the
+    /// route an `ip route get` answer came from, to name it.
+    pub fn route_for(&self, dst: IpAddr) -> Option<&RouteEntry> {
+        tables::longest_match(&self.routes, dst)
     }
 
     /// A saved host's answer: its own addresses are local (via `lo`), an input
@@ -452,6 +434,45 @@ impl Host {
     /// The device a route leaves by, by name.
     pub fn route_dev(&self, r: &Route) -> Option<&str> {
         self.name_of(r.oif?)
+    }
+}
+
+/// How the kernel routes a packet to `dst` now, from nothing but its own
+/// tables: a reverse-path filter's view of a source (`fib saddr`).
+pub fn route_now(dst: IpAddr) -> Option<Route> {
+    kernel_route_get(dst, None)
+}
+
+/// `ip route get DST [from SRC iif INDEX]` over netlink; None when the kernel
+/// refuses (no route, forwarding off for an input lookup).
+fn kernel_route_get(dst: IpAddr, from: Option<(IpAddr, u32)>) -> Option<Route> {
+    let (family, len, addr) = match dst {
+        IpAddr::V4(d) => (AddressFamily::Inet, 32, RouteAddress::Inet(d)),
+        IpAddr::V6(d) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(d)),
+    };
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family;
+    msg.header.destination_prefix_length = len;
+    msg.attributes.push(RouteAttribute::Destination(addr));
+    if let Some((src, iif)) = from {
+        msg.header.source_prefix_length = len;
+        msg.attributes.push(RouteAttribute::Source(match src {
+            IpAddr::V4(s) => RouteAddress::Inet(s),
+            IpAddr::V6(s) => RouteAddress::Inet6(s),
+        }));
+        msg.attributes.push(RouteAttribute::Iif(iif));
+    }
+    let answer = Rtnl::open()
+        .and_then(|mut nl| nl.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST));
+    match answer {
+        Ok(msgs) => msgs.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => Some(Route::from_message(r)),
+            _ => None,
+        }),
+        Err(e) => {
+            log::debug!("route get {dst}: {e:#}");
+            None
+        }
     }
 }
 

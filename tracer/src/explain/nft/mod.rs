@@ -46,6 +46,18 @@ pub struct PacketView {
     pub l3: L3,
     /// The sender's MAC (the guest's, for its requests), when known.
     pub ether_saddr: Option<[u8; 6]>,
+    /// Where the host routes the source back to, for reverse-path filters
+    /// (`fib saddr . iif oif missing drop`); None when not looked up.
+    pub route_back: Option<RouteBack>,
+}
+
+/// The host's route back to a packet's source, as `fib saddr` finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteBack {
+    /// It leaves by this device.
+    Via(String),
+    /// None at all (or an unreachable, prohibit or blackhole route).
+    Missing,
 }
 
 /// The frame's network protocol, for `meta protocol`/`ether type` and for which

@@ -280,6 +280,25 @@ fn guest6(proto: u8, icmp_type: Option<u8>, dport: Option<u16>) -> PacketView {
 }
 
 #[test]
+fn fib_rules_are_told_by_the_route_back() {
+    let rs = Ruleset::parse(&serde_json::from_str(RULESET6).unwrap());
+    // `fib saddr . iif oif missing drop` (handle 6): a reply from the
+    // internet routed back by the uplink it came in by passes it ...
+    let mut reply = guest6(58, Some(129), None);
+    std::mem::swap(&mut reply.saddr, &mut reply.daddr);
+    reply.iifname = Some("eth0".into());
+    reply.route_back = Some(RouteBack::Via("eth0".into()));
+    assert_eq!(rs.culprit("forward", reply.families(), &reply), None);
+    // ... one whose source the host routes elsewhere, or not at all, is
+    // certainly dropped by it.
+    for back in [RouteBack::Via("vmbr0".into()), RouteBack::Missing] {
+        reply.route_back = Some(back);
+        let c = rs.culprit("forward", reply.families(), &reply).unwrap();
+        assert_eq!((c.handle, c.certain), (Some(6), true));
+    }
+}
+
+#[test]
 fn ipv6_packets_meet_ip6_and_inet_chains() {
     let rs = Ruleset::parse(&serde_json::from_str(RULESET6).unwrap());
     let ns = guest6(58, Some(135), None);
