@@ -1151,6 +1151,7 @@ pub const CATALOGUE: &[Scenario] = &[
         ],
         traffic: Traffic::ping(INET6_HOST),
         expect: Expect {
+            doctor: &["route6"],
             reason: Some("NETFILTER_DROP"),
             rule: Some("fib saddr . iif oif missing drop"),
             hint: Some("routes 2001:db8:1::100 back by eth0 (route 2001:db8:1::100/128 via 2001:db8:2::1 dev eth0), not by vmbr0"),

@@ -5,7 +5,7 @@
 //! not only the rule.
 
 use super::nft::{Culprit, PacketView, RouteBack};
-use crate::host::{Host, RouteEntry};
+use crate::host::Host;
 
 /// The hint for a drop by `c`, when it is a `fib saddr` rule and the replay's
 /// view of the packet (`pkt`) knows where the host routes the source back to.
@@ -26,7 +26,7 @@ pub(super) fn hint(c: &Culprit, pkt: &PacketView, what: &str) -> Option<String> 
     let host = Host::read().ok();
     let route = host
         .as_ref()
-        .and_then(|h| Some(route_text(h, h.route_for(src)?)));
+        .and_then(|h| Some(h.route_spec(h.route_for(src)?)));
     Some(match pkt.route_back.as_ref()? {
         RouteBack::Via(dev) if dev != iif => format!(
             "{rule}: it drops {what} because this host routes {src} back by {dev}{}, not by {iif} it came in by ({ip} route get {src}); correct the route to the guest{} — or let {iif} through before that rule",
@@ -41,16 +41,4 @@ pub(super) fn hint(c: &Culprit, pkt: &PacketView, what: &str) -> Option<String> 
             "{rule}: it drops {what} because this host has no route back to {src} ({ip} route get {src}); add one by {iif}: {ip} route add {src} dev {iif}"
         ),
     })
-}
-
-/// `2001:db8:1::100/128 via 2001:db8:2::1 dev eth0`, as `ip route` takes it.
-fn route_text(host: &Host, r: &RouteEntry) -> String {
-    let mut s = format!("{}/{}", r.dst, r.prefix);
-    if let Some(gw) = r.route.next_hop() {
-        s.push_str(&format!(" via {gw}"));
-    }
-    if let Some(dev) = r.route.oif.and_then(|i| host.name_of(i)) {
-        s.push_str(&format!(" dev {dev}"));
-    }
-    s
 }

@@ -384,6 +384,19 @@ impl Host {
         tables::longest_match(&self.routes, dst)
     }
 
+    /// A route as `ip route` takes it: `2001:db8:1::100/128 via 2001:db8:2::1
+    /// dev eth0`.
+    pub fn route_spec(&self, r: &RouteEntry) -> String {
+        let mut s = format!("{}/{}", r.dst, r.prefix);
+        if let Some(gw) = r.route.next_hop() {
+            s.push_str(&format!(" via {gw}"));
+        }
+        if let Some(dev) = self.route_dev(&r.route) {
+            s.push_str(&format!(" dev {dev}"));
+        }
+        s
+    }
+
     /// A saved host's answer: its own addresses are local (via `lo`), an input
     /// lookup is refused where forwarding is off, else the main table's longest
     /// match.

@@ -174,10 +174,23 @@ fn route_back(p: &Path6, vm: Ipv6Addr, host: &Host) -> Check {
         .as_ref()
         .and_then(|r| host.route_dev(r))
         .map(str::to_string);
-    let fix = format!(
-        "give {} the guests' prefix (ip -6 addr add PREFIX::1/64 dev {}) or route the guest to it: ip -6 route add {vm}/128 dev {}",
-        p.inbound, p.inbound, p.inbound
-    );
+    // The guest on-link on the VM side yet routed elsewhere: a more specific
+    // route (a stale /128 of a moved guest) wins; adding one would clash.
+    let on_link = host
+        .inet6_addrs(&p.inbound)
+        .iter()
+        .filter_map(|a| a.v6())
+        .any(|(net, len)| in_prefix6(vm, net, len));
+    let fix = match host.route_for(vm.into()).filter(|_| on_link) {
+        Some(r) => format!(
+            "remove the route that takes the guest's address elsewhere: ip -6 route del {}",
+            host.route_spec(r)
+        ),
+        None => format!(
+            "give {} the guests' prefix (ip -6 addr add PREFIX::1/64 dev {}) or route the guest to it: ip -6 route add {vm}/128 dev {}",
+            p.inbound, p.inbound, p.inbound
+        ),
+    };
     match dev {
         Some(d) if d == p.inbound || p.l2.contains(&d) => {
             Check::new("route6", Status::Pass, subject)
