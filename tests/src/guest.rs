@@ -256,12 +256,12 @@ impl Guest {
     /// segment (DF set).
     pub fn tcp(
         &mut self,
-        dst: Ipv4Addr,
+        dst: impl Into<IpAddr>,
         port: u16,
         timeout_ms: u64,
         data: usize,
     ) -> Result<TcpResult> {
-        let cmd = format!("tcp {dst} {port} {timeout_ms} {data}");
+        let cmd = format!("tcp {} {port} {timeout_ms} {data}", dst.into());
         Ok(serde_json::from_value(self.command(&cmd)?)?)
     }
 
@@ -273,8 +273,8 @@ impl Guest {
     }
 
     /// One datagram to `dst:port`, waiting for the response.
-    pub fn udp(&mut self, dst: Ipv4Addr, port: u16, timeout_ms: u64) -> Result<UdpResult> {
-        let cmd = format!("udp {dst} {port} {timeout_ms}");
+    pub fn udp(&mut self, dst: impl Into<IpAddr>, port: u16, timeout_ms: u64) -> Result<UdpResult> {
+        let cmd = format!("udp {} {port} {timeout_ms}", dst.into());
         Ok(serde_json::from_value(self.command(&cmd)?)?)
     }
 }

@@ -4,13 +4,13 @@
 
 use std::{
     io::Read,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 
-use crate::packet::checksum;
+use crate::{packet::checksum, packet6::pseudo_checksum};
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -28,9 +28,9 @@ pub struct Segment {
     pub flags: u8,
 }
 
-/// A TCP segment (20-byte header, no options) with its checksum over the IPv4
-/// pseudo-header.
-pub fn segment(src: Ipv4Addr, dst: Ipv4Addr, s: &Segment, data: &[u8]) -> Vec<u8> {
+/// A TCP segment (20-byte header, no options) with its checksum over the
+/// pseudo-header of the addresses' family.
+pub fn segment(src: IpAddr, dst: IpAddr, s: &Segment, data: &[u8]) -> Vec<u8> {
     let mut t = Vec::with_capacity(20 + data.len());
     t.extend_from_slice(&s.sport.to_be_bytes());
     t.extend_from_slice(&s.dport.to_be_bytes());
@@ -40,13 +40,19 @@ pub fn segment(src: Ipv4Addr, dst: Ipv4Addr, s: &Segment, data: &[u8]) -> Vec<u8
     t.extend_from_slice(&64240u16.to_be_bytes());
     t.extend_from_slice(&[0, 0, 0, 0]);
     t.extend_from_slice(data);
-    let mut pseudo = Vec::with_capacity(12 + t.len());
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, 6]);
-    pseudo.extend_from_slice(&(t.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(&t);
-    let c = checksum(&pseudo);
+    let c = match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut pseudo = Vec::with_capacity(12 + t.len());
+            pseudo.extend_from_slice(&src.octets());
+            pseudo.extend_from_slice(&dst.octets());
+            pseudo.extend_from_slice(&[0, 6]);
+            pseudo.extend_from_slice(&(t.len() as u16).to_be_bytes());
+            pseudo.extend_from_slice(&t);
+            checksum(&pseudo)
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => pseudo_checksum(src, dst, 6, &t),
+        _ => panic!("a TCP segment from {src} to {dst}: the families differ"),
+    };
     t[16..18].copy_from_slice(&c.to_be_bytes());
     t
 }
@@ -69,7 +75,7 @@ pub fn parse(p: &[u8]) -> Option<Segment> {
 /// `fake-guest services --tcp IP:PORT --udp IP:PORT`: a TCP service that accepts
 /// connections and reads what comes (a thread each, closed after 10 s), and a
 /// UDP service that echoes every datagram; it stops after an hour at most.
-pub fn serve(tcp: SocketAddrV4, udp: SocketAddrV4) -> Result<()> {
+pub fn serve(tcp: SocketAddr, udp: SocketAddr) -> Result<()> {
     let listener = TcpListener::bind(tcp).with_context(|| format!("binding tcp {tcp}"))?;
     let sock = UdpSocket::bind(udp).with_context(|| format!("binding udp {udp}"))?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -100,6 +106,7 @@ pub fn serve(tcp: SocketAddrV4, udp: SocketAddrV4) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn a_segment_checksums_and_reads_back() {
@@ -111,7 +118,7 @@ mod tests {
             ack: 0,
             flags: SYN,
         };
-        let t = segment(s, d, &seg, b"x");
+        let t = segment(s.into(), d.into(), &seg, b"x");
         let mut pseudo = Vec::new();
         pseudo.extend_from_slice(&s.octets());
         pseudo.extend_from_slice(&d.octets());
@@ -121,5 +128,12 @@ mod tests {
         assert_eq!(checksum(&pseudo), 0);
         assert_eq!(parse(&t), Some(seg));
         assert_eq!(parse(&t[..19]), None);
+        // Over IPv6 the checksum covers IPv6's pseudo-header.
+        let (s6, d6): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8:1::100".parse().unwrap(),
+            "2001:db8:ffff::8".parse().unwrap(),
+        );
+        let t6 = segment(s6.into(), d6.into(), &seg, b"x");
+        assert_eq!(pseudo_checksum(s6, d6, 6, &t6), 0);
     }
 }

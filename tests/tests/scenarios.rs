@@ -111,11 +111,15 @@ fn trace(lab: &mut Lab, sc: &Scenario) -> Value {
                 lab.guest(0).dns_type(server, name, 1, 3000, qtype)?;
             }
             Traffic::Tcp { dst, port, data } => {
-                let seen = lab.guest(0).tcp(dst.parse()?, port, 3000, data)?;
+                let seen = lab
+                    .guest(0)
+                    .tcp(dst.parse::<std::net::IpAddr>()?, port, 3000, data)?;
                 eprintln!("guest: {seen:?}");
             }
             Traffic::Udp { dst, port } => {
-                let seen = lab.guest(0).udp(dst.parse()?, port, 3000)?;
+                let seen = lab
+                    .guest(0)
+                    .udp(dst.parse::<std::net::IpAddr>()?, port, 3000)?;
                 eprintln!("guest: {seen:?}");
             }
             Traffic::Dhcp => {

@@ -72,6 +72,7 @@ impl Traffic {
     /// pathtrace's `--to`: the destination, with the port for TCP.
     pub fn to_arg(&self) -> String {
         match self {
+            Traffic::Tcp { dst, port, .. } if self.is_v6() => format!("[{dst}]:{port}"),
             Traffic::Tcp { dst, port, .. } => format!("{dst}:{port}"),
             _ => self.dst().to_string(),
         }

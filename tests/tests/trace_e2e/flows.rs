@@ -49,17 +49,27 @@ fn a_guest_opening_connections_at_full_rate_is_followed_within_the_budget() {
     assert_nothing_attached();
 }
 
-/// A service without its port, or a port for ping: one line, exit 2, nothing
-/// attached.
+/// A service without its port, or a port for ping, or a service over IPv6
+/// (the verifier refuses that program): one line, exit 2, nothing attached.
 #[test]
 fn a_service_needs_its_port_and_only_a_service_has_one() {
     let lab = lab();
-    for (args, says) in [
-        (vec!["--proto", "tcp"], "needs the service's port"),
-        (vec!["--proto", "udp"], "needs the service's port"),
-        (vec!["--proto", "icmp", "--port", "80"], "has none"),
+    let v6 = [
+        "--vm-ip",
+        "2001:db8:1::100",
+        "--to",
+        "[2001:db8:ffff::8]:8080",
+    ];
+    let v4 = ["--vm-ip", VM, "--to", DEST];
+    for (to, args, says) in [
+        (v4, vec!["--proto", "tcp"], "needs the service's port"),
+        (v4, vec!["--proto", "udp"], "needs the service's port"),
+        (v4, vec!["--proto", "icmp", "--port", "80"], "has none"),
+        (v6, vec![], "not traced over IPv6"),
+        (v6, vec!["--proto", "udp"], "not traced over IPv6"),
     ] {
-        let mut all = vec!["--vm-ip", VM, "--to", DEST, "--timeout", "2"];
+        let mut all = to.to_vec();
+        all.extend(["--timeout", "2"]);
         all.extend(args.iter().copied());
         let out = Command::new("nsenter")
             .arg(format!("--net={}", lab.hv_netns_path().display()))

@@ -376,7 +376,7 @@ impl Guest {
     /// bytes in one segment with DF, waiting for its ACK; then reset it.
     fn tcp(&mut self, w: &[&str]) -> Result<serde_json::Value> {
         let usage = "tcp DST PORT TIMEOUT_MS DATA";
-        let dst: Ipv4Addr = w.first().context(usage)?.parse()?;
+        let dst: IpAddr = w.first().context(usage)?.parse()?;
         let num = |i: usize| -> Result<u64> { Ok(w.get(i).context(usage)?.parse()?) };
         let (port, timeout, data) = (num(1)? as u16, num(2)?, num(3)? as usize);
         let sport = 20000 + random_u16() % 30000;
@@ -430,7 +430,7 @@ impl Guest {
     /// accepted within half a second.
     fn syn_burst(&mut self, w: &[&str]) -> Result<serde_json::Value> {
         let usage = "syn DST PORT COUNT";
-        let dst: Ipv4Addr = w.first().context(usage)?.parse()?;
+        let dst: IpAddr = w.first().context(usage)?.parse()?;
         let port: u16 = w.get(1).context(usage)?.parse()?;
         let count: u16 = w.get(2).context(usage)?.parse()?;
         if count > 10_000 {
@@ -470,8 +470,16 @@ impl Guest {
         Ok(json!({"sent": count, "accepted": accepted.len()}))
     }
 
-    fn send_tcp(&mut self, dst: Ipv4Addr, seg: &Segment, data: &[u8]) -> Result<()> {
-        let t = tcp::segment(self.ip, dst, seg, data);
+    fn send_tcp(&mut self, dst: IpAddr, seg: &Segment, data: &[u8]) -> Result<()> {
+        let dst = match dst {
+            IpAddr::V4(dst) => dst,
+            IpAddr::V6(dst) => {
+                return self.send_ip6(dst, 6, 64, |src| {
+                    tcp::segment(src.into(), dst.into(), seg, data)
+                })
+            }
+        };
+        let t = tcp::segment(self.ip.into(), dst.into(), seg, data);
         let opts = IpOpts {
             id: self.ip_id,
             ..IpOpts::default()
@@ -494,6 +502,9 @@ impl Guest {
                 Seen::Tcp(t) => t.sport == port && t.dport == sport && wanted(s),
                 Seen::IcmpError {
                     proto: 6, sport: q, ..
+                }
+                | Seen::Icmp6Error {
+                    proto: 6, id: q, ..
                 } => *q == sport,
                 _ => false,
             };
@@ -508,16 +519,21 @@ impl Guest {
     /// One datagram from a random port to DST:PORT; was it answered?
     fn udp(&mut self, w: &[&str]) -> Result<serde_json::Value> {
         let usage = "udp DST PORT TIMEOUT_MS";
-        let dst: Ipv4Addr = w.first().context(usage)?.parse()?;
+        let dst: IpAddr = w.first().context(usage)?.parse()?;
         let port: u16 = w.get(1).context(usage)?.parse()?;
         let timeout: u64 = w.get(2).context(usage)?.parse()?;
         let sport = 20000 + random_u16() % 30000;
-        let u = packet::udp((self.ip, sport), (dst, port), b"pathtrace");
-        let opts = IpOpts {
-            id: self.ip_id,
-            ..IpOpts::default()
-        };
-        self.send_ip(dst, 17, opts, &u)?;
+        match dst {
+            IpAddr::V4(dst) => {
+                let u = packet::udp((self.ip, sport), (dst, port), b"pathtrace");
+                let opts = IpOpts {
+                    id: self.ip_id,
+                    ..IpOpts::default()
+                };
+                self.send_ip(dst, 17, opts, &u)?;
+            }
+            IpAddr::V6(dst) => self.send_udp6(dst, (sport, port), b"pathtrace")?,
+        }
         let mut answered = false;
         self.pump_until(Instant::now() + Duration::from_millis(timeout), |s| {
             answered = matches!(s, Seen::Udp { sport: a, dport: b } if *a == port && *b == sport);
@@ -760,18 +776,26 @@ impl Guest {
                 }
                 Ok(Seen::Nothing)
             }
-            6 => Ok(tcp::parse(p).map_or(Seen::Nothing, Seen::Tcp)),
-            17 if p.len() >= 12 && u16::from_be_bytes([p[0], p[1]]) == 53 => Ok(Seen::Dns {
-                id: u16::from_be_bytes([p[8], p[9]]),
-                rcode: p[11] & 0x0f,
-                addrs: packet::dns_addresses(&p[8..]),
-            }),
-            17 if p.len() >= 8 => Ok(Seen::Udp {
-                sport: u16::from_be_bytes([p[0], p[1]]),
-                dport: u16::from_be_bytes([p[2], p[3]]),
-            }),
-            _ => Ok(Seen::Nothing),
+            _ => Ok(transport(proto, p)),
         }
+    }
+}
+
+/// A TCP segment, a DNS answer or another UDP datagram sent to us (either
+/// family).
+fn transport(proto: u8, p: &[u8]) -> Seen {
+    match proto {
+        6 => tcp::parse(p).map_or(Seen::Nothing, Seen::Tcp),
+        17 if p.len() >= 12 && u16::from_be_bytes([p[0], p[1]]) == 53 => Seen::Dns {
+            id: u16::from_be_bytes([p[8], p[9]]),
+            rcode: p[11] & 0x0f,
+            addrs: packet::dns_addresses(&p[8..]),
+        },
+        17 if p.len() >= 8 => Seen::Udp {
+            sport: u16::from_be_bytes([p[0], p[1]]),
+            dport: u16::from_be_bytes([p[2], p[3]]),
+        },
+        _ => Seen::Nothing,
     }
 }
 
@@ -783,6 +807,9 @@ fn describe_tcp(seen: &Option<Seen>) -> (&'static str, serde_json::Value) {
         Some(Seen::Tcp(t)) if t.flags & tcp::SYN != 0 => ("synack", json!(null)),
         Some(Seen::Tcp(_)) => ("ack", json!(null)),
         Some(Seen::IcmpError {
+            kind, code, mtu, ..
+        }) => ("icmp", json!({"type": kind, "code": code, "mtu": mtu})),
+        Some(Seen::Icmp6Error {
             kind, code, mtu, ..
         }) => ("icmp", json!({"type": kind, "code": code, "mtu": mtu})),
         _ => ("timeout", json!(null)),
@@ -804,6 +831,21 @@ fn clone_seen(s: &Seen) -> Seen {
             mtu: *mtu,
             proto: *proto,
             sport: *sport,
+        },
+        Seen::Icmp6Error {
+            kind,
+            code,
+            mtu,
+            from,
+            proto,
+            id,
+        } => Seen::Icmp6Error {
+            kind: *kind,
+            code: *code,
+            mtu: *mtu,
+            from: *from,
+            proto: *proto,
+            id: *id,
         },
         _ => Seen::Nothing,
     }
@@ -959,7 +1001,7 @@ fn syn_flood(dst: Ipv4Addr, port: u16, secs: f64, max: u64) -> Result<()> {
                     ack: 0,
                     flags: tcp::SYN,
                 };
-                tcp::segment(src, dst, &seg, &[])
+                tcp::segment(src.into(), dst.into(), &seg, &[])
             })
             .collect();
         let mut bufs: Vec<&mut [u8]> = segs.iter_mut().map(|p| &mut p[..]).collect();

@@ -3,7 +3,7 @@
 //! address and its link-local one, resolves next hops by solicitation to their
 //! solicited-node group keeping the FIRST advertisement (Linux creates the entry
 //! from the answer to its own solicitation and ignores later unsolicited ones
-//! that do not override), answers echo requests, and sends echo and UDP.
+//! that do not override), answers echo requests, and sends echo, UDP and TCP.
 
 use std::{
     net::Ipv6Addr,
@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use pathtrace_tests::{
-    packet::{self, Mac},
+    packet::Mac,
     packet6::{self, Ndp, ECHO_REPLY, ECHO_REQUEST, ICMPV6, UDP},
 };
 
@@ -106,7 +106,7 @@ impl Guest {
     }
 
     /// An upper-layer message built for its source address, sent to `dst`.
-    fn send_ip6(
+    pub(super) fn send_ip6(
         &mut self,
         dst: Ipv6Addr,
         proto: u8,
@@ -160,12 +160,7 @@ impl Guest {
         }
         match proto {
             ICMPV6 if p.len() >= 8 => self.handle_icmp6(src_mac, (src, dst), p),
-            UDP if p.len() >= 12 && u16::from_be_bytes([p[0], p[1]]) == 53 => Ok(Seen::Dns {
-                id: u16::from_be_bytes([p[8], p[9]]),
-                rcode: p[11] & 0x0f,
-                addrs: packet::dns_addresses(&p[8..]),
-            }),
-            _ => Ok(Seen::Nothing),
+            _ => Ok(super::transport(proto, p)),
         }
     }
 
