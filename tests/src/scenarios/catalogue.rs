@@ -13,6 +13,7 @@ const fn dropped(direction: &'static str, stage: &'static str) -> Expect {
         hint: None,
         dns_rcode: None,
         doctor: &[],
+        or: None,
     }
 }
 
@@ -25,6 +26,7 @@ const REPLIED: Expect = Expect {
     hint: None,
     dns_rcode: None,
     doctor: &[],
+    or: None,
 };
 
 const NO_REPLY: Expect = Expect {
@@ -387,10 +389,18 @@ pub const CATALOGUE: &[Scenario] = &[
         // guest, and is freed when that fails (NEIGH_FAILED, 3 probes 1 s apart) —
         // or with QUEUE_PURGE when the bridge's carrier loss (its only port went
         // down; the kernel's link watch may act up to a second later) flushes the
-        // entry the reply waits on. Either is the neighbour stage.
+        // entry the reply waits on. Either is the neighbour stage. Once in CI (a
+        // loaded host, not reproduced in 12 runs here, loaded or not) no free of
+        // the reply was seen within the neighbour hold time: then the verdict
+        // blames the port itself, which is as right and gives the same fix.
         expect: Expect {
             rule: Some("neighbour 192.0.2.100 on vmbr0"),
             hint: Some("tap100i0 on the way to the guest is DOWN"),
+            or: Some(&Expect {
+                rule: Some("link tap100i0 state DOWN"),
+                hint: Some("ip link set tap100i0 up"),
+                ..dropped("reply", "tap")
+            }),
             ..dropped("reply", "neighbor")
         },
         fix: "ip link set <port> up / start the VM",
