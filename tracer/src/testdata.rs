@@ -23,15 +23,15 @@ pub fn generated(rel: &str) -> &'static str {
         .unwrap_or("")
 }
 
-/// The generator's output `set` (`proxmox-firewall`, `libvirt`) is not here:
-/// the calling test is skipped, and says so.
-pub fn missing(set: &str) -> bool {
-    let path = dir().join(set);
-    let absent = !path.is_dir();
+/// The generated file or directory `rel` (`proxmox-firewall/ruleset-6.12.json`,
+/// `libvirt`) is not here: the calling test is skipped, and says so.
+pub fn missing(rel: &str) -> bool {
+    let path = dir().join(rel);
+    let absent = !path.exists();
     if absent {
         eprintln!(
-            "skipped: {set}'s generated rule sets are not in {} (set PATHTRACE_GENERATED_RULESETS)",
-            path.display()
+            "skipped: {rel} of the generated rule sets is not in {} (set PATHTRACE_GENERATED_RULESETS)",
+            dir().display()
         );
     }
     absent

@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn the_ip_filter_dropping_the_guests_arp_is_named() {
-        if crate::testdata::missing("proxmox-firewall") {
+        if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
             return;
         }
         let c = judge(&pve(), pve_text(), &net3("192.0.2.11"), &root()).unwrap();
@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn the_configured_guest_passes_its_own_filter() {
-        if crate::testdata::missing("proxmox-firewall") {
+        if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
             return;
         }
         // Its ARP is accepted (`meta protocol arp accept`); its ping meets
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_port_without_firewall_passes() {
-        if crate::testdata::missing("proxmox-firewall") {
+        if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
             return;
         }
         let mut g = net3("192.0.2.12");
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn no_bridge_firewall_no_check() {
-        if crate::testdata::missing("proxmox-firewall") {
+        if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
             return;
         }
         let rs = Ruleset::parse(&serde_json::json!({"nftables": []}));

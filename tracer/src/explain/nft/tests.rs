@@ -105,7 +105,7 @@ fn with_text(mut c: Culprit) -> Culprit {
 
 #[test]
 fn proxmox_policy_out_reject_is_found_through_the_verdict_map() {
-    if crate::testdata::missing("proxmox-firewall") {
+    if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
         return;
     }
     let c = pve()
@@ -146,7 +146,7 @@ fn proxmox_policy_out_reject_is_found_through_the_verdict_map() {
 
 #[test]
 fn proxmox_ip_filter_drop_names_the_rule_and_set() {
-    if crate::testdata::missing("proxmox-firewall") {
+    if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
         return;
     }
     let c = pve()
@@ -170,7 +170,7 @@ fn proxmox_ip_filter_drop_names_the_rule_and_set() {
 
 #[test]
 fn proxmox_allows_what_its_config_allows() {
-    if crate::testdata::missing("proxmox-firewall") {
+    if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
         return;
     }
     let rs = pve();
@@ -210,7 +210,7 @@ fn proxmox_allows_what_its_config_allows() {
 /// chain the snapshot fills has as many rules in the listing.
 #[test]
 fn proxmox_listing_holds_the_generated_rules() {
-    if crate::testdata::missing("proxmox-firewall") {
+    if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
         return;
     }
     let body = &pve_snapshot()[pve_snapshot().find("{\n").unwrap()..];
