@@ -44,6 +44,24 @@ fn fixture(name: &str) -> PathBuf {
     fixtures().join(name)
 }
 
+/// Which of the generator's outputs: its committed snapshot (guest 100 with
+/// `macfilter: 0`), or its output for the same input with `macfilter: 1`
+/// (in `macfilter/`, with that 100.fw).
+#[derive(Clone, Copy)]
+enum Output {
+    Committed,
+    MacFilter,
+}
+
+impl Output {
+    fn file(self, name: &str) -> PathBuf {
+        match self {
+            Output::Committed => fixture(name),
+            Output::MacFilter => fixture("macfilter").join(name),
+        }
+    }
+}
+
 /// A guest NIC of guest 100 as its configuration (100.conf) describes it.
 fn nic(port: &str, ip: &str, mac: &str) -> GuestSpec {
     GuestSpec {
@@ -65,11 +83,12 @@ fn net3(ip: &str) -> GuestSpec {
 /// loaded (the host's neighbour and bridge tables know them, and each guest
 /// knows its gateway's MAC), then Proxmox's rule set. None (with the reason
 /// printed) when this kernel cannot hold the rule set.
-fn lab_with_proxmox_firewall(guests: Vec<GuestSpec>) -> Option<Lab> {
-    if !fixtures().is_dir() {
+fn lab_with_proxmox_firewall(guests: Vec<GuestSpec>, output: Output) -> Option<Lab> {
+    let snapshot = output.file("integration_tests__firewall.snap");
+    if !snapshot.is_file() {
         eprintln!(
             "skipped: Proxmox's generated rule set is not in {} (set PATHTRACE_GENERATED_RULESETS)",
-            fixtures().display()
+            snapshot.display()
         );
         return None;
     }
@@ -95,11 +114,11 @@ fn lab_with_proxmox_firewall(guests: Vec<GuestSpec>) -> Option<Lab> {
         );
         return None;
     }
-    load_proxmox_firewall(&lab).expect("Proxmox's rule set loads unchanged");
+    load_proxmox_firewall(&lab, &snapshot).expect("Proxmox's rule set loads unchanged");
     // Where `--config-root` finds the guest's firewall configuration.
     let fw = lab.config_root().join("etc/pve/firewall");
     std::fs::create_dir_all(&fw).unwrap();
-    std::fs::copy(fixture("100.fw"), fw.join("100.fw")).unwrap();
+    std::fs::copy(output.file("100.fw"), fw.join("100.fw")).unwrap();
     Some(lab)
 }
 
@@ -117,7 +136,7 @@ delete table bridge pt-probe
 /// As proxmox-firewall does: its static rule set first, then the generated
 /// batch. The chains the generator was told exist (chains.json, its test's
 /// input) are created before, since its batch deletes some of them.
-fn load_proxmox_firewall(lab: &Lab) -> anyhow::Result<()> {
+fn load_proxmox_firewall(lab: &Lab, snapshot: &std::path::Path) -> anyhow::Result<()> {
     let base = std::fs::read_to_string(fixture("proxmox-firewall.nft"))?;
     lab.nft(&base)?;
     let chains: Value = serde_json::from_str(&std::fs::read_to_string(fixture("chains.json"))?)?;
@@ -132,7 +151,7 @@ fn load_proxmox_firewall(lab: &Lab) -> anyhow::Result<()> {
         })
         .collect();
     lab.nft(&existing)?;
-    let snap = std::fs::read_to_string(fixture("integration_tests__firewall.snap"))?;
+    let snap = std::fs::read_to_string(snapshot)?;
     // insta's header, then the batch as the generator emitted it.
     let batch = &snap[snap.find("{\n").unwrap_or(0)..];
     lab.nft_json(batch)
@@ -162,7 +181,7 @@ fn proxmox_nft_policy_reject_and_allowed_guest() {
         // address there is DHCP; the lab's LAN gives it one).
         nic("veth100i2", "192.0.2.12", "bc:24:11:4d:b0:ff"),
     ];
-    let Some(mut lab) = lab_with_proxmox_firewall(guests) else {
+    let Some(mut lab) = lab_with_proxmox_firewall(guests, Output::Committed) else {
         return;
     };
     let allowed = trace(&mut lab, 1, "192.0.2.12");
@@ -197,7 +216,8 @@ fn proxmox_nft_policy_reject_and_allowed_guest() {
 /// the IP filter's rule in guest-100-out drops it.
 #[test]
 fn proxmox_nft_ip_filter_drop() {
-    let Some(mut lab) = lab_with_proxmox_firewall(vec![net3("192.0.2.11")]) else {
+    let Some(mut lab) = lab_with_proxmox_firewall(vec![net3("192.0.2.11")], Output::Committed)
+    else {
         return;
     };
     let run = trace(&mut lab, 0, "192.0.2.11");
@@ -231,7 +251,8 @@ fn spoof_check(run: &TraceRun) -> Value {
 /// mute; so does the doctor.
 #[test]
 fn proxmox_nft_ip_filter_drops_the_guests_arp() {
-    let Some(mut lab) = lab_with_proxmox_firewall(vec![net3("192.0.2.11")]) else {
+    let Some(mut lab) = lab_with_proxmox_firewall(vec![net3("192.0.2.11")], Output::Committed)
+    else {
         return;
     };
     let root = lab.config_root().display().to_string();
@@ -294,10 +315,75 @@ fn proxmox_nft_ip_filter_drops_the_guests_arp() {
 /// ping meets policy_out REJECT, which the trace names; no spoofing rule).
 #[test]
 fn proxmox_nft_spoof_filter_passes_the_configured_guest() {
-    let Some(lab) = lab_with_proxmox_firewall(vec![net3("192.0.2.10")]) else {
+    let Some(lab) = lab_with_proxmox_firewall(vec![net3("192.0.2.10")], Output::Committed) else {
         return;
     };
     let doctor = doctor_with_config(&lab, "192.0.2.10", DEST);
     let c = spoof_check(&doctor);
     assert_eq!(c["status"], "pass", "{c}");
+}
+
+/// With the MAC filter on (`macfilter: 1`, Proxmox's default), net3 sending
+/// from a MAC other than its configured BC:24:11:4D:B0:FE (its OS set its own:
+/// the host learnt that MAC before the firewall came up) has its ping dropped
+/// by the filter's rule in guest-100-out; the doctor's `spoof_filter` finds the
+/// rule's ARP twin for the guest's ARP.
+#[test]
+fn proxmox_nft_mac_filter_drop() {
+    const SENT: &str = "bc:24:11:4d:b0:aa";
+    let guest = nic("veth100i3", "192.0.2.10", SENT);
+    let Some(mut lab) = lab_with_proxmox_firewall(vec![guest], Output::MacFilter) else {
+        return;
+    };
+    let run = trace(&mut lab, 0, "192.0.2.10");
+    assert_eq!(run.code, 1);
+    let v = one_verdict(&run);
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["direction"], "request");
+    assert_eq!(v["stage"], "bridge");
+    let rule = text(&v, "rule");
+    assert!(
+        rule.starts_with("bridge proxmox-firewall-guests guest-100-out handle "),
+        "{rule}"
+    );
+    assert!(
+        rule.contains(": iifname . ether saddr != { \"veth100i3\" . bc:24:11:4d:b0:fe"),
+        "{rule}"
+    );
+    let hint = text(&v, "hint");
+    assert!(
+        hint.starts_with(&format!(
+            "guest 100's firewall, MAC filter of net3 (veth100i3): the guest sends from \
+             {SENT}, but only bc:24:11:4d:b0:fe may send there"
+        )),
+        "{hint}"
+    );
+    assert!(
+        hint.contains("macfilter: 0 in /etc/pve/firewall/100.fw"),
+        "{hint}"
+    );
+
+    let doctor = doctor_with_config(&lab, "192.0.2.10", DEST);
+    let c = spoof_check(&doctor);
+    assert_eq!(c["status"], "fail", "{c}");
+    // The filter's first rule (on the frame's source) drops the ARP too,
+    // before its twin on ARP's sender MAC is reached.
+    let evidence = text(&c, "evidence");
+    assert!(
+        evidence.contains(": iifname . ether saddr != { \"veth100i3\" . bc:24:11:4d:b0:fe"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains(&format!(
+            "drops the guest's ARP for its gateway 192.0.2.1 from 192.0.2.10 ({SENT})"
+        )),
+        "{evidence}"
+    );
+    let fix = text(&c, "fix");
+    assert!(
+        fix.contains(&format!(
+            "MAC filter of net3 (veth100i3): the guest sends from {SENT}"
+        )),
+        "{fix}"
+    );
 }

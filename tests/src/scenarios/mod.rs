@@ -362,8 +362,28 @@ pub fn render_doc() -> String {
          saying so. The same holds for the rows about bonds (CONFIG_BONDING) and VLAN \
          devices (CONFIG_VLAN_8021Q): `cargo xtask vm-test --kernel 6.12 -- bond_ vlan_device vlan_uplink`.\n",
     );
+    s.push_str(PROXMOX_FIREWALL_ROWS);
     s
 }
+
+/// Proxmox VE's firewall as its generator (proxmox-firewall) writes it, loaded
+/// unchanged: the end-to-end tests of `tests/tests/real_rulesets.rs`, which
+/// need the generated rule sets beside the checkout and a kernel with bridge
+/// conntrack (Debian's 6.12 in the VM runner).
+const PROXMOX_FIREWALL_ROWS: &str = "
+## Proxmox VE's firewall (its generated rule sets)
+
+Each row is an end-to-end test in `tests/tests/real_rulesets.rs` against the rule set \
+proxmox-firewall generates for its own test configuration, loaded unchanged (guest 100, \
+container NIC net3 = veth100i3, hwaddr BC:24:11:4D:B0:FE, 192.0.2.10). They need bridge \
+conntrack, which the 6.18 CI kernel lacks: `cargo xtask vm-test --kernel 6.12 --test real_rulesets`.
+
+| symptom | what pathtrace shows | cause | fix |
+|---|---|---|---|
+| one guest with the firewall on reaches nothing | `dropped` `request` at `bridge` `NETFILTER_DROP` rule “bridge proxmox-firewall-guests do-reject… (via vm-out → vm-map-out[veth100i3] → guest-100-out → do-reject)” | `policy_out: REJECT` in 100.fw and no OUT rule accepts the traffic | add an OUT rule to [RULES] of /etc/pve/firewall/100.fw, or `policy_out: ACCEPT` |
+| a guest whose address was changed inside it reaches nothing | `dropped` `request` at `bridge` rule “… ip saddr != @v4-guest-100/ipfilter-net3 drop…”; when its ARP is dropped too it sends nothing: the trace sees no request and its checks include `spoof_filter` (“arp saddr ip != @v4-guest-100/ipfilter-net3 drop”) | the IP filter (`ipfilter: 1`): the address is not in ipfilter-net3 | add it to [IPSET ipfilter-net3] in 100.fw (or set the NIC's ip=), or give the guest its configured address |
+| a guest whose MAC was changed inside it (or a clone) reaches nothing | `dropped` `request` at `bridge` rule “… iifname . ether saddr != { \"veth100i3\" . bc:24:11:4d:b0:fe, … } drop…” with check `spoof_filter`; the hint names the MAC sent and the one allowed | the MAC filter (`macfilter: 1`, the default) allows only the NIC's configured MAC | give the guest back its MAC, or set the NIC's MAC (hwaddr=/virtio=) to the one it uses, or `macfilter: 0` in 100.fw |
+";
 
 pub const DOC_PATH: &str = "docs/troubleshooting.md";
 

@@ -11,6 +11,10 @@
 //! - the IP filter (`ipfilter: 1`): `iifname PORT ip saddr !=
 //!   @v4-guest-<vmid>/ipfilter-net<N> drop` (and `arp saddr ip`, and the
 //!   `-nomatch` set for excluded addresses);
+//! - the MAC filter (`macfilter: 1`, the default): one rule per guest,
+//!   `iifname . ether saddr != { "veth100i3" . bc:24:11:4d:b0:fe, … } drop`,
+//!   and its twin on `arp saddr ether`, pairing each firewalled port with its
+//!   NIC's configured MAC;
 //! - the guest's policy as its chain's last, unconditional rule: `jump
 //!   do-reject` for REJECT, `drop` for DROP;
 //! - security groups as `group-<name>-out`/`-in` chains.
@@ -18,6 +22,7 @@
 use std::path::Path;
 
 use super::nft::{Culprit, PacketView};
+use crate::doctor::arp::{format_mac, parse_mac};
 
 const TABLE: &str = "proxmox-firewall-guests";
 
@@ -49,7 +54,9 @@ pub fn hint(c: &Culprit, pkt: &PacketView, what: &str, config_root: &Path) -> Op
         .map(|r| format!("; the guest is sent {r}"))
         .unwrap_or_default();
     let via = format!(" (reached by {})", c.path_text());
-    let text = if let Some(filter) = ip_filter(c, guest.vmid) {
+    let text = if let Some(allowed) = mac_filter(c, port.as_deref()) {
+        mac_filter_hint(&guest, &nic, port.as_deref(), &allowed, pkt, what, c)
+    } else if let Some(filter) = ip_filter(c, guest.vmid) {
         let addr = pkt
             .saddr
             .map(|a| a.to_string())
@@ -175,6 +182,70 @@ fn ip_filter(c: &Culprit, vmid: u32) -> Option<(&str, &[String])> {
         .map(|(name, elems)| (name.as_str(), elems.as_slice()))
 }
 
+/// The MAC filter's rule: the MAC it allows on `port` (as nft lists the rule:
+/// `iifname . ether saddr != { "veth100i3" . bc:24:11:4d:b0:fe, … } drop`),
+/// or "" when the rule does not list the port. None for any other rule.
+fn mac_filter(c: &Culprit, port: Option<&str>) -> Option<String> {
+    let text = c.text.as_deref()?;
+    let on_mac = ["iifname . ether saddr != ", "iifname . arp saddr ether != "];
+    if !on_mac.iter().any(|m| text.starts_with(m)) {
+        return None;
+    }
+    let allowed = port.and_then(|p| {
+        let rest = &text[text.find(&format!("\"{p}\" . "))? + p.len() + 5..];
+        let mac = rest.get(..17)?.to_lowercase();
+        parse_mac(&mac).map(|_| mac)
+    });
+    Some(allowed.unwrap_or_default())
+}
+
+/// The MAC filter dropped a frame from a MAC other than the NIC's configured
+/// one: the two MACs, and the three ways out (the guest's own MAC back, the
+/// NIC's MAC changed in the guest's configuration, the filter off).
+fn mac_filter_hint(
+    guest: &GuestChain,
+    nic: &str,
+    port: Option<&str>,
+    allowed: &str,
+    pkt: &PacketView,
+    what: &str,
+    c: &Culprit,
+) -> String {
+    let vmid = guest.vmid;
+    let arp = match c
+        .text
+        .as_deref()
+        .is_some_and(|t| t.contains("arp saddr ether"))
+    {
+        true => "ARP ",
+        false => "",
+    };
+    let sent = pkt
+        .ether_saddr
+        .map(|m| format_mac(&m))
+        .filter(|m| m != allowed);
+    let from = match &sent {
+        Some(m) => format!("the guest sends {arp}from {m}"),
+        None => format!("the guest sends {arp}from another MAC"),
+    };
+    let only = match allowed {
+        "" => "the NIC's configured MAC".to_string(),
+        m => m.to_string(),
+    };
+    // A container's NIC says `hwaddr=`, a VM's `<model>=MAC`.
+    let conf = match port.is_some_and(|p| p.starts_with("veth")) {
+        true => format!("/etc/pve/lxc/{vmid}.conf (hwaddr=)"),
+        false => format!("/etc/pve/qemu-server/{vmid}.conf (virtio=)"),
+    };
+    let new_mac = sent.as_deref().unwrap_or("the MAC it uses");
+    format!(
+        "guest {vmid}'s firewall, MAC filter of {nic}: {from}, but only {only} may send \
+         there, so the bridge drops {what}; give the guest back its configured MAC (a \
+         cloned guest, or an OS that sets its own), or set the NIC's MAC to {new_mac} in \
+         {conf}, or turn the filter off: macfilter: 0 in /etc/pve/firewall/{vmid}.fw"
+    )
+}
+
 /// `v4-guest-100/ipfilter-net3` → `ipfilter-net3`, the ipset's name in the .fw file.
 fn short(set: &str) -> &str {
     set.rsplit_once('/').map_or(set, |(_, s)| s)
@@ -241,7 +312,7 @@ mod tests {
 
     #[test]
     fn policy_out_reject_in_proxmox_terms() {
-        if crate::testdata::missing("proxmox-firewall") {
+        if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
             return;
         }
         let pkt = guest("192.0.2.10");
@@ -260,7 +331,7 @@ mod tests {
 
     #[test]
     fn ip_filter_in_proxmox_terms() {
-        if crate::testdata::missing("proxmox-firewall") {
+        if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
             return;
         }
         let pkt = guest("192.0.2.11");
@@ -281,9 +352,59 @@ mod tests {
         );
     }
 
+    /// The MAC filter's rules as proxmox-firewall generates them with
+    /// `macfilter: 1` and the kernel lists them (generated-rulesets/
+    /// proxmox-firewall/macfilter; the e2e test loads them unchanged).
+    fn mac_culprit(rule: &str) -> Culprit {
+        Culprit {
+            family: "bridge".into(),
+            table: TABLE.into(),
+            chain: "guest-100-out".into(),
+            handle: Some(44),
+            text: Some(format!(
+                "iifname . {rule} != {{ \"veth100i3\" . bc:24:11:4d:b0:fe, \"veth100i1\" . \
+                 bc:24:11:4d:b0:ff }} drop"
+            )),
+            verdict: "drop".into(),
+            certain: true,
+            path: ["vm-out", "vm-map-out[veth100i3]", "guest-100-out"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mac_filter_in_proxmox_terms() {
+        let mut pkt = guest("192.0.2.10");
+        pkt.ether_saddr = parse_mac("bc:24:11:4d:b0:aa");
+        let c = mac_culprit("ether saddr");
+        let h = hint(&c, &pkt, "the guest's request", Path::new("/")).unwrap();
+        assert!(
+            h.starts_with(
+                "guest 100's firewall, MAC filter of net3 (veth100i3): the guest sends from \
+                 bc:24:11:4d:b0:aa, but only bc:24:11:4d:b0:fe may send there, so the bridge \
+                 drops the guest's request; give the guest back its configured MAC"
+            ),
+            "{h}"
+        );
+        assert!(h.contains("set the NIC's MAC to bc:24:11:4d:b0:aa in /etc/pve/lxc/100.conf"));
+        assert!(
+            h.contains("macfilter: 0 in /etc/pve/firewall/100.fw"),
+            "{h}"
+        );
+        // Its ARP, by the rule's twin; a MAC the host does not know.
+        pkt.ether_saddr = None;
+        let h = hint(&mac_culprit("arp saddr ether"), &pkt, "x", Path::new("/")).unwrap();
+        assert!(
+            h.contains("the guest sends ARP from another MAC, but only bc:24:11:4d:b0:fe"),
+            "{h}"
+        );
+    }
+
     #[test]
     fn other_rule_sets_are_not_proxmox() {
-        if crate::testdata::missing("proxmox-firewall") {
+        if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
             return;
         }
         let pkt = guest("192.0.2.10");
@@ -312,7 +433,7 @@ mod tests {
     /// not in Proxmox's test output (see generated-rulesets/proxmox-firewall/README.md).
     #[test]
     fn security_group_rules_are_followed() {
-        if crate::testdata::missing("proxmox-firewall") {
+        if crate::testdata::missing("proxmox-firewall/ruleset-6.12.json") {
             return;
         }
         let rs = Ruleset::parse(&serde_json::from_str(pve_json()).unwrap());
